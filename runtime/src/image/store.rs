@@ -1,0 +1,366 @@
+//! The content store under `$AMPHI_ROOT`:
+//!
+//! ```text
+//! blobs/sha256/<hex>            content-addressed blobs, verified while written
+//! layers/sha256/<chain>/diff/   a layer unpacked on top of its parents (key: chain ID)
+//! layers/sha256/<chain>/layer.json
+//! images.json                   the image index (names -> manifest)
+//! tmp/                          everything in progress; swept when no one works
+//! store.lock, index.lock, locks/  flock(2) files
+//! ```
+//!
+//! Everything appears atomically (temp + rename). Writers (pull, load) hold
+//! `store.lock` shared; `gc` and `rmi` hold it exclusively, so anything in
+//! `tmp/` while the exclusive lock is held is debris of a killed process.
+
+use super::digest::{Digest, HashingWriter};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::FlockOperation;
+
+/// Store-level failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
+    #[error("blob {expected}: digest mismatch, the content is {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {digest}: size mismatch, expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {0} is missing from the store (run `amphi gc` and pull the image again)")]
+    MissingBlob(Digest),
+    #[error("image index {path} is corrupt: {reason}")]
+    CorruptIndex { path: PathBuf, reason: String },
+}
+
+/// Adds the path to an io::Error.
+pub trait IoContext<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: &Path) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            error: source,
+        })
+    }
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    lock: File,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How a store is opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Adding content (pull, load): shared with other writers.
+    Write,
+    /// Removing content (gc, rmi): alone.
+    Exclusive,
+    /// Only reading the index.
+    Read,
+}
+
+impl Store {
+    /// `$AMPHI_ROOT`, else `/var/lib/amphi` for root, else
+    /// `$XDG_DATA_HOME/amphi` (or `~/.local/share/amphi`).
+    pub fn default_root() -> PathBuf {
+        if let Some(r) = std::env::var_os("AMPHI_ROOT").filter(|r| !r.is_empty()) {
+            return PathBuf::from(r);
+        }
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from("/var/lib/amphi");
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return PathBuf::from(x).join("amphi");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+        PathBuf::from(home).join(".local/share/amphi")
+    }
+
+    /// Opens (creating it if needed) the store at `root`.
+    pub fn open(root: &Path, access: Access) -> Result<Store, StoreError> {
+        for d in ["blobs/sha256", "layers/sha256", "tmp", "locks"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).at(&p)?;
+        }
+        let lock_path = root.join("store.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        let store = Store {
+            root: root.to_path_buf(),
+            lock,
+        };
+        match access {
+            Access::Exclusive => {
+                store.flock(FlockOperation::LockExclusive)?;
+                store.sweep_tmp()?;
+            }
+            Access::Write => {
+                // Whoever finds the store idle cleans up after killed writers.
+                if store
+                    .flock(FlockOperation::NonBlockingLockExclusive)
+                    .is_ok()
+                {
+                    store.sweep_tmp()?;
+                }
+                store.flock(FlockOperation::LockShared)?;
+            }
+            Access::Read => {}
+        }
+        Ok(store)
+    }
+
+    fn flock(&self, op: FlockOperation) -> Result<(), StoreError> {
+        rustix::fs::flock(self.lock.as_fd(), op)
+            .map_err(io::Error::from)
+            .at(&self.root.join("store.lock"))
+    }
+
+    /// Takes the store for removals, if no one else is writing right now.
+    pub fn try_exclusive(&self) -> bool {
+        self.flock(FlockOperation::NonBlockingLockExclusive).is_ok()
+    }
+
+    /// Goes back to shared (writer) mode after [`Store::try_exclusive`].
+    pub fn shared(&self) -> Result<(), StoreError> {
+        self.flock(FlockOperation::LockShared)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes the debris of killed writers. Only call with the exclusive lock.
+    fn sweep_tmp(&self) -> Result<(), StoreError> {
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).at(&tmp)? {
+            let e = e.at(&tmp)?;
+            let p = e.path();
+            tracing::debug!("removing leftover {}", p.display());
+            remove_path(&p)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh, unique path under `tmp/`.
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.root
+            .join("tmp")
+            .join(format!("{what}-{}-{n}-{nanos:x}", std::process::id()))
+    }
+
+    /// Where the blob `d` lives (whether or not it exists).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Whether the blob `d` is in the store.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Writes a blob from `reader`, verifying its digest (and size, when
+    /// known) while writing. The blob appears only if it is right. Returns
+    /// true when this call added it.
+    pub fn put_blob(
+        &self,
+        expected: &Digest,
+        size: Option<u64>,
+        reader: &mut dyn Read,
+    ) -> Result<bool, StoreError> {
+        if self.has_blob(expected) {
+            return Ok(false);
+        }
+        let tmp = self.temp_path("blob");
+        let result = (|| {
+            let file = File::create(&tmp).at(&tmp)?;
+            let mut w = HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, file));
+            io::copy(reader, &mut w).at(&tmp)?;
+            let (actual, n, buf) = w.finish();
+            buf.into_inner().map_err(|e| e.into_error()).at(&tmp)?;
+            self.commit_blob(&tmp, expected, &actual, size, n)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| true)
+    }
+
+    /// Moves a fully written temp file into place after checking it.
+    pub fn commit_blob(
+        &self,
+        tmp: &Path,
+        expected: &Digest,
+        actual: &Digest,
+        size: Option<u64>,
+        written: u64,
+    ) -> Result<(), StoreError> {
+        if actual != expected {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            });
+        }
+        if let Some(s) = size {
+            if s != written {
+                return Err(StoreError::SizeMismatch {
+                    digest: expected.clone(),
+                    expected: s,
+                    actual: written,
+                });
+            }
+        }
+        let dst = self.blob_path(expected);
+        fs::rename(tmp, &dst).at(&dst)
+    }
+
+    /// Reads a (small) blob whole, re-verifying it.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(d);
+        let data = match fs::read(&p) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob(d.clone()))
+            }
+            Err(e) => return Err(e).at(&p),
+        };
+        let actual = Digest::of(&data);
+        if actual != *d {
+            return Err(StoreError::DigestMismatch {
+                expected: d.clone(),
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Opens a blob for streaming.
+    pub fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
+        let p = self.blob_path(d);
+        match File::open(&p) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::MissingBlob(d.clone()))
+            }
+            Err(e) => Err(e).at(&p),
+        }
+    }
+
+    /// The directory of the layer with chain ID `chain`.
+    pub fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layers/sha256").join(chain.hex())
+    }
+
+    /// Takes the per-object lock `name` (blocks until free).
+    pub fn object_lock(&self, name: &str) -> Result<File, StoreError> {
+        let p = self.root.join("locks").join(format!("{name}.lock"));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        rustix::fs::flock(f.as_fd(), FlockOperation::LockExclusive)
+            .map_err(io::Error::from)
+            .at(&p)?;
+        Ok(f)
+    }
+
+    /// Writes `data` to `path` atomically.
+    pub fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.temp_path("file");
+        let r = (|| {
+            let mut f = File::create(&tmp).at(&tmp)?;
+            f.write_all(data).at(&tmp)?;
+            f.sync_data().at(&tmp)?;
+            fs::rename(&tmp, path).at(path)
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r
+    }
+}
+
+/// Removes a file or a whole directory tree, never following symlinks.
+pub fn remove_path(p: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            // Make sure unreadable directories (overlay work dirs) can go.
+            fs::remove_dir_all(p).or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        }
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+    .at(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_verified_and_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Access::Write).unwrap();
+        let data = b"hello";
+        let d = Digest::of(data);
+        assert!(s.put_blob(&d, Some(5), &mut &data[..]).unwrap());
+        assert!(!s.put_blob(&d, Some(5), &mut &data[..]).unwrap());
+        assert_eq!(s.read_blob(&d).unwrap(), data);
+
+        let wrong = Digest::of(b"other");
+        let e = s.put_blob(&wrong, None, &mut &data[..]).unwrap_err();
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+        assert!(!s.has_blob(&wrong));
+        let e = s
+            .put_blob(&Digest::of(b"hell"), Some(3), &mut &b"hell"[..])
+            .unwrap_err();
+        assert!(matches!(e, StoreError::SizeMismatch { .. }), "{e}");
+        // Nothing half-written is left behind.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn exclusive_open_sweeps_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), Access::Write).unwrap();
+            fs::create_dir_all(s.temp_path("layer").join("diff/a/b")).unwrap();
+            fs::write(s.temp_path("blob"), b"partial").unwrap();
+        }
+        let _s = Store::open(dir.path(), Access::Exclusive).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}

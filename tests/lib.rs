@@ -1,0 +1,290 @@
+//! Harness for amphi's end-to-end tests: run the built binary, build test images, run a registry.
+
+mod layout;
+
+pub use layout::{raw_tar, sha256_digest, BuiltLayout, Compression, LayoutBuilder, TarEntry};
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The cargo workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path of one of the repository's `scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    workspace_root().join("scripts").join(name)
+}
+
+/// The amphi binary under test: `$AMPHI_BIN`, else the workspace's debug build.
+pub fn amphi_bin() -> PathBuf {
+    let bin = match std::env::var_os("AMPHI_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"))
+            .join("x86_64-unknown-linux-gnu/debug/amphi"),
+    };
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first: cargo build -p amphi",
+        bin.display()
+    );
+    bin
+}
+
+/// How long one command may run: `$AMPHI_TEST_TIMEOUT` seconds, default 300.
+pub fn command_timeout() -> Duration {
+    let secs = std::env::var("AMPHI_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    Duration::from_secs(secs.unwrap_or(300))
+}
+
+/// Runs a command with stdin closed and output collected; panics if it outlives [`command_timeout`].
+pub fn run_cmd(cmd: &mut Command) -> Output {
+    run_with_timeout(cmd, command_timeout())
+}
+
+fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    // Files rather than pipes, so a daemon the command leaves behind cannot hold us up.
+    let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(1);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} timed out after {timeout:?}; stderr:\n{}",
+                read_all(&mut err)
+            );
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(20));
+    };
+    let stdout = read_all(&mut out).into_bytes();
+    let stderr = read_all(&mut err).into_bytes();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn read_all(file: &mut File) -> String {
+    let mut buf = Vec::new();
+    file.rewind().unwrap();
+    file.read_to_end(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A private amphi state directory (`$AMPHI_ROOT`) and helpers to run amphi against it.
+pub struct Amphi {
+    root: tempfile::TempDir,
+}
+
+impl Default for Amphi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Amphi {
+    /// A fresh, empty `$AMPHI_ROOT` in a temporary directory, removed on drop.
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("amphi-root-")
+            .tempdir()
+            .unwrap();
+        Amphi { root }
+    }
+
+    /// The `$AMPHI_ROOT` directory.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// An `amphi ARGS` command with `AMPHI_ROOT` set, for tests that need to tweak it.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(amphi_bin());
+        cmd.args(args).env("AMPHI_ROOT", self.root());
+        cmd
+    }
+
+    /// Runs `amphi ARGS` to completion (see [`run_cmd`]).
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_cmd(&mut self.cmd(args))
+    }
+
+    /// Runs `amphi ARGS`, asserts it succeeded and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if !out.status.success() {
+            panic!(
+                "amphi {} failed ({}):\n{}",
+                args.join(" "),
+                out.status,
+                show(&out)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `amphi ARGS`, asserts it failed cleanly (non-zero exit, no signal, no panic), returns stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let clean = out.status.code().is_some_and(|c| c != 0) && !stderr.contains("panicked at");
+        if !clean {
+            panic!(
+                "amphi {} should have failed cleanly ({}):\n{}",
+                args.join(" "),
+                out.status,
+                show(&out)
+            );
+        }
+        stderr
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "--- stdout\n{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Where `scripts/build-test-images` keeps its layouts: `$AMPHI_TEST_CACHE` or /var/cache/amphi/test-images.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("AMPHI_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/amphi/test-images"))
+}
+
+/// Path of the OCI layout of test image `name` (busybox, busybox-multi, minbase), built if needed.
+pub fn test_image(name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let layout = cache_dir().join(name);
+    if built.contains(name) {
+        return layout;
+    }
+    std::fs::create_dir_all(cache_dir()).unwrap();
+    // Held until the end of this function: one builder at a time across test processes.
+    let lock_path = cache_dir().join(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .unwrap();
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
+        0,
+        "flock"
+    );
+    let mut cmd = Command::new(script("build-test-images"));
+    let out = run_with_timeout(cmd.arg(name), Duration::from_secs(1800));
+    assert!(
+        out.status.success(),
+        "build-test-images {name} failed:\n{}",
+        show(&out)
+    );
+    built.insert(name.to_string());
+    layout
+}
+
+/// A throwaway local registry (`scripts/registry`), stopped on drop.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    /// Starts a registry on a free 127.0.0.1 port with storage in a temporary directory.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("amphi-registry-")
+            .tempdir()
+            .unwrap();
+        let out = run_cmd(
+            Command::new(script("registry"))
+                .arg("start")
+                .arg(dir.path()),
+        );
+        assert!(
+            out.status.success(),
+            "scripts/registry start failed:\n{}",
+            show(&out)
+        );
+        let addr = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        Registry { dir, addr }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A full reference to `repo:tag` on this registry, e.g. `127.0.0.1:PORT/busybox:latest`.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr)
+    }
+
+    /// The registry's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Pushes the `latest` tag of an OCI layout as `repo:tag` (digests preserved, all platforms).
+    pub fn push(&self, layout: &Path, repo_tag: &str) {
+        let mut cmd = Command::new(script("registry"));
+        cmd.arg("push")
+            .arg(self.dir.path())
+            .arg(layout)
+            .arg(repo_tag);
+        let out = run_cmd(&mut cmd);
+        assert!(
+            out.status.success(),
+            "push of {} as {repo_tag} failed:\n{}",
+            layout.display(),
+            show(&out)
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = Command::new(script("registry"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Announces a skipped test on the real stderr (bypassing libtest's capture); use only for missing tools.
+pub fn skip(reason: &str) {
+    let _ = writeln!(std::io::stderr(), "\n******** SKIP: {reason} ********\n");
+}

@@ -1,8 +1,10 @@
 //! Harness for amphi's end-to-end tests: run the built binary, build test images, run a registry.
 
 mod layout;
+mod token;
 
 pub use layout::{raw_tar, sha256_digest, BuiltLayout, Compression, LayoutBuilder, TarEntry};
+pub use token::{TokenRegistry, TokenRequest, TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -250,6 +252,11 @@ impl Registry {
     /// A full reference to `repo:tag` on this registry, e.g. `127.0.0.1:PORT/busybox:latest`.
     pub fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.addr)
+    }
+
+    /// Where the registry keeps its data (to corrupt it on purpose).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// The registry's log so far (for failure messages).

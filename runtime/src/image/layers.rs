@@ -112,8 +112,20 @@ impl Store {
                 return Err(e);
             }
         };
-        for w in &unpacked.warnings {
+        // A debootstrap tree carries a dozen device nodes: say so once.
+        const SHOWN: usize = 3;
+        for w in unpacked.warnings.iter().take(SHOWN) {
             progress.println(&format!("warning: {w}"));
+        }
+        if unpacked.warnings.len() > SHOWN {
+            progress.println(&format!(
+                "warning: layer {}: {} more entries skipped (run with --log-level debug to list them)",
+                spec.label,
+                unpacked.warnings.len() - SHOWN
+            ));
+            for w in &unpacked.warnings[SHOWN..] {
+                tracing::debug!("{w}");
+            }
         }
         let meta = LayerMeta {
             chain_id: chain.clone(),

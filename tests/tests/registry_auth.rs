@@ -201,6 +201,10 @@ fn credentialed_bearer_token_pull() {
         lower.contains("auth") || lower.contains("unauthorized"),
         "the error does not say authentication failed: {err}"
     );
+    assert!(
+        err.contains("--creds"),
+        "the error does not say how to give credentials: {err}"
+    );
     let refused = reg.token_requests().split_off(seen);
     assert!(
         !refused.is_empty() && refused.iter().all(|t| !t.issued),
@@ -254,6 +258,10 @@ fn wrong_password_fails_cleanly() {
     assert!(
         !err.contains("wrong"),
         "the error shows the password: {err}"
+    );
+    assert!(
+        err.contains("refused these credentials"),
+        "the error does not say the credentials were refused: {err}"
     );
     assert_eq!(
         reg.tokens_issued(),

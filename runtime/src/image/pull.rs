@@ -12,7 +12,9 @@ use super::store::{IoContext, Store, StoreError};
 use super::ImageError;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use sha2::Digest as _;
 use std::io::Write;
 
@@ -105,11 +107,44 @@ async fn pull_async(
         (None, None) => unreachable!("references always have a tag or a digest"),
     };
 
+    // Authenticate first: oci-client otherwise swallows the token
+    // service's answer and only the registry's bare 401 would surface.
+    client
+        .auth(&oref, &auth, RegistryOperation::Pull)
+        .await
+        .map_err(|e| {
+            let hint = if opts.creds.is_some() {
+                "the registry refused these credentials"
+            } else {
+                "the registry wants credentials: pass --creds USER:PASSWORD"
+            };
+            match e {
+                OciDistributionError::AuthenticationFailure(_)
+                | OciDistributionError::UnauthorizedError { .. } => reg_err(
+                    reference,
+                    format!("authentication failed ({}): {hint}", describe(&e)),
+                ),
+                e => reg_err(reference, describe(&e)),
+            }
+        })?;
+
     // The manifest the reference names, then the platform's manifest.
     let (bytes, _) = client
         .pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS)
         .await
-        .map_err(|e| reg_err(reference, format!("{}: {}", reference, describe(&e))))?;
+        .map_err(|e| {
+            let hint = match e {
+                OciDistributionError::UnauthorizedError { .. } if opts.creds.is_none() => {
+                    " (the registry wants credentials: pass --creds USER:PASSWORD)"
+                }
+                OciDistributionError::ImageManifestNotFoundError(_) => " (no such image or tag)",
+                _ => "",
+            };
+            reg_err(
+                reference,
+                format!("manifest of {}: {}{hint}", reference, describe(&e)),
+            )
+        })?;
     let top_digest = Digest::of(&bytes);
     if let Some(want) = &reference.digest {
         if *want != top_digest {

@@ -4,4 +4,7 @@
 //! and the `amphi` binary (`src/main.rs`, with the CLI in [`cli`]).
 
 pub mod cli;
+pub mod container;
 pub mod image;
+pub mod run;
+pub mod spec;

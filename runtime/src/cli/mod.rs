@@ -1,6 +1,7 @@
 //! The command line: parse, call the library, print. Kept thin.
 
 mod images;
+mod run;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -40,12 +41,18 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Directory for container state (runc's --root)
+    #[arg(long, global = true, env = "AMPHI_STATE", value_name = "DIR", default_value = crate::container::state::DEFAULT_ROOT)]
+    pub root: PathBuf,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run a command in a new container from an image
+    Run(Box<run::RunArgs>),
     /// Pull an image from a registry into the local store
     #[command(
         after_help = "Examples:\n  amphi pull 127.0.0.1:5000/demo/busybox:latest\n  \
@@ -69,10 +76,35 @@ pub enum Command {
     Gc(images::GcArgs),
 }
 
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the parsed command line; returns the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
     let store_root = cli.store.clone().unwrap_or_else(amphi_store_root);
+    let done = |r: Result<()>| r.map(|()| 0);
     match cli.command {
+        Command::Run(a) => {
+            let req = match run::request(*a, &store_root, &cli.root) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("amphi: error: {e}");
+                    return Ok(e.code);
+                }
+            };
+            match crate::run::run(req) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    eprintln!("amphi: error: {e}");
+                    Ok(e.code)
+                }
+            }
+        }
+        c => done(run_image_command(c, &store_root)),
+    }
+}
+
+fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
+    let store_root = store_root.to_path_buf();
+    match c {
+        Command::Run(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),

@@ -1,0 +1,180 @@
+//! `amphi run`.
+
+use crate::run::{RunError, RunRequest, EXIT_AMPHI};
+use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  amphi run --rm localhost/demo/busybox echo hi\n  \
+    amphi run --rm -it localhost/demo/busybox sh\n  \
+    amphi run --rm --memory 64m --pids-limit 50 -e A=1 -w /tmp -u 1000 IMAGE CMD\n\n\
+    The exit status is the workload's own (128+N when killed by signal N); 125 means amphi \
+    itself failed, 126 the command could not be run, 127 it was not found."
+)]
+pub struct RunArgs {
+    /// Remove the container's state and writable layer when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container ID
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep standard input open
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (NAME=VALUE, or NAME to copy it from here)
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (one NAME=VALUE per line)
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: NAME, UID, NAME:GROUP or UID:GID
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Bind mount a host directory or file: HOST:CONTAINER[:ro]
+    #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volume: Vec<String>,
+    /// Container host name
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Memory limit (e.g. 512m, 2g)
+    #[arg(short, long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// Number of CPUs (e.g. 1.5)
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes (-1 for unlimited)
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<i64>,
+    /// Mount the root filesystem read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Network: none (private, loopback only; the default) or host
+    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
+    pub network: String,
+    /// Add a capability (e.g. NET_ADMIN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (e.g. CHOWN, or ALL)
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined|FILE, no-new-privileges
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Override the image's entrypoint ("" clears it)
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Name for the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where to run: auto, container or vm
+    #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
+    pub isolation: String,
+    /// Image to run
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Command and arguments (default: the image's)
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+fn usage(m: impl Into<String>) -> RunError {
+    RunError {
+        code: EXIT_AMPHI,
+        message: m.into(),
+    }
+}
+
+fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
+    let s = std::fs::read_to_string(p)
+        .map_err(|e| usage(format!("--env-file {}: {e}", p.display())))?;
+    Ok(s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect())
+}
+
+/// Turns the flags into a request.
+pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRequest, RunError> {
+    if a.isolation == "vm" {
+        return Err(usage(
+            "--isolation vm: the microVM backend is not available in this build yet; use --isolation container",
+        ));
+    }
+    if a.detach {
+        return Err(usage(
+            "-d/--detach is not supported yet: run in the foreground",
+        ));
+    }
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(read_env_file(f)?);
+    }
+    env.extend(a.env);
+    let mut seccomp = SeccompChoice::Default;
+    let mut nnp = false;
+    for o in &a.security_opt {
+        match o.split_once(['=', ':']) {
+            Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
+            Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
+            None if o == "no-new-privileges" => nnp = true,
+            Some(("no-new-privileges", v)) => nnp = v == "true",
+            _ => return Err(usage(format!("--security-opt {o:?}: supported are seccomp=unconfined, seccomp=FILE, no-new-privileges"))),
+        }
+    }
+    let volumes = a
+        .volume
+        .iter()
+        .map(|v| Volume::parse(v))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    let flags = RunFlags {
+        command: a.command,
+        entrypoint: a.entrypoint,
+        env,
+        workdir: a.workdir,
+        user: a.user,
+        hostname: a.hostname,
+        memory: a
+            .memory
+            .as_deref()
+            .map(parse_memory)
+            .transpose()
+            .map_err(usage)?,
+        cpus: a.cpus,
+        pids_limit: a.pids_limit,
+        read_only: a.read_only,
+        network: if a.network == "host" {
+            Network::Host
+        } else {
+            Network::None
+        },
+        cap_add: a.cap_add,
+        cap_drop: a.cap_drop,
+        seccomp,
+        no_new_privileges: nnp,
+        volumes,
+        tty: a.tty,
+    };
+    Ok(RunRequest {
+        image: a.image,
+        flags,
+        name: a.name,
+        rm: a.rm,
+        interactive: a.interactive,
+        store_root: store_root.to_path_buf(),
+        state_root: state_root.to_path_buf(),
+    })
+}

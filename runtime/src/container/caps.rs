@@ -1,0 +1,120 @@
+//! Capabilities: docker's default set, and applying a spec's sets.
+
+use caps::{CapSet, Capability, CapsHashSet};
+use oci_spec::runtime::LinuxCapabilities;
+use std::str::FromStr;
+
+/// docker's default capability set.
+pub const DOCKER_DEFAULT: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Parses a capability name, with or without the `CAP_` prefix, any case.
+pub fn parse(name: &str) -> Result<String, String> {
+    let up = name.to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if full == "CAP_ALL" {
+        return Ok(full);
+    }
+    Capability::from_str(&full)
+        .map(|c| c.to_string())
+        .map_err(|_| format!("unknown capability {name:?}"))
+}
+
+/// All capabilities this kernel knows.
+pub fn all_names() -> Vec<String> {
+    caps::runtime::procfs_all_supported(None)
+        .unwrap_or_else(|_| caps::all())
+        .into_iter()
+        .map(|c| c.to_string())
+        .collect()
+}
+
+fn to_set(names: &Option<oci_spec::runtime::Capabilities>, allowed: &CapsHashSet) -> CapsHashSet {
+    names
+        .iter()
+        .flatten()
+        .filter_map(|c| {
+            let s = serde_json::to_value(c).ok()?;
+            Capability::from_str(s.as_str()?).ok()
+        })
+        // A cap outside our own bounding set cannot be granted (on these
+        // hosts CAP_SYS_RESOURCE is such a cap): leave it out silently,
+        // as runc does.
+        .filter(|c| allowed.contains(c))
+        .collect()
+}
+
+/// Step 1, still as root: shrink the bounding set.
+pub fn drop_bounding(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+    let have =
+        caps::read(None, CapSet::Bounding).map_err(|e| format!("reading bounding set: {e}"))?;
+    let keep = to_set(&spec.and_then(|s| s.bounding().clone()), &have);
+    for c in have.difference(&keep) {
+        caps::drop(None, CapSet::Bounding, *c)
+            .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Step 2, after the uid switch: effective, permitted, inheritable, ambient.
+pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+    let bounding =
+        caps::read(None, CapSet::Bounding).map_err(|e| format!("reading bounding set: {e}"))?;
+    let get = |f: fn(&LinuxCapabilities) -> &Option<oci_spec::runtime::Capabilities>| {
+        to_set(&spec.and_then(|s| f(s).clone()), &bounding)
+    };
+    let permitted = get(|s| s.permitted());
+    let effective: CapsHashSet = get(|s| s.effective())
+        .intersection(&permitted)
+        .copied()
+        .collect();
+    let inheritable = get(|s| s.inheritable());
+    let ambient: CapsHashSet = get(|s| s.ambient())
+        .into_iter()
+        .filter(|c| permitted.contains(c) && inheritable.contains(c))
+        .collect();
+    // Shrink effective first: capset refuses an effective set larger than
+    // the permitted one.
+    caps::set(None, CapSet::Effective, &effective)
+        .map_err(|e| format!("setting effective caps: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .map_err(|e| format!("setting inheritable caps: {e}"))?;
+    caps::set(None, CapSet::Permitted, &permitted)
+        .map_err(|e| format!("setting permitted caps: {e}"))?;
+    // Always set: amphi may itself have inherited ambient capabilities.
+    caps::set(None, CapSet::Ambient, &ambient).map_err(|e| format!("setting ambient caps: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse("net_admin").unwrap(), "CAP_NET_ADMIN");
+        assert_eq!(parse("CAP_CHOWN").unwrap(), "CAP_CHOWN");
+        assert!(parse("CAP_FLY").unwrap_err().contains("CAP_FLY"));
+        for c in DOCKER_DEFAULT {
+            parse(c).unwrap();
+        }
+    }
+}

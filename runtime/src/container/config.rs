@@ -1,0 +1,168 @@
+//! Loading and checking a bundle's `config.json`. Errors name the JSON path
+//! of the bad field.
+
+use oci_spec::runtime::Spec;
+use std::path::{Path, PathBuf};
+
+/// The OCI runtime spec versions amphi implements.
+pub const SUPPORTED_MAJOR: &str = "1.";
+
+/// A bundle's config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: invalid config at `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+fn invalid(path: &Path, field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads `config.json` from `bundle` and checks what amphi relies on.
+pub fn load(bundle: &Path) -> Result<Spec, ConfigError> {
+    let path = bundle.join("config.json");
+    let data = std::fs::read(&path).map_err(|error| ConfigError::Read {
+        path: path.clone(),
+        error,
+    })?;
+    parse(&data, &path)
+}
+
+/// Parses and checks a config; `path` is only used in messages.
+pub fn parse(data: &[u8], path: &Path) -> Result<Spec, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(data);
+    let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        invalid(
+            path,
+            if field == "." { "(document)" } else { &field },
+            e.into_inner().to_string(),
+        )
+    })?;
+    check(&spec, path)?;
+    Ok(spec)
+}
+
+fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
+    if !spec.version().starts_with(SUPPORTED_MAJOR) {
+        return Err(invalid(
+            path,
+            "ociVersion",
+            format!(
+                "unsupported version {:?} (amphi implements 1.x)",
+                spec.version()
+            ),
+        ));
+    }
+    let Some(root) = spec.root() else {
+        return Err(invalid(path, "root", "missing"));
+    };
+    if root.path().as_os_str().is_empty() {
+        return Err(invalid(path, "root.path", "empty"));
+    }
+    let Some(process) = spec.process() else {
+        return Err(invalid(
+            path,
+            "process",
+            "missing (amphi needs a process to run)",
+        ));
+    };
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(invalid(path, "process.args", "empty: nothing to run"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(invalid(
+            path,
+            "process.cwd",
+            format!("{:?} is not an absolute path", process.cwd()),
+        ));
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(invalid(
+                path,
+                &format!("mounts[{i}].destination"),
+                format!("{:?} is not an absolute path", m.destination()),
+            ));
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+            if !seen.insert(ns.typ()) {
+                return Err(invalid(
+                    path,
+                    &format!("linux.namespaces[{i}].type"),
+                    format!("namespace {} listed twice", ns.typ()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}]}
+        })
+    }
+
+    fn parse_v(v: &serde_json::Value) -> Result<Spec, ConfigError> {
+        parse(&serde_json::to_vec(v).unwrap(), Path::new("config.json"))
+    }
+
+    #[test]
+    fn accepts_minimal_config() {
+        parse_v(&base()).unwrap();
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let mut v = base();
+        v["linux"]["namespaces"][1]["type"] = "bogus".into();
+        let e = parse_v(&v).unwrap_err().to_string();
+        assert!(e.contains("linux.namespaces[1].type"), "{e}");
+
+        let mut v = base();
+        v["process"]["capabilities"] = serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_NOPE"]});
+        let e = parse_v(&v).unwrap_err().to_string();
+        assert!(e.contains("process.capabilities.bounding"), "{e}");
+        assert!(e.contains("CAP_NOPE"), "{e}");
+
+        let mut v = base();
+        v["process"]["args"] = serde_json::json!([]);
+        assert!(parse_v(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("process.args"));
+
+        let mut v = base();
+        v["ociVersion"] = "2.0.0".into();
+        assert!(parse_v(&v).unwrap_err().to_string().contains("ociVersion"));
+
+        let e = parse(b"{not json", Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json"), "{e}");
+    }
+}

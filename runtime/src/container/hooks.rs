@@ -1,0 +1,59 @@
+//! OCI hooks: run with the container state on stdin, with an optional
+//! timeout; a failing hook fails the operation and names the hook.
+
+use oci_spec::runtime::Hook;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs one hook for `stage`, feeding `state` (JSON) on stdin.
+pub fn run(h: &Hook, stage: &str, state: Option<&str>) -> Result<(), String> {
+    let path = h.path();
+    let what = format!("{stage} hook {}", path.display());
+    let args = h.args().clone().unwrap_or_default();
+    let mut cmd = Command::new(path);
+    if let Some(a0) = args.first() {
+        std::os::unix::process::CommandExt::arg0(&mut cmd, a0);
+    }
+    cmd.args(args.iter().skip(1));
+    cmd.env_clear();
+    for e in h.env().iter().flatten() {
+        if let Some((k, v)) = e.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().map_err(|e| format!("{what}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(state.unwrap_or("{}").as_bytes());
+    }
+    let deadline = h
+        .timeout()
+        .map(|t| Instant::now() + Duration::from_secs(t.max(1) as u64));
+    loop {
+        match child.try_wait().map_err(|e| format!("{what}: {e}"))? {
+            Some(st) if st.success() => return Ok(()),
+            Some(st) => return Err(format!("{what} failed: {st}")),
+            None => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{what} timed out after {}s",
+                h.timeout().unwrap_or(0)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Runs every hook of a stage.
+pub fn run_all(hooks: Option<&Vec<Hook>>, stage: &str, state: &str) -> Result<(), String> {
+    for h in hooks.into_iter().flatten() {
+        run(h, stage, Some(state))?;
+    }
+    Ok(())
+}

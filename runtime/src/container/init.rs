@@ -1,0 +1,460 @@
+//! The container side: what the cloned process does between clone and exec.
+//! Nothing here forks a helper; every step either succeeds or reports one
+//! clear error line to the parent through the sync socket and exits.
+
+use super::rootfs;
+use super::sync::Sync;
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What the child needs besides the spec.
+pub struct InitArgs<'a> {
+    pub spec: &'a Spec,
+    /// Absolute path of the rootfs (before pivot_root).
+    pub rootfs: PathBuf,
+    pub sync: Sync,
+    /// `create`: block on this fifo until `start` opens it.
+    pub exec_fifo: Option<PathBuf>,
+    /// Where to send the pty master when `process.terminal` is set.
+    pub console: Option<OwnedFd>,
+    /// docker-style `-u NAME[:GROUP]` to resolve inside the container.
+    pub user_lookup: Option<String>,
+    pub in_userns: bool,
+    /// File descriptors 3..3+N stay open for the process.
+    pub preserve_fds: i32,
+}
+
+/// Runs in the cloned child; never returns.
+pub fn child_main(mut a: InitArgs<'_>) -> ! {
+    match setup(&mut a) {
+        Ok(never) => match never {},
+        Err(msg) => {
+            a.sync.send_error(&msg);
+            // SAFETY: _exit is always safe; no destructors must run in the
+            // forked child.
+            unsafe { libc::_exit(1) }
+        }
+    }
+}
+
+enum Never {}
+
+fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| ns.iter().any(|n| n.typ() == t && n.path().is_none()))
+}
+
+fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
+    let spec = a.spec;
+    // The runtime blocks signals it forwards; the process gets a clean mask.
+    // SAFETY: setting our own signal mask to empty.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    // Wait until the parent has put us in the cgroup and written id maps.
+    a.sync.wait_go()?;
+    if a.in_userns {
+        set_ids(0, 0)?;
+    }
+    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
+
+    let process = spec.process().as_ref().ok_or("no process")?;
+    let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
+    if mount_ns {
+        rootfs::prepare_root(spec, &a.rootfs)?;
+        let root = rootfs::open_root(&a.rootfs)?;
+        for m in spec.mounts().iter().flatten() {
+            rootfs::do_mount(&root, m, a.in_userns)?;
+        }
+        let dev_is_tmpfs = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| m.destination() == Path::new("/dev"));
+        if dev_is_tmpfs {
+            rootfs::setup_dev(&root, spec, a.in_userns)?;
+        }
+        run_hooks(
+            spec.hooks()
+                .as_ref()
+                .and_then(|h| h.create_container().clone()),
+            "createContainer",
+        )?;
+        drop(root);
+        rootfs::pivot(&a.rootfs)?;
+    } else {
+        rustix::process::chroot(&a.rootfs).map_err(|e| format!("chroot: {e}"))?;
+        rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    }
+
+    if has_ns(spec, LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname() {
+            rustix::system::sethostname(h.as_bytes())
+                .map_err(|e| format!("sethostname {h:?}: {e}"))?;
+        }
+        if let Some(d) = spec.domainname() {
+            rustix::system::setdomainname(d.as_bytes())
+                .map_err(|e| format!("setdomainname {d:?}: {e}"))?;
+        }
+    }
+    if has_ns(spec, LinuxNamespaceType::Network) {
+        loopback_up();
+    }
+    if let Some(linux) = spec.linux() {
+        for (k, v) in linux.sysctl().iter().flatten() {
+            let p = format!("/proc/sys/{}", k.replace('.', "/"));
+            std::fs::write(&p, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+        }
+        if mount_ns {
+            rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
+            rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
+        }
+    }
+    if mount_ns
+        && spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false)
+    {
+        rootfs::readonly_root()?;
+    }
+
+    if process.terminal().unwrap_or(false) {
+        setup_terminal(a)?;
+    }
+
+    for r in process.rlimits().iter().flatten() {
+        set_rlimit(r.typ(), r.soft(), r.hard())?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
+    }
+
+    // Who runs the process.
+    let mut uid = process.user().uid();
+    let mut gid = process.user().gid();
+    let mut groups: Vec<u32> = process.user().additional_gids().clone().unwrap_or_default();
+    let mut home = None;
+    if let Some(u) = &a.user_lookup {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let r = super::user::resolve(u, &passwd, &group)?;
+        uid = r.uid;
+        gid = r.gid;
+        groups.extend(r.groups);
+        home = Some(r.home);
+    } else if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        home = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && f[2].parse::<u32>() == Ok(uid))
+            .map(|f| f[5].to_string());
+    }
+
+    // The working directory exists (docker creates it).
+    let cwd = process.cwd();
+    if std::fs::metadata(cwd).is_err() {
+        std::fs::create_dir_all(cwd)
+            .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+        let _ = std::os::unix::fs::chown(cwd, Some(uid), Some(gid));
+    }
+
+    // docker semantics for `amphi run`: a non-root user gets no
+    // capabilities beyond the bounding set.
+    let no_caps;
+    let caps = if a.user_lookup.is_some() && uid != 0 {
+        no_caps = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+            .bounding(
+                process
+                    .capabilities()
+                    .as_ref()
+                    .and_then(|c| c.bounding().clone())
+                    .unwrap_or_default(),
+            )
+            .effective(oci_spec::runtime::Capabilities::new())
+            .permitted(oci_spec::runtime::Capabilities::new())
+            .inheritable(oci_spec::runtime::Capabilities::new())
+            .ambient(oci_spec::runtime::Capabilities::new())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Some(&no_caps)
+    } else {
+        process.capabilities().as_ref()
+    };
+    super::caps::drop_bounding(caps)?;
+    // Keep capabilities across the uid switch, then set them explicitly.
+    rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+    if !a.in_userns || rustix::process::getuid().is_root() {
+        let gids: Vec<libc::gid_t> = groups.clone();
+        // SAFETY: plain syscall with a valid slice.
+        if unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if !(a.in_userns && e.raw_os_error() == Some(libc::EPERM)) {
+                return Err(format!("setgroups {groups:?}: {e}"));
+            }
+        }
+    }
+    set_ids(uid, gid)?;
+    rustix::thread::set_keep_capabilities(false).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+    super::caps::apply_sets(caps)?;
+
+    std::env::set_current_dir(cwd)
+        .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
+
+    if process.no_new_privileges().unwrap_or(false) {
+        rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+
+    // Environment and the program.
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
+    }
+    let args = process.args().clone().unwrap_or_default();
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .to_string();
+    let program = find_program(&args[0], &path_var)?;
+
+    if let Some(linux) = spec.linux() {
+        if let Some(seccomp) = linux.seccomp() {
+            super::seccomp::install(seccomp)?;
+        }
+    }
+
+    close_fds_from(3 + a.preserve_fds);
+
+    if let Some(fifo) = &a.exec_fifo {
+        a.sync.send_ready()?;
+        // Blocks until `amphi start` opens the other end.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(fifo)
+            .map_err(|e| format!("exec fifo: {e}"))?;
+        use std::io::Write;
+        let _ = (&f).write_all(&[0]);
+        drop(f);
+        run_hooks(
+            spec.hooks()
+                .as_ref()
+                .and_then(|h| h.start_container().clone()),
+            "startContainer",
+        )?;
+    }
+
+    let cprog = CString::new(program.as_os_str().as_encoded_bytes())
+        .map_err(|_| "program path has a NUL byte")?;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|s| CString::new(s.as_str()).unwrap_or_default())
+        .collect();
+    let cenv: Vec<CString> = env
+        .iter()
+        .map(|s| CString::new(s.as_str()).unwrap_or_default())
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: argv/envp are NULL-terminated arrays of valid C strings that
+    // outlive the call.
+    unsafe { libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    let e = std::io::Error::last_os_error();
+    Err(format!("exec {}: {e}", args[0]))
+}
+
+fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: plain syscalls (raw, so only this thread changes: we are the
+    // only thread of the cloned child).
+    unsafe {
+        if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
+            return Err(format!(
+                "setresgid {gid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+            return Err(format!(
+                "setresuid {uid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves the program like execvp, with the container's PATH.
+fn find_program(arg0: &str, path: &str) -> Result<PathBuf, String> {
+    if arg0.contains('/') {
+        return match std::fs::metadata(arg0) {
+            Ok(_) => Ok(PathBuf::from(arg0)),
+            Err(e) => Err(format!("exec {arg0}: {e}")),
+        };
+    }
+    for dir in path.split(':') {
+        let p = Path::new(if dir.is_empty() { "." } else { dir }).join(arg0);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(format!("exec {arg0}: executable file not found in $PATH"))
+}
+
+fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), String> {
+    let name = serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let res = match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: valid pointer to a local rlimit.
+    if unsafe { libc::setrlimit(res, &lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid pointer to a local rlimit.
+        unsafe { libc::getrlimit(res, &mut cur) };
+        return Err(format!(
+            "rlimit {name} soft={soft} hard={hard}: {e} (this host allows at most hard={}; raising it needs CAP_SYS_RESOURCE)",
+            cur.rlim_max
+        ));
+    }
+    Ok(())
+}
+
+/// Marks every fd from `from` up close-on-exec.
+fn close_fds_from(from: i32) {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            from as u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        for fd in from..1024 {
+            // SAFETY: fcntl on arbitrary fds is harmless (EBADF when closed).
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+/// Brings `lo` up in a fresh network namespace.
+fn loopback_up() {
+    // SAFETY: a plain socket + ioctl on a zeroed, correctly sized ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return;
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) == 0 {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+        }
+        libc::close(s);
+    }
+}
+
+/// A pty for the process: the slave becomes its stdio and controlling
+/// terminal, the master goes to the console socket (or the parent).
+fn setup_terminal(a: &mut InitArgs<'_>) -> Result<(), String> {
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
+    rustix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    rustix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| format!("ptsname: {e}"))?;
+    let slave = rustix::fs::open(
+        Path::new(std::ffi::OsStr::from_bytes_ext(name.to_bytes())),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the pty slave: {e}"))?;
+    if let Some(size) = a.spec.process().as_ref().and_then(|p| p.console_size()) {
+        let ws = libc::winsize {
+            ws_row: size.height() as u16,
+            ws_col: size.width() as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize.
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    match a.console.take() {
+        Some(sock) => super::sync::send_fd(&sock, &master, "console")?,
+        None => a.sync.send_fd(&master)?,
+    }
+    drop(master);
+    // SAFETY: TIOCSCTTY on our own new session; dup2 onto stdio.
+    unsafe {
+        if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
+            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+        }
+        for fd in 0..3 {
+            if libc::dup2(slave.as_raw_fd(), fd) < 0 {
+                return Err(format!("dup2 pty: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}
+
+trait OsStrExt2 {
+    fn from_bytes_ext(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl OsStrExt2 for std::ffi::OsStr {
+    fn from_bytes_ext(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+/// Runs hooks (in the child: createContainer, startContainer).
+pub fn run_hooks(hooks: Option<Vec<oci_spec::runtime::Hook>>, stage: &str) -> Result<(), String> {
+    for h in hooks.unwrap_or_default() {
+        super::hooks::run(&h, stage, None)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,646 @@
+//! The container's filesystem view, built inside its new mount namespace:
+//! the root (an overlay of image layers, or the bundle's rootfs), the spec's
+//! mounts, /dev, then pivot_root, masked and read-only paths.
+//!
+//! Mount targets are created and opened with `openat2(RESOLVE_IN_ROOT)` and
+//! mounted through `/proc/self/fd/N`, so a symlink planted in the image can
+//! never redirect a mount outside the rootfs.
+
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use rustix::mount::MountPropagationFlags;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+/// Annotation carrying the overlay lower dirs for `amphi run` containers
+/// (`lower1:lower2:...`, top first). Its upper and work dirs are
+/// `upperdir`/`workdir` next to the rootfs.
+pub const OVERLAY_LOWER: &str = "io.amphi.rootfs.lower";
+/// Annotation: the overlay's upper directory.
+pub const OVERLAY_UPPER: &str = "io.amphi.rootfs.upper";
+/// Annotation: the overlay's work directory.
+pub const OVERLAY_WORK: &str = "io.amphi.rootfs.work";
+
+type Result<T> = std::result::Result<T, String>;
+
+fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Mount flags and data from fstab-style options.
+#[derive(Default, Debug)]
+pub struct MountOptions {
+    /// `MS_*` flags.
+    pub flags: libc::c_ulong,
+    /// `MS_PRIVATE`/`MS_SHARED`/... (with `MS_REC`), applied after mounting.
+    pub propagation: libc::c_ulong,
+    pub data: Vec<String>,
+    pub bind: bool,
+    pub recursive: bool,
+}
+
+/// Parses mount options the way runc does.
+pub fn parse_options(opts: &[String]) -> MountOptions {
+    let mut m = MountOptions::default();
+    for o in opts {
+        match o.as_str() {
+            "ro" => m.flags |= libc::MS_RDONLY,
+            "rw" => m.flags &= !libc::MS_RDONLY,
+            "nosuid" => m.flags |= libc::MS_NOSUID,
+            "suid" => m.flags &= !libc::MS_NOSUID,
+            "nodev" => m.flags |= libc::MS_NODEV,
+            "dev" => m.flags &= !libc::MS_NODEV,
+            "noexec" => m.flags |= libc::MS_NOEXEC,
+            "exec" => m.flags &= !libc::MS_NOEXEC,
+            "sync" => m.flags |= libc::MS_SYNCHRONOUS,
+            "async" => m.flags &= !libc::MS_SYNCHRONOUS,
+            "dirsync" => m.flags |= libc::MS_DIRSYNC,
+            "noatime" => m.flags |= libc::MS_NOATIME,
+            "atime" => m.flags &= !libc::MS_NOATIME,
+            "nodiratime" => m.flags |= libc::MS_NODIRATIME,
+            "diratime" => m.flags &= !libc::MS_NODIRATIME,
+            "relatime" => m.flags |= libc::MS_RELATIME,
+            "norelatime" => m.flags &= !libc::MS_RELATIME,
+            "strictatime" => m.flags |= libc::MS_STRICTATIME,
+            "nostrictatime" => m.flags &= !libc::MS_STRICTATIME,
+            "mand" => m.flags |= libc::MS_MANDLOCK,
+            "nomand" => m.flags &= !libc::MS_MANDLOCK,
+            "bind" => m.bind = true,
+            "rbind" => {
+                m.bind = true;
+                m.recursive = true
+            }
+            "private" => m.propagation |= libc::MS_PRIVATE,
+            "rprivate" => m.propagation |= libc::MS_PRIVATE | libc::MS_REC,
+            "shared" => m.propagation |= libc::MS_SHARED,
+            "rshared" => m.propagation |= libc::MS_SHARED | libc::MS_REC,
+            "slave" => m.propagation |= libc::MS_SLAVE,
+            "rslave" => m.propagation |= libc::MS_SLAVE | libc::MS_REC,
+            "unbindable" => m.propagation |= libc::MS_UNBINDABLE,
+            "runbindable" => m.propagation |= libc::MS_UNBINDABLE | libc::MS_REC,
+            "defaults" | "tmpcopyup" | "idmap" | "ridmap" => {}
+            other => m.data.push(other.to_string()),
+        }
+    }
+    m
+}
+
+/// Splits an absolute container path into its normal components, refusing
+/// `..` (the kernel-style resolution below handles symlinks).
+fn rel(p: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => return Err(format!("path {p:?} contains \"..\"")),
+            Component::Prefix(_) => return Err(format!("path {p:?} is not a Linux path")),
+        }
+    }
+    Ok(out)
+}
+
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens (creating as needed) `path` inside `root`: a directory, or an empty
+/// file when `file` is set. Returns an `O_PATH` descriptor to mount on.
+pub fn make_target(root: &OwnedFd, path: &Path, file: bool) -> Result<OwnedFd> {
+    make_target_depth(root, path, file, 0)
+}
+
+fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Result<OwnedFd> {
+    if depth > 40 {
+        return Err(format!("too many levels of symbolic links creating {path:?} in the rootfs"));
+    }
+    let r = rel(path)?;
+    let comps: Vec<_> = r.components().collect();
+    let mut cur = PathBuf::new();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match rustix::fs::openat2(root, &cur, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT) {
+            Ok(fd) if last => return Ok(fd),
+            Ok(_) => continue,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(err(format!("opening {cur:?} in the rootfs"), e)),
+        }
+        let parent = cur.parent().map(Path::to_path_buf).unwrap_or_default();
+        let pfd = rustix::fs::openat2(
+            root,
+            if parent.as_os_str().is_empty() { Path::new(".") } else { &parent },
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        )
+        .map_err(|e| err(format!("opening {parent:?} in the rootfs"), e))?;
+        let name = cur.file_name().expect("normal component");
+        // A dangling symlink: create what it points to, inside the root.
+        if let Ok(target) = rustix::fs::readlinkat(&pfd, name, Vec::new()) {
+            let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+            let mut resolved = if target.is_absolute() { target } else { Path::new("/").join(&parent).join(target) };
+            for rest in &comps[i + 1..] {
+                resolved.push(rest);
+            }
+            return make_target_depth(root, &normalize(&resolved), file, depth + 1);
+        }
+        let made = if last && file {
+            rustix::fs::openat(
+                &pfd,
+                name,
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))
+        };
+        match made {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(err(format!("creating {cur:?} in the rootfs"), e)),
+        }
+        if last {
+            return rustix::fs::openat2(root, &cur, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT)
+                .map_err(|e| err(format!("opening {cur:?} in the rootfs"), e));
+        }
+    }
+    // The root itself.
+    rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err("opening the rootfs", e))
+}
+
+/// Lexically resolves `.` and `..` of an absolute path, clamping at `/`
+/// (as the kernel does at the root).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+/// mount(2) with raw `MS_*` flags (rustix has no remount-with-flags).
+fn mount_raw(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> rustix::io::Result<()> {
+    let (src, tgt, typ, dat) = (c(source), c(target), c(fstype), c(data));
+    let opt = |x: &CString, s: &str| {
+        if s.is_empty() {
+            std::ptr::null()
+        } else {
+            x.as_ptr()
+        }
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    let r = unsafe {
+        libc::mount(
+            opt(&src, source),
+            tgt.as_ptr(),
+            opt(&typ, fstype),
+            flags,
+            opt(&dat, data) as *const libc::c_void,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(rustix::io::Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+        ))
+    }
+}
+
+fn propagate(target: &str, flags: libc::c_ulong) -> rustix::io::Result<()> {
+    mount_raw("", target, "", flags, "")
+}
+
+/// Prepares the root: propagation, then an overlay of image layers or a
+/// bind mount of the bundle's rootfs onto itself.
+pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let prop = match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone())
+        .as_deref()
+    {
+        Some("shared") | Some("rshared") => MountPropagationFlags::SHARED,
+        Some("private") | Some("rprivate") => MountPropagationFlags::PRIVATE,
+        Some("unbindable") | Some("runbindable") => MountPropagationFlags::UNBINDABLE,
+        Some("slave") | Some("rslave") | None => MountPropagationFlags::DOWNSTREAM,
+        Some(other) => return Err(format!("linux.rootfsPropagation: unknown value {other:?}")),
+    };
+    rustix::mount::mount_change("/", prop | MountPropagationFlags::REC)
+        .map_err(|e| err("setting mount propagation of /", e))?;
+    let ann = spec.annotations().clone().unwrap_or_default();
+    match (
+        ann.get(OVERLAY_LOWER),
+        ann.get(OVERLAY_UPPER),
+        ann.get(OVERLAY_WORK),
+    ) {
+        (Some(lower), Some(upper), Some(work)) => {
+            let opts = format!("lowerdir={lower},upperdir={upper},workdir={work},index=off,redirect_dir=off,metacopy=off");
+            mount_raw("overlay", &rootfs.to_string_lossy(), "overlay", 0, &opts).map_err(|e| {
+                err(
+                    format!("mounting the image overlay on {}", rootfs.display()),
+                    e,
+                )
+            })?;
+        }
+        _ => {
+            rustix::mount::mount_bind_recursive(rootfs, rootfs)
+                .map_err(|e| err(format!("bind mounting rootfs {}", rootfs.display()), e))?;
+        }
+    }
+    // The container's root must not propagate back to the host.
+    rustix::mount::mount_change(rootfs, MountPropagationFlags::PRIVATE)
+        .map_err(|e| err("making the rootfs private", e))?;
+    Ok(())
+}
+
+/// Whether the host's /sys/fs/cgroup is a pure cgroup2 hierarchy.
+pub fn host_cgroup2_only() -> bool {
+    rustix::fs::statfs("/sys/fs/cgroup")
+        .map(|s| s.f_type == 0x63677270)
+        .unwrap_or(false)
+}
+
+/// Mounts one spec mount inside the rootfs.
+pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
+    let dest = m.destination();
+    let what = format!("mount {}", dest.display());
+    let typ = m.typ().clone().unwrap_or_default();
+    let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+    let source = m.source().clone().unwrap_or_default();
+    if opts.bind || typ == "bind" {
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| err(format!("{what}: bind source {}", source.display()), e))?;
+        let target = make_target(root, dest, !meta.is_dir())?;
+        let tpath = fd_path(&target);
+        let r = if opts.recursive {
+            rustix::mount::mount_bind_recursive(&source, tpath.as_str())
+        } else {
+            rustix::mount::mount_bind(&source, tpath.as_str())
+        };
+        r.map_err(|e| err(format!("{what}: bind {}", source.display()), e))?;
+        // Re-open: the fd now refers to the mount's root.
+        let target = make_target(root, dest, !meta.is_dir())?;
+        let tpath = fd_path(&target);
+        let ro_like =
+            opts.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
+        if ro_like != 0 {
+            let mut flags = libc::MS_BIND | libc::MS_REMOUNT | opts.flags;
+            // Keep locked flags of the source mount (userns) to not get EPERM.
+            if let Ok(st) = rustix::fs::fstatvfs(&target) {
+                use rustix::fs::StatVfsMountFlags as S;
+                for (have, f) in [
+                    (S::NOSUID, libc::MS_NOSUID),
+                    (S::NODEV, libc::MS_NODEV),
+                    (S::NOEXEC, libc::MS_NOEXEC),
+                    (S::RDONLY, libc::MS_RDONLY),
+                ] {
+                    if st.f_flag.contains(have) && in_userns {
+                        flags |= f;
+                    }
+                }
+            }
+            mount_raw("", &tpath, "", flags, "")
+                .map_err(|e| err(format!("{what}: remount with flags {flags:#x}"), e))?;
+        }
+        if opts.propagation != 0 {
+            propagate(&tpath, opts.propagation)
+                .map_err(|e| err(format!("{what}: propagation"), e))?;
+        }
+        return Ok(());
+    }
+    let target = make_target(root, dest, false)?;
+    let tpath = fd_path(&target);
+    let data = opts.data.join(",");
+    let r = match typ.as_str() {
+        "cgroup" | "cgroup2" => {
+            if host_cgroup2_only() {
+                mount_raw("cgroup2", &tpath, "cgroup2", opts.flags, "")
+            } else {
+                // Hybrid/v1 hosts: an empty read-only tmpfs; the container's
+                // limits are enforced from outside.
+                mount_raw(
+                    "cgroup",
+                    &tpath,
+                    "tmpfs",
+                    opts.flags | libc::MS_RDONLY,
+                    "mode=755",
+                )
+            }
+        }
+        "sysfs" if in_userns => {
+            // sysfs cannot be mounted in a user namespace without a net ns of its own.
+            mount_raw("sysfs", &tpath, "sysfs", opts.flags, &data)
+                .or_else(|_| rustix::mount::mount_bind_recursive("/sys", tpath.as_str()))
+        }
+        "" => return Err(format!("{what}: no type and no bind option")),
+        t => {
+            let src = if source.as_os_str().is_empty() {
+                t.to_string()
+            } else {
+                source.to_string_lossy().into_owned()
+            };
+            mount_raw(&src, &tpath, t, opts.flags, &data)
+        }
+    };
+    match r {
+        Ok(()) => {}
+        // mqueue needs an ipc namespace we own; skip quietly in user namespaces.
+        Err(Errno::PERM) if in_userns && typ == "mqueue" => return Ok(()),
+        Err(e) => return Err(err(format!("{what} (type {typ}, options {data:?})"), e)),
+    }
+    if opts.propagation != 0 {
+        propagate(&tpath, opts.propagation).map_err(|e| err(format!("{what}: propagation"), e))?;
+    }
+    Ok(())
+}
+
+/// The devices every container gets (runc's list).
+pub fn default_devices() -> Vec<(&'static str, u32, u32)> {
+    vec![
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+}
+
+/// Creates a character device inside the rootfs (mknod, or a bind mount
+/// of the host's node in a user namespace).
+/// A device node to create.
+pub struct Device<'a> {
+    pub path: &'a Path,
+    pub kind: LinuxDeviceType,
+    pub major: i64,
+    pub minor: i64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn make_device(root: &OwnedFd, d: &Device<'_>, in_userns: bool) -> Result<()> {
+    let Device {
+        path,
+        kind,
+        major,
+        minor,
+        mode,
+        uid,
+        gid,
+    } = *d;
+    let what = format!("device {}", path.display());
+    let r = rel(path)?;
+    let parent = r.parent().map(Path::to_path_buf).unwrap_or_default();
+    let pfd = make_target(root, &Path::new("/").join(&parent), false)?;
+    let pfd = rustix::fs::openat(
+        &pfd,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(&what, e))?;
+    let name = r
+        .file_name()
+        .ok_or_else(|| format!("{what}: no file name"))?;
+    if in_userns {
+        let t = make_target(root, path, true)?;
+        return rustix::mount::mount_bind(path, fd_path(&t).as_str())
+            .map_err(|e| err(format!("{what}: bind from host"), e));
+    }
+    let ft = match kind {
+        LinuxDeviceType::B => rustix::fs::FileType::BlockDevice,
+        LinuxDeviceType::P => rustix::fs::FileType::Fifo,
+        _ => rustix::fs::FileType::CharacterDevice,
+    };
+    let _ = rustix::fs::unlinkat(&pfd, name, rustix::fs::AtFlags::empty());
+    let dev = rustix::fs::makedev(major as u32, minor as u32);
+    rustix::fs::mknodat(&pfd, name, ft, Mode::from_raw_mode(mode & 0o777), dev)
+        .map_err(|e| err(&what, e))?;
+    rustix::fs::chmodat(
+        &pfd,
+        name,
+        Mode::from_raw_mode(mode & 0o7777),
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(|e| err(&what, e))?;
+    rustix::fs::chownat(
+        &pfd,
+        name,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| err(&what, e))
+}
+
+/// /dev contents: default and spec devices, the standard symlinks.
+pub fn setup_dev(root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
+    let spec_devices: Vec<LinuxDevice> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    for (p, maj, min) in default_devices() {
+        if spec_devices.iter().any(|d| d.path() == Path::new(p)) {
+            continue;
+        }
+        let dev = Device {
+            path: Path::new(p),
+            kind: LinuxDeviceType::C,
+            major: maj.into(),
+            minor: min.into(),
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        };
+        make_device(root, &dev, in_userns)?;
+    }
+    for d in &spec_devices {
+        let dev = Device {
+            path: d.path(),
+            kind: d.typ(),
+            major: d.major(),
+            minor: d.minor(),
+            mode: d.file_mode().unwrap_or(0o666),
+            uid: d.uid().unwrap_or(0),
+            gid: d.gid().unwrap_or(0),
+        };
+        make_device(root, &dev, in_userns)?;
+    }
+    let dev = make_target(root, Path::new("/dev"), false)?;
+    let dev = rustix::fs::openat(
+        &dev,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("/dev", e))?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        match rustix::fs::symlinkat(target, &dev, link) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(err(format!("/dev/{link}"), e)),
+        }
+    }
+    // /dev/ptmx -> pts/ptmx when devpts is mounted with its own instance.
+    if rustix::fs::statat(&dev, "pts/ptmx", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        let _ = rustix::fs::unlinkat(&dev, "ptmx", rustix::fs::AtFlags::empty());
+        let _ = rustix::fs::symlinkat("pts/ptmx", &dev, "ptmx");
+    }
+    Ok(())
+}
+
+/// pivot_root into `rootfs` and detach the old root.
+pub fn pivot(rootfs: &Path) -> Result<()> {
+    rustix::process::chdir(rootfs).map_err(|e| err(format!("chdir {}", rootfs.display()), e))?;
+    rustix::process::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    // The old root is stacked on "."; make it private before detaching so
+    // the unmount does not propagate to the host.
+    propagate(".", libc::MS_SLAVE | libc::MS_REC)
+        .map_err(|e| err("making the old root a slave", e))?;
+    rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
+        .map_err(|e| err("detaching the old root", e))?;
+    rustix::process::chdir("/").map_err(|e| err("chdir /", e))
+}
+
+/// Masks paths (after pivot_root): /dev/null over files, an empty read-only
+/// tmpfs over directories. Missing paths are fine.
+pub fn mask_paths(paths: &[String]) -> Result<()> {
+    for p in paths {
+        match std::fs::symlink_metadata(p) {
+            Err(_) => continue,
+            Ok(m) if m.is_dir() => {
+                mount_raw("tmpfs", p, "tmpfs", libc::MS_RDONLY, "size=0k,mode=755")
+            }
+            Ok(_) => rustix::mount::mount_bind("/dev/null", p.as_str()),
+        }
+        .map_err(|e| err(format!("masking {p}"), e))?;
+    }
+    Ok(())
+}
+
+/// Makes paths read-only (after pivot_root). Missing paths are fine.
+pub fn readonly_paths(paths: &[String]) -> Result<()> {
+    for p in paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            continue;
+        }
+        rustix::mount::mount_bind_recursive(p.as_str(), p.as_str())
+            .map_err(|e| err(format!("read-only {p}"), e))?;
+        mount_raw(
+            "",
+            p,
+            "",
+            libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            "",
+        )
+        .or_else(|_| {
+            mount_raw(
+                "",
+                p,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                "",
+            )
+        })
+        .map_err(|e| err(format!("read-only {p}"), e))?;
+    }
+    Ok(())
+}
+
+/// Remounts / read-only (root.readonly).
+pub fn readonly_root() -> Result<()> {
+    mount_raw(
+        "",
+        "/",
+        "",
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        "",
+    )
+    .map_err(|e| err("remounting / read-only", e))
+}
+
+/// Opens the rootfs directory.
+pub fn open_root(rootfs: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(format!("rootfs {}", rootfs.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_like_runc() {
+        let o = parse_options(&[
+            "nosuid".into(),
+            "ro".into(),
+            "mode=755".into(),
+            "rbind".into(),
+        ]);
+        assert_eq!(o.flags, libc::MS_NOSUID | libc::MS_RDONLY);
+        assert!(o.bind && o.recursive);
+        assert_eq!(o.data, vec!["mode=755"]);
+        let o = parse_options(&["ro".into(), "rw".into()]);
+        assert_eq!(o.flags & libc::MS_RDONLY, 0);
+    }
+
+    #[test]
+    fn targets_stay_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        let root = open_root(dir.path()).unwrap();
+        make_target(&root, Path::new("/evil/sub/dir"), false).unwrap();
+        assert!(dir
+            .path()
+            .join(outside.path().strip_prefix("/").unwrap())
+            .join("sub/dir")
+            .is_dir());
+        assert!(!outside.path().join("sub").exists());
+        make_target(&root, Path::new("/etc/resolv.conf"), true).unwrap();
+        assert!(dir.path().join("etc/resolv.conf").is_file());
+        assert!(make_target(&root, Path::new("/a/../../b"), false).is_err());
+    }
+}

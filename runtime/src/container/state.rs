@@ -1,0 +1,194 @@
+//! Container state under the state root (`/run/amphi/<id>/state.json`),
+//! and the OCI `state` view of it.
+
+use super::cgroups::Cgroup;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Default state root, like runc's /run/runc.
+pub const DEFAULT_ROOT: &str = "/run/amphi";
+
+/// What amphi keeps about a container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub pid: i32,
+    /// The process start time (clock ticks since boot), to tell a reused pid.
+    pub start_time: u64,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub cgroup: Cgroup,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Set once the process was seen to exit (by whoever waited for it).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// `amphi run` bookkeeping (image, name, ...), absent for OCI bundles.
+    #[serde(default)]
+    pub run: Option<serde_json::Value>,
+}
+
+/// OCI runtime status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// Validates a container id: no path characters, sane length.
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 1024 {
+        return Err(format!(
+            "invalid container id {id:?}: must be 1-1024 characters"
+        ));
+    }
+    if id == "."
+        || id == ".."
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-+".contains(&b))
+    {
+        return Err(format!(
+            "invalid container id {id:?}: only letters, digits and _ . - + are allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl State {
+    pub fn dir(root: &Path, id: &str) -> PathBuf {
+        root.join(id)
+    }
+
+    pub fn load(root: &Path, id: &str) -> Result<State, String> {
+        check_id(id)?;
+        let p = Self::dir(root, id).join("state.json");
+        let data = std::fs::read(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!("container {id:?} does not exist")
+            } else {
+                format!("{}: {e}", p.display())
+            }
+        })?;
+        serde_json::from_slice(&data).map_err(|e| format!("{}: corrupt state: {e}", p.display()))
+    }
+
+    pub fn save(&self, root: &Path) -> Result<(), String> {
+        let dir = Self::dir(root, &self.id);
+        let tmp = dir.join("state.json.tmp");
+        let data = serde_json::to_vec_pretty(self).expect("state serialises");
+        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| format!("{}: {e}", dir.display()))
+    }
+
+    /// Whether the recorded process is still the one we started.
+    pub fn alive(&self) -> bool {
+        self.pid > 0 && start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+    }
+
+    pub fn status(&self, root: &Path) -> Status {
+        if !self.alive() {
+            Status::Stopped
+        } else if Self::dir(root, &self.id).join("exec.fifo").exists() {
+            Status::Created
+        } else {
+            Status::Running
+        }
+    }
+
+    /// The OCI state document.
+    pub fn oci(&self, root: &Path) -> serde_json::Value {
+        let status = self.status(root);
+        serde_json::json!({
+            "ociVersion": "1.2.0",
+            "id": self.id,
+            "status": status.as_str(),
+            "pid": if status == Status::Stopped { 0 } else { self.pid },
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "annotations": self.annotations,
+        })
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// RFC 3339 UTC time of now.
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        check_id("abc-1.2_x+y").unwrap();
+        for bad in ["", "a/b", "..", "a b", "../x"] {
+            assert!(check_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        assert!(start_time(std::process::id() as i32).is_some());
+    }
+
+    #[test]
+    fn rfc3339_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 30, "{s}");
+        assert!(s.ends_with('Z'));
+    }
+}

@@ -1,0 +1,218 @@
+//! `amphi run` on the native path: image → rootfs plan → spec → launch →
+//! wait (forwarding signals, relaying a pty) → clean up.
+
+mod pty;
+
+use crate::container::launch::{launch, LaunchOptions};
+use crate::container::state::{self, State};
+use crate::image::manifest::ImageConfig;
+use crate::image::{Access, Store};
+use crate::spec::{self, RootfsPlan, RunFlags};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Exit status for amphi's own errors.
+pub const EXIT_AMPHI: i32 = 125;
+/// The command cannot be invoked (permission).
+pub const EXIT_CANNOT_INVOKE: i32 = 126;
+/// The command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// A run request.
+pub struct RunRequest {
+    pub image: String,
+    pub flags: RunFlags,
+    pub name: Option<String>,
+    pub rm: bool,
+    pub interactive: bool,
+    pub store_root: PathBuf,
+    pub state_root: PathBuf,
+}
+
+/// A failed run: the message and the exit status docker would use.
+#[derive(Debug)]
+pub struct RunError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RunError {}
+
+fn amphi_err(m: impl Into<String>) -> RunError {
+    RunError {
+        code: EXIT_AMPHI,
+        message: m.into(),
+    }
+}
+
+/// A new random container id (64 hex digits).
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        b[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
+        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(b)
+}
+
+/// Cleans up everything a container left: state dir, cgroup, and (for
+/// --rm) its writable layer.
+struct Cleanup {
+    state_dir: PathBuf,
+    container_dir: PathBuf,
+    cgroup: Option<crate::container::cgroups::Cgroup>,
+    remove_layer: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(c) = &self.cgroup {
+            let _ = c.remove();
+        }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if self.remove_layer {
+            let _ = std::fs::remove_dir_all(&self.container_dir);
+        }
+    }
+}
+
+/// Runs an image natively in the foreground; returns the exit status.
+pub fn run(req: RunRequest) -> Result<i32, RunError> {
+    let store = Store::open(&req.store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
+    let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
+    let rec = idx
+        .find(&req.image)
+        .map_err(|e| amphi_err(e.to_string()))?
+        .clone();
+    let cfg_bytes = store
+        .read_blob(&rec.config)
+        .map_err(|e| amphi_err(e.to_string()))?;
+    let image: ImageConfig = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
+    let host = crate::image::manifest::Platform::host();
+    if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
+        return Err(amphi_err(format!(
+            "image {} is for {}/{}, this host runs {}: it cannot run as a native container",
+            req.image, image.os, image.architecture, host
+        )));
+    }
+    let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
+    for l in &lowers {
+        if !l.is_dir() {
+            return Err(amphi_err(format!(
+                "layer {} of {} is missing from the store; pull the image again",
+                l.display(),
+                req.image
+            )));
+        }
+    }
+
+    let id = new_id();
+    let state_dir = State::dir(&req.state_root, &id);
+    let container_dir = req.store_root.join("containers").join(&id);
+    std::fs::create_dir_all(&state_dir)
+        .map_err(|e| amphi_err(format!("{}: {e}", state_dir.display())))?;
+    let mut cleanup = Cleanup {
+        state_dir: state_dir.clone(),
+        container_dir: container_dir.clone(),
+        cgroup: None,
+        remove_layer: true,
+    };
+    let plan = RootfsPlan {
+        rootfs: state_dir.join("rootfs"),
+        lowers,
+        upper: container_dir.join("upper"),
+        work: container_dir.join("work"),
+        etc_dir: container_dir.join("etc"),
+    };
+    for d in [&plan.rootfs, &plan.upper, &plan.work] {
+        std::fs::create_dir_all(d).map_err(|e| amphi_err(format!("{}: {e}", d.display())))?;
+    }
+    let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(amphi_err)?;
+    let config_path = state_dir.join("config.json");
+    spec.save(&config_path)
+        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+
+    // Without -i the container gets no stdin, like docker.
+    if !req.interactive {
+        if let Ok(null) = std::fs::File::open("/dev/null") {
+            // SAFETY: dup2 onto our own stdin.
+            unsafe { libc::dup2(null.as_raw_fd(), 0) };
+        }
+    }
+    let sigs = pty::block_signals();
+    let state_template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": state_dir,
+    });
+    let launched = launch(
+        &spec,
+        &plan.rootfs,
+        LaunchOptions {
+            id: id.clone(),
+            exec_fifo: None,
+            console_socket: None,
+            user_lookup: user,
+            preserve_fds: 0,
+            state_template,
+        },
+    );
+    let launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            pty::unblock_signals(&sigs);
+            let code = if e.contains("executable file not found")
+                || e.contains("No such file or directory") && e.starts_with("exec ")
+            {
+                EXIT_NOT_FOUND
+            } else if e.starts_with("exec ") {
+                EXIT_CANNOT_INVOKE
+            } else {
+                EXIT_AMPHI
+            };
+            return Err(RunError { code, message: e });
+        }
+    };
+    cleanup.cgroup = Some(launched.cgroup.clone());
+    cleanup.remove_layer = req.rm;
+    let st = State {
+        id: id.clone(),
+        pid: launched.pid,
+        start_time: state::start_time(launched.pid).unwrap_or(0),
+        bundle: state_dir.clone(),
+        rootfs: plan.rootfs.clone(),
+        created: state::now_rfc3339(),
+        cgroup: launched.cgroup.clone(),
+        annotations: Default::default(),
+        exit_code: None,
+        oom_killed: false,
+        run: Some(serde_json::json!({
+            "image": req.image, "name": req.name, "command": spec.process().as_ref().and_then(|p| p.args().clone()),
+        })),
+    };
+    let _ = st.save(&req.state_root);
+
+    let status = pty::wait(launched.pid, launched.pty, &sigs);
+    pty::unblock_signals(&sigs);
+    if launched.cgroup.oom_killed() {
+        eprintln!(
+            "amphi: container {} was killed by the kernel OOM killer (memory limit reached)",
+            &id[..12]
+        );
+        return Ok(137);
+    }
+    Ok(status)
+}
+
+/// Creates the state root if needed.
+pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
+    std::fs::create_dir_all(p).map_err(|e| amphi_err(format!("{}: {e}", p.display())))
+}

@@ -1,0 +1,247 @@
+//! Waiting for the container in the foreground: signals are forwarded to
+//! it (through a signalfd, so nothing races), its pty (with `-t`) is
+//! relayed to our terminal in raw mode, window size changes follow.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// Signals blocked in amphi and read from a signalfd while the container runs.
+pub struct Signals {
+    old: libc::sigset_t,
+    fd: Option<OwnedFd>,
+}
+
+const FORWARDED: &[i32] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCHLD,
+];
+
+/// Blocks the forwarded signals (the container's init unblocks them).
+pub fn block_signals() -> Signals {
+    // SAFETY: sigset manipulation on locals; sigprocmask/signalfd with
+    // valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, *s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        Signals {
+            old,
+            fd: (fd >= 0).then(|| OwnedFd::from_raw_fd(fd)),
+        }
+    }
+}
+
+/// Restores the signal mask.
+pub fn unblock_signals(s: &Signals) {
+    // SAFETY: restoring a mask we saved.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &s.old, std::ptr::null_mut()) };
+}
+
+/// Exit status as a shell reports it: the code, or 128 + signal.
+pub fn decode(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        EXIT_UNKNOWN
+    }
+}
+
+const EXIT_UNKNOWN: i32 = 125;
+
+fn try_reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid on our child with a valid pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r == pid {
+        Some(decode(status))
+    } else if r < 0 {
+        Some(EXIT_UNKNOWN)
+    } else {
+        None
+    }
+}
+
+fn copy_winsize(from: i32, to: i32) {
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
+        }
+    }
+}
+
+/// Puts our terminal in raw mode for the relay; restores on drop.
+struct RawMode {
+    saved: Option<rustix::termios::Termios>,
+}
+
+impl RawMode {
+    fn enter() -> RawMode {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(stdin.as_fd()).ok();
+        if let Some(t) = &saved {
+            let mut raw = t.clone();
+            raw.make_raw();
+            let _ = rustix::termios::tcsetattr(
+                stdin.as_fd(),
+                rustix::termios::OptionalActions::Now,
+                &raw,
+            );
+        }
+        RawMode { saved }
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        if let Some(t) = &self.saved {
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
+        }
+    }
+}
+
+/// Waits for `pid`, forwarding signals and relaying `pty`; returns its
+/// exit status.
+pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
+    let Some(sfd) = &sigs.fd else {
+        let mut status = 0;
+        // SAFETY: blocking waitpid on our child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return decode(status);
+    };
+    let _raw = pty.as_ref().map(|_| RawMode::enter());
+    if let Some(m) = &pty {
+        copy_winsize(0, m.as_raw_fd());
+    }
+    let mut stdin_open = pty.is_some();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: sfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(m) = &pty {
+            fds.push(libc::pollfd {
+                fd: m.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            if stdin_open {
+                fds.push(libc::pollfd {
+                    fd: 0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+        }
+        // SAFETY: poll on a valid array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: reading one signalfd_siginfo into a zeroed struct.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::read(
+                    sfd.as_raw_fd(),
+                    &mut info as *mut _ as *mut libc::c_void,
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                )
+            };
+            if r > 0 {
+                match info.ssi_signo as i32 {
+                    libc::SIGCHLD => {
+                        if let Some(code) = try_reap(pid) {
+                            if let Some(m) = &pty {
+                                drain(m, &mut buf);
+                            }
+                            return code;
+                        }
+                    }
+                    libc::SIGWINCH => {
+                        if let Some(m) = &pty {
+                            copy_winsize(0, m.as_raw_fd());
+                        }
+                    }
+                    s => {
+                        // SAFETY: forwarding a signal to our child.
+                        unsafe { libc::kill(pid, s) };
+                    }
+                }
+            }
+        }
+        if let Some(m) = &pty {
+            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                let mut f = std::mem::ManuallyDrop::new(unsafe {
+                    std::fs::File::from_raw_fd(m.as_raw_fd())
+                });
+                match f.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&buf[..n]);
+                        let _ = out.flush();
+                    }
+                    _ => {
+                        // The slave side closed: the process is exiting.
+                        let mut status = 0;
+                        // SAFETY: blocking waitpid on our child.
+                        unsafe { libc::waitpid(pid, &mut status, 0) };
+                        return decode(status);
+                    }
+                }
+            }
+            if stdin_open && fds.len() > 2 && fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+                match std::io::stdin().lock().read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        let mut f = std::mem::ManuallyDrop::new(unsafe {
+                            std::fs::File::from_raw_fd(m.as_raw_fd())
+                        });
+                        let _ = f.write_all(&buf[..n]);
+                    }
+                    _ => {
+                        // End of input: send EOF (^D) to the pty, once.
+                        let mut f = std::mem::ManuallyDrop::new(unsafe {
+                            std::fs::File::from_raw_fd(m.as_raw_fd())
+                        });
+                        let _ = f.write_all(&[4]);
+                        stdin_open = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies what is left in the pty to stdout.
+fn drain(m: &OwnedFd, buf: &mut [u8]) {
+    let _ = rustix::io::ioctl_fionbio(m, true);
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(m.as_raw_fd()) });
+    let mut out = std::io::stdout().lock();
+    while let Ok(n) = f.read(buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = out.write_all(&buf[..n]);
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,524 @@
+//! Image config + `amphi run` flags → one OCI runtime spec, the same for
+//! the native and the microVM paths.
+
+use crate::container::caps::{self, DOCKER_DEFAULT};
+use crate::container::rootfs::{OVERLAY_LOWER, OVERLAY_UPPER, OVERLAY_WORK};
+use crate::container::seccomp;
+use crate::image::manifest::ImageConfig;
+use oci_spec::runtime::{
+    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// How the container's network is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A private network namespace with only loopback (the default).
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// Which seccomp profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeccompChoice {
+    Default,
+    Unconfined,
+    File(PathBuf),
+}
+
+/// A `-v HOST:CTR[:ro]` bind mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub container: PathBuf,
+    pub readonly: bool,
+}
+
+impl Volume {
+    /// Parses `HOST:CTR[:ro|rw]`.
+    pub fn parse(s: &str) -> Result<Volume, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (h, c, ro) = match parts.as_slice() {
+            [h, c] => (*h, *c, false),
+            [h, c, "ro"] => (*h, *c, true),
+            [h, c, "rw"] => (*h, *c, false),
+            _ => {
+                return Err(format!(
+                    "invalid volume {s:?}: expected HOST:CONTAINER[:ro]"
+                ))
+            }
+        };
+        let host = PathBuf::from(h);
+        if !host.is_absolute() {
+            return Err(format!("invalid volume {s:?}: the host path must be absolute (named volumes are not supported)"));
+        }
+        if !Path::new(c).is_absolute() {
+            return Err(format!(
+                "invalid volume {s:?}: the container path must be absolute"
+            ));
+        }
+        let host = std::fs::canonicalize(&host)
+            .map_err(|e| format!("volume {s:?}: host path {}: {e}", host.display()))?;
+        Ok(Volume {
+            host,
+            container: PathBuf::from(c),
+            readonly: ro,
+        })
+    }
+}
+
+/// Everything `amphi run` lets the user set.
+#[derive(Debug, Clone)]
+pub struct RunFlags {
+    pub command: Vec<String>,
+    pub entrypoint: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub read_only: bool,
+    pub network: Network,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub seccomp: SeccompChoice,
+    pub no_new_privileges: bool,
+    pub volumes: Vec<Volume>,
+    pub tty: bool,
+}
+
+impl Default for RunFlags {
+    fn default() -> Self {
+        RunFlags {
+            command: vec![],
+            entrypoint: None,
+            env: vec![],
+            workdir: None,
+            user: None,
+            hostname: None,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            read_only: false,
+            network: Network::None,
+            cap_add: vec![],
+            cap_drop: vec![],
+            seccomp: SeccompChoice::Default,
+            no_new_privileges: false,
+            volumes: vec![],
+            tty: false,
+        }
+    }
+}
+
+/// Where the container's root comes from.
+pub struct RootfsPlan {
+    /// The mount point of the rootfs.
+    pub rootfs: PathBuf,
+    /// Overlay lower dirs, bottom first (empty: use `rootfs` as is).
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Directory for generated files (hosts, hostname, resolv.conf).
+    pub etc_dir: PathBuf,
+}
+
+/// Parses docker's memory sizes: `512m`, `1g`, `1048576`, `100k`, `1.5g`.
+pub fn parse_memory(s: &str) -> Result<i64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.trim_end_matches('b').chars().last() {
+        Some('k') => (&t[..t.trim_end_matches('b').len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 20),
+        Some('g') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 30),
+        Some('t') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 40),
+        _ => (t.trim_end_matches('b'), 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid memory size {s:?}: use e.g. 512m or 2g"))?;
+    let bytes = (v * mult as f64) as i64;
+    if bytes < 6 * 1024 * 1024 {
+        return Err(format!("memory limit {s:?} is below the minimum of 6m"));
+    }
+    Ok(bytes)
+}
+
+/// Capabilities after `--cap-add`/`--cap-drop` (both take `ALL`).
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    let add: Vec<String> = add
+        .iter()
+        .map(|c| caps::parse(c))
+        .collect::<Result<_, _>>()?;
+    let drop: Vec<String> = drop
+        .iter()
+        .map(|c| caps::parse(c))
+        .collect::<Result<_, _>>()?;
+    let mut set: Vec<String> = if add.iter().any(|c| c == "CAP_ALL") {
+        caps::all_names()
+    } else {
+        DOCKER_DEFAULT.iter().map(|s| s.to_string()).collect()
+    };
+    for c in add.iter().filter(|c| *c != "CAP_ALL") {
+        if !set.contains(c) {
+            set.push(c.clone());
+        }
+    }
+    if drop.iter().any(|c| c == "CAP_ALL") {
+        set.retain(|c| add.contains(c));
+    } else {
+        set.retain(|c| !drop.contains(c));
+    }
+    set.sort();
+    Ok(set)
+}
+
+fn merge_env(image: &[String], flags: &[String]) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut map: HashMap<String, String> = HashMap::new();
+    for e in image.iter().chain(flags) {
+        let (k, v) = match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            // `-e NAME` takes the value from amphi's own environment.
+            None => match std::env::var(e) {
+                Ok(v) => (e.clone(), v),
+                Err(_) => continue,
+            },
+        };
+        if !map.contains_key(&k) {
+            order.push(k.clone());
+        }
+        map.insert(k, v);
+    }
+    if !map.contains_key("PATH") {
+        order.insert(0, "PATH".into());
+        map.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", map[&k]))
+        .collect()
+}
+
+/// The process arguments: entrypoint + command, with docker's override rules.
+pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>, String> {
+    let cfg = image.config.clone().unwrap_or_default();
+    let entry: Vec<String> = match &flags.entrypoint {
+        Some(e) if e.is_empty() => vec![],
+        Some(e) => vec![e.clone()],
+        None => cfg.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !flags.command.is_empty() {
+        flags.command.clone()
+    } else if flags.entrypoint.is_some() {
+        vec![]
+    } else {
+        cfg.cmd.clone().unwrap_or_default()
+    };
+    let args: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(
+            "no command: the image has no Entrypoint or Cmd, give one after the image name".into(),
+        );
+    }
+    Ok(args)
+}
+
+/// Builds the runtime spec. Returns it and the user to resolve inside the
+/// container (names need the image's /etc/passwd).
+pub fn build(
+    image: &ImageConfig,
+    flags: &RunFlags,
+    id: &str,
+    plan: &RootfsPlan,
+) -> Result<(Spec, Option<String>), String> {
+    let cfg = image.config.clone().unwrap_or_default();
+    let args = process_args(image, flags)?;
+    let env = merge_env(&cfg.env.clone().unwrap_or_default(), &flags.env);
+    let cwd = flags
+        .workdir
+        .clone()
+        .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(format!("working directory {cwd:?} is not an absolute path"));
+    }
+    let user = flags
+        .user
+        .clone()
+        .or_else(|| cfg.user.clone().filter(|u| !u.is_empty()));
+    let capset = capabilities(&flags.cap_add, &flags.cap_drop)?;
+    let caps: oci_spec::runtime::Capabilities = capset
+        .iter()
+        .filter_map(|c| serde_json::from_value(serde_json::Value::String(c.clone())).ok())
+        .collect();
+    let mut env = env;
+    if flags.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let hostname = flags
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id[..12.min(id.len())].to_string());
+    env.push(format!("HOSTNAME={hostname}"));
+
+    let process = ProcessBuilder::default()
+        .terminal(flags.tty)
+        .args(args)
+        .env(env)
+        .cwd(PathBuf::from(&cwd))
+        .user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps.clone())
+                .inheritable(caps.clone())
+                .ambient(oci_spec::runtime::Capabilities::new())
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .no_new_privileges(flags.no_new_privileges)
+        .rlimits(vec![])
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let mut mounts = get_default_mounts();
+    // Files docker generates for every container.
+    std::fs::create_dir_all(&plan.etc_dir)
+        .map_err(|e| format!("{}: {e}", plan.etc_dir.display()))?;
+    let hosts = match flags.network {
+        Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        Network::None => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+    };
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for (name, content) in [
+        ("hosts", hosts),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv),
+    ] {
+        let p = plan.etc_dir.join(name);
+        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from("/etc").join(name))
+                .typ("bind")
+                .source(p)
+                .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    for v in &flags.volumes {
+        let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+        if v.readonly {
+            opts.push("ro".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(v.container.clone())
+                .typ("bind")
+                .source(v.host.clone())
+                .options(opts)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+
+    let mut nss = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if flags.network == Network::None {
+        nss.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = nss
+        .into_iter()
+        .map(|t| {
+            LinuxNamespaceBuilder::default()
+                .typ(t)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut res = LinuxResourcesBuilder::default();
+    if let Some(m) = flags.memory {
+        res = res.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if let Some(c) = flags.cpus {
+        if c <= 0.0 {
+            return Err(format!("--cpus {c}: must be more than 0"));
+        }
+        let period = 100_000u64;
+        res = res.cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota((c * period as f64) as i64)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if let Some(p) = flags.pids_limit {
+        res = res.pids(
+            LinuxPidsBuilder::default()
+                .limit(p)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(res.build().map_err(|e| e.to_string())?)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .cgroups_path(PathBuf::from(format!("/amphi/{id}")));
+    match &flags.seccomp {
+        SeccompChoice::Default => linux = linux.seccomp(seccomp::docker_default(&capset)),
+        SeccompChoice::Unconfined => {}
+        SeccompChoice::File(p) => {
+            let data =
+                std::fs::read(p).map_err(|e| format!("seccomp profile {}: {e}", p.display()))?;
+            linux = linux.seccomp(seccomp::parse_profile(&data, &p.display().to_string())?);
+        }
+    }
+    let mut annotations = HashMap::new();
+    if !plan.lowers.is_empty() {
+        let lower = plan
+            .lowers
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        annotations.insert(OVERLAY_LOWER.to_string(), lower);
+        annotations.insert(
+            OVERLAY_UPPER.to_string(),
+            plan.upper.to_string_lossy().into_owned(),
+        );
+        annotations.insert(
+            OVERLAY_WORK.to_string(),
+            plan.work.to_string_lossy().into_owned(),
+        );
+    }
+    let spec = SpecBuilder::default()
+        .version("1.2.0")
+        .root(
+            RootBuilder::default()
+                .path(plan.rootfs.clone())
+                .readonly(flags.read_only)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .hostname(hostname)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build().map_err(|e| e.to_string())?)
+        .annotations(annotations)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((spec, user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entry: Option<Vec<&str>>, cmd: Option<Vec<&str>>) -> ImageConfig {
+        ImageConfig {
+            config: Some(crate::image::manifest::RunConfig {
+                entrypoint: entry.map(|v| v.into_iter().map(String::from).collect()),
+                cmd: cmd.map(|v| v.into_iter().map(String::from).collect()),
+                env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn docker_argument_rules() {
+        let f = RunFlags::default();
+        assert_eq!(
+            process_args(&image(Some(vec!["/e"]), Some(vec!["c"])), &f).unwrap(),
+            ["/e", "c"]
+        );
+        let f = RunFlags {
+            command: vec!["x".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            process_args(&image(Some(vec!["/e"]), Some(vec!["c"])), &f).unwrap(),
+            ["/e", "x"]
+        );
+        let f = RunFlags {
+            entrypoint: Some("/o".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            process_args(&image(Some(vec!["/e"]), Some(vec!["c"])), &f).unwrap(),
+            ["/o"]
+        );
+        assert!(process_args(&image(None, None), &RunFlags::default()).is_err());
+    }
+
+    #[test]
+    fn env_merges_in_order() {
+        let e = merge_env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        );
+        assert_eq!(e, ["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1.5G").unwrap(), 3 << 29);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("1k").is_err());
+    }
+
+    #[test]
+    fn cap_add_drop() {
+        let c = capabilities(&["NET_ADMIN".into()], &["chown".into()]).unwrap();
+        assert!(c.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.contains(&"CAP_CHOWN".to_string()));
+        let c = capabilities(&["CAP_KILL".into()], &["ALL".into()]).unwrap();
+        assert_eq!(c, ["CAP_KILL"]);
+        assert!(capabilities(&["CAP_FLY".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn volumes() {
+        let v = Volume::parse("/tmp:/data:ro").unwrap();
+        assert!(v.readonly && v.container == Path::new("/data"));
+        assert!(Volume::parse("rel:/data").is_err());
+        assert!(Volume::parse("/tmp:data").is_err());
+        assert!(Volume::parse("/definitely/not/here:/x").is_err());
+    }
+}

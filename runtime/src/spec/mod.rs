@@ -233,6 +233,19 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
     Ok(args)
 }
 
+/// Rows and columns of the terminal on our stdin or stdout, if any: the
+/// pty gets this size before the process starts.
+fn terminal_size() -> Option<(u64, u64)> {
+    for fd in [0, 1] {
+        // SAFETY: TIOCGWINSZ into a zeroed winsize.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
+            return Some((ws.ws_row.into(), ws.ws_col.into()));
+        }
+    }
+    None
+}
+
 /// Builds the runtime spec. Returns it and the user to resolve inside the
 /// container (names need the image's /etc/passwd).
 pub fn build(
@@ -271,7 +284,19 @@ pub fn build(
         .unwrap_or_else(|| id[..12.min(id.len())].to_string());
     env.push(format!("HOSTNAME={hostname}"));
 
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default();
+    if flags.tty {
+        if let Some((rows, cols)) = terminal_size() {
+            process = process.console_size(
+                oci_spec::runtime::BoxBuilder::default()
+                    .height(rows)
+                    .width(cols)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+    }
+    let process = process
         .terminal(flags.tty)
         .args(args)
         .env(env)

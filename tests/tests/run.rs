@@ -1,0 +1,408 @@
+//! `amphi run` on the native path, end to end with the busybox test image.
+
+use amphi_tests::{test_image, Amphi};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const IMG: &str = "localhost/demo/busybox:latest";
+
+/// An amphi with the busybox image loaded and a private state root.
+struct Env {
+    a: Amphi,
+    state: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let a = Amphi::new();
+        a.ok(&[
+            "load",
+            "-q",
+            "--tag",
+            IMG,
+            test_image("busybox").to_str().unwrap(),
+        ]);
+        Env {
+            a,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.a.cmd(args);
+        c.env("AMPHI_STATE", self.state.path());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd(args);
+        c.stdin(Stdio::null());
+        amphi_tests::run_cmd(&mut c)
+    }
+
+    /// `amphi run --rm IMG ARGS...`, returning (status, stdout, stderr).
+    fn rm(&self, flags: &[&str], cmd: &[&str]) -> (i32, String, String) {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.push(IMG);
+        args.extend_from_slice(cmd);
+        let out = self.run(&args);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Nothing of any container is left: state, writable layers, cgroups, mounts.
+    fn assert_clean(&self) {
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(self.state.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(leftovers.is_empty(), "state left behind: {leftovers:?}");
+        let containers = self.a.root().join("containers");
+        if containers.exists() {
+            let left: Vec<_> = std::fs::read_dir(&containers)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            assert!(left.is_empty(), "container layers left behind: {left:?}");
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for p in [self.a.root(), self.state.path()] {
+            assert!(
+                !mounts.contains(p.to_str().unwrap()),
+                "mount left under {}",
+                p.display()
+            );
+        }
+    }
+}
+
+fn cgroup_dirs_for(id_prefix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for base in [
+        "/sys/fs/cgroup/memory/amphi",
+        "/sys/fs/cgroup/pids/amphi",
+        "/sys/fs/cgroup/amphi",
+    ] {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(id_prefix) {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn stdout_stderr_and_exit_status() {
+    let e = Env::new();
+    let (code, out, err) = e.rm(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!((code, out.as_str()), (3, "out\n"), "{err}");
+    assert!(err.contains("err"), "{err}");
+    let (code, out, _) = e.rm(&[], &["echo", "hi"]);
+    assert_eq!((code, out.as_str()), (0, "hi\n"));
+    e.assert_clean();
+}
+
+#[test]
+fn missing_command_and_user_give_docker_statuses() {
+    let e = Env::new();
+    let (code, _, err) = e.rm(&[], &["no-such-command"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(
+        err.contains("no-such-command") && err.contains("not found"),
+        "{err}"
+    );
+    let (code, _, err) = e.rm(&["-u", "nobody-here"], &["true"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(err.contains("nobody-here"), "{err}");
+    let (code, _, err) = e.rm(&[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let out = e.run(&["run", "--rm", "localhost/not/there", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("localhost/not/there"));
+    e.assert_clean();
+}
+
+#[test]
+fn env_workdir_user_and_hostname() {
+    let e = Env::new();
+    let envfile = e.state.path().join("../amphi-envfile-test");
+    std::fs::write(&envfile, "# comment\nFROMFILE=yes\n").unwrap();
+    let (code, out, err) = e.rm(
+        &[
+            "-e",
+            "FOO=bar",
+            "--env-file",
+            envfile.to_str().unwrap(),
+            "-w",
+            "/data/x",
+            "-u",
+            "amphi",
+            "--hostname",
+            "box",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo $FOO $FROMFILE $HOME; pwd; id -u; id -g; hostname",
+        ],
+    );
+    let _ = std::fs::remove_file(&envfile);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "bar yes /home/amphi\n/data/x\n1000\n1000\nbox\n");
+    let (_, out, _) = e.rm(&["-u", "1000:50"], &["id"]);
+    assert!(out.contains("uid=1000") && out.contains("gid=50"), "{out}");
+    // Non-root users get no effective capabilities, as with docker.
+    let (_, out, _) = e.rm(&["-u", "amphi"], &["grep", "CapEff", "/proc/self/status"]);
+    assert!(out.contains("0000000000000000"), "{out}");
+    e.assert_clean();
+}
+
+#[test]
+fn isolation_mounts_and_masks() {
+    let e = Env::new();
+    let (code, out, err) = e.rm(
+        &[],
+        &["sh", "-c", "echo $$; ls /sys/class/net; cat /proc/keys | wc -c; ls /dev/null /dev/zero /dev/pts/ptmx >/dev/null && echo devok; touch /proc/sys/x 2>&1 | head -1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "1",
+        "the workload is PID 1 of its namespace: {out}"
+    );
+    assert_eq!(lines[1], "lo", "private network with loopback only: {out}");
+    assert_eq!(lines[2].trim(), "0", "/proc/keys is masked: {out}");
+    assert_eq!(lines[3], "devok");
+    // Read-only root and volumes.
+    let (code, _, err) = e.rm(&["--read-only"], &["touch", "/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Read-only"), "{err}");
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from host").unwrap();
+    let v = format!("{}:/host", host.path().display());
+    let (code, out, _) = e.rm(&["-v", &v], &["sh", "-c", "cat /host/f; echo hi > /host/g"]);
+    assert_eq!((code, out.as_str()), (0, "from host"));
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("g")).unwrap(),
+        "hi\n"
+    );
+    let vro = format!("{v}:ro");
+    let (code, _, _) = e.rm(&["-v", &vro], &["touch", "/host/h"]);
+    assert_ne!(code, 0);
+    assert!(!host.path().join("h").exists());
+    let (code, _, err) = e.rm(&["-v", "relative:/x"], &["true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("relative"), "{err}");
+    // The writable layer is per container: a file written in one run is
+    // gone in the next.
+    e.rm(&[], &["touch", "/written"]);
+    let (code, _, _) = e.rm(&[], &["test", "-e", "/written"]);
+    assert_eq!(code, 1);
+    e.assert_clean();
+}
+
+#[test]
+fn capabilities_and_seccomp() {
+    let e = Env::new();
+    let (code, _, err) = e.rm(&[], &["mount", "-t", "tmpfs", "x", "/mnt"]);
+    assert_ne!(code, 0, "mount must be refused: {err}");
+    let (code, _, _) = e.rm(&[], &["chown", "1", "/tmp"]);
+    assert_eq!(code, 0, "CAP_CHOWN is in docker's default set");
+    let (code, _, _) = e.rm(&["--cap-drop", "CHOWN"], &["chown", "1", "/tmp"]);
+    assert_ne!(code, 0);
+    let (code, out, _) = e.rm(
+        &["--cap-drop", "ALL"],
+        &["grep", "CapEff", "/proc/self/status"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("0000000000000000"), "{out}");
+    let (_, out, _) = e.rm(
+        &["--cap-add", "NET_ADMIN"],
+        &["grep", "CapEff", "/proc/self/status"],
+    );
+    let eff = u64::from_str_radix(out.split_whitespace().last().unwrap(), 16).unwrap();
+    assert_ne!(eff & (1 << 12), 0, "CAP_NET_ADMIN (12) added: {out}");
+    let (code, _, err) = e.rm(&["--cap-add", "FLY"], &["true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("FLY"), "{err}");
+
+    let (_, out, _) = e.rm(&[], &["grep", "Seccomp:", "/proc/self/status"]);
+    assert!(out.contains('2'), "default seccomp filter: {out}");
+    let (_, out, _) = e.rm(
+        &["--security-opt", "seccomp=unconfined"],
+        &["grep", "Seccomp:", "/proc/self/status"],
+    );
+    assert!(out.contains('0'), "{out}");
+    // A custom profile: mkdir answers EACCES (13).
+    let prof = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        prof.path(),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", prof.path().display());
+    let (code, _, err) = e.rm(&["--security-opt", &opt], &["mkdir", "/newdir"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    std::fs::write(prof.path(), r#"{"defaultAction":"SCMP_ACT_BOGUS"}"#).unwrap();
+    let (code, _, err) = e.rm(&["--security-opt", &opt], &["true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("defaultAction"), "{err}");
+    e.assert_clean();
+}
+
+#[test]
+fn memory_pids_and_oom() {
+    let e = Env::new();
+    let (code, out, err) = e.rm(
+        &["--memory", "16m"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    assert_eq!(code, 137, "{out}{err}");
+    assert!(err.contains("OOM"), "the OOM kill is reported: {err}");
+    let (code, _, err) = e.rm(
+        &["--pids-limit", "5"],
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("fork") || err.contains("Resource"), "{err}");
+    let (code, _, err) = e.rm(&["--memory", "lots"], &["true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("lots"), "{err}");
+    // The container's cgroups are removed when it exits.
+    let (_, out, _) = e.rm(&["--memory", "64m"], &["cat", "/proc/self/cgroup"]);
+    let mem = out
+        .lines()
+        .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no memory cgroup in {out}"));
+    let id = mem.rsplit('/').next().unwrap();
+    assert_eq!(id.len(), 64, "{mem}");
+    assert!(cgroup_dirs_for(id).is_empty(), "cgroup of {id} left behind");
+    e.assert_clean();
+}
+
+#[test]
+fn stdin_is_piped_only_with_i() {
+    let e = Env::new();
+    let mut c = e.cmd(&["run", "--rm", "-i", IMG, "sh", "-c", "tr a-z A-Z"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
+    // Without -i the container reads an empty stdin.
+    let mut c = e.cmd(&["run", "--rm", IMG, "cat"]);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    e.assert_clean();
+}
+
+#[test]
+fn tty_gives_a_real_terminal() {
+    let e = Env::new();
+    if Command::new("script").arg("--version").output().is_err() {
+        amphi_tests::skip("script(1) missing: cannot give amphi a terminal");
+        return;
+    }
+    // script(1) gives amphi a terminal; inside, the workload must see one.
+    let inner = format!(
+        "AMPHI_ROOT={} AMPHI_STATE={} {} run --rm -t {IMG} sh -c 'tty; stty size'",
+        e.a.root().display(),
+        e.state.path().display(),
+        amphi_tests::amphi_bin().display()
+    );
+    let out = amphi_tests::run_cmd(
+        Command::new("script")
+            .args([
+                "-qec",
+                &format!("stty rows 30 cols 100; {inner}"),
+                "/dev/null",
+            ])
+            .stdin(Stdio::null()),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(
+        text.contains("30 100"),
+        "window size follows the terminal: {text}"
+    );
+    e.assert_clean();
+}
+
+#[test]
+fn signals_are_forwarded_and_128_plus_signal() {
+    let e = Env::new();
+    // SIGTERM to amphi reaches the workload, which traps it.
+    let mut child = e
+        .cmd(&[
+            "run",
+            "--rm",
+            IMG,
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    use std::io::Read;
+    out.read_exact(&mut buf).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(42));
+
+    // A workload killed by a signal exits 128+N.
+    let mut child = e
+        .cmd(&["run", "--rm", IMG, "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = wait_for_container_pid(e.state.path());
+    // SAFETY: killing the container's process (a plain pid).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(137));
+    e.assert_clean();
+}
+
+fn wait_for_container_pid(state: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(rd) = std::fs::read_dir(state) {
+            for d in rd.flatten() {
+                if let Ok(s) = std::fs::read(d.path().join("state.json")) {
+                    let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+                    return v["pid"].as_i64().unwrap() as i32;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no container state appeared in {}", state.display());
+}

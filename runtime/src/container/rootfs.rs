@@ -11,8 +11,8 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::MountPropagationFlags;
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Annotation carrying the overlay lower dirs for `amphi run` containers
@@ -113,7 +113,9 @@ pub fn make_target(root: &OwnedFd, path: &Path, file: bool) -> Result<OwnedFd> {
 
 fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Result<OwnedFd> {
     if depth > 40 {
-        return Err(format!("too many levels of symbolic links creating {path:?} in the rootfs"));
+        return Err(format!(
+            "too many levels of symbolic links creating {path:?} in the rootfs"
+        ));
     }
     let r = rel(path)?;
     let comps: Vec<_> = r.components().collect();
@@ -121,7 +123,13 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
     for (i, c) in comps.iter().enumerate() {
         cur.push(c);
         let last = i + 1 == comps.len();
-        match rustix::fs::openat2(root, &cur, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT) {
+        match rustix::fs::openat2(
+            root,
+            &cur,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            IN_ROOT,
+        ) {
             Ok(fd) if last => return Ok(fd),
             Ok(_) => continue,
             Err(Errno::NOENT) => {}
@@ -130,7 +138,11 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
         let parent = cur.parent().map(Path::to_path_buf).unwrap_or_default();
         let pfd = rustix::fs::openat2(
             root,
-            if parent.as_os_str().is_empty() { Path::new(".") } else { &parent },
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                &parent
+            },
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
             IN_ROOT,
@@ -140,7 +152,11 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
         // A dangling symlink: create what it points to, inside the root.
         if let Ok(target) = rustix::fs::readlinkat(&pfd, name, Vec::new()) {
             let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
-            let mut resolved = if target.is_absolute() { target } else { Path::new("/").join(&parent).join(target) };
+            let mut resolved = if target.is_absolute() {
+                target
+            } else {
+                Path::new("/").join(&parent).join(target)
+            };
             for rest in &comps[i + 1..] {
                 resolved.push(rest);
             }
@@ -162,8 +178,14 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             Err(e) => return Err(err(format!("creating {cur:?} in the rootfs"), e)),
         }
         if last {
-            return rustix::fs::openat2(root, &cur, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), IN_ROOT)
-                .map_err(|e| err(format!("opening {cur:?} in the rootfs"), e));
+            return rustix::fs::openat2(
+                root,
+                &cur,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                IN_ROOT,
+            )
+            .map_err(|e| err(format!("opening {cur:?} in the rootfs"), e));
         }
     }
     // The root itself.

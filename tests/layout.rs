@@ -22,51 +22,130 @@ pub enum TarEntry<'a> {
     Hardlink { path: &'a str, target: &'a str },
     /// A character device 1:3 (what /dev/null is), mode 0666.
     CharDev { path: &'a str },
+    /// A block device 7:0 (what /dev/loop0 is), mode 0660.
+    BlockDev { path: &'a str },
+    /// A FIFO, mode 0644.
+    Fifo { path: &'a str },
+    /// `entry` with the given owner and mtime, and extended attributes
+    /// written as a PAX header of `SCHILY.xattr.NAME` records before it.
+    With {
+        entry: &'a TarEntry<'a>,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+        xattrs: &'a [(&'a str, &'a [u8])],
+    },
 }
 
 /// Builds an uncompressed tar archive without any of the `tar` crate's path sanitising.
 pub fn raw_tar(entries: &[TarEntry]) -> Vec<u8> {
-    use tar::EntryType as T;
     let mut out = Vec::new();
     for entry in entries {
-        let (path, kind, mode, data, link) = match *entry {
-            TarEntry::File { path, data, mode } => (path, T::Regular, mode, data, None),
-            TarEntry::Dir { path } => (path, T::Directory, 0o755, &[][..], None),
-            TarEntry::Symlink { path, target } => (path, T::Symlink, 0o777, &[][..], Some(target)),
-            TarEntry::Hardlink { path, target } => (path, T::Link, 0o644, &[][..], Some(target)),
-            TarEntry::CharDev { path } => (path, T::Char, 0o666, &[][..], None),
-        };
-        let mut header = tar::Header::new_gnu();
-        put_name(
-            &mut out,
-            &mut header.as_old_mut().name,
-            path.as_bytes(),
-            T::GNULongName,
-        );
-        if let Some(target) = link {
-            put_name(
-                &mut out,
-                &mut header.as_old_mut().linkname,
-                target.as_bytes(),
-                T::GNULongLink,
-            );
-        }
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(data.len() as u64);
-        if kind == T::Char {
-            header.set_device_major(1).unwrap();
-            header.set_device_minor(3).unwrap();
-        }
-        header.set_cksum();
-        out.extend_from_slice(header.as_bytes());
-        push_padded(&mut out, data);
+        push_entry(&mut out, entry, 0, 0, 0);
     }
     out.resize(out.len() + 1024, 0);
     out
+}
+
+/// Appends one entry (with its long-name and PAX headers, if any).
+fn push_entry(out: &mut Vec<u8>, entry: &TarEntry, uid: u64, gid: u64, mtime: u64) {
+    use tar::EntryType as T;
+    let (path, kind, mode, data, link) = match *entry {
+        TarEntry::File { path, data, mode } => (path, T::Regular, mode, data, None),
+        TarEntry::Dir { path } => (path, T::Directory, 0o755, &[][..], None),
+        TarEntry::Symlink { path, target } => (path, T::Symlink, 0o777, &[][..], Some(target)),
+        TarEntry::Hardlink { path, target } => (path, T::Link, 0o644, &[][..], Some(target)),
+        TarEntry::CharDev { path } => (path, T::Char, 0o666, &[][..], None),
+        TarEntry::BlockDev { path } => (path, T::Block, 0o660, &[][..], None),
+        TarEntry::Fifo { path } => (path, T::Fifo, 0o644, &[][..], None),
+        TarEntry::With {
+            entry,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        } => {
+            if !xattrs.is_empty() {
+                push_pax(out, entry_path(entry), xattrs);
+            }
+            return push_entry(out, entry, uid, gid, mtime);
+        }
+    };
+    let mut header = tar::Header::new_gnu();
+    put_name(
+        out,
+        &mut header.as_old_mut().name,
+        path.as_bytes(),
+        T::GNULongName,
+    );
+    if let Some(target) = link {
+        put_name(
+            out,
+            &mut header.as_old_mut().linkname,
+            target.as_bytes(),
+            T::GNULongLink,
+        );
+    }
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(uid);
+    header.set_gid(gid);
+    header.set_mtime(mtime);
+    header.set_size(data.len() as u64);
+    match kind {
+        T::Char => {
+            header.set_device_major(1).unwrap();
+            header.set_device_minor(3).unwrap();
+        }
+        T::Block => {
+            header.set_device_major(7).unwrap();
+            header.set_device_minor(0).unwrap();
+        }
+        _ => {}
+    }
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    push_padded(out, data);
+}
+
+fn entry_path<'a>(entry: &TarEntry<'a>) -> &'a str {
+    match *entry {
+        TarEntry::File { path, .. }
+        | TarEntry::Dir { path }
+        | TarEntry::Symlink { path, .. }
+        | TarEntry::Hardlink { path, .. }
+        | TarEntry::CharDev { path }
+        | TarEntry::BlockDev { path }
+        | TarEntry::Fifo { path } => path,
+        TarEntry::With { entry, .. } => entry_path(entry),
+    }
+}
+
+/// Appends a PAX extended header (type `x`) with one `SCHILY.xattr.NAME` record per xattr.
+fn push_pax(out: &mut Vec<u8>, path: &str, xattrs: &[(&str, &[u8])]) {
+    let mut records = Vec::new();
+    for (name, value) in xattrs {
+        let key = format!("SCHILY.xattr.{name}");
+        // "<len> <key>=<value>\n", where <len> counts the whole record, itself included.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while len != rest + len.to_string().len() {
+            len = rest + len.to_string().len();
+        }
+        records.extend_from_slice(format!("{len} {key}=").as_bytes());
+        records.extend_from_slice(value);
+        records.push(b'\n');
+    }
+    let mut header = tar::Header::new_ustar();
+    let name = format!("PaxHeaders/{}", path.trim_start_matches('/'));
+    let n = name.len().min(100);
+    header.as_old_mut().name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_mode(0o644);
+    header.set_size(records.len() as u64);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    push_padded(out, &records);
 }
 
 /// Copies `name` into a header field, spilling into a GNU long-name entry when it does not fit.
@@ -139,11 +218,19 @@ const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 #[derive(Debug, Clone)]
 pub struct LayoutBuilder {
     tag: String,
-    layers: Vec<(Vec<u8>, Compression)>,
+    layers: Vec<RawLayer>,
     config: Value,
     platforms: Vec<String>,
     bad_diff_id: Option<usize>,
     bad_digest: Option<usize>,
+}
+
+/// A layer as the layout stores it.
+#[derive(Debug, Clone)]
+struct RawLayer {
+    blob: Vec<u8>,
+    media_type: String,
+    diff_id: String,
 }
 
 /// What [`LayoutBuilder::write`] produced, for assertions.
@@ -189,7 +276,22 @@ impl LayoutBuilder {
 
     /// Appends a layer given as uncompressed tar bytes.
     pub fn layer(mut self, tar: Vec<u8>, compression: Compression) -> Self {
-        self.layers.push((tar, compression));
+        self.layers.push(RawLayer {
+            blob: compression.compress(&tar),
+            media_type: compression.media_type().into(),
+            diff_id: sha256_digest(&tar),
+        });
+        self
+    }
+
+    /// Appends a layer given as the exact blob bytes, media type and diff_id to
+    /// record (to make layers whose stream is broken but whose digest is right).
+    pub fn raw_layer(mut self, blob: Vec<u8>, media_type: &str, diff_id: &str) -> Self {
+        self.layers.push(RawLayer {
+            blob,
+            media_type: media_type.into(),
+            diff_id: diff_id.into(),
+        });
         self
     }
 
@@ -223,18 +325,18 @@ impl LayoutBuilder {
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
 
         let (mut layers, mut diff_ids, mut descriptors) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (tar, compression)) in self.layers.iter().enumerate() {
-            let blob = compression.compress(tar);
-            let mut digest = write_blob(dir, &blob);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let blob = &layer.blob;
+            let mut digest = write_blob(dir, blob);
             if self.bad_digest == Some(i) {
                 digest = sha256_digest(&[&blob[..], b"corrupt"].concat());
             }
-            let mut diff_id = sha256_digest(tar);
+            let mut diff_id = layer.diff_id.clone();
             if self.bad_diff_id == Some(i) {
-                diff_id = sha256_digest(&[&tar[..], b"corrupt"].concat());
+                diff_id = sha256_digest(format!("{diff_id}corrupt").as_bytes());
             }
             descriptors.push(json!({
-                "mediaType": compression.media_type(), "digest": digest, "size": blob.len(),
+                "mediaType": layer.media_type, "digest": digest, "size": blob.len(),
             }));
             layers.push(digest);
             diff_ids.push(diff_id);

@@ -8,7 +8,7 @@ use super::index::ImageRecord;
 use super::layers::LayerSpec;
 use super::manifest::{layer_compression, ImageConfig, Manifest};
 use super::progress::Progress;
-use super::store::Store;
+use super::store::{remove_path, Store};
 use super::ImageError;
 use std::collections::HashSet;
 
@@ -67,7 +67,60 @@ pub fn register(
             })
         })
         .collect::<Result<Vec<_>, ImageError>>()?;
-    let metas = store.ensure_layers(&specs, progress)?;
+    // Layers this operation unpacks are taken back if it fails, like blobs.
+    let mut parent = None;
+    let fresh: Vec<Digest> = specs
+        .iter()
+        .map(|s| {
+            let chain = Digest::chain(parent.as_ref(), s.diff_id);
+            parent = Some(chain.clone());
+            chain
+        })
+        .filter(|c| store.layer_meta(c).is_none())
+        .collect();
+    let r = finish(
+        store,
+        names,
+        manifest_digest,
+        manifest,
+        &cfg,
+        &specs,
+        progress,
+    );
+    if r.is_err() {
+        discard_layers(store, &fresh);
+    }
+    r
+}
+
+/// Removes the layers in `fresh` that no image references, if no other
+/// writer is busy (otherwise `amphi gc` will).
+fn discard_layers(store: &Store, fresh: &[Digest]) {
+    if fresh.is_empty() || !store.try_exclusive() {
+        return;
+    }
+    // An unreadable index keeps everything: `amphi gc` will sort it out.
+    if let Ok(referenced) = store.referenced() {
+        for c in fresh {
+            if !referenced.layers.contains(c) {
+                let _ = remove_path(&store.layer_dir(c));
+            }
+        }
+    }
+    let _ = store.shared();
+}
+
+/// Unpacks the layers and adds the image to the index.
+fn finish(
+    store: &Store,
+    names: Vec<String>,
+    manifest_digest: &Digest,
+    manifest: &Manifest,
+    cfg: &ImageConfig,
+    specs: &[LayerSpec<'_>],
+    progress: &Progress,
+) -> Result<ImageRecord, ImageError> {
+    let metas = store.ensure_layers(specs, progress)?;
     let platform = match &cfg.variant {
         Some(v) => format!("{}/{}/{v}", cfg.os, cfg.architecture),
         None => format!("{}/{}", cfg.os, cfg.architecture),

@@ -186,6 +186,8 @@ fn name_from_ref(ref_name: &str, input: &Path) -> Option<String> {
     // A bare tag (skopeo's `oci:DIR:TAG`): name it after the file, the way
     // podman names images from archives without a repository.
     let stem = input.file_stem()?.to_string_lossy().to_lowercase();
+    // app.tar.gz and app.tar.zst are named app, like app.tar.
+    let stem = stem.strip_suffix(".tar").unwrap_or(&stem);
     let stem: String = stem
         .chars()
         .map(|c| {

@@ -135,8 +135,14 @@ impl Store {
     }
 
     /// Takes the store for removals, if no one else is writing right now.
+    /// On failure the shared lock is taken again (a failed flock upgrade
+    /// drops the lock held before).
     pub fn try_exclusive(&self) -> bool {
-        self.flock(FlockOperation::NonBlockingLockExclusive).is_ok()
+        if self.flock(FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return true;
+        }
+        let _ = self.flock(FlockOperation::LockShared);
+        false
     }
 
     /// Goes back to shared (writer) mode after [`Store::try_exclusive`].

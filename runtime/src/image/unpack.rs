@@ -219,29 +219,73 @@ impl Unpacker<'_> {
     /// Opens the directory `path` (components) inside the root, creating
     /// missing directories on the way (mode 0755, like tar).
     fn open_dir(&self, comps: &[&[u8]]) -> io::Result<OwnedFd> {
-        let mut path = join(comps);
-        if path.is_empty() {
-            path.push(b'.');
-        }
+        self.mkdir_p(&join(comps), &mut 0)
+    }
+
+    /// Opens (creating what is missing, mode 0755) the directory `path`,
+    /// resolved inside the root as the kernel would with the root as `/`.
+    /// `path` may hold `..` and symlinks: it can come from a symlink's
+    /// target. A symlink whose target is missing gets its target created,
+    /// inside the root, as `mkdir -p` would; `links` counts the symlinks
+    /// expanded that way.
+    fn mkdir_p(&self, path: &[u8], links: &mut u32) -> io::Result<OwnedFd> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        match rustix::fs::openat2(self.root, as_os(&path), flags, Mode::empty(), RESOLVE) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::NOENT) if !comps.is_empty() => {}
-            Err(e) => return Err(e.into()),
+        let open = |p: &[u8]| {
+            let p: &[u8] = if p.is_empty() { b"." } else { p };
+            rustix::fs::openat2(self.root, as_os(p), flags, Mode::empty(), RESOLVE)
+        };
+        match open(path) {
+            Err(Errno::NOENT) => {}
+            r => return Ok(r?),
         }
-        let parent = self.open_dir(&comps[..comps.len() - 1])?;
-        let last = comps[comps.len() - 1];
-        match rustix::fs::mkdirat(&parent, as_os(last), Mode::from_raw_mode(0o755)) {
+        let trimmed = match path.iter().rposition(|b| *b != b'/') {
+            Some(end) => &path[..=end],
+            // The root itself always exists.
+            None => return Err(Errno::NOENT.into()),
+        };
+        let (parent, last) = match trimmed.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => (&b""[..], trimmed),
+        };
+        if last == b"." || last == b".." {
+            self.mkdir_p(parent, links)?;
+            return Ok(open(path)?);
+        }
+        let parent_fd = self.mkdir_p(parent, links)?;
+        match rustix::fs::mkdirat(&parent_fd, as_os(last), Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
         }
-        // Open the new directory without following a symlink raced in.
-        Ok(rustix::fs::openat(
-            &parent,
+        // Open the directory without following a symlink raced in.
+        let err = match rustix::fs::openat(
+            &parent_fd,
             as_os(last),
             flags | OFlags::NOFOLLOW,
             Mode::empty(),
-        )?)
+        ) {
+            Ok(fd) => return Ok(fd),
+            Err(e @ (Errno::LOOP | Errno::NOTDIR)) => e,
+            Err(e) => return Err(e.into()),
+        };
+        // A symlink whose target does not exist (yet).
+        let target = match rustix::fs::readlinkat(&parent_fd, as_os(last), Vec::new()) {
+            Ok(t) => t.into_bytes(),
+            Err(Errno::INVAL) => return Err(err.into()),
+            Err(e) => return Err(e.into()),
+        };
+        *links += 1;
+        if *links > 40 {
+            return Err(Errno::LOOP.into());
+        }
+        // Relative targets start from the link's directory, absolute ones
+        // from the root (RESOLVE_IN_ROOT takes care of both).
+        let mut resolved = Vec::new();
+        if target.first() != Some(&b'/') && !parent.is_empty() {
+            resolved.extend_from_slice(parent);
+            resolved.push(b'/');
+        }
+        resolved.extend_from_slice(&target);
+        self.mkdir_p(&resolved, links)
     }
 
     fn entry<R: Read>(
@@ -526,28 +570,29 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// An opaque directory hides everything the lower layers put in it.
+    /// An opaque directory hides everything the lower layers put in it:
+    /// everything below it that this layer did not write is removed (the
+    /// marker may come after entries of this layer in the same directory,
+    /// and those may be directories the lower layers also have).
     fn opaque(&self, dir: &OwnedFd, dir_path: &[u8]) -> io::Result<()> {
-        let mut names = Vec::new();
-        for e in Dir::read_from(dir)? {
-            let e = e?;
-            let n = e.file_name().to_bytes();
-            if n == b"." || n == b".." {
-                continue;
-            }
-            names.push(n.to_vec());
+        let mut prefix = dir_path.to_vec();
+        if !prefix.is_empty() {
+            prefix.push(b'/');
         }
-        for n in names {
-            let mut p = dir_path.to_vec();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(&n);
-            if !self.written.contains(&p) {
-                remove_all_at(dir, &n)?;
+        // What this layer wrote below the directory, and the parents of it
+        // (which may have been created implicitly).
+        let mut keep: HashSet<&[u8]> = HashSet::new();
+        for w in &self.written {
+            if w.len() > prefix.len() && w.starts_with(&prefix) {
+                keep.insert(w);
+                for (i, b) in w.iter().enumerate().skip(prefix.len()) {
+                    if *b == b'/' {
+                        keep.insert(&w[..i]);
+                    }
+                }
             }
         }
-        Ok(())
+        prune(dir, dir_path, &keep)
     }
 
     fn finish_dirs(&mut self) {
@@ -611,6 +656,41 @@ fn chown_at<Fd: AsFd, P: AsRef<std::ffi::OsStr>>(
         Err(Errno::PERM | Errno::INVAL) if !rustix::process::geteuid().is_root() => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Removes everything below `dir` (at `dir_path`) that is not in `keep`,
+/// descending into the directories that are.
+fn prune(dir: &OwnedFd, dir_path: &[u8], keep: &HashSet<&[u8]>) -> io::Result<()> {
+    let mut names = Vec::new();
+    for e in Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        let mut p = dir_path.to_vec();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&n);
+        if !keep.contains(&p[..]) {
+            remove_all_at(dir, &n)?;
+            continue;
+        }
+        let st = rustix::fs::statat(dir, as_os(&n), AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let sub = rustix::fs::openat(
+                dir,
+                as_os(&n),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            prune(&sub, &p, keep)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes whatever non-directory, or empty-able directory tree, is at

@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod container;
 pub mod image;
+pub mod oci;
 pub mod run;
 pub mod spec;

@@ -2,7 +2,12 @@ use clap::Parser;
 
 fn main() {
     let cli = amphi::cli::Cli::parse();
-    amphi::cli::init_logging(&cli.log_level, &cli.log_format);
+    let level = if cli.debug {
+        "debug"
+    } else {
+        cli.log_level.as_str()
+    };
+    amphi::cli::init_logging(level, &cli.log_format);
     match amphi::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

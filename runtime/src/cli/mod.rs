@@ -1,6 +1,7 @@
 //! The command line: parse, call the library, print. Kept thin.
 
 mod images;
+mod oci;
 mod run;
 
 use anyhow::Result;
@@ -41,6 +42,18 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Also write errors to this file (runc's --log; JSON lines with --log-format json)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+
+    /// Debug logging (same as --log-level debug)
+    #[arg(long, global = true)]
+    pub debug: bool,
+
+    /// Use systemd to manage cgroups (not supported: refused with an explanation)
+    #[arg(long, global = true)]
+    pub systemd_cgroup: bool,
+
     /// Directory for container state (runc's --root)
     #[arg(long, global = true, env = "AMPHI_STATE", value_name = "DIR", default_value = crate::container::state::DEFAULT_ROOT)]
     pub root: PathBuf,
@@ -74,12 +87,94 @@ pub enum Command {
     Rmi(images::RmiArgs),
     /// Remove blobs and unpacked layers that no image uses, and leftovers of interrupted pulls
     Gc(images::GcArgs),
+
+    /// OCI runtime: create a container from a bundle (its process waits for `start`)
+    #[command(next_help_heading = "OCI runtime")]
+    Create(oci::CreateArgs),
+    /// OCI runtime: start a created container's process
+    Start(oci::IdArgs),
+    /// OCI runtime: print a container's state as JSON
+    State(oci::IdArgs),
+    /// OCI runtime: send a signal to a container
+    Kill(oci::KillArgs),
+    /// OCI runtime: delete a container
+    Delete(oci::DeleteArgs),
+    /// OCI runtime: run a process in a running container
+    Exec(Box<oci::ExecArgs>),
+    /// OCI runtime: list a container's processes
+    Ps(oci::PsArgs),
+    /// OCI runtime: print the runtime's features as JSON
+    Features,
+    /// OCI runtime: write a starting config.json
+    Spec(oci::SpecArgs),
 }
 
 /// Runs the parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     let store_root = cli.store.clone().unwrap_or_else(amphi_store_root);
     let done = |r: Result<()>| r.map(|()| 0);
+    if cli.systemd_cgroup {
+        return oci_result(
+            &cli,
+            Err("--systemd-cgroup is not supported: amphi manages cgroups through cgroupfs; configure the caller to use cgroupfs (e.g. podman --cgroup-manager=cgroupfs, containerd SystemdCgroup = false)".into()),
+        );
+    }
+    let root = cli.root.clone();
+    let r = match &cli.command {
+        Command::Create(a) => Some(
+            crate::oci::create(
+                &root,
+                crate::oci::CreateOptions {
+                    id: a.id.clone(),
+                    bundle: a.bundle.clone(),
+                    console_socket: a.console_socket.clone(),
+                    pid_file: a.pid_file.clone(),
+                    preserve_fds: a.preserve_fds,
+                },
+            )
+            .map(|()| 0),
+        ),
+        Command::Start(a) => Some(crate::oci::start(&root, &a.id).map(|()| 0)),
+        Command::State(a) => Some(crate::oci::state(&root, &a.id).map(|s| {
+            println!("{s}");
+            0
+        })),
+        Command::Kill(a) => Some(crate::oci::kill(&root, &a.id, &a.signal, a.all).map(|()| 0)),
+        Command::Delete(a) => Some(crate::oci::delete(&root, &a.id, a.force).map(|()| 0)),
+        Command::Ps(a) => Some(crate::oci::ps(&root, &a.id, a.format == "json").map(|s| {
+            print!("{s}");
+            0
+        })),
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::oci::features()).expect("json")
+            );
+            Some(Ok(0))
+        }
+        Command::Spec(a) => Some(
+            oci::spec(oci::SpecArgs {
+                bundle: a.bundle.clone(),
+                rootless: a.rootless,
+            })
+            .map(|()| 0),
+        ),
+        _ => None,
+    };
+    if let Some(r) = r {
+        return oci_result(&cli, r);
+    }
+    if let Command::Exec(a) = cli.command {
+        let r = oci::exec(&root, *a);
+        return match r {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                log_error(cli.log.as_deref(), &cli.log_format, &e);
+                eprintln!("amphi: error: {e}");
+                Ok(1)
+            }
+        };
+    }
     match cli.command {
         Command::Run(a) => {
             let req = match run::request(*a, &store_root, &cli.root) {
@@ -101,10 +196,52 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// Runtime commands exit 1 on error (as runc), and also log the error to
+/// `--log` for callers such as conmon and containerd's shim.
+fn oci_result(cli: &Cli, r: std::result::Result<i32, String>) -> Result<i32> {
+    match r {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            log_error(cli.log.as_deref(), &cli.log_format, &e);
+            eprintln!("amphi: error: {e}");
+            Ok(1)
+        }
+    }
+}
+
+fn log_error(log: Option<&std::path::Path>, format: &str, msg: &str) {
+    let Some(p) = log else { return };
+    let line = if format == "json" {
+        serde_json::json!({"level": "error", "msg": msg, "time": crate::container::state::now_rfc3339()}).to_string()
+    } else {
+        format!(
+            "time=\"{}\" level=error msg={msg:?}",
+            crate::container::state::now_rfc3339()
+        )
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
     let store_root = store_root.to_path_buf();
     match c {
-        Command::Run(_) => unreachable!("handled above"),
+        Command::Run(_)
+        | Command::Create(_)
+        | Command::Start(_)
+        | Command::State(_)
+        | Command::Kill(_)
+        | Command::Delete(_)
+        | Command::Exec(_)
+        | Command::Ps(_)
+        | Command::Features
+        | Command::Spec(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),

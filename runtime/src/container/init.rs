@@ -65,6 +65,19 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
 
     let process = spec.process().as_ref().ok_or("no process")?;
+    // The exec fifo lives on the host: hold it by an O_PATH descriptor and
+    // reopen it through /proc/self/fd after pivot_root.
+    let fifo_fd = match &a.exec_fifo {
+        Some(p) => Some(
+            rustix::fs::open(
+                p,
+                rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| format!("exec fifo {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
     if mount_ns {
         rootfs::prepare_root(spec, &a.rootfs)?;
@@ -234,12 +247,12 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
 
     close_fds_from(3 + a.preserve_fds);
 
-    if let Some(fifo) = &a.exec_fifo {
+    if let Some(fifo) = &fifo_fd {
         a.sync.send_ready()?;
         // Blocks until `amphi start` opens the other end.
         let f = std::fs::OpenOptions::new()
             .write(true)
-            .open(fifo)
+            .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
             .map_err(|e| format!("exec fifo: {e}"))?;
         use std::io::Write;
         let _ = (&f).write_all(&[0]);

@@ -21,6 +21,9 @@ pub struct LaunchOptions {
     pub preserve_fds: i32,
     /// State JSON for hooks (filled in with the pid by the caller's template).
     pub state_template: serde_json::Value,
+    /// Whether the cgroup is this launch's own (removed on failure), or a
+    /// running container's that an exec joins.
+    pub owns_cgroup: bool,
 }
 
 /// A launched container.
@@ -45,9 +48,11 @@ fn ns_flag(t: LinuxNamespaceType) -> i32 {
     }
 }
 
-fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
-    let f = std::fs::File::open(path)
-        .map_err(|e| format!("namespace {t} at {}: {e}", path.display()))?;
+fn open_ns(path: &Path, t: LinuxNamespaceType) -> Result<std::fs::File, String> {
+    std::fs::File::open(path).map_err(|e| format!("namespace {t} at {}: {e}", path.display()))
+}
+
+fn set_ns(f: &std::fs::File, path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
     // SAFETY: setns on a valid fd.
     if unsafe { libc::setns(f.as_raw_fd(), ns_flag(t)) } != 0 {
         return Err(format!(
@@ -57,6 +62,10 @@ fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
+    set_ns(&open_ns(path, t)?, path, t)
 }
 
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
@@ -140,15 +149,23 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     if pid == 0 {
         drop(parent);
         let mut joins_child = joins.clone();
-        joins_child.sort_by_key(|(_, t)| if *t == LinuxNamespaceType::User { 0 } else { 1 });
-        for (p, t) in &joins_child {
-            if *t != LinuxNamespaceType::Pid {
-                if let Err(e) = join_ns(p, *t) {
-                    child.send_error(&e);
-                    // SAFETY: leaving the forked child without unwinding.
-                    unsafe { libc::_exit(1) }
-                }
-            }
+        joins_child.retain(|(_, t)| *t != LinuxNamespaceType::Pid);
+        // User first (it grants the rights for the others), mount last
+        // (it changes what /proc shows); all opened before any is joined.
+        joins_child.sort_by_key(|(_, t)| match t {
+            LinuxNamespaceType::User => 0,
+            LinuxNamespaceType::Mount => 2,
+            _ => 1,
+        });
+        let r = joins_child
+            .iter()
+            .map(|(p, t)| open_ns(p, *t).map(|f| (f, p, *t)))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|fds| fds.iter().try_for_each(|(f, p, t)| set_ns(f, p, *t)));
+        if let Err(e) = r {
+            child.send_error(&e);
+            // SAFETY: leaving the forked child without unwinding.
+            unsafe { libc::_exit(1) }
         }
         child_main(InitArgs {
             spec,
@@ -164,13 +181,16 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     drop(child);
     drop(console);
     let pid = pid as i32;
+    let owns_cgroup = opts.owns_cgroup;
     let fail = |msg: String, cgroup: &Cgroup| -> String {
         // SAFETY: kill/waitpid on our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
         }
-        let _ = cgroup.remove();
+        if owns_cgroup {
+            let _ = cgroup.remove();
+        }
         msg
     };
 
@@ -196,7 +216,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         }
     }
     if let Err(e) = parent.send_go() {
-        return Err(fail(e, &cgroup));
+        // The child may have died with a reason (e.g. joining a namespace).
+        let why = match parent.recv() {
+            Ok(Msg::Error(m)) => m,
+            _ => e,
+        };
+        return Err(fail(why, &cgroup));
     }
     let mut pty = None;
     loop {

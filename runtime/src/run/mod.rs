@@ -3,6 +3,8 @@
 
 mod pty;
 
+pub use pty::{block_signals as pty_signals, unblock_signals as pty_unblock, wait as pty_wait};
+
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State};
 use crate::image::manifest::ImageConfig;
@@ -163,6 +165,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
             user_lookup: user,
             preserve_fds: 0,
             state_template,
+            owns_cgroup: true,
         },
     );
     let launched = match launched {

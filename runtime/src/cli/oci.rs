@@ -1,0 +1,148 @@
+//! The runc-compatible runtime commands.
+
+use crate::oci;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Container ID
+    pub id: String,
+    /// Bundle directory (holds config.json)
+    #[arg(short, long, default_value = ".", value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// Unix socket to send the pty master to (when process.terminal is set)
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Write the container process's pid here
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Pass N extra file descriptors (3..3+N) to the process
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+    /// Accepted for runc compatibility; amphi always uses pivot_root
+    #[arg(long, hide = true)]
+    pub no_pivot: bool,
+    /// Accepted for runc compatibility (no session keyring is created)
+    #[arg(long, hide = true)]
+    pub no_new_keyring: bool,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    /// Container ID
+    pub id: String,
+}
+
+#[derive(Args)]
+pub struct KillArgs {
+    /// Container ID
+    pub id: String,
+    /// Signal (name or number)
+    #[arg(default_value = "TERM")]
+    pub signal: String,
+    /// Signal every process of the container
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    /// Container ID
+    pub id: String,
+    /// Kill the container first if it is still running
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Container ID
+    pub id: String,
+    /// Output format: table or json
+    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// Container ID
+    pub id: String,
+    /// Process spec JSON file (instead of COMMAND)
+    #[arg(short, long, value_name = "FILE")]
+    pub process: Option<PathBuf>,
+    /// Allocate a pseudo-terminal
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Unix socket to send the pty master to
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
+    /// Write the process's pid here
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Do not wait for the process
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Working directory
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// UID[:GID] to run as
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Pass N extra file descriptors
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preserve_fds: i32,
+    /// Command and arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct SpecArgs {
+    /// Where to write config.json
+    #[arg(short, long, default_value = ".", value_name = "DIR")]
+    pub bundle: PathBuf,
+    /// A spec for running without root (user namespace mappings)
+    #[arg(long)]
+    pub rootless: bool,
+}
+
+fn parse_user(u: &str) -> Result<(u32, u32), String> {
+    let (a, b) = u.split_once(':').unwrap_or((u, "0"));
+    match (a.parse(), b.parse()) {
+        (Ok(x), Ok(y)) => Ok((x, y)),
+        _ => Err(format!("--user {u:?}: expected UID[:GID] (numbers)")),
+    }
+}
+
+pub fn exec(root: &std::path::Path, a: ExecArgs) -> Result<i32, String> {
+    oci::exec(
+        root,
+        oci::ExecOptions {
+            id: a.id,
+            process: a.process,
+            args: a.command,
+            env: a.env,
+            cwd: a.cwd,
+            tty: a.tty,
+            console_socket: a.console_socket,
+            pid_file: a.pid_file,
+            detach: a.detach,
+            user: a.user.as_deref().map(parse_user).transpose()?,
+            preserve_fds: a.preserve_fds,
+        },
+    )
+}
+
+pub fn spec(a: SpecArgs) -> Result<(), String> {
+    let p = a.bundle.join("config.json");
+    if p.exists() {
+        return Err(format!("{} already exists", p.display()));
+    }
+    oci::default_spec(a.rootless)
+        .save(&p)
+        .map_err(|e| format!("{}: {e}", p.display()))
+}

@@ -1,0 +1,557 @@
+//! The runc-compatible runtime commands (`create`, `start`, `state`,
+//! `kill`, `delete`, `exec`, `ps`, `features`, `spec`) that podman,
+//! containerd and Kubernetes drive.
+
+use crate::container::config;
+use crate::container::launch::{launch, LaunchOptions};
+use crate::container::state::{self, State, Status};
+use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Result type of the runtime commands: errors are one line for the user.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// `create` options.
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub preserve_fds: i32,
+}
+
+fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+    let tmp = p.with_extension("amphi-tmp");
+    std::fs::write(&tmp, pid.to_string())
+        .map_err(|e| format!("pid file {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, p).map_err(|e| format!("pid file {}: {e}", p.display()))
+}
+
+fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or("config.json: `root` is missing")?;
+    let p = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err(format!("rootfs {} is not a directory", p.display())),
+        Err(e) => Err(format!("rootfs {} does not exist: {e}", p.display())),
+    }
+}
+
+/// `create`: set the container up; its process waits for `start`.
+pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
+    state::check_id(&o.id)?;
+    let bundle = std::fs::canonicalize(&o.bundle)
+        .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
+    let spec = config::load(&bundle).map_err(|e| e.to_string())?;
+    let rootfs = bundle_rootfs(&spec, &bundle)?;
+    std::fs::create_dir_all(root).map_err(|e| format!("state root {}: {e}", root.display()))?;
+    let dir = State::dir(root, &o.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("container id {:?} is already in use", o.id))
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    let r = create_in(root, &dir, &bundle, &rootfs, &spec, &o);
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn create_in(
+    root: &Path,
+    dir: &Path,
+    bundle: &Path,
+    rootfs: &Path,
+    spec: &Spec,
+    o: &CreateOptions,
+) -> Result<()> {
+    let fifo = dir.join("exec.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| format!("exec fifo {}: {e}", fifo.display()))?;
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": o.id, "status": "creating", "bundle": bundle, "annotations": annotations,
+    });
+    let l = launch(
+        spec,
+        rootfs,
+        LaunchOptions {
+            id: o.id.clone(),
+            exec_fifo: Some(fifo),
+            console_socket: o.console_socket.clone(),
+            user_lookup: None,
+            preserve_fds: o.preserve_fds,
+            state_template: template,
+            owns_cgroup: true,
+        },
+    )?;
+    let st = State {
+        id: o.id.clone(),
+        pid: l.pid,
+        start_time: state::start_time(l.pid).unwrap_or(0),
+        bundle: bundle.to_path_buf(),
+        rootfs: rootfs.to_path_buf(),
+        created: state::now_rfc3339(),
+        cgroup: l.cgroup.clone(),
+        annotations,
+        exit_code: None,
+        oom_killed: false,
+        run: None,
+    };
+    let saved = st.save(root).and_then(|()| match &o.pid_file {
+        Some(p) => write_pid_file(p, l.pid),
+        None => Ok(()),
+    });
+    if let Err(e) = saved {
+        kill_and_reap(l.pid);
+        let _ = l.cgroup.remove();
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling / reaping a pid we own.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+    }
+}
+
+/// `start`: let a created container run its process.
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let st = State::load(root, id)?;
+    match st.status(root) {
+        Status::Created => {}
+        s => {
+            return Err(format!(
+                "container {id:?} is {}, not created: cannot start it",
+                s.as_str()
+            ))
+        }
+    }
+    let fifo = State::dir(root, id).join("exec.fifo");
+    let f = rustix::fs::open(
+        &fifo,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("exec fifo of {id:?}: {e}"))?;
+    // The container writes one byte once it sees us; it may also die.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+        let mut b = [0u8; 1];
+        match rustix::io::read(&f, &mut b) {
+            Ok(1) => break,
+            _ if !st.alive() => {
+                return Err(format!("container {id:?} exited before it could start"))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(format!("container {id:?} did not start within 30s"))
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::remove_file(&fifo);
+    if let Ok(spec) = config::load(&st.bundle) {
+        if let Some(h) = spec.hooks() {
+            let s = st.oci(root).to_string();
+            if let Err(e) =
+                crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s)
+            {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `state`: the OCI state JSON.
+pub fn state(root: &Path, id: &str) -> Result<String> {
+    let st = State::load(root, id)?;
+    Ok(serde_json::to_string_pretty(&st.oci(root)).expect("state serialises"))
+}
+
+/// Parses `TERM`, `SIGTERM`, `15`.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("invalid signal number {n}"));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "TRAP" => libc::SIGTRAP,
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "BUS" => libc::SIGBUS,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "SEGV" => libc::SIGSEGV,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "CHLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        "IO" | "POLL" => libc::SIGIO,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => return Err(format!("unknown signal {s:?}")),
+    };
+    Ok(n)
+}
+
+/// `kill`: signal the container's process (or all its processes).
+pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
+    let sig = parse_signal(signal)?;
+    let st = State::load(root, id)?;
+    if all {
+        let pids = st.cgroup.pids();
+        for p in &pids {
+            // SAFETY: signalling pids of the container's cgroup.
+            unsafe { libc::kill(*p, sig) };
+        }
+        if !pids.is_empty() || st.alive() {
+            return Ok(());
+        }
+    }
+    if !st.alive() {
+        return Err(format!("container {id:?} is not running"));
+    }
+    // SAFETY: signalling the container's process.
+    if unsafe { libc::kill(st.pid, sig) } != 0 {
+        return Err(format!("kill {id:?}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `delete`: remove a stopped (or, with force, any) container.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let st = match State::load(root, id) {
+        Ok(s) => s,
+        // runc: deleting a missing container with --force is not an error.
+        Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match st.status(root) {
+        Status::Stopped => {}
+        Status::Created => kill_all(&st),
+        Status::Running if force => kill_all(&st),
+        Status::Running => {
+            return Err(format!(
+                "container {id:?} is running: stop it first or use delete --force"
+            ))
+        }
+    }
+    let _ = st.cgroup.remove();
+    if let Ok(spec) = config::load(&st.bundle) {
+        if let Some(h) = spec.hooks() {
+            let s = st.oci(root).to_string();
+            if let Err(e) = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", &s)
+            {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(State::dir(root, id))
+        .map_err(|e| format!("removing state of {id:?}: {e}"))
+}
+
+fn kill_all(st: &State) {
+    for p in st.cgroup.pids() {
+        // SAFETY: killing processes of the container's cgroup.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    if st.alive() {
+        // SAFETY: killing the container's process.
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while st.alive() && Instant::now() < deadline {
+        // It may be our child (run, or create in this process).
+        // SAFETY: non-blocking reap.
+        unsafe { libc::waitpid(st.pid, std::ptr::null_mut(), libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `ps`: the container's processes.
+pub fn ps(root: &Path, id: &str, json: bool) -> Result<String> {
+    let st = State::load(root, id)?;
+    let mut pids = st.cgroup.pids();
+    if pids.is_empty() && st.alive() {
+        pids.push(st.pid);
+    }
+    pids.sort();
+    if json {
+        return Ok(serde_json::to_string(&pids).expect("pids serialise"));
+    }
+    let mut out = String::from("PID\tCMD\n");
+    for p in pids {
+        let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!("{p}\t{cmd}\n"));
+    }
+    Ok(out)
+}
+
+/// `exec` options.
+pub struct ExecOptions {
+    pub id: String,
+    /// A process.json (runc's --process), or the args.
+    pub process: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub tty: bool,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub detach: bool,
+    pub user: Option<(u32, u32)>,
+    pub preserve_fds: i32,
+}
+
+/// `exec`: run another process in a running container. Returns its exit
+/// status (0 when detached).
+pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
+    let st = State::load(root, &o.id)?;
+    if st.status(root) != Status::Running {
+        return Err(format!(
+            "container {:?} is not running: cannot exec in it",
+            o.id
+        ));
+    }
+    let mut spec = config::load(&st.bundle).map_err(|e| e.to_string())?;
+    let mut process = match &o.process {
+        Some(p) => {
+            let data = std::fs::read(p).map_err(|e| format!("--process {}: {e}", p.display()))?;
+            let de = &mut serde_json::Deserializer::from_slice(&data);
+            serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(|e| {
+                format!(
+                    "--process {}: invalid at `{}`: {}",
+                    p.display(),
+                    e.path(),
+                    e.inner()
+                )
+            })?
+        }
+        None => {
+            if o.args.is_empty() {
+                return Err("exec needs a command (or --process FILE)".into());
+            }
+            let mut p = spec.process().clone().ok_or("config.json has no process")?;
+            p.set_args(Some(o.args.clone()));
+            p.set_terminal(Some(o.tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(o.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(c) = &o.cwd {
+                p.set_cwd(c.clone());
+            }
+            if let Some((u, g)) = o.user {
+                let mut user = p.user().clone();
+                user.set_uid(u);
+                user.set_gid(g);
+                p.set_user(user);
+            }
+            p
+        }
+    };
+    if o.tty {
+        process.set_terminal(Some(true));
+    }
+    spec.set_process(Some(process));
+    // Join every namespace of the running container.
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let joined: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let name = match n.typ() {
+                LinuxNamespaceType::Mount => "mnt",
+                LinuxNamespaceType::Network => "net",
+                t => t.as_ref_str(),
+            };
+            LinuxNamespaceBuilder::default()
+                .typ(n.typ())
+                .path(PathBuf::from(format!("/proc/{}/ns/{name}", st.pid)))
+                .build()
+                .expect("namespace")
+        })
+        .collect();
+    linux.set_namespaces(Some(joined));
+    linux.set_resources(None);
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", st.cgroup.path))));
+    spec.set_linux(Some(linux));
+    spec.set_hooks(None);
+    let template = serde_json::json!({"ociVersion": "1.2.0", "id": o.id, "status": "running", "bundle": st.bundle});
+    let exec_id = format!("{}-exec-{}", o.id, std::process::id());
+    let sigs = crate::run::pty_signals();
+    let l = launch(
+        &spec,
+        Path::new("/"),
+        LaunchOptions {
+            id: exec_id,
+            exec_fifo: None,
+            console_socket: o.console_socket.clone(),
+            user_lookup: None,
+            preserve_fds: o.preserve_fds,
+            state_template: template,
+            owns_cgroup: false,
+        },
+    );
+    let l = match l {
+        Ok(l) => l,
+        Err(e) => {
+            crate::run::pty_unblock(&sigs);
+            return Err(e);
+        }
+    };
+    if let Some(p) = &o.pid_file {
+        write_pid_file(p, l.pid)?;
+    }
+    if o.detach {
+        crate::run::pty_unblock(&sigs);
+        return Ok(0);
+    }
+    let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
+    crate::run::pty_unblock(&sigs);
+    Ok(code)
+}
+
+/// `features`: what this runtime supports (runtime-spec features.md).
+pub fn features() -> serde_json::Value {
+    let caps = crate::container::caps::all_names();
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
+            "dirsync", "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
+            "nostrictatime", "mand", "nomand", "bind", "rbind", "private", "rprivate", "shared", "rshared",
+            "slave", "rslave", "unbindable", "runbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts", "time"],
+            "capabilities": caps,
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": ["SCMP_ARCH_X86_64"],
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {"io.amphi.version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
+/// `spec`: a starting config.json, like `runc spec`.
+pub fn default_spec(rootless: bool) -> Spec {
+    let mut s = Spec::default();
+    s.set_hostname(Some("amphi".into()));
+    if let Some(mut p) = s.process().clone() {
+        p.set_terminal(Some(true));
+        p.set_args(Some(vec!["sh".into()]));
+        s.set_process(Some(p));
+    }
+    if rootless {
+        s.set_uid_mappings(None);
+        let uid = rustix::process::getuid().as_raw();
+        let gid = rustix::process::getgid().as_raw();
+        let rl = oci_spec::runtime::Linux::rootless(uid, gid);
+        s.set_linux(Some(rl));
+    }
+    s
+}
+
+trait NsName {
+    fn as_ref_str(&self) -> &'static str;
+}
+
+impl NsName for LinuxNamespaceType {
+    fn as_ref_str(&self) -> &'static str {
+        match self {
+            LinuxNamespaceType::Mount => "mnt",
+            LinuxNamespaceType::Cgroup => "cgroup",
+            LinuxNamespaceType::Uts => "uts",
+            LinuxNamespaceType::Ipc => "ipc",
+            LinuxNamespaceType::User => "user",
+            LinuxNamespaceType::Pid => "pid",
+            LinuxNamespaceType::Network => "net",
+            LinuxNamespaceType::Time => "time",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("99").is_err());
+    }
+}

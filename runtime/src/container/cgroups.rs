@@ -228,6 +228,25 @@ impl Cgroup {
                         };
                         let _ = write(&d.join(file), &line);
                     }
+                    // The devices every container has, as runc grants them
+                    // whatever the spec's rules say (mknod of any node, the
+                    // standard character devices, ptys).
+                    for rule in [
+                        "c *:* m",
+                        "b *:* m",
+                        "c 1:3 rwm",
+                        "c 1:5 rwm",
+                        "c 1:7 rwm",
+                        "c 1:8 rwm",
+                        "c 1:9 rwm",
+                        "c 5:0 rwm",
+                        "c 5:1 rwm",
+                        "c 5:2 rwm",
+                        "c 136:* rwm",
+                        "c 10:200 rwm",
+                    ] {
+                        let _ = write(&d.join("devices.allow"), rule);
+                    }
                 }
             }
         }

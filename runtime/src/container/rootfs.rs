@@ -397,7 +397,10 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
         Err(e) => return Err(err(format!("{what} (type {typ}, options {data:?})"), e)),
     }
     if opts.propagation != 0 {
-        propagate(&tpath, opts.propagation).map_err(|e| err(format!("{what}: propagation"), e))?;
+        // Re-open: the old descriptor is the directory under the new mount.
+        let target = make_target(root, dest, false)?;
+        propagate(&fd_path(&target), opts.propagation)
+            .map_err(|e| err(format!("{what}: propagation"), e))?;
     }
     Ok(())
 }

@@ -406,3 +406,84 @@ fn wait_for_container_pid(state: &Path) -> i32 {
     }
     panic!("no container state appeared in {}", state.display());
 }
+
+#[test]
+fn detached_containers_ps_logs_stop_rm() {
+    let e = Env::new();
+    let out = e.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        IMG,
+        "sh",
+        "-c",
+        "echo started; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "run -d prints the container id: {id}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = e.run(&["logs", "web"]);
+        if String::from_utf8_lossy(&logs.stdout).contains("started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no output in logs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = String::from_utf8_lossy(&e.run(&["ps"]).stdout).into_owned();
+    assert!(
+        ps.contains(&id[..12]) && ps.contains("Up") && ps.contains("web"),
+        "{ps}"
+    );
+    // The name is taken while the container exists.
+    let dup = e.run(&["run", "-d", "--name", "web", IMG, "true"]);
+    assert_eq!(dup.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already in use"));
+    // exec by name.
+    let ex = e.run(&["exec", "web", "cat", "/proc/1/cmdline"]);
+    assert!(
+        String::from_utf8_lossy(&ex.stdout).starts_with("sh"),
+        "{ex:?}"
+    );
+    // rm refuses a running container, stop sends TERM (trapped: exit 0).
+    let rm = e.run(&["rm", "web"]);
+    assert!(!rm.status.success());
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("running"));
+    assert!(e.run(&["stop", "web"]).status.success());
+    let ps = String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).into_owned();
+    assert!(ps.contains("Exited (0)"), "{ps}");
+    assert!(!String::from_utf8_lossy(&e.run(&["ps"]).stdout).contains("web"));
+    let logs = String::from_utf8_lossy(&e.run(&["logs", &id[..8]]).stdout).into_owned();
+    assert_eq!(logs, "started\nbye\n");
+    assert!(e.run(&["rm", "web"]).status.success());
+    assert!(!String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).contains("web"));
+
+    // kill by name defaults to KILL; rm -f removes a running one.
+    let out = e.run(&["run", "-d", "--name", "k", IMG, "sleep", "30"]);
+    assert!(out.status.success());
+    assert!(e.run(&["kill", "k"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).contains("Exited (137)") {
+        assert!(Instant::now() < deadline, "kill did not stop the container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(e.run(&["rm", "k"]).status.success());
+    let out = e.run(&["run", "-d", "--name", "f", IMG, "sleep", "30"]);
+    assert!(out.status.success());
+    assert!(e.run(&["rm", "-f", "f"]).status.success());
+    // A foreground run without --rm is kept until rm, with its exit code.
+    let out = e.run(&["run", "--name", "fg", IMG, "sh", "-c", "exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).contains("Exited (4)"));
+    let logs = e.run(&["logs", "fg"]);
+    assert!(!logs.status.success(), "foreground runs keep no log");
+    assert!(e.run(&["rm", "fg"]).status.success());
+    assert!(!e.run(&["rm", "nothing-here"]).status.success());
+    e.assert_clean();
+}

@@ -101,8 +101,14 @@ pub enum Command {
     Delete(oci::DeleteArgs),
     /// OCI runtime: run a process in a running container
     Exec(Box<oci::ExecArgs>),
-    /// OCI runtime: list a container's processes
+    /// List containers (docker ps), or with an ID a container's processes (runc ps)
     Ps(oci::PsArgs),
+    /// Stop containers: their stop signal, then KILL after a grace period
+    Stop(oci::StopArgs),
+    /// Remove stopped containers (-f: kill running ones first)
+    Rm(oci::RmArgs),
+    /// Print the output of a detached container
+    Logs(oci::LogsArgs),
     /// OCI runtime: print the runtime's features as JSON
     Features,
     /// OCI runtime: write a starting config.json
@@ -135,16 +141,52 @@ pub fn run(cli: Cli) -> Result<i32> {
             .map(|()| 0),
         ),
         Command::Start(a) => Some(crate::oci::start(&root, &a.id).map(|()| 0)),
-        Command::State(a) => Some(crate::oci::state(&root, &a.id).map(|s| {
-            println!("{s}");
-            0
-        })),
-        Command::Kill(a) => Some(crate::oci::kill(&root, &a.id, &a.signal, a.all).map(|()| 0)),
+        Command::State(a) => Some(
+            crate::oci::state(
+                &root,
+                &crate::run::manage::resolve_id(&store_root, &root, &a.id),
+            )
+            .map(|s| {
+                println!("{s}");
+                0
+            }),
+        ),
+        Command::Kill(a) => {
+            let id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
+            let named = id != a.id;
+            let sig = a
+                .signal
+                .clone()
+                .or_else(|| a.signal_opt.clone())
+                .unwrap_or_else(|| if named { "KILL".into() } else { "TERM".into() });
+            Some(crate::oci::kill(&root, &id, &sig, a.all).map(|()| 0))
+        }
         Command::Delete(a) => Some(crate::oci::delete(&root, &a.id, a.force).map(|()| 0)),
-        Command::Ps(a) => Some(crate::oci::ps(&root, &a.id, a.format == "json").map(|s| {
-            print!("{s}");
-            0
+        Command::Ps(a) => Some(match &a.id {
+            Some(id) => {
+                let id = crate::run::manage::resolve_id(&store_root, &root, id);
+                crate::oci::ps(&root, &id, a.format == "json").map(|s| {
+                    print!("{s}");
+                    0
+                })
+            }
+            None => {
+                print!(
+                    "{}",
+                    crate::run::manage::ps(&store_root, &root, a.all, a.quiet)
+                );
+                Ok(0)
+            }
+        }),
+        Command::Stop(a) => Some(each(&a.containers, |c| {
+            crate::run::manage::stop(&store_root, &root, c, a.time)
         })),
+        Command::Rm(a) => Some(each(&a.containers, |c| {
+            crate::run::manage::rm(&store_root, &root, c, a.force)
+        })),
+        Command::Logs(a) => {
+            Some(crate::run::manage::logs(&store_root, &root, &a.container, a.follow).map(|()| 0))
+        }
         Command::Features => {
             println!(
                 "{}",
@@ -164,7 +206,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Some(r) = r {
         return oci_result(&cli, r);
     }
-    if let Command::Exec(a) = cli.command {
+    if let Command::Exec(mut a) = cli.command {
+        a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
         let r = oci::exec(&root, *a);
         return match r {
             Ok(code) => Ok(code),
@@ -193,6 +236,28 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         c => done(run_image_command(c, &store_root)),
+    }
+}
+
+/// Applies `f` to each container, printing the names done and the errors.
+fn each(
+    items: &[String],
+    f: impl Fn(&str) -> std::result::Result<String, String>,
+) -> std::result::Result<i32, String> {
+    let mut failed = 0;
+    for c in items {
+        match f(c) {
+            Ok(name) => println!("{name}"),
+            Err(e) => {
+                eprintln!("amphi: error: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        Err(format!("{failed} of {} containers failed", items.len()))
+    } else {
+        Ok(0)
     }
 }
 
@@ -240,6 +305,9 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Delete(_)
         | Command::Exec(_)
         | Command::Ps(_)
+        | Command::Stop(_)
+        | Command::Rm(_)
+        | Command::Logs(_)
         | Command::Features
         | Command::Spec(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),

@@ -36,11 +36,19 @@ pub struct IdArgs {
 
 #[derive(Args)]
 pub struct KillArgs {
-    /// Container ID
+    /// Container ID (or, for `amphi run` containers, name)
     pub id: String,
-    /// Signal (name or number)
-    #[arg(default_value = "TERM")]
-    pub signal: String,
+    /// Signal (name or number), runc style
+    pub signal: Option<String>,
+    /// Signal (name or number), docker style; default KILL for named
+    /// containers, TERM for runtime IDs
+    #[arg(
+        short = 's',
+        long = "signal",
+        value_name = "SIGNAL",
+        conflicts_with = "signal"
+    )]
+    pub signal_opt: Option<String>,
     /// Signal every process of the container
     #[arg(short, long)]
     pub all: bool,
@@ -57,11 +65,47 @@ pub struct DeleteArgs {
 
 #[derive(Args)]
 pub struct PsArgs {
-    /// Container ID
-    pub id: String,
-    /// Output format: table or json
+    /// With an ID: list that container's processes (runc ps). Without:
+    /// list containers (docker ps)
+    pub id: Option<String>,
+    /// Output format of runc ps: table or json
     #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
     pub format: String,
+    /// Also list stopped containers
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only print container IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Containers (name or ID)
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+    /// Seconds to wait before killing
+    #[arg(short, long, default_value_t = 10)]
+    pub time: u64,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Containers (name or ID)
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+    /// Kill running containers first
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Container (name or ID)
+    pub container: String,
+    /// Keep printing new output until the container stops
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Args)]

@@ -113,9 +113,9 @@ pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRe
             "--isolation vm: the microVM backend is not available in this build yet; use --isolation container",
         ));
     }
-    if a.detach {
+    if a.detach && (a.tty || a.interactive) {
         return Err(usage(
-            "-d/--detach is not supported yet: run in the foreground",
+            "-d cannot be combined with -t or -i: a detached container has no terminal or input",
         ));
     }
     let mut env = Vec::new();
@@ -174,6 +174,7 @@ pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRe
         name: a.name,
         rm: a.rm,
         interactive: a.interactive,
+        detach: a.detach,
         store_root: store_root.to_path_buf(),
         state_root: state_root.to_path_buf(),
     })

@@ -1,7 +1,10 @@
 //! `amphi run` on the native path: image → rootfs plan → spec → launch →
 //! wait (forwarding signals, relaying a pty) → clean up.
 
+mod detach;
+pub mod manage;
 mod pty;
+pub mod records;
 
 pub use pty::{block_signals as pty_signals, unblock_signals as pty_unblock, wait as pty_wait};
 
@@ -27,6 +30,7 @@ pub struct RunRequest {
     pub name: Option<String>,
     pub rm: bool,
     pub interactive: bool,
+    pub detach: bool,
     pub store_root: PathBuf,
     pub state_root: PathBuf,
 }
@@ -46,7 +50,7 @@ impl std::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-fn amphi_err(m: impl Into<String>) -> RunError {
+pub(crate) fn amphi_err(m: impl Into<String>) -> RunError {
     RunError {
         code: EXIT_AMPHI,
         message: m.into(),
@@ -118,7 +122,20 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         }
     }
 
+    let names = records::list(&req.store_root);
+    if let Some(n) = &req.name {
+        records::check_name(n)?;
+        if names.iter().any(|r| r.name == *n) {
+            return Err(amphi_err(format!(
+                "the container name {n:?} is already in use: remove that container (amphi rm {n}) or choose another name"
+            )));
+        }
+    }
     let id = new_id();
+    let name = req
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
     let state_dir = State::dir(&req.state_root, &id);
     let container_dir = req.store_root.join("containers").join(&id);
     std::fs::create_dir_all(&state_dir)
@@ -143,9 +160,44 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     let config_path = state_dir.join("config.json");
     spec.save(&config_path)
         .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+    let mut record = records::Record {
+        id: id.clone(),
+        name,
+        image: req.image.clone(),
+        command: spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default(),
+        created: state::now_rfc3339(),
+        finished: None,
+        exit_code: None,
+        oom_killed: false,
+        detached: req.detach,
+        rm: req.rm,
+        stop_signal: image.config.as_ref().and_then(|c| c.stop_signal.clone()),
+    };
+    record.save(&req.store_root).map_err(amphi_err)?;
 
-    // Without -i the container gets no stdin, like docker.
-    if !req.interactive {
+    // Detached: a monitor process (like conmon) becomes the container's
+    // parent, waits for it and records its exit; we return its id.
+    let mut report = None;
+    if req.detach {
+        match detach::fork_monitor(&container_dir.join("log"))? {
+            detach::Side::Caller(rx) => {
+                std::mem::forget(cleanup);
+                return match detach::wait_started(rx) {
+                    Ok(()) => {
+                        println!("{id}");
+                        Ok(0)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            detach::Side::Monitor(tx) => report = Some(tx),
+        }
+    } else if !req.interactive {
+        // Without -i the container gets no stdin, like docker.
         if let Ok(null) = std::fs::File::open("/dev/null") {
             // SAFETY: dup2 onto our own stdin.
             unsafe { libc::dup2(null.as_raw_fd(), 0) };
@@ -181,7 +233,13 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
             } else {
                 EXIT_AMPHI
             };
-            return Err(RunError { code, message: e });
+            let err = RunError { code, message: e };
+            if let Some(tx) = report {
+                detach::report(tx, Err(&err));
+                drop(cleanup);
+                std::process::exit(code);
+            }
+            return Err(err);
         }
     };
     cleanup.cgroup = Some(launched.cgroup.clone());
@@ -192,25 +250,37 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         start_time: state::start_time(launched.pid).unwrap_or(0),
         bundle: state_dir.clone(),
         rootfs: plan.rootfs.clone(),
-        created: state::now_rfc3339(),
+        created: record.created.clone(),
         cgroup: launched.cgroup.clone(),
         annotations: Default::default(),
         exit_code: None,
         oom_killed: false,
-        run: Some(serde_json::json!({
-            "image": req.image, "name": req.name, "command": spec.process().as_ref().and_then(|p| p.args().clone()),
-        })),
+        run: Some(serde_json::json!({"name": record.name})),
     };
     let _ = st.save(&req.state_root);
+    if let Some(tx) = report.take() {
+        detach::report(tx, Ok(()));
+    }
 
-    let status = pty::wait(launched.pid, launched.pty, &sigs);
+    let mut status = pty::wait(launched.pid, launched.pty, &sigs);
     pty::unblock_signals(&sigs);
-    if launched.cgroup.oom_killed() {
+    let oom = launched.cgroup.oom_killed();
+    if oom {
         eprintln!(
             "amphi: container {} was killed by the kernel OOM killer (memory limit reached)",
             &id[..12]
         );
-        return Ok(137);
+        status = 137;
+    }
+    if !req.rm {
+        record.exit_code = Some(status);
+        record.oom_killed = oom;
+        record.finished = Some(state::now_rfc3339());
+        let _ = record.save(&req.store_root);
+    }
+    drop(cleanup);
+    if req.detach {
+        std::process::exit(0);
     }
     Ok(status)
 }

@@ -1,0 +1,156 @@
+//! docker-style management of `amphi run` containers: `ps`, `stop`, `rm`,
+//! `logs`, and name resolution for the runtime commands.
+
+use super::records::{self, Record};
+use crate::container::state::State;
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The runtime id for `arg`: an OCI container id with state, or an
+/// `amphi run` container's name, id or id prefix.
+pub fn resolve_id(store_root: &Path, state_root: &Path, arg: &str) -> String {
+    if State::dir(state_root, arg).join("state.json").exists() {
+        return arg.to_string();
+    }
+    records::find(store_root, arg)
+        .map(|r| r.id)
+        .unwrap_or_else(|_| arg.to_string())
+}
+
+/// `amphi ps` (docker style).
+pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> String {
+    let mut rows = vec![[
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "NAMES",
+    ]
+    .map(String::from)];
+    let mut ids = String::new();
+    for r in records::list(store_root) {
+        let status = r.status(state_root);
+        if !all && !status.starts_with("Up") {
+            continue;
+        }
+        ids.push_str(&r.id[..12]);
+        ids.push('\n');
+        let mut cmd = r.command.join(" ");
+        if cmd.len() > 30 {
+            cmd.truncate(27);
+            cmd.push_str("...");
+        }
+        rows.push([
+            r.id[..12].to_string(),
+            r.image.clone(),
+            format!("{cmd:?}"),
+            r.created[..19].replace('T', " "),
+            status,
+            r.name.clone(),
+        ]);
+    }
+    if quiet {
+        return ids;
+    }
+    let w: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("{v:<w$}", w = w[i]))
+                .collect();
+            cells.join("   ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+fn wait_gone(st: &State, state_root: &Path, t: Duration) -> bool {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if !st.alive() && !State::dir(state_root, &st.id).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !st.alive()
+}
+
+/// `amphi stop`: the image's stop signal (default TERM), then KILL.
+pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Result<String, String> {
+    let r = records::find(store_root, arg)?;
+    let Some(st) = r.running(state_root) else {
+        return Ok(r.name);
+    };
+    let sig = crate::oci::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))?;
+    // SAFETY: signalling the container's process.
+    unsafe { libc::kill(st.pid, sig) };
+    if !wait_gone(&st, state_root, Duration::from_secs(secs)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        wait_gone(&st, state_root, Duration::from_secs(10));
+    }
+    Ok(r.name)
+}
+
+/// `amphi rm`: remove a stopped container (with force, kill it first).
+pub fn rm(store_root: &Path, state_root: &Path, arg: &str, force: bool) -> Result<String, String> {
+    let r: Record = records::find(store_root, arg)?;
+    if let Some(st) = r.running(state_root) {
+        if !force {
+            return Err(format!(
+                "container {} is running: stop it first or use rm -f",
+                r.name
+            ));
+        }
+        for p in st.cgroup.pids() {
+            // SAFETY: killing the container's processes.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        // Its monitor records the exit and cleans the runtime state.
+        wait_gone(&st, state_root, Duration::from_secs(10));
+        let _ = st.cgroup.remove();
+        let _ = std::fs::remove_dir_all(State::dir(state_root, &r.id));
+    }
+    let d = records::dir(store_root, &r.id);
+    std::fs::remove_dir_all(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
+    Ok(r.name)
+}
+
+/// `amphi logs`: the output of a detached container.
+pub fn logs(store_root: &Path, state_root: &Path, arg: &str, follow: bool) -> Result<(), String> {
+    let r = records::find(store_root, arg)?;
+    let p = records::dir(store_root, &r.id).join("log");
+    let mut f = match std::fs::File::open(&p) {
+        Ok(f) => f,
+        Err(_) if !r.detached => return Err(format!(
+            "container {} ran in the foreground: its output went to the terminal, no log was kept",
+            r.name
+        )),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        if n > 0 {
+            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            continue;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        if !follow || r.running(state_root).is_none() {
+            // One last read after the container stopped.
+            let _ = f.stream_position();
+            let n = f.read(&mut buf).unwrap_or(0);
+            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -219,6 +219,18 @@ pub fn run(cli: Cli) -> Result<i32> {
         };
     }
     match cli.command {
+        Command::Run(a) if a.bundle.is_some() => {
+            let bundle = a.bundle.clone().unwrap_or_default();
+            let r = crate::oci::run_bundle(&root, &a.image, &bundle);
+            match r {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    log_error(cli.log.as_deref(), &cli.log_format, &e);
+                    eprintln!("amphi: error: {e}");
+                    Ok(1)
+                }
+            }
+        }
         Command::Run(a) => {
             let req = match run::request(*a, &store_root, &cli.root) {
                 Ok(r) => r,

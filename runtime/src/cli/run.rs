@@ -77,7 +77,10 @@ pub struct RunArgs {
     /// Where to run: auto, container or vm
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
-    /// Image to run
+    /// runc compatibility: run the OCI bundle in DIR, IMAGE being the container ID
+    #[arg(short = 'b', long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// Image to run (with --bundle: the container ID)
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// Command and arguments (default: the image's)

@@ -141,6 +141,71 @@ fn kill_and_reap(pid: i32) {
     }
 }
 
+/// runc's `run`: create and start in one go, wait, delete; returns the
+/// process's exit status.
+pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
+    state::check_id(id)?;
+    let bundle =
+        std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
+    let spec = config::load(&bundle).map_err(|e| e.to_string())?;
+    let rootfs = bundle_rootfs(&spec, &bundle)?;
+    std::fs::create_dir_all(root).map_err(|e| format!("state root {}: {e}", root.display()))?;
+    let dir = State::dir(root, id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("container id {id:?} is already in use"))
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    let sigs = crate::run::pty_signals();
+    let template = serde_json::json!({"ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle});
+    let l = launch(
+        &spec,
+        &rootfs,
+        LaunchOptions {
+            id: id.to_string(),
+            exec_fifo: None,
+            console_socket: None,
+            user_lookup: None,
+            preserve_fds: 0,
+            state_template: template,
+            owns_cgroup: true,
+        },
+    );
+    let l = match l {
+        Ok(l) => l,
+        Err(e) => {
+            crate::run::pty_unblock(&sigs);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let st = State {
+        id: id.to_string(),
+        pid: l.pid,
+        start_time: state::start_time(l.pid).unwrap_or(0),
+        bundle: bundle.clone(),
+        rootfs,
+        created: state::now_rfc3339(),
+        cgroup: l.cgroup.clone(),
+        annotations: Default::default(),
+        exit_code: None,
+        oom_killed: false,
+        run: None,
+    };
+    let _ = st.save(root);
+    let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
+    crate::run::pty_unblock(&sigs);
+    let _ = l.cgroup.remove();
+    if let Some(h) = spec.hooks() {
+        let s = st.oci(root).to_string();
+        let _ = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", &s);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(code)
+}
+
 /// `start`: let a created container run its process.
 pub fn start(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id)?;

@@ -317,3 +317,49 @@ fn kill_9_at_any_moment_leaves_a_consistent_store() {
     assert_eq!(j[0]["names"][0], r);
     assert!(listing(&a.root().join("tmp")).is_empty());
 }
+
+#[test]
+fn docker_schema2_manifests_pull() {
+    let reg = Registry::start();
+    // skopeo converts the OCI layout to a Docker schema2 manifest.
+    let out = amphi_tests::run_cmd(
+        std::process::Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "-q",
+                "--format",
+                "v2s2",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:latest", test_image("busybox").display()))
+            .arg(format!("docker://{}/demo/v2s2:latest", reg.addr())),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = Amphi::new();
+    let r = reg.reference("demo/v2s2:latest");
+    a.ok(&["pull", "-q", &r]);
+    let inspect: serde_json::Value = serde_json::from_str(&a.ok(&["inspect", &r])).unwrap();
+    assert_eq!(
+        inspect[0]["Manifest"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        inspect[0]["Manifest"]["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let chain = inspect[0]["Layers"][0]
+        .as_str()
+        .unwrap()
+        .replace("sha256:", "");
+    assert!(a
+        .root()
+        .join("layers/sha256")
+        .join(chain)
+        .join("diff/bin/busybox")
+        .is_file());
+}

@@ -209,27 +209,13 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Exec(mut a) = cli.command {
         a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
         let r = oci::exec(&root, *a);
-        return match r {
-            Ok(code) => Ok(code),
-            Err(e) => {
-                log_error(cli.log.as_deref(), &cli.log_format, &e);
-                eprintln!("amphi: error: {e}");
-                Ok(1)
-            }
-        };
+        return Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r));
     }
     match cli.command {
         Command::Run(a) if a.bundle.is_some() => {
             let bundle = a.bundle.clone().unwrap_or_default();
             let r = crate::oci::run_bundle(&root, &a.image, &bundle);
-            match r {
-                Ok(c) => Ok(c),
-                Err(e) => {
-                    log_error(cli.log.as_deref(), &cli.log_format, &e);
-                    eprintln!("amphi: error: {e}");
-                    Ok(1)
-                }
-            }
+            Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
         }
         Command::Run(a) => {
             let req = match run::request(*a, &store_root, &cli.root) {
@@ -276,14 +262,19 @@ fn each(
 /// Runtime commands exit 1 on error (as runc), and also log the error to
 /// `--log` for callers such as conmon and containerd's shim.
 fn oci_result(cli: &Cli, r: std::result::Result<i32, String>) -> Result<i32> {
-    match r {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            log_error(cli.log.as_deref(), &cli.log_format, &e);
-            eprintln!("amphi: error: {e}");
-            Ok(1)
-        }
-    }
+    Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
+}
+
+fn oci_exit(
+    log: Option<&std::path::Path>,
+    format: &str,
+    r: std::result::Result<i32, String>,
+) -> i32 {
+    r.unwrap_or_else(|e| {
+        log_error(log, format, &e);
+        eprintln!("amphi: error: {e}");
+        1
+    })
 }
 
 fn log_error(log: Option<&std::path::Path>, format: &str, msg: &str) {

@@ -95,10 +95,16 @@ impl Drop for Cleanup {
 pub fn run(req: RunRequest) -> Result<i32, RunError> {
     let store = Store::open(&req.store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
     let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
-    let rec = idx
-        .find(&req.image)
-        .map_err(|e| amphi_err(e.to_string()))?
-        .clone();
+    let rec = match idx.find(&req.image) {
+        Ok(r) => r.clone(),
+        // Like docker: an image that is not here yet is pulled first.
+        Err(crate::image::index::LookupError::NotFound(_))
+            if crate::image::Reference::parse(&req.image).is_ok() =>
+        {
+            pull_missing(&req)?
+        }
+        Err(e) => return Err(amphi_err(e.to_string())),
+    };
     let cfg_bytes = store
         .read_blob(&rec.config)
         .map_err(|e| amphi_err(e.to_string()))?;
@@ -283,6 +289,26 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         std::process::exit(0);
     }
     Ok(status)
+}
+
+fn pull_missing(req: &RunRequest) -> Result<crate::image::ImageRecord, RunError> {
+    let reference =
+        crate::image::Reference::parse(&req.image).map_err(|e| amphi_err(e.to_string()))?;
+    eprintln!("Unable to find image {reference} locally, pulling it");
+    let store =
+        Store::open(&req.store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
+    let opts = crate::image::pull::PullOptions {
+        platform: crate::image::manifest::Platform::host(),
+        insecure: false,
+        creds: None,
+        progress: crate::image::progress::Progress::new(false),
+    };
+    crate::image::pull::pull(&store, &reference, &opts).map_err(|e| {
+        amphi_err(format!(
+            "image {} is not in the store and pulling it failed: {e}",
+            req.image
+        ))
+    })
 }
 
 /// Creates the state root if needed.

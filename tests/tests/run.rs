@@ -487,3 +487,42 @@ fn detached_containers_ps_logs_stop_rm() {
     assert!(!e.run(&["rm", "nothing-here"]).status.success());
     e.assert_clean();
 }
+
+#[test]
+fn init_reaps_zombies_and_forwards_signals() {
+    let e = Env::new();
+    // An orphan is re-parented to PID 1; amphi's init reaps it.
+    let (code, out, err) = e.rm(
+        &["--init"],
+        &[
+            "sh",
+            "-c",
+            "(sleep 0.1 &); sleep 0.6; ps -o stat,comm | grep -c '^Z' ; exit 3",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(out.trim(), "0", "no zombies under --init: {out}");
+    // The workload is not PID 1, so a plain SIGTERM ends it: 128+15.
+    let mut child = e
+        .cmd(&[
+            "run",
+            "--rm",
+            "--init",
+            IMG,
+            "sh",
+            "-c",
+            "echo ready; sleep 30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    use std::io::Read;
+    out.read_exact(&mut buf).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    e.assert_clean();
+}

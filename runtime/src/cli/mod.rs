@@ -113,6 +113,12 @@ pub enum Command {
     Features,
     /// OCI runtime: write a starting config.json
     Spec(oci::SpecArgs),
+    /// Inside a container: a reaping PID 1 for `run --init`
+    #[command(hide = true)]
+    Init {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Runs the parsed command line; returns the process exit status.
@@ -126,6 +132,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         );
     }
     let root = cli.root.clone();
+    if let Command::Init { command } = &cli.command {
+        let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
+        return Ok(crate::run::tiny_init::main(&args));
+    }
     let r = match &cli.command {
         Command::Create(a) => Some(
             crate::oci::create(
@@ -312,6 +322,7 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Rm(_)
         | Command::Logs(_)
         | Command::Features
+        | Command::Init { .. }
         | Command::Spec(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),

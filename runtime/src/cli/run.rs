@@ -74,6 +74,9 @@ pub struct RunArgs {
     /// Name for the container
     #[arg(long)]
     pub name: Option<String>,
+    /// Run a small init (amphi itself) as PID 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
     /// Where to run: auto, container or vm
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
@@ -170,6 +173,7 @@ pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRe
         no_new_privileges: nnp,
         volumes,
         tty: a.tty,
+        init: a.init,
     };
     Ok(RunRequest {
         image: a.image,

@@ -129,10 +129,12 @@ pub fn logs(store_root: &Path, state_root: &Path, arg: &str, follow: bool) -> Re
     let p = records::dir(store_root, &r.id).join("log");
     let mut f = match std::fs::File::open(&p) {
         Ok(f) => f,
-        Err(_) if !r.detached => return Err(format!(
+        Err(_) if !r.detached => {
+            return Err(format!(
             "container {} ran in the foreground: its output went to the terminal, no log was kept",
             r.name
-        )),
+        ))
+        }
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
     let mut out = std::io::stdout().lock();

@@ -5,6 +5,7 @@ mod detach;
 pub mod manage;
 mod pty;
 pub mod records;
+pub mod tiny_init;
 
 pub use pty::{block_signals as pty_signals, unblock_signals as pty_unblock, wait as pty_wait};
 

@@ -92,6 +92,8 @@ pub struct RunFlags {
     pub no_new_privileges: bool,
     pub volumes: Vec<Volume>,
     pub tty: bool,
+    /// Run amphi as a reaping PID 1 in front of the workload.
+    pub init: bool,
 }
 
 impl Default for RunFlags {
@@ -114,9 +116,13 @@ impl Default for RunFlags {
             no_new_privileges: false,
             volumes: vec![],
             tty: false,
+            init: false,
         }
     }
 }
+
+/// Where `--init` puts amphi inside the container.
+pub const INIT_PATH: &str = "/dev/.amphi-init";
 
 /// Where the container's root comes from.
 pub struct RootfsPlan {
@@ -255,7 +261,12 @@ pub fn build(
     plan: &RootfsPlan,
 ) -> Result<(Spec, Option<String>), String> {
     let cfg = image.config.clone().unwrap_or_default();
-    let args = process_args(image, flags)?;
+    let mut args = process_args(image, flags)?;
+    if flags.init {
+        let mut with_init = vec![INIT_PATH.to_string(), "init".to_string(), "--".to_string()];
+        with_init.append(&mut args);
+        args = with_init;
+    }
     let env = merge_env(&cfg.env.clone().unwrap_or_default(), &flags.env);
     let cwd = flags
         .workdir
@@ -345,6 +356,23 @@ pub fn build(
                 .typ("bind")
                 .source(p)
                 .options(vec!["rbind".to_string(), "rprivate".to_string()])
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    if flags.init {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("--init: cannot find amphi's own binary: {e}"))?;
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from(INIT_PATH))
+                .typ("bind")
+                .source(exe)
+                .options(vec![
+                    "bind".to_string(),
+                    "ro".to_string(),
+                    "nosuid".to_string(),
+                ])
                 .build()
                 .map_err(|e| e.to_string())?,
         );

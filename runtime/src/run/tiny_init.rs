@@ -1,0 +1,84 @@
+//! `amphi run --init`: amphi itself as the container's PID 1 (bind-mounted
+//! read-only at /dev/.amphi-init). It starts the workload as its child,
+//! forwards signals to it, reaps every orphan that the kernel re-parents to
+//! PID 1, and exits with the workload's status.
+
+use std::ffi::CString;
+
+fn sigset_all() -> libc::sigset_t {
+    // SAFETY: filling a local sigset.
+    unsafe {
+        let mut s: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut s);
+        s
+    }
+}
+
+/// Runs `args` under a reaping init; returns the exit status to use.
+pub fn main(args: &[String]) -> i32 {
+    if args.is_empty() {
+        eprintln!("amphi init: no command");
+        return 125;
+    }
+    let all = sigset_all();
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: blocking signals in a single-threaded process.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) };
+    // SAFETY: single-threaded; the child only execs.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        eprintln!("amphi init: fork: {}", std::io::Error::last_os_error());
+        return 125;
+    }
+    if child == 0 {
+        // SAFETY: restoring the mask, then exec with valid C strings.
+        unsafe {
+            libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            // Own process group, so terminal signals reach the workload.
+            libc::setpgid(0, 0);
+        }
+        let cargs: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_str()).unwrap_or_default())
+            .collect();
+        let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        // SAFETY: NULL-terminated argv of valid strings.
+        unsafe { libc::execvp(argv[0], argv.as_ptr()) };
+        let e = std::io::Error::last_os_error();
+        eprintln!("amphi init: exec {}: {e}", args[0]);
+        // SAFETY: leaving the forked child.
+        unsafe {
+            libc::_exit(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        };
+    }
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for any blocked signal.
+        let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };
+        if sig < 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // SAFETY: forwarding to the workload.
+            unsafe { libc::kill(child, sig) };
+            continue;
+        }
+        // Reap everything that is done; note the workload's status.
+        loop {
+            let mut status = 0;
+            // SAFETY: reaping any child without blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == child {
+                return super::pty::decode(status);
+            }
+        }
+    }
+}

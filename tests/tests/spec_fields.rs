@@ -1,0 +1,171 @@
+//! Linux fields of the runtime spec, each checked from inside a container
+//! started from a hand-made bundle with `amphi run -b` (runc's `run`).
+
+use amphi_tests::{amphi_bin, run_cmd, test_image};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A busybox bundle with a config made by `amphi spec`, edited by `edit`.
+struct Bundle {
+    dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Bundle {
+    fn new(edit: impl FnOnce(&mut Value)) -> Bundle {
+        let dir = tempfile::Builder::new()
+            .prefix("amphi-bundle-")
+            .tempdir()
+            .unwrap();
+        let out = run_cmd(
+            Command::new("umoci")
+                .args(["raw", "unpack", "--image"])
+                .arg(format!("{}:latest", test_image("busybox").display()))
+                .arg(dir.path().join("rootfs")),
+        );
+        assert!(
+            out.status.success(),
+            "umoci: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run_cmd(
+            Command::new(amphi_bin())
+                .args(["spec", "--bundle"])
+                .arg(dir.path()),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let p = dir.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["process"]["terminal"] = json!(false);
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        Bundle {
+            dir,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `amphi run -b` with `sh -c SCRIPT`: (status, stdout, stderr).
+    fn run(&self, script: &str) -> (i32, String, String) {
+        let p = self.path().join("config.json");
+        let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["process"]["args"] = json!(["sh", "-c", script]);
+        std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        let id = format!("spec-{}", std::process::id());
+        let out = run_cmd(
+            Command::new(amphi_bin())
+                .arg("--root")
+                .arg(self.state.path())
+                .args(["run", "-b"])
+                .arg(self.path())
+                .arg(&id),
+        );
+        let left: Vec<PathBuf> = std::fs::read_dir(self.state.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "run -b left state: {left:?}");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn sysctl_hostname_and_oom_score_adj() {
+    let b = Bundle::new(|v| {
+        v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"});
+        v["hostname"] = json!("spec-host");
+        v["process"]["oomScoreAdj"] = json!(123);
+        v["domainname"] = json!("example.test");
+    });
+    let (code, out, err) = b.run(
+        "cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shm_rmid_forced /proc/self/oom_score_adj; hostname; cat /proc/sys/kernel/domainname",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "1\n1\n123\nspec-host\nexample.test\n");
+}
+
+#[test]
+fn devices_rlimits_and_readonly_root() {
+    let b = Bundle::new(|v| {
+        v["linux"]["devices"] = json!([{"path": "/dev/fuse-like", "type": "c", "major": 1, "minor": 3, "fileMode": 0o666, "uid": 7, "gid": 8}]);
+        v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 1024}, {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}]);
+        v["root"]["readonly"] = json!(true);
+    });
+    let (code, out, err) = b.run(
+        "stat -c '%F %t:%T %a %u:%g' /dev/fuse-like; ulimit -n; ulimit -Hn; ulimit -c; touch /x 2>/dev/null || echo ro; echo x > /dev/fuse-like && echo writable",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "character special file 1:3 666 7:8\n512\n1024\n0\nro\nwritable\n"
+    );
+}
+
+#[test]
+fn mounts_with_options_and_propagation() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "data").unwrap();
+    let hp = host.path().to_path_buf();
+    let b = Bundle::new(move |v| {
+        let mounts = v["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/ro", "type": "bind", "source": hp, "options": ["rbind", "ro", "rprivate"]}));
+        mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=1m", "mode=1777"]}));
+        v["linux"]["rootfsPropagation"] = json!("rslave");
+    });
+    let (code, out, err) = b.run(
+        "cat /ro/f; echo; touch /ro/g 2>/dev/null || echo ro-ok; grep -E ' /scratch ' /proc/self/mountinfo | grep -c 'size=1024k'; stat -c %a /scratch",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "data\nro-ok\n1\n1777\n");
+    assert!(!host.path().join("g").exists());
+}
+
+#[test]
+fn capabilities_no_new_privileges_and_seccomp_from_the_spec() {
+    let b = Bundle::new(|v| {
+        let caps = json!(["CAP_CHOWN", "CAP_KILL"]);
+        v["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": []});
+        v["process"]["noNewPrivileges"] = json!(true);
+        v["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let (code, out, err) =
+        b.run("grep -E 'CapEff|NoNewPrivs|^Seccomp:' /proc/self/status; mkdir /tmp/d");
+    assert_ne!(code, 0, "mkdir must fail under the profile: {out}");
+    assert!(out.contains("CapEff:\t0000000000000021"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
+
+#[test]
+fn masked_and_readonly_paths_from_the_spec() {
+    let b = Bundle::new(|v| {
+        v["linux"]["maskedPaths"] = json!(["/etc/hostname-masked-file", "/proc/uptime", "/etc"]);
+        v["linux"]["readonlyPaths"] = json!(["/tmp"]);
+    });
+    let (code, out, err) =
+        b.run("ls /etc | wc -l; wc -c < /proc/uptime; touch /tmp/x 2>/dev/null || echo ro");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "ro"],
+        "{out}"
+    );
+}

@@ -1,5 +1,96 @@
 //! amphi's KVM virtual machine monitor.
 //!
-//! The VMM is built on the rust-vmm crates; see `../shared/ARCHITECTURE.md`
-//! ("Where the VM path runs"). This crate is filled in by the VMM issue; for
-//! now it only fixes the crate's place in the workspace.
+//! Built on the rust-vmm crates (kvm-ioctls, vm-memory, linux-loader,
+//! vm-superio); see `ARCHITECTURE.md` ("Where the VM path runs"). The layout
+//! follows Firecracker's: architecture code under [`arch::x86_64`], each
+//! device in its own module under [`devices`], and the VM's state objects
+//! ([`vm`], [`vcpu`], [`memory`]) apart from one another.
+//!
+//! ```no_run
+//! use amphi_vmm::{ExitReason, SerialOut, Vm, VmConfig};
+//!
+//! let config = VmConfig {
+//!     kernel: Some("/var/lib/amphi/kernels/vmlinux".into()),
+//!     serial: SerialOut::Stdout,
+//!     ..VmConfig::default()
+//! };
+//! let mut vm = Vm::new(&config)?;
+//! vm.load_kernel()?;
+//! let stop = vm.stop_handle(); // give to whoever may stop the VM
+//! match vm.run()? {
+//!     ExitReason::Reset | ExitReason::Shutdown => println!("guest finished"),
+//!     other => eprintln!("{other}"),
+//! }
+//! # Ok::<(), amphi_vmm::VmmError>(())
+//! ```
+//!
+//! Tests and tools can skip the kernel: write machine code with
+//! [`Vm::write_guest`] and start a vCPU on it with [`Vm::set_vcpu_entry`].
+
+use std::path::PathBuf;
+
+pub mod arch;
+pub mod devices;
+pub mod error;
+pub mod exit;
+pub mod loader;
+pub mod memory;
+pub mod pvm;
+pub mod stop;
+pub mod vcpu;
+pub mod vm;
+
+pub use arch::x86_64::regs::{CpuMode, EntryPoint};
+pub use devices::serial::{SerialBuffer, SerialOut};
+pub use error::{Result, VmmError};
+pub use exit::{ExitReason, RegisterDump};
+pub use loader::{BootInfo, BootProtocol};
+pub use pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
+pub use stop::StopHandle;
+pub use vm::Vm;
+
+/// The default kernel command line: console on COM1, reboot through the
+/// i8042 (which the VMM turns into [`ExitReason::Reset`]), reboot at once on
+/// panic, no PCI probing, and a quiet i8042 driver.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// What a VM is made of.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in MiB (at least 2).
+    pub mem_mib: u32,
+    /// Number of vCPUs (1 to [`arch::x86_64::mptable::MAX_CPUS`]).
+    pub vcpus: u8,
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Where COM1 output goes.
+    pub serial: SerialOut,
+    /// Boot a kernel on a PVM host even if it is not known to be PVM-enabled.
+    pub force: bool,
+}
+
+impl VmConfig {
+    /// Guest RAM in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        u64::from(self.mem_mib) << 20
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            mem_mib: 256,
+            vcpus: 1,
+            kernel: None,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            serial: SerialOut::None,
+            force: false,
+        }
+    }
+}

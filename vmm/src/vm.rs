@@ -1,0 +1,331 @@
+//! The VM: KVM handles, guest memory, the in-kernel irqchip and PIT, the
+//! legacy devices on the PIO bus, the vCPUs, and `run()`, which runs every
+//! vCPU on its own thread until one of them ends the VM.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::arch::x86_64::mptable::{self, MAX_CPUS};
+use crate::arch::x86_64::regs::EntryPoint;
+use crate::devices::bus::{lock, SharedDevice};
+use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use crate::devices::serial::{Serial, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::{Bus, UnhandledStats};
+use crate::error::{kvm_err, Result, VmmError};
+use crate::exit::ExitReason;
+use crate::loader::{load_linux, BootInfo};
+use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
+use crate::pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
+use crate::stop::{install_kick_handler, StopHandle, StopState};
+use crate::vcpu::{RunContext, Vcpu, VcpuOutcome};
+use crate::VmConfig;
+
+/// A virtual machine.
+pub struct Vm {
+    config: VmConfig,
+    kind: KvmKind,
+    // Field order matters for drop: vCPUs and the VM fd go before the
+    // memory they map.
+    vcpus: Vec<Vcpu>,
+    fd: VmFd,
+    _kvm: Kvm,
+    memory: GuestMemoryMmap,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<Serial>>,
+    stop: Arc<StopState>,
+}
+
+impl Vm {
+    /// Creates the VM: memory, irqchip, PIT, MP table, COM1, i8042, and
+    /// configured vCPUs. No kernel yet: see [`Vm::load_kernel`], or place code
+    /// with [`Vm::write_guest`] and start it with [`Vm::set_vcpu_entry`].
+    pub fn new(config: &VmConfig) -> Result<Vm> {
+        if config.vcpus == 0 || config.vcpus > MAX_CPUS {
+            return Err(VmmError::Config(format!(
+                "{} vCPUs requested; 1 to {MAX_CPUS} are supported",
+                config.vcpus
+            )));
+        }
+        let mem_bytes = config.mem_bytes();
+        let kind = detect_kvm_kind();
+        let kvm = Kvm::new().map_err(|source| VmmError::KvmOpen { source })?;
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(config.vcpus) > max_vcpus {
+            return Err(VmmError::Config(format!(
+                "{} vCPUs requested; KVM allows {max_vcpus}",
+                config.vcpus
+            )));
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Memory before the irqchip: on PVM a memslot registered after
+        // KVM_CREATE_IRQCHIP took ~5 ms, before it ~40 us (measured).
+        let memory = create_guest_memory(mem_bytes)?;
+        register_with_kvm(&fd, &memory)?;
+        // Intel needs these below 4 GiB; AMD and PVM accept and ignore them.
+        fd.set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+        mptable::setup_mptable(&memory, config.vcpus)?;
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| VmmError::Config(format!("creating the COM1 eventfd: {e}")))?;
+        fd.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            serial_irq,
+            Sink::open(&config.serial)?,
+        )));
+        let mut pio = Bus::new("pio");
+        pio.insert(u64::from(COM1_PORT), u64::from(COM1_LEN), serial.clone())?;
+        let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new()));
+        pio.insert(u64::from(I8042_PORT), u64::from(I8042_LEN), i8042)?;
+        let mmio = Bus::new("mmio");
+
+        let supported: CpuId = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let vcpus = (0..usize::from(config.vcpus))
+            .map(|i| {
+                let vcpu = Vcpu::new(&fd, i)?;
+                vcpu.configure(&supported, config.vcpus)?;
+                Ok(vcpu)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        install_kick_handler()?;
+
+        tracing::debug!(%kind, mem_bytes, vcpus = config.vcpus, "VM created");
+        Ok(Vm {
+            config: config.clone(),
+            kind,
+            vcpus,
+            fd,
+            _kvm: kvm,
+            memory,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            serial,
+            stop: Arc::new(StopState::default()),
+        })
+    }
+
+    /// Loads `VmConfig::kernel` (and initrd, command line) and points the
+    /// boot vCPU at it. On a PVM host a kernel that is not shown to be
+    /// PVM-enabled is refused unless `VmConfig::force` is set.
+    pub fn load_kernel(&mut self) -> Result<BootInfo> {
+        let kernel = self.config.kernel.clone().ok_or(VmmError::NoKernel)?;
+        if self.kind == KvmKind::Pvm {
+            let verdict = kernel_pvm_support(&kernel).map_err(|source| VmmError::File {
+                what: "kernel",
+                path: kernel.clone(),
+                source,
+            })?;
+            match verdict {
+                PvmKernelSupport::Enabled(why) => tracing::debug!("PVM guest kernel: {why}"),
+                PvmKernelSupport::NotEnabled(evidence) | PvmKernelSupport::Unknown(evidence) => {
+                    if !self.config.force {
+                        return Err(VmmError::KernelNotPvm {
+                            path: kernel,
+                            evidence,
+                        });
+                    }
+                    tracing::warn!(
+                        "PVM host, kernel not PVM-enabled ({evidence}); forced: expect it to be slow"
+                    );
+                }
+            }
+        }
+        let info = load_linux(
+            &self.memory,
+            self.config.mem_bytes(),
+            &kernel,
+            self.config.initrd.as_deref(),
+            &self.config.cmdline,
+        )?;
+        self.set_vcpu_entry(0, &info.entry)?;
+        Ok(info)
+    }
+
+    /// Sets where and how vCPU `index` starts. vCPU 0 is the boot processor;
+    /// giving an entry to another vCPU starts it directly (no INIT/SIPI).
+    pub fn set_vcpu_entry(&mut self, index: usize, entry: &EntryPoint) -> Result<()> {
+        let vcpu = self
+            .vcpus
+            .get(index)
+            .ok_or_else(|| VmmError::Config(format!("no vCPU {index}")))?;
+        vcpu.set_entry(&self.memory, entry)
+    }
+
+    /// Copies `bytes` into guest memory at `addr`.
+    pub fn write_guest(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        self.memory
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|_| VmmError::GuestAccess {
+                addr,
+                len: bytes.len(),
+            })
+    }
+
+    /// Fills `buf` from guest memory at `addr`.
+    pub fn read_guest(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.memory
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| VmmError::GuestAccess {
+                addr,
+                len: buf.len(),
+            })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// The KVM VM fd.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The vCPUs (empty while `run()` is running them).
+    pub fn vcpus(&self) -> &[Vcpu] {
+        &self.vcpus
+    }
+
+    /// The kind of KVM this VM runs on.
+    pub fn kvm_kind(&self) -> KvmKind {
+        self.kind
+    }
+
+    /// The configuration the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// A handle that stops `run()` from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            state: self.stop.clone(),
+        }
+    }
+
+    /// Queues bytes for the guest to read from COM1; returns how many fit.
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        lock(&self.serial).enqueue_input(bytes)
+    }
+
+    /// Port I/O accesses that hit no device.
+    pub fn unhandled_pio(&self) -> UnhandledStats {
+        self.pio.unhandled()
+    }
+
+    /// MMIO accesses that hit no device.
+    pub fn unhandled_mmio(&self) -> UnhandledStats {
+        self.mmio.unhandled()
+    }
+
+    /// Runs every vCPU on its own thread until the guest resets, shuts
+    /// down, faults, KVM gives up, or the host stops it. The vCPUs come back
+    /// afterwards, so `run()` can be called again (e.g. after a `HostStop`).
+    pub fn run(&mut self) -> Result<ExitReason> {
+        if self.vcpus.len() != usize::from(self.config.vcpus) {
+            return Err(VmmError::Thread(
+                "the vCPUs were lost by an earlier failed run".into(),
+            ));
+        }
+        let ctx = RunContext {
+            pio: self.pio.clone(),
+            mmio: self.mmio.clone(),
+            stop: self.stop.clone(),
+        };
+        self.stop.vm_exit.store(false, Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel();
+        let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        {
+            let mut threads = lock(&self.stop.threads);
+            for mut vcpu in self.vcpus.drain(..) {
+                let ctx = ctx.clone();
+                let tx = tx.clone();
+                let index = vcpu.index();
+                let spawned =
+                    thread::Builder::new()
+                        .name(format!("vcpu{index}"))
+                        .spawn(move || {
+                            let outcome =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    vcpu.run(&ctx)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(VmmError::Thread(format!("vCPU {index} panicked")))
+                                });
+                            // The receiver outlives every sender; nothing to do if not.
+                            let _ = tx.send(outcome);
+                            vcpu
+                        });
+                match spawned {
+                    Ok(handle) => {
+                        threads.push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+                        handles.push(handle);
+                    }
+                    Err(e) => {
+                        spawn_error = Some(VmmError::Thread(format!("spawning vCPU {index}: {e}")));
+                        break;
+                    }
+                }
+            }
+        }
+        drop(tx);
+
+        // The first vCPU to finish decides how the VM ended.
+        let first = match spawn_error {
+            Some(e) => Err(e),
+            None => rx
+                .recv()
+                .unwrap_or_else(|_| Err(VmmError::Thread("all vCPU threads vanished".into()))),
+        };
+
+        // Bring the others out and back. The lock is held across the joins
+        // so a concurrent StopHandle never signals a joined thread.
+        self.stop.vm_exit.store(true, Ordering::SeqCst);
+        {
+            let mut threads = lock(&self.stop.threads);
+            StopState::kick_all(&threads);
+            for handle in handles {
+                match handle.join() {
+                    Ok(vcpu) => self.vcpus.push(vcpu),
+                    Err(_) => tracing::error!("a vCPU thread panicked outside its run loop"),
+                }
+            }
+            threads.clear();
+        }
+        self.vcpus.sort_by_key(Vcpu::index);
+
+        let reason = match first? {
+            VcpuOutcome::Exit(reason) => reason,
+            // Only possible if vm_exit was set before the run began.
+            VcpuOutcome::Kicked => ExitReason::HostStop,
+        };
+        if reason == ExitReason::HostStop {
+            self.stop.host_stop.store(false, Ordering::SeqCst);
+        }
+        tracing::debug!(%reason, "VM run ended");
+        Ok(reason)
+    }
+}

@@ -57,6 +57,9 @@ impl Podman {
             .arg(d.join("root"))
             .arg("--runroot")
             .arg(d.join("run"))
+            // Its own libpod tmpdir: two podmans must not share /run/libpod.
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
             .args(["--storage-driver", "vfs", "--runtime"])
             .arg(amphi_bin())
             .args(args);
@@ -151,10 +154,11 @@ fn podman_interactive_tty_through_the_console_socket() {
     let img = p.image();
     let d = p.dir.path();
     let inner = format!(
-        "CONTAINERS_CONF={} podman --root {} --runroot {} --storage-driver vfs --runtime {} run --rm -it --network none {img} sh",
+        "CONTAINERS_CONF={} podman --root {} --runroot {} --tmpdir {} --storage-driver vfs --runtime {} run --rm -it --network none {img} sh",
         d.join("containers.conf").display(),
         d.join("root").display(),
         d.join("run").display(),
+        d.join("tmp").display(),
         amphi_bin().display()
     );
     let mut c = Command::new("script");

@@ -48,6 +48,21 @@ pub struct Cgroup {
     pub path: String,
 }
 
+/// Creates a cgroup directory and its missing parents. Retried: another
+/// container's removal takes the shared `amphi/` parent away once it is
+/// empty, which can happen between our creating it and creating our
+/// directory in it.
+fn create_dir(d: &Path) -> Result<(), String> {
+    let mut r = fs::create_dir_all(d);
+    for _ in 0..20 {
+        match &r {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => r = fs::create_dir_all(d),
+            _ => break,
+        }
+    }
+    r.map_err(|e| format!("creating cgroup {}: {e}", d.display()))
+}
+
 fn write(p: &Path, v: &str) -> Result<(), String> {
     fs::write(p, v).map_err(|e| format!("writing {v:?} to {}: {e}", p.display()))
 }
@@ -123,8 +138,7 @@ impl Cgroup {
                 let _ = fs::write(cur.join("cgroup.subtree_control"), want.join(" "));
             }
             cur.push(comp);
-            fs::create_dir_all(&cur)
-                .map_err(|e| format!("creating cgroup {}: {e}", cur.display()))?;
+            create_dir(&cur)?;
         }
         if let Some(r) = res {
             if let Some(m) = r.memory() {
@@ -159,7 +173,7 @@ impl Cgroup {
     fn apply_v1(&self, pid: i32, res: Option<&LinuxResources>) -> Result<(), String> {
         let dirs = self.dirs();
         for d in &dirs {
-            fs::create_dir_all(d).map_err(|e| format!("creating cgroup {}: {e}", d.display()))?;
+            create_dir(d)?;
             // cpuset needs its parents' cpus and mems copied down.
             if d.starts_with(Path::new(ROOT).join("cpuset")) {
                 copy_cpuset(d);

@@ -15,6 +15,8 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{path}: not valid JSON: {reason}")]
+    Syntax { path: PathBuf, reason: String },
     #[error("{path}: invalid config at `{field}`: {reason}")]
     Invalid {
         path: PathBuf,
@@ -45,6 +47,17 @@ pub fn load(bundle: &Path) -> Result<Spec, ConfigError> {
 pub fn parse(data: &[u8], path: &Path) -> Result<Spec, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(data);
     let spec: Spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        // A syntax error has no field to name (its path is `?`): the line
+        // and column say where.
+        if matches!(
+            e.inner().classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ) {
+            return ConfigError::Syntax {
+                path: path.to_path_buf(),
+                reason: e.into_inner().to_string(),
+            };
+        }
         let field = e.path().to_string();
         invalid(
             path,
@@ -163,6 +176,11 @@ mod tests {
         let e = parse(b"{not json", Path::new("config.json"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("config.json"), "{e}");
+        assert!(e.contains("config.json: not valid JSON"), "{e}");
+        assert!(e.contains("line 1 column 2"), "{e}");
+        let e = parse(b"{\"ociVersion\": \"1.0.2\",", Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid JSON: EOF"), "{e}");
     }
 }

@@ -15,8 +15,10 @@ pub struct InitArgs<'a> {
     /// Absolute path of the rootfs (before pivot_root).
     pub rootfs: PathBuf,
     pub sync: Sync,
-    /// `create`: block on this fifo until `start` opens it.
-    pub exec_fifo: Option<PathBuf>,
+    /// `create`: an O_PATH descriptor of the exec fifo (opened by the
+    /// runtime, which can reach the state directory); the process reopens
+    /// it for writing and blocks there until `start` opens it.
+    pub exec_fifo: Option<OwnedFd>,
     /// Where to send the pty master when `process.terminal` is set.
     pub console: Option<OwnedFd>,
     /// docker-style `-u NAME[:GROUP]` to resolve inside the container.
@@ -24,6 +26,9 @@ pub struct InitArgs<'a> {
     pub in_userns: bool,
     /// File descriptors 3..3+N stay open for the process.
     pub preserve_fds: i32,
+    /// The container state (without the pid, which the parent sends with
+    /// `go`) given to the createContainer and startContainer hooks.
+    pub state: serde_json::Value,
 }
 
 /// Runs in the cloned child; never returns.
@@ -58,26 +63,18 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
     // Wait until the parent has put us in the cgroup and written id maps.
-    a.sync.wait_go()?;
+    let pid = a.sync.wait_go()?;
+    let mut state = a.state.clone();
+    state["pid"] = pid.into();
     if a.in_userns {
         set_ids(0, 0)?;
     }
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
 
     let process = spec.process().as_ref().ok_or("no process")?;
-    // The exec fifo lives on the host: hold it by an O_PATH descriptor and
-    // reopen it through /proc/self/fd after pivot_root.
-    let fifo_fd = match &a.exec_fifo {
-        Some(p) => Some(
-            rustix::fs::open(
-                p,
-                rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| format!("exec fifo {}: {e}", p.display()))?,
-        ),
-        None => None,
-    };
+    // The exec fifo lives on the host: it is reopened through
+    // /proc/self/fd after pivot_root.
+    let fifo_fd = a.exec_fifo.take();
     let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
     if mount_ns {
         rootfs::prepare_root(spec, &a.rootfs)?;
@@ -98,6 +95,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
                 .as_ref()
                 .and_then(|h| h.create_container().clone()),
             "createContainer",
+            &state.to_string(),
         )?;
         drop(root);
         rootfs::pivot(&a.rootfs)?;
@@ -247,23 +245,39 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
 
     close_fds_from(3 + a.preserve_fds);
 
-    if let Some(fifo) = &fifo_fd {
-        a.sync.send_ready()?;
-        // Blocks until `amphi start` opens the other end.
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
-            .map_err(|e| format!("exec fifo: {e}"))?;
-        use std::io::Write;
-        let _ = (&f).write_all(&[0]);
-        drop(f);
-        run_hooks(
-            spec.hooks()
-                .as_ref()
-                .and_then(|h| h.start_container().clone()),
-            "startContainer",
-        )?;
+    // `create`: wait for `start`. Then run the startContainer hooks, and
+    // tell `start` how that went through the fifo: `0` when the program is
+    // about to be executed, `error:<text>` otherwise. The descriptor is
+    // close-on-exec, so `start` sees end-of-file once the program runs (and
+    // runs the poststart hooks only then). Without a fifo (run), a failure
+    // reaches the runtime through the sync socket.
+    let start_fifo = match &fifo_fd {
+        Some(fifo) => {
+            a.sync.send_ready()?;
+            // Blocks until `amphi start` opens the other end.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
+                .map_err(|e| format!("exec fifo: {e}"))?;
+            Some(f)
+        }
+        None => None,
+    };
+    state["status"] = "created".into();
+    let hooks = run_hooks(
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().clone()),
+        "startContainer",
+        &state.to_string(),
+    );
+    if let Some(f) = &start_fifo {
+        match &hooks {
+            Ok(()) => tell_start(f, "0"),
+            Err(e) => tell_start(f, &format!("error:{e}")),
+        }
     }
+    hooks?;
 
     let cprog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| "program path has a NUL byte")?;
@@ -279,11 +293,62 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
+    reset_signal_dispositions();
     // SAFETY: argv/envp are NULL-terminated arrays of valid C strings that
     // outlive the call.
     unsafe { libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     let e = std::io::Error::last_os_error();
-    Err(format!("exec {}: {e}", args[0]))
+    let msg = format!("exec {}: {e}", args[0]);
+    if let Some(f) = &start_fifo {
+        tell_start(f, &format!("error:{msg}"));
+    }
+    Err(msg)
+}
+
+/// Gives every signal its default action. Ignored signals stay ignored
+/// across execve, and neither amphi's (the Rust runtime ignores SIGPIPE)
+/// nor its caller's must leak into the container: a program there starts
+/// as on a fresh system (as with runc). The raw system call also reaches
+/// the signals libc reserves for itself (32, 33), which a caller may have
+/// left ignored.
+fn reset_signal_dispositions() {
+    /// The kernel's `struct sigaction` (x86-64 and the generic layout).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid struct of the kernel's layout
+        // and size of its signal set; we exec right after.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+}
+
+/// Writes to `start` through the exec fifo (best effort: if `start` went
+/// away there is nobody to tell).
+fn tell_start(f: &std::fs::File, msg: &str) {
+    use std::io::Write;
+    let _ = (&*f).write_all(msg.as_bytes());
 }
 
 fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
@@ -464,10 +529,15 @@ impl OsStrExt2 for std::ffi::OsStr {
     }
 }
 
-/// Runs hooks (in the child: createContainer, startContainer).
-pub fn run_hooks(hooks: Option<Vec<oci_spec::runtime::Hook>>, stage: &str) -> Result<(), String> {
+/// Runs hooks (in the child: createContainer, startContainer) with the
+/// container state on their stdin.
+pub fn run_hooks(
+    hooks: Option<Vec<oci_spec::runtime::Hook>>,
+    stage: &str,
+    state: &str,
+) -> Result<(), String> {
     for h in hooks.unwrap_or_default() {
-        super::hooks::run(&h, stage, None)?;
+        super::hooks::run(&h, stage, Some(state))?;
     }
     Ok(())
 }

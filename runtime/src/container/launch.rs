@@ -12,14 +12,16 @@ use std::path::{Path, PathBuf};
 /// How to launch.
 pub struct LaunchOptions {
     pub id: String,
-    /// `create`: the child blocks on this fifo until `start`.
+    /// `create`: the child blocks on this fifo until `start`. Made the
+    /// process user's (as the host sees it), who opens it for writing.
     pub exec_fifo: Option<PathBuf>,
     /// runc's `--console-socket`: a unix socket path to send the pty master to.
     pub console_socket: Option<PathBuf>,
     /// docker-style user name to resolve in the container.
     pub user_lookup: Option<String>,
     pub preserve_fds: i32,
-    /// State JSON for hooks (filled in with the pid by the caller's template).
+    /// State JSON for hooks, without the pid (filled in here, and by the
+    /// child for the hooks it runs).
     pub state_template: serde_json::Value,
     /// Whether the cgroup is this launch's own (removed on failure), or a
     /// running container's that an exec joins.
@@ -68,6 +70,44 @@ fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
     set_ns(&open_ns(path, t)?, path, t)
 }
 
+/// The host id of `id` in the container: through the user namespace's
+/// mappings when the spec has them, else the same id.
+fn host_id(id: u32, maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>) -> Option<u32> {
+    match maps {
+        Some(maps) if !maps.is_empty() => maps.iter().find_map(|m| {
+            let off = id.checked_sub(m.container_id())?;
+            (off < m.size()).then(|| m.host_id() + off)
+        }),
+        _ => Some(id),
+    }
+}
+
+/// Gives the exec fifo to the user the process will run as (it opens it
+/// for writing after switching to that user, and in a user namespace even
+/// its root has no rights over host root's files), and opens it O_PATH for
+/// the child: the state directory's path may not be searchable from the
+/// container's user namespace.
+fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, String> {
+    let user = spec.process().as_ref().map(|p| p.user().clone());
+    let (uid, gid) = user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0));
+    let linux = spec.linux().as_ref();
+    let (uid_maps, gid_maps) = match linux {
+        Some(l) if in_userns => (l.uid_mappings().as_ref(), l.gid_mappings().as_ref()),
+        _ => (None, None),
+    };
+    // Unmapped ids fail later, with a clear error, when the child switches.
+    if let (Some(u), Some(g)) = (host_id(uid, uid_maps), host_id(gid, gid_maps)) {
+        std::os::unix::fs::chown(p, Some(u), Some(g))
+            .map_err(|e| format!("exec fifo {}: {e}", p.display()))?;
+    }
+    rustix::fs::open(
+        p,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("exec fifo {}: {e}", p.display()))
+}
+
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
     let linux = spec.linux().as_ref();
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
@@ -114,6 +154,10 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
                 .map_err(|e| format!("console socket {}: {e}", p.display()))?;
             Some(OwnedFd::from(s))
         }
+        None => None,
+    };
+    let exec_fifo = match &opts.exec_fifo {
+        Some(p) => Some(prepare_exec_fifo(p, spec, in_userns)?),
         None => None,
     };
     let (parent, child) = Sync::pair()?;
@@ -171,15 +215,17 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             spec,
             rootfs: rootfs.to_path_buf(),
             sync: child,
-            exec_fifo: opts.exec_fifo.clone(),
+            exec_fifo,
             console,
             user_lookup: opts.user_lookup.clone(),
             in_userns,
             preserve_fds: opts.preserve_fds,
+            state: opts.state_template.clone(),
         });
     }
     drop(child);
     drop(console);
+    drop(exec_fifo);
     let pid = pid as i32;
     let owns_cgroup = opts.owns_cgroup;
     let fail = |msg: String, cgroup: &Cgroup| -> String {
@@ -215,7 +261,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             return Err(fail(e, &cgroup));
         }
     }
-    if let Err(e) = parent.send_go() {
+    if let Err(e) = parent.send_go(pid) {
         // The child may have died with a reason (e.g. joining a namespace).
         let why = match parent.recv() {
             Ok(Msg::Error(m)) => m,
@@ -240,4 +286,34 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         }
     }
     Ok(Launched { pid, cgroup, pty })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::LinuxIdMappingBuilder;
+
+    #[test]
+    fn host_ids_through_the_mappings() {
+        let m = vec![
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(100000u32)
+                .size(1000u32)
+                .build()
+                .unwrap(),
+            LinuxIdMappingBuilder::default()
+                .container_id(1000u32)
+                .host_id(5000u32)
+                .size(1u32)
+                .build()
+                .unwrap(),
+        ];
+        assert_eq!(host_id(0, Some(&m)), Some(100000));
+        assert_eq!(host_id(999, Some(&m)), Some(100999));
+        assert_eq!(host_id(1000, Some(&m)), Some(5000));
+        assert_eq!(host_id(1001, Some(&m)), None);
+        assert_eq!(host_id(1001, None), Some(1001));
+        assert_eq!(host_id(7, Some(&Vec::new())), Some(7));
+    }
 }

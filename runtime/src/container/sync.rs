@@ -2,8 +2,8 @@
 //! file descriptors (the pty master) with SCM_RIGHTS.
 //!
 //! Child → parent messages: `ready`, `error:<text>`, `fd` (with the fd).
-//! Parent → child: `go`. End of file from the child before `ready` means it
-//! exec'd (the socket is close-on-exec) in run mode.
+//! Parent → child: `go<pid>`. End of file from the child before `ready`
+//! means it exec'd (the socket is close-on-exec) in run mode.
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -46,16 +46,21 @@ impl Sync {
             .map_err(|e| format!("sync send: {e}"))
     }
 
-    /// Parent: let the child continue.
-    pub fn send_go(&self) -> Result<(), String> {
-        self.send(b"go")
+    /// Parent: let the child continue, telling it its pid as the runtime
+    /// sees it (for the state its createContainer and startContainer hooks
+    /// get; inside a new pid namespace the child only knows itself as 1).
+    pub fn send_go(&self, pid: i32) -> Result<(), String> {
+        self.send(format!("go{pid}").as_bytes())
     }
 
-    /// Child: wait for `go`.
-    pub fn wait_go(&self) -> Result<(), String> {
-        let mut buf = [0u8; 16];
+    /// Child: wait for `go`; returns the pid that came with it.
+    pub fn wait_go(&self) -> Result<i32, String> {
+        let mut buf = [0u8; 32];
         match rustix::net::recv(&self.fd, &mut buf, RecvFlags::empty()) {
-            Ok((2, _)) if &buf[..2] == b"go" => Ok(()),
+            Ok((n, _)) if n > 2 && &buf[..2] == b"go" => std::str::from_utf8(&buf[2..n])
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| "malformed go message from the runtime".to_string()),
             Ok(_) => Err("the runtime went away before the container started".into()),
             Err(e) => Err(format!("sync wait: {e}")),
         }

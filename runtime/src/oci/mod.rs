@@ -95,6 +95,16 @@ fn create_in(
     let template = serde_json::json!({
         "ociVersion": "1.2.0", "id": o.id, "status": "creating", "bundle": bundle, "annotations": annotations,
     });
+    // The runtime spec: when create fails (a hook, or anything after the
+    // container began to exist), the container is destroyed and the
+    // poststop hooks run.
+    let failed = |e: String| -> String {
+        let mut st = template.clone();
+        st["status"] = "stopped".into();
+        st["pid"] = 0.into();
+        run_poststop(spec, &st.to_string());
+        e
+    };
     let l = launch(
         spec,
         rootfs,
@@ -104,10 +114,11 @@ fn create_in(
             console_socket: o.console_socket.clone(),
             user_lookup: None,
             preserve_fds: o.preserve_fds,
-            state_template: template,
+            state_template: template.clone(),
             owns_cgroup: true,
         },
-    )?;
+    )
+    .map_err(failed)?;
     let st = State {
         id: o.id.clone(),
         pid: l.pid,
@@ -128,9 +139,18 @@ fn create_in(
     if let Err(e) = saved {
         kill_and_reap(l.pid);
         let _ = l.cgroup.remove();
-        return Err(e);
+        return Err(failed(e));
     }
     Ok(())
+}
+
+/// Runs the poststop hooks; their failures are only warnings (runtime spec).
+fn run_poststop(spec: &Spec, state: &str) {
+    if let Some(h) = spec.hooks() {
+        if let Err(e) = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", state) {
+            tracing::warn!("{e}");
+        }
+    }
 }
 
 fn kill_and_reap(pid: i32) {
@@ -159,7 +179,15 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
     let sigs = crate::run::pty_signals();
-    let template = serde_json::json!({"ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle});
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle, "annotations": annotations,
+    });
     let l = launch(
         &spec,
         &rootfs,
@@ -169,7 +197,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
             console_socket: None,
             user_lookup: None,
             preserve_fds: 0,
-            state_template: template,
+            state_template: template.clone(),
             owns_cgroup: true,
         },
     );
@@ -177,6 +205,11 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         Ok(l) => l,
         Err(e) => {
             crate::run::pty_unblock(&sigs);
+            // As for create: a failed start continues with poststop.
+            let mut st = template;
+            st["status"] = "stopped".into();
+            st["pid"] = 0.into();
+            run_poststop(&spec, &st.to_string());
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -189,24 +222,35 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         rootfs,
         created: state::now_rfc3339(),
         cgroup: l.cgroup.clone(),
-        annotations: Default::default(),
+        annotations,
         exit_code: None,
         oom_killed: false,
         run: None,
     };
     let _ = st.save(root);
+    // launch returned once the program was executed.
+    if let Some(h) = spec.hooks() {
+        let s = st.oci(root).to_string();
+        if let Err(e) = crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s) {
+            tracing::warn!("{e}");
+        }
+    }
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
     crate::run::pty_unblock(&sigs);
     let _ = l.cgroup.remove();
-    if let Some(h) = spec.hooks() {
-        let s = st.oci(root).to_string();
-        let _ = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", &s);
-    }
+    run_poststop(&spec, &st.oci(root).to_string());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(code)
 }
 
 /// `start`: let a created container run its process.
+///
+/// Opening the exec fifo releases the container process, which runs the
+/// startContainer hooks and answers `0` (about to execute the program) or
+/// `error:<text>`; its end of the fifo closes when the program is executed.
+/// So `start` returns once the program runs, after the poststart hooks, and
+/// fails if a startContainer hook (or the exec) failed, in which case the
+/// container is destroyed as the runtime spec asks.
 pub fn start(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id)?;
     match st.status(root) {
@@ -225,8 +269,11 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("exec fifo of {id:?}: {e}"))?;
-    // The container writes one byte once it sees us; it may also die.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = Vec::new();
+    // Whether the container has opened its end: until then reads give
+    // end-of-file; while it runs the hooks, EAGAIN.
+    let mut connected = false;
     loop {
         let mut pfd = libc::pollfd {
             fd: f.as_raw_fd(),
@@ -235,19 +282,37 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         };
         // SAFETY: poll on one valid fd.
         unsafe { libc::poll(&mut pfd, 1, 50) };
-        let mut b = [0u8; 1];
+        let mut b = [0u8; 4096];
         match rustix::io::read(&f, &mut b) {
-            Ok(1) => break,
-            _ if !st.alive() => {
+            // Its end closed: the program was executed, or it died.
+            Ok(0) if connected => break,
+            Ok(0) if !st.alive() => {
                 return Err(format!("container {id:?} exited before it could start"))
             }
-            _ if Instant::now() > deadline => {
+            Ok(0) if Instant::now() > deadline => {
                 return Err(format!("container {id:?} did not start within 30s"))
             }
-            _ => {}
+            Ok(0) | Err(rustix::io::Errno::INTR) => {}
+            Ok(n) => {
+                connected = true;
+                answer.extend_from_slice(&b[..n]);
+            }
+            Err(rustix::io::Errno::AGAIN) => connected = true,
+            Err(e) => return Err(format!("exec fifo of {id:?}: {e}")),
         }
     }
     let _ = std::fs::remove_file(&fifo);
+    let answer = String::from_utf8_lossy(&answer);
+    if let Some(i) = answer.find("error:") {
+        let e = answer[i + "error:".len()..].to_string();
+        if let Err(d) = destroy(root, &st) {
+            tracing::warn!("{d}");
+        }
+        return Err(e);
+    }
+    if answer != "0" {
+        return Err(format!("container {id:?} exited before it could start"));
+    }
     if let Ok(spec) = config::load(&st.bundle) {
         if let Some(h) = spec.hooks() {
             let s = st.oci(root).to_string();
@@ -345,28 +410,25 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
         Err(e) => return Err(e),
     };
-    match st.status(root) {
-        Status::Stopped => {}
-        Status::Created => kill_all(&st),
-        Status::Running if force => kill_all(&st),
-        Status::Running => {
-            return Err(format!(
-                "container {id:?} is running: stop it first or use delete --force"
-            ))
-        }
+    if st.status(root) == Status::Running && !force {
+        return Err(format!(
+            "container {id:?} is running: stop it first or use delete --force"
+        ));
     }
+    destroy(root, &st)
+}
+
+/// Destroys a container: kills whatever is left of it (without a pid
+/// namespace its other processes may outlive it), removes its cgroup, runs
+/// the poststop hooks and removes its state.
+fn destroy(root: &Path, st: &State) -> Result<()> {
+    kill_all(st);
     let _ = st.cgroup.remove();
     if let Ok(spec) = config::load(&st.bundle) {
-        if let Some(h) = spec.hooks() {
-            let s = st.oci(root).to_string();
-            if let Err(e) = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", &s)
-            {
-                tracing::warn!("{e}");
-            }
-        }
+        run_poststop(&spec, &st.oci(root).to_string());
     }
-    std::fs::remove_dir_all(State::dir(root, id))
-        .map_err(|e| format!("removing state of {id:?}: {e}"))
+    std::fs::remove_dir_all(State::dir(root, &st.id))
+        .map_err(|e| format!("removing state of {:?}: {e}", st.id))
 }
 
 fn kill_all(st: &State) {

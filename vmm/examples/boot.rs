@@ -3,14 +3,18 @@
 //! ```text
 //! cargo run -p amphi-vmm --example boot -- KERNEL [--initrd FILE] [--mem MIB]
 //!     [--vcpus N] [--cmdline "..."] [--timeout SECS] [--force]
+//!     [--disk FILE] [--disk-ro FILE] [--console-socket PATH]
 //! ```
+//!
+//! `--disk`/`--disk-ro` add virtio-blk devices (`vda`, `vdb`, ... in order);
+//! `--console-socket` connects a virtio-console to a listening unix socket.
 //!
 //! `--timeout` stops the VM from the host after that many seconds (the
 //! `HostStop` path); `--force` boots a non-PVM kernel on a PVM host.
 
 use std::time::{Duration, Instant};
 
-use amphi_vmm::{SerialOut, Vm, VmConfig};
+use amphi_vmm::{BlockConfig, ConsoleBackend, SerialOut, Vm, VmConfig};
 
 fn main() {
     if let Err(e) = run() {
@@ -35,6 +39,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--cmdline" => config.cmdline = value()?,
             "--timeout" => timeout = Some(Duration::from_secs(value()?.parse()?)),
             "--force" => config.force = true,
+            "--disk" => config.block_devices.push(BlockConfig::new(value()?, false)),
+            "--disk-ro" => config.block_devices.push(BlockConfig::new(value()?, true)),
+            "--console-socket" => config.console = Some(ConsoleBackend::Socket(value()?.into())),
             _ if arg.starts_with("--") => return Err(format!("unknown option {arg}").into()),
             _ => config.kernel = Some(arg.into()),
         }
@@ -43,6 +50,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut vm = Vm::new(&config)?;
     eprintln!("boot: host is {}", vm.kvm_kind());
     let info = vm.load_kernel()?;
+    eprintln!("boot: command line: {}", vm.cmdline());
     eprintln!(
         "boot: {:?} entry {:#x}, kernel ends at {:#x}, ready after {:?}",
         info.protocol,
@@ -58,6 +66,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         });
     }
     let reason = vm.run()?;
+    vm.drain_devices(Duration::from_secs(2));
     eprintln!("boot: {reason} after {:?}", started.elapsed());
     eprintln!(
         "boot: unhandled accesses: pio {:?}, mmio {:?}",

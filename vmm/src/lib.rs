@@ -24,14 +24,29 @@
 //! # Ok::<(), amphi_vmm::VmmError>(())
 //! ```
 //!
+//! Block devices and the console are virtio-mmio devices:
+//!
+//! ```no_run
+//! use amphi_vmm::{BlockConfig, ConsoleBackend, VmConfig};
+//!
+//! let config = VmConfig {
+//!     block_devices: vec![BlockConfig::new("/var/lib/amphi/rootfs.erofs", true)],
+//!     console: Some(ConsoleBackend::Socket("/run/amphi/abc/channel.sock".into())),
+//!     ..VmConfig::default()
+//! };
+//! # let _ = config;
+//! ```
+//!
 //! Tests and tools can skip the kernel: write machine code with
 //! [`Vm::write_guest`] and start a vCPU on it with [`Vm::set_vcpu_entry`].
 
 use std::path::PathBuf;
 
 pub mod arch;
+pub mod device_manager;
 pub mod devices;
 pub mod error;
+pub mod event_loop;
 pub mod exit;
 pub mod loader;
 pub mod memory;
@@ -41,7 +56,10 @@ pub mod vcpu;
 pub mod vm;
 
 pub use arch::x86_64::regs::{CpuMode, EntryPoint};
+pub use device_manager::AttachedDevice;
 pub use devices::serial::{SerialBuffer, SerialOut};
+pub use devices::virtio::block::BlockConfig;
+pub use devices::virtio::console::ConsoleBackend;
 pub use error::{Result, VmmError};
 pub use exit::{ExitReason, RegisterDump};
 pub use loader::{BootInfo, BootProtocol};
@@ -66,12 +84,17 @@ pub struct VmConfig {
     pub kernel: Option<PathBuf>,
     /// Initial ramdisk.
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
+    /// Kernel command line. `virtio_mmio.device=` entries for the virtio
+    /// devices are appended to it (see [`Vm::cmdline`]).
     pub cmdline: String,
     /// Where COM1 output goes.
     pub serial: SerialOut,
     /// Boot a kernel on a PVM host even if it is not known to be PVM-enabled.
     pub force: bool,
+    /// virtio-blk devices, in the order the guest sees them (`vda`, `vdb`, ...).
+    pub block_devices: Vec<BlockConfig>,
+    /// The virtio-console (the guest channel), after the block devices.
+    pub console: Option<ConsoleBackend>,
 }
 
 impl VmConfig {
@@ -91,6 +114,8 @@ impl Default for VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial: SerialOut::None,
             force: false,
+            block_devices: Vec::new(),
+            console: None,
         }
     }
 }

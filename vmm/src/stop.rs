@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use kvm_bindings::kvm_run;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::bus::lock;
@@ -71,8 +72,8 @@ impl Drop for KickTarget {
     }
 }
 
-/// Shared between the `Vm`, its vCPU threads and any `StopHandle`.
-#[derive(Default)]
+/// Shared between the `Vm`, its vCPU threads, its event loop and any
+/// `StopHandle`.
 pub(crate) struct StopState {
     /// The host asked the VM to stop.
     pub(crate) host_stop: AtomicBool,
@@ -81,9 +82,32 @@ pub(crate) struct StopState {
     /// pthreads of the running vCPU threads. Entries are removed (under the
     /// lock) only after the thread is joined, so a listed thread is valid.
     pub(crate) threads: Mutex<Vec<libc::pthread_t>>,
+    /// Wakes the event loop to look at the two flags above.
+    pub(crate) wake: EventFd,
 }
 
 impl StopState {
+    /// Fresh state: nothing requested.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(StopState {
+            host_stop: AtomicBool::new(false),
+            vm_exit: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Whether the current run is ending (host stop or VM exit).
+    pub(crate) fn ending(&self) -> bool {
+        self.host_stop.load(Ordering::SeqCst) || self.vm_exit.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the event loop (it then checks [`StopState::ending`]).
+    pub(crate) fn wake_event_loop(&self) {
+        // Fails only if the counter is saturated, i.e. already woken.
+        let _ = self.wake.write(1);
+    }
+
     /// Signals every listed vCPU thread.
     pub(crate) fn kick_all(threads: &[libc::pthread_t]) {
         for &thread in threads {
@@ -97,7 +121,8 @@ impl StopState {
 }
 
 /// Asks a running (or about to run) VM to stop: [`crate::Vm::run`] then
-/// returns [`crate::ExitReason::HostStop`]. Cloneable and `Send`; call it
+/// returns [`crate::ExitReason::HostStop`]. The vCPUs are kicked out of
+/// `KVM_RUN` and the device event loop is woken. Cloneable and `Send`; call it
 /// from any ordinary thread (not from a signal handler).
 #[derive(Clone)]
 pub struct StopHandle {
@@ -109,6 +134,7 @@ impl StopHandle {
     /// while the VM is not running is honoured by the next `run()`.
     pub fn stop(&self) {
         self.state.host_stop.store(true, Ordering::SeqCst);
+        self.state.wake_event_loop();
         let threads = lock(&self.state.threads);
         StopState::kick_all(&threads);
     }

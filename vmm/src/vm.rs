@@ -1,6 +1,7 @@
 //! The VM: KVM handles, guest memory, the in-kernel irqchip and PIT, the
-//! legacy devices on the PIO bus, the vCPUs, and `run()`, which runs every
-//! vCPU on its own thread until one of them ends the VM.
+//! legacy devices on the PIO bus, the virtio devices on the MMIO bus with
+//! their event loop, the vCPUs, and `run()`, which runs every vCPU on its
+//! own thread (and the event loop on another) until one of them ends the VM.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -15,11 +16,16 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::x86_64::mptable::{self, MAX_CPUS};
 use crate::arch::x86_64::regs::EntryPoint;
+use crate::device_manager::{AttachedDevice, DeviceManager};
 use crate::devices::bus::{lock, SharedDevice};
 use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{Serial, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::Console;
+use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::devices::{Bus, UnhandledStats};
 use crate::error::{kvm_err, Result, VmmError};
+use crate::event_loop::EventLoop;
 use crate::exit::ExitReason;
 use crate::loader::{load_linux, BootInfo};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
@@ -41,6 +47,12 @@ pub struct Vm {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
+    devices: DeviceManager,
+    /// Serves the virtio devices; `None` without devices (and while
+    /// `run()` has it on its thread).
+    event_loop: Option<EventLoop>,
+    /// `config.cmdline` plus the virtio device announcements.
+    cmdline: String,
     stop: Arc<StopState>,
 }
 
@@ -97,7 +109,18 @@ impl Vm {
         pio.insert(u64::from(COM1_PORT), u64::from(COM1_LEN), serial.clone())?;
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new()));
         pio.insert(u64::from(I8042_PORT), u64::from(I8042_LEN), i8042)?;
-        let mmio = Bus::new("mmio");
+        let mut mmio = Bus::new("mmio");
+        let stop = Arc::new(
+            StopState::new()
+                .map_err(|e| VmmError::Config(format!("creating the stop eventfd: {e}")))?,
+        );
+        let devices = attach_virtio_devices(config, &fd, &memory, &mut mmio)?;
+        let event_loop = if devices.devices().is_empty() {
+            None
+        } else {
+            Some(EventLoop::new(devices.transports(), stop.clone())?)
+        };
+        let cmdline = devices.extend_cmdline(&config.cmdline);
 
         let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -122,7 +145,10 @@ impl Vm {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
             serial,
-            stop: Arc::new(StopState::default()),
+            devices,
+            event_loop,
+            cmdline,
+            stop,
         })
     }
 
@@ -157,7 +183,7 @@ impl Vm {
             self.config.mem_bytes(),
             &kernel,
             self.config.initrd.as_deref(),
-            &self.config.cmdline,
+            &self.cmdline,
         )?;
         self.set_vcpu_entry(0, &info.entry)?;
         Ok(info)
@@ -218,6 +244,18 @@ impl Vm {
         &self.config
     }
 
+    /// The kernel command line `load_kernel` uses: `VmConfig::cmdline`
+    /// plus a `virtio_mmio.device=4K@<base>:<gsi>` entry per virtio device.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// The virtio devices: block devices in configuration order, then the
+    /// console.
+    pub fn virtio_devices(&self) -> &[AttachedDevice] {
+        self.devices.devices()
+    }
+
     /// A handle that stops `run()` from another thread.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
@@ -255,6 +293,7 @@ impl Vm {
             stop: self.stop.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
+        let event_loop = self.spawn_event_loop()?;
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
@@ -316,6 +355,14 @@ impl Vm {
             threads.clear();
         }
         self.vcpus.sort_by_key(Vcpu::index);
+        if let Some(handle) = event_loop {
+            // vm_exit is set: the woken loop ends.
+            self.stop.wake_event_loop();
+            match handle.join() {
+                Ok(el) => self.event_loop = Some(el),
+                Err(_) => tracing::error!("the device event loop thread panicked"),
+            }
+        }
 
         let reason = match first? {
             VcpuOutcome::Exit(reason) => reason,
@@ -328,4 +375,61 @@ impl Vm {
         tracing::debug!(%reason, "VM run ended");
         Ok(reason)
     }
+
+    /// After `run()` returns: gives the virtio devices up to `timeout` to
+    /// finish what the guest handed them before it stopped (notified queues
+    /// not yet looked at, console output the host end has not taken yet).
+    /// Returns whether everything got out. A guest that writes its last
+    /// words to the console and powers off relies on this.
+    pub fn drain_devices(&mut self, timeout: std::time::Duration) -> bool {
+        match self.event_loop.as_mut() {
+            Some(el) => el.drain(timeout),
+            None => true,
+        }
+    }
+
+    /// Starts the event loop on its own thread, if there are devices.
+    fn spawn_event_loop(&mut self) -> Result<Option<thread::JoinHandle<EventLoop>>> {
+        let Some(mut el) = self.event_loop.take() else {
+            if !self.devices.devices().is_empty() {
+                return Err(VmmError::Thread(
+                    "the device event loop was lost by an earlier failed run".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        thread::Builder::new()
+            .name("virtio-events".into())
+            .spawn(move || {
+                el.run();
+                el
+            })
+            .map(Some)
+            .map_err(|e| VmmError::Thread(format!("spawning the device event loop: {e}")))
+    }
+}
+
+/// Creates the configured virtio devices (block devices in order, then the
+/// console) and attaches them to the VM.
+fn attach_virtio_devices(
+    config: &VmConfig,
+    fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    mmio: &mut Bus,
+) -> Result<DeviceManager> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for block in &config.block_devices {
+        devices.push(Box::new(Block::open(block)?));
+    }
+    if let Some(backend) = &config.console {
+        devices.push(Box::new(Console::open(backend)?));
+    }
+    let mut manager = DeviceManager::new();
+    for device in devices {
+        let name = device.name();
+        let transport = MmioTransport::new(device, memory.clone())
+            .map_err(|e| VmmError::Config(format!("{name}: creating its eventfds: {e}")))?;
+        manager.attach(fd, mmio, transport)?;
+    }
+    Ok(manager)
 }

@@ -4,25 +4,14 @@
 //!
 //! Without /dev/kvm every test prints a loud `SKIP:` line and returns.
 
-use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use amphi_vmm::{CpuMode, EntryPoint, ExitReason, SerialBuffer, SerialOut, Vm, VmConfig};
 
-/// Where long-mode test code goes (above the page tables, below the cmdline).
-const CODE: u64 = 0x10000;
-/// A guest that has not ended by then is stopped and the test fails.
-const WATCHDOG: Duration = Duration::from_secs(20);
-
-fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    eprintln!("SKIP: {test}: /dev/kvm is missing; this tiny-guest test did NOT run");
-    false
-}
+mod common;
+use common::{kvm_or_skip, long_mode, run_guarded, CODE};
 
 fn tiny_vm(vcpus: u8) -> (Vm, SerialBuffer) {
     let serial = SerialBuffer::new();
@@ -33,33 +22,6 @@ fn tiny_vm(vcpus: u8) -> (Vm, SerialBuffer) {
         ..VmConfig::default()
     };
     (Vm::new(&config).expect("creating the VM"), serial)
-}
-
-fn long_mode(rip: u64) -> EntryPoint {
-    EntryPoint {
-        rsp: 0x8000,
-        ..EntryPoint::new(CpuMode::Long, rip)
-    }
-}
-
-/// Runs the VM with a watchdog that stops it after `WATCHDOG`.
-fn run_guarded(vm: &mut Vm) -> ExitReason {
-    let stop = vm.stop_handle();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = thread::spawn(move || {
-        if done_rx.recv_timeout(WATCHDOG).is_err() {
-            stop.stop();
-        }
-    });
-    let reason = vm.run().expect("running the VM");
-    drop(done_tx);
-    watchdog.join().unwrap();
-    assert_ne!(
-        reason,
-        ExitReason::HostStop,
-        "the guest did not finish within {WATCHDOG:?} (watchdog stopped it)"
-    );
-    reason
 }
 
 fn report(test: &str, started: Instant) {

@@ -3,6 +3,7 @@
 mod images;
 mod oci;
 mod run;
+mod vmm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -119,6 +120,9 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Boot a kernel in amphi's VMM (developer and nested-lab tool)
+    #[command(hide = true)]
+    Vmm(vmm::VmmArgs),
 }
 
 /// Runs the parsed command line; returns the process exit status.
@@ -135,6 +139,9 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Init { command } = &cli.command {
         let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
         return Ok(crate::run::tiny_init::main(&args));
+    }
+    if let Command::Vmm(a) = &cli.command {
+        return Ok(vmm::run(a));
     }
     let r = match &cli.command {
         Command::Create(a) => Some(
@@ -323,6 +330,7 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Logs(_)
         | Command::Features
         | Command::Init { .. }
+        | Command::Vmm(_)
         | Command::Spec(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),

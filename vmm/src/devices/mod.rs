@@ -2,6 +2,8 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod log_limit;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, DeviceAction, UnhandledStats};

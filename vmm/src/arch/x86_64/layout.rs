@@ -6,7 +6,8 @@
 //! 0x0000_8ff0  boot stack pointer                 0x0000_9000  PML4, then PDPT, 4 PDs
 //! 0x0002_0000  kernel command line                0x0009_fc00  EBDA: MP table
 //! 0x0010_0000  kernel (1 MiB)  ...  initrd at the top of low RAM
-//! 0xc000_0000 .. 0x1_0000_0000  32-bit MMIO hole (IOAPIC, LAPIC, future virtio-mmio)
+//! 0xc000_0000 .. 0x1_0000_0000  32-bit MMIO hole: virtio-mmio windows from 0xd000_0000
+//!                                (4 KiB each), IOAPIC, LAPIC
 //! 0x1_0000_0000  RAM above the hole, when the VM has more than 3 GiB
 //! ```
 
@@ -42,6 +43,15 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// First virtio-mmio register window; device `n` is at `+ n * 0x1000`.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Number of IOAPIC pins (GSIs 0 to 23), all routed in the MP table.
+pub const IOAPIC_PINS: u8 = 24;
+/// First GSI for virtio devices (one each, upwards; below are the legacy
+/// ISA devices: timer, keyboard, cascade, COM2, COM1).
+pub const VIRTIO_GSI_FIRST: u32 = 5;
+/// Last GSI for virtio devices (the IOAPIC's last pin).
+pub const VIRTIO_GSI_LAST: u32 = IOAPIC_PINS as u32 - 1;
 /// The IOAPIC's MMIO base.
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APIC's MMIO base.

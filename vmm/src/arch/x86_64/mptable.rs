@@ -7,14 +7,15 @@
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::layout::{EBDA_START, IOAPIC_ADDR, LAPIC_ADDR};
+use super::layout::{EBDA_START, IOAPIC_ADDR, IOAPIC_PINS, LAPIC_ADDR};
 use crate::error::{Result, VmmError};
 use crate::memory::GuestMemoryMmap;
 
 /// Space available for the whole table: the EBDA up to the VGA hole.
 const MPTABLE_SPACE: usize = (0xa0000 - EBDA_START) as usize;
-/// Number of ISA IRQs routed through the IOAPIC.
-const ISA_IRQS: u8 = 16;
+/// Interrupts routed through the IOAPIC: every pin, so virtio devices can
+/// use GSIs above the 16 ISA ones (as bus IRQs on the ISA bus, edge, high).
+const ROUTED_IRQS: u8 = IOAPIC_PINS;
 /// MP spec revision 1.4.
 const SPEC_REV: u8 = 4;
 /// Local APIC version reported for each CPU (integrated APIC).
@@ -45,7 +46,7 @@ pub const PROCESSOR_ENTRY_SIZE: usize = 20;
 
 /// Most vCPUs whose MP table fits in the EBDA.
 pub const MAX_CPUS: u8 =
-    ((MPTABLE_SPACE - MPF_SIZE - HEADER_SIZE - 8 * (2 + ISA_IRQS as usize + 2))
+    ((MPTABLE_SPACE - MPF_SIZE - HEADER_SIZE - 8 * (2 + ROUTED_IRQS as usize + 2))
         / PROCESSOR_ENTRY_SIZE) as u8;
 
 // Room for at least 32 vCPUs.
@@ -79,7 +80,7 @@ pub fn build(base: u64, cpus: u8) -> Result<Vec<u8>> {
     entries.extend_from_slice(b"ISA   ");
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
-    for irq in 0..ISA_IRQS {
+    for irq in 0..ROUTED_IRQS {
         // Type, interrupt type, flags (conforms to bus), bus, bus IRQ, IOAPIC, pin.
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
@@ -95,7 +96,7 @@ pub fn build(base: u64, cpus: u8) -> Result<Vec<u8>> {
     for (kind, lint) in [(INT_EXTINT, 0u8), (INT_NMI, 1u8)] {
         entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, kind, 0, 0, 0, 0, 0xff, lint]);
     }
-    let entry_count = u16::from(cpus) + 1 + 1 + u16::from(ISA_IRQS) + 2;
+    let entry_count = u16::from(cpus) + 1 + 1 + u16::from(ROUTED_IRQS) + 2;
 
     let table_len = HEADER_SIZE + entries.len();
     let mut table = Vec::with_capacity(table_len);
@@ -203,7 +204,7 @@ mod tests {
             }
         }
         assert_eq!(at, table.len());
-        assert_eq!(seen, [3, 1, 1, 16, 2]);
+        assert_eq!(seen, [3, 1, 1, usize::from(IOAPIC_PINS), 2]);
         assert_eq!(bsp, 1);
     }
 

@@ -1,0 +1,310 @@
+//! `amphi vmm`: boot a kernel in amphi's own VMM (hidden; a tool for the
+//! nested lab, tests and developers). The guest's COM1 goes to stdout with
+//! `--serial stdout`; how the VM ended is one line on stderr, e.g.
+//! `amphi vmm: guest reset`. Exit status: 0 when the guest reset or shut
+//! down, 1 when it died (triple fault, emulation failure, KVM error), 124
+//! after `--timeout`, 128+N after signal N (SIGTERM, SIGINT), and
+//! [`super::EXIT_AMPHI`] when the VM could not be started.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use amphi_vmm::{
+    BlockConfig, ConsoleBackend, ExitReason, SerialOut, StopHandle, Vm, VmConfig, VmmError,
+};
+use clap::Args;
+
+/// Exit status when `--timeout` stopped the guest (as timeout(1)).
+const EXIT_TIMEOUT: i32 = 124;
+
+#[derive(Args, Debug)]
+pub struct VmmArgs {
+    /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line
+    #[arg(long, value_name = "STR", default_value = amphi_vmm::DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest RAM in MiB
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub mem: u32,
+    /// Number of vCPUs
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub vcpus: u8,
+    /// virtio-blk device on a file, read-only with ",ro"; repeatable (vda, vdb, ...)
+    #[arg(long, value_name = "PATH[,ro]", value_parser = parse_disk)]
+    pub disk: Vec<BlockConfig>,
+    /// virtio-console connected to this listening unix socket (the guest channel)
+    #[arg(long, value_name = "SOCKET")]
+    pub console: Option<PathBuf>,
+    /// Where the guest's serial console (COM1) goes
+    #[arg(long, value_name = "WHERE", default_value = "none", value_parser = ["stdout", "none"])]
+    pub serial: String,
+    /// Boot the kernel even on a PVM host where it is not known to be PVM-enabled
+    #[arg(long)]
+    pub force: bool,
+    /// Stop the guest after this many seconds
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+/// Parses `--disk PATH[,ro]`.
+fn parse_disk(s: &str) -> Result<BlockConfig, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((path, "ro")) => (path, true),
+        Some((_, opt)) => return Err(format!("unknown disk option {opt:?} (only \"ro\")")),
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("empty disk path".into());
+    }
+    Ok(BlockConfig::new(path, read_only))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?}: the timeout must be a positive number of seconds"))
+}
+
+/// Why the host stopped the VM.
+#[derive(Clone, Copy, Debug)]
+enum StopCause {
+    Timeout(Duration),
+    Signal(libc::c_int),
+}
+
+/// Runs `amphi vmm`; returns the process exit status.
+pub fn run(args: &VmmArgs) -> i32 {
+    match boot(args) {
+        Ok((reason, cause)) => report(&reason, cause),
+        Err(e) => {
+            eprintln!("amphi vmm: error: {e}");
+            super::EXIT_AMPHI
+        }
+    }
+}
+
+fn boot(args: &VmmArgs) -> Result<(ExitReason, Option<StopCause>), String> {
+    check_kernel(&args.kernel)?;
+    if let Some(initrd) = &args.initrd {
+        check_file("initrd", initrd)?;
+    }
+    let config = VmConfig {
+        mem_mib: args.mem,
+        vcpus: args.vcpus,
+        kernel: Some(args.kernel.clone()),
+        initrd: args.initrd.clone(),
+        cmdline: args.cmdline.clone(),
+        serial: match args.serial.as_str() {
+            "stdout" => SerialOut::Stdout,
+            _ => SerialOut::None,
+        },
+        force: args.force,
+        block_devices: args.disk.clone(),
+        console: args.console.clone().map(ConsoleBackend::Socket),
+    };
+    // Block SIGTERM and SIGINT before any thread exists, so every thread
+    // (the vCPUs included) inherits the mask and only the watcher takes them.
+    let signals = block_stop_signals()?;
+    let mut vm = Vm::new(&config).map_err(|e| e.to_string())?;
+    vm.load_kernel().map_err(|e| match e {
+        VmmError::KernelNotPvm { .. } => {
+            format!("{e} (with amphi vmm: pass --force)")
+        }
+        e => e.to_string(),
+    })?;
+    let cause = Arc::new(OnceLock::new());
+    watch(signals, args.timeout, vm.stop_handle(), cause.clone())?;
+    let reason = vm.run().map_err(|e| e.to_string())?;
+    Ok((reason, cause.get().copied()))
+}
+
+/// Prints how the VM ended and returns the exit status.
+fn report(reason: &ExitReason, cause: Option<StopCause>) -> i32 {
+    let (text, code) = match reason {
+        ExitReason::Reset => ("guest reset".to_string(), 0),
+        ExitReason::Shutdown => ("guest shut down".to_string(), 0),
+        ExitReason::HostStop => match cause {
+            Some(StopCause::Timeout(after)) => (
+                format!("stopped by host (timeout after {after:?})"),
+                EXIT_TIMEOUT,
+            ),
+            Some(StopCause::Signal(sig)) => {
+                (format!("stopped by host ({})", signal_name(sig)), 128 + sig)
+            }
+            None => ("stopped by host".to_string(), 1),
+        },
+        ExitReason::TripleFault { vcpu, registers } => {
+            (format!("triple fault on vCPU {vcpu}\n{registers}"), 1)
+        }
+        other => (other.to_string(), 1),
+    };
+    eprintln!("amphi vmm: {text}");
+    code
+}
+
+fn signal_name(sig: libc::c_int) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Checks that `path` is a readable regular file.
+fn check_file(what: &str, path: &Path) -> Result<File, String> {
+    let file = File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {}: not a regular file", path.display()));
+    }
+    Ok(file)
+}
+
+/// Checks that the kernel looks like something the loader takes: an ELF
+/// file or a bzImage (boot header magic "HdrS" at 0x202).
+fn check_kernel(path: &Path) -> Result<(), String> {
+    let mut file = check_file("kernel", path)?;
+    let mut head = [0u8; 0x206];
+    let n =
+        read_up_to(&mut file, &mut head).map_err(|e| format!("kernel {}: {e}", path.display()))?;
+    if head[..n].starts_with(b"\x7fELF") || (n == head.len() && &head[0x202..] == b"HdrS") {
+        return Ok(());
+    }
+    Err(format!(
+        "kernel {}: not a kernel image: neither an ELF vmlinux nor a bzImage \
+         (no ELF magic, no \"HdrS\" boot header at 0x202)",
+        path.display()
+    ))
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset with valid signals.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and so in threads it starts).
+fn block_stop_signals() -> Result<libc::sigset_t, String> {
+    let set = stop_signal_set();
+    // SAFETY: a valid set; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(format!(
+            "blocking SIGTERM/SIGINT: {}",
+            std::io::Error::from_raw_os_error(rc)
+        ));
+    }
+    Ok(set)
+}
+
+/// Starts the thread that stops the VM on SIGTERM/SIGINT or at the timeout.
+fn watch(
+    set: libc::sigset_t,
+    timeout: Option<Duration>,
+    stop: StopHandle,
+    cause: Arc<OnceLock<StopCause>>,
+) -> Result<(), String> {
+    let deadline = timeout.map(|t| (Instant::now() + t, t));
+    std::thread::Builder::new()
+        .name("vmm-stop".into())
+        .spawn(move || {
+            let found = wait_for_stop(&set, deadline);
+            let _ = cause.set(found);
+            stop.stop();
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the signal watcher: {e}"))
+}
+
+/// Waits for a blocked stop signal or the deadline, whichever comes first.
+fn wait_for_stop(set: &libc::sigset_t, deadline: Option<(Instant, Duration)>) -> StopCause {
+    loop {
+        let sig = match deadline {
+            None => {
+                let mut sig = 0;
+                // SAFETY: a valid set and out-pointer.
+                match unsafe { libc::sigwait(set, &mut sig) } {
+                    0 => sig,
+                    _ => continue,
+                }
+            }
+            Some((at, total)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return StopCause::Timeout(total);
+                }
+                let ts = libc::timespec {
+                    tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                    tv_nsec: left.subsec_nanos().into(),
+                };
+                // SAFETY: a valid set and timespec; no siginfo wanted.
+                let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+                if sig < 0 {
+                    // EAGAIN (time is up) or EINTR: the loop re-checks the clock.
+                    continue;
+                }
+                sig
+            }
+        };
+        return StopCause::Signal(sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_arguments() {
+        assert_eq!(
+            parse_disk("/d.img,ro").unwrap(),
+            BlockConfig::new("/d.img", true)
+        );
+        assert_eq!(
+            parse_disk("/a,b.img").unwrap_err(),
+            "unknown disk option \"b.img\" (only \"ro\")"
+        );
+        assert!(!parse_disk("/d.img").unwrap().read_only);
+        assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_timeout("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-1").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+}

@@ -526,3 +526,37 @@ fn init_reaps_zombies_and_forwards_signals() {
     assert_eq!(child.wait().unwrap().code(), Some(143));
     e.assert_clean();
 }
+
+#[test]
+fn cpu_quota_is_applied() {
+    let e = Env::new();
+    let out = e.run(&[
+        "run", "-d", "--cpus", "0.5", "--name", "cpu", IMG, "sleep", "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let v1 = PathBuf::from("/sys/fs/cgroup/cpu/amphi").join(&id);
+    let v2 = PathBuf::from("/sys/fs/cgroup/amphi").join(&id);
+    let got = if v1.exists() {
+        std::fs::read_to_string(v1.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim()
+            .to_string()
+            + " "
+            + std::fs::read_to_string(v1.join("cpu.cfs_period_us"))
+                .unwrap()
+                .trim()
+    } else {
+        std::fs::read_to_string(v2.join("cpu.max"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(got, "50000 100000");
+    assert!(e.run(&["rm", "-f", "cpu"]).status.success());
+    e.assert_clean();
+}

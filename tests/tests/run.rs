@@ -355,27 +355,18 @@ fn tty_gives_a_real_terminal() {
 fn signals_are_forwarded_and_128_plus_signal() {
     let e = Env::new();
     // SIGTERM to amphi reaches the workload, which traps it.
-    let mut child = e
-        .cmd(&[
+    let code = sigterm_when_ready(
+        &e,
+        &[
             "run",
             "--rm",
             IMG,
             "sh",
             "-c",
             "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    use std::io::Read;
-    out.read_exact(&mut buf).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(42));
+        ],
+    );
+    assert_eq!(code, Some(42));
 
     // A workload killed by a signal exits 128+N.
     let mut child = e
@@ -389,6 +380,25 @@ fn signals_are_forwarded_and_128_plus_signal() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(137));
     e.assert_clean();
+}
+
+/// Starts `amphi ARGS` (a workload that prints "ready"), sends amphi
+/// SIGTERM once it is ready, and returns amphi's exit code.
+fn sigterm_when_ready(e: &Env, args: &[&str]) -> Option<i32> {
+    let mut child = e
+        .cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    use std::io::Read;
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap().code()
 }
 
 fn wait_for_container_pid(state: &Path) -> i32 {
@@ -503,8 +513,9 @@ fn init_reaps_zombies_and_forwards_signals() {
     assert_eq!(code, 3, "{err}");
     assert_eq!(out.trim(), "0", "no zombies under --init: {out}");
     // The workload is not PID 1, so a plain SIGTERM ends it: 128+15.
-    let mut child = e
-        .cmd(&[
+    let code = sigterm_when_ready(
+        &e,
+        &[
             "run",
             "--rm",
             "--init",
@@ -512,18 +523,9 @@ fn init_reaps_zombies_and_forwards_signals() {
             "sh",
             "-c",
             "echo ready; sleep 30",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    use std::io::Read;
-    out.read_exact(&mut buf).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(143));
+        ],
+    );
+    assert_eq!(code, Some(143));
     e.assert_clean();
 }
 

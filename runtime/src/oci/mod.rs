@@ -29,6 +29,28 @@ fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     std::fs::rename(&tmp, p).map_err(|e| format!("pid file {}: {e}", p.display()))
 }
 
+/// The spec's annotations, and the state document hooks see while the
+/// container is being created.
+fn creating_state(
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    serde_json::Value,
+) {
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle, "annotations": annotations,
+    });
+    (annotations, template)
+}
+
 fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     let root = spec
         .root()
@@ -86,15 +108,7 @@ fn create_in(
         0,
     )
     .map_err(|e| format!("exec fifo {}: {e}", fifo.display()))?;
-    let annotations: std::collections::BTreeMap<String, String> = spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let template = serde_json::json!({
-        "ociVersion": "1.2.0", "id": o.id, "status": "creating", "bundle": bundle, "annotations": annotations,
-    });
+    let (annotations, template) = creating_state(spec, &o.id, bundle);
     // The runtime spec: when create fails (a hook, or anything after the
     // container began to exist), the container is destroyed and the
     // poststop hooks run.
@@ -179,15 +193,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
     let sigs = crate::run::pty_signals();
-    let annotations: std::collections::BTreeMap<String, String> = spec
-        .annotations()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let template = serde_json::json!({
-        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle, "annotations": annotations,
-    });
+    let (annotations, template) = creating_state(&spec, id, &bundle);
     let l = launch(
         &spec,
         &rootfs,

@@ -19,6 +19,8 @@ use clap::Args;
 
 /// Exit status when `--timeout` stopped the guest (as timeout(1)).
 const EXIT_TIMEOUT: i32 = 124;
+/// How long the virtio devices get after the run to finish their output.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct VmmArgs {
@@ -127,6 +129,12 @@ fn boot(args: &VmmArgs) -> Result<(ExitReason, Option<StopCause>), String> {
     let cause = Arc::new(OnceLock::new());
     watch(signals, args.timeout, vm.stop_handle(), cause.clone())?;
     let reason = vm.run().map_err(|e| e.to_string())?;
+    // What the guest handed its devices last (console output) gets out.
+    if !vm.drain_devices(DRAIN_TIMEOUT) {
+        eprintln!(
+            "amphi vmm: warning: device output still pending after {DRAIN_TIMEOUT:?} was dropped"
+        );
+    }
     Ok((reason, cause.get().copied()))
 }
 

@@ -1,0 +1,480 @@
+//! amphi's VMM with real Linux guests, and `amphi vmm` itself.
+//!
+//! The lab tests run `scripts/vm-lab` (QEMU in software emulation with an
+//! emulated AMD CPU that has SVM; Debian's cloud kernel loads kvm_amd and
+//! runs `amphi vmm`, which boots a level-2 Debian kernel). They need root
+//! and no KVM on the host; each takes 10 to 15 s, one at a time.
+//!
+//! The quick tests run `amphi vmm` on this host: argument and kernel checks
+//! (no KVM needed), the refusal of a stock kernel on a PVM host, and tiny
+//! hand-made guests for each way a run ends (need /dev/kvm).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use amphi_tests::{amphi_bin, run_cmd, script, skip};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn vmm(args: &[&str]) -> Output {
+    run_cmd(Command::new(amphi_bin()).arg("vmm").args(args))
+}
+
+// --- the nested lab ----------------------------------------------------------
+
+/// One lab run at a time: two TCG machines on a small host would each run
+/// at half speed and distort the timings.
+static LAB: Mutex<()> = Mutex::new(());
+
+/// Runs `scripts/vm-lab boot` and checks that level 2 booted on `vcpus`
+/// vCPUs and that amphi reported a clean reset.
+fn lab(kernel: &str, vcpus: u32) {
+    if !is_root() {
+        skip("the nested lab needs root (apt-get, mknod): vm-lab tests not run");
+        return;
+    }
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let vcpus_arg = vcpus.to_string();
+    let started = Instant::now();
+    let out = run_cmd(Command::new(script("vm-lab")).args([
+        "boot",
+        "--kernel",
+        kernel,
+        "--vcpus",
+        &vcpus_arg,
+        "--amphi",
+        amphi_bin().to_str().unwrap(),
+    ]));
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once(": ")).collect();
+    eprintln!(
+        "vm-lab {kernel} x{vcpus}: {} s in QEMU, {took:.1?} in all",
+        report.get("seconds").unwrap_or(&"?")
+    );
+    assert!(out.status.success(), "vm-lab failed:\n{}", show(&out));
+    assert_eq!(
+        report.get("l2-marker"),
+        Some(&format!("AMPHI-L2-OK cpus={vcpus}").as_str()),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        report.get("amphi-exit"),
+        Some(&"guest reset"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(report.get("amphi-rc"), Some(&"0"), "{}", show(&out));
+    assert_eq!(report.get("result"), Some(&"PASS"), "{}", show(&out));
+}
+
+#[test]
+fn lab_bzimage_one_vcpu() {
+    lab("bzimage", 1);
+}
+
+#[test]
+fn lab_bzimage_two_vcpus() {
+    lab("bzimage", 2);
+}
+
+#[test]
+fn lab_pvh_vmlinux_one_vcpu() {
+    lab("vmlinux", 1);
+}
+
+#[test]
+fn lab_pvh_vmlinux_two_vcpus() {
+    lab("vmlinux", 2);
+}
+
+// --- amphi vmm: checks before any VM exists ----------------------------------
+
+/// Asserts a clean failure (exit status, no panic) and returns stderr.
+fn refused(out: &Output) -> String {
+    let err = stderr(out);
+    assert!(
+        out.status.code().is_some_and(|c| c != 0) && !err.contains("panicked"),
+        "should have failed cleanly:\n{}",
+        show(out)
+    );
+    err
+}
+
+#[test]
+fn vmm_missing_kernel_is_a_clear_error() {
+    let out = vmm(&["--kernel", "/nonexistent/vmlinux"]);
+    let err = refused(&out);
+    assert!(
+        err.contains("amphi vmm: error: kernel /nonexistent/vmlinux: No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn vmm_non_kernel_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("vmlinux");
+    std::fs::write(&fake, "#!/bin/sh\necho not a kernel\n".repeat(100)).unwrap();
+    let out = vmm(&["--kernel", fake.to_str().unwrap()]);
+    let err = refused(&out);
+    assert!(err.contains("not a kernel image"), "{err}");
+    assert!(
+        err.contains("neither an ELF vmlinux nor a bzImage"),
+        "{err}"
+    );
+    // A directory is not a kernel either.
+    let err = refused(&vmm(&["--kernel", dir.path().to_str().unwrap()]));
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn vmm_missing_initrd_and_bad_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("k.elf");
+    std::fs::write(&kernel, tiny_guest(&[0xf4])).unwrap();
+    let kernel = kernel.to_str().unwrap();
+    let err = refused(&vmm(&[
+        "--kernel",
+        kernel,
+        "--initrd",
+        "/nonexistent/initrd",
+    ]));
+    assert!(
+        err.contains("initrd /nonexistent/initrd: No such file"),
+        "{err}"
+    );
+    let err = refused(&vmm(&["--kernel", kernel, "--disk", "/x.img,rw"]));
+    assert!(err.contains("unknown disk option \"rw\""), "{err}");
+    let err = refused(&vmm(&["--kernel", kernel, "--timeout", "soon"]));
+    assert!(err.contains("not a number of seconds"), "{err}");
+    let err = refused(&vmm(&["--kernel", kernel, "--serial", "file"]));
+    assert!(err.contains("possible values: stdout, none"), "{err}");
+}
+
+// --- amphi vmm on this host's KVM ----------------------------------------------
+
+fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Whether /dev/kvm can be opened; skips loudly if not.
+fn kvm_usable(test: &str) -> bool {
+    match std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            skip(&format!("{test}: /dev/kvm is not usable ({e})"));
+            false
+        }
+    }
+}
+
+/// The stock Debian kernels that `scripts/vm-lab fetch` keeps in its cache.
+fn stock_kernels() -> BTreeMap<String, PathBuf> {
+    let out = run_cmd(Command::new(script("vm-lab")).arg("fetch"));
+    assert!(out.status.success(), "vm-lab fetch failed:\n{}", show(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
+#[test]
+fn vmm_refuses_a_stock_kernel_on_a_pvm_host() {
+    if !host_is_pvm() {
+        skip("this host's KVM is not PVM: the stock-kernel refusal is not tested");
+        return;
+    }
+    if !kvm_usable("stock kernel refusal") {
+        return;
+    }
+    if !is_root() {
+        skip("fetching the stock kernel needs root: the stock-kernel refusal is not tested");
+        return;
+    }
+    let kernels = stock_kernels();
+    for key in ["l1-kernel", "l1-vmlinux"] {
+        let kernel = kernels[key].to_str().unwrap();
+        let started = Instant::now();
+        let out = vmm(&["--kernel", kernel, "--serial", "stdout"]);
+        let err = refused(&out);
+        assert!(err.contains("PVM"), "{err}");
+        assert!(err.contains("--force"), "{err}");
+        assert!(err.contains(kernel), "{err}");
+        assert_eq!(out.status.code(), Some(125), "{}", show(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "no guest output expected:\n{}",
+            show(&out)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "refusing took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A minimal ELF64 "kernel": `code` loaded at 1 MiB and entered there
+/// through PVH (32-bit protected mode, paging off). Not a PVM kernel, so a
+/// PVM host needs `--force`.
+fn tiny_guest(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    // The note: namesz, descsz, type XEN_ELFNOTE_PHYS32_ENTRY (18), "Xen\0", entry.
+    let mut note = Vec::new();
+    for word in [4u32, 4, 18] {
+        note.extend(word.to_le_bytes());
+    }
+    note.extend(b"Xen\0");
+    note.extend((LOAD as u32).to_le_bytes());
+    let code_at = (EHDR + 2 * PHDR) as u64;
+    let note_at = code_at + code.len() as u64;
+
+    let mut elf = Vec::new();
+    elf.extend(b"\x7fELF\x02\x01\x01");
+    elf.resize(16, 0);
+    elf.extend(2u16.to_le_bytes()); // ET_EXEC
+    elf.extend(62u16.to_le_bytes()); // EM_X86_64
+    elf.extend(1u32.to_le_bytes()); // EV_CURRENT
+    elf.extend(LOAD.to_le_bytes()); // e_entry
+    elf.extend((EHDR as u64).to_le_bytes()); // e_phoff
+    elf.extend(0u64.to_le_bytes()); // e_shoff
+    elf.extend(0u32.to_le_bytes()); // e_flags
+    for half in [EHDR as u16, PHDR as u16, 2, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        elf.extend(half.to_le_bytes());
+    }
+    let mut phdr = |kind: u32, flags: u32, offset: u64, addr: u64, size: u64, align: u64| {
+        elf.extend(kind.to_le_bytes());
+        elf.extend(flags.to_le_bytes());
+        for v in [offset, addr, addr, size, size, align] {
+            elf.extend(v.to_le_bytes());
+        }
+    };
+    phdr(1, 5, code_at, LOAD, code.len() as u64, 0x1000); // PT_LOAD, R+X
+    phdr(4, 4, note_at, 0, note.len() as u64, 4); // PT_NOTE
+    elf.extend(code);
+    elf.extend(note);
+    elf
+}
+
+/// `jmp $`
+const HANG: &[u8] = &[0xeb, 0xfe];
+/// `mov al, 0xfe; out 0x64, al; jmp $`: reset through the i8042.
+const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe];
+/// `ud2` with no usable IDT: #UD, #DF, triple fault.
+const UD2: &[u8] = &[0x0f, 0x0b];
+
+/// Writes a tiny guest to a temporary file.
+fn guest_file(code: &[u8]) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new()
+        .prefix("amphi-tiny-guest-")
+        .suffix(".elf")
+        .tempfile()
+        .unwrap();
+    std::fs::write(file.path(), tiny_guest(code)).unwrap();
+    file
+}
+
+/// The single line `amphi vmm: ...` on stderr (plus what follows it).
+fn exit_report(err: &str) -> &str {
+    let at = err
+        .find("amphi vmm: ")
+        .unwrap_or_else(|| panic!("no exit report in:\n{err}"));
+    &err[at..]
+}
+
+#[test]
+fn vmm_guest_reset_exits_zero() {
+    if !kvm_usable("guest reset") {
+        return;
+    }
+    let guest = guest_file(RESET);
+    let out = vmm(&[
+        "--kernel",
+        guest.path().to_str().unwrap(),
+        "--force",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        exit_report(&stderr(&out)).trim_end(),
+        "amphi vmm: guest reset"
+    );
+}
+
+#[test]
+fn vmm_triple_fault_is_reported_with_registers() {
+    if !kvm_usable("triple fault") {
+        return;
+    }
+    let guest = guest_file(UD2);
+    let out = vmm(&[
+        "--kernel",
+        guest.path().to_str().unwrap(),
+        "--force",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    let report = exit_report(&err);
+    assert!(
+        report.starts_with("amphi vmm: triple fault on vCPU 0\n"),
+        "{err}"
+    );
+    assert!(report.contains("rip 0000000000100000"), "{err}");
+    assert!(report.contains(" cs 0010"), "{err}");
+}
+
+#[test]
+fn vmm_timeout_stops_a_hanging_guest() {
+    if !kvm_usable("timeout") {
+        return;
+    }
+    let guest = guest_file(HANG);
+    let started = Instant::now();
+    let out = vmm(&[
+        "--kernel",
+        guest.path().to_str().unwrap(),
+        "--force",
+        "--timeout",
+        "1.5",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(124), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        exit_report(&err).starts_with("amphi vmm: stopped by host (timeout after 1.5s)"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "stopped after {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "stopped after {took:?}");
+}
+
+#[test]
+fn vmm_sigterm_and_sigint_stop_the_guest() {
+    if !kvm_usable("signals") {
+        return;
+    }
+    let guest = guest_file(HANG);
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let err_file = tempfile::tempfile().unwrap();
+        let mut child = Command::new(amphi_bin())
+            .args(["vmm", "--kernel", guest.path().to_str().unwrap(), "--force"])
+            .args(["--timeout", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err_file.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        // Long enough for amphi to block the signals and start the guest.
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: signalling our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("amphi vmm did not stop on {name}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        let mut err_file = err_file;
+        err_file.rewind().unwrap();
+        err_file.read_to_string(&mut err).unwrap();
+        assert_eq!(status.code(), Some(128 + signal), "{name}: {status}\n{err}");
+        assert_eq!(
+            exit_report(&err).trim_end(),
+            format!("amphi vmm: stopped by host ({name})")
+        );
+    }
+}
+
+#[test]
+fn vmm_passes_disks_and_console_through() {
+    if !kvm_usable("disks and console") {
+        return;
+    }
+    let guest = guest_file(RESET);
+    let guest = guest.path().to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let disk = disk.to_str().unwrap();
+    let sock = dir.path().join("console.sock");
+    // A socket nobody listens on is refused up front.
+    let err = refused(&vmm(&[
+        "--kernel",
+        guest,
+        "--force",
+        "--console",
+        sock.to_str().unwrap(),
+    ]));
+    assert!(err.contains("console socket"), "{err}");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let ro = format!("{disk},ro");
+    let out = vmm(&[
+        "--kernel",
+        guest,
+        "--force",
+        "--timeout",
+        "30",
+        "--disk",
+        &ro,
+        "--disk",
+        disk,
+        "--console",
+        sock.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        exit_report(&stderr(&out)).trim_end(),
+        "amphi vmm: guest reset"
+    );
+    let err = refused(&vmm(&[
+        "--kernel",
+        guest,
+        "--force",
+        "--disk",
+        "/nonexistent.img",
+    ]));
+    assert!(err.contains("/nonexistent.img"), "{err}");
+}

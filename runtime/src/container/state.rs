@@ -78,6 +78,24 @@ pub fn start_time(pid: i32) -> Option<u64> {
 }
 
 impl State {
+    /// The state of a container whose process `pid` was just launched
+    /// (its start time read now, so a reused pid is told apart later).
+    pub fn launched(id: &str, pid: i32, bundle: PathBuf, rootfs: PathBuf, cgroup: Cgroup) -> State {
+        State {
+            id: id.to_string(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            bundle,
+            rootfs,
+            created: now_rfc3339(),
+            cgroup,
+            annotations: BTreeMap::new(),
+            exit_code: None,
+            oom_killed: false,
+            run: None,
+        }
+    }
+
     pub fn dir(root: &Path, id: &str) -> PathBuf {
         root.join(id)
     }

@@ -134,17 +134,14 @@ fn create_in(
     )
     .map_err(failed)?;
     let st = State {
-        id: o.id.clone(),
-        pid: l.pid,
-        start_time: state::start_time(l.pid).unwrap_or(0),
-        bundle: bundle.to_path_buf(),
-        rootfs: rootfs.to_path_buf(),
-        created: state::now_rfc3339(),
-        cgroup: l.cgroup.clone(),
         annotations,
-        exit_code: None,
-        oom_killed: false,
-        run: None,
+        ..State::launched(
+            &o.id,
+            l.pid,
+            bundle.to_path_buf(),
+            rootfs.to_path_buf(),
+            l.cgroup.clone(),
+        )
     };
     let saved = st.save(root).and_then(|()| match &o.pid_file {
         Some(p) => write_pid_file(p, l.pid),
@@ -221,17 +218,8 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         }
     };
     let st = State {
-        id: id.to_string(),
-        pid: l.pid,
-        start_time: state::start_time(l.pid).unwrap_or(0),
-        bundle: bundle.clone(),
-        rootfs,
-        created: state::now_rfc3339(),
-        cgroup: l.cgroup.clone(),
         annotations,
-        exit_code: None,
-        oom_killed: false,
-        run: None,
+        ..State::launched(id, l.pid, bundle.clone(), rootfs, l.cgroup.clone())
     };
     let _ = st.save(root);
     // launch returned once the program was executed.

@@ -252,17 +252,15 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     cleanup.cgroup = Some(launched.cgroup.clone());
     cleanup.remove_layer = req.rm;
     let st = State {
-        id: id.clone(),
-        pid: launched.pid,
-        start_time: state::start_time(launched.pid).unwrap_or(0),
-        bundle: state_dir.clone(),
-        rootfs: plan.rootfs.clone(),
         created: record.created.clone(),
-        cgroup: launched.cgroup.clone(),
-        annotations: Default::default(),
-        exit_code: None,
-        oom_killed: false,
         run: Some(serde_json::json!({"name": record.name})),
+        ..State::launched(
+            &id,
+            launched.pid,
+            state_dir.clone(),
+            plan.rootfs.clone(),
+            launched.cgroup.clone(),
+        )
     };
     let _ = st.save(&req.state_root);
     if let Some(tx) = report.take() {

@@ -2,10 +2,11 @@
 //! own thread and turns KVM exits into device accesses or an [`ExitReason`].
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use kvm_bindings::{
-    kvm_mp_state, kvm_run, CpuId, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION,
+    kvm_mp_state, kvm_run, kvm_xcr, kvm_xcrs, CpuId, KVM_EXIT_IO_OUT, KVM_INTERNAL_ERROR_EMULATION,
     KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MP_STATE_RUNNABLE,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
@@ -25,6 +26,8 @@ pub(crate) struct RunContext {
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) stop: Arc<StopState>,
+    /// Set by the first vCPU to come back from `KVM_RUN`.
+    pub(crate) first_exit: Arc<OnceLock<Instant>>,
 }
 
 /// How one vCPU's run ended.
@@ -76,6 +79,7 @@ impl Vcpu {
         self.fd
             .set_cpuid2(&table)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        self.set_xcr0(cpuid::guest_xcr0(table.as_slice()));
         let refused = msr::setup_msrs(&self.fd)?;
         if !refused.is_empty() && self.index == 0 {
             tracing::debug!(
@@ -85,6 +89,32 @@ impl Vcpu {
         }
         setup_fpu(&self.fd)?;
         lapic::setup_lapic(&self.fd)
+    }
+
+    /// Starts the vCPU with `xcr0` (every XSAVE component its CPUID offers)
+    /// instead of KVM's reset value, x87 only, so that leaf 0xD EBX, which
+    /// KVM sizes for the XCR0 it knows, matches what the guest enables even
+    /// where its XSETBV never exits to KVM (nested under QEMU's TCG). The
+    /// guest sets XCR0 itself before it uses XSAVE, so this changes nothing
+    /// else. Best effort: a KVM that refuses keeps its reset value.
+    fn set_xcr0(&self, xcr0: u64) {
+        if xcr0 <= 1 {
+            return;
+        }
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0] = kvm_xcr {
+            xcr: 0,
+            reserved: 0,
+            value: xcr0,
+        };
+        if let Err(e) = self.fd.set_xcrs(&xcrs) {
+            if self.index == 0 {
+                tracing::debug!("KVM_SET_XCRS (XCR0 {xcr0:#x}) refused: {e}");
+            }
+        }
     }
 
     /// Sets the registers for `entry`. For an application processor
@@ -119,6 +149,7 @@ impl Vcpu {
         let page: *mut kvm_run = self.fd.get_kvm_run();
         let _kick_target = KickTarget::install(page);
         self.fd.set_kvm_immediate_exit(0);
+        let mut exited = false;
         loop {
             if ctx.stop.host_stop.load(Ordering::SeqCst) {
                 return Ok(VcpuOutcome::Exit(ExitReason::HostStop));
@@ -126,7 +157,12 @@ impl Vcpu {
             if ctx.stop.vm_exit.load(Ordering::SeqCst) {
                 return Ok(VcpuOutcome::Kicked);
             }
-            match self.fd.run() {
+            let exit = self.fd.run();
+            if !exited {
+                exited = true;
+                ctx.first_exit.get_or_init(Instant::now);
+            }
+            match exit {
                 Ok(VcpuExit::IoIn(..)) | Ok(VcpuExit::IoOut(..)) => {
                     if let Some(outcome) = self.handle_pio(ctx) {
                         return Ok(outcome);

@@ -5,8 +5,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
+use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -54,6 +55,8 @@ pub struct Vm {
     /// `config.cmdline` plus the virtio device announcements.
     cmdline: String,
     stop: Arc<StopState>,
+    /// When a vCPU first came back from `KVM_RUN` (see [`Vm::first_exit_at`]).
+    first_exit: Arc<OnceLock<Instant>>,
 }
 
 impl Vm {
@@ -149,6 +152,7 @@ impl Vm {
             event_loop,
             cmdline,
             stop,
+            first_exit: Arc::new(OnceLock::new()),
         })
     }
 
@@ -263,6 +267,14 @@ impl Vm {
         }
     }
 
+    /// When the first VM exit of any vCPU reached the VMM: for a guest whose
+    /// first instruction exits (a port write), when the guest started
+    /// running. `None` before the first `run()`. For startup measurements
+    /// (`AMPHI_VMM_TIMING` in `amphi vmm`).
+    pub fn first_exit_at(&self) -> Option<Instant> {
+        self.first_exit.get().copied()
+    }
+
     /// Queues bytes for the guest to read from COM1; returns how many fit.
     pub fn serial_input(&self, bytes: &[u8]) -> usize {
         lock(&self.serial).enqueue_input(bytes)
@@ -291,6 +303,7 @@ impl Vm {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
             stop: self.stop.clone(),
+            first_exit: self.first_exit.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
         let event_loop = self.spawn_event_loop()?;

@@ -5,12 +5,21 @@
 //! down, 1 when it died (triple fault, emulation failure, KVM error), 124
 //! after `--timeout`, 128+N after signal N (SIGTERM, SIGINT), and
 //! [`super::EXIT_AMPHI`] when the VM could not be started.
+//!
+//! With `AMPHI_VMM_TIMING` set, one more line on stderr says how long
+//! startup took: `amphi vmm: timing: ...` in milliseconds, from the
+//! moment in `AMPHI_VMM_TIMING` when it holds one (Unix seconds with a
+//! fraction, e.g. bash's `$EPOCHREALTIME` on the command line that starts
+//! amphi: exec and process setup included), else from entering `amphi vmm`,
+//! to the VM created, the kernel loaded, the first VM exit (for a guest whose
+//! first instruction is a port write: the first guest instruction), and the
+//! end of the run.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amphi_vmm::{
     BlockConfig, ConsoleBackend, ExitReason, SerialOut, StopHandle, Vm, VmConfig, VmmError,
@@ -86,18 +95,65 @@ enum StopCause {
     Signal(libc::c_int),
 }
 
+/// Startup milestones for `AMPHI_VMM_TIMING`.
+#[derive(Default)]
+struct Timing {
+    created: Option<Instant>,
+    loaded: Option<Instant>,
+    first_exit: Option<Instant>,
+    ended: Option<Instant>,
+}
+
 /// Runs `amphi vmm`; returns the process exit status.
 pub fn run(args: &VmmArgs) -> i32 {
-    match boot(args) {
+    let entered = Instant::now();
+    let entered_wall = SystemTime::now();
+    let timing_env = std::env::var("AMPHI_VMM_TIMING").ok();
+    let mut timing = Timing::default();
+    let code = match boot(args, &mut timing) {
         Ok((reason, cause)) => report(&reason, cause),
         Err(e) => {
             eprintln!("amphi vmm: error: {e}");
             super::EXIT_AMPHI
         }
+    };
+    if let Some(env) = timing_env {
+        eprintln!(
+            "amphi vmm: timing: {}",
+            timing_line(&env, entered, entered_wall, &timing)
+        );
+    }
+    code
+}
+
+/// `launch to entered X ms, to VM created Y ms, ...` (or `entered to ...`
+/// without a launch time in `env`).
+fn timing_line(env: &str, entered: Instant, entered_wall: SystemTime, t: &Timing) -> String {
+    let launch_ms = env.trim().parse::<f64>().ok().and_then(|launch| {
+        let now = entered_wall.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+        Some((now - launch) * 1e3).filter(|ms| (0.0..60_000.0).contains(ms))
+    });
+    let ms = |at: Option<Instant>| match at {
+        Some(at) => format!(
+            "{:.3} ms",
+            launch_ms.unwrap_or(0.0) + at.duration_since(entered).as_secs_f64() * 1e3
+        ),
+        None => "-".into(),
+    };
+    let milestones = format!(
+        "to VM created {}, to kernel loaded {}, to first guest exit {}, to end {}",
+        ms(t.created),
+        ms(t.loaded),
+        ms(t.first_exit),
+        ms(t.ended)
+    );
+    match launch_ms {
+        Some(l) => format!("launch to amphi vmm {l:.3} ms, {milestones}"),
+        None => format!("from amphi vmm (no launch time given): {milestones}"),
     }
 }
 
-fn boot(args: &VmmArgs) -> Result<(ExitReason, Option<StopCause>), String> {
+fn boot(args: &VmmArgs, timing: &mut Timing) -> Result<(ExitReason, Option<StopCause>), String> {
     check_kernel(&args.kernel)?;
     if let Some(initrd) = &args.initrd {
         check_file("initrd", initrd)?;
@@ -120,15 +176,19 @@ fn boot(args: &VmmArgs) -> Result<(ExitReason, Option<StopCause>), String> {
     // (the vCPUs included) inherits the mask and only the watcher takes them.
     let signals = block_stop_signals()?;
     let mut vm = Vm::new(&config).map_err(|e| e.to_string())?;
+    timing.created = Some(Instant::now());
     vm.load_kernel().map_err(|e| match e {
         VmmError::KernelNotPvm { .. } => {
             format!("{e} (with amphi vmm: pass --force)")
         }
         e => e.to_string(),
     })?;
+    timing.loaded = Some(Instant::now());
     let cause = Arc::new(OnceLock::new());
     watch(signals, args.timeout, vm.stop_handle(), cause.clone())?;
     let reason = vm.run().map_err(|e| e.to_string())?;
+    timing.ended = Some(Instant::now());
+    timing.first_exit = vm.first_exit_at();
     // What the guest handed its devices last (console output) gets out.
     if !vm.drain_devices(DRAIN_TIMEOUT) {
         eprintln!(
@@ -305,6 +365,46 @@ mod tests {
         );
         assert!(!parse_disk("/d.img").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn timing_lines() {
+        let entered = Instant::now();
+        let wall = SystemTime::now();
+        let t = Timing {
+            created: Some(entered + Duration::from_millis(2)),
+            first_exit: Some(entered + Duration::from_millis(3)),
+            ..Timing::default()
+        };
+        let launch = wall.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - 0.001;
+        let line = timing_line(&format!("{launch:.6}"), entered, wall, &t);
+        // The launch time went through text with microseconds.
+        let ms_after = |label: &str| -> f64 {
+            let at = line
+                .find(label)
+                .unwrap_or_else(|| panic!("{label}: {line}"));
+            line[at + label.len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert!(
+            (ms_after("launch to amphi vmm ") - 1.0).abs() < 0.01,
+            "{line}"
+        );
+        assert!((ms_after("to VM created ") - 3.0).abs() < 0.01, "{line}");
+        assert!(
+            (ms_after("to first guest exit ") - 4.0).abs() < 0.01,
+            "{line}"
+        );
+        assert!(line.contains("to kernel loaded -,"), "{line}");
+        let line = timing_line("1", entered, wall, &t);
+        assert!(
+            line.starts_with("from amphi vmm (no launch time given): to VM created 2.000 ms"),
+            "{line}"
+        );
     }
 
     #[test]

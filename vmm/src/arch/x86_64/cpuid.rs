@@ -6,6 +6,10 @@
 //!   (leaf 1 logical count + HTT, leaf 4 core count, leaf 0xB levels,
 //!   AMD leaf 0x80000008 NC),
 //! - the hypervisor bit,
+//! - an XSAVE leaf 0xD that agrees with itself: only state components whose
+//!   subleaf describes them, sizes computed from those subleaves, and EBX
+//!   sized for the XCR0 the vCPU starts with ([`guest_xcr0`], set by
+//!   `KVM_SET_XCRS`, see [`crate::vcpu`]),
 //! - and none of what a guest must not see: VMX/SVM (no nested
 //!   virtualization), SMX, SGX, MONITOR/MWAIT, thermal and power management,
 //!   debug store and the architectural PMU.
@@ -45,6 +49,7 @@ const ECX_SMX: u32 = 1 << 6;
 const ECX_EIST: u32 = 1 << 7;
 const ECX_TM2: u32 = 1 << 8;
 const ECX_PDCM: u32 = 1 << 15;
+const ECX_XSAVE: u32 = 1 << 26;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 // Leaf 1 EDX.
 const EDX_DS: u32 = 1 << 21;
@@ -59,6 +64,18 @@ const EBX_SGX: u32 = 1 << 2;
 const EBX_INTEL_PT: u32 = 1 << 25;
 const ECX_WAITPKG: u32 = 1 << 5;
 const ECX_SGX_LC: u32 = 1 << 30;
+// Leaf 0xD: the legacy XSAVE area (512) and the XSAVE header (64) come
+// before every extended component.
+const XSAVE_LEGACY_AND_HEADER: u32 = 512 + 64;
+// XCR0 bits 0 (x87) and 1 (SSE) live in the legacy area, not in subleaves.
+const XCR0_LEGACY: u64 = 0b11;
+// Leaf 0xD.1 EAX: XSAVEC and XSAVES (the compacted format).
+const EAX_XSAVEC: u32 = 1 << 1;
+const EAX_XSAVES: u32 = 1 << 3;
+// Leaf 0xD.n ECX: bit 0 supervisor state (IA32_XSS), bit 1 64-byte aligned
+// in the compacted format.
+const ECX_XSS_COMPONENT: u32 = 1 << 0;
+const ECX_ALIGN64: u32 = 1 << 1;
 // Leaf 0x80000001 ECX.
 const ECX_SVM: u32 = 1 << 2;
 // Leaf 0xB level types.
@@ -85,6 +102,118 @@ fn leaf(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
         edx: regs[3],
         ..Default::default()
     }
+}
+
+/// One XSAVE state component as leaf 0xD subleaf `n` describes it.
+#[derive(Clone, Copy, Debug)]
+struct XsaveComponent {
+    bit: u32,
+    size: u32,
+    /// Offset in the standard (non-compacted) format.
+    offset: u32,
+    supervisor: bool,
+    align64: bool,
+}
+
+/// The extended XSAVE components (n >= 2) that have a subleaf with a size.
+fn xsave_components(entries: &[kvm_cpuid_entry2]) -> Vec<XsaveComponent> {
+    let mut found: Vec<XsaveComponent> = entries
+        .iter()
+        .filter(|e| e.function == 0xd && (2..64).contains(&e.index) && e.eax != 0)
+        .map(|e| XsaveComponent {
+            bit: e.index,
+            size: e.eax,
+            offset: e.ebx,
+            supervisor: e.ecx & ECX_XSS_COMPONENT != 0,
+            align64: e.ecx & ECX_ALIGN64 != 0,
+        })
+        .collect();
+    found.sort_by_key(|c| c.bit);
+    found.dedup_by_key(|c| c.bit);
+    found
+}
+
+/// Bytes of a standard-format XSAVE area holding the components in `mask`.
+fn xsave_size(components: &[XsaveComponent], mask: u64) -> u32 {
+    components
+        .iter()
+        .filter(|c| mask & (1 << c.bit) != 0)
+        .map(|c| c.offset.saturating_add(c.size))
+        .fold(XSAVE_LEGACY_AND_HEADER, u32::max)
+}
+
+/// Bytes of a compacted-format XSAVE area (XSAVEC/XSAVES) for `mask`.
+fn xsave_compacted_size(components: &[XsaveComponent], mask: u64) -> u32 {
+    components
+        .iter()
+        .filter(|c| mask & (1 << c.bit) != 0)
+        .fold(XSAVE_LEGACY_AND_HEADER, |at, c| {
+            let at = if c.align64 {
+                at.next_multiple_of(64)
+            } else {
+                at
+            };
+            at.saturating_add(c.size)
+        })
+}
+
+/// The XCR0 a vCPU with these (filtered) CPUID `entries` may enable and
+/// starts with: leaf 0xD.0 EDX:EAX, or 0 without XSAVE.
+pub fn guest_xcr0(entries: &[kvm_cpuid_entry2]) -> u64 {
+    let xsave = entries
+        .iter()
+        .any(|e| e.function == 1 && e.ecx & ECX_XSAVE != 0);
+    if !xsave {
+        return 0;
+    }
+    entries
+        .iter()
+        .find(|e| e.function == 0xd && e.index == 0)
+        .map_or(0, |e| u64::from(e.eax) | (u64::from(e.edx) << 32))
+}
+
+/// Makes leaf 0xD agree with itself. `supported` holds KVM's entries.
+///
+/// - Subleaf 0 EDX:EAX (the XCR0 bits a guest may set) keeps x87 and SSE
+///   and each user component that has a subleaf with a size.
+/// - Subleaf 0 ECX (the area for every such component) and EBX (the area
+///   for the components enabled in XCR0 now) are computed from those
+///   subleaves. The vCPU starts with all of them enabled
+///   ([`guest_xcr0`]), so EBX = ECX. KVM recomputes EBX when the guest
+///   writes XCR0 with XSETBV, but only if that write exits to KVM: under
+///   nested TCG (QEMU's emulated SVM) it does not, and with EBX left at
+///   KVM's reset value (XCR0 = x87 only, 576 bytes) Linux reports "XSAVE
+///   consistency problem" and turns XSAVE off.
+/// - Subleaf 1 EBX (compacted size for XCR0 | IA32_XSS) likewise, when
+///   XSAVEC or XSAVES is offered.
+/// - Subleaves of user components that are not offered are dropped.
+fn fix_xsave_leaf(supported: &[kvm_cpuid_entry2], out: &mut Vec<kvm_cpuid_entry2>) {
+    let components = xsave_components(supported);
+    let Some(sub0) = out.iter().position(|e| e.function == 0xd && e.index == 0) else {
+        return;
+    };
+    let offered = u64::from(out[sub0].eax) | (u64::from(out[sub0].edx) << 32);
+    let described = components
+        .iter()
+        .filter(|c| !c.supervisor)
+        .fold(XCR0_LEGACY, |m, c| m | (1 << c.bit));
+    let xcr0 = offered & described;
+    let size = xsave_size(&components, xcr0);
+    let e = &mut out[sub0];
+    e.eax = xcr0 as u32;
+    e.edx = (xcr0 >> 32) as u32;
+    e.ebx = size;
+    e.ecx = size;
+    let mut xss = 0u64;
+    if let Some(e) = out.iter_mut().find(|e| e.function == 0xd && e.index == 1) {
+        xss = u64::from(e.ecx) | (u64::from(e.edx) << 32);
+        if e.eax & (EAX_XSAVEC | EAX_XSAVES) != 0 {
+            e.ebx = xsave_compacted_size(&components, xcr0 | xss);
+        }
+    }
+    out.retain(|e| {
+        e.function != 0xd || e.index < 2 || e.index >= 64 || (xcr0 | xss) & (1 << e.index) != 0
+    });
 }
 
 /// Filters KVM's supported CPUID `entries` for the vCPU with `apic_id` in a
@@ -154,6 +283,7 @@ pub fn filter_entries(
         out.push(leaf(0xb, 1, [core_shift, count, (LEVEL_CORE << 8) | 1, id]));
         out.push(leaf(0xb, 2, [0, 0, 2, id]));
     }
+    fix_xsave_leaf(supported, &mut out);
     out
 }
 
@@ -275,5 +405,72 @@ mod tests {
         assert_eq!((l.ecx & 0xff, (l.ecx >> 12) & 0xf), (1, 1));
         assert_eq!(find(&out, 0x8000_001e, 0).eax, 1);
         assert_eq!(find(&out, 0xb, 1).edx, 1, "x2APIC ID in the topology leaf");
+    }
+    /// Leaf 1 with XSAVE, and leaf 0xD as KVM reports it under QEMU's
+    /// emulated EPYC (x87, SSE, AVX; EBX sized for XCR0 = x87 only).
+    fn tcg_epyc_xsave() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            entry(0, 0, [0xd, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            entry(1, 0, [0x800f12, 0, ECX_XSAVE, 0]),
+            entry(0xd, 0, [0x7, 0x240, 0x340, 0]),
+            entry(0xd, 1, [0x5, 0, 0, 0]),
+            entry(0xd, 2, [0x100, 0x240, 0, 0]),
+        ]
+    }
+
+    #[test]
+    fn xsave_leaf_is_sized_for_the_starting_xcr0() {
+        let out = filter_entries(&tcg_epyc_xsave(), 0, 1);
+        let sub0 = find(&out, 0xd, 0);
+        assert_eq!(sub0.eax, 7);
+        assert_eq!(sub0.ebx, 0x340, "x87+SSE+AVX: 576 + 256 bytes");
+        assert_eq!(sub0.ecx, 0x340);
+        assert_eq!(
+            find(&out, 0xd, 1).ebx,
+            0,
+            "no XSAVEC/XSAVES: no compacted size"
+        );
+        assert_eq!(find(&out, 0xd, 2).eax, 0x100);
+        assert_eq!(guest_xcr0(&out), 7);
+    }
+
+    #[test]
+    fn xsave_components_without_a_subleaf_are_not_offered() {
+        let mut table = tcg_epyc_xsave();
+        // MPX (bits 3, 4) and PKRU (9) offered; only PKRU has a subleaf.
+        table[2] = entry(0xd, 0, [0x7 | 0x18 | 0x200, 0x240, 0x1000, 0]);
+        table.push(entry(0xd, 9, [8, 0x980, 0, 0]));
+        table.push(entry(0xd, 5, [0x40, 0x340, 0, 0])); // opmask, not offered
+        let out = filter_entries(&table, 0, 1);
+        let sub0 = find(&out, 0xd, 0);
+        assert_eq!(sub0.eax, 0x207);
+        assert_eq!((sub0.ebx, sub0.ecx), (0x988, 0x988));
+        assert!(!out.iter().any(|e| e.function == 0xd && e.index == 5));
+        assert_eq!(guest_xcr0(&out), 0x207);
+    }
+
+    #[test]
+    fn compacted_xsave_size_follows_alignment() {
+        let mut table = tcg_epyc_xsave();
+        table[3] = entry(0xd, 1, [EAX_XSAVEC | EAX_XSAVES | 1, 0, 0x800, 0]);
+        table[2] = entry(0xd, 0, [0x207, 0, 0, 0]);
+        table.push(entry(0xd, 9, [8, 0x980, ECX_ALIGN64, 0]));
+        table.push(entry(0xd, 11, [16, 0, ECX_XSS_COMPONENT, 0])); // CET user, in XSS
+        let out = filter_entries(&table, 0, 1);
+        // 576 + 256 (AVX) = 832, PKRU aligned to 832 (already), + 8, CET + 16.
+        assert_eq!(find(&out, 0xd, 1).ebx, 832 + 8 + 16);
+        assert_eq!(
+            find(&out, 0xd, 0).eax,
+            0x207,
+            "supervisor state not in XCR0"
+        );
+        assert_eq!(find(&out, 0xd, 11).eax, 16, "XSS subleaf kept");
+    }
+
+    #[test]
+    fn no_xsave_means_no_xcr0() {
+        let mut table = tcg_epyc_xsave();
+        table[1] = entry(1, 0, [0x800f12, 0, 0, 0]);
+        assert_eq!(guest_xcr0(&filter_entries(&table, 0, 1)), 0);
     }
 }

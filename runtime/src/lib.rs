@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod container;
+pub mod guestfs;
 pub mod image;
+pub mod kernel;
 pub mod oci;
 pub mod run;
 pub mod spec;

@@ -1,6 +1,7 @@
 //! The command line: parse, call the library, print. Kept thin.
 
 mod images;
+mod kernel;
 mod oci;
 mod run;
 mod vmm;
@@ -88,6 +89,11 @@ pub enum Command {
     Rmi(images::RmiArgs),
     /// Remove blobs and unpacked layers that no image uses, and leftovers of interrupted pulls
     Gc(images::GcArgs),
+    /// Guest kernels for microVMs: list, build, add, inspect, remove
+    #[command(after_help = "Examples:\n  amphi kernel build --version 6.12\n  \
+        amphi kernel ls\n  amphi kernel add ./vmlinux --config ./config\n  \
+        amphi kernel inspect 6.12 --option CONFIG_PVM_GUEST\n  amphi kernel rm 6.12.117-b9a0e125f111")]
+    Kernel(kernel::KernelArgs),
 
     /// OCI runtime: create a container from a bundle (its process waits for `start`)
     #[command(next_help_heading = "OCI runtime")]
@@ -250,6 +256,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Command::Kernel(a) => kernel::run(&store_root, a),
         c => done(run_image_command(c, &store_root)),
     }
 }
@@ -331,7 +338,8 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Features
         | Command::Init { .. }
         | Command::Vmm(_)
-        | Command::Spec(_) => unreachable!("handled above"),
+        | Command::Spec(_)
+        | Command::Kernel(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),

@@ -12,6 +12,8 @@ use std::fs;
 pub struct Referenced {
     pub blobs: HashSet<Digest>,
     pub layers: HashSet<Digest>,
+    /// Top-layer chain IDs: what the guest rootfs cache (`vm/`) is keyed by.
+    pub tops: HashSet<Digest>,
 }
 
 /// What a gc removed.
@@ -20,6 +22,8 @@ pub struct GcReport {
     pub blobs_removed: usize,
     pub layers_removed: usize,
     pub images_removed: usize,
+    /// Guest rootfs artefacts (`vm/`) of images that are gone.
+    pub vm_removed: usize,
     pub bytes_freed: u64,
 }
 
@@ -31,6 +35,7 @@ impl Store {
             r.blobs.insert(img.manifest.clone());
             r.blobs.insert(img.config.clone());
             r.layers.extend(img.layers.iter().cloned());
+            r.tops.extend(img.layers.last().cloned());
             if let Ok(bytes) = self.read_blob(&img.manifest) {
                 if let Ok(TopLevel::Manifest(m)) = parse_top_level(&bytes, None, &img.manifest) {
                     r.blobs.extend(m.layers.into_iter().map(|l| l.digest));
@@ -80,6 +85,9 @@ impl Store {
                 report.layers_removed += 1;
             }
         }
+        let vm = crate::guestfs::sweep(self, &keep.tops)?;
+        report.vm_removed = vm.removed;
+        report.bytes_freed += vm.bytes;
         let locks = self.root().join("locks");
         if let Ok(rd) = fs::read_dir(&locks) {
             for e in rd.flatten() {

@@ -5,9 +5,11 @@
 
 pub mod cli;
 pub mod container;
+pub mod guest;
 pub mod guestfs;
 pub mod image;
 pub mod kernel;
 pub mod oci;
 pub mod run;
 pub mod spec;
+pub mod vm;

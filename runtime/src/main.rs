@@ -1,6 +1,10 @@
 use clap::Parser;
 
 fn main() {
+    // PID 1 of a microVM: the guest init (no command line to parse).
+    if amphi::guest::is_guest_init() {
+        amphi::guest::main();
+    }
     let cli = amphi::cli::Cli::parse();
     let level = if cli.debug {
         "debug"

@@ -241,14 +241,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
         }
         Command::Run(a) => {
-            let req = match run::request(*a, &store_root, &cli.root) {
+            let (req, vm) = match run::request(*a, &store_root, &cli.root) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("amphi: error: {e}");
                     return Ok(e.code);
                 }
             };
-            match crate::run::run(req) {
+            let result = match vm {
+                Some(opts) => crate::vm::run(req, opts),
+                None => crate::run::run(req),
+            };
+            match result {
                 Ok(code) => Ok(code),
                 Err(e) => {
                     eprintln!("amphi: error: {e}");

@@ -2,14 +2,18 @@
 
 use crate::run::{RunError, RunRequest, EXIT_AMPHI};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
+use crate::vm::VmOptions;
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  amphi run --rm localhost/demo/busybox echo hi\n  \
     amphi run --rm -it localhost/demo/busybox sh\n  \
-    amphi run --rm --memory 64m --pids-limit 50 -e A=1 -w /tmp -u 1000 IMAGE CMD\n\n\
+    amphi run --rm --memory 64m --pids-limit 50 -e A=1 -w /tmp -u 1000 IMAGE CMD\n  \
+    amphi run --rm --isolation vm localhost/demo/busybox uname -r\n  \
+    amphi run --rm --isolation vm --kernel 6.1 --memory 256m --cpus 2 IMAGE CMD\n\n\
     The exit status is the workload's own (128+N when killed by signal N); 125 means amphi \
     itself failed, 126 the command could not be run, 127 it was not found."
 )]
@@ -77,9 +81,18 @@ pub struct RunArgs {
     /// Run a small init (amphi itself) as PID 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
-    /// Where to run: auto, container or vm
+    /// Where to run: auto, container or vm (a microVM with its own guest kernel)
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
+    /// microVM runs: auto (amphi's VMM where KVM serves the kernel, else QEMU), builtin or qemu
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
+    pub vm_backend: Option<String>,
+    /// microVM runs: the guest kernel, a catalog ID or version (see `amphi kernel ls`) or a file
+    #[arg(long, value_name = "KERNEL")]
+    pub kernel: Option<String>,
+    /// microVM runs: stop the workload after this many seconds (exit status 124)
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
     /// runc compatibility: run the OCI bundle in DIR, IMAGE being the container ID
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
@@ -93,6 +106,13 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub command: Vec<String>,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
 }
 
 fn usage(m: impl Into<String>) -> RunError {
@@ -112,13 +132,48 @@ fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
         .collect())
 }
 
-/// Turns the flags into a request.
-pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRequest, RunError> {
-    if a.isolation == "vm" {
-        return Err(usage(
-            "--isolation vm: the microVM backend is not available in this build yet; use --isolation container",
-        ));
-    }
+/// Turns the flags into a request, and the microVM options when the run
+/// goes into a microVM.
+pub fn request(
+    a: RunArgs,
+    store_root: &Path,
+    state_root: &Path,
+) -> Result<(RunRequest, Option<VmOptions>), RunError> {
+    let vm = if a.isolation == "vm" {
+        if a.detach {
+            return Err(usage(
+                "-d is not supported with --isolation vm yet: microVM runs are foreground only",
+            ));
+        }
+        if !a.volume.is_empty() {
+            return Err(usage(
+                "-v is not supported with --isolation vm yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
+            ));
+        }
+        Some(VmOptions {
+            backend: a
+                .vm_backend
+                .as_deref()
+                .unwrap_or("auto")
+                .parse()
+                .map_err(usage)?,
+            kernel: a.kernel.clone(),
+            timeout: a.timeout.map(Duration::from_secs_f64),
+        })
+    } else {
+        for (set, flag) in [
+            (a.vm_backend.is_some(), "--vm-backend"),
+            (a.kernel.is_some(), "--kernel"),
+            (a.timeout.is_some(), "--timeout"),
+        ] {
+            if set {
+                return Err(usage(format!(
+                    "{flag} only applies to microVM runs: add --isolation vm"
+                )));
+            }
+        }
+        None
+    };
     if a.detach && (a.tty || a.interactive) {
         return Err(usage(
             "-d cannot be combined with -t or -i: a detached container has no terminal or input",
@@ -175,7 +230,7 @@ pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRe
         tty: a.tty,
         init: a.init,
     };
-    Ok(RunRequest {
+    let req = RunRequest {
         image: a.image,
         flags,
         name: a.name,
@@ -184,5 +239,6 @@ pub fn request(a: RunArgs, store_root: &Path, state_root: &Path) -> Result<RunRe
         detach: a.detach,
         store_root: store_root.to_path_buf(),
         state_root: state_root.to_path_buf(),
-    })
+    };
+    Ok((req, vm))
 }

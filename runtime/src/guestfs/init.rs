@@ -122,6 +122,9 @@ pub fn check_static(bin: &Path) -> Result<(), GuestfsError> {
 /// --strip-debug` (symbols stay, for backtraces), else `objcopy
 /// --strip-debug`, else copies the binary whole and says so.
 pub fn strip(tools: &Tools, bin: &Path, out: &Path) -> Result<Vec<String>, GuestfsError> {
+    // Resolved here: a `/proc/self/exe` handed to strip would be strip.
+    let resolved = fs::canonicalize(bin).map_err(|e| init_err(bin, e.to_string()))?;
+    let bin = resolved.as_path();
     let (prog, args): (&Path, Vec<std::ffi::OsString>) = if let Some(s) = &tools.strip {
         (
             s,

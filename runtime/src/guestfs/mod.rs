@@ -136,7 +136,7 @@ impl Options {
         Ok(Options {
             threshold,
             force: None,
-            amphi_bin: PathBuf::from("/proc/self/exe"),
+            amphi_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         })
     }
 }

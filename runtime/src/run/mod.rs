@@ -7,7 +7,10 @@ mod pty;
 pub mod records;
 pub mod tiny_init;
 
-pub use pty::{block_signals as pty_signals, unblock_signals as pty_unblock, wait as pty_wait};
+pub use pty::{
+    block_signals as pty_signals, decode as decode_status, unblock_signals as pty_unblock,
+    wait as pty_wait, RawMode, Signals,
+};
 
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State};
@@ -92,8 +95,11 @@ impl Drop for Cleanup {
     }
 }
 
-/// Runs an image natively in the foreground; returns the exit status.
-pub fn run(req: RunRequest) -> Result<i32, RunError> {
+/// The image of a run: found in the store, or pulled when it is not there
+/// (like docker), with its config.
+pub fn resolve_image(
+    req: &RunRequest,
+) -> Result<(Store, crate::image::ImageRecord, ImageConfig), RunError> {
     let store = Store::open(&req.store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
     let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
     let rec = match idx.find(&req.image) {
@@ -102,7 +108,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         Err(crate::image::index::LookupError::NotFound(_))
             if crate::image::Reference::parse(&req.image).is_ok() =>
         {
-            pull_missing(&req)?
+            pull_missing(req)?
         }
         Err(e) => return Err(amphi_err(e.to_string())),
     };
@@ -111,6 +117,12 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         .map_err(|e| amphi_err(e.to_string()))?;
     let image: ImageConfig = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
+    Ok((store, rec, image))
+}
+
+/// Runs an image natively in the foreground; returns the exit status.
+pub fn run(req: RunRequest) -> Result<i32, RunError> {
+    let (store, rec, image) = resolve_image(&req)?;
     let host = crate::image::manifest::Platform::host();
     if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
         return Err(amphi_err(format!(
@@ -231,15 +243,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         Ok(l) => l,
         Err(e) => {
             pty::unblock_signals(&sigs);
-            let code = if e.contains("executable file not found")
-                || e.contains("No such file or directory") && e.starts_with("exec ")
-            {
-                EXIT_NOT_FOUND
-            } else if e.starts_with("exec ") {
-                EXIT_CANNOT_INVOKE
-            } else {
-                EXIT_AMPHI
-            };
+            let code = launch_error_code(&e);
             let err = RunError { code, message: e };
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
@@ -308,6 +312,20 @@ fn pull_missing(req: &RunRequest) -> Result<crate::image::ImageRecord, RunError>
             req.image
         ))
     })
+}
+
+/// The exit status for a launch error, as docker uses them: 127 when the
+/// command was not found, 126 when it could not be run, else 125.
+pub fn launch_error_code(e: &str) -> i32 {
+    if e.contains("executable file not found")
+        || e.contains("No such file or directory") && e.starts_with("exec ")
+    {
+        EXIT_NOT_FOUND
+    } else if e.starts_with("exec ") {
+        EXIT_CANNOT_INVOKE
+    } else {
+        EXIT_AMPHI
+    }
 }
 
 /// Creates the state root if needed.

@@ -42,6 +42,37 @@ pub fn block_signals() -> Signals {
     }
 }
 
+impl Signals {
+    /// The signalfd (-1 when it could not be made).
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    /// Reads the pending signals off the signalfd; returns their numbers.
+    pub fn drain(&self) -> Vec<i32> {
+        let mut got = Vec::new();
+        let Some(fd) = &self.fd else { return got };
+        let _ = rustix::io::ioctl_fionbio(fd, true);
+        loop {
+            // SAFETY: reading one signalfd_siginfo into a zeroed struct.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    &mut info as *mut _ as *mut libc::c_void,
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                )
+            };
+            if r <= 0 {
+                break;
+            }
+            got.push(info.ssi_signo as i32);
+        }
+        let _ = rustix::io::ioctl_fionbio(fd, false);
+        got
+    }
+}
+
 /// Restores the signal mask.
 pub fn unblock_signals(s: &Signals) {
     // SAFETY: restoring a mask we saved.
@@ -85,12 +116,12 @@ fn copy_winsize(from: i32, to: i32) {
 }
 
 /// Puts our terminal in raw mode for the relay; restores on drop.
-struct RawMode {
+pub struct RawMode {
     saved: Option<rustix::termios::Termios>,
 }
 
 impl RawMode {
-    fn enter() -> RawMode {
+    pub fn enter() -> RawMode {
         let stdin = std::io::stdin();
         let saved = rustix::termios::tcgetattr(stdin.as_fd()).ok();
         if let Some(t) = &saved {

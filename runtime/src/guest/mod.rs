@@ -1,0 +1,591 @@
+//! The guest init: PID 1 inside the microVM.
+//!
+//! The kernel starts the static amphi binary as `/.amphi/init` from the
+//! initramfs (`rdinit=/.amphi/init`). It
+//!
+//! 1. mounts /dev, /proc and /sys, and builds the root the container
+//!    engine needs: a tmpfs holding the image as overlay lower (the
+//!    initramfs copy under `/.amphi/rootfs`, or the read-only ext4 on
+//!    `/dev/vda`, as `amphi.root=` on the command line says), the upper and
+//!    work dirs, and moves it onto `/` (pivot_root cannot leave an
+//!    initramfs, so this is a switch_root without deleting anything);
+//! 2. mounts cgroup2 (the guest is a pure cgroup v2 host);
+//! 3. opens the guest channel (`/dev/hvc0`, raw mode), says
+//!    [`Frame::Ready`], and reads the [`Frame::Start`];
+//! 4. runs the workload with the same container engine and spec as a
+//!    native run, its stdio on pipes (or a pty with `-t`);
+//! 5. relays stdin/stdout/stderr, signals and window size, sends
+//!    [`Frame::Exit`] and, once the host answers [`Frame::Shutdown`] (or
+//!    after a grace period), reboots, which ends the VM (`reboot=t` under
+//!    QEMU with `-no-reboot`, `reboot=k` under amphi's VMM).
+//!
+//! Anything that fails is sent as [`Frame::Error`] when the channel is
+//! open, and printed on the console either way.
+
+use crate::container::launch::{launch, LaunchOptions};
+use crate::vm::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready, StartRequest};
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Where the guest init lives in the initramfs (argv[0] of PID 1).
+pub const INIT: &str = "/.amphi/init";
+/// The new root (a tmpfs) the init builds and moves onto `/`.
+const NEWROOT: &str = "/.amphi/newroot";
+/// The guest channel's device.
+const CHANNEL: &str = "/dev/hvc0";
+/// How long the init waits for the host's [`Frame::Shutdown`] after the exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long output is drained after the workload exits.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Whether this process is the guest init: PID 1 started as [`INIT`].
+pub fn is_guest_init() -> bool {
+    std::process::id() == 1
+        && std::env::args_os()
+            .next()
+            .is_some_and(|a| a.to_string_lossy() == INIT)
+}
+
+/// Runs the guest init; never returns (the VM ends).
+pub fn main() -> ! {
+    let console = Console;
+    let mut chan = None;
+    if let Err(e) = boot(&mut chan) {
+        console.line(&format!("amphi-init: error: {}", e.message));
+        if let Some(c) = chan.as_mut() {
+            let _ = Frame::Error(e).write_to(c);
+            wait_shutdown(c);
+        }
+    }
+    power_off();
+}
+
+/// The kernel console (fd 2 at start, kept as a duplicate).
+struct Console;
+
+impl Console {
+    fn line(&self, s: &str) {
+        let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(CONSOLE_FD) });
+        let _ = writeln!(f, "{s}");
+    }
+}
+
+/// A duplicate of the console the init keeps for its own messages.
+const CONSOLE_FD: RawFd = 9;
+
+fn gerr(m: impl Into<String>) -> GuestError {
+    GuestError {
+        code: crate::run::EXIT_AMPHI,
+        message: m.into(),
+    }
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+fn mount(
+    src: &str,
+    dst: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), GuestError> {
+    let (s, d, t, o) = (cstr(src), cstr(dst), cstr(fstype), cstr(data));
+    // SAFETY: valid C strings; data may be empty.
+    let r = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            d.as_ptr(),
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                t.as_ptr()
+            },
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                o.as_ptr() as *const libc::c_void
+            },
+        )
+    };
+    if r != 0 {
+        return Err(gerr(format!(
+            "mounting {src} ({fstype}) on {dst}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn mkdir(p: &str) -> Result<(), GuestError> {
+    fs::create_dir_all(p).map_err(|e| gerr(format!("creating {p}: {e}")))
+}
+
+/// The value of `amphi.root=` on the kernel command line.
+fn root_kind() -> String {
+    fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("amphi.root=").map(String::from))
+        .unwrap_or_else(|| "initramfs".into())
+}
+
+/// Step 1 and 2: the root filesystem and the basic mounts.
+fn setup_root() -> Result<(), GuestError> {
+    // SAFETY: dup of the console the kernel gave us as fd 2.
+    unsafe {
+        libc::dup2(2, CONSOLE_FD);
+        libc::fcntl(CONSOLE_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    for d in ["/dev", "/proc", "/sys"] {
+        mkdir(d)?;
+    }
+    // devtmpfs may already be there (CONFIG_DEVTMPFS_MOUNT does not apply
+    // to an initramfs root, but tolerate it).
+    let _ = mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )?;
+    mount(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )?;
+
+    mkdir(NEWROOT)?;
+    mount("tmpfs", NEWROOT, "tmpfs", 0, "mode=0755")?;
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        ".amphi/lower",
+        ".amphi/upper",
+        ".amphi/work",
+        ".amphi/rootfs",
+        ".amphi/etc",
+    ] {
+        mkdir(&format!("{NEWROOT}/{d}"))?;
+    }
+    let lower = format!("{NEWROOT}/.amphi/lower");
+    match root_kind().as_str() {
+        "initramfs" => mount(
+            "/.amphi/rootfs",
+            &lower,
+            "",
+            libc::MS_BIND | libc::MS_REC,
+            "",
+        )?,
+        dev => {
+            let path = format!("/dev/{dev}");
+            mount(&path, &lower, "ext4", libc::MS_RDONLY, "")
+                .or_else(|_| mount(&path, &lower, "erofs", libc::MS_RDONLY, ""))?
+        }
+    }
+    // The init binary, for `--init` (bind-mounted into the container).
+    let init = format!("{NEWROOT}{INIT}");
+    File::create(&init).map_err(|e| gerr(format!("{init}: {e}")))?;
+    mount(INIT, &init, "", libc::MS_BIND, "")?;
+    for d in ["dev", "proc", "sys"] {
+        mount(
+            &format!("/{d}"),
+            &format!("{NEWROOT}/{d}"),
+            "",
+            libc::MS_MOVE,
+            "",
+        )?;
+    }
+    std::env::set_current_dir(NEWROOT).map_err(|e| gerr(format!("chdir {NEWROOT}: {e}")))?;
+    mount(".", "/", "", libc::MS_MOVE, "")?;
+    let dot = cstr(".");
+    // SAFETY: chroot into the directory we are in.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
+    }
+    std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
+    mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )?;
+    mkdir("/tmp")?;
+    Ok(())
+}
+
+/// Opens the guest channel in raw mode (no echo, no line editing: frames
+/// are binary).
+fn open_channel() -> Result<File, GuestError> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_noctty()
+        .open(CHANNEL)
+        .map_err(|e| gerr(format!("opening the guest channel {CHANNEL}: {e}")))?;
+    let mut t =
+        rustix::termios::tcgetattr(&f).map_err(|e| gerr(format!("{CHANNEL}: tcgetattr: {e}")))?;
+    t.make_raw();
+    rustix::termios::tcsetattr(&f, rustix::termios::OptionalActions::Now, &t)
+        .map_err(|e| gerr(format!("{CHANNEL}: tcsetattr: {e}")))?;
+    Ok(f)
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+
+impl NoCtty for fs::OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+    }
+}
+
+fn ready() -> Ready {
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Ready { kernel, uptime }
+}
+
+fn boot(chan: &mut Option<File>) -> Result<(), GuestError> {
+    setup_root()?;
+    let c = chan.insert(open_channel()?);
+    Frame::Ready(ready())
+        .write_to(c)
+        .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    let mut dec = Decoder::new();
+    let req = loop {
+        match channel::read_frame(c, &mut dec).map_err(gerr)? {
+            Some(Frame::Start(s)) => break s.parse().map_err(gerr)?,
+            Some(Frame::Shutdown) | None => power_off(),
+            Some(_) => {}
+        }
+    };
+    let status = run_workload(c, dec, req)?;
+    Frame::Exit(status)
+        .write_to(c)
+        .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    wait_shutdown(c);
+    Ok(())
+}
+
+/// Waits (bounded) for the host's [`Frame::Shutdown`] or the channel's end.
+fn wait_shutdown(c: &mut File) {
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let mut buf = [0u8; 4096];
+    let mut dec = Decoder::new();
+    while Instant::now() < deadline {
+        let mut p = libc::pollfd {
+            fd: c.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid fd.
+        if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
+            continue;
+        }
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => dec.push(&buf[..n]),
+        }
+        while let Ok(Some(f)) = dec.next_frame() {
+            if f == Frame::Shutdown {
+                return;
+            }
+        }
+    }
+}
+
+/// Ends the VM.
+fn power_off() -> ! {
+    // SAFETY: sync and reboot are always safe to call as PID 1.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), GuestError> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| gerr(format!("pipe: {e}")))
+}
+
+fn dup2(from: RawFd, to: RawFd) {
+    // SAFETY: dup2 between fds we own.
+    unsafe { libc::dup2(from, to) };
+}
+
+/// Where the workload's input goes.
+enum Input {
+    Pipe(OwnedFd),
+    Pty(RawFd),
+}
+
+/// Writes stdin data in its own thread, so a workload that does not read
+/// its input never stalls the relay of its output.
+fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+    std::thread::spawn(move || {
+        let fd = match &input {
+            Input::Pipe(p) => p.as_raw_fd(),
+            Input::Pty(m) => *m,
+        };
+        let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+        while let Ok(Some(data)) = rx.recv() {
+            if f.write_all(&data).is_err() {
+                break;
+            }
+        }
+        // End of input: close the pipe, or ^D on a pty.
+        if let Input::Pty(_) = input {
+            let _ = f.write_all(&[4]);
+        }
+        drop(input);
+    });
+    tx
+}
+
+fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitStatus, GuestError> {
+    for (path, content) in &req.files {
+        if let Some(parent) = Path::new(path).parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        fs::write(path, content).map_err(|e| gerr(format!("writing {path}: {e}")))?;
+    }
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec.clone())
+        .map_err(|e| gerr(format!("the runtime spec from the host: {e}")))?;
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "/.amphi/rootfs".into());
+    let terminal = spec
+        .process()
+        .as_ref()
+        .is_some_and(|p| p.terminal().unwrap_or(false));
+
+    // The workload's stdio: pipes (or the pty the engine makes with -t).
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| gerr(format!("/dev/null: {e}")))?;
+    let mut outputs: Vec<(OwnedFd, bool)> = Vec::new();
+    let mut stdin_pipe = None;
+    if !terminal {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        if req.stdin {
+            let (in_r, in_w) = pipe()?;
+            dup2(in_r.as_raw_fd(), 0);
+            stdin_pipe = Some(in_w);
+        } else {
+            dup2(null.as_raw_fd(), 0);
+        }
+        dup2(out_w.as_raw_fd(), 1);
+        dup2(err_w.as_raw_fd(), 2);
+        outputs.push((out_r, false));
+        outputs.push((err_r, true));
+    } else {
+        dup2(null.as_raw_fd(), 0);
+        dup2(null.as_raw_fd(), 1);
+        dup2(null.as_raw_fd(), 2);
+    }
+    let sigs = crate::run::pty_signals();
+    let launched = launch(
+        &spec,
+        &rootfs,
+        LaunchOptions {
+            id: req.id.clone(),
+            exec_fifo: None,
+            console_socket: None,
+            user_lookup: req.user_lookup.clone(),
+            preserve_fds: 0,
+            state_template: serde_json::json!({
+                "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
+            }),
+            owns_cgroup: true,
+        },
+    );
+    // Our own stdio back to nothing: the pipes' write ends live only in
+    // the workload now, so its exit ends them.
+    dup2(null.as_raw_fd(), 0);
+    dup2(null.as_raw_fd(), 1);
+    dup2(null.as_raw_fd(), 2);
+    let launched = launched.map_err(|e| GuestError {
+        code: crate::run::launch_error_code(&e),
+        message: e,
+    })?;
+    let pid = launched.pid;
+    let pty = launched.pty;
+    if let Some(m) = &pty {
+        outputs.push((m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?, false));
+    }
+    let input = match (&pty, stdin_pipe) {
+        (Some(m), _) => Some(Input::Pty(m.as_raw_fd())),
+        (None, Some(p)) => Some(Input::Pipe(p)),
+        (None, None) => None,
+    };
+    let stdin_tx = input.map(stdin_writer);
+    let pty_fd = pty.as_ref().map(|m| m.as_raw_fd());
+
+    // Frames from the host, read in their own thread.
+    let mut reader = c
+        .try_clone()
+        .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    std::thread::spawn(move || {
+        let mut dec = dec;
+        let mut stdin_tx = stdin_tx;
+        loop {
+            match channel::read_frame(&mut reader, &mut dec) {
+                Ok(Some(Frame::Stdin(b))) => {
+                    if let Some(tx) = &stdin_tx {
+                        let _ = tx.send(Some(b));
+                    }
+                }
+                Ok(Some(Frame::StdinEof)) => {
+                    if let Some(tx) = stdin_tx.take() {
+                        let _ = tx.send(None);
+                    }
+                }
+                Ok(Some(Frame::Signal(s))) => {
+                    // SAFETY: signalling the workload's init.
+                    unsafe { libc::kill(pid, s) };
+                }
+                Ok(Some(Frame::Resize { rows, cols })) => {
+                    if let Some(m) = pty_fd {
+                        let ws = libc::winsize {
+                            ws_row: rows,
+                            ws_col: cols,
+                            ws_xpixel: 0,
+                            ws_ypixel: 0,
+                        };
+                        // SAFETY: TIOCSWINSZ with a valid winsize.
+                        unsafe { libc::ioctl(m, libc::TIOCSWINSZ, &ws) };
+                    }
+                }
+                Ok(Some(Frame::Shutdown)) => power_off(),
+                Ok(Some(_)) => {}
+                // The host went away: nobody is left to report to.
+                Ok(None) | Err(_) => {
+                    // SAFETY: killing the workload before the VM ends.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    power_off();
+                }
+            }
+        }
+    });
+
+    let mut code = relay(c, pid, &mut outputs, &sigs);
+    let oom_killed = launched.cgroup.oom_killed();
+    if oom_killed {
+        code = 137;
+    }
+    let _ = launched.cgroup.remove();
+    Ok(ExitStatus { code, oom_killed })
+}
+
+/// Relays the workload's output until it exits; returns its status.
+fn relay(
+    c: &mut File,
+    pid: i32,
+    outputs: &mut Vec<(OwnedFd, bool)>,
+    sigs: &crate::run::Signals,
+) -> i32 {
+    let mut buf = vec![0u8; channel::CHUNK];
+    let mut status = None;
+    let mut drain_until = None;
+    loop {
+        if let Some(d) = drain_until {
+            if outputs.is_empty() || Instant::now() >= d {
+                break;
+            }
+        }
+        let mut fds: Vec<libc::pollfd> = outputs
+            .iter()
+            .map(|(f, _)| libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let sfd = sigs.raw_fd();
+        fds.push(libc::pollfd {
+            fd: sfd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let timeout = if drain_until.is_some() { 100 } else { 1000 };
+        // SAFETY: poll on a valid array.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            continue;
+        }
+        let mut closed = Vec::new();
+        for (i, (f, is_err)) in outputs.iter().enumerate() {
+            if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+                continue;
+            }
+            let mut file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) });
+            match file.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    let data = buf[..n].to_vec();
+                    let frame = if *is_err {
+                        Frame::Stderr(data)
+                    } else {
+                        Frame::Stdout(data)
+                    };
+                    let _ = frame.write_to(c);
+                }
+                Ok(_) => closed.push(i),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            outputs.remove(i);
+        }
+        if fds[fds.len() - 1].revents & libc::POLLIN != 0 {
+            sigs.drain();
+        }
+        // PID 1 reaps everything; only the workload's status counts.
+        loop {
+            let mut st = 0;
+            // SAFETY: waitpid with a valid pointer.
+            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+            if r == pid {
+                status = Some(crate::run::decode_status(st));
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+        }
+        if status.is_some() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + DRAIN);
+        }
+    }
+    status.unwrap_or(crate::run::EXIT_AMPHI)
+}

@@ -1,0 +1,284 @@
+//! The two ways to run the microVM: amphi's own VMM (`amphi vmm`, its own
+//! process) and `qemu-system-x86_64 -M microvm` (with KVM when usable,
+//! else software emulation). Both get the same kernel, initrd, disk,
+//! command line and guest channel (a virtio-console connected to a unix
+//! socket amphi listens on).
+
+use amphi_vmm::KvmKind;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// `--vm-backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Builtin,
+    Qemu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "builtin" => Ok(BackendChoice::Builtin),
+            "qemu" => Ok(BackendChoice::Qemu),
+            _ => Err(format!(
+                "unknown VM backend {s:?} (expected auto, builtin or qemu)"
+            )),
+        }
+    }
+}
+
+/// The backend a run uses, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Builtin,
+    Qemu { kvm: bool },
+}
+
+impl Backend {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Backend::Builtin => "amphi's VMM (KVM)",
+            Backend::Qemu { kvm: true } => "QEMU microvm (KVM)",
+            Backend::Qemu { kvm: false } => "QEMU microvm (TCG, software emulation)",
+        }
+    }
+}
+
+/// Picks the backend: amphi's VMM on hardware KVM, or on PVM with a
+/// PVM-enabled kernel; QEMU otherwise (with KVM only on hardware KVM: a
+/// stock kernel on PVM crawls through instruction emulation).
+/// Returns the backend and, for software emulation, the notice to print.
+pub fn choose(
+    choice: BackendChoice,
+    kvm: KvmKind,
+    kernel_pvm: bool,
+    kernel: &str,
+) -> (Backend, Option<String>) {
+    let qemu = || {
+        let hw = kvm == KvmKind::Hardware;
+        let notice = (!hw).then(|| {
+            let why = match kvm {
+                KvmKind::Pvm => format!(
+                    "/dev/kvm is PVM (KVM without hardware virtualization) and guest kernel {kernel} is not PVM-enabled"
+                ),
+                KvmKind::None => "there is no /dev/kvm".to_string(),
+                _ => "/dev/kvm is not usable hardware KVM".to_string(),
+            };
+            format!(
+                "amphi: notice: {why}; the microVM runs under QEMU in software emulation (TCG), which is much slower than KVM"
+            )
+        });
+        (Backend::Qemu { kvm: hw }, notice)
+    };
+    match choice {
+        BackendChoice::Builtin => (Backend::Builtin, None),
+        BackendChoice::Qemu => qemu(),
+        BackendChoice::Auto => match kvm {
+            KvmKind::Hardware => (Backend::Builtin, None),
+            KvmKind::Pvm if kernel_pvm => (Backend::Builtin, None),
+            _ => qemu(),
+        },
+    }
+}
+
+/// What both backends are given.
+pub struct VmSpec<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    pub disk: Option<&'a Path>,
+    pub cmdline: String,
+    pub mem_mib: u64,
+    pub vcpus: u32,
+    pub channel: &'a Path,
+    pub console_log: &'a Path,
+    pub backend_log: &'a Path,
+}
+
+/// The host's TSC frequency in kHz (from /proc/cpuinfo): the guest kernel
+/// is told it with `tsc_early_khz=`, since calibrating the TSC under
+/// software emulation often hangs.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
+
+/// The kernel command line both backends boot with.
+pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
+    let mut c = format!(
+        "console=ttyS0 quiet panic=-1 rdinit={} {root}",
+        crate::guest::INIT
+    );
+    match backend {
+        // No ACPI under microvm: a triple fault ends the VM (-no-reboot).
+        Backend::Qemu { kvm } => {
+            c.push_str(" reboot=t");
+            if !kvm {
+                if let Some(khz) = host_tsc_khz() {
+                    c.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+            }
+        }
+        // The VMM ends the VM on an i8042 reset.
+        Backend::Builtin => {
+            c.push_str(" reboot=k pci=off i8042.noaux i8042.nomux i8042.dumbkbd");
+        }
+    }
+    if !extra.is_empty() {
+        c.push(' ');
+        c.push_str(extra);
+    }
+    c
+}
+
+/// The backend's command, ready to spawn.
+pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
+    let mut cmd = match backend {
+        Backend::Builtin => {
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot find amphi's own binary for the VMM: {e}"))?;
+            let mut c = Command::new(exe);
+            c.arg("vmm")
+                .arg("--kernel")
+                .arg(s.kernel)
+                .arg("--initrd")
+                .arg(s.initrd)
+                .arg("--cmdline")
+                .arg(&s.cmdline)
+                .arg("--mem")
+                .arg(s.mem_mib.to_string())
+                .arg("--vcpus")
+                .arg(s.vcpus.to_string())
+                .arg("--console")
+                .arg(s.channel)
+                .arg("--serial")
+                .arg("stdout");
+            if let Some(d) = s.disk {
+                let mut arg = d.as_os_str().to_owned();
+                arg.push(",ro");
+                c.arg("--disk").arg(arg);
+            }
+            c.stdout(log_file(s.console_log)?);
+            c
+        }
+        Backend::Qemu { kvm } => {
+            let mut c = Command::new(qemu_binary());
+            c.args([
+                "-M",
+                "microvm,rtc=on,acpi=off",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ]);
+            if *kvm {
+                c.args(["-accel", "kvm", "-cpu", "host"]);
+            } else {
+                c.args(["-accel", "tcg"]);
+            }
+            c.arg("-m")
+                .arg(s.mem_mib.to_string())
+                .arg("-smp")
+                .arg(s.vcpus.to_string())
+                .arg("-kernel")
+                .arg(s.kernel)
+                .arg("-initrd")
+                .arg(s.initrd)
+                .arg("-append")
+                .arg(&s.cmdline)
+                .arg("-serial")
+                .arg(format!("file:{}", s.console_log.display()))
+                .arg("-chardev")
+                .arg(format!("socket,id=chan,path={}", s.channel.display()))
+                .args([
+                    "-device",
+                    "virtio-serial-device",
+                    "-device",
+                    "virtconsole,chardev=chan",
+                ]);
+            if let Some(d) = s.disk {
+                c.arg("-drive")
+                    .arg(format!(
+                        "file={},format=raw,if=none,readonly=on,id=root",
+                        d.display()
+                    ))
+                    .args(["-device", "virtio-blk-device,drive=root"]);
+            }
+            c.stdout(Stdio::null());
+            c
+        }
+    };
+    cmd.stdin(Stdio::null()).stderr(log_file(s.backend_log)?);
+    // SAFETY: async-signal-safe calls between fork and exec: the backend
+    // gets its own process group (a ^C on the terminal goes to amphi,
+    // which forwards it to the workload, not to the VM) and dies with amphi.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+fn log_file(p: &Path) -> Result<std::fs::File, String> {
+    std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// `$AMPHI_QEMU`, else `qemu-system-x86_64` from PATH.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("AMPHI_QEMU")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_builtin_only_where_kvm_serves_the_kernel() {
+        use BackendChoice::*;
+        let c = |ch, k, pvm| choose(ch, k, pvm, "6.12.117");
+        assert_eq!(c(Auto, KvmKind::Hardware, false).0, Backend::Builtin);
+        assert_eq!(c(Auto, KvmKind::Pvm, true).0, Backend::Builtin);
+        let (b, notice) = c(Auto, KvmKind::Pvm, false);
+        assert_eq!(b, Backend::Qemu { kvm: false });
+        assert!(notice.unwrap().contains("6.12.117 is not PVM-enabled"));
+        assert_eq!(
+            c(Auto, KvmKind::None, false).0,
+            Backend::Qemu { kvm: false }
+        );
+        assert_eq!(
+            c(Qemu, KvmKind::Hardware, false),
+            (Backend::Qemu { kvm: true }, None)
+        );
+        assert_eq!(c(Builtin, KvmKind::None, false).0, Backend::Builtin);
+        assert!("bogus"
+            .parse::<BackendChoice>()
+            .unwrap_err()
+            .contains("auto, builtin or qemu"));
+    }
+
+    #[test]
+    fn command_lines_end_the_vm_the_backends_way() {
+        let q = cmdline(&Backend::Qemu { kvm: false }, "amphi.root=vda", "");
+        assert!(q.contains("reboot=t") && q.contains("rdinit=/.amphi/init amphi.root=vda"));
+        let b = cmdline(&Backend::Builtin, "amphi.root=initramfs", "loglevel=7");
+        assert!(b.contains("reboot=k") && b.ends_with(" loglevel=7") && !b.contains("tsc_early"));
+    }
+}

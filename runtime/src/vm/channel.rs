@@ -1,0 +1,331 @@
+//! The guest channel: one virtio-console port carrying length-prefixed
+//! frames between amphi on the host and the guest init (PID 1 in the VM).
+//!
+//! A frame is a 1-byte kind, a 4-byte little-endian payload length, and the
+//! payload. The same framing runs over amphi's VMM and over QEMU, whose
+//! virtio-console ends in a unix socket on the host and in `/dev/hvc0`
+//! (a tty in raw mode) in the guest.
+//!
+//! Host to guest: [`Frame::Start`], then any of [`Frame::Stdin`],
+//! [`Frame::StdinEof`], [`Frame::Signal`], [`Frame::Resize`], and
+//! [`Frame::Shutdown`] once the host has the exit status.
+//! Guest to host: [`Frame::Ready`] once the guest init is up, then
+//! [`Frame::Stdout`], [`Frame::Stderr`], [`Frame::Log`], and finally
+//! [`Frame::Exit`] or [`Frame::Error`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+/// The largest payload either side sends or accepts. Output is chunked
+/// well below it; a start frame (spec + files) fits easily.
+pub const MAX_PAYLOAD: usize = 4 << 20;
+/// How much output one data frame carries at most.
+pub const CHUNK: usize = 32 * 1024;
+
+const K_START: u8 = 1;
+const K_STDIN: u8 = 2;
+const K_STDIN_EOF: u8 = 3;
+const K_SIGNAL: u8 = 4;
+const K_RESIZE: u8 = 5;
+const K_SHUTDOWN: u8 = 6;
+const K_READY: u8 = 16;
+const K_STDOUT: u8 = 17;
+const K_STDERR: u8 = 18;
+const K_EXIT: u8 = 19;
+const K_ERROR: u8 = 20;
+const K_LOG: u8 = 21;
+
+/// What the guest needs to run the workload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Container id (the host's).
+    pub id: String,
+    /// The OCI runtime spec, built on the host by the same code as a
+    /// native run, with guest paths.
+    pub spec: serde_json::Value,
+    /// docker-style user name to resolve in the image (`-u NAME`).
+    pub user_lookup: Option<String>,
+    /// Files to write in the guest before the start (absolute guest path →
+    /// content): the generated /etc/hosts, hostname, resolv.conf.
+    pub files: BTreeMap<String, String>,
+    /// Whether host stdin is forwarded (`-i`); without it the workload's
+    /// stdin is /dev/null.
+    pub stdin: bool,
+}
+
+/// The guest init is up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ready {
+    /// `uname -r` of the guest kernel.
+    pub kernel: String,
+    /// Seconds since the guest kernel started (from /proc/uptime).
+    pub uptime: f64,
+}
+
+/// How the workload ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitStatus {
+    /// The exit code, or 128+signal.
+    pub code: i32,
+    /// The container's cgroup saw an OOM kill.
+    pub oom_killed: bool,
+}
+
+/// A failure before or while starting the workload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestError {
+    /// The exit status the CLI should use (125, 126, 127).
+    pub code: i32,
+    pub message: String,
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Start(Box<StartRequestJson>),
+    Stdin(Vec<u8>),
+    StdinEof,
+    Signal(i32),
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// The host has the exit status: the guest may power off.
+    Shutdown,
+    Ready(Ready),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+    Error(GuestError),
+    Log(String),
+}
+
+/// A start request kept as JSON text (so frames stay comparable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRequestJson(pub String);
+
+impl StartRequestJson {
+    pub fn new(r: &StartRequest) -> Self {
+        StartRequestJson(serde_json::to_string(r).unwrap_or_default())
+    }
+    pub fn parse(&self) -> Result<StartRequest, String> {
+        serde_json::from_str(&self.0).map_err(|e| format!("malformed start request: {e}"))
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Frame {
+    fn kind_and_payload(&self) -> (u8, Vec<u8>) {
+        match self {
+            Frame::Start(s) => (K_START, s.0.as_bytes().to_vec()),
+            Frame::Stdin(b) => (K_STDIN, b.clone()),
+            Frame::StdinEof => (K_STDIN_EOF, vec![]),
+            Frame::Signal(s) => (K_SIGNAL, s.to_le_bytes().to_vec()),
+            Frame::Resize { rows, cols } => {
+                let mut v = rows.to_le_bytes().to_vec();
+                v.extend_from_slice(&cols.to_le_bytes());
+                (K_RESIZE, v)
+            }
+            Frame::Shutdown => (K_SHUTDOWN, vec![]),
+            Frame::Ready(r) => (K_READY, json(r)),
+            Frame::Stdout(b) => (K_STDOUT, b.clone()),
+            Frame::Stderr(b) => (K_STDERR, b.clone()),
+            Frame::Exit(e) => (K_EXIT, json(e)),
+            Frame::Error(e) => (K_ERROR, json(e)),
+            Frame::Log(s) => (K_LOG, s.as_bytes().to_vec()),
+        }
+    }
+
+    /// The frame's bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload) = self.kind_and_payload();
+        let mut v = Vec::with_capacity(5 + payload.len());
+        v.push(kind);
+        v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        v.extend_from_slice(&payload);
+        v
+    }
+
+    /// Writes the frame in one piece.
+    pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        w.write_all(&self.encode())?;
+        w.flush()
+    }
+
+    fn decode(kind: u8, p: Vec<u8>) -> Result<Frame, String> {
+        let bad = |what: &str| format!("malformed {what} frame ({} bytes)", p.len());
+        Ok(match kind {
+            K_START => Frame::Start(Box::new(StartRequestJson(
+                String::from_utf8(p.clone()).map_err(|_| bad("start"))?,
+            ))),
+            K_STDIN => Frame::Stdin(p),
+            K_STDIN_EOF => Frame::StdinEof,
+            K_SIGNAL => Frame::Signal(i32::from_le_bytes(
+                p.as_slice().try_into().map_err(|_| bad("signal"))?,
+            )),
+            K_RESIZE => {
+                if p.len() != 4 {
+                    return Err(bad("resize"));
+                }
+                Frame::Resize {
+                    rows: u16::from_le_bytes([p[0], p[1]]),
+                    cols: u16::from_le_bytes([p[2], p[3]]),
+                }
+            }
+            K_SHUTDOWN => Frame::Shutdown,
+            K_READY => Frame::Ready(serde_json::from_slice(&p).map_err(|_| bad("ready"))?),
+            K_STDOUT => Frame::Stdout(p),
+            K_STDERR => Frame::Stderr(p),
+            K_EXIT => Frame::Exit(serde_json::from_slice(&p).map_err(|_| bad("exit"))?),
+            K_ERROR => Frame::Error(serde_json::from_slice(&p).map_err(|_| bad("error"))?),
+            K_LOG => Frame::Log(String::from_utf8_lossy(&p).into_owned()),
+            k => return Err(format!("unknown frame kind {k}")),
+        })
+    }
+}
+
+/// Reassembles frames from a byte stream that arrives in arbitrary pieces.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds bytes that arrived.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, if one is there. A length over
+    /// [`MAX_PAYLOAD`] or an unknown kind is an error: the stream cannot be
+    /// resynchronised after it.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(format!(
+                "guest channel: a frame of {len} bytes is over the {MAX_PAYLOAD}-byte limit"
+            ));
+        }
+        if self.buf.len() < 5 + len {
+            return Ok(None);
+        }
+        let kind = self.buf[0];
+        let payload = self.buf[5..5 + len].to_vec();
+        self.buf.drain(..5 + len);
+        Frame::decode(kind, payload).map(Some)
+    }
+}
+
+/// Reads one whole frame from a blocking reader; `Ok(None)` at a clean end
+/// of stream between frames.
+pub fn read_frame(r: &mut impl Read, dec: &mut Decoder) -> Result<Option<Frame>, String> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(f) = dec.next_frame()? {
+            return Ok(Some(f));
+        }
+        match r.read(&mut buf) {
+            Ok(0) if dec.buf.is_empty() => return Ok(None),
+            Ok(0) => return Err("guest channel: the stream ended inside a frame".into()),
+            Ok(n) => dec.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("guest channel: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Frame> {
+        vec![
+            Frame::Start(Box::new(StartRequestJson::new(&StartRequest {
+                id: "abc".into(),
+                spec: serde_json::json!({"ociVersion": "1.2.0"}),
+                user_lookup: Some("nobody".into()),
+                files: [("/x".to_string(), "y".to_string())].into(),
+                stdin: true,
+            }))),
+            Frame::Stdin(b"in\0put".to_vec()),
+            Frame::StdinEof,
+            Frame::Signal(15),
+            Frame::Resize {
+                rows: 40,
+                cols: 120,
+            },
+            Frame::Shutdown,
+            Frame::Ready(Ready {
+                kernel: "6.12.117".into(),
+                uptime: 0.5,
+            }),
+            Frame::Stdout(vec![0xff; 100]),
+            Frame::Stderr(vec![]),
+            Frame::Exit(ExitStatus {
+                code: 137,
+                oom_killed: true,
+            }),
+            Frame::Error(GuestError {
+                code: 127,
+                message: "not found".into(),
+            }),
+            Frame::Log("hello".into()),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips_even_byte_by_byte() {
+        let frames = all();
+        let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+        let mut dec = Decoder::new();
+        let mut got = vec![];
+        for b in &wire {
+            dec.push(std::slice::from_ref(b));
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        let mut r = &wire[..];
+        let mut dec = Decoder::new();
+        let mut got = vec![];
+        while let Some(f) = read_frame(&mut r, &mut dec).unwrap() {
+            got.push(f);
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let mut dec = Decoder::new();
+        dec.push(&[99, 0, 0, 0, 0]);
+        assert!(dec
+            .next_frame()
+            .unwrap_err()
+            .contains("unknown frame kind 99"));
+        let mut dec = Decoder::new();
+        dec.push(&[K_STDOUT, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(dec.next_frame().unwrap_err().contains("limit"));
+        let mut dec = Decoder::new();
+        dec.push(&[K_SIGNAL, 2, 0, 0, 0, 1, 2]);
+        assert!(dec.next_frame().unwrap_err().contains("malformed signal"));
+        let mut dec = Decoder::new();
+        dec.push(&[K_EXIT, 2, 0, 0, 0, b'{', b'x']);
+        assert!(dec.next_frame().unwrap_err().contains("malformed exit"));
+        let mut r: &[u8] = &[K_STDOUT, 10, 0, 0, 0, 1];
+        assert!(read_frame(&mut r, &mut Decoder::new())
+            .unwrap_err()
+            .contains("inside a frame"));
+    }
+}

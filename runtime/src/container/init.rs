@@ -69,6 +69,24 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     if a.in_userns {
         set_ids(0, 0)?;
     }
+    // Now that the parent has put us in our cgroup, a new cgroup namespace
+    // has it as its root (as runc does): the container sees its own
+    // limits at /sys/fs/cgroup.
+    let new_cgroupns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| {
+            n.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+        });
+    // SAFETY: unshare of our own cgroup namespace.
+    if new_cgroupns && unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(format!(
+            "creating the cgroup namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
 
     let process = spec.process().as_ref().ok_or("no process")?;

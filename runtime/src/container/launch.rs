@@ -139,6 +139,9 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     let mut joins = Vec::new();
     for ns in &namespaces {
         match ns.path() {
+            // A new cgroup namespace is made by the child once it is in its
+            // cgroup (see init), so that cgroup becomes the namespace's root.
+            None if ns.typ() == LinuxNamespaceType::Cgroup => {}
             None => flags |= ns_flag(ns.typ()),
             Some(p) => joins.push((p.clone(), ns.typ())),
         }

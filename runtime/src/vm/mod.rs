@@ -341,9 +341,17 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
     );
     crate::run::pty_unblock(&sigs);
     let t = Instant::now();
-    let result = result.map_err(|e| RunError {
-        code: e.code,
-        message: with_logs(e.message, &run_dir),
+    // The console tells why a VM died; a timeout or the workload's own
+    // error needs no kernel log.
+    let result = result.map_err(|e| match e.code {
+        EXIT_TIMEOUT => e,
+        _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
+            RunError {
+                code: e.code,
+                message: with_logs(e.message, &run_dir),
+            }
+        }
+        _ => e,
     });
     drop(cleanup);
     timing.teardown = t.elapsed();

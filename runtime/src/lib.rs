@@ -4,6 +4,7 @@
 //! and the `amphi` binary (`src/main.rs`, with the CLI in [`cli`]).
 
 pub mod cli;
+pub mod compare;
 pub mod container;
 pub mod guest;
 pub mod guestfs;

@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. Kept thin.
 
+mod compare;
 mod images;
 mod kernel;
 mod oci;
@@ -68,6 +69,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new container from an image
     Run(Box<run::RunArgs>),
+    /// Run a workload natively and in a microVM, and show what differs
+    Compare(Box<compare::CompareArgs>),
     /// Pull an image from a registry into the local store
     #[command(
         after_help = "Examples:\n  amphi pull 127.0.0.1:5000/demo/busybox:latest\n  \
@@ -261,6 +264,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Kernel(a) => kernel::run(&store_root, a),
+        Command::Compare(a) => compare::run(&store_root, &cli.root, *a),
         c => done(run_image_command(c, &store_root)),
     }
 }
@@ -343,7 +347,8 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Init { .. }
         | Command::Vmm(_)
         | Command::Spec(_)
-        | Command::Kernel(_) => unreachable!("handled above"),
+        | Command::Kernel(_)
+        | Command::Compare(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),

@@ -271,6 +271,19 @@ impl Cgroup {
     }
 
     /// Whether the kernel OOM-killed something in this cgroup.
+    /// The most memory the cgroup ever used, in bytes (`memory.peak` on
+    /// cgroup v2, `memory.max_usage_in_bytes` on v1), when the kernel says.
+    pub fn memory_peak(&self) -> Option<u64> {
+        let file = match self.mode {
+            Mode::Unified => Path::new(ROOT).join(&self.path).join("memory.peak"),
+            Mode::Legacy => Path::new(ROOT)
+                .join("memory")
+                .join(&self.path)
+                .join("memory.max_usage_in_bytes"),
+        };
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
     pub fn oom_killed(&self) -> bool {
         let (file, key) = match self.mode {
             Mode::Unified => (

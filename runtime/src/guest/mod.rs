@@ -503,8 +503,13 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     if oom_killed {
         code = 137;
     }
+    let peak_memory = launched.cgroup.memory_peak();
     let _ = launched.cgroup.remove();
-    Ok(ExitStatus { code, oom_killed })
+    Ok(ExitStatus {
+        code,
+        oom_killed,
+        peak_memory,
+    })
 }
 
 /// Relays the workload's output until it exits; returns its status.

@@ -5,6 +5,7 @@ mod detach;
 pub mod manage;
 mod pty;
 pub mod records;
+pub mod report;
 pub mod tiny_init;
 
 pub use pty::{
@@ -122,6 +123,7 @@ pub fn resolve_image(
 
 /// Runs an image natively in the foreground; returns the exit status.
 pub fn run(req: RunRequest) -> Result<i32, RunError> {
+    let t0 = std::time::Instant::now();
     let (store, rec, image) = resolve_image(&req)?;
     let host = crate::image::manifest::Platform::host();
     if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
@@ -271,9 +273,29 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         detach::report(tx, Ok(()));
     }
 
+    let t_started = std::time::Instant::now();
     let mut status = pty::wait(launched.pid, launched.pty, &sigs);
     pty::unblock_signals(&sigs);
+    let run_time = t_started.elapsed();
     let oom = launched.cgroup.oom_killed();
+    if report::target().is_some() {
+        report::RunReport {
+            isolation: "container".into(),
+            exit_code: if oom { 137 } else { status },
+            oom_killed: oom,
+            kernel: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            peak_memory: launched.cgroup.memory_peak(),
+            setup_ms: report::ms(t_started - t0),
+            boot_ms: 0.0,
+            run_ms: report::ms(run_time),
+            total_ms: report::ms(t0.elapsed()),
+            backend: None,
+        }
+        .write();
+    }
     if oom {
         eprintln!(
             "amphi: container {} was killed by the kernel OOM killer (memory limit reached)",

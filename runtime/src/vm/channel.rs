@@ -70,6 +70,9 @@ pub struct ExitStatus {
     pub code: i32,
     /// The container's cgroup saw an OOM kill.
     pub oom_killed: bool,
+    /// The container cgroup's peak memory use, in bytes.
+    #[serde(default)]
+    pub peak_memory: Option<u64>,
 }
 
 /// A failure before or while starting the workload.
@@ -275,6 +278,7 @@ mod tests {
             Frame::Exit(ExitStatus {
                 code: 137,
                 oom_killed: true,
+                peak_memory: Some(1 << 20),
             }),
             Frame::Error(GuestError {
                 code: 127,

@@ -108,9 +108,15 @@ struct Timing {
     rootfs: Duration,
     rootfs_cached: bool,
     vm_start: Duration,
+    /// Everything before the backend was spawned, plus spawning it.
+    setup: Duration,
     boot: Duration,
     workload: Duration,
     teardown: Duration,
+    /// `uname -r` in the guest, from its ready frame.
+    guest_kernel: String,
+    peak_memory: Option<u64>,
+    oom_killed: bool,
 }
 
 /// Everything a run leaves, removed on drop: the backend is killed and
@@ -327,6 +333,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
     };
     cleanup.child = Some(child);
     timing.vm_start = t.elapsed();
+    timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
     let result = session(
         &mut cleanup,
         &listener,
@@ -355,6 +362,22 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
     });
     drop(cleanup);
     timing.teardown = t.elapsed();
+    if let Ok(code) = &result {
+        let ms = crate::run::report::ms;
+        crate::run::report::RunReport {
+            isolation: "vm".into(),
+            exit_code: *code,
+            oom_killed: timing.oom_killed,
+            kernel: timing.guest_kernel.clone(),
+            peak_memory: timing.peak_memory,
+            setup_ms: ms(timing.setup),
+            boot_ms: ms(timing.boot),
+            run_ms: ms(timing.workload),
+            total_ms: ms(timing.start.map(|s| s.elapsed()).unwrap_or_default()),
+            backend: Some(backend.describe().to_string()),
+        }
+        .write();
+    }
     if std::env::var_os("AMPHI_VM_TIMING").is_some() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
@@ -480,6 +503,7 @@ fn session(
                     ready = true;
                     timing.boot = boot_start.elapsed();
                     tracing::info!(kernel = %r.kernel, uptime = r.uptime, "guest init ready");
+                    timing.guest_kernel = r.kernel.clone();
                     send(&writer, &Frame::Start(Box::new(start.clone())))
                         .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
                     if tty {
@@ -504,6 +528,8 @@ fn session(
                 Frame::Log(l) => tracing::info!(guest = %l),
                 Frame::Exit(e) => {
                     timing.workload = boot_start.elapsed() - timing.boot;
+                    timing.peak_memory = e.peak_memory;
+                    timing.oom_killed = e.oom_killed;
                     drop(_raw.take());
                     let _ = send(&writer, &Frame::Shutdown);
                     cleanup.stop_backend(Duration::from_secs(3));

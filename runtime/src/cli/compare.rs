@@ -1,0 +1,118 @@
+//! `amphi compare`.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::Path;
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  amphi compare localhost/demo/busybox uname -r\n  \
+    amphi compare --json localhost/demo/busybox sh -c 'uname -r; head -3 /proc/cpuinfo'\n  \
+    amphi compare --kernel 6.1 --memory 128m IMAGE CMD\n\n\
+    The workload runs twice, `amphi run --rm --isolation container` then `--isolation vm`, \
+    with the same flags. Exit status: 0 when exit status, kernel and output are the same, \
+    1 when they differ, 125 when amphi could not compare."
+)]
+pub struct CompareArgs {
+    /// Print the comparison as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Set an environment variable (NAME=VALUE)
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: NAME, UID, NAME:GROUP or UID:GID
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Memory limit for both runs (e.g. 128m)
+    #[arg(short, long, value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// Number of CPUs for both runs
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// microVM side: the guest kernel (catalog ID or version, or a file)
+    #[arg(long, value_name = "KERNEL")]
+    pub kernel: Option<String>,
+    /// microVM side: auto, builtin or qemu
+    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
+    pub vm_backend: Option<String>,
+    /// microVM side: stop the workload after this many seconds
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<String>,
+    /// Image to run
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Command and arguments (default: the image's)
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
+pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> {
+    let exe = std::env::current_exe().context("finding amphi's own binary")?;
+    let mut common = Vec::new();
+    for e in &a.env {
+        common.extend(["-e".to_string(), e.clone()]);
+    }
+    for (flag, v) in [
+        ("-w", &a.workdir),
+        ("-u", &a.user),
+        ("--memory", &a.memory),
+        ("--cpus", &a.cpus),
+    ] {
+        if let Some(v) = v {
+            common.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    let mut vm_flags = common.clone();
+    for (flag, v) in [
+        ("--kernel", &a.kernel),
+        ("--vm-backend", &a.vm_backend),
+        ("--timeout", &a.timeout),
+    ] {
+        if let Some(v) = v {
+            vm_flags.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    // The child runs use this store and state root whatever set them.
+    std::env::set_var("AMPHI_ROOT", store_root);
+    std::env::set_var("AMPHI_STATE", state_root);
+    let tmp = std::env::temp_dir().join(format!("amphi-compare-{}", std::process::id()));
+    let side = |iso: &str, flags: &[String]| {
+        crate::compare::run_side(
+            &exe,
+            iso,
+            flags,
+            &a.image,
+            &a.command,
+            &tmp.with_extension(iso),
+        )
+        .map_err(anyhow::Error::msg)
+    };
+    let container = side("container", &common)?;
+    let vm = side("vm", &vm_flags)?;
+    for s in [&container, &vm] {
+        if s.report.is_none() {
+            anyhow::bail!(
+                "the {} run failed before the workload ran (exit status {}):\n{}",
+                s.isolation,
+                s.exit_code,
+                s.stderr.trim_end()
+            );
+        }
+    }
+    let c = crate::compare::compare(&a.image, &a.command, container, vm);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", c.render(color));
+    }
+    Ok(if c.differences.is_empty() { 0 } else { 1 })
+}

@@ -6,7 +6,9 @@
 //! microVM kernel for the virtio checks). They need root and no KVM on the
 //! host; each takes 10 to 15 s, one at a time. The virtio checks skip
 //! loudly without the microVM kernel (`AMPHI_LAB_L2_KERNEL`, or a build in
-//! /var/cache/amphi/kernels/6.12-*/).
+//! /var/cache/amphi/kernels/6.12-*/), and so does the product path in the
+//! lab (`scripts/vm-lab run`: `amphi load` and `amphi run --isolation vm
+//! --vm-backend builtin` inside level 1, level 2 being amphi's microVM).
 //!
 //! The quick tests run `amphi vmm` on this host: argument and kernel checks
 //! (no KVM needed), the refusal of a stock kernel on a PVM host, and tiny
@@ -19,7 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use amphi_tests::{amphi_bin, run_cmd, script, skip};
+use amphi_tests::{amphi_bin, run_cmd, script, skip, test_image};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -49,6 +51,15 @@ fn vmm(args: &[&str]) -> Output {
 /// at half speed and distort the timings.
 static LAB: Mutex<()> = Mutex::new(());
 
+/// The `key: value` lines a `scripts/vm-lab` command printed.
+fn lab_report(out: &Output) -> BTreeMap<String, String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Runs `scripts/vm-lab boot ARGS --vcpus N --amphi ...` and checks that
 /// level 2 booted on `vcpus` vCPUs and that amphi reported a clean reset.
 /// Returns the `key: value` report.
@@ -64,12 +75,7 @@ fn lab_boot(what: &str, args: &[&str], vcpus: u32) -> BTreeMap<String, String> {
             .args(["--amphi", amphi_bin().to_str().unwrap()]),
     );
     let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: BTreeMap<String, String> = stdout
-        .lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let report = lab_report(&out);
     let get = |key: &str| report.get(key).map(String::as_str);
     eprintln!(
         "vm-lab {what} x{vcpus}: {} s in QEMU, {took:.1?} in all",
@@ -172,6 +178,86 @@ fn lab_virtio(name: &str, vcpus: u32) {
     for (check, verdict) in checks {
         assert_eq!(verdict, "ok", "{check}: {report:#?}");
     }
+}
+
+/// The product path through the built-in VMM, in the lab: level 1 runs
+/// `amphi load` of the busybox OCI layout, then `amphi run --rm --isolation
+/// vm --vm-backend builtin --kernel <microVM vmlinux> ... sh -c 'uname -r;
+/// echo out; echo err >&2; exit 3'` (`scripts/vm-lab run`); amphi builds
+/// the guest rootfs, starts `amphi vmm` and talks to its guest init over
+/// the guest channel, all inside level 1.
+fn lab_amphi_run(vcpus: u32) {
+    if !is_root() {
+        skip("the nested lab needs root (apt-get, mknod): vm-lab run (amphi run through the built-in VMM) not run");
+        return;
+    }
+    let Some(kernel) = microvm_kernel("vmlinux") else {
+        skip(
+            "vm-lab run (amphi run through the built-in VMM) NOT run: no microVM kernel \
+             (set AMPHI_LAB_L2_KERNEL or build /var/cache/amphi/kernels/6.12-*/vmlinux \
+             with amphi kernel build)",
+        );
+        return;
+    };
+    // The release `amphi kernel build` wrote next to the kernel.
+    let release = std::fs::read_to_string(kernel.with_file_name("version"))
+        .ok()
+        .map(|v| v.trim().to_string());
+    let image = test_image("busybox");
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("run")
+            .args(["--l2-kernel", kernel.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--vcpus", &vcpus.to_string()])
+            .args(["--amphi", amphi_bin().to_str().unwrap()]),
+    );
+    let took = started.elapsed();
+    let report = lab_report(&out);
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    eprintln!(
+        "vm-lab run x{vcpus}: {} s in QEMU ({} s in amphi run), {took:.1?} in all\n\
+         amphi: vm timing: {}",
+        get("seconds"),
+        get("run-seconds"),
+        get("vm-timing")
+    );
+    assert!(out.status.success(), "vm-lab run failed:\n{}", show(&out));
+    // The script shows line ends as \n.
+    let lines = |key: &str| -> Vec<String> { get(key).split("\\n").map(str::to_string).collect() };
+    let stdout = lines("run-stdout");
+    let stderr = lines("run-stderr");
+    assert_eq!(get("run-exit"), "3", "{}", show(&out));
+    assert!(stdout.iter().any(|l| l == "out"), "{}", show(&out));
+    assert!(stderr.iter().any(|l| l == "err"), "{}", show(&out));
+    let guest = get("guest-kernel");
+    assert!(!guest.is_empty() && guest != "none", "{}", show(&out));
+    if let Some(release) = &release {
+        assert_eq!(guest, release, "{}", show(&out));
+    }
+    // uname -r in the workload, then "out"; nothing else.
+    assert_eq!(stdout, [guest, "out"], "{}", show(&out));
+    let timing = get("vm-timing");
+    assert!(
+        timing.contains("backend=\"amphi's VMM (KVM)\""),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("amphi: vm timing: rootfs=")),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(get("result"), "PASS", "{}", show(&out));
+}
+
+#[test]
+fn lab_amphi_run_builtin_vmm() {
+    lab_amphi_run(1);
 }
 
 #[test]

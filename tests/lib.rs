@@ -295,3 +295,63 @@ impl Drop for Registry {
 pub fn skip(reason: &str) {
     let _ = writeln!(std::io::stderr(), "\n******** SKIP: {reason} ********\n");
 }
+
+/// Copies the single-image OCI layout `src` to `dst`, with its image config
+/// edited by `edit_config` and `annotations` added to its manifest (new
+/// config and manifest blobs, digests recomputed): test images that ask
+/// for a kernel, an isolation or another architecture.
+pub fn derive_image(
+    src: &Path,
+    dst: &Path,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+    annotations: &[(&str, &str)],
+) {
+    use sha2::Digest;
+    let blobs = dst.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        let to = blobs.join(e.file_name());
+        if std::fs::hard_link(e.path(), &to).is_err() {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+    std::fs::copy(src.join("oci-layout"), dst.join("oci-layout")).unwrap();
+    let blob = |d: &str| {
+        src.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| -> String {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let mdesc = &mut index["manifests"][0];
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(mdesc["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    edit_config(&mut config);
+    let cbytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&cbytes).into();
+    manifest["config"]["size"] = cbytes.len().into();
+    if !annotations.is_empty() {
+        let a = manifest
+            .as_object_mut()
+            .unwrap()
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        for (k, v) in annotations {
+            a[*k] = (*v).into();
+        }
+    }
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    mdesc["digest"] = put(&mbytes).into();
+    mdesc["size"] = mbytes.len().into();
+    std::fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}

@@ -368,6 +368,14 @@ fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
 }
 
 fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitStatus, GuestError> {
+    if let Some((secs, nanos)) = req.host_time {
+        let ts = libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos as i64,
+        };
+        // SAFETY: setting the guest's clock with a valid timespec.
+        unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+    }
     for (path, content) in &req.files {
         if let Some(parent) = Path::new(path).parent() {
             let _ = fs::create_dir_all(parent);

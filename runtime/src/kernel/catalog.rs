@@ -216,7 +216,14 @@ impl Catalog {
                 }
             }
         }
-        let prefixed: Vec<&KernelEntry> = all.iter().filter(|e| e.id.starts_with(query)).collect();
+        // A version-like query ("6.1") is not an ID prefix: it must not
+        // pick a 6.12 kernel when there is no 6.1.
+        let version_like = query.chars().all(|c| c.is_ascii_digit() || c == '.')
+            && KernelVersion::parse(query).is_ok();
+        let prefixed: Vec<&KernelEntry> = all
+            .iter()
+            .filter(|e| !version_like && e.id.starts_with(query))
+            .collect();
         match prefixed.as_slice() {
             [one] => return Ok((*one).clone()),
             [] => {}

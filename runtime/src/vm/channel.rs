@@ -52,6 +52,11 @@ pub struct StartRequest {
     /// Whether host stdin is forwarded (`-i`); without it the workload's
     /// stdin is /dev/null.
     pub stdin: bool,
+    /// The host's wall clock (seconds and nanoseconds since the epoch) when
+    /// the request was sent: the guest sets its clock from it (amphi's VMM
+    /// has no RTC).
+    #[serde(default)]
+    pub host_time: Option<(i64, u32)>,
 }
 
 /// The guest init is up.
@@ -112,6 +117,20 @@ impl StartRequestJson {
     pub fn new(r: &StartRequest) -> Self {
         StartRequestJson(serde_json::to_string(r).unwrap_or_default())
     }
+    /// The same request with `host_time` set to now.
+    pub fn with_time(&self) -> Self {
+        match self.parse() {
+            Ok(mut r) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                r.host_time = Some((now.as_secs() as i64, now.subsec_nanos()));
+                Self::new(&r)
+            }
+            Err(_) => self.clone(),
+        }
+    }
+
     pub fn parse(&self) -> Result<StartRequest, String> {
         serde_json::from_str(&self.0).map_err(|e| format!("malformed start request: {e}"))
     }
@@ -260,6 +279,7 @@ mod tests {
                 user_lookup: Some("nobody".into()),
                 files: [("/x".to_string(), "y".to_string())].into(),
                 stdin: true,
+                host_time: Some((1_700_000_000, 5)),
             }))),
             Frame::Stdin(b"in\0put".to_vec()),
             Frame::StdinEof,

@@ -33,6 +33,10 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// How long the guest gets to boot and report, unless
 /// `$AMPHI_VM_BOOT_TIMEOUT` (seconds) says otherwise.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the guest gets to power off after the exit status, before its
+/// backend is killed (nothing in the guest needs saving: the rootfs is
+/// read-only or in guest RAM).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 25;
 
@@ -275,6 +279,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         user_lookup: user,
         files,
         stdin: interactive,
+        host_time: None,
     });
 
     // RAM: the container's limit plus room for the guest kernel and the
@@ -361,7 +366,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         _ => e,
     });
     drop(cleanup);
-    timing.teardown = t.elapsed();
+    timing.teardown += t.elapsed();
     if let Ok(code) = &result {
         let ms = crate::run::report::ms;
         crate::run::report::RunReport {
@@ -504,7 +509,7 @@ fn session(
                     timing.boot = boot_start.elapsed();
                     tracing::info!(kernel = %r.kernel, uptime = r.uptime, "guest init ready");
                     timing.guest_kernel = r.kernel.clone();
-                    send(&writer, &Frame::Start(Box::new(start.clone())))
+                    send(&writer, &Frame::Start(Box::new(start.with_time())))
                         .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
                     if tty {
                         _raw = Some(crate::run::RawMode::enter());
@@ -531,8 +536,10 @@ fn session(
                     timing.peak_memory = e.peak_memory;
                     timing.oom_killed = e.oom_killed;
                     drop(_raw.take());
+                    let t = Instant::now();
                     let _ = send(&writer, &Frame::Shutdown);
-                    cleanup.stop_backend(Duration::from_secs(3));
+                    cleanup.stop_backend(SHUTDOWN_GRACE);
+                    timing.teardown = t.elapsed();
                     if e.oom_killed {
                         eprintln!(
                             "amphi: the workload was killed by the guest kernel's OOM killer (memory limit reached)"

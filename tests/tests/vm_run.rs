@@ -1,0 +1,980 @@
+//! `amphi run --isolation vm`, end to end with the busybox test image: the
+//! workload in a microVM with amphi's own guest kernel (from the machine's
+//! build cache, registered into an empty catalog on first use). On our PVM
+//! machines the guest kernel is not PVM-enabled, so the runs go through QEMU
+//! in software emulation (TCG): about 2 to 4 s a boot, so each test packs
+//! several checks into one run.
+//!
+//! Every run gets a private store (`AMPHI_ROOT`), state root (`AMPHI_STATE`,
+//! where the run directory `vm/<id>/` lives) and `TMPDIR`, and after every
+//! run (failed ones and the timeout included) [`Env::assert_clean`] checks
+//! that nothing is left: no backend process (QEMU or `amphi vmm`) or any
+//! other process that mentions those directories, no run directory, no
+//! temp file, no mount.
+//!
+//! Without the kernel builds (scripts/test runs `amphi kernel build
+//! --version 6.12` and `--version 6.1`) or QEMU, the tests skip loudly.
+
+use amphi_tests::{amphi_bin, skip, test_image, workspace_root, Amphi};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const IMG: &str = "localhost/demo/busybox:latest";
+
+/// How long one VM run may take before the test gives up on it (amphi's
+/// own boot watchdog is 120 s).
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+// ---------------------------------------------------------------------------
+// Guest kernels from the machine's build cache (as in tests/kernel.rs).
+
+fn env_dir(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The build cache key of `series`, computed here independently of amphi:
+/// sha256(fragment ++ recipe ++ "\n<tarball size> <mtime>\n"), 12 hex digits.
+fn recipe_hash(series: &str) -> Option<String> {
+    let tarball =
+        env_dir("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
+    let meta = fs::metadata(tarball).ok()?;
+    let mut h = Sha256::new();
+    h.update(fs::read(workspace_root().join("guest-kernel/microvm.config")).unwrap());
+    h.update(fs::read(workspace_root().join("guest-kernel/build.sh")).unwrap());
+    h.update(format!("\n{} {}\n", meta.len(), meta.mtime()));
+    Some(hex::encode(h.finalize())[..12].to_string())
+}
+
+/// amphi's finished build of one kernel series.
+#[derive(Clone, Debug)]
+struct Build {
+    dir: PathBuf,
+    /// The kernel release it reports (`uname -r` in the guest).
+    version: String,
+}
+
+/// The machine's finished build of `series`, or None (with a loud skip).
+fn cached_build(series: &str) -> Option<Build> {
+    let Some(hash) = recipe_hash(series) else {
+        skip(&format!(
+            "linux-source-{series} is not installed: run scripts/setup"
+        ));
+        return None;
+    };
+    let dir =
+        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
+    let Ok(version) = fs::read_to_string(dir.join("version")) else {
+        skip(&format!(
+            "guest kernel {series} is not built in {}: run `amphi kernel build --version {series}` (scripts/test does)",
+            dir.display()
+        ));
+        return None;
+    };
+    Some(Build {
+        dir,
+        version: version.trim().to_string(),
+    })
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+fn host_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Running amphi.
+
+/// What one `amphi run` did.
+struct Run {
+    /// The command line, for messages.
+    what: String,
+    /// Exit code (None: amphi itself was killed by a signal).
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: String,
+    /// stderr without amphi's own notice lines (`amphi: ...`).
+    stderr: String,
+    /// stderr as printed.
+    raw_stderr: String,
+    took: Duration,
+}
+
+impl Run {
+    fn show(&self) -> String {
+        format!(
+            "amphi {}\nexit code {:?} (signal {:?}) after {:.1} s\n--- stdout\n{}--- stderr\n{}",
+            self.what,
+            self.code,
+            self.signal,
+            self.took.as_secs_f64(),
+            self.stdout,
+            self.raw_stderr
+        )
+    }
+
+    /// Asserts the exit code, showing everything when it differs.
+    fn expect_code(&self, want: i32) -> &Run {
+        assert_eq!(self.code, Some(want), "wrong exit status:\n{}", self.show());
+        assert!(
+            !self.raw_stderr.contains("panicked at"),
+            "amphi panicked:\n{}",
+            self.show()
+        );
+        self
+    }
+}
+
+/// An `amphi` process the test started.
+struct Running {
+    what: String,
+    child: Child,
+    out: File,
+    err: File,
+    /// amphi's stdin, held open until it exits ([`Input::Open`]).
+    keep: Option<std::process::ChildStdin>,
+    started: Instant,
+}
+
+impl Running {
+    /// Waits for amphi to exit (within [`RUN_LIMIT`]).
+    fn finish(mut self) -> Run {
+        let st = wait_limited(&mut self.child, &self.what, &mut self.err);
+        let took = self.started.elapsed();
+        drop(self.keep.take());
+        let raw_stderr = read_all(&mut self.err);
+        Run {
+            what: self.what.clone(),
+            code: st.code(),
+            signal: st.signal(),
+            stdout: read_all(&mut self.out),
+            stderr: workload_stderr(&raw_stderr),
+            raw_stderr,
+            took,
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A test that gives up on a run (a failed assertion) does not leave
+    /// amphi running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Drops the lines amphi itself prints (`amphi: notice: ...` and the like).
+fn workload_stderr(raw: &str) -> String {
+    raw.split_inclusive('\n')
+        .filter(|l| !l.starts_with("amphi: "))
+        .collect()
+}
+
+fn read_all(file: &mut File) -> String {
+    let mut buf = Vec::new();
+    file.rewind().unwrap();
+    file.read_to_end(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// What amphi's stdin is.
+enum Input<'a> {
+    Null,
+    /// A pipe: these bytes, then EOF.
+    Closed(&'a [u8]),
+    /// A pipe: these bytes, and the pipe stays open until amphi exits.
+    Open(&'a [u8]),
+}
+
+/// Waits for `child` up to [`RUN_LIMIT`]; kills it and panics when it
+/// takes longer.
+fn wait_limited(child: &mut Child, what: &str, err: &mut File) -> std::process::ExitStatus {
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "amphi {what} did not end within {RUN_LIMIT:?}; stderr:\n{}",
+                read_all(err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The busybox image in a private store, with a private state root and
+/// TMPDIR for amphi; the kernel builds it may use.
+struct Env {
+    a: Amphi,
+    state: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    k612: Build,
+}
+
+impl Env {
+    /// None (after a loud skip) when the kernel build or QEMU is missing.
+    fn new() -> Option<Env> {
+        let k612 = cached_build("6.12")?;
+        if !on_path("qemu-system-x86_64") {
+            skip("qemu-system-x86_64 is not installed (scripts/setup installs it): no microVM runs without hardware KVM");
+            return None;
+        }
+        let a = Amphi::new();
+        a.ok(&["load", "-q", "--tag", IMG, s(&test_image("busybox"))]);
+        Some(Env {
+            a,
+            state: tempfile::Builder::new()
+                .prefix("amphi-vmstate-")
+                .tempdir()
+                .unwrap(),
+            tmp: tempfile::Builder::new()
+                .prefix("amphi-vmtmp-")
+                .tempdir()
+                .unwrap(),
+            k612,
+        })
+    }
+
+    /// `amphi ARGS` against this store and state root, with this TMPDIR.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.a.cmd(args);
+        c.env("AMPHI_STATE", self.state.path())
+            .env("TMPDIR", self.tmp.path());
+        c
+    }
+
+    /// `amphi run --rm --isolation vm FLAGS IMG CMD...` with stdin null.
+    fn vm(&self, flags: &[&str], cmd: &[&str]) -> Run {
+        self.vm_with(&[], flags, cmd, Input::Null)
+    }
+
+    fn args<'a>(flags: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["run", "--rm", "--isolation", "vm"];
+        args.extend_from_slice(flags);
+        args.push(IMG);
+        args.extend_from_slice(cmd);
+        args
+    }
+
+    /// A VM run with extra environment for amphi and a given stdin; checks
+    /// afterwards that the run left nothing behind.
+    fn vm_with(&self, envs: &[(&str, &str)], flags: &[&str], cmd: &[&str], input: Input) -> Run {
+        let args = Self::args(flags, cmd);
+        let run = self.amphi(envs, &args, input);
+        self.assert_clean(&run.what);
+        run
+    }
+
+    /// Runs `amphi ARGS` to completion (within [`RUN_LIMIT`]).
+    fn amphi(&self, envs: &[(&str, &str)], args: &[&str], input: Input) -> Run {
+        self.start(envs, args, input).finish()
+    }
+
+    /// Starts `amphi ARGS`.
+    fn start(&self, envs: &[(&str, &str)], args: &[&str], input: Input) -> Running {
+        let what = args.join(" ");
+        let mut c = self.cmd(args);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+        c.stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap());
+        c.stdin(match input {
+            Input::Null => Stdio::null(),
+            _ => Stdio::piped(),
+        });
+        let started = Instant::now();
+        let mut child = c.spawn().unwrap();
+        let mut keep = None;
+        match input {
+            Input::Null => {}
+            Input::Closed(b) => {
+                let mut w = child.stdin.take().unwrap();
+                // The workload may end before reading it all: EPIPE is fine.
+                let _ = w.write_all(b);
+            }
+            Input::Open(b) => {
+                let mut w = child.stdin.take().unwrap();
+                let _ = w.write_all(b);
+                keep = Some(w);
+            }
+        }
+        Running {
+            what,
+            child,
+            out,
+            err,
+            keep,
+            started,
+        }
+    }
+
+    /// A run that amphi must refuse (125) without starting anything.
+    fn refused(&self, flags: &[&str], cmd: &[&str]) -> Run {
+        let run = self.vm(flags, cmd);
+        run.expect_code(125);
+        assert!(
+            run.raw_stderr.contains("amphi: error: "),
+            "no error message:\n{}",
+            run.show()
+        );
+        run
+    }
+
+    /// The directories that tie a process or file to this test.
+    fn ours(&self) -> [String; 3] {
+        [
+            s(self.a.root()).to_string(),
+            s(self.state.path()).to_string(),
+            s(self.tmp.path()).to_string(),
+        ]
+    }
+
+    /// Nothing is left of the last run: no process that mentions this test's
+    /// store, state root or TMPDIR in its command line or environment (the
+    /// backend, QEMU or `amphi vmm`, or any helper), no run directory under
+    /// the state root's `vm/`, no temp files (amphi's TMPDIR, the store's
+    /// tmp/), no container layers, no mounts.
+    fn assert_clean(&self, what: &str) {
+        let ours = self.ours();
+        // A process killed just now may take a moment to be reaped by
+        // whoever is its parent; a live one with our paths after that is a leak.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let left = processes_mentioning(&ours);
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "after `amphi {what}`: processes left behind:\n{}",
+                    left.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let state: Vec<String> = listing(self.state.path())
+            .into_iter()
+            .filter(|n| n != "vm")
+            .collect();
+        assert!(
+            state.is_empty(),
+            "after `amphi {what}`: state left in {}: {state:?}",
+            self.state.path().display()
+        );
+        let vm = listing(&self.state.path().join("vm"));
+        assert!(
+            vm.is_empty(),
+            "after `amphi {what}`: run directories left in {}/vm: {vm:?}",
+            self.state.path().display()
+        );
+        let tmp = listing(self.tmp.path());
+        assert!(
+            tmp.is_empty(),
+            "after `amphi {what}`: temp files left in amphi's TMPDIR: {tmp:?}"
+        );
+        let store_tmp = listing(&self.a.root().join("tmp"));
+        assert!(
+            store_tmp.is_empty(),
+            "after `amphi {what}`: temp files left in the store's tmp/: {store_tmp:?}"
+        );
+        let containers = listing(&self.a.root().join("containers"));
+        assert!(
+            containers.is_empty(),
+            "after `amphi {what}`: container layers left: {containers:?}"
+        );
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for p in &ours {
+            assert!(
+                !mounts.contains(p.as_str()),
+                "after `amphi {what}`: a mount is left under {p}"
+            );
+        }
+    }
+
+    /// `amphi kernel ls --json`.
+    fn catalog(&self) -> Vec<Value> {
+        let out = self.a.ok(&["kernel", "ls", "--json"]);
+        serde_json::from_str::<Value>(&out)
+            .unwrap_or_else(|e| panic!("kernel ls --json: {e}: {out}"))
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// Names in a directory (empty when it does not exist).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Live processes (not zombies) whose command line or environment contains
+/// one of `needles`, as "PID: command line".
+fn processes_mentioning(needles: &[String]) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for pid in listing(Path::new("/proc")) {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let dir = Path::new("/proc").join(&pid);
+        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            continue; // a zombie or a kernel thread
+        }
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let environ = String::from_utf8_lossy(&fs::read(dir.join("environ")).unwrap_or_default())
+            .replace('\0', " ");
+        if needles
+            .iter()
+            .any(|n| cmdline.contains(n.as_str()) || environ.contains(n.as_str()))
+        {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
+// ---------------------------------------------------------------------------
+// The tests.
+
+/// An empty catalog gets amphi's own kernels from the build cache; the
+/// newest (6.12) is the default. The workload's stdout and stderr come
+/// through separately, and its exit status is amphi's. A small image boots
+/// from an initramfs.
+#[test]
+fn default_kernel_stdio_and_exit_status() {
+    let Some(e) = Env::new() else { return };
+    assert!(e.catalog().is_empty(), "a fresh store has no kernels");
+    let run = e.vm(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; uname -r; cat /proc/cmdline; seq 1 20000; echo err2 >&2; exit 7",
+        ],
+    );
+    run.expect_code(7);
+    let mut lines = run.stdout.lines();
+    assert_eq!(lines.next(), Some("out"), "{}", run.show());
+    let release = lines.next().unwrap_or_default();
+    assert_eq!(
+        release,
+        e.k612.version,
+        "uname -r in the guest is the default (newest) guest kernel:\n{}",
+        run.show()
+    );
+    assert_ne!(release, host_release(), "uname -r must not be the host's");
+    let cmdline = lines.next().unwrap_or_default();
+    assert!(
+        cmdline
+            .split_whitespace()
+            .any(|w| w == "amphi.root=initramfs"),
+        "the small busybox image boots from an initramfs; guest /proc/cmdline: {cmdline:?}\n{}",
+        run.show()
+    );
+    // Bulk output through the guest channel, intact and in order.
+    let seq: Vec<&str> = lines.collect();
+    let want: Vec<String> = (1..=20000).map(|i| i.to_string()).collect();
+    assert!(
+        seq == want,
+        "seq 1 20000 came out wrong ({} lines, first {:?}, last {:?})",
+        seq.len(),
+        seq.first(),
+        seq.last()
+    );
+    assert_eq!(
+        run.stderr,
+        "err\nerr2\n",
+        "the workload's stderr, exactly (amphi's own lines removed):\n{}",
+        run.show()
+    );
+    assert!(
+        !run.stdout.contains("err"),
+        "stderr leaked into stdout:\n{}",
+        run.show()
+    );
+
+    // The kernels were registered from the build cache, newest first.
+    let catalog = e.catalog();
+    let versions: Vec<&str> = catalog
+        .iter()
+        .map(|k| k["version"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        versions.first().copied(),
+        Some(e.k612.version.as_str()),
+        "catalog after the run: {catalog:?}"
+    );
+    if let Some(k61) = cached_build_quiet("6.1") {
+        assert!(
+            versions.contains(&k61.version.as_str()),
+            "the cached 6.1 build is registered too: {versions:?}"
+        );
+    }
+
+    // A plain exit 0, and a workload that prints nothing.
+    let run = e.vm(&[], &["true"]);
+    run.expect_code(0);
+    assert_eq!(
+        (run.stdout.as_str(), run.stderr.as_str()),
+        ("", ""),
+        "{}",
+        run.show()
+    );
+}
+
+/// [`cached_build`] without the skip message.
+fn cached_build_quiet(series: &str) -> Option<Build> {
+    let hash = recipe_hash(series)?;
+    let dir =
+        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
+    let version = fs::read_to_string(dir.join("version")).ok()?;
+    Some(Build {
+        dir,
+        version: version.trim().to_string(),
+    })
+}
+
+/// -e, -w and -u as natively; --memory and --cpus become the container's
+/// cgroup v2 limits inside the guest (the container sees its own cgroup
+/// namespace root).
+#[test]
+fn env_workdir_user_and_cgroup_limits() {
+    let Some(e) = Env::new() else { return };
+    let run = e.vm(
+        &[
+            "-e",
+            "FOO=bar",
+            "-e",
+            "SPACED=a b",
+            "-w",
+            "/data/x",
+            "-u",
+            "amphi",
+            "--memory",
+            "128m",
+            "--cpus",
+            "0.5",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo \"$FOO|$SPACED|$HOME\"; pwd; id -u; id -g; cat /sys/fs/cgroup/memory.max; cat /sys/fs/cgroup/cpu.max; uname -r",
+        ],
+    );
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "bar|a b|/home/amphi\n/data/x\n1000\n1000\n134217728\n50000 100000\n{}\n",
+            e.k612.version
+        ),
+        "env | pwd | id -u | id -g | memory.max | cpu.max | uname -r:\n{}",
+        run.show()
+    );
+    assert_eq!(run.stderr, "", "{}", run.show());
+
+    // Numeric uid:gid, and root by default.
+    let run = e.vm(&["-u", "1234:56"], &["sh", "-c", "id -u; id -g"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, "1234\n56\n", "{}", run.show());
+}
+
+/// The exit status is 128+N when the workload is killed by signal N;
+/// signals sent to amphi reach the workload.
+#[test]
+fn signals_give_128_plus_n() {
+    let Some(e) = Env::new() else { return };
+    // With --init the shell is not PID 1 of its namespace, so its own
+    // SIGTERM kills it (a PID 1 would ignore it, natively too).
+    let run = e.vm(&["--init"], &["sh", "-c", "kill -TERM $$; sleep 5"]);
+    run.expect_code(143);
+
+    // The guest kernel's OOM killer (SIGKILL) on a container over its limit.
+    let run = e.vm(
+        &["--memory", "16m"],
+        &[
+            "sh",
+            "-c",
+            "x=$(head -c 40000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+    );
+    run.expect_code(137);
+    assert!(!run.stdout.contains("survived"), "{}", run.show());
+    assert!(
+        run.raw_stderr.contains("OOM"),
+        "the OOM kill is reported:\n{}",
+        run.show()
+    );
+
+    // SIGTERM to amphi is forwarded to the workload, which traps it.
+    let args = Env::args(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ],
+    );
+    let what = args.join(" ");
+    let mut err = tempfile::tempfile().unwrap();
+    let mut child = e
+        .cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 6];
+        let r = out.read_exact(&mut buf).map(|_| buf);
+        let _ = tx.send(r);
+        // Keep draining so the workload never blocks on a full pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    match rx.recv_timeout(RUN_LIMIT) {
+        Ok(Ok(buf)) if &buf == b"ready\n" => {}
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "amphi {what}: no \"ready\" from the workload ({other:?}); stderr:\n{}",
+                read_all(&mut err)
+            );
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_limited(&mut child, &what, &mut err);
+    assert_eq!(
+        st.code(),
+        Some(42),
+        "SIGTERM reaches the workload's trap ({st}); stderr:\n{}",
+        read_all(&mut err)
+    );
+    e.assert_clean(&what);
+}
+
+/// stdin goes to the workload with -i; without it the workload reads an
+/// empty stdin (/dev/null), whatever amphi's own stdin holds.
+#[test]
+fn stdin_only_with_i() {
+    let Some(e) = Env::new() else { return };
+    let run = e.vm_with(&[], &["-i"], &["cat"], Input::Closed(b"hello\n"));
+    run.expect_code(0);
+    assert_eq!(run.stdout, "hello\n", "{}", run.show());
+
+    // amphi's stdin stays open with data in it: the workload must neither
+    // see the data nor wait for it.
+    let run = e.vm_with(
+        &[],
+        &[],
+        &["sh", "-c", "cat; echo done"],
+        Input::Open(b"secret\n"),
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout, "done\n", "{}", run.show());
+}
+
+/// -t gives the workload a terminal when amphi has one.
+#[test]
+fn tty_gives_a_terminal() {
+    let Some(e) = Env::new() else { return };
+    if !on_path("script") {
+        skip("script(1) missing: cannot give amphi a terminal");
+        return;
+    }
+    // script(1) gives amphi a terminal of 30x100.
+    let inner = format!(
+        "stty rows 30 cols 100; {} run --rm -t --isolation vm {IMG} sh -c 'test -t 0 && test -t 1 && echo tty; stty size'",
+        amphi_bin().display()
+    );
+    let what = format!("run -t (in script -qec {inner:?})");
+    let mut err = tempfile::tempfile().unwrap();
+    let mut out = tempfile::tempfile().unwrap();
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("AMPHI_ROOT", e.a.root())
+        .env("AMPHI_STATE", e.state.path())
+        .env("TMPDIR", e.tmp.path())
+        // A stdin that stays open: at EOF script(1) would type a character
+        // into the terminal.
+        .stdin(Stdio::piped())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    let st = wait_limited(&mut child, &what, &mut err);
+    drop(stdin);
+    let text = read_all(&mut out);
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(
+        lines.contains(&"tty"),
+        "the workload's stdin and stdout are a terminal ({st}):\n{text}\n--- stderr\n{}",
+        read_all(&mut err)
+    );
+    assert!(
+        lines.contains(&"30 100"),
+        "the terminal size follows amphi's terminal ({st}):\n{text}"
+    );
+    assert_eq!(st.code(), Some(0), "{text}");
+    e.assert_clean(&what);
+}
+
+/// A rootfs over the initramfs limit goes on a read-only block device with
+/// a writable overlay; writes do not reach the shared image.
+#[test]
+fn large_rootfs_takes_the_block_path() {
+    let Some(e) = Env::new() else { return };
+    let force = [("AMPHI_VM_INITRAMFS_MAX", "1")];
+    let run = e.vm_with(
+        &force,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /proc/cmdline; test -x /bin/busybox && echo rootfs-ok; echo hi > /written && cat /written",
+        ],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let mut lines = run.stdout.lines();
+    let cmdline = lines.next().unwrap_or_default();
+    let words: Vec<&str> = cmdline.split_whitespace().collect();
+    assert!(
+        words.contains(&"amphi.root=vda") && !words.contains(&"amphi.root=initramfs"),
+        "AMPHI_VM_INITRAMFS_MAX=1 puts the image on the block path; guest /proc/cmdline: {cmdline:?}\n{}",
+        run.show()
+    );
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["rootfs-ok", "hi"],
+        "the image's files are there and the root is writable:\n{}",
+        run.show()
+    );
+
+    // Again, from the cached block image: the last run's write is gone.
+    let run = e.vm_with(
+        &force,
+        &[],
+        &["sh", "-c", "cat /proc/cmdline; test -e /written; echo $?"],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].split_whitespace().any(|w| w == "amphi.root=vda"),
+        "{}",
+        run.show()
+    );
+    assert_eq!(
+        lines[1],
+        "1",
+        "a write in one run must not reach the shared block image:\n{}",
+        run.show()
+    );
+}
+
+/// --kernel picks a catalog kernel by series, or boots a kernel file.
+#[test]
+fn kernel_by_series_and_by_path() {
+    let Some(e) = Env::new() else { return };
+    let Some(k61) = cached_build("6.1") else {
+        return;
+    };
+    let run = e.vm(
+        &["--kernel", "6.1", "--vm-backend", "qemu"],
+        &["uname", "-r"],
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout.trim(), k61.version, "{}", run.show());
+
+    // A kernel file (a bzImage, under a name that says nothing).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("my-kernel");
+    fs::copy(k61.dir.join("bzImage"), &file).unwrap();
+    let run = e.vm(&["--kernel", s(&file)], &["uname", "-r"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout.trim(), k61.version, "{}", run.show());
+}
+
+/// Kernels that cannot be used are refused with 125 and an error that says
+/// which file and what is wrong with it.
+#[test]
+fn bad_kernels_are_refused_clearly() {
+    let Some(e) = Env::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("no-such-kernel");
+    let run = e.refused(&["--kernel", s(&missing)], &["true"]);
+    let err = run.raw_stderr.to_lowercase();
+    assert!(
+        run.raw_stderr.contains(s(&missing))
+            && (err.contains("does not exist") || err.contains("no such file")),
+        "the error names the missing file:\n{}",
+        run.show()
+    );
+
+    let text = dir.path().join("notes.txt");
+    fs::write(&text, "just some text\n".repeat(100)).unwrap();
+    let run = e.refused(&["--kernel", s(&text)], &["true"]);
+    assert!(
+        run.raw_stderr.contains(s(&text))
+            && (run.raw_stderr.contains("not a kernel")
+                || run
+                    .raw_stderr
+                    .contains("neither an ELF vmlinux nor a bzImage")),
+        "the error says the file is not a kernel image:\n{}",
+        run.show()
+    );
+
+    for file in ["vmlinux", "bzImage"] {
+        let data = fs::read(e.k612.dir.join(file)).unwrap();
+        let cut = dir.path().join(format!("{file}-half"));
+        fs::write(&cut, &data[..data.len() / 2]).unwrap();
+        let run = e.refused(&["--kernel", s(&cut)], &["true"]);
+        assert!(
+            run.raw_stderr.contains(s(&cut))
+                && (run.raw_stderr.contains("truncated") || run.raw_stderr.contains("console")),
+            "the error names the broken kernel and says it is truncated (or shows the console):\n{}",
+            run.show()
+        );
+        assert!(
+            run.took < Duration::from_secs(150),
+            "a broken kernel is found out in time:\n{}",
+            run.show()
+        );
+    }
+
+    // A catalog query that matches nothing.
+    let run = e.refused(&["--kernel", "5.10"], &["true"]);
+    assert!(run.raw_stderr.contains("5.10"), "{}", run.show());
+}
+
+/// --timeout stops a workload that runs too long: 124, an error that says
+/// so, and nothing left running.
+#[test]
+fn timeout_stops_the_workload() {
+    let Some(e) = Env::new() else { return };
+    let args = Env::args(&["--timeout", "5"], &["sleep", "1000"]);
+    let running = e.start(&[], &args, Input::Null);
+    // While it runs, the backend and the run directory are there, and the
+    // cleanup check sees them (so its "nothing left" means something).
+    let deadline = Instant::now() + RUN_LIMIT;
+    let backend = loop {
+        let procs = processes_mentioning(&e.ours());
+        let backend = procs
+            .iter()
+            .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
+            .cloned();
+        if let Some(b) = backend.filter(|_| !listing(&e.state.path().join("vm")).is_empty()) {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend process or run directory seen while `amphi {}` ran: {procs:?}",
+            running.what
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let run = running.finish();
+    e.assert_clean(&run.what);
+    run.expect_code(124);
+    assert!(
+        run.raw_stderr.to_lowercase().contains("timeout"),
+        "the error mentions the timeout:\n{}",
+        run.show()
+    );
+    assert!(
+        run.took < Duration::from_secs(60),
+        "a 5 s timeout ends the run well within a minute:\n{}",
+        run.show()
+    );
+    assert!(
+        run.took >= Duration::from_secs(5),
+        "the workload got its 5 s:\n{}",
+        run.show()
+    );
+    assert!(
+        !processes_mentioning(&e.ours())
+            .iter()
+            .any(|p| p == &backend),
+        "the backend ({backend}) is gone"
+    );
+}
+
+/// Flags the VM path does not support yet are refused before anything starts.
+#[test]
+fn volumes_and_detach_are_refused() {
+    let Some(e) = Env::new() else { return };
+    let host = tempfile::tempdir().unwrap();
+    let v = format!("{}:/host", host.path().display());
+    let run = e.refused(&["-v", &v], &["true"]);
+    let err = run.raw_stderr.to_lowercase();
+    assert!(
+        err.contains("not supported") && (err.contains("-v") || err.contains("volume")),
+        "the error says volumes are not supported for VM runs:\n{}",
+        run.show()
+    );
+    assert!(err.contains("vm"), "{}", run.show());
+
+    let run = e.amphi(
+        &[],
+        &["run", "-d", "--isolation", "vm", IMG, "sleep", "30"],
+        Input::Null,
+    );
+    run.expect_code(125);
+    let err = run.raw_stderr.to_lowercase();
+    assert!(
+        (err.contains("-d") || err.contains("detach")) && err.contains("vm"),
+        "the error says -d is not supported for VM runs:\n{}",
+        run.show()
+    );
+    assert!(
+        run.stdout.is_empty(),
+        "no container id printed:\n{}",
+        run.show()
+    );
+    e.assert_clean(&run.what);
+}

@@ -6,8 +6,10 @@
 pub mod cli;
 pub mod compare;
 pub mod container;
+pub mod dispatch;
 pub mod guest;
 pub mod guestfs;
+pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod oci;

@@ -1,0 +1,753 @@
+//! The decision: native container or microVM, and which guest kernel.
+//!
+//! Rules, in the order they are checked (each leaves a [`Reason`]):
+//! - `architecture`: the image's must be the host's. A mismatch is refused:
+//!   amphi only runs guests of the host architecture.
+//! - `os`: must be linux (an empty `os` is taken as linux). Another OS is
+//!   refused: it would need that OS's kernel in the microVM.
+//! - `kernel.version`, `kernel.config`: the host kernel against the image's
+//!   constraint and options; a miss makes the image need a VM.
+//! - `cli.isolation`, `annotation.isolation`, `policy.image`,
+//!   `policy.trust`, `policy.default`: the first that has an opinion decides
+//!   (an `auto` opinion hands the choice to the requirements); the others
+//!   are listed as overridden.
+//! - A forced `container` is honoured even when the host misses the
+//!   requirements; a `warning` reason says what is missed.
+//! - For a VM, `host.kvm` says how it will run, and `kernel.select` names the
+//!   guest kernel: the preferred one (`io.amphi.kernel`, else the policy's
+//!   `[[image]] kernel`) when it meets the requirements (else an error),
+//!   otherwise the newest that meets them (PVM-enabled ones first on PVM
+//!   hosts). A kernel whose config is unknown cannot prove a required option
+//!   and is not chosen for an image that lists options; a bare option name
+//!   needs `y` in a guest kernel (the guest cannot load modules).
+
+use super::policy::Policy;
+use super::requirements::{Requirements, KEY_ISOLATION, KEY_KERNEL};
+use super::{DispatchError, Isolation, IsolationChoice};
+use crate::host::{HostInfo, KvmSupport};
+use crate::kernel::{KernelConfig, KernelEntry, KernelVersion};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The kernel series amphi can build itself (`amphi kernel build --version`),
+/// newest first: what error messages suggest.
+pub const BUILDABLE_SERIES: &[&str] = &["6.12", "6.1"];
+
+/// A guest kernel the decision may pick (from the kernel catalog).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateKernel {
+    pub id: String,
+    pub release: String,
+    pub version: KernelVersion,
+    /// None when the kernel's config is unknown.
+    pub config: Option<KernelConfig>,
+    /// PVM-enabled guest kernel.
+    pub pvm: bool,
+}
+
+impl CandidateKernel {
+    /// From a catalog entry (reads its config file).
+    pub fn from_entry(e: &KernelEntry) -> Self {
+        CandidateKernel {
+            id: e.id.clone(),
+            release: e.release.clone(),
+            version: e.version,
+            config: e.config(),
+            pvm: e.pvm,
+        }
+    }
+}
+
+/// Everything the decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct DecideInput<'a> {
+    pub host: &'a HostInfo,
+    /// The normalised image reference (see [`super::normalize_reference`]).
+    pub reference: &'a str,
+    pub requirements: &'a Requirements,
+    pub policy: &'a Policy,
+    /// `--isolation` on the command line (`Auto` when not given).
+    pub cli: IsolationChoice,
+    /// The guest kernels in the catalog.
+    pub kernels: &'a [CandidateKernel],
+}
+
+/// What a rule concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Satisfied.
+    Ok,
+    /// Not satisfied by the host: the image needs a microVM.
+    NeedsVm,
+    /// Decides for a microVM.
+    ForcesVm,
+    /// Decides for a native container.
+    ForcesContainer,
+    /// For information (an overridden opinion, how the VM will run...).
+    Info,
+    /// Honoured, but probably not what the image wants.
+    Warning,
+    /// Cannot run here (the decision fails).
+    Refused,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::NeedsVm => "needs-vm",
+            Outcome::ForcesVm => "forces-vm",
+            Outcome::ForcesContainer => "forces-container",
+            Outcome::Info => "info",
+            Outcome::Warning => "warning",
+            Outcome::Refused => "refused",
+        })
+    }
+}
+
+/// One rule's verdict: what was wanted, what there is, and the outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    /// "architecture", "os", "kernel.version", "kernel.config",
+    /// "cli.isolation", "annotation.isolation", "policy.image",
+    /// "policy.trust", "policy.default", "host.kvm", "kernel.select".
+    pub rule: String,
+    pub wanted: String,
+    pub have: String,
+    pub outcome: Outcome,
+    /// A human explanation ("" when the rest says it all).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+impl Reason {
+    fn new(
+        rule: &str,
+        wanted: impl Into<String>,
+        have: impl Into<String>,
+        outcome: Outcome,
+        note: impl Into<String>,
+    ) -> Reason {
+        Reason {
+            rule: rule.to_string(),
+            wanted: wanted.into(),
+            have: have.into(),
+            outcome,
+            note: note.into(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: wanted {}, have {}: {}",
+            self.rule, self.wanted, self.have, self.outcome
+        )?;
+        if !self.note.is_empty() {
+            write!(f, " ({})", self.note)?;
+        }
+        Ok(())
+    }
+}
+
+/// The guest kernel chosen for a microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChosenKernel {
+    pub id: String,
+    pub release: String,
+    pub version: KernelVersion,
+}
+
+/// How to run the image, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub isolation: Isolation,
+    /// The guest kernel (microVMs only).
+    pub kernel: Option<ChosenKernel>,
+    /// Every rule checked, in order.
+    pub reasons: Vec<Reason>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.isolation, &self.kernel) {
+            (Isolation::Vm, Some(k)) => {
+                writeln!(f, "isolation: vm (guest kernel {}, {})", k.id, k.release)?
+            }
+            (i, _) => writeln!(f, "isolation: {i}")?,
+        }
+        for r in &self.reasons {
+            writeln!(f, "  {r}")?;
+        }
+        Ok(())
+    }
+}
+
+fn refuse(rule: &str, message: String, reasons: Vec<Reason>) -> DispatchError {
+    DispatchError::Refused {
+        rule: rule.to_string(),
+        message,
+        reasons,
+    }
+}
+
+/// Decides how to run the image. Pure: everything comes from `input`.
+pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
+    let host = input.host;
+    let req = input.requirements;
+    let mut reasons = Vec::new();
+
+    // Architecture.
+    let platform = match &req.variant {
+        Some(v) => format!("{}/{v}", req.architecture),
+        None => req.architecture.clone(),
+    };
+    if req.architecture.is_empty() {
+        reasons.push(Reason::new(
+            "architecture",
+            "(unspecified)",
+            &host.arch,
+            Outcome::Info,
+            "the image config names no architecture; assuming the host's",
+        ));
+    } else if req.architecture == host.arch {
+        reasons.push(Reason::new(
+            "architecture",
+            &platform,
+            &host.arch,
+            Outcome::Ok,
+            "",
+        ));
+    } else {
+        reasons.push(Reason::new(
+            "architecture",
+            &platform,
+            &host.arch,
+            Outcome::Refused,
+            "amphi only runs guests of the host architecture",
+        ));
+        return Err(refuse(
+            "architecture",
+            format!(
+                "image {} is built for {platform}, but this host is {} ({}): neither a container nor a microVM can run it, because amphi only runs guests of the host architecture; use an image for {}",
+                input.reference, host.arch, host.machine, host.arch
+            ),
+            reasons,
+        ));
+    }
+
+    // OS.
+    match req.os.as_str() {
+        "" => reasons.push(Reason::new(
+            "os",
+            "(unspecified)",
+            "linux",
+            Outcome::Info,
+            "the image config names no OS; assuming linux",
+        )),
+        "linux" => reasons.push(Reason::new("os", "linux", "linux", Outcome::Ok, "")),
+        other => {
+            reasons.push(Reason::new(
+                "os",
+                other,
+                "linux",
+                Outcome::Refused,
+                "amphi runs Linux images only",
+            ));
+            return Err(refuse(
+                "os",
+                format!(
+                    "image {} is for the {other} OS: amphi runs Linux images only, natively or in a microVM with a Linux guest kernel; running another OS in a microVM would need that OS's kernel, which is not supported",
+                    input.reference
+                ),
+                reasons,
+            ));
+        }
+    }
+
+    // The host kernel against the requirements.
+    let mut misses: Vec<String> = Vec::new();
+    match (&req.kernel_version, &host.kernel_version) {
+        (None, _) => reasons.push(Reason::new(
+            "kernel.version",
+            "any",
+            host.kernel_display(),
+            Outcome::Ok,
+            "the image sets no io.amphi.kernel.version",
+        )),
+        (Some(c), Some(v)) if c.matches(v) => reasons.push(Reason::new(
+            "kernel.version",
+            c.to_string(),
+            v.to_string(),
+            Outcome::Ok,
+            format!("from {}", req.origin(super::KEY_KERNEL_VERSION)),
+        )),
+        (Some(c), have) => {
+            let note = format!(
+                "{}; from {}",
+                if have.is_some() {
+                    "the host kernel is outside the image's range"
+                } else {
+                    "the host kernel release is not a version"
+                },
+                req.origin(super::KEY_KERNEL_VERSION)
+            );
+            reasons.push(Reason::new(
+                "kernel.version",
+                c.to_string(),
+                host.kernel_display(),
+                Outcome::NeedsVm,
+                note,
+            ));
+            misses.push(format!(
+                "the image asks for kernel {c}, host is {}",
+                host.kernel_display()
+            ));
+        }
+    }
+    if req.kernel_config.is_empty() {
+        reasons.push(Reason::new(
+            "kernel.config",
+            "none",
+            if host.config.is_some() {
+                host.config_source.as_str()
+            } else {
+                "unknown"
+            },
+            Outcome::Ok,
+            "the image sets no io.amphi.kernel.config",
+        ));
+    } else if let Some(config) = &host.config {
+        for r in &req.kernel_config {
+            let ok = r.met_by(config, false);
+            let have = r.describe_have(config);
+            if !ok {
+                misses.push(format!("the image needs {r}, host has {have}"));
+            }
+            reasons.push(Reason::new(
+                "kernel.config",
+                r.to_string(),
+                have,
+                if ok { Outcome::Ok } else { Outcome::NeedsVm },
+                "",
+            ));
+        }
+    } else {
+        let wanted = list(&req.kernel_config);
+        reasons.push(Reason::new(
+            "kernel.config",
+            &wanted,
+            "unknown",
+            Outcome::NeedsVm,
+            format!("cannot prove the options natively: {}", host.config_source),
+        ));
+        misses.push(format!(
+            "the image needs {wanted}, the host kernel config is unknown"
+        ));
+    }
+    let native_ok = misses.is_empty();
+
+    // Who decides the isolation.
+    let mut opinions: Vec<(&str, IsolationChoice, String)> = Vec::new();
+    if input.cli != IsolationChoice::Auto {
+        opinions.push((
+            "cli.isolation",
+            input.cli,
+            format!("--isolation {}", input.cli),
+        ));
+    }
+    if let Some(i) = req.isolation {
+        opinions.push(("annotation.isolation", i, req.origin(KEY_ISOLATION)));
+    }
+    let image_rule = input.policy.image_rule(input.reference);
+    if let Some((n, rule)) = image_rule {
+        if let Some(i) = rule.isolation {
+            opinions.push((
+                "policy.image",
+                i,
+                format!(
+                    "[[image]] rule {} match {:?} in {}",
+                    n + 1,
+                    rule.pattern,
+                    input.policy.describe()
+                ),
+            ));
+        }
+    }
+    if let Some((n, rule)) = input.policy.trust_rule(input.reference) {
+        opinions.push((
+            "policy.trust",
+            rule.isolation,
+            format!(
+                "[[trust]] rule {} match {:?} in {}",
+                n + 1,
+                rule.pattern,
+                input.policy.describe()
+            ),
+        ));
+    }
+    opinions.push((
+        "policy.default",
+        input.policy.default_isolation,
+        format!("default_isolation of the {}", input.policy.describe()),
+    ));
+    let (decider, choice, _) = opinions[0].clone();
+    let mut isolation = None;
+    for (i, (rule, c, from)) in opinions.iter().enumerate() {
+        let (outcome, note) = if i > 0 {
+            (Outcome::Info, format!("overridden by {decider}"))
+        } else {
+            match c {
+                IsolationChoice::Container => (Outcome::ForcesContainer, String::new()),
+                IsolationChoice::Vm => (Outcome::ForcesVm, String::new()),
+                IsolationChoice::Auto => {
+                    (Outcome::Info, "the image's requirements decide".to_string())
+                }
+            }
+        };
+        reasons.push(Reason::new(rule, c.to_string(), from, outcome, note));
+    }
+    match choice {
+        IsolationChoice::Container => {
+            isolation = Some(Isolation::Container);
+            if !native_ok {
+                reasons.push(Reason::new(
+                    decider,
+                    "container",
+                    misses.join("; "),
+                    Outcome::Warning,
+                    format!("running natively anyway because of {}", opinions[0].2),
+                ));
+            }
+        }
+        IsolationChoice::Vm => {}
+        IsolationChoice::Auto if native_ok => isolation = Some(Isolation::Container),
+        IsolationChoice::Auto => {}
+    }
+    if let Some(isolation) = isolation {
+        return Ok(Decision {
+            isolation,
+            kernel: None,
+            reasons,
+        });
+    }
+
+    // A microVM.
+    reasons.push(match host.kvm {
+        KvmSupport::Hardware => Reason::new(
+            "host.kvm",
+            "a microVM",
+            host.kvm.to_string(),
+            Outcome::Info,
+            "the built-in VMM",
+        ),
+        KvmSupport::Pvm => Reason::new(
+            "host.kvm",
+            "a microVM",
+            host.kvm.to_string(),
+            Outcome::Info,
+            "the built-in VMM, with a PVM-enabled guest kernel",
+        ),
+        KvmSupport::Unrecognized | KvmSupport::None => Reason::new(
+            "host.kvm",
+            "a microVM",
+            host.kvm.to_string(),
+            Outcome::Info,
+            "no usable KVM: the microVM runs under QEMU software emulation (slow)",
+        ),
+    });
+    let preferred = match (&req.kernel, image_rule) {
+        (Some(k), _) => Some((k.clone(), req.origin(KEY_KERNEL))),
+        (None, Some((n, rule))) => rule.kernel.clone().map(|k| {
+            (
+                k,
+                format!(
+                    "[[image]] rule {} match {:?} in {}",
+                    n + 1,
+                    rule.pattern,
+                    input.policy.describe()
+                ),
+            )
+        }),
+        (None, None) => None,
+    };
+    let chosen = select_kernel(input, preferred, &mut reasons)?;
+    Ok(Decision {
+        isolation: Isolation::Vm,
+        kernel: Some(ChosenKernel {
+            id: chosen.id.clone(),
+            release: chosen.release.clone(),
+            version: chosen.version,
+        }),
+        reasons,
+    })
+}
+
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `k` does not meet the requirements (empty when it does).
+fn kernel_misses(k: &CandidateKernel, req: &Requirements) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = &req.kernel_version {
+        if !c.matches(&k.version) {
+            out.push(format!("version {} is outside {c}", k.version));
+        }
+    }
+    if !req.kernel_config.is_empty() {
+        match &k.config {
+            None => out.push(format!(
+                "its config is unknown, so it cannot prove {}",
+                list(&req.kernel_config)
+            )),
+            Some(config) => {
+                for r in &req.kernel_config {
+                    if !r.met_by(config, true) {
+                        let extra = if config.get(&r.name).map(String::as_str) == Some("m")
+                            && matches!(r.want, super::ConfigWant::Enabled)
+                        {
+                            " (a module: the guest cannot load it)"
+                        } else {
+                            ""
+                        };
+                        out.push(format!("needs {r}, has {}{extra}", r.describe_have(config)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the image needs of a guest kernel, for messages.
+fn needs(req: &Requirements) -> String {
+    let mut parts = Vec::new();
+    if let Some(c) = &req.kernel_version {
+        parts.push(format!("version {c}"));
+    }
+    if !req.kernel_config.is_empty() {
+        parts.push(format!("config {}", list(&req.kernel_config)));
+    }
+    if parts.is_empty() {
+        "any kernel".to_string()
+    } else {
+        parts.join(" and ")
+    }
+}
+
+/// The command(s) that would give the catalog a kernel meeting `req`.
+fn fix_hint(req: &Requirements) -> String {
+    let add = "add a kernel that meets them with `amphi kernel add PATH --config CONFIG`";
+    match &req.kernel_version {
+        Some(c) => match c.first_allowed_series(BUILDABLE_SERIES) {
+            Some(s) => format!("run `amphi kernel build --version {s}`, or {add}"),
+            None => format!(
+                "no kernel series amphi builds ({}) satisfies {c}: {add}",
+                BUILDABLE_SERIES.join(", ")
+            ),
+        },
+        None => format!(
+            "run `amphi kernel build --version {}`, or {add}",
+            BUILDABLE_SERIES[0]
+        ),
+    }
+}
+
+/// A kernel by ID, version ("6.12.57"), series ("6.12", newest) or unique ID
+/// prefix, as [`crate::kernel::Catalog::get`] finds them.
+fn find_kernel<'a>(
+    query: &str,
+    kernels: &'a [CandidateKernel],
+) -> Result<&'a CandidateKernel, String> {
+    if let Some(k) = kernels.iter().find(|k| k.id == query) {
+        return Ok(k);
+    }
+    // A bare version or series names kernels by version only: "6.1" must
+    // not reach 6.12.57-... through ID prefixes.
+    let version_query = query.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if version_query {
+        if let Ok(v) = KernelVersion::parse(query) {
+            let series = query.matches('.').count() == 1;
+            let best = kernels
+                .iter()
+                .filter(|k| {
+                    if series {
+                        k.version.major == v.major && k.version.minor == v.minor
+                    } else {
+                        k.version == v
+                    }
+                })
+                .max_by(|a, b| a.version.cmp(&b.version).then_with(|| b.id.cmp(&a.id)));
+            if let Some(k) = best {
+                return Ok(k);
+            }
+        }
+    }
+    let prefixed: Vec<&CandidateKernel> = kernels
+        .iter()
+        .filter(|k| !version_query && k.id.starts_with(query))
+        .collect();
+    match prefixed.as_slice() {
+        [one] => Ok(one),
+        [] if kernels.is_empty() => Err("the kernel catalog is empty".to_string()),
+        [] => Err(format!(
+            "it is not in the kernel catalog (have: {})",
+            kernels
+                .iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        many => Err(format!(
+            "it matches several kernels ({}): give the full ID",
+            many.iter()
+                .map(|k| k.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn select_kernel<'a>(
+    input: &DecideInput<'a>,
+    preferred: Option<(String, String)>,
+    reasons: &mut Vec<Reason>,
+) -> Result<&'a CandidateKernel, DispatchError> {
+    let req = input.requirements;
+    let pvm_host = input.host.kvm == KvmSupport::Pvm;
+    let pvm_warning = |k: &CandidateKernel| {
+        Reason::new(
+            "kernel.select",
+            "a PVM-enabled guest kernel",
+            format!("{} (not PVM-enabled)", k.id),
+            Outcome::Warning,
+            "on this PVM host a stock guest kernel runs at instruction-emulation speed; `amphi kernel build` makes a PVM-enabled one",
+        )
+    };
+
+    if let Some((query, from)) = preferred {
+        let k = match find_kernel(&query, input.kernels) {
+            Ok(k) => k,
+            Err(why) => {
+                let build = if BUILDABLE_SERIES.contains(&query.as_str()) {
+                    format!("run `amphi kernel build --version {query}` or ")
+                } else {
+                    String::new()
+                };
+                let message = format!(
+                    "preferred guest kernel {query:?} (from {from}): {why}; {build}add it with `amphi kernel add PATH --config CONFIG`"
+                );
+                reasons.push(Reason::new(
+                    "kernel.select",
+                    format!("{query} (from {from})"),
+                    "not found",
+                    Outcome::Refused,
+                    why,
+                ));
+                return Err(refuse("kernel.select", message, std::mem::take(reasons)));
+            }
+        };
+        let misses = kernel_misses(k, req);
+        if !misses.is_empty() {
+            let why = misses.join("; ");
+            reasons.push(Reason::new(
+                "kernel.select",
+                format!("{query} (from {from}) meeting {}", needs(req)),
+                &k.id,
+                Outcome::Refused,
+                &why,
+            ));
+            return Err(refuse(
+                "kernel.select",
+                format!(
+                    "preferred guest kernel {} (asked for as {query:?} by {from}) does not meet the image's requirements: {why}; choose another kernel or drop the preference",
+                    k.id
+                ),
+                std::mem::take(reasons),
+            ));
+        }
+        reasons.push(Reason::new(
+            "kernel.select",
+            format!("{query} (from {from}) meeting {}", needs(req)),
+            format!("{} ({})", k.id, k.release),
+            Outcome::Ok,
+            "the preferred kernel",
+        ));
+        if pvm_host && !k.pvm {
+            reasons.push(pvm_warning(k));
+        }
+        return Ok(k);
+    }
+
+    let mut meeting: Vec<&CandidateKernel> = input
+        .kernels
+        .iter()
+        .filter(|k| kernel_misses(k, req).is_empty())
+        .collect();
+    meeting.sort_by(|a, b| b.version.cmp(&a.version).then_with(|| a.id.cmp(&b.id)));
+    let pick = if pvm_host {
+        meeting
+            .iter()
+            .find(|k| k.pvm)
+            .or_else(|| meeting.first())
+            .copied()
+    } else {
+        meeting.first().copied()
+    };
+    let Some(k) = pick else {
+        let detail = if input.kernels.is_empty() {
+            "the kernel catalog is empty".to_string()
+        } else {
+            input
+                .kernels
+                .iter()
+                .map(|k| format!("{}: {}", k.id, kernel_misses(k, req).join("; ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        reasons.push(Reason::new(
+            "kernel.select",
+            needs(req),
+            "no kernel meets it",
+            Outcome::Refused,
+            &detail,
+        ));
+        return Err(refuse(
+            "kernel.select",
+            format!(
+                "image {} needs a microVM, but no guest kernel in the catalog meets its requirements ({}): {detail}. To fix: {}",
+                input.reference,
+                needs(req),
+                fix_hint(req)
+            ),
+            std::mem::take(reasons),
+        ));
+    };
+    let note = if pvm_host && k.pvm {
+        "the newest PVM-enabled kernel that meets them"
+    } else {
+        "the newest kernel that meets them"
+    };
+    reasons.push(Reason::new(
+        "kernel.select",
+        needs(req),
+        format!("{} ({})", k.id, k.release),
+        Outcome::Ok,
+        note,
+    ));
+    if pvm_host && !k.pvm {
+        reasons.push(pvm_warning(k));
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests;

@@ -355,3 +355,44 @@ pub fn derive_image(
     mdesc["size"] = mbytes.len().into();
     std::fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+/// amphi's finished guest kernel build of `series` ("6.12", "6.1") in the
+/// machine's build cache (`$AMPHI_KERNEL_CACHE`), found by the recipe hash
+/// computed here independently of amphi: its directory and the version it
+/// reports. None (with a loud skip) when it is not built.
+pub fn guest_kernel_build(series: &str) -> Option<(PathBuf, String)> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let dir_env = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(default))
+    };
+    let tarball =
+        dir_env("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
+    let Ok(meta) = std::fs::metadata(&tarball) else {
+        skip(&format!(
+            "{} is missing: run scripts/setup",
+            tarball.display()
+        ));
+        return None;
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(std::fs::read(workspace_root().join("guest-kernel/microvm.config")).unwrap());
+    h.update(std::fs::read(workspace_root().join("guest-kernel/build.sh")).unwrap());
+    h.update(format!("\n{} {}\n", meta.len(), meta.mtime()));
+    let hash = hex::encode(h.finalize())[..12].to_string();
+    let dir =
+        dir_env("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
+    match std::fs::read_to_string(dir.join("version")) {
+        Ok(v) => Some((dir, v.trim().to_string())),
+        Err(_) => {
+            skip(&format!(
+                "guest kernel {series} is not built in {}: run `amphi kernel build --version {series}` (scripts/test does)",
+                dir.display()
+            ));
+            None
+        }
+    }
+}

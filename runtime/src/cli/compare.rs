@@ -11,8 +11,8 @@ use std::path::Path;
     amphi compare --json localhost/demo/busybox sh -c 'uname -r; head -3 /proc/cpuinfo'\n  \
     amphi compare --kernel 6.1 --memory 128m IMAGE CMD\n\n\
     The workload runs twice, `amphi run --rm --isolation container` then `--isolation vm`, \
-    with the same flags. Exit status: 0 when exit status, kernel and output are the same, \
-    1 when they differ, 125 when amphi could not compare."
+    with the same flags. Exit status: 0 when the exit status and the output are the same \
+    (the kernel may differ), 1 when they differ, 125 when amphi could not compare."
 )]
 pub struct CompareArgs {
     /// Print the comparison as JSON
@@ -114,5 +114,9 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         print!("{}", c.render(color));
     }
-    Ok(if c.differences.is_empty() { 0 } else { 1 })
+    let behaviour_differs = c
+        .differences
+        .iter()
+        .any(|d| d == "exit status" || d == "stdout" || d == "stderr");
+    Ok(i32::from(behaviour_differs))
 }

@@ -1,6 +1,7 @@
 //! The command line: parse, call the library, print. Kept thin.
 
 mod compare;
+mod explain;
 mod images;
 mod kernel;
 mod oci;
@@ -69,6 +70,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a command in a new container from an image
     Run(Box<run::RunArgs>),
+    /// Show how `run` would run an image (container or microVM) and why
+    Explain(explain::ExplainArgs),
     /// Run a workload natively and in a microVM, and show what differs
     Compare(Box<compare::CompareArgs>),
     /// Pull an image from a registry into the local store
@@ -244,17 +247,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
         }
         Command::Run(a) => {
-            let (req, vm) = match run::request(*a, &store_root, &cli.root) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("amphi: error: {e}");
-                    return Ok(e.code);
-                }
-            };
-            let result = match vm {
-                Some(opts) => crate::vm::run(req, opts),
-                None => crate::run::run(req),
-            };
+            let result = run::request(*a, &store_root, &cli.root)
+                .and_then(|(req, dispatch)| run::execute(req, dispatch));
             match result {
                 Ok(code) => Ok(code),
                 Err(e) => {
@@ -265,6 +259,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Kernel(a) => kernel::run(&store_root, a),
         Command::Compare(a) => compare::run(&store_root, &cli.root, *a),
+        Command::Explain(a) => explain::run(&store_root, a),
         c => done(run_image_command(c, &store_root)),
     }
 }
@@ -348,7 +343,8 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Vmm(_)
         | Command::Spec(_)
         | Command::Kernel(_)
-        | Command::Compare(_) => unreachable!("handled above"),
+        | Command::Compare(_)
+        | Command::Explain(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),

@@ -1,5 +1,6 @@
 //! `amphi run`.
 
+use crate::dispatch::{Isolation, IsolationChoice};
 use crate::run::{RunError, RunRequest, EXIT_AMPHI};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
@@ -81,9 +82,15 @@ pub struct RunArgs {
     /// Run a small init (amphi itself) as PID 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
-    /// Where to run: auto, container or vm (a microVM with its own guest kernel)
+    /// Where to run: auto (the dispatcher decides, see `amphi explain`), container or vm
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
+    /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Print how the run was dispatched (container or microVM) and why
+    #[arg(long)]
+    pub verbose: bool,
     /// microVM runs: auto (amphi's VMM where KVM serves the kernel, else QEMU), builtin or qemu
     #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
     pub vm_backend: Option<String>,
@@ -132,25 +139,51 @@ fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
         .collect())
 }
 
-/// Turns the flags into a request, and the microVM options when the run
-/// goes into a microVM.
+/// How a run is dispatched: the flags that choose container or microVM.
+pub struct Dispatch {
+    pub isolation: IsolationChoice,
+    /// Used when the run goes into a microVM.
+    pub vm: VmOptions,
+    /// `--policy`.
+    pub policy: Option<PathBuf>,
+    /// `--verbose`: print the decision and its reasons.
+    pub verbose: bool,
+    /// Which microVM-only flags were given (ignored, with a warning, when
+    /// the decision is a container).
+    pub vm_only_flags: Vec<&'static str>,
+    /// `-d` and `-v` were given (refused for microVM runs).
+    pub detach: bool,
+    pub volumes: bool,
+}
+
+/// Turns the flags into a request and the dispatch flags.
 pub fn request(
     a: RunArgs,
     store_root: &Path,
     state_root: &Path,
-) -> Result<(RunRequest, Option<VmOptions>), RunError> {
-    let vm = if a.isolation == "vm" {
-        if a.detach {
-            return Err(usage(
-                "-d is not supported with --isolation vm yet: microVM runs are foreground only",
-            ));
+) -> Result<(RunRequest, Dispatch), RunError> {
+    let isolation: IsolationChoice = a
+        .isolation
+        .parse()
+        .map_err(|e: crate::dispatch::DispatchError| usage(e.to_string()))?;
+    let mut vm_only_flags = Vec::new();
+    for (set, flag) in [
+        (a.vm_backend.is_some(), "--vm-backend"),
+        (a.kernel.is_some(), "--kernel"),
+        (a.timeout.is_some(), "--timeout"),
+    ] {
+        if set {
+            if isolation == IsolationChoice::Container {
+                return Err(usage(format!(
+                    "{flag} only applies to microVM runs, and --isolation container was given"
+                )));
+            }
+            vm_only_flags.push(flag);
         }
-        if !a.volume.is_empty() {
-            return Err(usage(
-                "-v is not supported with --isolation vm yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
-            ));
-        }
-        Some(VmOptions {
+    }
+    let dispatch = Dispatch {
+        isolation,
+        vm: VmOptions {
             backend: a
                 .vm_backend
                 .as_deref()
@@ -159,20 +192,12 @@ pub fn request(
                 .map_err(usage)?,
             kernel: a.kernel.clone(),
             timeout: a.timeout.map(Duration::from_secs_f64),
-        })
-    } else {
-        for (set, flag) in [
-            (a.vm_backend.is_some(), "--vm-backend"),
-            (a.kernel.is_some(), "--kernel"),
-            (a.timeout.is_some(), "--timeout"),
-        ] {
-            if set {
-                return Err(usage(format!(
-                    "{flag} only applies to microVM runs: add --isolation vm"
-                )));
-            }
-        }
-        None
+        },
+        policy: a.policy.clone(),
+        verbose: a.verbose,
+        vm_only_flags,
+        detach: a.detach,
+        volumes: !a.volume.is_empty(),
     };
     if a.detach && (a.tty || a.interactive) {
         return Err(usage(
@@ -240,5 +265,50 @@ pub fn request(
         store_root: store_root.to_path_buf(),
         state_root: state_root.to_path_buf(),
     };
-    Ok((req, vm))
+    Ok((req, dispatch))
+}
+
+/// Decides container or microVM, then runs.
+pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
+    let plan = crate::dispatch::plan(
+        &req.store_root,
+        &req.image,
+        d.isolation,
+        d.policy.as_deref(),
+        d.vm.backend,
+    )?;
+    for r in &plan.decision.reasons {
+        tracing::info!(rule = %r.rule, wanted = %r.wanted, have = %r.have, outcome = %r.outcome, note = %r.note, "dispatch");
+        if r.outcome == crate::dispatch::Outcome::Warning {
+            eprintln!("amphi: warning: {r}");
+        }
+    }
+    if d.verbose {
+        eprint!("{plan}");
+    }
+    match plan.decision.isolation {
+        Isolation::Vm => {
+            if d.detach {
+                return Err(usage(
+                    "-d is not supported for microVM runs yet: microVM runs are foreground only",
+                ));
+            }
+            if d.volumes {
+                return Err(usage(
+                    "-v is not supported for microVM runs yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
+                ));
+            }
+            let mut vm = d.vm;
+            if vm.kernel.is_none() {
+                vm.kernel = plan.decision.kernel.as_ref().map(|k| k.id.clone());
+            }
+            crate::vm::run(req, vm)
+        }
+        Isolation::Container => {
+            for f in &d.vm_only_flags {
+                eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
+            }
+            crate::run::run(req)
+        }
+    }
 }

@@ -449,7 +449,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             "a microVM",
             host.kvm.to_string(),
             Outcome::Info,
-            "the built-in VMM, with a PVM-enabled guest kernel",
+            "the built-in VMM with a PVM-enabled guest kernel, else QEMU in software emulation",
         ),
         KvmSupport::Unrecognized | KvmSupport::None => Reason::new(
             "host.kvm",
@@ -628,8 +628,8 @@ fn select_kernel<'a>(
             "kernel.select",
             "a PVM-enabled guest kernel",
             format!("{} (not PVM-enabled)", k.id),
-            Outcome::Warning,
-            "on this PVM host a stock guest kernel runs at instruction-emulation speed; `amphi kernel build` makes a PVM-enabled one",
+            Outcome::Info,
+            "on this PVM host only a PVM-enabled guest kernel runs under KVM: this one runs under QEMU in software emulation (slow); add a PVM-enabled kernel with `amphi kernel add PATH --pvm`",
         )
     };
 

@@ -12,6 +12,7 @@
 
 mod constraint;
 mod decide;
+mod plan;
 mod policy;
 mod requirements;
 
@@ -19,6 +20,7 @@ pub use constraint::{Comparator, Op, PartialVersion, VersionConstraint};
 pub use decide::{
     decide, CandidateKernel, ChosenKernel, DecideInput, Decision, Outcome, Reason, BUILDABLE_SERIES,
 };
+pub use plan::{plan, HostSummary, Plan};
 pub use policy::{
     glob_match, normalize_reference, reference_matches, ImageRule, Policy, TrustRule,
     DEFAULT_POLICY_PATH,

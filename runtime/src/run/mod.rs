@@ -99,32 +99,33 @@ impl Drop for Cleanup {
 /// The image of a run: found in the store, or pulled when it is not there
 /// (like docker), with its config.
 pub fn resolve_image(
-    req: &RunRequest,
+    store_root: &Path,
+    image: &str,
 ) -> Result<(Store, crate::image::ImageRecord, ImageConfig), RunError> {
-    let store = Store::open(&req.store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
+    let store = Store::open(store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
     let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
-    let rec = match idx.find(&req.image) {
+    let rec = match idx.find(image) {
         Ok(r) => r.clone(),
         // Like docker: an image that is not here yet is pulled first.
         Err(crate::image::index::LookupError::NotFound(_))
-            if crate::image::Reference::parse(&req.image).is_ok() =>
+            if crate::image::Reference::parse(image).is_ok() =>
         {
-            pull_missing(req)?
+            pull_missing(store_root, image)?
         }
         Err(e) => return Err(amphi_err(e.to_string())),
     };
     let cfg_bytes = store
         .read_blob(&rec.config)
         .map_err(|e| amphi_err(e.to_string()))?;
-    let image: ImageConfig = serde_json::from_slice(&cfg_bytes)
+    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
-    Ok((store, rec, image))
+    Ok((store, rec, config))
 }
 
 /// Runs an image natively in the foreground; returns the exit status.
 pub fn run(req: RunRequest) -> Result<i32, RunError> {
     let t0 = std::time::Instant::now();
-    let (store, rec, image) = resolve_image(&req)?;
+    let (store, rec, image) = resolve_image(&req.store_root, &req.image)?;
     let host = crate::image::manifest::Platform::host();
     if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
         return Err(amphi_err(format!(
@@ -316,12 +317,10 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     Ok(status)
 }
 
-fn pull_missing(req: &RunRequest) -> Result<crate::image::ImageRecord, RunError> {
-    let reference =
-        crate::image::Reference::parse(&req.image).map_err(|e| amphi_err(e.to_string()))?;
+fn pull_missing(store_root: &Path, image: &str) -> Result<crate::image::ImageRecord, RunError> {
+    let reference = crate::image::Reference::parse(image).map_err(|e| amphi_err(e.to_string()))?;
     eprintln!("Unable to find image {reference} locally, pulling it");
-    let store =
-        Store::open(&req.store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
+    let store = Store::open(store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
     let opts = crate::image::pull::PullOptions {
         platform: crate::image::manifest::Platform::host(),
         insecure: false,
@@ -331,7 +330,7 @@ fn pull_missing(req: &RunRequest) -> Result<crate::image::ImageRecord, RunError>
     crate::image::pull::pull(&store, &reference, &opts).map_err(|e| {
         amphi_err(format!(
             "image {} is not in the store and pulling it failed: {e}",
-            req.image
+            image
         ))
     })
 }

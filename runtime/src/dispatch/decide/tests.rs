@@ -420,7 +420,7 @@ fn cases() -> Vec<Case> {
             ann: &[(KEY_KERNEL_VERSION, "=6.1")],
             host: |h| h.kvm = KvmSupport::Pvm,
             want: Want::Vm("6.1.150-bbb"),
-            reasons: &[("kernel.select", Warning, "instruction-emulation")],
+            reasons: &[("kernel.select", Info, "software emulation")],
             ..BASE
         },
         Case {

@@ -1,0 +1,176 @@
+//! The dispatcher at work on a real image: probe the host, read the
+//! image's requirements and the policy, list the guest kernels, and
+//! [`decide`]. `amphi run` and `amphi explain` both go through [`plan`].
+
+use super::{
+    decide, image_requirements, normalize_reference, CandidateKernel, DecideInput, Decision,
+    DispatchError, Isolation, IsolationChoice, Policy,
+};
+use crate::host::HostInfo;
+use crate::run::{amphi_err, RunError};
+use crate::vm::backend::BackendChoice;
+use serde::Serialize;
+use std::path::Path;
+
+/// A decision with what `amphi explain` shows around it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The image reference, normalised (what policy globs match).
+    pub image: String,
+    pub decision: Decision,
+    /// What would run it: "native container" or the VM backend.
+    pub backend: String,
+    pub host: HostSummary,
+}
+
+/// The host facts the decision used, in short.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSummary {
+    pub arch: String,
+    pub kernel: String,
+    pub config_source: String,
+    pub cgroup: String,
+    pub kvm: String,
+}
+
+impl HostSummary {
+    fn of(h: &HostInfo) -> Self {
+        let json = |v: &dyn erased::ToJson| v.to_json();
+        HostSummary {
+            arch: h.arch.clone(),
+            kernel: h.kernel_release.clone(),
+            config_source: h.config_source.clone(),
+            cgroup: json(&h.cgroup),
+            kvm: json(&h.kvm),
+        }
+    }
+}
+
+mod erased {
+    /// Serde enums as their plain names.
+    pub trait ToJson {
+        fn to_json(&self) -> String;
+    }
+    impl<T: serde::Serialize> ToJson for T {
+        fn to_json(&self) -> String {
+            match serde_json::to_value(self) {
+                Ok(serde_json::Value::String(s)) => s,
+                Ok(v) => v.to_string(),
+                Err(_) => "?".into(),
+            }
+        }
+    }
+}
+
+/// The error for a failed decision: its message and every rule checked.
+fn dispatch_err(e: DispatchError) -> RunError {
+    let mut m = e.to_string();
+    let reasons = e.reasons();
+    if !reasons.is_empty() {
+        m.push_str("\nrules checked:");
+        for r in reasons {
+            m.push_str(&format!("\n  {r}"));
+        }
+    }
+    amphi_err(m)
+}
+
+/// Decides how `image` runs here (pulling it first if it is missing).
+pub fn plan(
+    store_root: &Path,
+    image: &str,
+    cli: IsolationChoice,
+    policy_path: Option<&Path>,
+    vm_backend: BackendChoice,
+) -> Result<Plan, RunError> {
+    let (store, rec, config) = crate::run::resolve_image(store_root, image)?;
+    let requirements = image_requirements(&store, &rec, &config).map_err(dispatch_err)?;
+    let policy = Policy::load(policy_path).map_err(dispatch_err)?;
+    let host = crate::host::probe();
+    let catalog = crate::kernel::Catalog::open(store_root);
+    let reference = normalize_reference(image).unwrap_or_else(|_| image.to_string());
+    let decide_with = |kernels: &[CandidateKernel]| {
+        decide(&DecideInput {
+            host: &host,
+            reference: &reference,
+            requirements: &requirements,
+            policy: &policy,
+            cli,
+            kernels,
+        })
+    };
+    let mut kernels: Vec<CandidateKernel> = catalog
+        .list()
+        .unwrap_or_default()
+        .iter()
+        .map(CandidateKernel::from_entry)
+        .collect();
+    let mut decision = decide_with(&kernels);
+    // An empty catalog gets amphi's own kernels from the machine's build
+    // cache, but only when a microVM is wanted: native runs stay cheap.
+    let wants_vm = !matches!(&decision, Ok(d) if d.isolation == Isolation::Container);
+    if kernels.is_empty() && wants_vm {
+        for series in crate::kernel::available_series() {
+            let _ = crate::kernel::ensure_builtin(store_root, &series);
+        }
+        kernels = catalog
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .map(CandidateKernel::from_entry)
+            .collect();
+        decision = decide_with(&kernels);
+    }
+    let decision = decision.map_err(dispatch_err)?;
+    let backend = match (&decision.isolation, &decision.kernel) {
+        (Isolation::Container, _) => "native container (host kernel)".to_string(),
+        (Isolation::Vm, k) => {
+            let cand = k
+                .as_ref()
+                .and_then(|k| kernels.iter().find(|c| c.id == k.id));
+            let (b, _) = crate::vm::backend::choose(
+                vm_backend,
+                amphi_vmm::detect_kvm_kind(),
+                cand.is_some_and(|c| c.pvm),
+                cand.map_or("", |c| c.release.as_str()),
+            );
+            b.describe().to_string()
+        }
+    };
+    Ok(Plan {
+        image: reference,
+        decision,
+        backend,
+        host: HostSummary::of(&host),
+    })
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.decision;
+        match (&d.isolation, &d.kernel) {
+            (Isolation::Vm, Some(k)) => writeln!(
+                f,
+                "{}: microVM, guest kernel {} ({})",
+                self.image, k.release, k.id
+            )?,
+            (Isolation::Vm, None) => writeln!(f, "{}: microVM", self.image)?,
+            (Isolation::Container, _) => writeln!(f, "{}: native container", self.image)?,
+        }
+        writeln!(f, "backend: {}", self.backend)?;
+        writeln!(
+            f,
+            "host: {} kernel {}, cgroup {}, KVM {} (config: {})",
+            self.host.arch,
+            self.host.kernel,
+            self.host.cgroup,
+            self.host.kvm,
+            self.host.config_source
+        )?;
+        writeln!(f, "rules:")?;
+        for r in &d.reasons {
+            writeln!(f, "  {r}")?;
+        }
+        Ok(())
+    }
+}

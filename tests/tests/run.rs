@@ -287,14 +287,20 @@ fn memory_pids_and_oom() {
     let (code, _, err) = e.rm(&["--memory", "lots"], &["true"]);
     assert_eq!(code, 125);
     assert!(err.contains("lots"), "{err}");
-    // The container's cgroups are removed when it exits.
-    let (_, out, _) = e.rm(&["--memory", "64m"], &["cat", "/proc/self/cgroup"]);
+    // The container has its own cgroup namespace rooted at its cgroup, and
+    // its cgroups are removed when it exits (its hostname is its ID's
+    // first 12 digits).
+    let (_, out, _) = e.rm(
+        &["--memory", "64m"],
+        &["sh", "-c", "cat /proc/self/cgroup; hostname"],
+    );
     let mem = out
         .lines()
         .find(|l| l.contains(":memory:") || l.starts_with("0::"))
         .unwrap_or_else(|| panic!("no memory cgroup in {out}"));
-    let id = mem.rsplit('/').next().unwrap();
-    assert_eq!(id.len(), 64, "{mem}");
+    assert!(mem.ends_with(":/"), "cgroup namespace root: {out}");
+    let id = out.lines().last().unwrap().trim();
+    assert_eq!(id.len(), 12, "{out}");
     assert!(cgroup_dirs_for(id).is_empty(), "cgroup of {id} left behind");
     e.assert_clean();
 }

@@ -356,43 +356,47 @@ pub fn derive_image(
     std::fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
 
-/// amphi's finished guest kernel build of `series` ("6.12", "6.1") in the
-/// machine's build cache (`$AMPHI_KERNEL_CACHE`), found by the recipe hash
-/// computed here independently of amphi: its directory and the version it
-/// reports. None (with a loud skip) when it is not built.
-pub fn guest_kernel_build(series: &str) -> Option<(PathBuf, String)> {
+fn env_dir(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// The build cache key of guest kernel `series` ("6.12", "6.1"), computed
+/// here independently of amphi: sha256(fragment ++ recipe ++ "\n<tarball
+/// size> <mtime>\n"), 12 hex digits; None when the source is not installed.
+pub fn guest_kernel_recipe_hash(series: &str) -> Option<String> {
     use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
-    let dir_env = |var: &str, default: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(default))
-    };
     let tarball =
-        dir_env("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
-    let Ok(meta) = std::fs::metadata(&tarball) else {
-        skip(&format!(
-            "{} is missing: run scripts/setup",
-            tarball.display()
-        ));
-        return None;
-    };
+        env_dir("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
+    let meta = std::fs::metadata(tarball).ok()?;
     let mut h = sha2::Sha256::new();
     h.update(std::fs::read(workspace_root().join("guest-kernel/microvm.config")).unwrap());
     h.update(std::fs::read(workspace_root().join("guest-kernel/build.sh")).unwrap());
     h.update(format!("\n{} {}\n", meta.len(), meta.mtime()));
-    let hash = hex::encode(h.finalize())[..12].to_string();
+    Some(hex::encode(h.finalize())[..12].to_string())
+}
+
+/// amphi's finished build of guest kernel `series` in the machine's build
+/// cache (`$AMPHI_KERNEL_CACHE`): its directory and the version it reports.
+/// None when it is not built (see [`guest_kernel_build`] for the loud skip).
+pub fn guest_kernel_build_quiet(series: &str) -> Option<(PathBuf, String)> {
+    let hash = guest_kernel_recipe_hash(series)?;
     let dir =
-        dir_env("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
-    match std::fs::read_to_string(dir.join("version")) {
-        Ok(v) => Some((dir, v.trim().to_string())),
-        Err(_) => {
-            skip(&format!(
-                "guest kernel {series} is not built in {}: run `amphi kernel build --version {series}` (scripts/test does)",
-                dir.display()
-            ));
-            None
-        }
+        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
+    let version = std::fs::read_to_string(dir.join("version")).ok()?;
+    Some((dir, version.trim().to_string()))
+}
+
+/// [`guest_kernel_build_quiet`], with a loud skip when it is missing.
+pub fn guest_kernel_build(series: &str) -> Option<(PathBuf, String)> {
+    let found = guest_kernel_build_quiet(series);
+    if found.is_none() {
+        skip(&format!(
+            "guest kernel {series} is not built (or linux-source-{series} is not installed): run scripts/setup and `amphi kernel build --version {series}` (scripts/test does both)"
+        ));
     }
+    found
 }

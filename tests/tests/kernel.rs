@@ -4,51 +4,17 @@
 //! detection), and bad input, which must fail clearly and leave the catalog
 //! as it was.
 
-use amphi_tests::{run_cmd, skip, workspace_root, Amphi};
+use amphi_tests::{run_cmd, skip, Amphi};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-fn env_dir(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default))
-}
-
-/// The build cache key of `series`, computed here independently of amphi:
-/// sha256(fragment ++ recipe ++ "\n<tarball size> <mtime>\n"), 12 hex digits.
-fn recipe_hash(series: &str) -> Option<String> {
-    let tarball =
-        env_dir("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
-    let meta = fs::metadata(tarball).ok()?;
-    let mut h = Sha256::new();
-    h.update(fs::read(workspace_root().join("guest-kernel/microvm.config")).unwrap());
-    h.update(fs::read(workspace_root().join("guest-kernel/build.sh")).unwrap());
-    h.update(format!("\n{} {}\n", meta.len(), meta.mtime()));
-    Some(hex::encode(h.finalize())[..12].to_string())
-}
 
 /// The machine's finished build of `series` and its recipe hash, or a loud
 /// skip (scripts/test builds both kernels before the tests).
 fn cached_build(series: &str) -> Option<(PathBuf, String)> {
-    let Some(hash) = recipe_hash(series) else {
-        skip(&format!(
-            "linux-source-{series} is not installed: run scripts/setup"
-        ));
-        return None;
-    };
-    let dir =
-        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
-    if !dir.join("version").is_file() {
-        skip(&format!(
-            "guest kernel {series} is not built in {}: run `amphi kernel build --version {series}` (scripts/test does)",
-            dir.display()
-        ));
-        return None;
-    }
+    let (dir, _) = amphi_tests::guest_kernel_build(series)?;
+    let hash = amphi_tests::guest_kernel_recipe_hash(series)?;
     Some((dir, hash))
 }
 

@@ -15,12 +15,10 @@
 //! Without the kernel builds (scripts/test runs `amphi kernel build
 //! --version 6.12` and `--version 6.1`) or QEMU, the tests skip loudly.
 
-use amphi_tests::{amphi_bin, skip, test_image, workspace_root, Amphi};
+use amphi_tests::{amphi_bin, skip, test_image, Amphi};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,26 +33,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(240);
 // ---------------------------------------------------------------------------
 // Guest kernels from the machine's build cache (as in tests/kernel.rs).
 
-fn env_dir(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default))
-}
-
-/// The build cache key of `series`, computed here independently of amphi:
-/// sha256(fragment ++ recipe ++ "\n<tarball size> <mtime>\n"), 12 hex digits.
-fn recipe_hash(series: &str) -> Option<String> {
-    let tarball =
-        env_dir("AMPHI_LINUX_SOURCE_DIR", "/usr/src").join(format!("linux-source-{series}.tar.xz"));
-    let meta = fs::metadata(tarball).ok()?;
-    let mut h = Sha256::new();
-    h.update(fs::read(workspace_root().join("guest-kernel/microvm.config")).unwrap());
-    h.update(fs::read(workspace_root().join("guest-kernel/build.sh")).unwrap());
-    h.update(format!("\n{} {}\n", meta.len(), meta.mtime()));
-    Some(hex::encode(h.finalize())[..12].to_string())
-}
-
 /// amphi's finished build of one kernel series.
 #[derive(Clone, Debug)]
 struct Build {
@@ -65,25 +43,7 @@ struct Build {
 
 /// The machine's finished build of `series`, or None (with a loud skip).
 fn cached_build(series: &str) -> Option<Build> {
-    let Some(hash) = recipe_hash(series) else {
-        skip(&format!(
-            "linux-source-{series} is not installed: run scripts/setup"
-        ));
-        return None;
-    };
-    let dir =
-        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
-    let Ok(version) = fs::read_to_string(dir.join("version")) else {
-        skip(&format!(
-            "guest kernel {series} is not built in {}: run `amphi kernel build --version {series}` (scripts/test does)",
-            dir.display()
-        ));
-        return None;
-    };
-    Some(Build {
-        dir,
-        version: version.trim().to_string(),
-    })
+    amphi_tests::guest_kernel_build(series).map(|(dir, version)| Build { dir, version })
 }
 
 fn on_path(prog: &str) -> bool {
@@ -563,14 +523,7 @@ fn default_kernel_stdio_and_exit_status() {
 
 /// [`cached_build`] without the skip message.
 fn cached_build_quiet(series: &str) -> Option<Build> {
-    let hash = recipe_hash(series)?;
-    let dir =
-        env_dir("AMPHI_KERNEL_CACHE", "/var/cache/amphi/kernels").join(format!("{series}-{hash}"));
-    let version = fs::read_to_string(dir.join("version")).ok()?;
-    Some(Build {
-        dir,
-        version: version.trim().to_string(),
-    })
+    amphi_tests::guest_kernel_build_quiet(series).map(|(dir, version)| Build { dir, version })
 }
 
 /// -e, -w and -u as natively; --memory and --cpus become the container's

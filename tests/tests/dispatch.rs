@@ -124,6 +124,9 @@ fn image_needing_6_1_gets_the_6_1_kernel() {
     );
     let out = a.ok(&["run", "--rm", img, "uname", "-r"]);
     assert_eq!(out.trim(), v61);
+    // A --kernel that does not meet the requirements is refused, saying why.
+    let err = a.fail(&["explain", "--kernel", "6.12", img]);
+    assert!(err.contains(">=6.1, <6.2") && err.contains("6.12"), "{err}");
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub struct ExplainArgs {
     /// As `amphi run --vm-backend`: auto, builtin or qemu
     #[arg(long, default_value = "auto", value_parser = ["auto", "builtin", "qemu"])]
     pub vm_backend: String,
+    /// As `amphi run --kernel`: the guest kernel to consider (catalog ID or version, or a file)
+    #[arg(long, value_name = "KERNEL")]
+    pub kernel: Option<String>,
     /// Image to explain
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -32,7 +35,14 @@ pub struct ExplainArgs {
 pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
     let iso: IsolationChoice = a.isolation.parse()?;
     let backend = a.vm_backend.parse().map_err(anyhow::Error::msg)?;
-    match crate::dispatch::plan(store_root, &a.image, iso, a.policy.as_deref(), backend) {
+    match crate::dispatch::plan(
+        store_root,
+        &a.image,
+        iso,
+        a.policy.as_deref(),
+        backend,
+        a.kernel.as_deref(),
+    ) {
         Ok(p) if a.json => {
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(0)

@@ -276,6 +276,7 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
         d.isolation,
         d.policy.as_deref(),
         d.vm.backend,
+        d.vm.kernel.as_deref(),
     )?;
     for r in &plan.decision.reasons {
         tracing::info!(rule = %r.rule, wanted = %r.wanted, have = %r.have, outcome = %r.outcome, note = %r.note, "dispatch");

@@ -82,6 +82,7 @@ pub fn plan(
     cli: IsolationChoice,
     policy_path: Option<&Path>,
     vm_backend: BackendChoice,
+    kernel: Option<&str>,
 ) -> Result<Plan, RunError> {
     let (store, rec, config) = crate::run::resolve_image(store_root, image)?;
     let requirements = image_requirements(&store, &rec, &config).map_err(dispatch_err)?;
@@ -99,6 +100,12 @@ pub fn plan(
             kernels,
         })
     };
+    // `--kernel`: the only candidate (a file, or one catalog kernel).
+    if let Some(k) = kernel {
+        let only = given_kernel(store_root, k)?;
+        let decision = decide_with(std::slice::from_ref(&only)).map_err(dispatch_err)?;
+        return Ok(finish(reference, decision, &[only], vm_backend, &host));
+    }
     let mut kernels: Vec<CandidateKernel> = catalog
         .list()
         .unwrap_or_default()
@@ -122,6 +129,46 @@ pub fn plan(
         decision = decide_with(&kernels);
     }
     let decision = decision.map_err(dispatch_err)?;
+    Ok(finish(reference, decision, &kernels, vm_backend, &host))
+}
+
+/// The kernel `--kernel` names: a file (probed; its embedded config, if
+/// any, is what config requirements are checked against) or a catalog
+/// kernel.
+fn given_kernel(store_root: &Path, k: &str) -> Result<CandidateKernel, RunError> {
+    if k.contains('/') {
+        let (img, _) = crate::kernel::probe::probe(Path::new(k))
+            .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
+        return Ok(CandidateKernel {
+            id: k.to_string(),
+            release: img.release,
+            version: img.version,
+            config: img
+                .ikconfig
+                .as_deref()
+                .and_then(|c| crate::kernel::config::parse(c).ok()),
+            pvm: false,
+        });
+    }
+    let catalog = crate::kernel::Catalog::open(store_root);
+    if catalog.list().map(|l| l.is_empty()).unwrap_or(true) {
+        for series in crate::kernel::available_series() {
+            let _ = crate::kernel::ensure_builtin(store_root, &series);
+        }
+    }
+    let e = catalog
+        .get(k)
+        .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
+    Ok(CandidateKernel::from_entry(&e))
+}
+
+fn finish(
+    reference: String,
+    decision: Decision,
+    kernels: &[CandidateKernel],
+    vm_backend: BackendChoice,
+    host: &HostInfo,
+) -> Plan {
     let backend = match (&decision.isolation, &decision.kernel) {
         (Isolation::Container, _) => "native container (host kernel)".to_string(),
         (Isolation::Vm, k) => {
@@ -137,12 +184,12 @@ pub fn plan(
             b.describe().to_string()
         }
     };
-    Ok(Plan {
+    Plan {
         image: reference,
         decision,
         backend,
-        host: HostSummary::of(&host),
-    })
+        host: HostSummary::of(host),
+    }
 }
 
 impl std::fmt::Display for Plan {

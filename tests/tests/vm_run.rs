@@ -931,3 +931,25 @@ fn volumes_and_detach_are_refused() {
     );
     e.assert_clean(&run.what);
 }
+
+/// A guest kernel that panics before the guest init reports (here: told
+/// to start an init that does not exist) is a clear host-side error with
+/// the last lines of the guest console, and leaves nothing behind.
+#[test]
+fn a_guest_kernel_panic_shows_the_console() {
+    let Some(e) = Env::new() else { return };
+    let run = e.vm_with(
+        &[("AMPHI_VM_CMDLINE_EXTRA", "rdinit=/no-such-init")],
+        &[],
+        &["true"],
+        Input::Null,
+    );
+    run.expect_code(125);
+    assert!(
+        run.raw_stderr.contains("the guest kernel panicked")
+            && run.raw_stderr.contains("last lines of the guest console")
+            && run.raw_stderr.contains("Kernel panic"),
+        "{}",
+        run.show()
+    );
+}

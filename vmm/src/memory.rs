@@ -74,6 +74,13 @@ impl RamMapping {
             // A hint: without THP it fails, and nothing changes.
             libc::madvise(addr as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
         }
+        // Tests run in parallel: an address another test's mapping had
+        // (and recorded as unmapped) may be ours now.
+        #[cfg(test)]
+        tests::UNMAPPED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| *a != addr);
         Ok(RamMapping { addr, len })
     }
 }
@@ -81,14 +88,16 @@ impl RamMapping {
 impl Drop for RamMapping {
     fn drop(&mut self) {
         if self.len > 0 {
-            // SAFETY: the mapping made in `new`, owned by this value alone;
-            // the region that used it is being dropped.
-            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+            // Recorded before the unmap: once unmapped, the address may be
+            // handed to another test's new mapping at once.
             #[cfg(test)]
             tests::UNMAPPED
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(self.addr);
+            // SAFETY: the mapping made in `new`, owned by this value alone;
+            // the region that used it is being dropped.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
         }
     }
 }

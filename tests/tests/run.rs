@@ -294,6 +294,17 @@ fn memory_pids_and_oom() {
         &["--memory", "64m"],
         &["sh", "-c", "cat /proc/self/cgroup; hostname"],
     );
+    // The container sees its own limits where cgroup tools look for them
+    // (v1 hierarchies read-only under /sys/fs/cgroup, or cgroup2).
+    let (_, limit, err) = e.rm(
+        &["--memory", "64m"],
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; touch /sys/fs/cgroup/x 2>/dev/null && echo writable",
+        ],
+    );
+    assert_eq!(limit.trim(), "67108864", "{limit}{err}");
     let mem = out
         .lines()
         .find(|l| l.contains(":memory:") || l.starts_with("0::"))

@@ -308,6 +308,63 @@ pub fn host_cgroup2_only() -> bool {
         .unwrap_or(false)
 }
 
+/// The host's cgroup hierarchies under /sys/fs/cgroup, from
+/// /proc/self/mountinfo: (directory name, filesystem type, options), e.g.
+/// ("memory", "cgroup", "memory"), ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
+/// ("unified", "cgroup2", "").
+fn host_cgroup_hierarchies() -> Vec<(String, String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split(' ').nth(4)?;
+            let name = mount_point.strip_prefix("/sys/fs/cgroup/")?;
+            if name.is_empty() || name.contains('/') {
+                return None;
+            }
+            let mut post = post.split(' ');
+            let fstype = post.next()?;
+            let super_opts = post.nth(1).unwrap_or("");
+            let opts: Vec<&str> = super_opts
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect();
+            match fstype {
+                "cgroup" => Some((name.to_string(), "cgroup".to_string(), opts.join(","))),
+                "cgroup2" => Some((name.to_string(), "cgroup2".to_string(), String::new())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Mounts the host's v1 (and hybrid cgroup2) hierarchies read-only in the
+/// tmpfs at `target`, with the host's symlinks (`cpu -> cpu,cpuacct`).
+/// Best effort: a hierarchy that cannot be mounted (e.g. in a user
+/// namespace) is left out.
+fn mount_v1_hierarchies(target: &str, flags: libc::c_ulong) {
+    let ro = flags | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for (name, fstype, opts) in host_cgroup_hierarchies() {
+        let dir = format!("{target}/{name}");
+        if std::fs::create_dir(&dir).is_err() {
+            continue;
+        }
+        if mount_raw("cgroup", &dir, &fstype, ro, &opts).is_err() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            if let Ok(link) = std::fs::read_link(e.path()) {
+                let _ = std::os::unix::fs::symlink(
+                    link,
+                    format!("{target}/{}", e.file_name().to_string_lossy()),
+                );
+            }
+        }
+    }
+}
+
 /// Mounts one spec mount inside the rootfs.
 pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
     let dest = m.destination();
@@ -364,15 +421,25 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
             if host_cgroup2_only() {
                 mount_raw("cgroup2", &tpath, "cgroup2", opts.flags, "")
             } else {
-                // Hybrid/v1 hosts: an empty read-only tmpfs; the container's
-                // limits are enforced from outside.
-                mount_raw(
-                    "cgroup",
-                    &tpath,
-                    "tmpfs",
-                    opts.flags | libc::MS_RDONLY,
-                    "mode=755",
-                )
+                // Hybrid/v1 hosts: a tmpfs holding each of the host's
+                // hierarchies, mounted read-only (as runc does); inside the
+                // container's cgroup namespace each shows its own cgroup.
+                let rw = opts.flags & !libc::MS_RDONLY;
+                mount_raw("cgroup", &tpath, "tmpfs", rw, "mode=755").map(|()| {
+                    // Re-open: the old descriptor is the directory under
+                    // the new mount.
+                    if let Ok(tmpfs) = make_target(root, dest, false) {
+                        let tmpfs = fd_path(&tmpfs);
+                        mount_v1_hierarchies(&tmpfs, opts.flags);
+                        let _ = mount_raw(
+                            "",
+                            &tmpfs,
+                            "",
+                            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | rw,
+                            "",
+                        );
+                    }
+                })
             }
         }
         "sysfs" if in_userns => {

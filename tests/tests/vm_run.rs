@@ -546,21 +546,23 @@ fn env_workdir_user_and_cgroup_limits() {
             "128m",
             "--cpus",
             "0.5",
+            "--pids-limit",
+            "20",
         ],
         &[
             "sh",
             "-c",
-            "echo \"$FOO|$SPACED|$HOME\"; pwd; id -u; id -g; cat /sys/fs/cgroup/memory.max; cat /sys/fs/cgroup/cpu.max; uname -r",
+            "echo \"$FOO|$SPACED|$HOME\"; pwd; id -u; id -g; cat /sys/fs/cgroup/memory.max; cat /sys/fs/cgroup/cpu.max; cat /sys/fs/cgroup/pids.max; uname -r",
         ],
     );
     run.expect_code(0);
     assert_eq!(
         run.stdout,
         format!(
-            "bar|a b|/home/amphi\n/data/x\n1000\n1000\n134217728\n50000 100000\n{}\n",
+            "bar|a b|/home/amphi\n/data/x\n1000\n1000\n134217728\n50000 100000\n20\n{}\n",
             e.k612.version
         ),
-        "env | pwd | id -u | id -g | memory.max | cpu.max | uname -r:\n{}",
+        "env | pwd | id -u | id -g | memory.max | cpu.max | pids.max | uname -r:\n{}",
         run.show()
     );
     assert_eq!(run.stderr, "", "{}", run.show());

@@ -35,30 +35,22 @@ pub struct HostSummary {
 
 impl HostSummary {
     fn of(h: &HostInfo) -> Self {
-        let json = |v: &dyn erased::ToJson| v.to_json();
         HostSummary {
             arch: h.arch.clone(),
             kernel: h.kernel_release.clone(),
             config_source: h.config_source.clone(),
-            cgroup: json(&h.cgroup),
-            kvm: json(&h.kvm),
+            cgroup: serde_name(&h.cgroup),
+            kvm: serde_name(&h.kvm),
         }
     }
 }
 
-mod erased {
-    /// Serde enums as their plain names.
-    pub trait ToJson {
-        fn to_json(&self) -> String;
-    }
-    impl<T: serde::Serialize> ToJson for T {
-        fn to_json(&self) -> String {
-            match serde_json::to_value(self) {
-                Ok(serde_json::Value::String(s)) => s,
-                Ok(v) => v.to_string(),
-                Err(_) => "?".into(),
-            }
-        }
+/// A serde enum's plain name ("hybrid", "pvm").
+fn serde_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(_) => "?".into(),
     }
 }
 
@@ -117,9 +109,7 @@ pub fn plan(
     // cache, but only when a microVM is wanted: native runs stay cheap.
     let wants_vm = !matches!(&decision, Ok(d) if d.isolation == Isolation::Container);
     if kernels.is_empty() && wants_vm {
-        for series in crate::kernel::available_series() {
-            let _ = crate::kernel::ensure_builtin(store_root, &series);
-        }
+        crate::kernel::register_builtins(store_root);
         kernels = catalog
             .list()
             .unwrap_or_default()
@@ -152,9 +142,7 @@ fn given_kernel(store_root: &Path, k: &str) -> Result<CandidateKernel, RunError>
     }
     let catalog = crate::kernel::Catalog::open(store_root);
     if catalog.list().map(|l| l.is_empty()).unwrap_or(true) {
-        for series in crate::kernel::available_series() {
-            let _ = crate::kernel::ensure_builtin(store_root, &series);
-        }
+        crate::kernel::register_builtins(store_root);
     }
     let e = catalog
         .get(k)

@@ -28,6 +28,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -232,7 +233,7 @@ fn open_channel() -> Result<File, GuestError> {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags_noctty()
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(CHANNEL)
         .map_err(|e| gerr(format!("opening the guest channel {CHANNEL}: {e}")))?;
     let mut t =
@@ -241,17 +242,6 @@ fn open_channel() -> Result<File, GuestError> {
     rustix::termios::tcsetattr(&f, rustix::termios::OptionalActions::Now, &t)
         .map_err(|e| gerr(format!("{CHANNEL}: tcsetattr: {e}")))?;
     Ok(f)
-}
-
-trait NoCtty {
-    fn custom_flags_noctty(&mut self) -> &mut Self;
-}
-
-impl NoCtty for fs::OpenOptions {
-    fn custom_flags_noctty(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-    }
 }
 
 fn ready() -> Ready {

@@ -51,6 +51,7 @@ mod tree;
 mod tests;
 
 pub use initramfs::{INIT_PATH, ROOTFS_DIR, TOP_DIRS};
+pub(crate) use tools::find as find_program;
 pub use tree::Facts;
 
 use crate::image::store::{remove_path, IoContext, StoreError};

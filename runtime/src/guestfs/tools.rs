@@ -29,7 +29,8 @@ impl Tools {
     }
 }
 
-fn find(name: &str) -> Option<PathBuf> {
+/// `name` on `$PATH` (or in the usual bin and sbin directories), executable.
+pub(crate) fn find(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))

@@ -135,6 +135,15 @@ pub fn available_series() -> Vec<String> {
     found.iter().map(KernelVersion::series).collect()
 }
 
+/// Registers amphi's own kernel of every installed series that the
+/// machine's build cache holds (best effort, no build): how an empty
+/// catalog gets its first kernels.
+pub fn register_builtins(store_root: &Path) {
+    for series in available_series() {
+        let _ = ensure_builtin(store_root, &series);
+    }
+}
+
 /// amphi's own kernel for `series`, for the current recipe: from the
 /// catalog, else registered from the machine's build cache (cheap: no
 /// build), else [`KernelError::NoBuiltin`].

@@ -27,7 +27,8 @@ pub mod probe;
 mod version;
 
 pub use build::{
-    available_series, build, ensure_builtin, BuildOptions, Recipe, BUILD_SCRIPT, CONFIG_FRAGMENT,
+    available_series, build, ensure_builtin, register_builtins, BuildOptions, Recipe, BUILD_SCRIPT,
+    CONFIG_FRAGMENT,
 };
 pub use catalog::{AddOptions, Added, Catalog, KernelEntry};
 pub use config::KernelConfig;

@@ -75,9 +75,7 @@ pub fn select_kernel(store_root: &Path, query: Option<&str>) -> Result<GuestKern
     let catalog = Catalog::open(store_root);
     let mut list = catalog.list().map_err(|e| amphi_err(e.to_string()))?;
     if list.is_empty() {
-        for series in crate::kernel::available_series() {
-            let _ = crate::kernel::ensure_builtin(store_root, &series);
-        }
+        crate::kernel::register_builtins(store_root);
         list = catalog.list().map_err(|e| amphi_err(e.to_string()))?;
     }
     let entry = match query {
@@ -412,10 +410,7 @@ fn which(prog: &Path) -> Result<(), RunError> {
             )))
         };
     }
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false);
-    if found {
+    if crate::guestfs::find_program(&prog.to_string_lossy()).is_some() {
         Ok(())
     } else {
         Err(amphi_err(format!(

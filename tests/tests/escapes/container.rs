@@ -1,0 +1,1 @@
+//! Escape class tests: container (see escapes.rs).

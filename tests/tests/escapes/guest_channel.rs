@@ -1,0 +1,1 @@
+//! Escape class tests: guest_channel (see escapes.rs).

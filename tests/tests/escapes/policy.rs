@@ -1,0 +1,1 @@
+//! Escape class tests: policy (see escapes.rs).

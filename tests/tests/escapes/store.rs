@@ -1,0 +1,1 @@
+//! Escape class tests: store (see escapes.rs).

@@ -306,6 +306,19 @@ pub fn derive_image(
     edit_config: impl FnOnce(&mut serde_json::Value),
     annotations: &[(&str, &str)],
 ) {
+    derive_image_with_layer(src, dst, edit_config, annotations, None)
+}
+
+/// [`derive_image`], plus `layer` (an uncompressed tar, e.g. from
+/// [`raw_tar`]) stacked on top of the image's layers: test images that
+/// carry an attacker's files.
+pub fn derive_image_with_layer(
+    src: &Path,
+    dst: &Path,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+    annotations: &[(&str, &str)],
+    layer: Option<&[u8]>,
+) {
     use sha2::Digest;
     let blobs = dst.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -337,6 +350,21 @@ pub fn derive_image(
     )
     .unwrap();
     edit_config(&mut config);
+    if let Some(tar) = layer {
+        let digest = put(tar);
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .unwrap()
+            .push(digest.clone().into());
+        manifest["layers"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": digest,
+                "size": tar.len(),
+            }));
+    }
     let cbytes = serde_json::to_vec(&config).unwrap();
     manifest["config"]["digest"] = put(&cbytes).into();
     manifest["config"]["size"] = cbytes.len().into();
@@ -399,4 +427,81 @@ pub fn guest_kernel_build(series: &str) -> Option<(PathBuf, String)> {
         ));
     }
     found
+}
+
+/// podman with its own storage, runtime = amphi, and a containers.conf
+/// whose ulimits fit this host (podman's defaults exceed the hard limits
+/// here and CAP_SYS_RESOURCE is not available to raise them).
+pub struct Podman {
+    /// Its private storage and configuration.
+    pub dir: tempfile::TempDir,
+}
+
+impl Podman {
+    /// A podman with private storage that has pulled the busybox test image.
+    pub fn new() -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("amphi-podman-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        let p = Podman { dir };
+        let out = run_cmd(&mut p.cmd(&[
+            "pull",
+            "-q",
+            &format!("oci:{}:latest", test_image("busybox").display()),
+        ]));
+        assert!(
+            out.status.success(),
+            "podman pull oci: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        p
+    }
+
+    /// A `podman ARGS` command with the private storage and amphi as runtime.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", d.join("containers.conf"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            // Its own libpod tmpdir: two podmans must not share /run/libpod.
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args(["--storage-driver", "vfs", "--runtime"])
+            .arg(amphi_bin())
+            .args(args);
+        c
+    }
+
+    /// The ID of the pulled image.
+    pub fn image(&self) -> String {
+        let out = run_cmd(&mut self.cmd(&["images", "-q"]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Default for Podman {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = run_cmd(&mut self.cmd(&["rm", "-af"]));
+        let _ = run_cmd(&mut self.cmd(&["system", "reset", "-f"]));
+    }
 }

@@ -6,6 +6,14 @@ fn main() {
         amphi::guest::main();
     }
     let cli = amphi::cli::Cli::parse();
+    // Commands that start container processes do so from a sealed copy of
+    // the binary (container::sealed): re-executed from it here, first.
+    if cli.command.starts_containers() {
+        if let Err(e) = amphi::container::sealed::ensure() {
+            eprintln!("amphi: error: {e}");
+            std::process::exit(amphi::cli::EXIT_AMPHI);
+        }
+    }
     let level = if cli.debug {
         "debug"
     } else {

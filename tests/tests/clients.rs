@@ -2,7 +2,7 @@
 //! both from Debian, each with private storage so nothing of the host's
 //! configuration is touched.
 
-use amphi_tests::{amphi_bin, run_cmd, test_image};
+use amphi_tests::{amphi_bin, run_cmd, test_image, Podman};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,73 +14,6 @@ fn have(tool: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok()
-}
-
-/// podman with its own storage, runtime = amphi, and a containers.conf
-/// whose ulimits fit this host (podman's defaults exceed the hard limits
-/// here and CAP_SYS_RESOURCE is not available to raise them).
-struct Podman {
-    dir: tempfile::TempDir,
-}
-
-impl Podman {
-    fn new() -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("amphi-podman-")
-            .tempdir()
-            .unwrap();
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        let p = Podman { dir };
-        let out = run_cmd(&mut p.cmd(&[
-            "pull",
-            "-q",
-            &format!("oci:{}:latest", test_image("busybox").display()),
-        ]));
-        assert!(
-            out.status.success(),
-            "podman pull oci: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        p
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let d = self.dir.path();
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            // Its own libpod tmpdir: two podmans must not share /run/libpod.
-            .arg("--tmpdir")
-            .arg(d.join("tmp"))
-            .args(["--storage-driver", "vfs", "--runtime"])
-            .arg(amphi_bin())
-            .args(args);
-        c
-    }
-
-    fn image(&self) -> String {
-        let out = run_cmd(&mut self.cmd(&["images", "-q"]));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = run_cmd(&mut self.cmd(&["rm", "-af"]));
-        let _ = run_cmd(&mut self.cmd(&["system", "reset", "-f"]));
-    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `amphi compare`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::Path;
@@ -55,7 +55,7 @@ pub struct CompareArgs {
 }
 
 pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> {
-    let exe = std::env::current_exe().context("finding amphi's own binary")?;
+    let exe = crate::container::sealed::host_binary();
     let mut common = Vec::new();
     for e in &a.env {
         common.extend(["-e".to_string(), e.clone()]);

@@ -133,8 +133,9 @@ pub struct ExecArgs {
     /// Extra environment variables
     #[arg(short, long = "env", value_name = "NAME=VALUE")]
     pub env: Vec<String>,
-    /// UID[:GID] to run as
-    #[arg(short, long, value_name = "UID[:GID]")]
+    /// User to run as: UID[:GID], or a NAME[:GROUP] of the container's
+    /// /etc/passwd (default: the container's own user)
+    #[arg(short, long, value_name = "USER")]
     pub user: Option<String>,
     /// Pass N extra file descriptors
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -175,7 +176,8 @@ pub fn exec(root: &std::path::Path, a: ExecArgs) -> Result<i32, String> {
             console_socket: a.console_socket,
             pid_file: a.pid_file,
             detach: a.detach,
-            user: a.user.as_deref().map(parse_user).transpose()?,
+            user: a.user.as_deref().and_then(|u| parse_user(u).ok()),
+            user_name: a.user.clone().filter(|u| parse_user(u).is_err()),
             preserve_fds: a.preserve_fds,
         },
     )

@@ -2,6 +2,7 @@
 //! hybrid hosts (v1 controllers under `/sys/fs/cgroup/<controller>`, with a
 //! controller-less cgroup2 at `/sys/fs/cgroup/unified`).
 
+use super::devices::Rule;
 use oci_spec::runtime::LinuxResources;
 use std::fs;
 use std::io;
@@ -115,15 +116,27 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup, applies limits and moves `pid` in.
-    pub fn apply(&self, pid: i32, res: Option<&LinuxResources>) -> Result<(), String> {
+    /// Creates the cgroup, applies limits and device rules (a new
+    /// container's: an exec joining its cgroup passes none) and moves
+    /// `pid` in.
+    pub fn apply(
+        &self,
+        pid: i32,
+        res: Option<&LinuxResources>,
+        devices: Option<&[Rule]>,
+    ) -> Result<(), String> {
         match self.mode {
-            Mode::Unified => self.apply_v2(pid, res),
-            Mode::Legacy => self.apply_v1(pid, res),
+            Mode::Unified => self.apply_v2(pid, res, devices),
+            Mode::Legacy => self.apply_v1(pid, res, devices),
         }
     }
 
-    fn apply_v2(&self, pid: i32, res: Option<&LinuxResources>) -> Result<(), String> {
+    fn apply_v2(
+        &self,
+        pid: i32,
+        res: Option<&LinuxResources>,
+        devices: Option<&[Rule]>,
+    ) -> Result<(), String> {
         let dir = Path::new(ROOT).join(&self.path);
         // Enable controllers on the way down.
         let mut cur = PathBuf::from(ROOT);
@@ -167,10 +180,18 @@ impl Cgroup {
                 }
             }
         }
+        if let Some(rules) = devices {
+            super::devices::apply_v2(&dir, rules)?;
+        }
         write(&dir.join("cgroup.procs"), &pid.to_string())
     }
 
-    fn apply_v1(&self, pid: i32, res: Option<&LinuxResources>) -> Result<(), String> {
+    fn apply_v1(
+        &self,
+        pid: i32,
+        res: Option<&LinuxResources>,
+        devices: Option<&[Rule]>,
+    ) -> Result<(), String> {
         let dirs = self.dirs();
         for d in &dirs {
             create_dir(d)?;
@@ -215,54 +236,16 @@ impl Cgroup {
                     write(&cpu.join("cpu.shares"), &s.to_string())?;
                 }
             }
-            if let Some(devs) = r.devices() {
-                let d = ctrl("devices");
-                if d.is_dir() {
-                    for rule in devs {
-                        let file = if rule.allow() {
-                            "devices.allow"
-                        } else {
-                            "devices.deny"
-                        };
-                        let typ = rule
-                            .typ()
-                            .map(|t| t.as_str().to_string())
-                            .unwrap_or_else(|| "a".into());
-                        let num =
-                            |n: Option<i64>| n.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
-                        let line = if typ == "a" {
-                            "a".to_string()
-                        } else {
-                            format!(
-                                "{typ} {}:{} {}",
-                                num(rule.major()),
-                                num(rule.minor()),
-                                rule.access().clone().unwrap_or_else(|| "rwm".into())
-                            )
-                        };
-                        let _ = write(&d.join(file), &line);
-                    }
-                    // The devices every container has, as runc grants them
-                    // whatever the spec's rules say (mknod of any node, the
-                    // standard character devices, ptys).
-                    for rule in [
-                        "c *:* m",
-                        "b *:* m",
-                        "c 1:3 rwm",
-                        "c 1:5 rwm",
-                        "c 1:7 rwm",
-                        "c 1:8 rwm",
-                        "c 1:9 rwm",
-                        "c 5:0 rwm",
-                        "c 5:1 rwm",
-                        "c 5:2 rwm",
-                        "c 136:* rwm",
-                        "c 10:200 rwm",
-                    ] {
-                        let _ = write(&d.join("devices.allow"), rule);
-                    }
-                }
+        }
+        if let Some(rules) = devices {
+            let d = ctrl("devices");
+            if !d.is_dir() {
+                return Err(format!(
+                    "the cgroup v1 devices controller is not mounted ({} is missing): amphi cannot restrict the container's devices",
+                    Path::new(ROOT).join("devices").display()
+                ));
             }
+            super::devices::apply_v1(&d, rules)?;
         }
         for d in &dirs {
             write(&d.join("cgroup.procs"), &pid.to_string())?;

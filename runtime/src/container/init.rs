@@ -94,10 +94,18 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     // /proc/self/fd after pivot_root.
     let fifo_fd = a.exec_fifo.take();
     let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
+    let mut sealed_init = None;
     if mount_ns {
         rootfs::prepare_root(spec, &a.rootfs)?;
         let root = rootfs::open_root(&a.rootfs)?;
         for m in spec.mounts().iter().flatten() {
+            if m.source().as_deref() == Some(Path::new(crate::spec::INIT_SOURCE)) {
+                // `--init`: amphi's own (sealed) binary. It lives in a
+                // detached mount that cannot be bind-mounted; it is
+                // executed through a descriptor instead (see below).
+                sealed_init = Some((m.destination().clone(), open_self_exe()?));
+                continue;
+            }
             rootfs::do_mount(&root, m, a.in_userns)?;
         }
         let dev_is_tmpfs = spec
@@ -253,7 +261,11 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .to_string();
-    let program = find_program(&args[0], &path_var)?;
+    let sealed_init = sealed_init.filter(|(p, _)| Path::new(&args[0]) == p);
+    let program = match &sealed_init {
+        Some((p, _)) => p.clone(),
+        None => find_program(&args[0], &path_var)?,
+    };
 
     if let Some(linux) = spec.linux() {
         if let Some(seccomp) = linux.seccomp() {
@@ -312,15 +324,41 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
     reset_signal_dispositions();
-    // SAFETY: argv/envp are NULL-terminated arrays of valid C strings that
-    // outlive the call.
-    unsafe { libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    match &sealed_init {
+        // SAFETY: execveat of an O_PATH descriptor with AT_EMPTY_PATH;
+        // argv/envp are NULL-terminated arrays of valid C strings that
+        // outlive the call.
+        Some((_, fd)) => unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
+        },
+        // SAFETY: as above, by path.
+        None => unsafe {
+            libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        },
+    }
     let e = std::io::Error::last_os_error();
     let msg = format!("exec {}: {e}", args[0]);
     if let Some(f) = &start_fifo {
         tell_start(f, &format!("error:{msg}"));
     }
     Err(msg)
+}
+
+/// This process's binary (amphi's sealed copy), as an O_PATH descriptor.
+fn open_self_exe() -> Result<OwnedFd, String> {
+    rustix::fs::open(
+        "/proc/self/exe",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("--init: opening amphi's own binary: {e}"))
 }
 
 /// Gives every signal its default action. Ignored signals stay ignored

@@ -150,6 +150,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User);
     let cgroup = Cgroup::new(linux.and_then(|l| l.cgroups_path().as_deref()), &opts.id)?;
+    // A new container's device rules, checked before anything exists.
+    let device_rules = super::devices::effective(
+        linux
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().as_deref()),
+    )?;
 
     let console = match &opts.console_socket {
         Some(p) => {
@@ -173,6 +179,13 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         }
     }
 
+    // Non-dumpable from before the clone until the workload is executed
+    // (execve makes a process dumpable again): the container's processes
+    // cannot open /proc/PID/exe, /proc/PID/mem or /proc/PID/fd of a process
+    // that still runs amphi (the CVE-2019-5736 class; see sealed.rs).
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+
     // SAFETY: a fork-like clone (no new stack: the child continues on a
     // copy of ours). amphi is single-threaded here, so the child may run
     // ordinary code until exec.
@@ -195,6 +208,14 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     }
     if pid == 0 {
         drop(parent);
+        if in_userns {
+            // In a user namespace a non-dumpable process's /proc/self
+            // belongs to the host's root, whom the container's root cannot
+            // act for (oom_score_adj, /proc/self/fd). There the
+            // container's root is not the host's, and the binary is sealed.
+            // SAFETY: prctl on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        }
         let mut joins_child = joins.clone();
         joins_child.retain(|(_, t)| *t != LinuxNamespaceType::Pid);
         // User first (it grants the rights for the others), mount last
@@ -249,7 +270,8 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         }
     }
     let resources = linux.and_then(|l| l.resources().as_ref());
-    if let Err(e) = cgroup.apply(pid, resources) {
+    let devices = owns_cgroup.then_some(device_rules.as_slice());
+    if let Err(e) = cgroup.apply(pid, resources, devices) {
         return Err(fail(e, &cgroup));
     }
     let mut state = opts.state_template.clone();

@@ -6,10 +6,12 @@
 pub mod caps;
 pub mod cgroups;
 pub mod config;
+pub mod devices;
 pub mod hooks;
 pub mod init;
 pub mod launch;
 pub mod rootfs;
+pub mod sealed;
 pub mod seccomp;
 pub mod state;
 pub mod sync;

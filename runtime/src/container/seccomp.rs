@@ -436,6 +436,11 @@ const DENIED: &[&str] = &[
     "getpmsg",
     "vserver",
     "lookup_dcookie",
+    // io_uring bypasses seccomp for the operations it performs, and has
+    // been a steady source of kernel exploits (docker denies it since 25.0).
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     "personality",
     "clone",
     "clone3",

@@ -137,7 +137,7 @@ impl Options {
         Ok(Options {
             threshold,
             force: None,
-            amphi_bin: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            amphi_bin: crate::container::sealed::host_binary(),
         })
     }
 }
@@ -568,9 +568,8 @@ pub fn sweep(store: &Store, tops: &HashSet<Digest>) -> Result<Swept, StoreError>
     }
     // This binary's digest, from the memo (never hashing here); unknown
     // means every binary's init parts stay.
-    let current: Option<Digest> = std::env::current_exe()
+    let current: Option<Digest> = init::stat_key(&crate::container::sealed::host_binary())
         .ok()
-        .and_then(|exe| init::stat_key(&exe).ok())
         .and_then(|k| fs::read_to_string(dir.join("binsum").join(k)).ok())
         .and_then(|s| Digest::parse(s.trim()).ok());
     let parse = |hex: &str| Digest::parse(&format!("sha256:{hex}")).ok();

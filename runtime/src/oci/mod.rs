@@ -482,6 +482,8 @@ pub struct ExecOptions {
     pub pid_file: Option<PathBuf>,
     pub detach: bool,
     pub user: Option<(u32, u32)>,
+    /// `-u NAME[:GROUP]`, resolved in the container (docker's exec).
+    pub user_name: Option<String>,
     pub preserve_fds: i32,
 }
 
@@ -560,6 +562,19 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
     linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", st.cgroup.path))));
     spec.set_linux(Some(linux));
     spec.set_hooks(None);
+    // As `docker exec`: the container's own user (recorded by `amphi
+    // run -u` or the image), with the same capability rules, unless the
+    // caller names one; its capabilities, seccomp profile and
+    // no_new_privs come from the container's spec.
+    let user_lookup = match (&o.user_name, o.user, &o.process) {
+        (Some(u), _, _) => Some(u.clone()),
+        (None, None, None) => spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::spec::USER_ANNOTATION))
+            .cloned(),
+        _ => None,
+    };
     let template = serde_json::json!({"ociVersion": "1.2.0", "id": o.id, "status": "running", "bundle": st.bundle});
     let exec_id = format!("{}-exec-{}", o.id, std::process::id());
     let sigs = crate::run::pty_signals();
@@ -570,7 +585,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
             id: exec_id,
             exec_fifo: None,
             console_socket: o.console_socket.clone(),
-            user_lookup: None,
+            user_lookup,
             preserve_fds: o.preserve_fds,
             state_template: template,
             owns_cgroup: false,

@@ -6,10 +6,10 @@ use crate::container::rootfs::{OVERLAY_LOWER, OVERLAY_UPPER, OVERLAY_WORK};
 use crate::container::seccomp;
 use crate::image::manifest::ImageConfig;
 use oci_spec::runtime::{
-    get_default_maskedpaths, get_default_mounts, get_default_readonly_paths, LinuxBuilder,
-    LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
+    get_default_mounts, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -123,6 +123,38 @@ impl Default for RunFlags {
 
 /// Where `--init` puts amphi inside the container.
 pub const INIT_PATH: &str = "/dev/.amphi-init";
+
+/// The annotation that records `-u` (or the image's user) for `exec`.
+pub const USER_ANNOTATION: &str = "io.amphi.user";
+
+/// Paths a container cannot read (docker's defaults): host hardware,
+/// kernel memory and keys, timers that leak other processes' activity.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths a container can read but not write (docker's defaults).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+/// What is bind-mounted there: the running binary, which is a sealed
+/// read-only copy (container::sealed), never the host's file.
+pub const INIT_SOURCE: &str = "/proc/self/exe";
 
 /// Where the container's root comes from.
 pub struct RootfsPlan {
@@ -324,7 +356,9 @@ pub fn build(
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps.clone())
-                .inheritable(caps.clone())
+                // Empty, as docker since CVE-2022-24769: a file's
+                // inheritable capabilities must not be granted on exec.
+                .inheritable(oci_spec::runtime::Capabilities::new())
                 .ambient(oci_spec::runtime::Capabilities::new())
                 .build()
                 .map_err(|e| e.to_string())?,
@@ -335,6 +369,16 @@ pub fn build(
         .map_err(|e| e.to_string())?;
 
     let mut mounts = get_default_mounts();
+    // /proc without setuid, device or executable files (as docker).
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/proc") {
+            m.set_options(Some(vec![
+                "nosuid".to_string(),
+                "noexec".to_string(),
+                "nodev".to_string(),
+            ]));
+        }
+    }
     // Files docker generates for every container.
     std::fs::create_dir_all(&plan.etc_dir)
         .map_err(|e| format!("{}: {e}", plan.etc_dir.display()))?;
@@ -361,8 +405,9 @@ pub fn build(
         );
     }
     if flags.init {
-        let exe = std::env::current_exe()
-            .map_err(|e| format!("--init: cannot find amphi's own binary: {e}"))?;
+        // The running binary itself, which is a sealed read-only copy
+        // (container::sealed), never the host's file.
+        let exe = PathBuf::from(INIT_SOURCE);
         mounts.push(
             MountBuilder::default()
                 .destination(PathBuf::from(INIT_PATH))
@@ -413,7 +458,10 @@ pub fn build(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut res = LinuxResourcesBuilder::default();
+    // Default deny, and the devices every container has (the engine adds
+    // these whatever a spec says; listed so the spec says what applies).
+    let mut res =
+        LinuxResourcesBuilder::default().devices(crate::container::devices::default_spec_rules());
     if let Some(m) = flags.memory {
         res = res.memory(
             LinuxMemoryBuilder::default()
@@ -446,8 +494,18 @@ pub fn build(
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(res.build().map_err(|e| e.to_string())?)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
         .cgroups_path(PathBuf::from(format!("/amphi/{id}")));
     match &flags.seccomp {
         SeccompChoice::Default => linux = linux.seccomp(seccomp::docker_default(&capset)),
@@ -476,6 +534,11 @@ pub fn build(
             OVERLAY_WORK.to_string(),
             plan.work.to_string_lossy().into_owned(),
         );
+    }
+    // The user the process runs as, resolved in the container at start;
+    // `amphi exec` runs as the same user unless told otherwise.
+    if let Some(u) = &user {
+        annotations.insert(USER_ANNOTATION.to_string(), u.clone());
     }
     let spec = SpecBuilder::default()
         .version("1.2.0")

@@ -150,8 +150,7 @@ pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
 pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     let mut cmd = match backend {
         Backend::Builtin => {
-            let exe = std::env::current_exe()
-                .map_err(|e| format!("cannot find amphi's own binary for the VMM: {e}"))?;
+            let exe = crate::container::sealed::host_binary();
             let mut c = Command::new(exe);
             c.arg("vmm")
                 .arg("--kernel")

@@ -254,7 +254,6 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         serde_json::to_value(&spec).map_err(|e| amphi_err(format!("the runtime spec: {e}")))?;
     let mut files = BTreeMap::new();
     if let Some(mounts) = spec_json.get_mut("mounts").and_then(|m| m.as_array_mut()) {
-        let exe = std::env::current_exe().ok();
         for m in mounts {
             let Some(src) = m.get("source").and_then(|s| s.as_str()).map(PathBuf::from) else {
                 continue;
@@ -265,7 +264,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
                     .map_err(|e| amphi_err(format!("{}: {e}", src.display())))?;
                 files.insert(guest.display().to_string(), content);
                 m["source"] = guest.display().to_string().into();
-            } else if exe.as_deref() == Some(src.as_path()) {
+            } else if src == Path::new(crate::spec::INIT_SOURCE) {
                 m["source"] = crate::guest::INIT.into();
             }
         }

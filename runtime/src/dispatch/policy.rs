@@ -23,7 +23,7 @@
 //! - A pattern is `**` (every image), `*` (the same, kept for old policies),
 //!   or `REGISTRY/PATH`: the registry part, before the first `/`, is
 //!   matched against the reference's registry host (with its port) as a
-//!   whole and ignoring case; `**` is refused there. So `*.internal/**`
+//!   whole; `**` is refused there. Case is ignored throughout. So `*.internal/**`
 //!   matches `registry.internal/team/app:1` but never
 //!   `ghcr.io/attacker/evil.internal/app:1`, and `registry.internal/**`
 //!   never matches `registry.internal:5000/app:1` (another port is another
@@ -223,12 +223,17 @@ fn name_of(reference: &str) -> &str {
 }
 
 /// Whether `pattern` matches the normalised `reference`, or its name without
-/// tag and digest. The registry host is matched as a whole and ignoring
-/// case; `*` never crosses `/` (see the module docs).
+/// tag and digest, ignoring case. The registry host is matched as a
+/// whole; `*` never crosses `/` (see the module docs).
 pub fn reference_matches(pattern: &str, reference: &str) -> bool {
     if pattern == "*" || pattern == "**" {
         return true;
     }
+    // Case never tells two images apart for a policy: registry hosts are
+    // DNS names, repository paths are lower-case by their grammar, and a
+    // tag differing only in case is still in the same repository.
+    let pattern = pattern.to_ascii_lowercase();
+    let reference = reference.to_ascii_lowercase();
     let Some((phost, ppath)) = pattern.split_once('/') else {
         return false;
     };
@@ -237,19 +242,16 @@ pub fn reference_matches(pattern: &str, reference: &str) -> bool {
         Some(head) if head.is_empty() || head.ends_with('/') => format!("{head}**"),
         _ => ppath.to_string(),
     };
-    let phost = phost.to_ascii_lowercase();
     let matches = |text: &str| match text.split_once('/') {
         Some((thost, tpath)) => {
             // `**` in a host is refused when a policy is read; should one
             // get here, it must not reach past the host either.
-            !phost.contains("**")
-                && glob_match(&phost, &thost.to_ascii_lowercase())
-                && glob_match(&ppath, tpath)
+            !phost.contains("**") && glob_match(phost, thost) && glob_match(&ppath, tpath)
         }
         None => false,
     };
-    let name = name_of(reference);
-    matches(reference) || (name != reference && matches(name))
+    let name = name_of(&reference);
+    matches(&reference) || (name != reference && matches(name))
 }
 
 /// Glob match: `*` matches any run of characters other than `/`, `**` any
@@ -379,6 +381,8 @@ mod tests {
             // host cannot dodge a rule.
             ("evil.example/*", "EVIL.example/app:1", true),
             ("Registry.Internal/*", "registry.internal/app:1", true),
+            ("docker.io/library/alpine:edge", "docker.io/library/alpine:EDGE", true),
+            ("*.internal/*", "GHCR.IO/attacker/EVIL.INTERNAL/app:1", false),
             // Tags and digests.
             ("docker.io/library/alpine", "docker.io/library/alpine:3.19", true),
             ("docker.io/library/alpine", "docker.io/library/alpine:latest", true),

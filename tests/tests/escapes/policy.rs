@@ -48,6 +48,9 @@ fn reasons<'a>(plan: &'a Value, rule: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Keys and values (labels or annotations).
+type Pairs = &'static [(&'static str, &'static str)];
+
 fn write_policy(a: &Amphi, name: &str, text: &str) -> String {
     let p = a.root().join(name);
     std::fs::write(&p, text).unwrap();
@@ -63,7 +66,7 @@ fn write_policy(a: &Amphi, name: &str, text: &str) -> String {
 #[test]
 fn policy_bypass_image_label_cannot_lower_isolation() {
     let a = Amphi::new();
-    let hostile: &[(&str, &[(&str, &str)], &[(&str, &str)])] = &[
+    let hostile: &[(&str, Pairs, Pairs)] = &[
         (
             "localhost/hostile/label:1",
             &[

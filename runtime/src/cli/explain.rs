@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
     amphi explain --json localhost/demo/old-kernel-app\n  \
     amphi explain --policy ./policy.toml registry.example.com/app:1.2\n\n\
     Prints how `amphi run` would run the image (native container or microVM, and with which \
-    guest kernel and backend) and every rule that decided it, with the values compared. \
+    guest kernel and backend), who decided it and every rule checked, with the values compared. \
+    Who decides: --isolation (the operator's override), else the policy ([[image]], [[trust]], \
+    default_isolation); the image's io.amphi.isolation may only ask for a microVM where the \
+    policy says container or auto. \
     Exit status 0 when the image can run here, 125 when it cannot (the error says why).")]
 pub struct ExplainArgs {
     /// Print the decision as JSON
@@ -18,7 +21,7 @@ pub struct ExplainArgs {
     /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// As `amphi run --isolation`: auto, container or vm
+    /// As `amphi run --isolation`: auto, container or vm (the operator's override of the policy)
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
     /// As `amphi run --vm-backend`: auto, builtin or qemu

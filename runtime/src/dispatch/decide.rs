@@ -6,20 +6,30 @@
 //! - `os`: must be linux (an empty `os` is taken as linux). Another OS is
 //!   refused: it would need that OS's kernel in the microVM.
 //! - `kernel.version`, `kernel.config`: the host kernel against the image's
-//!   constraint and options; a miss makes the image need a VM.
-//! - `cli.isolation`, `annotation.isolation`, `policy.image`,
-//!   `policy.trust`, `policy.default`: the first that has an opinion decides
-//!   (an `auto` opinion hands the choice to the requirements); the others
-//!   are listed as overridden.
+//!   constraint and options; a miss makes the image need a VM. These only
+//!   matter where the isolation is left to the image (`auto`): an image
+//!   whose requirements the host meets is not run natively because of that
+//!   when the policy says `vm`.
+//! - Who decides the isolation (see [`super`] for the precedence):
+//!   `cli.isolation` (the operator's override; everything else is then
+//!   listed as overridden), else `policy.image`, `policy.trust`,
+//!   `policy.default` (the first with an opinion decides, the others are
+//!   listed as overridden), then `annotation.isolation`: the image's `vm`
+//!   raises a `container` or `auto` policy to a microVM, its `container` or
+//!   `auto` only counts where the policy says `auto` and is listed as
+//!   ignored where the policy says `container` or `vm`. An `auto` result
+//!   hands the choice to the requirements.
 //! - A forced `container` is honoured even when the host misses the
 //!   requirements; a `warning` reason says what is missed.
 //! - For a VM, `host.kvm` says how it will run, and `kernel.select` names the
-//!   guest kernel: the preferred one (`io.amphi.kernel`, else the policy's
-//!   `[[image]] kernel`) when it meets the requirements (else an error),
-//!   otherwise the newest that meets them (PVM-enabled ones first on PVM
-//!   hosts). A kernel whose config is unknown cannot prove a required option
-//!   and is not chosen for an image that lists options; a bare option name
-//!   needs `y` in a guest kernel (the guest cannot load modules).
+//!   guest kernel: with `--kernel`, that one (it must meet the requirements);
+//!   else the preferred one (the policy's `[[image]] kernel`, else the
+//!   image's `io.amphi.kernel`, which is listed as ignored when the policy
+//!   names one) when it meets the requirements (else an error), otherwise
+//!   the newest that meets them (PVM-enabled ones first on PVM hosts). A
+//!   kernel whose config is unknown cannot prove a required option and is
+//!   not chosen for an image that lists options; a bare option name needs
+//!   `y` in a guest kernel (the guest cannot load modules).
 
 use super::policy::Policy;
 use super::requirements::{Requirements, KEY_ISOLATION, KEY_KERNEL};
@@ -68,8 +78,11 @@ pub struct DecideInput<'a> {
     pub policy: &'a Policy,
     /// `--isolation` on the command line (`Auto` when not given).
     pub cli: IsolationChoice,
-    /// The guest kernels in the catalog.
+    /// The guest kernels in the catalog, or the one `--kernel` named.
     pub kernels: &'a [CandidateKernel],
+    /// `kernels` is the operator's `--kernel`: no preference (the policy's
+    /// or the image's) applies.
+    pub cli_kernel: bool,
 }
 
 /// What a rule concluded.
@@ -167,6 +180,12 @@ pub struct Decision {
     pub isolation: Isolation,
     /// The guest kernel (microVMs only).
     pub kernel: Option<ChosenKernel>,
+    /// Who decided the isolation: `--isolation` on the command line (the
+    /// operator's override), a policy rule or default, or the image's
+    /// `io.amphi.isolation` (which may only raise it to vm, or choose where
+    /// the policy says auto).
+    #[serde(default)]
+    pub decided_by: String,
     /// Every rule checked, in order.
     pub reasons: Vec<Reason>,
 }
@@ -350,66 +369,11 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
     }
     let native_ok = misses.is_empty();
 
-    // Who decides the isolation.
-    let mut opinions: Vec<(&str, IsolationChoice, String)> = Vec::new();
-    if input.cli != IsolationChoice::Auto {
-        opinions.push((
-            "cli.isolation",
-            input.cli,
-            format!("--isolation {}", input.cli),
-        ));
-    }
-    if let Some(i) = req.isolation {
-        opinions.push(("annotation.isolation", i, req.origin(KEY_ISOLATION)));
-    }
+    // Who decides the isolation: the operator's `--isolation`, else the
+    // policy; the image may only raise the result to a microVM.
     let image_rule = input.policy.image_rule(input.reference);
-    if let Some((n, rule)) = image_rule {
-        if let Some(i) = rule.isolation {
-            opinions.push((
-                "policy.image",
-                i,
-                format!(
-                    "[[image]] rule {} match {:?} in {}",
-                    n + 1,
-                    rule.pattern,
-                    input.policy.describe()
-                ),
-            ));
-        }
-    }
-    if let Some((n, rule)) = input.policy.trust_rule(input.reference) {
-        opinions.push((
-            "policy.trust",
-            rule.isolation,
-            format!(
-                "[[trust]] rule {} match {:?} in {}",
-                n + 1,
-                rule.pattern,
-                input.policy.describe()
-            ),
-        ));
-    }
-    opinions.push((
-        "policy.default",
-        input.policy.default_isolation,
-        format!("default_isolation of the {}", input.policy.describe()),
-    ));
-    let (decider, choice, _) = opinions[0].clone();
+    let (decider, choice, decided_by) = isolation_opinions(input, native_ok, &mut reasons);
     let mut isolation = None;
-    for (i, (rule, c, from)) in opinions.iter().enumerate() {
-        let (outcome, note) = if i > 0 {
-            (Outcome::Info, format!("overridden by {decider}"))
-        } else {
-            match c {
-                IsolationChoice::Container => (Outcome::ForcesContainer, String::new()),
-                IsolationChoice::Vm => (Outcome::ForcesVm, String::new()),
-                IsolationChoice::Auto => {
-                    (Outcome::Info, "the image's requirements decide".to_string())
-                }
-            }
-        };
-        reasons.push(Reason::new(rule, c.to_string(), from, outcome, note));
-    }
     match choice {
         IsolationChoice::Container => {
             isolation = Some(Isolation::Container);
@@ -419,7 +383,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
                     "container",
                     misses.join("; "),
                     Outcome::Warning,
-                    format!("running natively anyway because of {}", opinions[0].2),
+                    format!("running natively anyway because of {decided_by}"),
                 ));
             }
         }
@@ -431,6 +395,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         return Ok(Decision {
             isolation,
             kernel: None,
+            decided_by,
             reasons,
         });
     }
@@ -459,9 +424,10 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             "no usable KVM: the microVM runs under QEMU software emulation (slow)",
         ),
     });
-    let preferred = match (&req.kernel, image_rule) {
-        (Some(k), _) => Some((k.clone(), req.origin(KEY_KERNEL))),
-        (None, Some((n, rule))) => rule.kernel.clone().map(|k| {
+    // The guest kernel: the operator's `--kernel` (the only candidate then),
+    // else the policy's `[[image]] kernel`, else the image's `io.amphi.kernel`.
+    let policy_kernel = image_rule.and_then(|(n, rule)| {
+        rule.kernel.clone().map(|k| {
             (
                 k,
                 format!(
@@ -471,8 +437,33 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
                     input.policy.describe()
                 ),
             )
-        }),
-        (None, None) => None,
+        })
+    });
+    let image_kernel = req.kernel.clone().map(|k| (k, req.origin(KEY_KERNEL)));
+    let preferred = if input.cli_kernel {
+        if let Some((k, from)) = policy_kernel.iter().chain(&image_kernel).next() {
+            reasons.push(Reason::new(
+                "kernel.select",
+                format!("{k} (from {from})"),
+                "--kernel on the command line",
+                Outcome::Info,
+                "overridden by the operator's --kernel",
+            ));
+        }
+        None
+    } else if let Some(p) = policy_kernel {
+        if let Some((k, from)) = &image_kernel {
+            reasons.push(Reason::new(
+                "kernel.select",
+                format!("{k} (from {from})"),
+                format!("{} (from {})", p.0, p.1),
+                Outcome::Info,
+                "ignored: the policy names the kernel, an image's preference applies only where the policy has none",
+            ));
+        }
+        Some(p)
+    } else {
+        image_kernel
     };
     let chosen = select_kernel(input, preferred, &mut reasons)?;
     Ok(Decision {
@@ -482,8 +473,178 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             release: chosen.release.clone(),
             version: chosen.version,
         }),
+        decided_by,
         reasons,
     })
+}
+
+/// Records every opinion on the isolation and returns who decided, the
+/// choice and a description of the decider. Precedence: `--isolation` on
+/// the command line (the operator's override: nothing else is consulted);
+/// else the policy's first matching `[[image]]` rule with an isolation, its
+/// first matching `[[trust]]` rule, its `default_isolation`; the image's
+/// `io.amphi.isolation` then only counts when it asks for `vm`, or when
+/// the policy says `auto` (the image is then free to choose, as its
+/// requirements are).
+fn isolation_opinions(
+    input: &DecideInput,
+    native_ok: bool,
+    reasons: &mut Vec<Reason>,
+) -> (&'static str, IsolationChoice, String) {
+    let forces = |c: IsolationChoice| match c {
+        IsolationChoice::Container => Outcome::ForcesContainer,
+        IsolationChoice::Vm => Outcome::ForcesVm,
+        IsolationChoice::Auto => Outcome::Info,
+    };
+    let req = input.requirements;
+    let mut policy: Vec<(&'static str, IsolationChoice, String)> = Vec::new();
+    if let Some((n, rule)) = input.policy.image_rule(input.reference) {
+        if let Some(i) = rule.isolation {
+            policy.push((
+                "policy.image",
+                i,
+                format!(
+                    "[[image]] rule {} match {:?} in {}",
+                    n + 1,
+                    rule.pattern,
+                    input.policy.describe()
+                ),
+            ));
+        }
+    }
+    if let Some((n, rule)) = input.policy.trust_rule(input.reference) {
+        policy.push((
+            "policy.trust",
+            rule.isolation,
+            format!(
+                "[[trust]] rule {} match {:?} in {}",
+                n + 1,
+                rule.pattern,
+                input.policy.describe()
+            ),
+        ));
+    }
+    policy.push((
+        "policy.default",
+        input.policy.default_isolation,
+        format!("default_isolation of the {}", input.policy.describe()),
+    ));
+    let image = req
+        .isolation
+        .map(|i| ("annotation.isolation", i, req.origin(KEY_ISOLATION)));
+
+    // The operator's override.
+    if input.cli != IsolationChoice::Auto {
+        let from = format!("--isolation {} on the command line", input.cli);
+        reasons.push(Reason::new(
+            "cli.isolation",
+            input.cli.to_string(),
+            &from,
+            forces(input.cli),
+            "the operator's override: the policy and the image are not consulted",
+        ));
+        for (rule, c, src) in policy.iter().chain(&image) {
+            reasons.push(Reason::new(
+                rule,
+                c.to_string(),
+                src,
+                Outcome::Info,
+                "overridden by --isolation on the command line (the operator's override)",
+            ));
+        }
+        return (
+            "cli.isolation",
+            input.cli,
+            format!("{from} (the operator's override)"),
+        );
+    }
+
+    // The policy: its first opinion decides.
+    let (prule, pchoice, pfrom) = policy[0].clone();
+    let image_raises =
+        matches!(image, Some((_, IsolationChoice::Vm, _))) && pchoice != IsolationChoice::Vm;
+    let (pnote, poutcome) = if image_raises {
+        (
+            "raised to vm by the image's io.amphi.isolation".to_string(),
+            Outcome::Info,
+        )
+    } else if pchoice == IsolationChoice::Auto {
+        let who = if image.is_some() {
+            "the image's io.amphi.isolation decides"
+        } else if native_ok {
+            "the image's requirements decide: the host meets them"
+        } else {
+            "the image's requirements decide"
+        };
+        (who.to_string(), Outcome::Info)
+    } else {
+        (String::new(), forces(pchoice))
+    };
+    reasons.push(Reason::new(
+        prule,
+        pchoice.to_string(),
+        &pfrom,
+        poutcome,
+        pnote,
+    ));
+    for (rule, c, src) in &policy[1..] {
+        reasons.push(Reason::new(
+            rule,
+            c.to_string(),
+            src,
+            Outcome::Info,
+            format!("overridden by {prule}"),
+        ));
+    }
+
+    // The image: it may ask for more isolation, never less.
+    let Some((irule, ichoice, ifrom)) = image else {
+        return (prule, pchoice, pfrom);
+    };
+    match (pchoice, ichoice) {
+        (_, IsolationChoice::Vm) if image_raises => {
+            reasons.push(Reason::new(
+                irule,
+                "vm",
+                &ifrom,
+                Outcome::ForcesVm,
+                format!("the image asks for more isolation than {prule} ({pchoice})"),
+            ));
+            (irule, IsolationChoice::Vm, ifrom)
+        }
+        (IsolationChoice::Auto, i) => {
+            reasons.push(Reason::new(
+                irule,
+                i.to_string(),
+                &ifrom,
+                forces(i),
+                format!("{prule} is auto: the image chooses"),
+            ));
+            (irule, i, ifrom)
+        }
+        (p, i) if p == i => {
+            reasons.push(Reason::new(
+                irule,
+                i.to_string(),
+                &ifrom,
+                Outcome::Info,
+                format!("the same as {prule}"),
+            ));
+            (prule, pchoice, pfrom)
+        }
+        (p, i) => {
+            reasons.push(Reason::new(
+                irule,
+                i.to_string(),
+                &ifrom,
+                Outcome::Info,
+                format!(
+                    "ignored: {prule} says {p}, and an image may ask for more isolation than the policy, never less"
+                ),
+            ));
+            (prule, pchoice, pfrom)
+        }
+    }
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {

@@ -1,14 +1,29 @@
 //! The dispatcher: what an image requires ([`Requirements`]), what the site
 //! allows ([`Policy`]), and the decision between a native container and a
 //! microVM with a chosen guest kernel ([`decide`], a pure function whose
-//! [`Decision`] always carries its [`Reason`]s).
+//! [`Decision`] always carries its [`Reason`]s and who decided).
 //!
-//! Precedence of who decides the isolation: `--isolation` on the command
-//! line > the image's `io.amphi.isolation` > the policy's first matching
-//! `[[image]]` rule with an `isolation` > its first matching `[[trust]]`
-//! rule > its `default_isolation` > `auto`, where the requirements decide:
-//! native only when the architecture matches, the OS is Linux and the host
-//! kernel meets the image's version constraint and config options.
+//! The policy is the authority; the image is hostile. Precedence of who
+//! decides the isolation:
+//! 1. `--isolation container|vm` on the command line: the operator's
+//!    override. Nothing else is consulted, and the decision says so.
+//! 2. The policy: its first matching `[[image]]` rule that has an
+//!    `isolation`, else its first matching `[[trust]]` rule, else its
+//!    `default_isolation` (`auto` without a policy file).
+//! 3. The image's `io.amphi.isolation` (label or annotation) may only ask
+//!    for more: its `vm` turns a policy's `container` or `auto` into a
+//!    microVM; its `container` or `auto` never lowers a policy's `vm`, nor
+//!    turns a policy's `container` into `auto`. Only where the policy says
+//!    `auto` does the image's `container` or `auto` count.
+//! 4. `auto`: the image's requirements decide: native only when the
+//!    architecture matches, the OS is Linux and the host kernel meets the
+//!    image's version constraint and config options. Requirements never
+//!    bring a policy's `vm` down to a container.
+//!
+//! The guest kernel: `--kernel`, else the policy's `[[image]] kernel`, else
+//! the image's `io.amphi.kernel`, else the newest catalog kernel that meets
+//! the image's requirements. Policy patterns never cross a registry
+//! boundary (see `policy.rs` for the pattern rules).
 
 mod constraint;
 mod decide;

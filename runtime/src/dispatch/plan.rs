@@ -3,10 +3,11 @@
 //! [`decide`]. `amphi run` and `amphi explain` both go through [`plan`].
 
 use super::{
-    decide, image_requirements, normalize_reference, CandidateKernel, DecideInput, Decision,
-    DispatchError, Isolation, IsolationChoice, Policy,
+    decide, image_requirements, CandidateKernel, DecideInput, Decision, DispatchError, Isolation,
+    IsolationChoice, Policy,
 };
 use crate::host::HostInfo;
+use crate::image::{ImageRecord, Reference};
 use crate::run::{amphi_err, RunError};
 use crate::vm::backend::BackendChoice;
 use serde::Serialize;
@@ -15,7 +16,8 @@ use std::path::Path;
 /// A decision with what `amphi explain` shows around it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    /// The image reference, normalised (what policy globs match).
+    /// The image reference, normalised (what policy patterns matched); for
+    /// an image named by ID, the store name that decided.
     pub image: String,
     pub decision: Decision,
     /// What would run it: "native container" or the VM backend.
@@ -81,21 +83,25 @@ pub fn plan(
     let policy = Policy::load(policy_path).map_err(dispatch_err)?;
     let host = crate::host::probe();
     let catalog = crate::kernel::Catalog::open(store_root);
-    let reference = normalize_reference(image).unwrap_or_else(|_| image.to_string());
-    let decide_with = |kernels: &[CandidateKernel]| {
-        decide(&DecideInput {
-            host: &host,
-            reference: &reference,
-            requirements: &requirements,
-            policy: &policy,
-            cli,
-            kernels,
+    let references = policy_references(image, &rec);
+    let decide_for = |kernels: &[CandidateKernel], cli_kernel: bool| {
+        decide_strictest(&references, |reference| {
+            decide(&DecideInput {
+                host: &host,
+                reference,
+                requirements: &requirements,
+                policy: &policy,
+                cli,
+                kernels,
+                cli_kernel,
+            })
         })
     };
     // `--kernel`: the only candidate (a file, or one catalog kernel).
     if let Some(k) = kernel {
         let only = given_kernel(store_root, k)?;
-        let decision = decide_with(std::slice::from_ref(&only)).map_err(dispatch_err)?;
+        let (reference, decision) = decide_for(std::slice::from_ref(&only), true);
+        let decision = decision.map_err(dispatch_err)?;
         return Ok(finish(reference, decision, &[only], vm_backend, &host));
     }
     let mut kernels: Vec<CandidateKernel> = catalog
@@ -104,10 +110,10 @@ pub fn plan(
         .iter()
         .map(CandidateKernel::from_entry)
         .collect();
-    let mut decision = decide_with(&kernels);
+    let mut decided = decide_for(&kernels, false);
     // An empty catalog gets amphi's own kernels from the machine's build
     // cache, but only when a microVM is wanted: native runs stay cheap.
-    let wants_vm = !matches!(&decision, Ok(d) if d.isolation == Isolation::Container);
+    let wants_vm = !matches!(&decided.1, Ok(d) if d.isolation == Isolation::Container);
     if kernels.is_empty() && wants_vm {
         crate::kernel::register_builtins(store_root);
         kernels = catalog
@@ -116,10 +122,61 @@ pub fn plan(
             .iter()
             .map(CandidateKernel::from_entry)
             .collect();
-        decision = decide_with(&kernels);
+        decided = decide_for(&kernels, false);
     }
+    let (reference, decision) = decided;
     let decision = decision.map_err(dispatch_err)?;
     Ok(finish(reference, decision, &kernels, vm_backend, &host))
+}
+
+/// The references the policy sees for `image` as the user named it. By
+/// name (or `name@digest`): that name, normalised. By image ID or bare
+/// digest: every name the image has in the store (an ID says nothing about
+/// where the image came from, and must not be read as a docker.io name),
+/// or none but the ID when it has no names (then only `*`/`**` rules
+/// match).
+fn policy_references(image: &str, rec: &ImageRecord) -> Vec<String> {
+    if let Ok(r) = Reference::parse(image) {
+        let name = r.to_string();
+        let by_name = rec.names.contains(&name)
+            || (r.tag.is_none()
+                && r.digest.as_ref() == Some(&rec.manifest)
+                && rec
+                    .names
+                    .iter()
+                    .any(|n| Reference::parse(n).is_ok_and(|n| n.repo_name() == r.repo_name())));
+        if by_name {
+            return vec![name];
+        }
+    }
+    if rec.names.is_empty() {
+        return vec![rec.config.to_string()];
+    }
+    let mut names = rec.names.clone();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Decides for each of `references` and keeps the strictest result: the
+/// first refusal, else the first microVM, else the first decision.
+fn decide_strictest(
+    references: &[String],
+    decide_one: impl Fn(&str) -> Result<Decision, DispatchError>,
+) -> (String, Result<Decision, DispatchError>) {
+    let mut best: Option<(String, Result<Decision, DispatchError>)> = None;
+    for r in references {
+        let d = decide_one(r);
+        let rank = |d: &Result<Decision, DispatchError>| match d {
+            Err(_) => 2,
+            Ok(d) if d.isolation == Isolation::Vm => 1,
+            Ok(_) => 0,
+        };
+        if best.as_ref().is_none_or(|(_, b)| rank(&d) > rank(b)) {
+            best = Some((r.clone(), d));
+        }
+    }
+    best.expect("an image has at least one reference")
 }
 
 /// The kernel `--kernel` names: a file (probed; its embedded config, if
@@ -191,6 +248,9 @@ impl std::fmt::Display for Plan {
             )?,
             (Isolation::Vm, None) => writeln!(f, "{}: microVM", self.image)?,
             (Isolation::Container, _) => writeln!(f, "{}: native container", self.image)?,
+        }
+        if !d.decided_by.is_empty() {
+            writeln!(f, "decided by: {}", d.decided_by)?;
         }
         writeln!(f, "backend: {}", self.backend)?;
         writeln!(

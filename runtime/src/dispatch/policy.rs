@@ -1,25 +1,42 @@
 //! The site policy: `/etc/amphi/policy.toml` (or `--policy FILE`).
 //!
 //! ```toml
-//! # default isolation when nothing else decides: "auto" (default), "container" or "vm"
+//! # default isolation when no rule matches: "auto" (default), "container" or "vm"
 //! default_isolation = "auto"
-//! # trust rules by registry/repository glob, first match wins
+//! # trust rules by registry/repository pattern, first match wins
 //! [[trust]]
-//! match = "registry.internal/*"
+//! match = "registry.internal/**"
 //! isolation = "container"     # or "vm" / "auto"
-//! # per-image overrides (exact reference or glob), first match wins, win over trust rules
+//! # per-image rules, first match wins; their isolation wins over trust rules
 //! [[image]]
 //! match = "docker.io/library/alpine:*"
 //! isolation = "container"     # optional: without it, trust rules decide isolation
-//! kernel = "6.1"              # optional preferred kernel (ID, version or series)
+//! kernel = "6.1"              # optional guest kernel (ID, version or series)
 //! ```
 //!
-//! Patterns are globs (`*` any run of characters, `/` included; `?` one
-//! character) matched against the normalised reference
-//! (`docker.io/library/alpine:3.19`), and also against its name without
-//! tag and digest (`docker.io/library/alpine`), so `match =
-//! "docker.io/library/alpine"` covers every tag. A matching rule whose
-//! isolation is `auto` decides too: the image's requirements choose.
+//! Patterns match the normalised reference (`docker.io/library/alpine:3.19`)
+//! and also its name without tag and digest (`docker.io/library/alpine`), so
+//! `match = "docker.io/library/alpine"` covers every tag and digest. They
+//! never cross a registry boundary:
+//! - `*` matches any run of characters within one path component (never
+//!   `/`), `?` one character other than `/`, `**` any run including `/`.
+//! - A pattern is `**` (every image), `*` (the same, kept for old policies),
+//!   or `REGISTRY/PATH`: the registry part, before the first `/`, is
+//!   matched against the reference's registry host (with its port) as a
+//!   whole; `**` is refused there. Case is ignored throughout. So `*.internal/**`
+//!   matches `registry.internal/team/app:1` but never
+//!   `ghcr.io/attacker/evil.internal/app:1`, and `registry.internal/**`
+//!   never matches `registry.internal:5000/app:1` (another port is another
+//!   registry: write `registry.internal:*/**` for every port).
+//! - A last component that is exactly `*` covers every component below it,
+//!   as before: `registry.internal/*` is everything in registry.internal,
+//!   nested repositories included (`registry.internal/**` says the same
+//!   more plainly); `docker.io/library/*` is every official image.
+//! - A pattern without `/` (other than `*` and `**`) is refused: it could
+//!   never match.
+//!
+//! A matching rule whose isolation is `auto` decides too: the image's
+//! requirements (and its own `io.amphi.isolation`) choose.
 
 use super::{DispatchError, IsolationChoice};
 use crate::image::Reference;
@@ -81,20 +98,12 @@ impl Policy {
             reason: what,
         };
         for (i, r) in p.trust.iter().enumerate() {
-            if r.pattern.trim().is_empty() {
-                return Err(bad(format!(
-                    "[[trust]] rule {}: empty match pattern",
-                    i + 1
-                )));
-            }
+            check_pattern(&r.pattern)
+                .map_err(|why| bad(format!("[[trust]] rule {}: {why}", i + 1)))?;
         }
         for (i, r) in p.images.iter().enumerate() {
-            if r.pattern.trim().is_empty() {
-                return Err(bad(format!(
-                    "[[image]] rule {}: empty match pattern",
-                    i + 1
-                )));
-            }
+            check_pattern(&r.pattern)
+                .map_err(|why| bad(format!("[[image]] rule {}: {why}", i + 1)))?;
             if r.kernel.as_deref().is_some_and(|k| k.trim().is_empty()) {
                 return Err(bad(format!("[[image]] rule {}: empty kernel", i + 1)));
             }
@@ -169,45 +178,128 @@ pub fn normalize_reference(reference: &str) -> Result<String, DispatchError> {
         .map_err(|e| DispatchError::BadReference(e.to_string()))
 }
 
-/// Whether `pattern` matches the normalised `reference`, or its name without
-/// tag and digest.
-pub fn reference_matches(pattern: &str, reference: &str) -> bool {
-    if glob_match(pattern, reference) {
-        return true;
+/// Why `pattern` is not a usable policy pattern (see the module docs).
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.trim().is_empty() {
+        return Err("empty match pattern".to_string());
     }
-    let no_digest = reference.split_once('@').map_or(reference, |(n, _)| n);
-    let last_slash = no_digest.rfind('/').map_or(0, |i| i + 1);
-    let name = match no_digest[last_slash..].rfind(':') {
-        Some(i) => &no_digest[..last_slash + i],
-        None => no_digest,
+    if pattern == "*" || pattern == "**" {
+        return Ok(());
+    }
+    if pattern.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "match pattern {pattern:?} contains white space, which no image reference has"
+        ));
+    }
+    let Some((host, _)) = pattern.split_once('/') else {
+        return Err(format!(
+            "match pattern {pattern:?} has no '/': patterns match REGISTRY/REPOSITORY[:TAG] \
+             (write \"{pattern}/**\" for everything in a registry, \"**\" for every image)"
+        ));
     };
-    name != reference && glob_match(pattern, name)
+    if host.is_empty() {
+        return Err(format!(
+            "match pattern {pattern:?} starts with '/': it must start with a registry host"
+        ));
+    }
+    if host.contains("**") {
+        return Err(format!(
+            "match pattern {pattern:?}: '**' in the registry host (before the first '/') \
+             would match across registries; use '*' there (as in \"*.internal/**\")"
+        ));
+    }
+    Ok(())
 }
 
-/// Glob match: `*` matches any run of characters (including `/`), `?` exactly
-/// one character; everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last '*' was, and the text position it is tried at.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
+/// The reference's name without tag and digest
+/// (`docker.io/library/alpine:3.19@sha256:..` -> `docker.io/library/alpine`).
+fn name_of(reference: &str) -> &str {
+    let no_digest = reference.split_once('@').map_or(reference, |(n, _)| n);
+    let last_slash = no_digest.rfind('/').map_or(0, |i| i + 1);
+    match no_digest[last_slash..].rfind(':') {
+        Some(i) => &no_digest[..last_slash + i],
+        None => no_digest,
     }
-    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Whether `pattern` matches the normalised `reference`, or its name without
+/// tag and digest, ignoring case. The registry host is matched as a
+/// whole; `*` never crosses `/` (see the module docs).
+pub fn reference_matches(pattern: &str, reference: &str) -> bool {
+    if pattern == "*" || pattern == "**" {
+        return true;
+    }
+    // Case never tells two images apart for a policy: registry hosts are
+    // DNS names, repository paths are lower-case by their grammar, and a
+    // tag differing only in case is still in the same repository.
+    let pattern = pattern.to_ascii_lowercase();
+    let reference = reference.to_ascii_lowercase();
+    let Some((phost, ppath)) = pattern.split_once('/') else {
+        return false;
+    };
+    // A last component that is exactly `*` covers everything below it.
+    let ppath = match ppath.strip_suffix('*') {
+        Some(head) if head.is_empty() || head.ends_with('/') => format!("{head}**"),
+        _ => ppath.to_string(),
+    };
+    let matches = |text: &str| match text.split_once('/') {
+        Some((thost, tpath)) => {
+            // `**` in a host is refused when a policy is read; should one
+            // get here, it must not reach past the host either.
+            !phost.contains("**") && glob_match(phost, thost) && glob_match(&ppath, tpath)
+        }
+        None => false,
+    };
+    let name = name_of(&reference);
+    matches(&reference) || (name != reference && matches(name))
+}
+
+/// Glob match: `*` matches any run of characters other than `/`, `**` any
+/// run including `/`, `?` exactly one character other than `/`; everything
+/// else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    #[derive(Clone, Copy)]
+    enum Tok {
+        Lit(char),
+        One,
+        Star,
+        AnyStar,
+    }
+    let mut toks = Vec::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        toks.push(match c {
+            '*' => {
+                if chars.peek() == Some(&'*') {
+                    while chars.peek() == Some(&'*') {
+                        chars.next();
+                    }
+                    Tok::AnyStar
+                } else {
+                    Tok::Star
+                }
+            }
+            '?' => Tok::One,
+            c => Tok::Lit(c),
+        });
+    }
+    let t: Vec<char> = text.chars().collect();
+    // row[j]: the tokens so far match text[..j].
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    for tok in toks {
+        let mut next = vec![false; t.len() + 1];
+        for j in 0..=t.len() {
+            next[j] = match tok {
+                Tok::Lit(c) => j > 0 && row[j - 1] && t[j - 1] == c,
+                Tok::One => j > 0 && row[j - 1] && t[j - 1] != '/',
+                Tok::Star => row[j] || (j > 0 && next[j - 1] && t[j - 1] != '/'),
+                Tok::AnyStar => row[j] || (j > 0 && next[j - 1]),
+            };
+        }
+        row = next;
+    }
+    row[t.len()]
 }
 
 #[cfg(test)]
@@ -217,47 +309,115 @@ mod tests {
     #[test]
     fn globs() {
         let cases = [
-            ("*", "anything/at/all:1", true),
-            ("*", "", true),
+            ("**", "anything/at/all:1", true),
+            ("**", "", true),
+            ("*", "no-slash:1", true),
+            ("*", "a/b", false),
             ("", "", true),
             ("", "a", false),
-            ("registry.internal/*", "registry.internal/team/app:1", true),
-            ("registry.internal/*", "registry.internalx/app:1", false),
-            (
-                "docker.io/library/alpine:*",
-                "docker.io/library/alpine:3.19",
-                true,
-            ),
-            (
-                "docker.io/library/alpine:*",
-                "docker.io/library/alpine-x:3.19",
-                false,
-            ),
-            (
-                "docker.io/library/alpine:3.1?",
-                "docker.io/library/alpine:3.19",
-                true,
-            ),
-            (
-                "docker.io/library/alpine:3.1?",
-                "docker.io/library/alpine:3.1",
-                false,
-            ),
-            ("*/busybox:*", "localhost/demo/busybox:latest", true),
-            (
-                "127.0.0.1:5000/*",
-                "127.0.0.1:5000/demo/busybox:latest",
-                true,
-            ),
             ("a*b*c", "aXXbYYc", true),
             ("a*b*c", "aXXbYY", false),
+            ("a*c", "a/c", false),
+            ("a**c", "a/b/c", true),
             ("a**c", "ac", true),
-            ("*.internal/*", "registry.internal/x:1", true),
+            ("a***c", "a/c", true),
+            ("a?c", "abc", true),
+            ("a?c", "a/c", false),
+            ("a/**/c", "a/x/y/c", true),
+            ("a/**/c", "a/c", false),
             ("exact:1", "exact:1", true),
             ("exact:1", "exact:12", false),
+            (
+                "*.internal/*",
+                "ghcr.io/attacker/evil.internal/app:1",
+                false,
+            ),
+            ("*.internal/*", "registry.internal/app:1", true),
         ];
         for (p, t, want) in cases {
-            assert_eq!(glob_match(p, t), want, "{p} vs {t}");
+            assert_eq!(glob_match(p, t), want, "{p:?} vs {t:?}");
+        }
+    }
+
+    /// Policy patterns against normalised references, hostile ones included.
+    #[test]
+    fn reference_patterns() {
+        let cases = [
+            // Every image.
+            ("**", "ghcr.io/attacker/app:1", true),
+            ("*", "ghcr.io/attacker/app:1", true),
+            // The registry host is matched as a whole: a pattern for one
+            // registry never matches a path component on another.
+            ("*.internal/*", "registry.internal/app:1", true),
+            ("*.internal/*", "registry.internal/team/app:1", true),
+            ("*.internal/*", "ghcr.io/attacker/evil.internal/app:1", false),
+            ("*.internal/**", "ghcr.io/attacker/evil.internal/app:1", false),
+            ("*.internal/*", "docker.io/evil.internal/app:1", false),
+            ("*.internal/*", "evil.internal.attacker.io/app:1", false),
+            ("registry.internal/*", "registry.internalx/app:1", false),
+            ("registry.internal/*", "registry.internal.attacker.io/app:1", false),
+            ("registry.internal/*", "attacker.io/registry.internal/app:1", false),
+            ("registry.internal/**", "ghcr.io/x/registry.internal/app:1", false),
+            ("*/library/alpine", "ghcr.io/library/alpine:3", true),
+            ("*/library/alpine", "ghcr.io/x/library/alpine:3", false),
+            // A trailing `/*` covers nested repositories, in its registry only.
+            ("registry.internal/*", "registry.internal/team/sub/app:1", true),
+            ("registry.internal/team/*", "registry.internal/team/sub/app:1", true),
+            ("registry.internal/team/*", "registry.internal/teamx/app:1", false),
+            ("registry.internal/team/*", "registry.internal/other/team/app:1", false),
+            // `*` elsewhere stays within one component.
+            ("registry.internal/*/app", "registry.internal/team/app:1", true),
+            ("registry.internal/*/app", "registry.internal/a/b/app:1", false),
+            ("registry.internal/**/app", "registry.internal/a/b/app:1", true),
+            // Ports: another port is another registry.
+            ("registry.internal/*", "registry.internal:5000/app:1", false),
+            ("registry.internal:5000/*", "registry.internal:5000/app:1", true),
+            ("registry.internal:*/*", "registry.internal:5000/app:1", true),
+            ("registry.internal:*/*", "registry.internal/app:1", false),
+            ("*.internal/*", "evil.internal:5000/app:1", false),
+            ("127.0.0.1:5000/*", "127.0.0.1:5000/demo/busybox:latest", true),
+            ("127.0.0.1:5000/demo/busybox", "127.0.0.1:5000/demo/busybox:latest", true),
+            // The host ignores case (DNS does); an upper-case reference
+            // host cannot dodge a rule.
+            ("evil.example/*", "EVIL.example/app:1", true),
+            ("Registry.Internal/*", "registry.internal/app:1", true),
+            ("docker.io/library/alpine:edge", "docker.io/library/alpine:EDGE", true),
+            ("*.internal/*", "GHCR.IO/attacker/EVIL.INTERNAL/app:1", false),
+            // Tags and digests.
+            ("docker.io/library/alpine", "docker.io/library/alpine:3.19", true),
+            ("docker.io/library/alpine", "docker.io/library/alpine:latest", true),
+            (
+                "docker.io/library/alpine",
+                "docker.io/library/alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                true,
+            ),
+            (
+                "docker.io/library/alpine",
+                "docker.io/library/alpine:3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                true,
+            ),
+            ("docker.io/library/alpine", "docker.io/library/alpinex:3.19", false),
+            ("docker.io/library/alpine", "docker.io/library/alpine/x:3.19", false),
+            ("docker.io/library/alpine:*", "docker.io/library/alpine:3.19", true),
+            ("docker.io/library/alpine:*", "docker.io/library/alpine-x:3.19", false),
+            ("docker.io/library/alpine:3.1?", "docker.io/library/alpine:3.19", true),
+            ("docker.io/library/alpine:3.1?", "docker.io/library/alpine:3.1", false),
+            (
+                "docker.io/library/alpine:*",
+                "docker.io/library/alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                false,
+            ),
+            ("docker.io/library/*", "docker.io/library/alpine:3.19", true),
+            ("docker.io/library/*", "docker.io/attacker/alpine:3.19", false),
+            // A tag that looks like a pattern or a path is just text.
+            ("docker.io/library/alpine:*", "docker.io/library/alpine:x.internal", true),
+            ("*.internal/*", "docker.io/library/alpine:x.internal", false),
+            // Patterns without a registry part match nothing.
+            ("alpine", "docker.io/library/alpine:latest", false),
+            ("registry.internal", "registry.internal/app:1", false),
+        ];
+        for (p, r, want) in cases {
+            assert_eq!(reference_matches(p, r), want, "{p:?} vs {r:?}");
         }
     }
 
@@ -272,18 +432,45 @@ mod tests {
             "localhost/demo/busybox:latest"
         );
         assert!(normalize_reference("UPPER/case").is_err());
-        assert!(reference_matches(
-            "docker.io/library/alpine",
-            "docker.io/library/alpine:3.19"
-        ));
-        assert!(reference_matches(
-            "127.0.0.1:5000/demo/busybox",
-            "127.0.0.1:5000/demo/busybox:latest"
-        ));
-        assert!(!reference_matches(
-            "docker.io/library/alpine",
-            "docker.io/library/alpinex:3.19"
-        ));
+        // What an attacker would type to look like an internal image.
+        assert_eq!(
+            normalize_reference("ghcr.io/attacker/evil.internal/app:1").unwrap(),
+            "ghcr.io/attacker/evil.internal/app:1"
+        );
+        assert_eq!(
+            normalize_reference("evil.internal/app:1").unwrap(),
+            "evil.internal/app:1"
+        );
+    }
+
+    #[test]
+    fn unusable_patterns_are_refused() {
+        let cases = [
+            ("", "empty match pattern"),
+            ("alpine", "has no '/'"),
+            ("registry.internal", "\"registry.internal/**\""),
+            ("/library/alpine", "starts with '/'"),
+            ("**/alpine", "'**' in the registry host"),
+            ("**.internal/*", "'**' in the registry host"),
+            ("registry.internal/ app", "white space"),
+        ];
+        for (pattern, needle) in cases {
+            for section in ["trust", "image"] {
+                let text = format!("[[{section}]]\nmatch = {pattern:?}\nisolation = \"vm\"\n");
+                let e = Policy::parse(&text, Path::new("/p.toml")).unwrap_err();
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("[[{section}]] rule 1"))
+                        && msg.contains(needle)
+                        && msg.contains("/p.toml"),
+                    "{pattern:?}: {msg}"
+                );
+            }
+        }
+        for ok in ["*", "**", "*/*", "*.internal/**", "registry.internal:*/app"] {
+            let text = format!("[[trust]]\nmatch = {ok:?}\nisolation = \"vm\"\n");
+            Policy::parse(&text, Path::new("/p.toml")).unwrap();
+        }
     }
 
     const EXAMPLE: &str = r#"
@@ -293,7 +480,7 @@ default_isolation = "auto"
 match = "registry.internal/*"
 isolation = "container"
 [[trust]]
-match = "*"
+match = "**"
 isolation = "vm"
 [[image]]
 match = "docker.io/library/alpine:*"

@@ -71,7 +71,7 @@ const TRUST: &str = r#"
 match = "registry.internal/*"
 isolation = "auto"
 [[trust]]
-match = "*"
+match = "**"
 isolation = "vm"
 [[image]]
 match = "docker.io/library/alpine:*"
@@ -98,6 +98,8 @@ struct Case {
     cli: IsolationChoice,
     host: fn(&mut HostInfo),
     kernels: fn() -> Vec<CandidateKernel>,
+    /// `kernels` is the operator's `--kernel`.
+    cli_kernel: bool,
     want: Want,
     /// (rule, outcome, text the reason must contain: "" for any).
     reasons: &'static [(&'static str, Outcome, &'static str)],
@@ -113,6 +115,7 @@ const BASE: Case = Case {
     cli: IsolationChoice::Auto,
     host: |_| {},
     kernels,
+    cli_kernel: false,
     want: Want::Native,
     reasons: &[],
 };
@@ -249,8 +252,8 @@ fn cases() -> Vec<Case> {
             cli: CliVm,
             want: Want::Vm("6.13.0-ccc"),
             reasons: &[
-                ("cli.isolation", ForcesVm, "--isolation vm"),
-                ("policy.default", Info, "overridden by cli.isolation"),
+                ("cli.isolation", ForcesVm, "--isolation vm on the command line"),
+                ("policy.default", Info, "overridden by --isolation on the command line"),
             ],
             ..BASE
         },
@@ -277,8 +280,8 @@ fn cases() -> Vec<Case> {
             ann: &[(KEY_ISOLATION, "vm")],
             cli: CliContainer,
             reasons: &[
-                ("cli.isolation", ForcesContainer, ""),
-                ("annotation.isolation", Info, "overridden by cli.isolation"),
+                ("cli.isolation", ForcesContainer, "the operator's override"),
+                ("annotation.isolation", Info, "overridden by --isolation on the command line"),
             ],
             ..BASE
         },
@@ -293,14 +296,14 @@ fn cases() -> Vec<Case> {
             ..BASE
         },
         Case {
-            name: "annotation beats policy image rule",
+            name: "image vm raises a policy image rule's container",
             reference: "docker.io/library/alpine:3.19",
             policy: TRUST,
             ann: &[(KEY_ISOLATION, "vm")],
             want: Want::Vm("6.13.0-ccc"),
             reasons: &[
-                ("annotation.isolation", ForcesVm, ""),
-                ("policy.image", Info, "overridden by annotation.isolation"),
+                ("annotation.isolation", ForcesVm, "more isolation than policy.image"),
+                ("policy.image", Info, "raised to vm by the image"),
             ],
             ..BASE
         },
@@ -359,11 +362,38 @@ fn cases() -> Vec<Case> {
             ..BASE
         },
         Case {
-            name: "annotation kernel beats policy kernel",
+            name: "policy kernel beats the image's kernel",
             reference: "docker.io/library/debian:12",
             policy: TRUST,
             ann: &[(KEY_KERNEL, "6.12")],
+            want: Want::Vm("6.1.150-bbb"),
+            reasons: &[
+                ("kernel.select", Info, "an image's preference applies only where the policy has none"),
+                ("kernel.select", Ok, "6.1 (from [[image]] rule 2"),
+            ],
+            ..BASE
+        },
+        Case {
+            name: "the image's kernel applies where the policy has none",
+            reference: "quay.io/x/y:1",
+            policy: TRUST,
+            ann: &[(KEY_KERNEL, "6.12")],
             want: Want::Vm("6.12.57-aaa"),
+            reasons: &[("kernel.select", Ok, "manifest annotation io.amphi.kernel")],
+            ..BASE
+        },
+        Case {
+            name: "--kernel: neither the policy's nor the image's preference applies",
+            reference: "docker.io/library/debian:12",
+            policy: TRUST,
+            ann: &[(KEY_KERNEL, "6.1")],
+            kernels: || vec![kernel("6.12.57-aaa", None, true)],
+            cli_kernel: true,
+            want: Want::Vm("6.12.57-aaa"),
+            reasons: &[
+                ("kernel.select", Info, "6.1 (from [[image]] rule 2"),
+                ("kernel.select", Ok, "the newest kernel"),
+            ],
             ..BASE
         },
         Case {
@@ -476,6 +506,7 @@ fn decision_table() {
             policy: &policy,
             cli: c.cli,
             kernels: &ks,
+            cli_kernel: c.cli_kernel,
         };
         let result = decide(&input);
         let reasons: Vec<Reason> = match (&result, c.want) {
@@ -534,6 +565,7 @@ fn cli_auto_is_not_an_opinion() {
         policy: &policy,
         cli: Auto,
         kernels: &kernels(),
+        cli_kernel: false,
     })
     .unwrap();
     assert!(!d.reasons.iter().any(|r| r.rule == "cli.isolation"));
@@ -557,6 +589,7 @@ fn display_and_json() {
         policy: &policy,
         cli: Auto,
         kernels: &ks,
+        cli_kernel: false,
     })
     .unwrap();
     let text = d.to_string();
@@ -576,4 +609,229 @@ fn display_and_json() {
         .any(|r| r["outcome"] == "needs-vm" && r["rule"] == "kernel.version"));
     let back: Decision = serde_json::from_value(json).unwrap();
     assert_eq!(back, d);
+}
+
+/// Decides `reference` under `policy` for an image with `ann`.
+fn decide_with(
+    reference: &str,
+    policy: &str,
+    cli: IsolationChoice,
+    ann: &'static [(&'static str, &'static str)],
+) -> Decision {
+    let h = host();
+    let req = requirements(&Case { ann, ..BASE });
+    let policy = Policy::parse(policy, Path::new("/etc/amphi/policy.toml")).unwrap();
+    let ks = kernels();
+    decide(&DecideInput {
+        host: &h,
+        reference,
+        requirements: &req,
+        policy: &policy,
+        cli,
+        kernels: &ks,
+        cli_kernel: false,
+    })
+    .unwrap()
+}
+
+/// The images of the precedence table: what a hostile image can say about
+/// itself (labels and annotations alike end up here).
+const IMAGES: &[(&str, &[(&str, &str)])] = &[
+    ("no opinion, host meets requirements", &[]),
+    ("container", &[(KEY_ISOLATION, "container")]),
+    ("auto", &[(KEY_ISOLATION, "auto")]),
+    (
+        "container + a version range the host meets",
+        &[(KEY_ISOLATION, "container"), (KEY_KERNEL_VERSION, ">=6.1")],
+    ),
+    (
+        "auto + a version range the host meets",
+        &[(KEY_ISOLATION, "auto"), (KEY_KERNEL_VERSION, ">=5.0, <7")],
+    ),
+    (
+        "container + a kernel preference",
+        &[(KEY_ISOLATION, "container"), (KEY_KERNEL, "6.1")],
+    ),
+    ("vm", &[(KEY_ISOLATION, "vm")]),
+    (
+        "no opinion, host misses requirements",
+        &[(KEY_KERNEL_VERSION, "<6.13")],
+    ),
+];
+
+/// The policy is the authority: every way a policy can say vm holds
+/// against everything an image can say; only the operator's
+/// `--isolation` overrides it.
+#[test]
+fn image_cannot_lower_a_policy_vm() {
+    let ref_ = "docker.io/library/alpine:3.19";
+    let policies = [
+        ("default_isolation vm", "default_isolation = \"vm\"\n", "policy.default"),
+        (
+            "[[trust]] vm",
+            "[[trust]]\nmatch = \"docker.io/*\"\nisolation = \"vm\"\n",
+            "policy.trust",
+        ),
+        (
+            "[[image]] vm over a container trust rule and default",
+            "default_isolation = \"container\"\n[[trust]]\nmatch = \"**\"\nisolation = \"container\"\n[[image]]\nmatch = \"docker.io/library/alpine\"\nisolation = \"vm\"\n",
+            "policy.image",
+        ),
+        (
+            "[[image]] vm without a tag covers the tag",
+            "[[image]]\nmatch = \"docker.io/library/alpine\"\nisolation = \"vm\"\n",
+            "policy.image",
+        ),
+    ];
+    for (pname, policy, rule) in policies {
+        for (iname, ann) in IMAGES {
+            let d = decide_with(ref_, policy, Auto, ann);
+            assert_eq!(d.isolation, Isolation::Vm, "{pname} / image {iname}: {d}");
+            if !iname.starts_with("vm") {
+                assert!(
+                    d.decided_by.contains("policy.toml"),
+                    "{pname} / {iname}: decided by {}",
+                    d.decided_by
+                );
+                assert!(
+                    has_reason(&d.reasons, rule, ForcesVm, ""),
+                    "{pname} / {iname}: {d}"
+                );
+            }
+            // An image's `auto` is no opinion; its `container` is listed as ignored.
+            if ann
+                .iter()
+                .any(|(k, v)| *k == KEY_ISOLATION && *v == "container")
+            {
+                assert!(
+                    has_reason(&d.reasons, "annotation.isolation", Info, "ignored"),
+                    "{pname} / {iname}: {d}"
+                );
+            }
+            // The operator's override still works, and says so.
+            let d = decide_with(ref_, policy, CliContainer, ann);
+            assert_eq!(
+                d.isolation,
+                Isolation::Container,
+                "{pname} / {iname} --isolation container"
+            );
+            assert!(
+                d.decided_by
+                    .contains("--isolation container on the command line"),
+                "{}",
+                d.decided_by
+            );
+            assert!(
+                has_reason(&d.reasons, rule, Info, "overridden by --isolation"),
+                "{d}"
+            );
+        }
+    }
+}
+
+#[test]
+fn precedence_table() {
+    let ref_ = "docker.io/library/alpine:3.19";
+    let container = "default_isolation = \"container\"\n";
+    let auto = "";
+    for (iname, ann) in IMAGES {
+        let image_iso = ann
+            .iter()
+            .find(|(k, _)| *k == KEY_ISOLATION)
+            .map(|(_, v)| *v);
+        let misses = iname.contains("misses");
+        // A container policy: only the image's vm raises it.
+        let d = decide_with(ref_, container, Auto, ann);
+        let want = if image_iso == Some("vm") {
+            Isolation::Vm
+        } else {
+            Isolation::Container
+        };
+        assert_eq!(d.isolation, want, "container policy / {iname}: {d}");
+        // An auto policy: the image chooses, else its requirements.
+        let d = decide_with(ref_, auto, Auto, ann);
+        let want = match image_iso {
+            Some("vm") => Isolation::Vm,
+            Some("container") => Isolation::Container,
+            _ if misses => Isolation::Vm,
+            _ => Isolation::Container,
+        };
+        assert_eq!(d.isolation, want, "auto policy / {iname}: {d}");
+        // The operator's vm wins over everything.
+        let d = decide_with(ref_, container, CliVm, ann);
+        assert_eq!(d.isolation, Isolation::Vm, "--isolation vm / {iname}: {d}");
+        assert!(
+            d.decided_by.contains("operator's override"),
+            "{}",
+            d.decided_by
+        );
+    }
+    // Who decided, in each case.
+    let d = decide_with(ref_, container, Auto, &[(KEY_ISOLATION, "vm")]);
+    assert!(
+        d.decided_by.contains("io.amphi.isolation"),
+        "{}",
+        d.decided_by
+    );
+    assert!(
+        has_reason(
+            &d.reasons,
+            "annotation.isolation",
+            ForcesVm,
+            "more isolation"
+        ),
+        "{d}"
+    );
+    let d = decide_with(ref_, auto, Auto, &[(KEY_ISOLATION, "container")]);
+    assert!(
+        d.decided_by.contains("io.amphi.isolation"),
+        "{}",
+        d.decided_by
+    );
+    let d = decide_with(ref_, auto, Auto, &[]);
+    assert!(
+        d.decided_by.contains("default_isolation"),
+        "{}",
+        d.decided_by
+    );
+    let d = decide_with(ref_, container, Auto, &[(KEY_ISOLATION, "container")]);
+    assert!(
+        has_reason(
+            &d.reasons,
+            "annotation.isolation",
+            Info,
+            "the same as policy.default"
+        ),
+        "{d}"
+    );
+}
+
+/// Policy patterns never reach across registries: an attacker's reference
+/// that only looks internal falls through to the vm default.
+#[test]
+fn globs_do_not_cross_registries() {
+    let policy = "default_isolation = \"vm\"\n[[trust]]\nmatch = \"*.internal/*\"\nisolation = \"container\"\n[[image]]\nmatch = \"registry.internal/team/app\"\nisolation = \"container\"\n";
+    let cases = [
+        ("registry.internal/team/app:1", Isolation::Container),
+        ("registry.internal/other/tool:2", Isolation::Container),
+        ("ghcr.io/attacker/evil.internal/app:1", Isolation::Vm),
+        (
+            "docker.io/attacker/registry.internal/team/app:1",
+            Isolation::Vm,
+        ),
+        ("registry.internal.attacker.io/team/app:1", Isolation::Vm),
+        ("registry.internal:5000/team/app:1", Isolation::Vm),
+        ("evil.example/x.internal/app:1", Isolation::Vm),
+    ];
+    for (reference, want) in cases {
+        for (iname, ann) in IMAGES {
+            let d = decide_with(reference, policy, Auto, ann);
+            let want = if ann.iter().any(|(k, v)| *k == KEY_ISOLATION && *v == "vm") {
+                Isolation::Vm
+            } else {
+                want
+            };
+            assert_eq!(d.isolation, want, "{reference} / {iname}: {d}");
+        }
+    }
 }

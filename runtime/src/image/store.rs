@@ -559,6 +559,106 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn chmod(p: &Path, m: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn a_new_store_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("a/b/store");
+        let _s = Store::open(&root, Access::Write).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        for d in ["blobs", "layers", "tmp", "locks"] {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        // Not created when only checked.
+        let other = dir.path().join("absent");
+        secure_root(&other, "store", false).unwrap();
+        assert!(!other.exists());
+    }
+
+    #[test]
+    fn an_open_store_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        fs::create_dir(&root).unwrap();
+        chmod(&root, 0o755);
+        Store::open(&root, Access::Read).unwrap();
+        assert_eq!(mode(&root), 0o700);
+        chmod(&root, 0o711);
+        secure_root(&root, "state root", false).unwrap();
+        assert_eq!(mode(&root), 0o700);
+    }
+
+    /// Needs root (to hand directories to another user), which the
+    /// runtime's tests have.
+    #[test]
+    fn a_root_another_user_owns_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let e = secure_root(&theirs, "store", true).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        assert!(matches!(
+            Store::open(&theirs, Access::Write),
+            Err(StoreError::Unsafe { .. })
+        ));
+        // Reached through a symlink of ours: still theirs.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&theirs, &link).unwrap();
+        let e = secure_root(&link, "store", true).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        // A store of ours inside their directory: they could swap it.
+        let inside = theirs.join("store");
+        let e = secure_root(&inside, "store", true).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534") && e.contains("above it"), "{e}");
+        assert!(!inside.exists());
+    }
+
+    #[test]
+    fn a_root_under_a_world_writable_parent_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("shared");
+        fs::create_dir(&parent).unwrap();
+        chmod(&parent, 0o777);
+        let root = parent.join("store");
+        let e = secure_root(&root, "store", true).unwrap_err().to_string();
+        assert!(e.contains("writable by every user"), "{e}");
+        // Like /tmp: others cannot rename or delete what is ours.
+        chmod(&parent, 0o1777);
+        secure_root(&root, "store", true).unwrap();
+        assert_eq!(mode(&root), 0o700);
+    }
+
+    #[test]
+    fn private_files_ignore_the_umask_and_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        fs::write(&p, b"old").unwrap();
+        chmod(&p, 0o644);
+        write_private(&p, b"{}").unwrap();
+        assert_eq!(mode(&p), 0o600);
+        assert_eq!(fs::read(&p).unwrap(), b"{}");
+        let target = dir.path().join("target");
+        fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_private(&link, true).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"keep");
+        let d = dir.path().join("c/id");
+        create_private_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&dir.path().join("c")), 0o700);
+    }
+
     #[test]
     fn exclusive_open_sweeps_debris() {
         let dir = tempfile::tempdir().unwrap();

@@ -200,11 +200,61 @@ pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(monitor: Option<Proc>) -> Record {
+        Record {
+            id: "c".repeat(64),
+            name: "web".into(),
+            image: "busybox".into(),
+            command: vec!["sleep".into()],
+            created: state::now_rfc3339(),
+            finished: None,
+            exit_code: None,
+            oom_killed: false,
+            detached: false,
+            rm: true,
+            stop_signal: None,
+            monitor,
+        }
+    }
+
+    #[test]
+    fn a_container_whose_monitor_is_gone_is_stale() {
+        let state_root = tempfile::tempdir().unwrap();
+        // A real process that has ended (and been reaped).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = Proc {
+            pid: child.id() as i32,
+            start_time: state::start_time(child.id() as i32).unwrap_or(1),
+        };
+        child.wait().unwrap();
+        assert!(!dead.alive());
+        assert!(Proc::current().alive());
+
+        let r = record(Some(Proc::current()));
+        assert!(matches!(r.life(state_root.path()), Life::Created));
+        let r = record(Some(dead));
+        assert!(matches!(
+            r.life(state_root.path()),
+            Life::Stale { running: None }
+        ));
+        assert_eq!(r.status(state_root.path()), "Stale");
+        // Records of older versions (no monitor) whose end was not recorded.
+        assert!(matches!(
+            record(None).life(state_root.path()),
+            Life::Stale { .. }
+        ));
+        let mut r = record(Some(dead));
+        r.exit_code = Some(3);
+        assert_eq!(r.status(state_root.path()), "Exited (3)");
+    }
+
     #[test]
     fn names() {
-        assert!(super::check_name("web-1.a_b").is_ok());
+        assert!(check_name("web-1.a_b").is_ok());
         for bad in ["", "-x", "a/b", "a b"] {
-            assert!(super::check_name(bad).is_err(), "{bad}");
+            assert!(check_name(bad).is_err(), "{bad}");
         }
     }
 }

@@ -363,7 +363,13 @@ pub fn secure_root(dir: &Path, what: &str, create: bool) -> Result<(), StoreErro
         Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 check_ancestors(parent, dir, what)?;
-                fs::create_dir_all(parent).at(parent)?;
+                // Missing parents: 0755 whatever the umask (like mkdir -p
+                // under umask 022), so that the checks below pass.
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .at(parent)?;
             }
             match fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
                 Ok(()) => created = true,
@@ -619,7 +625,10 @@ mod tests {
         // A store of ours inside their directory: they could swap it.
         let inside = theirs.join("store");
         let e = secure_root(&inside, "store", true).unwrap_err().to_string();
-        assert!(e.contains("owned by uid 65534") && e.contains("above it"), "{e}");
+        assert!(
+            e.contains("owned by uid 65534") && e.contains("above it"),
+            "{e}"
+        );
         assert!(!inside.exists());
     }
 

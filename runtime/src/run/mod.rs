@@ -388,9 +388,14 @@ pub fn launch_error_code(e: &str) -> i32 {
 /// root must be private (they are tightened to 0700 with a warning, or
 /// refused when another user could change them: see
 /// [`crate::image::store::secure_root`]).
+///
+/// As root the state root is also created here (0700), before anything else
+/// (the host probe's cache, a microVM's run directory) could create it with
+/// the umask's mode.
 pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
     crate::image::store::secure_root(store_root, "store", false).map_err(|e| e.to_string())?;
-    crate::image::store::secure_root(state_root, "state root", false).map_err(|e| e.to_string())
+    let create = rustix::process::geteuid().is_root();
+    crate::image::store::secure_root(state_root, "state root", create).map_err(|e| e.to_string())
 }
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).

@@ -103,14 +103,23 @@ fn setuid_in_store() {
     // The store as older amphis left it (directories 0755): open to all.
     chmod(a.root(), 0o755);
     let payload = exit_with_euid_elf();
+    // A static busybox (the host's) to keep a container running.
+    let busybox = std::fs::read("/usr/bin/busybox").expect("a static /usr/bin/busybox");
     let layout = tempfile::tempdir().unwrap();
     LayoutBuilder::new()
         .layer(
-            raw_tar(&[TarEntry::File {
-                path: "rootshell",
-                data: &payload,
-                mode: 0o4755,
-            }]),
+            raw_tar(&[
+                TarEntry::File {
+                    path: "rootshell",
+                    data: &payload,
+                    mode: 0o4755,
+                },
+                TarEntry::File {
+                    path: "busybox",
+                    data: &busybox,
+                    mode: 0o755,
+                },
+            ]),
             Compression::Gzip,
         )
         .write(layout.path());
@@ -172,6 +181,41 @@ fn setuid_in_store() {
         text(&out.stderr).contains(&format!("the store {} had mode 0755", a.root().display())),
         "the tightening is announced: {}",
         text(&out.stderr)
+    );
+
+    // Reached another way: through /proc/PID/root of a container of the
+    // image that runs as the attacker's own uid (same uid, no capabilities:
+    // the kernel lets them in). The file runs, but the kernel ignores setuid
+    // bits on a mount of another mount namespace: euid stays 65534.
+    let state = tempfile::tempdir().unwrap();
+    let amphi = |args: &[&str]| {
+        let mut c = a.cmd(args);
+        c.env("AMPHI_STATE", state.path());
+        amphi_tests::run_cmd(&mut c)
+    };
+    let out = amphi(&[
+        "run",
+        "-d",
+        "--name",
+        "suid",
+        "-u",
+        "65534:65534",
+        "localhost/suid:1",
+        "/busybox",
+        "sleep",
+        "100",
+    ]);
+    assert!(out.status.success(), "run: {}", text(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&amphi(&["state", "suid"]).stdout).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(pid > 0, "{st}");
+    let via_proc = as_nobody(&[&format!("/proc/{pid}/root/rootshell")]);
+    eprintln!("VIAPROC {:?}", via_proc);
+    let rm = amphi(&["rm", "-f", "suid"]);
+    assert!(rm.status.success(), "{}", text(&rm.stderr));
+    assert!(
+        via_proc.status.code() == Some(254) || text(&via_proc.stderr).contains("Permission denied"),
+        "through /proc/{pid}/root: {via_proc:?}"
     );
 }
 

@@ -579,3 +579,179 @@ fn cpu_quota_is_applied() {
     assert!(e.run(&["rm", "-f", "cpu"]).status.success());
     e.assert_clean();
 }
+
+/// Every cgroup directory named `id` under /sys/fs/cgroup, in every
+/// hierarchy (v1 controllers, the named systemd one, the unified one).
+fn cgroups_named(id: &str) -> Vec<PathBuf> {
+    fn walk(d: &Path, id: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            // Not through symlinks (cpu -> cpu,cpuacct): each hierarchy once.
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == id {
+                out.push(e.path());
+            } else if depth > 0 {
+                walk(&e.path(), id, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), id, 3, &mut out);
+    out
+}
+
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| !s[i + 2..].starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A foreground `amphi run ARGS` started in the background: the client,
+/// the container's id and pid, and the client's watchdog (its other child).
+struct Foreground {
+    client: std::process::Child,
+    id: String,
+    pid: i32,
+    watchdog: i32,
+}
+
+fn start_foreground(e: &Env, args: &[&str]) -> Foreground {
+    let client = e
+        .cmd(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = wait_for_container_pid(e.state.path());
+    let id = std::fs::read_dir(e.state.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let cpid = client.id();
+    let children = format!("/proc/{cpid}/task/{cpid}/children");
+    let mut watchdog = 0;
+    wait_until("the client's watchdog", 20, || {
+        watchdog = std::fs::read_to_string(&children)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| *p != pid)
+            .unwrap_or(0);
+        watchdog != 0
+    });
+    Foreground {
+        client,
+        id,
+        pid,
+        watchdog,
+    }
+}
+
+/// The container of `id` is gone without a trace: processes, runtime
+/// state, writable layer, record and every cgroup named after it.
+fn assert_gone(e: &Env, id: &str, pid: i32) {
+    wait_until("the container's processes to die", 20, || !pid_alive(pid));
+    wait_until("its cleanup", 20, || {
+        !e.state.path().join(id).exists()
+            && !e.a.root().join("containers").join(id).exists()
+            && cgroups_named(id).is_empty()
+    });
+    e.assert_clean();
+}
+
+/// kill -9 of a foreground `amphi run --rm`: the container dies with its
+/// client (its watchdog kills it), and --rm is still honoured.
+#[test]
+fn kill_9_of_the_client_takes_the_container_down() {
+    let e = Env::new();
+    let mut fg = start_foreground(&e, &["run", "--rm", IMG, "sleep", "1000"]);
+    assert!(pid_alive(fg.pid));
+    assert!(!cgroups_named(&fg.id).is_empty(), "the test sees no cgroup");
+    fg.client.kill().unwrap();
+    fg.client.wait().unwrap();
+    assert_gone(&e, &fg.id, fg.pid);
+    assert!(!pid_alive(fg.watchdog), "the watchdog stays behind");
+
+    // Without --rm the record stays, with the status of a SIGKILL.
+    let mut fg = start_foreground(&e, &["run", "--name", "kept", IMG, "sleep", "1000"]);
+    fg.client.kill().unwrap();
+    fg.client.wait().unwrap();
+    wait_until("the container's processes to die", 20, || {
+        !pid_alive(fg.pid)
+    });
+    wait_until("its exit to be recorded", 20, || {
+        String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).contains("Exited (137)")
+    });
+    assert!(cgroups_named(&fg.id).is_empty());
+    assert!(!e.state.path().join(&fg.id).exists());
+    assert!(e.run(&["rm", "kept"]).status.success());
+    e.assert_clean();
+}
+
+/// kill -9 of the client and its watchdog together: nothing is left to
+/// clean up. `ps` shows the container as stale, `gc` (or `rm`) kills it
+/// and removes its state, writable layer, record and every cgroup.
+#[test]
+fn stale_containers_are_shown_and_removed_by_gc_and_rm() {
+    let e = Env::new();
+    for (remove, name) in [("gc", "stale-gc"), ("rm", "stale-rm")] {
+        let mut args = vec!["run", "--name", name];
+        if remove == "gc" {
+            args.push("--rm");
+        }
+        args.extend([IMG, "sleep", "1000"]);
+        let mut fg = start_foreground(&e, &args);
+        // SAFETY: killing our child's child (the watchdog) first, then our child.
+        unsafe { libc::kill(fg.watchdog, libc::SIGKILL) };
+        fg.client.kill().unwrap();
+        fg.client.wait().unwrap();
+        wait_until("the watchdog to die", 20, || !pid_alive(fg.watchdog));
+        assert!(pid_alive(fg.pid), "nothing should have killed it yet");
+        for ps in [&["ps"][..], &["ps", "-a"]] {
+            let out = String::from_utf8_lossy(&e.run(ps).stdout).into_owned();
+            let line = out.lines().find(|l| l.contains(name)).unwrap_or("");
+            assert!(line.contains("Stale (still running)"), "{ps:?}:\n{out}");
+            assert!(!out.contains("unknown"), "{out}");
+        }
+        let out = e.run(&[remove, name][..if remove == "gc" { 1 } else { 2 }]);
+        assert!(
+            out.status.success(),
+            "amphi {remove}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if remove == "gc" {
+            assert!(
+                String::from_utf8_lossy(&out.stdout)
+                    .contains(&format!("Removed stale container {name}")),
+                "{out:?}"
+            );
+        }
+        assert!(
+            !pid_alive(fg.pid),
+            "amphi {remove} left the workload running"
+        );
+        assert!(
+            cgroups_named(&fg.id).is_empty(),
+            "amphi {remove} left cgroups: {:?}",
+            cgroups_named(&fg.id)
+        );
+        assert_gone(&e, &fg.id, fg.pid);
+        assert!(!String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).contains(name));
+    }
+}

@@ -323,12 +323,20 @@ fn remove_image(
     Ok(out)
 }
 
-pub fn gc(root: &Path, a: GcArgs) -> Result<()> {
+pub fn gc(root: &Path, state_root: &Path, a: GcArgs) -> Result<()> {
     let store = Store::open(root, Access::Exclusive)?;
+    // Stale containers first (their writable layers are in the store).
+    let c = crate::run::manage::gc(root, state_root);
     let r = store.gc()?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["containers_removed"] = serde_json::to_value(&c.removed)?;
+        v["containers_failed"] = serde_json::to_value(&c.failed)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        for n in &c.removed {
+            println!("Removed stale container {n}");
+        }
         println!(
             "Removed {} blobs, {} layers, {} dangling images; freed {}",
             r.blobs_removed,
@@ -336,6 +344,12 @@ pub fn gc(root: &Path, a: GcArgs) -> Result<()> {
             r.images_removed,
             human_size(r.bytes_freed)
         );
+    }
+    for f in &c.failed {
+        eprintln!("amphi: error: stale container {f}");
+    }
+    if !c.failed.is_empty() {
+        bail!("{} stale containers could not be removed", c.failed.len());
     }
     Ok(())
 }

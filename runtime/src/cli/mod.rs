@@ -166,6 +166,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Vmm(a) = &cli.command {
         return Ok(vmm::run(a));
     }
+    if !matches!(cli.command, Command::Features | Command::Spec(_)) {
+        if let Err(e) = crate::run::check_roots(&store_root, &root) {
+            return oci_result(&cli, Err(e));
+        }
+    }
     let r = match &cli.command {
         Command::Create(a) => Some(
             crate::oci::create(
@@ -271,6 +276,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Kernel(a) => kernel::run(&store_root, a),
         Command::Compare(a) => compare::run(&store_root, &cli.root, *a),
         Command::Explain(a) => explain::run(&store_root, a),
+        Command::Gc(a) => done(images::gc(&store_root, &root, a)),
         c => done(run_image_command(c, &store_root)),
     }
 }
@@ -355,13 +361,13 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::Spec(_)
         | Command::Kernel(_)
         | Command::Compare(_)
-        | Command::Explain(_) => unreachable!("handled above"),
+        | Command::Explain(_)
+        | Command::Gc(_) => unreachable!("handled above"),
         Command::Pull(a) => images::pull(&store_root, a),
         Command::Load(a) => images::load(&store_root, a),
         Command::Images(a) => images::images(&store_root, a),
         Command::Inspect(a) => images::inspect(&store_root, a),
         Command::Rmi(a) => images::rmi(&store_root, a),
-        Command::Gc(a) => images::gc(&store_root, a),
     }
 }
 

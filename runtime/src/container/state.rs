@@ -9,6 +9,24 @@ use std::path::{Path, PathBuf};
 /// Default state root, like runc's /run/runc.
 pub const DEFAULT_ROOT: &str = "/run/amphi";
 
+/// Creates the state root if needed and makes sure it is private: mode
+/// 0700, owned by us (or root), no parent another user can change (see
+/// [`crate::image::store::secure_root`]). Each container's directory in it
+/// is 0700 and the files holding its config and state 0600.
+pub fn ensure_root(root: &Path) -> Result<(), String> {
+    crate::image::store::secure_root(root, "state root", true).map_err(|e| e.to_string())
+}
+
+/// Creates the directory of container `id` in the state root, mode 0700
+/// whatever the umask; fails with `AlreadyExists` if it is there.
+pub fn create_dir(root: &Path, id: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let d = State::dir(root, id);
+    std::fs::DirBuilder::new().mode(0o700).create(&d)?;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+    Ok(d)
+}
+
 /// What amphi keeps about a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
@@ -117,7 +135,8 @@ impl State {
         let dir = Self::dir(root, &self.id);
         let tmp = dir.join("state.json.tmp");
         let data = serde_json::to_vec_pretty(self).expect("state serialises");
-        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        crate::image::store::write_private(&tmp, &data)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| format!("{}: {e}", dir.display()))
     }
 
@@ -152,7 +171,7 @@ impl State {
     }
 }
 
-fn is_zombie(pid: i32) -> bool {
+pub fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))

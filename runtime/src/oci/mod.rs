@@ -75,10 +75,10 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
         .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
     let spec = config::load(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    std::fs::create_dir_all(root).map_err(|e| format!("state root {}: {e}", root.display()))?;
+    state::ensure_root(root)?;
     let dir = State::dir(root, &o.id);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
+    match state::create_dir(root, &o.id) {
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(format!("container id {:?} is already in use", o.id))
         }
@@ -180,10 +180,10 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
         std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
     let spec = config::load(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    std::fs::create_dir_all(root).map_err(|e| format!("state root {}: {e}", root.display()))?;
+    state::ensure_root(root)?;
     let dir = State::dir(root, id);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
+    match state::create_dir(root, id) {
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(format!("container id {id:?} is already in use"))
         }

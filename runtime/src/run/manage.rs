@@ -1,7 +1,8 @@
 //! docker-style management of `amphi run` containers: `ps`, `stop`, `rm`,
 //! `logs`, and name resolution for the runtime commands.
 
-use super::records::{self, Record};
+use super::records::{self, Life, Record};
+use crate::container::cgroups::Cgroup;
 use crate::container::state::State;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
@@ -31,10 +32,14 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
     .map(String::from)];
     let mut ids = String::new();
     for r in records::list(store_root) {
-        let status = r.status(state_root);
-        if !all && !status.starts_with("Up") {
+        let running = matches!(
+            r.life(state_root),
+            Life::Up(_) | Life::Stale { running: Some(_) }
+        );
+        if !all && !running {
             continue;
         }
+        let status = r.status(state_root);
         ids.push_str(&r.id[..12]);
         ids.push('\n');
         let mut cmd = r.command.join(" ");
@@ -97,30 +102,129 @@ pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Resul
     Ok(r.name)
 }
 
-/// `amphi rm`: remove a stopped container (with force, kill it first).
+/// `amphi rm`: remove a stopped or stale container (with force, kill a
+/// running one first): its record, writable layer, runtime state and every
+/// cgroup it had.
 pub fn rm(store_root: &Path, state_root: &Path, arg: &str, force: bool) -> Result<String, String> {
     let r: Record = records::find(store_root, arg)?;
-    if let Some(st) = r.running(state_root) {
-        if !force {
+    match r.life(state_root) {
+        Life::Up(st) => {
+            if !force {
+                return Err(format!(
+                    "container {} is running: stop it first or use rm -f",
+                    r.name
+                ));
+            }
+            kill_all(&st.cgroup, Some(&st));
+            // Its monitor records the exit and cleans the runtime state.
+            wait_gone(&st, state_root, Duration::from_secs(10));
+        }
+        Life::Created if !force => {
             return Err(format!(
-                "container {} is running: stop it first or use rm -f",
+                "container {} is being started: wait, or use rm -f",
                 r.name
+            ))
+        }
+        Life::Created | Life::Exited | Life::Stale { .. } => {}
+    }
+    remove_leftovers(state_root, &r.id)?;
+    let d = records::dir(store_root, &r.id);
+    crate::image::store::remove_path(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
+    Ok(r.name)
+}
+
+/// SIGKILLs the container's process and everything in its cgroup.
+fn kill_all(cgroup: &Cgroup, st: Option<&State>) -> usize {
+    let mut n = 0;
+    // The init first: in its own pid namespace, its death takes the rest.
+    if let Some(st) = st.filter(|s| s.alive()) {
+        // SAFETY: signalling the container's process (checked by start time).
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        n += 1;
+    }
+    for p in cgroup.pids() {
+        // SAFETY: killing the container's processes.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+        n += 1;
+    }
+    n
+}
+
+/// Kills what is left of container `id` and removes its runtime state
+/// and its cgroups (of the state, or amphi's default `amphi/<id>` when the
+/// state is gone). Each failure names what could not be removed.
+pub fn remove_leftovers(state_root: &Path, id: &str) -> Result<(), String> {
+    let st = State::load(state_root, id).ok();
+    let cgroup = match &st {
+        Some(s) => s.cgroup.clone(),
+        None => Cgroup::new(None, id)?,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill_all(&cgroup, st.as_ref()) > 0 {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "container {id}: its processes survive SIGKILL (pids {:?})",
+                cgroup.pids()
             ));
         }
-        for p in st.cgroup.pids() {
-            // SAFETY: killing the container's processes.
-            unsafe { libc::kill(p, libc::SIGKILL) };
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(st.pid, libc::SIGKILL) };
-        // Its monitor records the exit and cleans the runtime state.
-        wait_gone(&st, state_root, Duration::from_secs(10));
-        let _ = st.cgroup.remove();
-        let _ = std::fs::remove_dir_all(State::dir(state_root, &r.id));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let d = records::dir(store_root, &r.id);
-    std::fs::remove_dir_all(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
-    Ok(r.name)
+    cgroup.remove().map_err(|e| {
+        let dirs: Vec<String> = cgroup
+            .dirs()
+            .iter()
+            .filter(|d| d.exists())
+            .map(|d| d.display().to_string())
+            .collect();
+        format!(
+            "container {id}: removing its cgroups ({}): {e}",
+            dirs.join(", ")
+        )
+    })?;
+    let d = State::dir(state_root, id);
+    crate::image::store::remove_path(&d).map_err(|e| format!("container {id}: {e}"))
+}
+
+/// What `amphi gc` did to containers.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcContainers {
+    /// Stale containers removed (names).
+    pub removed: Vec<String>,
+    /// Containers that could not be removed, with the reason.
+    pub failed: Vec<String>,
+}
+
+/// `amphi gc`, for containers: removes every stale container (one whose
+/// client or monitor was killed before it ended: see [`records`]) with
+/// its leftovers: processes, cgroups, runtime state, writable layer and
+/// record. Also removes the runtime state a killed monitor left behind
+/// after it had recorded the exit.
+pub fn gc(store_root: &Path, state_root: &Path) -> GcContainers {
+    let mut out = GcContainers::default();
+    for r in records::list(store_root) {
+        match r.life(state_root) {
+            Life::Stale { .. } => {
+                let res = remove_leftovers(state_root, &r.id).and_then(|()| {
+                    let d = records::dir(store_root, &r.id);
+                    crate::image::store::remove_path(&d).map_err(|e| e.to_string())
+                });
+                match res {
+                    Ok(()) => out.removed.push(r.name),
+                    Err(e) => out.failed.push(format!("{}: {e}", r.name)),
+                }
+            }
+            Life::Exited
+                if !r.monitor.is_some_and(|m| m.alive())
+                    && State::dir(state_root, &r.id).exists() =>
+            {
+                if let Err(e) = remove_leftovers(state_root, &r.id) {
+                    out.failed.push(format!("{}: {e}", r.name));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `amphi logs`: the output of a detached container.

@@ -158,16 +158,23 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         .name
         .clone()
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
-    let state_dir = State::dir(&req.state_root, &id);
-    let container_dir = req.store_root.join("containers").join(&id);
-    std::fs::create_dir_all(&state_dir)
-        .map_err(|e| amphi_err(format!("{}: {e}", state_dir.display())))?;
+    // Private: 0700 directories, 0600 files (the config holds the -e
+    // values, the log what the container printed).
+    state::ensure_root(&req.state_root).map_err(amphi_err)?;
+    let state_dir = state::create_dir(&req.state_root, &id).map_err(|e| {
+        amphi_err(format!(
+            "{}: {e}",
+            State::dir(&req.state_root, &id).display()
+        ))
+    })?;
+    let container_dir = records::dir(&req.store_root, &id);
     let mut cleanup = Cleanup {
         state_dir: state_dir.clone(),
         container_dir: container_dir.clone(),
         cgroup: None,
         remove_layer: true,
     };
+    records::create_dir(&req.store_root, &id).map_err(amphi_err)?;
     let plan = RootfsPlan {
         rootfs: state_dir.join("rootfs"),
         lowers,
@@ -180,7 +187,9 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     }
     let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(amphi_err)?;
     let config_path = state_dir.join("config.json");
-    spec.save(&config_path)
+    let config = serde_json::to_vec_pretty(&spec)
+        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+    crate::image::store::write_private(&config_path, &config)
         .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
     let mut record = records::Record {
         id: id.clone(),
@@ -198,6 +207,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         detached: req.detach,
         rm: req.rm,
         stop_signal: image.config.as_ref().and_then(|c| c.stop_signal.clone()),
+        monitor: Some(records::Proc::current()),
     };
     record.save(&req.store_root).map_err(amphi_err)?;
 
@@ -216,7 +226,17 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
                     Err(e) => Err(e),
                 };
             }
-            detach::Side::Monitor(tx) => report = Some(tx),
+            detach::Side::Monitor(tx) => {
+                // The monitor waits for the container from now on.
+                record.monitor = Some(records::Proc::current());
+                if let Err(e) = record.save(&req.store_root) {
+                    let err = amphi_err(e);
+                    detach::report(tx, Err(&err));
+                    drop(cleanup);
+                    std::process::exit(err.code);
+                }
+                report = Some(tx);
+            }
         }
     } else if !req.interactive {
         // Without -i the container gets no stdin, like docker.
@@ -270,6 +290,18 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         )
     };
     let _ = st.save(&req.state_root);
+    // In the foreground the container dies with its client (see
+    // detach::Watchdog); a detached one has its monitor as parent.
+    let watchdog = if req.detach {
+        None
+    } else {
+        Some(detach::Watchdog::start(detach::Watched {
+            id: &id,
+            store_root: &req.store_root,
+            state_root: &req.state_root,
+            rm: req.rm,
+        }))
+    };
     if let Some(tx) = report.take() {
         detach::report(tx, Ok(()));
     }
@@ -311,6 +343,9 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         let _ = record.save(&req.store_root);
     }
     drop(cleanup);
+    if let Some(w) = watchdog {
+        w.dismiss();
+    }
     if req.detach {
         std::process::exit(0);
     }
@@ -349,7 +384,21 @@ pub fn launch_error_code(e: &str) -> i32 {
     }
 }
 
-/// Creates the state root if needed.
+/// Checks amphi's roots at start, if they exist: the store and the state
+/// root must be private (they are tightened to 0700 with a warning, or
+/// refused when another user could change them: see
+/// [`crate::image::store::secure_root`]).
+///
+/// As root the state root is also created here (0700), before anything else
+/// (the host probe's cache, a microVM's run directory) could create it with
+/// the umask's mode.
+pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
+    crate::image::store::secure_root(store_root, "store", false).map_err(|e| e.to_string())?;
+    let create = rustix::process::geteuid().is_root();
+    crate::image::store::secure_root(state_root, "state root", create).map_err(|e| e.to_string())
+}
+
+/// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
-    std::fs::create_dir_all(p).map_err(|e| amphi_err(format!("{}: {e}", p.display())))
+    state::ensure_root(p).map_err(amphi_err)
 }

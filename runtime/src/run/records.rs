@@ -2,8 +2,15 @@
 //! `$AMPHI_ROOT/containers/<id>/container.json` (it outlives reboots, like
 //! the container's writable layer next to it), for `ps`, `logs`, `stop`
 //! and `rm`.
+//!
+//! Each record names its monitor: the process that waits for the container
+//! and records its end (the `amphi run` client in the foreground, the
+//! monitor forked by `amphi run -d`). A container that has not ended and
+//! whose monitor is gone (killed with `kill -9`, or the host rebooted) is
+//! *stale*: `ps` says so, and `gc` and `rm` kill what is left of it and
+//! remove its state, cgroups and writable layer.
 
-use crate::container::state::State;
+use crate::container::state::{self, State};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +34,50 @@ pub struct Record {
     pub rm: bool,
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// The process that waits for the container (absent in records made by
+    /// older versions).
+    #[serde(default)]
+    pub monitor: Option<Proc>,
+}
+
+/// A process, told apart from a later one with the same pid by its start
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl Proc {
+    /// This process.
+    pub fn current() -> Proc {
+        let pid = std::process::id() as i32;
+        Proc {
+            pid,
+            start_time: state::start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether the process still runs (a zombie does not).
+    pub fn alive(&self) -> bool {
+        self.pid > 0
+            && state::start_time(self.pid) == Some(self.start_time)
+            && !state::is_zombie(self.pid)
+    }
+}
+
+/// Where a recorded container is in its life.
+#[derive(Debug)]
+pub enum Life {
+    /// Being set up by its (live) monitor.
+    Created,
+    /// Running, watched by its monitor.
+    Up(State),
+    /// Ended; its monitor recorded (or is recording) how.
+    Exited,
+    /// Not ended, and its monitor is gone: nothing will record its end or
+    /// clean up after it. `running` is its process, if that still runs.
+    Stale { running: Option<State> },
 }
 
 /// Container directory of `id`.
@@ -34,14 +85,21 @@ pub fn dir(store_root: &Path, id: &str) -> PathBuf {
     store_root.join("containers").join(id)
 }
 
+/// Creates the container directory of `id` (mode 0700: its record, log
+/// and writable layer are the container's business only).
+pub fn create_dir(store_root: &Path, id: &str) -> Result<PathBuf, String> {
+    let d = dir(store_root, id);
+    crate::image::store::create_private_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok(d)
+}
+
 impl Record {
     pub fn save(&self, store_root: &Path) -> Result<(), String> {
-        let d = dir(store_root, &self.id);
-        std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let d = create_dir(store_root, &self.id)?;
         let tmp = d.join("container.json.tmp");
-        std::fs::write(
+        crate::image::store::write_private(
             &tmp,
-            serde_json::to_vec_pretty(self).expect("record serialises"),
+            &serde_json::to_vec_pretty(self).expect("record serialises"),
         )
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, d.join("container.json")).map_err(|e| format!("{}: {e}", d.display()))
@@ -52,16 +110,45 @@ impl Record {
         State::load(state_root, &self.id).ok().filter(|s| s.alive())
     }
 
+    /// Whether the monitor still runs (unknown for old records: then only
+    /// a container that still runs counts as watched).
+    fn monitor_alive(&self) -> Option<bool> {
+        self.monitor.map(|m| m.alive())
+    }
+
+    /// Where the container is in its life (see [`Life`]).
+    pub fn life(&self, state_root: &Path) -> Life {
+        if self.exit_code.is_some() {
+            return Life::Exited;
+        }
+        let running = self.running(state_root);
+        match (self.monitor_alive(), running) {
+            (Some(true), Some(st)) => Life::Up(st),
+            (Some(true), None) => {
+                if State::dir(state_root, &self.id).join("state.json").exists() {
+                    // Ended a moment ago; the monitor is recording it.
+                    Life::Exited
+                } else {
+                    Life::Created
+                }
+            }
+            (None, Some(st)) => Life::Up(st),
+            (Some(false), running) | (None, running @ None) => Life::Stale { running },
+        }
+    }
+
     /// docker-style status text.
     pub fn status(&self, state_root: &Path) -> String {
-        if self.running(state_root).is_some() {
-            "Up".to_string()
-        } else {
-            match self.exit_code {
+        match self.life(state_root) {
+            Life::Up(_) => "Up".to_string(),
+            Life::Created => "Created".to_string(),
+            Life::Stale { running: Some(_) } => "Stale (still running)".to_string(),
+            Life::Stale { running: None } => "Stale".to_string(),
+            Life::Exited => match self.exit_code {
                 Some(c) if self.oom_killed => format!("Exited ({c}, OOM killed)"),
                 Some(c) => format!("Exited ({c})"),
-                None => "Exited (unknown)".to_string(),
-            }
+                None => "Exiting".to_string(),
+            },
         }
     }
 }
@@ -113,11 +200,61 @@ pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn record(monitor: Option<Proc>) -> Record {
+        Record {
+            id: "c".repeat(64),
+            name: "web".into(),
+            image: "busybox".into(),
+            command: vec!["sleep".into()],
+            created: state::now_rfc3339(),
+            finished: None,
+            exit_code: None,
+            oom_killed: false,
+            detached: false,
+            rm: true,
+            stop_signal: None,
+            monitor,
+        }
+    }
+
+    #[test]
+    fn a_container_whose_monitor_is_gone_is_stale() {
+        let state_root = tempfile::tempdir().unwrap();
+        // A real process that has ended (and been reaped).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = Proc {
+            pid: child.id() as i32,
+            start_time: state::start_time(child.id() as i32).unwrap_or(1),
+        };
+        child.wait().unwrap();
+        assert!(!dead.alive());
+        assert!(Proc::current().alive());
+
+        let r = record(Some(Proc::current()));
+        assert!(matches!(r.life(state_root.path()), Life::Created));
+        let r = record(Some(dead));
+        assert!(matches!(
+            r.life(state_root.path()),
+            Life::Stale { running: None }
+        ));
+        assert_eq!(r.status(state_root.path()), "Stale");
+        // Records of older versions (no monitor) whose end was not recorded.
+        assert!(matches!(
+            record(None).life(state_root.path()),
+            Life::Stale { .. }
+        ));
+        let mut r = record(Some(dead));
+        r.exit_code = Some(3);
+        assert_eq!(r.status(state_root.path()), "Exited (3)");
+    }
+
     #[test]
     fn names() {
-        assert!(super::check_name("web-1.a_b").is_ok());
+        assert!(check_name("web-1.a_b").is_ok());
         for bad in ["", "-x", "a/b", "a b"] {
-            assert!(super::check_name(bad).is_err(), "{bad}");
+            assert!(check_name(bad).is_err(), "{bad}");
         }
     }
 }

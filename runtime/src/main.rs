@@ -5,15 +5,13 @@ fn main() {
     if amphi::guest::is_guest_init() {
         amphi::guest::main();
     }
-    let cli = amphi::cli::Cli::parse();
-    // Commands that start container processes do so from a sealed copy of
-    // the binary (container::sealed): re-executed from it here, first.
-    if cli.command.starts_containers() {
-        if let Err(e) = amphi::container::sealed::ensure() {
-            eprintln!("amphi: error: {e}");
-            std::process::exit(amphi::cli::EXIT_AMPHI);
-        }
+    // A container's setup stage: a container process that executed
+    // amphi's sealed binary (container::init, container::sealed).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(fd) = amphi::container::init::setup_stage_fd(&args) {
+        amphi::container::init::setup_stage_main(fd);
     }
+    let cli = amphi::cli::Cli::parse_from(args);
     let level = if cli.debug {
         "debug"
     } else {

@@ -328,14 +328,23 @@ pub fn gc(root: &Path, state_root: &Path, a: GcArgs) -> Result<()> {
     // Stale containers first (their writable layers are in the store).
     let c = crate::run::manage::gc(root, state_root);
     let r = store.gc()?;
+    // Kept sealed copies of other amphi binaries (container::sealed).
+    let sealed = crate::container::sealed::sweep();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
+        v["sealed_copies_removed"] = serde_json::to_value(&sealed)?;
         v["containers_removed"] = serde_json::to_value(&c.removed)?;
         v["containers_failed"] = serde_json::to_value(&c.failed)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         for n in &c.removed {
             println!("Removed stale container {n}");
+        }
+        for p in &sealed {
+            println!(
+                "Removed the sealed copy of another amphi binary at {}",
+                p.display()
+            );
         }
         println!(
             "Removed {} blobs, {} layers, {} dangling images; freed {}",

@@ -137,17 +137,6 @@ pub enum Command {
     Vmm(vmm::VmmArgs),
 }
 
-impl Command {
-    /// Whether this command forks container processes on this host (and
-    /// must therefore run from a sealed copy of the binary).
-    pub fn starts_containers(&self) -> bool {
-        matches!(
-            self,
-            Command::Run(_) | Command::Create(_) | Command::Exec(_)
-        )
-    }
-}
-
 /// Runs the parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     let store_root = cli.store.clone().unwrap_or_else(amphi_store_root);

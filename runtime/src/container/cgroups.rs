@@ -22,6 +22,28 @@ const V1_CONTROLLERS: &[&str] = &[
     "blkio",
 ];
 
+/// The v1 hierarchies amphi manages (one path each, though "cpu" and
+/// "cpu,cpuacct" may be one hierarchy through symlinks); looked up once
+/// per process.
+fn v1_hierarchies() -> &'static [PathBuf] {
+    static H: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    H.get_or_init(|| {
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        for c in V1_CONTROLLERS {
+            let p = Path::new(ROOT).join(c);
+            let Ok(real) = std::fs::canonicalize(&p) else {
+                continue;
+            };
+            if real.is_dir() && !seen.contains(&real) {
+                seen.push(real);
+                out.push(p);
+            }
+        }
+        out
+    })
+}
+
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,22 +119,10 @@ impl Cgroup {
     pub fn dirs(&self) -> Vec<PathBuf> {
         match self.mode {
             Mode::Unified => vec![Path::new(ROOT).join(&self.path)],
-            Mode::Legacy => {
-                let mut seen = Vec::new();
-                let mut out = Vec::new();
-                for c in V1_CONTROLLERS {
-                    let p = Path::new(ROOT).join(c);
-                    // "cpu" and "cpu,cpuacct" may be one hierarchy (symlinks).
-                    let Ok(real) = std::fs::canonicalize(&p) else {
-                        continue;
-                    };
-                    if real.is_dir() && !seen.contains(&real) {
-                        seen.push(real);
-                        out.push(p.join(&self.path));
-                    }
-                }
-                out
-            }
+            Mode::Legacy => v1_hierarchies()
+                .iter()
+                .map(|h| h.join(&self.path))
+                .collect(),
         }
     }
 
@@ -337,12 +347,9 @@ impl Cgroup {
                     last = Err(e);
                 }
             }
-            // Remove the empty amphi/ parent we created, if nothing else uses it.
-            if let Some(parent) = d.parent() {
-                if parent.file_name().is_some_and(|n| n == "amphi") {
-                    let _ = fs::remove_dir(parent);
-                }
-            }
+            // The shared amphi/ parent stays (as docker's docker/ does):
+            // creating it again for every container costs a mkdir, an
+            // rmdir and the cpuset copy in each hierarchy.
         }
         last
     }

@@ -184,7 +184,31 @@ pub fn effective(spec_rules: Option<&[LinuxDeviceCgroup]>) -> Result<Vec<Rule>, 
         }
     }
     out.extend_from_slice(DEFAULT_ALLOWED);
-    Ok(out)
+    Ok(compact(out))
+}
+
+/// The same decisions with fewer rules (each one is a cgroup write or a
+/// block of the BPF program, on the path of every start): a rule that
+/// matches everything overrides all rules before it, and of identical
+/// rules only the last one counts.
+fn compact(rules: Vec<Rule>) -> Vec<Rule> {
+    let start = rules
+        .iter()
+        .rposition(|r| {
+            *r == DENY_ALL
+                || *r
+                    == Rule {
+                        allow: true,
+                        ..DENY_ALL
+                    }
+        })
+        .unwrap_or(0);
+    let tail = &rules[start..];
+    tail.iter()
+        .enumerate()
+        .filter(|(i, r)| !tail[i + 1..].contains(r))
+        .map(|(_, r)| *r)
+        .collect()
 }
 
 /// Whether `rules` (last match wins, nothing matching: denied) let a

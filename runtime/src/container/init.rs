@@ -6,7 +6,7 @@ use super::rootfs;
 use super::sync::Sync;
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What the child needs besides the spec.
@@ -29,6 +29,138 @@ pub struct InitArgs<'a> {
     /// The container state (without the pid, which the parent sends with
     /// `go`) given to the createContainer and startContainer hooks.
     pub state: serde_json::Value,
+}
+
+/// The argument that starts amphi as a container's setup stage: the cloned
+/// child executes amphi's sealed binary (container::sealed) with it, so
+/// that nothing in the container ever sees the host's binary as the
+/// process's executable, then continues in [`child_main`] (as `runc init`).
+pub const SETUP_STAGE: &str = "--amphi-container-setup";
+
+/// What the setup stage needs, handed over in a memfd: the arguments of
+/// [`child_main`], with descriptors as numbers (inherited across the exec).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct StagePayload {
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+    pub sync_fd: i32,
+    pub exec_fifo_fd: Option<i32>,
+    pub console_fd: Option<i32>,
+    pub user_lookup: Option<String>,
+    pub in_userns: bool,
+    pub preserve_fds: i32,
+    pub state: serde_json::Value,
+}
+
+impl StagePayload {
+    /// Writes the payload into a memfd, made before the clone (the child
+    /// only executes).
+    pub fn to_memfd(&self) -> Result<OwnedFd, String> {
+        let data =
+            serde_json::to_vec(self).map_err(|e| format!("the setup stage's payload: {e}"))?;
+        let fd = rustix::fs::memfd_create("amphi-setup", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("memfd_create: {e}"))?;
+        let mut f = std::fs::File::from(fd);
+        std::io::Write::write_all(&mut f, &data)
+            .map_err(|e| format!("the setup stage's payload: {e}"))?;
+        Ok(OwnedFd::from(f))
+    }
+}
+
+/// In the cloned child: executes the sealed binary as the setup stage,
+/// keeping `keep` (and the payload) open across the exec. Returns only
+/// with the reason it failed.
+pub fn exec_setup_stage(sealed: &OwnedFd, payload: &OwnedFd, keep: &[i32]) -> String {
+    for fd in keep.iter().copied().chain([payload.as_raw_fd()]) {
+        // SAFETY: clearing FD_CLOEXEC on our own descriptors.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    let arg1 = CString::new(SETUP_STAGE).expect("no NUL");
+    let arg2 = CString::new(payload.as_raw_fd().to_string()).expect("no NUL");
+    let argv = [
+        c"amphi".as_ptr(),
+        arg1.as_ptr(),
+        arg2.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: execveat of an open descriptor with AT_EMPTY_PATH; argv and
+    // envp are NULL-terminated arrays of C strings that outlive the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            sealed.as_raw_fd(),
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    format!(
+        "starting the container's setup from amphi's sealed binary: {}",
+        std::io::Error::last_os_error()
+    )
+}
+
+/// The payload descriptor when this process is a setup stage.
+pub fn setup_stage_fd(args: &[std::ffi::OsString]) -> Option<i32> {
+    match args {
+        [_, flag, fd] if flag == SETUP_STAGE => fd.to_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The setup stage: reads its payload and becomes [`child_main`].
+pub fn setup_stage_main(payload_fd: i32) -> ! {
+    // Non-dumpable again (the exec made it dumpable), as before the exec.
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // SAFETY: the descriptor was handed to us by the runtime for this.
+    let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(payload_fd) });
+    let payload: Result<StagePayload, String> = {
+        use std::io::{Read, Seek};
+        let mut data = Vec::new();
+        let mut f = f;
+        f.rewind()
+            .and_then(|_| f.read_to_end(&mut data))
+            .map_err(|e| format!("reading the setup stage's payload: {e}"))
+            .and_then(|_| {
+                serde_json::from_slice(&data).map_err(|e| format!("the setup stage's payload: {e}"))
+            })
+    };
+    let p = match payload {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("amphi: error: {e}");
+            // SAFETY: leaving without unwinding.
+            unsafe { libc::_exit(1) }
+        }
+    };
+    if p.in_userns {
+        // As in launch: in a user namespace the process stays dumpable.
+        // SAFETY: prctl on ourselves.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    }
+    // SAFETY: descriptors the runtime kept open for us across the exec;
+    // close-on-exec again so the workload does not inherit them.
+    let own = |fd: i32| unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        OwnedFd::from_raw_fd(fd)
+    };
+    let sync = Sync::from_fd(own(p.sync_fd));
+    let exec_fifo = p.exec_fifo_fd.map(own);
+    let console = p.console_fd.map(own);
+    child_main(InitArgs {
+        spec: &p.spec,
+        rootfs: p.rootfs.clone(),
+        sync,
+        exec_fifo,
+        console,
+        user_lookup: p.user_lookup.clone(),
+        in_userns: p.in_userns,
+        preserve_fds: p.preserve_fds,
+        state: p.state.clone(),
+    })
 }
 
 /// Runs in the cloned child; never returns.

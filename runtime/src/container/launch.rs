@@ -26,6 +26,10 @@ pub struct LaunchOptions {
     /// Whether the cgroup is this launch's own (removed on failure), or a
     /// running container's that an exec joins.
     pub owns_cgroup: bool,
+    /// Whether the container process runs from a sealed copy of amphi's
+    /// binary (container::sealed; always on a host). Inside a microVM the
+    /// guest kernel is the boundary, and the guest's binary is its own.
+    pub sealed: bool,
 }
 
 /// A launched container.
@@ -171,6 +175,30 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     };
     let (parent, child) = Sync::pair()?;
 
+    // The child executes amphi's sealed binary as its setup stage, with
+    // its arguments in a memfd: made here, so the child only executes.
+    let stage = if opts.sealed {
+        let sealed = crate::container::sealed::binary()?;
+        let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
+        let payload = super::init::StagePayload {
+            spec: spec.clone(),
+            rootfs: rootfs.to_path_buf(),
+            sync_fd: child.as_fd().as_raw_fd(),
+            exec_fifo_fd: fd(&exec_fifo),
+            console_fd: fd(&console),
+            user_lookup: opts.user_lookup.clone(),
+            in_userns,
+            preserve_fds: opts.preserve_fds,
+            state: opts.state_template.clone(),
+        };
+        let mut keep = vec![payload.sync_fd];
+        keep.extend(payload.exec_fifo_fd);
+        keep.extend(payload.console_fd);
+        Some((sealed, payload.to_memfd()?, keep))
+    } else {
+        None
+    };
+
     // A pid namespace to join must be entered before the clone (it applies
     // to children); the others are joined by the child itself, user first.
     for (p, t) in &joins {
@@ -235,6 +263,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             // SAFETY: leaving the forked child without unwinding.
             unsafe { libc::_exit(1) }
         }
+        if let Some((sealed, payload, keep)) = &stage {
+            let e = super::init::exec_setup_stage(sealed, payload, keep);
+            child.send_error(&e);
+            // SAFETY: leaving the forked child without unwinding.
+            unsafe { libc::_exit(1) }
+        }
         child_main(InitArgs {
             spec,
             rootfs: rootfs.to_path_buf(),
@@ -247,6 +281,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             state: opts.state_template.clone(),
         });
     }
+    drop(stage);
     drop(child);
     drop(console);
     drop(exec_fifo);

@@ -9,8 +9,10 @@
 //! descriptor of it could, once it no longer runs, reopen it for writing and
 //! replace the host's amphi.
 //!
-//! So every command that starts container processes first re-executes
-//! itself from a sealed copy of its binary, and only then forks:
+//! So no container process runs the host's binary: right after the clone,
+//! the child executes a sealed copy of amphi as its setup stage
+//! (`container::init`, as `runc init`), while the runtime sets up its
+//! cgroups; the sealed copy is:
 //!
 //! 1. **A read-only overlayfs clone** (as runc 1.2 does): a detached
 //!    overlayfs mount (new mount API, never attached anywhere, so nothing in
@@ -22,38 +24,24 @@
 //!    binary in a memfd with `F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK |
 //!    F_SEAL_SEAL`, so neither the memfd nor the host file can be written
 //!    through it. It costs a copy of the binary (some MiB of memory per
-//!    live amphi process), which is why it is only the fallback.
+//!    container start), which is why it is only the fallback.
 //!
 //! In addition the container process is non-dumpable until it executes
 //! the workload (see `launch`), so other processes in the container cannot
-//! open its `/proc/PID/exe` or `/proc/PID/mem` at all.
+//! open its `/proc/PID/exe` or `/proc/PID/mem` at all, and `--init` runs
+//! the same sealed copy.
 
 use rustix::fs::{Mode, OFlags, SealFlags};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-/// Set for the re-executed process to the binary's path on the host, so
-/// that it knows where it came from and does not loop when it finds itself
-/// unsealed after all; removed from the environment at once.
-const GUARD: &str = "_AMPHI_SEALED_EXEC";
-
-/// The host path of the binary this process was re-executed from.
-static HOST_BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-
-/// amphi's binary as a path on the host: the file it was installed as,
-/// also after a re-execution from a sealed copy (whose `/proc/self/exe`
-/// names a file in a detached mount or a memfd). For what runs outside
-/// containers: the VMM process, the guest's init, `compare`'s runs. What a
-/// container may see uses `/proc/self/exe`, the sealed copy.
+/// amphi's binary as a path on the host, for what runs outside containers
+/// (the VMM process, the guest's init, `compare`'s runs).
 pub fn host_binary() -> std::path::PathBuf {
-    HOST_BINARY
-        .get()
-        .cloned()
-        .or_else(|| std::env::current_exe().ok())
-        .unwrap_or_else(|| "/proc/self/exe".into())
+    std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into())
 }
+
 /// overlayfs's `f_type`.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 /// The seals that make a memfd immutable for good.
@@ -94,55 +82,120 @@ pub fn self_protection() -> Option<Protection> {
     protection(&fd)
 }
 
-/// Re-executes this process from a sealed copy of its binary unless it
-/// already runs from one. Returns only when it does (or with an error,
-/// when no sealed copy can be made: amphi then refuses to start
-/// containers rather than expose its binary).
-pub fn ensure() -> Result<(), String> {
-    let guarded = match std::env::var_os(GUARD) {
-        Some(original) => {
-            std::env::remove_var(GUARD);
-            let _ = HOST_BINARY.set(original.into());
-            true
-        }
-        None => false,
-    };
-    if self_protection().is_some() {
-        return Ok(());
-    }
-    if guarded {
-        return Err(
-            "re-executed from a sealed copy of amphi's binary, but /proc/self/exe is still writable"
-                .into(),
-        );
-    }
+/// A sealed copy of amphi's binary to execute container processes from:
+/// the running binary itself when it is sealed already, else an overlayfs
+/// clone, else a memfd copy.
+pub fn binary() -> Result<OwnedFd, String> {
     let exe = rustix::fs::open(
         "/proc/self/exe",
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| format!("opening amphi's own binary (/proc/self/exe): {e}"))?;
-    let sealed = match overlay_clone() {
-        Ok(fd) => fd,
+    if protection(&exe).is_some() {
+        return Ok(exe);
+    }
+    match cached(&exe) {
+        Ok(Some(fd)) => return Ok(fd),
+        Ok(None) => {}
+        Err(e) => tracing::debug!("no cached sealed copy: {e}"),
+    }
+    match overlay_clone(true) {
+        Ok(fd) => Ok(fd),
         Err(overlay_err) => memfd_clone(&exe).map_err(|e| {
             format!(
                 "cannot make a sealed copy of amphi's binary to start containers from \
                  (read-only overlayfs: {overlay_err}; sealed memfd: {e})"
             )
-        })?,
-    };
-    tracing::debug!(
-        protection = ?protection(&sealed),
-        "re-executing from a sealed copy of the binary"
-    );
-    let original =
-        std::env::current_exe().map_err(|e| format!("finding amphi's own binary: {e}"))?;
-    reexec(&sealed, &original)
+        }),
+    }
 }
 
-/// A read-only, detached overlayfs over the binary's directory; returns
-/// the binary opened through it.
-fn overlay_clone() -> Result<OwnedFd, String> {
+/// Where read-only overlay clones stay mounted between amphi processes
+/// (root's only), one per binary: `<key>/` and the empty lower layer
+/// `empty/`. A fresh overlay per container start would cost a mount and
+/// the page faults of a cold binary each time; the kept one is mounted
+/// once. Nothing can make it writable (no upper layer), and containers
+/// never see it (their root is pivoted away from the host's mounts).
+pub const CACHE_DIR: &str = "/run/amphi-sealed";
+
+/// The cache key of the binary `exe`: device, inode, size and mtime.
+fn key(exe: &OwnedFd) -> Result<String, String> {
+    let st = rustix::fs::fstat(exe).map_err(|e| format!("stat of amphi's binary: {e}"))?;
+    Ok(format!(
+        "{:x}-{:x}-{:x}-{}.{}",
+        st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec
+    ))
+}
+
+/// The kept clone of `exe`, if there is one and it is what it must be.
+fn cached(exe: &OwnedFd) -> Result<Option<OwnedFd>, String> {
+    let name = exe_name()?;
+    let p = Path::new(CACHE_DIR).join(key(exe)?).join(name);
+    let fd = match rustix::fs::open(
+        &p,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    let (a, b) = (
+        rustix::fs::fstat(exe).map_err(|e| e.to_string())?,
+        rustix::fs::fstat(&fd).map_err(|e| e.to_string())?,
+    );
+    let same =
+        a.st_size == b.st_size && a.st_mtime == b.st_mtime && a.st_mtime_nsec == b.st_mtime_nsec;
+    if protection(&fd) == Some(Protection::Overlay) && same {
+        Ok(Some(fd))
+    } else {
+        Err(format!(
+            "{} is not a read-only clone of amphi's binary",
+            p.display()
+        ))
+    }
+}
+
+/// The binary's file name.
+fn exe_name() -> Result<std::ffi::OsString, String> {
+    let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+    path.file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| format!("{}: no file name", path.display()))
+}
+
+/// Unmounts the kept clones of other binaries than this one (older builds
+/// or versions of amphi; each pins its binary). For `amphi gc`.
+pub fn sweep() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(exe) = rustix::fs::open(
+        "/proc/self/exe",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return out;
+    };
+    let Ok(current) = key(&exe) else { return out };
+    let Ok(rd) = std::fs::read_dir(CACHE_DIR) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if name == "empty" || name.to_string_lossy() == current {
+            continue;
+        }
+        let _ = rustix::mount::unmount(e.path(), rustix::mount::UnmountFlags::DETACH);
+        if std::fs::remove_dir(e.path()).is_ok() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// A read-only overlayfs over the binary's directory (kept mounted in
+/// [`CACHE_DIR`] when `keep`); returns the binary opened through it.
+fn overlay_clone(keep: bool) -> Result<OwnedFd, String> {
     let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(format!("{}: no directory", path.display()));
@@ -181,16 +234,54 @@ fn overlay_clone() -> Result<OwnedFd, String> {
         Mode::empty(),
     )
     .map_err(|e| format!("opening {} in the overlay: {e}", name.to_string_lossy()))?;
-    match protection(&fd) {
-        Some(Protection::Overlay) => Ok(fd),
-        p => Err(format!("the overlay clone is not read-only ({p:?})")),
+    if protection(&fd) != Some(Protection::Overlay) {
+        return Err("the overlay clone is not read-only".into());
     }
+    if keep {
+        // Best effort: a concurrent amphi may have kept one already.
+        let exe = rustix::fs::open(
+            "/proc/self/exe",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("/proc/self/exe: {e}"))?;
+        let target = Path::new(CACHE_DIR).join(key(&exe)?);
+        let r = std::fs::create_dir(&target)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                rustix::mount::move_mount(
+                    &mnt,
+                    "",
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+                .map_err(|e| e.to_string())
+            });
+        if let Err(e) = r {
+            tracing::debug!("not keeping the sealed copy at {}: {e}", target.display());
+        }
+    }
+    Ok(fd)
 }
 
 /// An empty directory only root can change, the overlay's second layer.
 fn empty_dir() -> Result<std::path::PathBuf, String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let dir = Path::new("/run/amphi-empty");
+    let cache = Path::new(CACHE_DIR);
+    match std::fs::DirBuilder::new().mode(0o700).create(cache) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", cache.display())),
+    }
+    let m = std::fs::symlink_metadata(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    if !m.is_dir() || m.uid() != 0 || m.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not a directory private to root",
+            cache.display()
+        ));
+    }
+    let dir = &cache.join("empty");
     match std::fs::DirBuilder::new().mode(0o555).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -210,7 +301,7 @@ fn empty_dir() -> Result<std::path::PathBuf, String> {
     {
         return Err(format!("{} is not empty", dir.display()));
     }
-    Ok(dir.to_path_buf())
+    Ok(dir.clone())
 }
 
 /// A sealed memfd holding a copy of the binary.
@@ -237,49 +328,10 @@ fn memfd_clone(exe: &OwnedFd) -> Result<OwnedFd, String> {
     Ok(mfd)
 }
 
-/// Executes `fd` with this process's arguments and environment (plus the
-/// loop guard).
-fn reexec(fd: &OwnedFd, original: &Path) -> Result<(), String> {
-    let args: Vec<CString> = std::env::args_os()
-        .map(|a| CString::new(a.as_encoded_bytes()).map_err(|_| "an argument has a NUL byte"))
-        .collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = std::env::vars_os()
-        .filter_map(|(k, v)| {
-            let mut kv = k.into_encoded_bytes();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_encoded_bytes());
-            CString::new(kv).ok()
-        })
-        .collect();
-    let mut guard = format!("{GUARD}=").into_bytes();
-    guard.extend_from_slice(original.as_os_str().as_encoded_bytes());
-    env.push(CString::new(guard).map_err(|_| "the binary's path has a NUL byte")?);
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: execveat with a valid fd, an empty path and AT_EMPTY_PATH;
-    // argv and envp are NULL-terminated arrays of C strings that outlive
-    // the call. It only returns on failure.
-    unsafe {
-        libc::syscall(
-            libc::SYS_execveat,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    Err(format!(
-        "re-executing amphi from its sealed copy: {}",
-        std::io::Error::last_os_error()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_sealed_memfd_cannot_be_written() {
@@ -310,7 +362,7 @@ mod tests {
 
     #[test]
     fn the_overlay_clone_is_read_only_for_good() {
-        let o = overlay_clone().unwrap();
+        let o = overlay_clone(false).unwrap();
         assert_eq!(protection(&o), Some(Protection::Overlay));
         let p = format!("/proc/self/fd/{}", o.as_raw_fd());
         let e = std::fs::OpenOptions::new()
@@ -318,13 +370,16 @@ mod tests {
             .open(&p)
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-        // Not reachable from any path of this mount namespace.
-        let target = std::fs::read_link(&p).unwrap();
+        // Where it is kept: read-only, in root's private directory.
+        let kept = binary().unwrap();
+        assert_eq!(protection(&kept), Some(Protection::Overlay));
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(
-            !mounts.contains("/run/amphi-empty"),
-            "the clone is attached somewhere: {target:?}"
-        );
+        for l in mounts.lines().filter(|l| l.contains(CACHE_DIR)) {
+            assert!(l.split(' ').nth(5).unwrap().starts_with("ro"), "{l}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(CACHE_DIR).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

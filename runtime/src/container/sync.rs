@@ -40,6 +40,11 @@ impl Sync {
         Ok((Sync { fd: a }, Sync { fd: b }))
     }
 
+    /// The child's end again, in the setup stage (see `init`).
+    pub fn from_fd(fd: OwnedFd) -> Sync {
+        Sync { fd }
+    }
+
     fn send(&self, data: &[u8]) -> Result<(), String> {
         rustix::net::send(&self.fd, data, SendFlags::NOSIGNAL)
             .map(drop)

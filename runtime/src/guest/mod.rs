@@ -425,6 +425,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
                 "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
             }),
             owns_cgroup: true,
+            sealed: false,
         },
     );
     // Our own stdio back to nothing: the pipes' write ends live only in

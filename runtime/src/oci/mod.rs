@@ -130,6 +130,7 @@ fn create_in(
             preserve_fds: o.preserve_fds,
             state_template: template.clone(),
             owns_cgroup: true,
+            sealed: true,
         },
     )
     .map_err(failed)?;
@@ -202,6 +203,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
             preserve_fds: 0,
             state_template: template.clone(),
             owns_cgroup: true,
+            sealed: true,
         },
     );
     let l = match l {
@@ -589,6 +591,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
             preserve_fds: o.preserve_fds,
             state_template: template,
             owns_cgroup: false,
+            sealed: true,
         },
     );
     let l = match l {

@@ -260,6 +260,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
             preserve_fds: 0,
             state_template,
             owns_cgroup: true,
+            sealed: true,
         },
     );
     let launched = match launched {

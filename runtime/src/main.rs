@@ -8,8 +8,8 @@ fn main() {
     // A container's setup stage: a container process that executed
     // amphi's sealed binary (container::init, container::sealed).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(fd) = amphi::container::init::setup_stage_fd(&args) {
-        amphi::container::init::setup_stage_main(fd);
+    if let Some((fd, go)) = amphi::container::init::setup_stage_args(&args) {
+        amphi::container::init::setup_stage_main(fd, go);
     }
     let cli = amphi::cli::Cli::parse_from(args);
     let level = if cli.debug {

@@ -29,6 +29,9 @@ pub struct InitArgs<'a> {
     /// The container state (without the pid, which the parent sends with
     /// `go`) given to the createContainer and startContainer hooks.
     pub state: serde_json::Value,
+    /// The pid that came with `go`, when it came before the setup stage
+    /// was executed (a new user namespace: see `launch`).
+    pub go: Option<i32>,
 }
 
 /// The argument that starts amphi as a container's setup stage: the cloned
@@ -70,19 +73,22 @@ impl StagePayload {
 /// In the cloned child: executes the sealed binary as the setup stage,
 /// keeping `keep` (and the payload) open across the exec. Returns only
 /// with the reason it failed.
-pub fn exec_setup_stage(sealed: &OwnedFd, payload: &OwnedFd, keep: &[i32]) -> String {
+pub fn exec_setup_stage(
+    sealed: &OwnedFd,
+    payload: &OwnedFd,
+    keep: &[i32],
+    go: Option<i32>,
+) -> String {
     for fd in keep.iter().copied().chain([payload.as_raw_fd()]) {
         // SAFETY: clearing FD_CLOEXEC on our own descriptors.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     }
     let arg1 = CString::new(SETUP_STAGE).expect("no NUL");
     let arg2 = CString::new(payload.as_raw_fd().to_string()).expect("no NUL");
-    let argv = [
-        c"amphi".as_ptr(),
-        arg1.as_ptr(),
-        arg2.as_ptr(),
-        std::ptr::null(),
-    ];
+    let arg3 = go.map(|pid| CString::new(pid.to_string()).expect("no NUL"));
+    let mut argv = vec![c"amphi".as_ptr(), arg1.as_ptr(), arg2.as_ptr()];
+    argv.extend(arg3.as_ref().map(|a| a.as_ptr()));
+    argv.push(std::ptr::null());
     let envp = [std::ptr::null::<libc::c_char>()];
     // SAFETY: execveat of an open descriptor with AT_EMPTY_PATH; argv and
     // envp are NULL-terminated arrays of C strings that outlive the call.
@@ -102,16 +108,21 @@ pub fn exec_setup_stage(sealed: &OwnedFd, payload: &OwnedFd, keep: &[i32]) -> St
     )
 }
 
-/// The payload descriptor when this process is a setup stage.
-pub fn setup_stage_fd(args: &[std::ffi::OsString]) -> Option<i32> {
+/// The payload descriptor (and the pid of `go`, when it came already)
+/// when this process is a setup stage.
+pub fn setup_stage_args(args: &[std::ffi::OsString]) -> Option<(i32, Option<i32>)> {
     match args {
-        [_, flag, fd] if flag == SETUP_STAGE => fd.to_str()?.parse().ok(),
+        [_, flag, fd] if flag == SETUP_STAGE => Some((fd.to_str()?.parse().ok()?, None)),
+        [_, flag, fd, pid] if flag == SETUP_STAGE => Some((
+            fd.to_str()?.parse().ok()?,
+            Some(pid.to_str()?.parse().ok()?),
+        )),
         _ => None,
     }
 }
 
 /// The setup stage: reads its payload and becomes [`child_main`].
-pub fn setup_stage_main(payload_fd: i32) -> ! {
+pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     // Non-dumpable again (the exec made it dumpable), as before the exec.
     // SAFETY: prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -160,6 +171,7 @@ pub fn setup_stage_main(payload_fd: i32) -> ! {
         in_userns: p.in_userns,
         preserve_fds: p.preserve_fds,
         state: p.state.clone(),
+        go,
     })
 }
 
@@ -195,7 +207,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
     // Wait until the parent has put us in the cgroup and written id maps.
-    let pid = a.sync.wait_go()?;
+    let pid = match a.go {
+        Some(pid) => pid,
+        None => a.sync.wait_go()?,
+    };
     let mut state = a.state.clone();
     state["pid"] = pid.into();
     if a.in_userns {
@@ -539,7 +554,7 @@ fn tell_start(f: &std::fs::File, msg: &str) {
     let _ = (&*f).write_all(msg.as_bytes());
 }
 
-fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
+pub(super) fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
     // SAFETY: plain syscalls (raw, so only this thread changes: we are the
     // only thread of the cloned child).
     unsafe {

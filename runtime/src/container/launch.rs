@@ -264,7 +264,27 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             unsafe { libc::_exit(1) }
         }
         if let Some((sealed, payload, keep)) = &stage {
-            let e = super::init::exec_setup_stage(sealed, payload, keep);
+            // In a new user namespace the process has no ids until the
+            // runtime writes its maps, and an exec without them would
+            // drop its capabilities: it waits for `go` first there.
+            // It becomes the namespace's root before the exec, which then
+            // gives it the namespace's capabilities.
+            let go = if flags & libc::CLONE_NEWUSER != 0 {
+                match child
+                    .wait_go()
+                    .and_then(|pid| super::init::set_ids(0, 0).map(|()| pid))
+                {
+                    Ok(pid) => Some(pid),
+                    Err(e) => {
+                        child.send_error(&e);
+                        // SAFETY: leaving the forked child without unwinding.
+                        unsafe { libc::_exit(1) }
+                    }
+                }
+            } else {
+                None
+            };
+            let e = super::init::exec_setup_stage(sealed, payload, keep, go);
             child.send_error(&e);
             // SAFETY: leaving the forked child without unwinding.
             unsafe { libc::_exit(1) }
@@ -279,6 +299,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             in_userns,
             preserve_fds: opts.preserve_fds,
             state: opts.state_template.clone(),
+            go: None,
         });
     }
     drop(stage);

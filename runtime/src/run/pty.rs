@@ -115,36 +115,78 @@ fn copy_winsize(from: i32, to: i32) {
     }
 }
 
-/// Puts our terminal in raw mode for the relay; restores on drop.
+/// The terminal settings from before the first [`RawMode::enter`], and how
+/// many guards are live. One saved state for the whole process: a nested
+/// or repeated enter never saves the raw state as the one to restore.
+static TERMINAL: std::sync::Mutex<(usize, Option<rustix::termios::Termios>)> =
+    std::sync::Mutex::new((0, None));
+
+/// Puts our terminal in raw mode for the relay; the last guard to drop
+/// restores it. A panic (in any thread) restores it too, and
+/// [`restore_terminal`] does for exits that skip destructors.
 pub struct RawMode {
-    saved: Option<rustix::termios::Termios>,
+    _private: (),
 }
 
 impl RawMode {
     pub fn enter() -> RawMode {
-        let stdin = std::io::stdin();
-        let saved = rustix::termios::tcgetattr(stdin.as_fd()).ok();
-        if let Some(t) = &saved {
-            let mut raw = t.clone();
-            raw.make_raw();
-            let _ = rustix::termios::tcsetattr(
-                stdin.as_fd(),
-                rustix::termios::OptionalActions::Now,
-                &raw,
-            );
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let prev = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                restore_terminal();
+                prev(info);
+            }));
+        });
+        let mut g = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == 0 {
+            let stdin = std::io::stdin();
+            g.1 = rustix::termios::tcgetattr(stdin.as_fd()).ok();
+            if let Some(t) = &g.1 {
+                let mut raw = t.clone();
+                raw.make_raw();
+                let _ = rustix::termios::tcsetattr(
+                    stdin.as_fd(),
+                    rustix::termios::OptionalActions::Now,
+                    &raw,
+                );
+            }
         }
-        RawMode { saved }
+        g.0 += 1;
+        RawMode { _private: () }
+    }
+}
+
+/// Puts the terminal back as it was before raw mode, if amphi changed it
+/// (safe to call at any time, and more than once).
+pub fn restore_terminal() {
+    // try_lock: a panic while the lock is held must not deadlock here.
+    let g = match TERMINAL.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    if let Some(t) = &g.1 {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin().as_fd(),
+            rustix::termios::OptionalActions::Now,
+            t,
+        );
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        if let Some(t) = &self.saved {
-            let _ = rustix::termios::tcsetattr(
-                std::io::stdin().as_fd(),
-                rustix::termios::OptionalActions::Now,
-                t,
-            );
+        let mut g = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if g.0 == 0 {
+            if let Some(t) = g.1.take() {
+                let _ = rustix::termios::tcsetattr(
+                    std::io::stdin().as_fd(),
+                    rustix::termios::OptionalActions::Now,
+                    &t,
+                );
+            }
         }
     }
 }

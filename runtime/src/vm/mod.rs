@@ -464,12 +464,14 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
     let (console_r, console_w) = pipe()?;
     let (backend_r, backend_w) = pipe()?;
     cmd.stdout(console_w).stderr(backend_w);
+    // Blocked before any thread starts: threads inherit the mask, so the
+    // forwarded signals reach the signalfd, never a thread's default action.
+    let sigs = crate::run::pty_signals();
     let logs = Logs {
         console: Capture::start(console_r, console::CONSOLE_KEEP),
         backend: Capture::start(backend_r, console::BACKEND_KEEP),
     };
     let t = Instant::now();
-    let sigs = crate::run::pty_signals();
     let launch = Instant::now();
     let child = cmd.spawn();
     let program = cmd.get_program().to_owned();

@@ -69,6 +69,18 @@ impl Vm {
     /// `amphi run --rm --isolation vm FLAGS IMG true` whose guest runs
     /// `script` (busybox sh) as its init instead of amphi's.
     fn hostile(&self, script: &str, flags: &[&str], envs: &[(&str, &str)], tty: bool) -> Outcome {
+        self.hostile_with(script, flags, envs, tty, false)
+    }
+
+    /// [`Vm::hostile`]; with `stall`, amphi's stdout is a pipe nobody reads.
+    fn hostile_with(
+        &self,
+        script: &str,
+        flags: &[&str],
+        envs: &[(&str, &str)],
+        tty: bool,
+        stall: bool,
+    ) -> Outcome {
         assert!(
             !script.contains('"'),
             "the kernel command line cannot carry a double quote"
@@ -91,7 +103,7 @@ impl Vm {
         for (k, v) in envs {
             c.env(k, v);
         }
-        let out = run(c, tty);
+        let out = run(c, tty, stall);
         self.assert_clean(&out);
         out
     }
@@ -187,11 +199,16 @@ fn lflags(fd: &OwnedFd) -> libc::tcflag_t {
 }
 
 /// Runs the command to its end (within [`RUN_LIMIT`]); with `tty`, its
-/// stdin is a pty slave whose modes are checked afterwards.
-fn run(mut c: Command, tty: bool) -> Outcome {
+/// stdin is a pty slave whose modes are checked afterwards; with `stall`,
+/// its stdout is a pipe that is never read.
+fn run(mut c: Command, tty: bool, stall: bool) -> Outcome {
     let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    c.stdout(out.try_clone().unwrap())
-        .stderr(err.try_clone().unwrap());
+    if stall {
+        c.stdout(Stdio::piped());
+    } else {
+        c.stdout(out.try_clone().unwrap());
+    }
+    c.stderr(err.try_clone().unwrap());
     let term = tty.then(pty);
     match &term {
         Some((_, slave)) => {
@@ -205,6 +222,8 @@ fn run(mut c: Command, tty: bool) -> Outcome {
     }
     let started = Instant::now();
     let mut child = c.spawn().unwrap();
+    // Held unread until the end.
+    let _unread = child.stdout.take();
     let st = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
@@ -337,6 +356,25 @@ fn hostile_guest_output_flood_cannot_extend_the_timeout() {
     assert!(
         out.took >= Duration::from_secs(4) && out.took < Duration::from_secs(60),
         "a 4 s timeout ends the run well within a minute: {}",
+        out.show()
+    );
+}
+
+/// Even when amphi itself is stuck (its stdout is a pipe nobody reads,
+/// and the guest floods it), `--timeout` holds: the watchdog thread stops
+/// the VM at the deadline and ends amphi with 124 soon after, restoring the
+/// terminal and removing the run directory.
+#[test]
+fn hostile_guest_flood_into_a_stalled_reader_cannot_outlive_the_timeout() {
+    let vm = Vm::new();
+    let spam = "printf '\\021\\005\\000\\000\\000spam\\n' ";
+    let script = format!("{SETUP}{READY}while :; do {spam}; {spam}; done >&3; {HANG}");
+    let out = vm.hostile_with(&script, &["--timeout", "3"], &[], false, true);
+    assert_eq!(out.code, Some(124), "{}", out.show());
+    assert!(out.stderr.contains("--timeout"), "{}", out.show());
+    assert!(
+        out.took < Duration::from_secs(60),
+        "the run ends within the timeout and the watchdog's grace: {}",
         out.show()
     );
 }

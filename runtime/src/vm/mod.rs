@@ -74,6 +74,9 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 25;
+/// The third SIGINT/SIGTERM/SIGHUP/SIGQUIT during the workload stops the
+/// VM (the ones before are forwarded to the workload).
+const ENDING_SIGNALS: u32 = 3;
 /// How long a write to the guest channel may block (a guest that stops
 /// reading its channel breaks the protocol: the honest init always reads).
 const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -684,6 +687,7 @@ fn session(
     let mut proto = Protocol::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut _raw = None;
+    let mut end_requests = 0;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     let sent = |r: std::io::Result<()>, what: &str| {
@@ -813,6 +817,20 @@ fn session(
                         }
                     }
                     s if !booting => {
+                        // A workload (or guest) that ignores the signals
+                        // cannot hold amphi: the third request to end it
+                        // stops the VM.
+                        if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT].contains(&s) {
+                            end_requests += 1;
+                            if end_requests >= ENDING_SIGNALS {
+                                return Err(RunError {
+                                    code: 128 + s,
+                                    message: format!(
+                                        "the workload did not end after {ENDING_SIGNALS} signals (the last: {s}); the microVM was stopped"
+                                    ),
+                                });
+                            }
+                        }
                         sent(send(&writer, &Frame::Signal(s)), "signal")?;
                     }
                     // Before the workload runs, a ^C ends the run.

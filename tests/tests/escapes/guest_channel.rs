@@ -336,6 +336,105 @@ fn hostile_guest_repeated_ready_is_a_protocol_violation() {
     );
 }
 
+/// Starts `amphi run -t -i` with a hostile guest that says Ready once and
+/// then ignores everything (the signals amphi forwards included), its
+/// stdin a pty slave; returns once amphi has put that terminal in raw
+/// mode.
+fn start_raw(vm: &Vm) -> (std::process::Child, OwnedFd, OwnedFd, File) {
+    let script = format!("{SETUP}{READY}{HANG}");
+    let extra =
+        format!("rdinit=/.amphi/rootfs/bin/sh -c \"set -f; eval $HOSTILE\" HOSTILE=\"{script}\"");
+    let (master, slave) = pty();
+    let err = tempfile::tempfile().unwrap();
+    let mut c =
+        vm.a.cmd(&["run", "--rm", "--isolation", "vm", "-t", "-i", IMG, "true"]);
+    c.env("AMPHI_STATE", vm.state.path())
+        .env("TMPDIR", vm.tmp.path())
+        .env("AMPHI_VM_BOOT_TIMEOUT", "60")
+        .env("AMPHI_VM_CMDLINE_EXTRA", &extra)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(err.try_clone().unwrap());
+    let mut child = c.spawn().unwrap();
+    let started = Instant::now();
+    while lflags(&slave) & libc::ECHO != 0 {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("amphi ended ({st}) before the terminal went raw");
+        }
+        assert!(started.elapsed() < RUN_LIMIT, "the terminal never went raw");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, master, slave, err)
+}
+
+fn wait_child(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!("amphi did not end within {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A guest that ignores the signals amphi forwards cannot keep amphi (and
+/// the user's terminal, raw) hostage: the third SIGTERM stops the VM, with
+/// 143 and the terminal restored. A signal amphi does not forward and
+/// that kills it (SIGALRM) still restores the terminal; the run directory
+/// it leaves is swept by `amphi gc`, and its backend died with it.
+#[test]
+fn hostile_guest_ignoring_signals_cannot_keep_the_terminal_raw() {
+    let vm = Vm::new();
+    let (mut child, _master, slave, mut err) = start_raw(&vm);
+    for _ in 0..3 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let st = wait_child(&mut child);
+    let stderr = read_all(&mut err);
+    assert_eq!(st.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("did not end after 3 signals"), "{stderr}");
+    let cooked = libc::ECHO | libc::ICANON;
+    assert_eq!(
+        lflags(&slave) & cooked,
+        cooked,
+        "the terminal is cooked again"
+    );
+    let done = Outcome {
+        code: st.code(),
+        stdout_len: 0,
+        stdout_head: String::new(),
+        stderr,
+        took: Duration::ZERO,
+        cooked_after: Some(true),
+    };
+    vm.assert_clean(&done);
+
+    let (mut child, _master, slave, _err) = start_raw(&vm);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGALRM) };
+    let st = wait_child(&mut child);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGALRM));
+    assert_eq!(
+        lflags(&slave) & cooked,
+        cooked,
+        "the terminal is cooked again after amphi died of SIGALRM"
+    );
+    let gc =
+        vm.a.cmd(&["gc"])
+            .env("AMPHI_STATE", vm.state.path())
+            .output()
+            .unwrap();
+    assert!(gc.status.success(), "{gc:?}");
+    vm.assert_clean(&done);
+}
+
 /// A guest that floods the channel with output cannot hold off
 /// `--timeout`: the deadline is absolute, from the VM's start; the run ends
 /// with 124.

@@ -10,7 +10,7 @@
 //! |           | `Log`                                       | `Booting`  |
 //! |           | `Error` (the init failed before the start)  | `Finished` |
 //! | `Running` | `Stdout`, `Stderr`, `Log`                   | `Running`  |
-//! |           | `Exit`, `Error`                             | `Finished` |
+//! |           | `Exit` (0-255), `Error` (125-127)           | `Finished` |
 //! | `Finished`| none                                        |            |
 //!
 //! Frames only the host sends (`Start`, `Stdin`, ...) are refused by the
@@ -128,7 +128,9 @@ impl Protocol {
                 Event::Exit(e)
             }
             (Booting | Running, Frame::Error(e)) => {
-                if !(1..=255).contains(&e.code) {
+                // The guest init's errors: amphi's own (125), cannot
+                // invoke (126), not found (127).
+                if !(125..=127).contains(&e.code) {
                     return Err(format!("the error frame has exit status {}", e.code));
                 }
                 self.state = Finished;
@@ -247,6 +249,13 @@ mod tests {
             }))
             .unwrap_err();
         assert!(e.contains("exit status 0"), "{e}");
+        let e = Protocol::new()
+            .on_frame(Frame::Error(GuestError {
+                code: 3,
+                message: "x".into(),
+            }))
+            .unwrap_err();
+        assert!(e.contains("exit status 3"), "{e}");
         for kernel in ["", "6.1\x1b[2J", &"9".repeat(65), "a b"] {
             let e = Protocol::new()
                 .on_frame(Frame::Ready(Ready {

@@ -12,6 +12,11 @@
 //! Guest to host: [`Frame::Ready`] once the guest init is up, then
 //! [`Frame::Stdout`], [`Frame::Stderr`], [`Frame::Log`], and finally
 //! [`Frame::Exit`] or [`Frame::Error`].
+//!
+//! The host does not trust the guest: it decodes with
+//! [`Decoder::from_guest`] (guest kinds only, each within its
+//! [`guest_payload_limit`], refused from the header) and checks the order
+//! and values with the state machine in [`super::protocol`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

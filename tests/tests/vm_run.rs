@@ -955,3 +955,59 @@ fn a_guest_kernel_panic_shows_the_console() {
         run.show()
     );
 }
+
+/// `kill -9` of the client during a microVM run: the backend dies with it
+/// (PR_SET_PDEATHSIG), the run directory it leaves is stale (its lock is
+/// no longer held), and `amphi gc` removes it; nothing is left after.
+#[test]
+fn kill_9_of_the_client_leaves_nothing_after_gc() {
+    let Some(e) = Env::new() else { return };
+    let args = Env::args(&[], &["sleep", "1000"]);
+    let mut running = e.start(&[], &args, Input::Null);
+    let deadline = Instant::now() + RUN_LIMIT;
+    let backend = loop {
+        let procs = processes_mentioning(&e.ours());
+        let backend = procs
+            .iter()
+            .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
+            .cloned();
+        if let Some(b) = backend.filter(|_| !listing(&e.state.path().join("vm")).is_empty()) {
+            break b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backend process or run directory seen while `amphi {}` ran: {procs:?}",
+            running.what
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A live run is not touched by gc.
+    let gc = e.cmd(&["gc"]).output().unwrap();
+    assert!(gc.status.success(), "{gc:?}");
+    assert!(
+        !listing(&e.state.path().join("vm")).is_empty(),
+        "gc left the live run's directory alone"
+    );
+    running.child.kill().unwrap();
+    let st = running.child.wait().unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    // The backend dies with its client.
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while processes_mentioning(&e.ours()).contains(&backend) {
+        assert!(
+            Instant::now() < gone_by,
+            "the backend ({backend}) outlived its client"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = listing(&e.state.path().join("vm"));
+    assert_eq!(left.len(), 1, "the killed client left its run directory");
+    let gc = e.cmd(&["gc"]).output().unwrap();
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert!(gc.status.success(), "{gc:?}");
+    assert!(
+        err.contains("removed stale microVM run directory") && err.contains(&left[0]),
+        "gc says what it removed: {err}"
+    );
+    e.assert_clean("run (client killed) + gc");
+}

@@ -83,17 +83,12 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
     // The child runs use this store and state root whatever set them.
     std::env::set_var("AMPHI_ROOT", store_root);
     std::env::set_var("AMPHI_STATE", state_root);
-    let tmp = std::env::temp_dir().join(format!("amphi-compare-{}", std::process::id()));
+    // The run reports go to a private mkdtemp directory (removed on drop).
+    let scratch =
+        crate::compare::Scratch::new_in(&std::env::temp_dir()).map_err(anyhow::Error::msg)?;
     let side = |iso: &str, flags: &[String]| {
-        crate::compare::run_side(
-            &exe,
-            iso,
-            flags,
-            &a.image,
-            &a.command,
-            &tmp.with_extension(iso),
-        )
-        .map_err(anyhow::Error::msg)
+        crate::compare::run_side(&exe, iso, flags, &a.image, &a.command, &scratch)
+            .map_err(anyhow::Error::msg)
     };
     let container = side("container", &common)?;
     let vm = side("vm", &vm_flags)?;

@@ -148,6 +148,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         );
     }
     let root = cli.root.clone();
+    if let Command::Gc(_) = &cli.command {
+        crate::vm::gc_stale_runs(&root);
+    }
     if let Command::Init { command } = &cli.command {
         let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
         return Ok(crate::run::tiny_init::main(&args));

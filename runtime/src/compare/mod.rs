@@ -4,12 +4,64 @@
 //!
 //! Each side is a real `amphi run --rm --isolation container|vm` of this
 //! same binary, its output captured and its numbers taken from the run
-//! report (`$AMPHI_RUN_REPORT`, see [`crate::run::report`]).
+//! report (`$AMPHI_RUN_REPORT`, see [`crate::run::report`]). The reports go
+//! to a private directory ([`Scratch`]): made by mkdtemp (0700, a random
+//! name), its files created with `O_CREAT|O_EXCL|O_NOFOLLOW`, so nothing
+//! another user plants in the temp directory is followed or read.
 
 use crate::run::report::{RunReport, REPORT_ENV};
 use serde::Serialize;
-use std::path::Path;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The private temp directory of one `amphi compare`, removed on drop.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new directory `amphi-compare-XXXXXX` (0700) in `parent`.
+    pub fn new_in(parent: &Path) -> Result<Scratch, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("amphi-compare-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(parent)
+            .map_err(|e| format!("making a private directory in {}: {e}", parent.display()))?;
+        Ok(Scratch { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates the empty file `name` (0600) in the directory; refuses one
+    /// that exists, a symlink included.
+    pub fn create(&self, name: &str) -> Result<PathBuf, String> {
+        let p = self.dir.path().join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(p)
+    }
+}
+
+/// Reads a run report without following a symlink, at most 1 MiB.
+fn read_report(p: &Path) -> Option<RunReport> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .ok()?;
+    let mut b = Vec::new();
+    f.take(1 << 20).read_to_end(&mut b).ok()?;
+    serde_json::from_slice(&b).ok()
+}
 
 /// One side of the comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -44,16 +96,17 @@ fn workload_stderr(s: &str) -> String {
         .collect()
 }
 
-/// Runs one side: `amphi run --rm --isolation <iso> <flags> IMAGE CMD`.
+/// Runs one side: `amphi run --rm --isolation <iso> <flags> IMAGE CMD`,
+/// its report in `scratch`.
 pub fn run_side(
     exe: &Path,
     isolation: &str,
     run_flags: &[String],
     image: &str,
     command: &[String],
-    report_path: &Path,
+    scratch: &Scratch,
 ) -> Result<Side, String> {
-    let _ = std::fs::remove_file(report_path);
+    let report_path = scratch.create(&format!("{isolation}.json"))?;
     let out = Command::new(exe)
         .arg("run")
         .arg("--rm")
@@ -62,14 +115,12 @@ pub fn run_side(
         .args(run_flags)
         .arg(image)
         .args(command)
-        .env(REPORT_ENV, report_path)
+        .env(REPORT_ENV, &report_path)
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| format!("running {}: {e}", exe.display()))?;
-    let report = std::fs::read(report_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let _ = std::fs::remove_file(report_path);
+    let report = read_report(&report_path);
+    let _ = std::fs::remove_file(&report_path);
     Ok(Side {
         isolation: isolation.into(),
         exit_code: out.status.code().unwrap_or(125),
@@ -331,6 +382,39 @@ mod tests {
         );
         assert!(same.differences.is_empty());
         assert!(same.render(false).contains("no differences"));
+    }
+
+    #[test]
+    fn scratch_is_private_and_follows_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let victim = parent.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let s = Scratch::new_in(parent.path()).unwrap();
+        let mode = std::fs::metadata(s.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
+        assert!(s
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("amphi-compare-"));
+        // A planted symlink is neither followed on create nor on read.
+        std::os::unix::fs::symlink(&victim, s.path().join("vm.json")).unwrap();
+        let e = s.create("vm.json").unwrap_err();
+        assert!(e.contains("vm.json") && e.contains("exists"), "{e}");
+        std::fs::write(&victim, br#"{"isolation":"vm","exit_code":0,"oom_killed":false,"kernel":"x","peak_memory":null,"setup_ms":0,"boot_ms":0,"run_ms":0,"total_ms":0}"#).unwrap();
+        assert!(read_report(&victim).is_some());
+        assert!(read_report(&s.path().join("vm.json")).is_none());
+        let p = s.create("container.json").unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let dir = s.path().to_path_buf();
+        drop(s);
+        assert!(!dir.exists());
+        assert!(victim.exists());
     }
 
     #[test]

@@ -9,8 +9,8 @@ pub mod report;
 pub mod tiny_init;
 
 pub use pty::{
-    block_signals as pty_signals, decode as decode_status, unblock_signals as pty_unblock,
-    wait as pty_wait, RawMode, Signals,
+    block_signals as pty_signals, decode as decode_status, restore_terminal,
+    unblock_signals as pty_unblock, wait as pty_wait, RawMode, Signals,
 };
 
 use crate::container::launch::{launch, LaunchOptions};

@@ -94,8 +94,6 @@ pub struct VmSpec<'a> {
     pub mem_mib: u64,
     pub vcpus: u32,
     pub channel: &'a Path,
-    pub console_log: &'a Path,
-    pub backend_log: &'a Path,
 }
 
 /// The host's TSC frequency in kHz (from /proc/cpuinfo): the guest kernel
@@ -172,7 +170,6 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
                 arg.push(",ro");
                 c.arg("--disk").arg(arg);
             }
-            c.stdout(log_file(s.console_log)?);
             c
         }
         Backend::Qemu { kvm } => {
@@ -201,8 +198,10 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
                 .arg(s.initrd)
                 .arg("-append")
                 .arg(&s.cmdline)
+                // The serial console on QEMU's stdout, a pipe amphi reads
+                // into a bounded ring (see `console`).
                 .arg("-serial")
-                .arg(format!("file:{}", s.console_log.display()))
+                .arg("file:/dev/stdout")
                 .arg("-chardev")
                 .arg(format!("socket,id=chan,path={}", s.channel.display()))
                 .args([
@@ -219,26 +218,30 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
                     ))
                     .args(["-device", "virtio-blk-device,drive=root"]);
             }
-            c.stdout(Stdio::null());
             c
         }
     };
-    cmd.stdin(Stdio::null()).stderr(log_file(s.backend_log)?);
+    // The caller connects stdout (the serial console) and stderr to pipes.
+    cmd.stdin(Stdio::null());
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: async-signal-safe calls between fork and exec: the backend
     // gets its own process group (a ^C on the terminal goes to amphi,
-    // which forwards it to the workload, not to the VM) and dies with amphi.
+    // which forwards it to the workload, not to the VM) and dies with amphi
+    // (the spawning thread is amphi's main thread). A client that died
+    // before the prctl took effect is caught by the getppid check.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
             Ok(())
         });
     }
     Ok(cmd)
-}
-
-fn log_file(p: &Path) -> Result<std::fs::File, String> {
-    std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 /// `$AMPHI_QEMU`, else `qemu-system-x86_64` from PATH.

@@ -12,6 +12,11 @@
 //! Guest to host: [`Frame::Ready`] once the guest init is up, then
 //! [`Frame::Stdout`], [`Frame::Stderr`], [`Frame::Log`], and finally
 //! [`Frame::Exit`] or [`Frame::Error`].
+//!
+//! The host does not trust the guest: it decodes with
+//! [`Decoder::from_guest`] (guest kinds only, each within its
+//! [`guest_payload_limit`], refused from the header) and checks the order
+//! and values with the state machine in [`super::protocol`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -210,15 +215,48 @@ impl Frame {
     }
 }
 
+/// The largest payload of each kind the host accepts from the guest; 0 for
+/// kinds only the host sends (a guest that sends one breaks the protocol).
+/// The guest chunks output at [`CHUNK`]; its other frames are small JSON.
+pub fn guest_payload_limit(kind: u8) -> Option<usize> {
+    match kind {
+        K_READY => Some(4096),
+        K_STDOUT | K_STDERR => Some(CHUNK),
+        K_EXIT => Some(4096),
+        K_ERROR => Some(64 * 1024),
+        K_LOG => Some(4096),
+        K_START | K_STDIN | K_STDIN_EOF | K_SIGNAL | K_RESIZE | K_SHUTDOWN => Some(0),
+        _ => None,
+    }
+}
+
 /// Reassembles frames from a byte stream that arrives in arbitrary pieces.
 #[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// The host's decoder of guest frames: per-kind limits
+    /// ([`guest_payload_limit`]), checked as soon as the header is in.
+    from_guest: bool,
 }
 
 impl Decoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The host's decoder of what the guest sends: only guest kinds, each
+    /// within its [`guest_payload_limit`].
+    pub fn from_guest() -> Self {
+        Decoder {
+            buf: Vec::new(),
+            from_guest: true,
+        }
+    }
+
+    /// Bytes received but not yet decoded (bounded by the largest frame
+    /// plus one read).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// Adds bytes that arrived.
@@ -230,10 +268,32 @@ impl Decoder {
     /// [`MAX_PAYLOAD`] or an unknown kind is an error: the stream cannot be
     /// resynchronised after it.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+        if self.from_guest {
+            if let Some(&kind) = self.buf.first() {
+                match guest_payload_limit(kind) {
+                    None => return Err(format!("guest channel: unknown frame kind {kind}")),
+                    Some(0) => {
+                        return Err(format!(
+                            "guest channel: the guest sent a host-only frame (kind {kind})"
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if self.buf.len() < 5 {
             return Ok(None);
         }
         let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if self.from_guest {
+            let limit = guest_payload_limit(self.buf[0]).unwrap_or(0);
+            if len > limit {
+                return Err(format!(
+                    "guest channel: a frame of kind {} announces {len} bytes, over its {limit}-byte limit",
+                    self.buf[0]
+                ));
+            }
+        }
         if len > MAX_PAYLOAD {
             return Err(format!(
                 "guest channel: a frame of {len} bytes is over the {MAX_PAYLOAD}-byte limit"
@@ -347,6 +407,33 @@ mod tests {
         let mut dec = Decoder::new();
         dec.push(&[K_EXIT, 2, 0, 0, 0, b'{', b'x']);
         assert!(dec.next_frame().unwrap_err().contains("malformed exit"));
+        // The host's decoder refuses, from the header alone, unknown
+        // kinds, host-only kinds and lengths over the kind's limit.
+        let mut dec = Decoder::from_guest();
+        dec.push(&[K_STDOUT, 0x01, 0x80, 0, 0]);
+        assert!(dec
+            .next_frame()
+            .unwrap_err()
+            .contains("over its 32768-byte limit"));
+        let mut dec = Decoder::from_guest();
+        dec.push(&[K_READY, 0x01, 0x10, 0, 0]);
+        assert!(dec.next_frame().unwrap_err().contains("4096-byte limit"));
+        let mut dec = Decoder::from_guest();
+        dec.push(&[K_START]);
+        assert!(dec.next_frame().unwrap_err().contains("host-only frame"));
+        let mut dec = Decoder::from_guest();
+        dec.push(&[200]);
+        assert!(dec
+            .next_frame()
+            .unwrap_err()
+            .contains("unknown frame kind 200"));
+        let mut dec = Decoder::from_guest();
+        let full = Frame::Stdout(vec![7; CHUNK]).encode();
+        dec.push(&full);
+        assert_eq!(
+            dec.next_frame().unwrap(),
+            Some(Frame::Stdout(vec![7; CHUNK]))
+        );
         let mut r: &[u8] = &[K_STDOUT, 10, 0, 0, 0, 1];
         assert!(read_frame(&mut r, &mut Decoder::new())
             .unwrap_err()

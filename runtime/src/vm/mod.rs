@@ -6,12 +6,43 @@
 //! to the guest init over the guest channel ([`channel`]): send the start
 //! frame, relay stdio, signals and window size, receive the exit status.
 //! A watchdog stops a guest that does not come up, `--timeout` one that
-//! runs too long; either way the backend is killed and the run directory
-//! (`<state root>/vm/<id>/`: channel socket, console log, backend log)
+//! runs too long (an absolute deadline from the VM's start that nothing the
+//! guest sends can move); either way the backend is killed and the run
+//! directory (`<state root>/vm/<id>/`: channel socket, /etc files, lock)
 //! removed.
+//!
+//! The guest is not trusted: what it sends is checked by the protocol
+//! state machine ([`protocol`]) and the channel decoder's per-kind limits;
+//! a violation stops the VM with exit status 125. Its console is kept in a
+//! bounded ring in memory ([`console`]), never on disk.
 
 pub mod backend;
 pub mod channel;
+pub mod console;
+pub mod protocol;
+pub mod rundir;
+
+pub use rundir::sweep_stale_runs;
+
+/// `amphi gc`'s part for microVM runs: removes the run directories of
+/// clients that are gone (and kills a backend that outlived its client),
+/// saying so on stderr.
+pub fn gc_stale_runs(state_root: &Path) {
+    match sweep_stale_runs(state_root) {
+        Ok(s) => {
+            for pid in &s.backends_killed {
+                eprintln!("amphi: killed microVM backend {pid}, whose client was gone");
+            }
+            for d in &s.run_dirs {
+                eprintln!(
+                    "amphi: removed stale microVM run directory {}",
+                    state_root.join("vm").join(d).display()
+                );
+            }
+        }
+        Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
+    }
+}
 
 use crate::guestfs::{self, RootfsKind};
 use crate::kernel::Catalog;
@@ -19,13 +50,17 @@ use crate::run::{amphi_err, RunError, RunRequest};
 use crate::spec::{self, RootfsPlan};
 use backend::{Backend, BackendChoice, VmSpec};
 use channel::{Decoder, Frame, StartRequest, StartRequestJson};
+use console::Capture;
+use protocol::{Event, Protocol, EXIT_PROTOCOL};
+use rundir::RunDir;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Exit status when `--timeout` stopped the workload (as timeout(1)).
@@ -39,6 +74,15 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How many console lines an error shows.
 const CONSOLE_TAIL: usize = 25;
+/// The third SIGINT/SIGTERM/SIGHUP/SIGQUIT during the workload stops the
+/// VM (the ones before are forwarded to the workload).
+const ENDING_SIGNALS: u32 = 3;
+/// How long a write to the guest channel may block (a guest that stops
+/// reading its channel breaks the protocol: the honest init always reads).
+const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the `--timeout` deadline, how long the run may take to wind down
+/// before the watchdog ends the process itself.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(10);
 
 /// The VM-specific part of a run.
 #[derive(Clone, Debug)]
@@ -122,9 +166,9 @@ struct Timing {
 }
 
 /// Everything a run leaves, removed on drop: the backend is killed and
-/// reaped, the run directory removed.
+/// reaped, the run directory removed (under its lock).
 struct Cleanup {
-    run_dir: PathBuf,
+    run: Option<RunDir>,
     child: Option<Child>,
 }
 
@@ -155,34 +199,131 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.stop_backend(Duration::ZERO);
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+        drop(self.run.take());
     }
 }
 
-/// The last lines of the guest's console (kernel messages).
-fn console_tail(p: &Path) -> String {
-    let text = std::fs::read(p).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL)..].join("\n")
+/// The guest console and the backend's messages, kept in bounded rings.
+struct Logs {
+    console: Capture,
+    backend: Capture,
 }
 
-fn with_logs(msg: String, run_dir: &Path) -> String {
+/// One captured stream for an error message: its last lines, and a note
+/// when the ring dropped the start.
+fn shown(c: &Capture, keep: usize) -> (String, String) {
+    let (text, dropped) = c.tail(CONSOLE_TAIL);
+    let note = if dropped > 0 {
+        format!(
+            " (cut: {dropped} earlier bytes were dropped, only the last {} KiB are kept)",
+            keep / 1024
+        )
+    } else {
+        String::new()
+    };
+    (text, note)
+}
+
+fn with_logs(msg: String, logs: &Logs) -> String {
     let mut m = msg;
-    let console = console_tail(&run_dir.join("console.log"));
+    // The backend has ended or been killed: its pipes close soon.
+    logs.console.settle(Duration::from_secs(2));
+    logs.backend.settle(Duration::from_secs(1));
+    let (console, cnote) = shown(&logs.console, console::CONSOLE_KEEP);
     if console.contains("Kernel panic") {
         m.push_str(" (the guest kernel panicked)");
     }
-    let backend = console_tail(&run_dir.join("backend.log"));
+    let (backend, bnote) = shown(&logs.backend, console::BACKEND_KEEP);
     if !backend.is_empty() {
-        m.push_str(&format!("\n--- backend output\n{backend}"));
+        m.push_str(&format!("\n--- backend output{bnote}\n{backend}"));
     }
     if console.is_empty() {
         m.push_str("\n--- the guest console printed nothing");
     } else {
-        m.push_str(&format!("\n--- last lines of the guest console\n{console}"));
+        m.push_str(&format!(
+            "\n--- last lines of the guest console{cnote}\n{console}"
+        ));
     }
     m
+}
+
+/// The process file descriptor of the backend (None on kernels without
+/// pidfd_open): the watchdog signals it without a pid-reuse race.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) on our own unreaped child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a new fd we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Enforces `--timeout` from its own thread, so that nothing (a guest
+/// flooding the channel, a blocked write) can hold it up: at the deadline
+/// it kills the backend, and if the run has not wound down
+/// [`WATCHDOG_GRACE`] later, it restores the terminal, removes the run
+/// directory and ends amphi with status 124.
+struct Watchdog {
+    fired: Arc<AtomicBool>,
+    done: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Watchdog {
+    fn start(deadline: Instant, limit: Duration, pidfd: Option<OwnedFd>, run_dir: PathBuf) -> Self {
+        let fired = Arc::new(AtomicBool::new(false));
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let (f, d) = (fired.clone(), done.clone());
+        std::thread::spawn(move || {
+            let wait_until = |until: Instant| -> bool {
+                let mut g = d.0.lock().unwrap_or_else(|p| p.into_inner());
+                while !*g {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    g =
+                        d.1.wait_timeout(g, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                }
+                true
+            };
+            if wait_until(deadline) {
+                return;
+            }
+            f.store(true, Ordering::SeqCst);
+            if let Some(fd) = &pidfd {
+                // SAFETY: pidfd_send_signal(2) on the backend's pidfd.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            if wait_until(Instant::now() + WATCHDOG_GRACE) {
+                return;
+            }
+            crate::run::restore_terminal();
+            let _ = std::fs::remove_dir_all(&run_dir);
+            eprintln!(
+                "amphi: error: --timeout: the microVM ran longer than {} s and was stopped",
+                limit.as_secs_f64()
+            );
+            // SAFETY: ending the process; the backend is dead (SIGKILL)
+            // and would die with us anyway (PR_SET_PDEATHSIG).
+            unsafe { libc::_exit(EXIT_TIMEOUT) };
+        });
+        Watchdog { fired, done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.done.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.done.1.notify_all();
+    }
 }
 
 fn env_duration(var: &str, default: Duration) -> Duration {
@@ -226,11 +367,10 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
     }
 
     let id = crate::run::new_id();
-    let run_dir = req.state_root.join("vm").join(&id[..16]);
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| amphi_err(format!("{}: {e}", run_dir.display())))?;
+    let run = RunDir::create(&req.state_root, &id[..16]).map_err(amphi_err)?;
+    let run_dir = run.path().to_path_buf();
     let mut cleanup = Cleanup {
-        run_dir: run_dir.clone(),
+        run: Some(run),
         child: None,
     };
     let sock_path = run_dir.join("chan.sock");
@@ -303,8 +443,6 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         mem_mib,
         vcpus,
         channel: &sock_path,
-        console_log: &run_dir.join("console.log"),
-        backend_log: &run_dir.join("backend.log"),
     };
     tracing::info!(
         kernel = %kernel.path.display(), release = %kernel.release, backend = backend.describe(),
@@ -319,21 +457,46 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         .set_nonblocking(true)
         .map_err(|e| amphi_err(e.to_string()))?;
     let mut cmd = backend::command(&backend, &vm).map_err(amphi_err)?;
-    let t = Instant::now();
+    // The serial console and the backend's stderr go to pipes read into
+    // bounded rings; our copies of the write ends go with `cmd`.
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| amphi_err(format!("pipe: {e}")))
+    };
+    let (console_r, console_w) = pipe()?;
+    let (backend_r, backend_w) = pipe()?;
+    cmd.stdout(console_w).stderr(backend_w);
+    // Blocked before any thread starts: threads inherit the mask, so the
+    // forwarded signals reach the signalfd, never a thread's default action.
     let sigs = crate::run::pty_signals();
+    let logs = Logs {
+        console: Capture::start(console_r, console::CONSOLE_KEEP),
+        backend: Capture::start(backend_r, console::BACKEND_KEEP),
+    };
+    let t = Instant::now();
+    let launch = Instant::now();
     let child = cmd.spawn();
+    let program = cmd.get_program().to_owned();
+    drop(cmd);
     let child = match child {
         Ok(c) => c,
         Err(e) => {
             crate::run::pty_unblock(&sigs);
             return Err(amphi_err(format!(
-                "starting {} ({:?}): {e}",
+                "starting {} ({program:?}): {e}",
                 backend.describe(),
-                cmd.get_program()
             )));
         }
     };
+    let pidfd = pidfd_open(child.id());
+    if let Some(r) = cleanup.run.as_mut() {
+        r.record_backend(child.id() as i32);
+    }
     cleanup.child = Some(child);
+    // --timeout: an absolute deadline from the VM's start.
+    let deadline = opts.timeout.map(|t| (launch + t, t));
+    let _watchdog = deadline.map(|(d, limit)| Watchdog::start(d, limit, pidfd, run_dir.clone()));
+    let fired = _watchdog.as_ref().map(|w| w.fired.clone());
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
     let result = session(
@@ -342,14 +505,17 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         &start,
         interactive,
         req.flags.tty,
-        &opts,
+        deadline,
+        fired.as_deref(),
         &sigs,
         &mut timing,
         &kernel,
         prepared.kind,
     );
+    drop(_watchdog);
     crate::run::pty_unblock(&sigs);
     let t = Instant::now();
+    cleanup.stop_backend(Duration::ZERO);
     // The console tells why a VM died; a timeout or the workload's own
     // error needs no kernel log.
     let result = result.map_err(|e| match e.code {
@@ -357,7 +523,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
             RunError {
                 code: e.code,
-                message: with_logs(e.message, &run_dir),
+                message: with_logs(e.message, &logs),
             }
         }
         _ => e,
@@ -434,7 +600,31 @@ fn winsize() -> Option<(u16, u16)> {
     }
 }
 
+fn violation(v: &str) -> RunError {
+    RunError {
+        code: EXIT_PROTOCOL,
+        message: format!(
+            "guest protocol violation: {}; the microVM was stopped",
+            v.trim_start_matches("guest channel: ")
+        ),
+    }
+}
+
+fn timed_out(limit: Duration) -> RunError {
+    RunError {
+        code: EXIT_TIMEOUT,
+        message: format!(
+            "--timeout: the microVM ran longer than {} s and was stopped",
+            limit.as_secs_f64()
+        ),
+    }
+}
+
 /// Boots, starts and relays; returns the workload's exit status.
+///
+/// The conversation follows [`Protocol`]: the start request goes out once,
+/// on the one legal ready frame; raw mode and the stdin relay start then,
+/// once. `deadline` (`--timeout`, from the VM's start) is never moved.
 #[allow(clippy::too_many_arguments)]
 fn session(
     cleanup: &mut Cleanup,
@@ -442,7 +632,8 @@ fn session(
     start: &StartRequestJson,
     interactive: bool,
     tty: bool,
-    opts: &VmOptions,
+    deadline: Option<(Instant, Duration)>,
+    fired: Option<&AtomicBool>,
     sigs: &crate::run::Signals,
     timing: &mut Timing,
     kernel: &GuestKernel,
@@ -450,6 +641,11 @@ fn session(
 ) -> Result<i32, RunError> {
     let boot_start = Instant::now();
     let boot_deadline = boot_start + env_duration("AMPHI_VM_BOOT_TIMEOUT", BOOT_TIMEOUT);
+    let expired = || {
+        deadline.is_some_and(|(d, _)| Instant::now() >= d)
+            || fired.is_some_and(|f| f.load(Ordering::SeqCst))
+    };
+    let timeout_err = || timed_out(deadline.map(|d| d.1).unwrap_or_default());
     let died = |cleanup: &mut Cleanup, what: &str| -> Option<RunError> {
         let st = cleanup.child.as_mut()?.try_wait().ok()??;
         cleanup.child = None;
@@ -460,6 +656,9 @@ fn session(
     };
     // 1. The backend connects to the channel.
     let stream = loop {
+        if expired() {
+            return Err(timeout_err());
+        }
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -477,62 +676,77 @@ fn session(
     };
     stream
         .set_nonblocking(false)
-        .map_err(|e| amphi_err(e.to_string()))?;
+        .and_then(|()| stream.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)))
+        .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
     let writer = Arc::new(Mutex::new(
         stream.try_clone().map_err(|e| amphi_err(e.to_string()))?,
     ));
     let mut reader = stream;
-    let mut dec = Decoder::new();
+    let mut dec = Decoder::from_guest();
+    let mut proto = Protocol::new();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut ready = false;
-    let mut run_deadline = None;
     let mut _raw = None;
+    let mut end_requests = 0;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
+    let sent = |r: std::io::Result<()>, what: &str| {
+        r.map_err(|e| {
+            violation(&format!(
+                "the guest does not take the {what} frame from its channel ({e})"
+            ))
+        })
+    };
     loop {
-        // Frames that arrived.
+        if expired() {
+            return Err(timeout_err());
+        }
+        // Frames that arrived, each checked against the protocol.
         loop {
             let f = match dec.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => return Err(amphi_err(e)),
+                Err(e) => return Err(violation(&e)),
             };
-            match f {
-                Frame::Ready(r) => {
-                    ready = true;
+            match proto.on_frame(f).map_err(|v| violation(&v))? {
+                Event::Ready(r) => {
                     timing.boot = boot_start.elapsed();
                     tracing::info!(kernel = %r.kernel, uptime = r.uptime, "guest init ready");
                     timing.guest_kernel = r.kernel.clone();
-                    send(&writer, &Frame::Start(Box::new(start.with_time())))
-                        .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
+                    sent(
+                        send(&writer, &Frame::Start(Box::new(start.with_time()))),
+                        "start",
+                    )?;
                     if tty {
                         _raw = Some(crate::run::RawMode::enter());
                         if let Some((rows, cols)) = winsize() {
-                            let _ = send(&writer, &Frame::Resize { rows, cols });
+                            sent(send(&writer, &Frame::Resize { rows, cols }), "resize")?;
                         }
                     }
                     if interactive {
                         forward_stdin(writer.clone());
                     }
-                    run_deadline = opts.timeout.map(|t| Instant::now() + t);
                 }
-                Frame::Stdout(b) => {
+                Event::Stdout(b) => {
                     let _ = stdout.write_all(&b);
                     let _ = stdout.flush();
                 }
-                Frame::Stderr(b) => {
+                Event::Stderr(b) => {
                     let _ = stderr.write_all(&b);
                     let _ = stderr.flush();
                 }
-                Frame::Log(l) => tracing::info!(guest = %l),
-                Frame::Exit(e) => {
+                Event::Log(l) => tracing::info!(guest = %l),
+                Event::Exit(e) => {
                     timing.workload = boot_start.elapsed() - timing.boot;
                     timing.peak_memory = e.peak_memory;
                     timing.oom_killed = e.oom_killed;
                     drop(_raw.take());
                     let t = Instant::now();
                     let _ = send(&writer, &Frame::Shutdown);
-                    cleanup.stop_backend(SHUTDOWN_GRACE);
+                    let grace = match deadline {
+                        Some((d, _)) => d.saturating_duration_since(Instant::now()),
+                        None => SHUTDOWN_GRACE,
+                    };
+                    cleanup.stop_backend(grace.min(SHUTDOWN_GRACE));
                     timing.teardown = t.elapsed();
                     if e.oom_killed {
                         eprintln!(
@@ -541,7 +755,7 @@ fn session(
                     }
                     return Ok(e.code);
                 }
-                Frame::Error(e) => {
+                Event::Failed(e) => {
                     drop(_raw.take());
                     let _ = send(&writer, &Frame::Shutdown);
                     cleanup.stop_backend(Duration::from_secs(3));
@@ -550,40 +764,29 @@ fn session(
                         message: e.message,
                     });
                 }
-                other => {
-                    return Err(amphi_err(format!(
-                        "guest channel: unexpected frame from the guest: {other:?}"
-                    )))
-                }
             }
         }
-        // Deadlines.
+        // Deadlines: --timeout is absolute, the boot watchdog holds until
+        // the ready frame.
         let now = Instant::now();
-        if !ready && now >= boot_deadline {
+        if expired() {
+            return Err(timeout_err());
+        }
+        let booting = proto.state() == protocol::State::Booting;
+        if booting && now >= boot_deadline {
             return Err(amphi_err(format!(
                 "the guest did not come up within {} s (boot watchdog; $AMPHI_VM_BOOT_TIMEOUT sets it)",
                 (boot_deadline - boot_start).as_secs()
             )));
         }
-        if let Some(d) = run_deadline {
-            if now >= d {
-                drop(_raw.take());
-                return Err(RunError {
-                    code: EXIT_TIMEOUT,
-                    message: format!(
-                        "--timeout: the workload ran longer than {} s; the microVM was stopped",
-                        opts.timeout.unwrap_or_default().as_secs_f64()
-                    ),
-                });
-            }
+        let mut wait = Duration::from_secs(1);
+        if booting {
+            wait = wait.min(boot_deadline.saturating_duration_since(now));
         }
-        let wait_ms = match (ready, run_deadline) {
-            (false, _) => boot_deadline.saturating_duration_since(now),
-            (true, Some(d)) => d.saturating_duration_since(now),
-            (true, None) => Duration::from_secs(1),
+        if let Some((d, _)) = deadline {
+            wait = wait.min(d.saturating_duration_since(now));
         }
-        .as_millis()
-        .clamp(1, 1000) as i32;
+        let wait_ms = wait.as_millis().clamp(1, 1000) as i32;
         let mut fds = [
             libc::pollfd {
                 fd: reader.as_raw_fd(),
@@ -607,11 +810,27 @@ fn session(
                     libc::SIGCHLD => {}
                     libc::SIGWINCH => {
                         if let Some((rows, cols)) = winsize() {
-                            let _ = send(&writer, &Frame::Resize { rows, cols });
+                            if !booting {
+                                sent(send(&writer, &Frame::Resize { rows, cols }), "resize")?;
+                            }
                         }
                     }
-                    s if ready => {
-                        let _ = send(&writer, &Frame::Signal(s));
+                    s if !booting => {
+                        // A workload (or guest) that ignores the signals
+                        // cannot hold amphi: the third request to end it
+                        // stops the VM.
+                        if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT].contains(&s) {
+                            end_requests += 1;
+                            if end_requests >= ENDING_SIGNALS {
+                                return Err(RunError {
+                                    code: 128 + s,
+                                    message: format!(
+                                        "the workload did not end after {ENDING_SIGNALS} signals (the last: {s}); the microVM was stopped"
+                                    ),
+                                });
+                            }
+                        }
+                        sent(send(&writer, &Frame::Signal(s)), "signal")?;
                     }
                     // Before the workload runs, a ^C ends the run.
                     s => {
@@ -628,10 +847,13 @@ fn session(
                 Ok(0) | Err(_) => {
                     drop(_raw.take());
                     let st = cleanup.stop_backend(Duration::from_secs(2));
-                    let what = if ready {
-                        "stopped before the workload finished"
-                    } else {
+                    if expired() {
+                        return Err(timeout_err());
+                    }
+                    let what = if booting {
                         "stopped before the guest init reported"
+                    } else {
+                        "stopped before the workload finished"
                     };
                     return Err(amphi_err(format!(
                         "the microVM (kernel {}) {what}{}",
@@ -642,6 +864,9 @@ fn session(
                 Ok(n) => dec.push(&buf[..n]),
             }
         } else if let Some(e) = died(cleanup, "ended unexpectedly") {
+            if expired() {
+                return Err(timeout_err());
+            }
             return Err(e);
         }
     }

@@ -118,6 +118,9 @@ impl Amphi {
             .prefix("amphi-root-")
             .tempdir()
             .unwrap();
+        // As amphi makes a store (a looser one it tightens, with a warning).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         Amphi { root }
     }
 

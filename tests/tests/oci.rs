@@ -1167,6 +1167,23 @@ fn user_namespace_maps_root_to_100000() {
         uid.split_whitespace().collect::<Vec<_>>(),
         ["Uid:", "100000", "100000", "100000", "100000"]
     );
+    // exec joins the user namespace as its root, with its capabilities.
+    let out = b.ok(&[
+        "exec",
+        &b.id,
+        "sh",
+        "-c",
+        "id -u; grep CapEff /proc/self/status",
+    ]);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "{out}");
+    assert!(
+        !lines
+            .next()
+            .unwrap_or_default()
+            .ends_with("0000000000000000"),
+        "exec in the user namespace lost its capabilities: {out}"
+    );
     b.ok(&["delete", "--force", &b.id]);
     b.assert_no_trace(&b.id, &b.cgroup());
 }

@@ -267,22 +267,28 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             // In a new user namespace the process has no ids until the
             // runtime writes its maps, and an exec without them would
             // drop its capabilities: it waits for `go` first there.
-            // It becomes the namespace's root before the exec, which then
-            // gives it the namespace's capabilities.
-            let go = if flags & libc::CLONE_NEWUSER != 0 {
-                match child
-                    .wait_go()
-                    .and_then(|pid| super::init::set_ids(0, 0).map(|()| pid))
-                {
-                    Ok(pid) => Some(pid),
-                    Err(e) => {
-                        child.send_error(&e);
-                        // SAFETY: leaving the forked child without unwinding.
-                        unsafe { libc::_exit(1) }
-                    }
-                }
+            // In any user namespace (new or joined), it becomes the
+            // namespace's root before the exec, which then gives it the
+            // namespace's capabilities (the host's root is not mapped
+            // there).
+            let r = if flags & libc::CLONE_NEWUSER != 0 {
+                child.wait_go().map(Some)
             } else {
-                None
+                Ok(None)
+            }
+            .and_then(|go| {
+                if in_userns {
+                    super::init::set_ids(0, 0)?;
+                }
+                Ok(go)
+            });
+            let go = match r {
+                Ok(go) => go,
+                Err(e) => {
+                    child.send_error(&e);
+                    // SAFETY: leaving the forked child without unwinding.
+                    unsafe { libc::_exit(1) }
+                }
             };
             let e = super::init::exec_setup_stage(sealed, payload, keep, go);
             child.send_error(&e);

@@ -7,7 +7,7 @@ pub use layout::{raw_tar, sha256_digest, BuiltLayout, Compression, LayoutBuilder
 pub use token::{TokenRegistry, TokenRequest, TokenServer, TOKEN_ISSUER, TOKEN_SERVICE};
 
 use std::collections::BTreeSet;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -507,4 +507,44 @@ impl Drop for Podman {
         let _ = run_cmd(&mut self.cmd(&["rm", "-af"]));
         let _ = run_cmd(&mut self.cmd(&["system", "reset", "-f"]));
     }
+}
+
+/// Names in a directory, sorted (empty when it does not exist).
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Live processes (not zombies) whose command line or environment contains
+/// one of `needles`, as "PID: command line".
+pub fn processes_mentioning(needles: &[String]) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for pid in dir_names(Path::new("/proc")) {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let dir = Path::new("/proc").join(&pid);
+        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            continue; // a zombie or a kernel thread
+        }
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let environ = String::from_utf8_lossy(&fs::read(dir.join("environ")).unwrap_or_default())
+            .replace('\0', " ");
+        if needles
+            .iter()
+            .any(|n| cmdline.contains(n.as_str()) || environ.contains(n.as_str()))
+        {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
 }

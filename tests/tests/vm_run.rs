@@ -15,7 +15,7 @@
 //! Without the kernel builds (scripts/test runs `amphi kernel build
 //! --version 6.12` and `--version 6.1`) or QEMU, the tests skip loudly.
 
-use amphi_tests::{amphi_bin, skip, test_image, Amphi};
+use amphi_tests::{amphi_bin, dir_names, processes_mentioning, skip, test_image, Amphi};
 use serde_json::Value;
 use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
@@ -342,7 +342,7 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let state: Vec<String> = listing(self.state.path())
+        let state: Vec<String> = dir_names(self.state.path())
             .into_iter()
             .filter(|n| n != "vm")
             .collect();
@@ -351,23 +351,23 @@ impl Env {
             "after `amphi {what}`: state left in {}: {state:?}",
             self.state.path().display()
         );
-        let vm = listing(&self.state.path().join("vm"));
+        let vm = dir_names(&self.state.path().join("vm"));
         assert!(
             vm.is_empty(),
             "after `amphi {what}`: run directories left in {}/vm: {vm:?}",
             self.state.path().display()
         );
-        let tmp = listing(self.tmp.path());
+        let tmp = dir_names(self.tmp.path());
         assert!(
             tmp.is_empty(),
             "after `amphi {what}`: temp files left in amphi's TMPDIR: {tmp:?}"
         );
-        let store_tmp = listing(&self.a.root().join("tmp"));
+        let store_tmp = dir_names(&self.a.root().join("tmp"));
         assert!(
             store_tmp.is_empty(),
             "after `amphi {what}`: temp files left in the store's tmp/: {store_tmp:?}"
         );
-        let containers = listing(&self.a.root().join("containers"));
+        let containers = dir_names(&self.a.root().join("containers"));
         assert!(
             containers.is_empty(),
             "after `amphi {what}`: container layers left: {containers:?}"
@@ -390,46 +390,6 @@ impl Env {
             .unwrap()
             .clone()
     }
-}
-
-/// Names in a directory (empty when it does not exist).
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// Live processes (not zombies) whose command line or environment contains
-/// one of `needles`, as "PID: command line".
-fn processes_mentioning(needles: &[String]) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for pid in listing(Path::new("/proc")) {
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let dir = Path::new("/proc").join(&pid);
-        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
-        if cmdline.is_empty() {
-            continue; // a zombie or a kernel thread
-        }
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let environ = String::from_utf8_lossy(&fs::read(dir.join("environ")).unwrap_or_default())
-            .replace('\0', " ");
-        if needles
-            .iter()
-            .any(|n| cmdline.contains(n.as_str()) || environ.contains(n.as_str()))
-        {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
 }
 
 // ---------------------------------------------------------------------------
@@ -863,7 +823,7 @@ fn timeout_stops_the_workload() {
             .iter()
             .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
             .cloned();
-        if let Some(b) = backend.filter(|_| !listing(&e.state.path().join("vm")).is_empty()) {
+        if let Some(b) = backend.filter(|_| !dir_names(&e.state.path().join("vm")).is_empty()) {
             break b;
         }
         assert!(
@@ -971,7 +931,7 @@ fn kill_9_of_the_client_leaves_nothing_after_gc() {
             .iter()
             .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
             .cloned();
-        if let Some(b) = backend.filter(|_| !listing(&e.state.path().join("vm")).is_empty()) {
+        if let Some(b) = backend.filter(|_| !dir_names(&e.state.path().join("vm")).is_empty()) {
             break b;
         }
         assert!(
@@ -985,7 +945,7 @@ fn kill_9_of_the_client_leaves_nothing_after_gc() {
     let gc = e.cmd(&["gc"]).output().unwrap();
     assert!(gc.status.success(), "{gc:?}");
     assert!(
-        !listing(&e.state.path().join("vm")).is_empty(),
+        !dir_names(&e.state.path().join("vm")).is_empty(),
         "gc left the live run's directory alone"
     );
     running.child.kill().unwrap();
@@ -1000,7 +960,7 @@ fn kill_9_of_the_client_leaves_nothing_after_gc() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left = listing(&e.state.path().join("vm"));
+    let left = dir_names(&e.state.path().join("vm"));
     assert_eq!(left.len(), 1, "the killed client left its run directory");
     let gc = e.cmd(&["gc"]).output().unwrap();
     let err = String::from_utf8_lossy(&gc.stderr);

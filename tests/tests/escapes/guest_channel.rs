@@ -14,11 +14,11 @@
 //! These tests need the guest kernel build (`amphi kernel build --version
 //! 6.12`) and QEMU; without them they fail.
 
-use amphi_tests::{amphi_bin, test_image, Amphi};
+use amphi_tests::{amphi_bin, dir_names, processes_mentioning, test_image, Amphi};
 use std::fs::{self, File};
 use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,13 +129,13 @@ impl Vm {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let runs = listing(&self.state.path().join("vm"));
+        let runs = dir_names(&self.state.path().join("vm"));
         assert!(
             runs.is_empty(),
             "run directories left: {runs:?}\n{}",
             out.show()
         );
-        let tmp = listing(self.tmp.path());
+        let tmp = dir_names(self.tmp.path());
         assert!(tmp.is_empty(), "temp files left: {tmp:?}\n{}", out.show());
     }
 }
@@ -254,44 +254,6 @@ fn run(mut c: Command, tty: bool, stall: bool) -> Outcome {
             lflags(&slave) & cooked == cooked
         }),
     }
-}
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Live processes whose command line or environment contains a needle.
-fn processes_mentioning(needles: &[String]) -> Vec<String> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for pid in listing(Path::new("/proc")) {
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-            continue;
-        }
-        let dir = PathBuf::from("/proc").join(&pid);
-        let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
-        if cmdline.is_empty() {
-            continue;
-        }
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let environ = String::from_utf8_lossy(&fs::read(dir.join("environ")).unwrap_or_default())
-            .replace('\0', " ");
-        if needles
-            .iter()
-            .any(|n| cmdline.contains(n.as_str()) || environ.contains(n.as_str()))
-        {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
 }
 
 /// The hostile init's preamble: /dev, and the channel open on fd 3 in raw
@@ -646,7 +608,7 @@ fn compare_temp_files_follow_no_planted_symlink() {
         let _ = fs::remove_file(t);
     }
     assert!(
-        listing(tmp.path()).is_empty(),
+        dir_names(tmp.path()).is_empty(),
         "compare removed its directory"
     );
 }

@@ -15,4 +15,5 @@ pub mod kernel;
 pub mod oci;
 pub mod run;
 pub mod spec;
+pub mod sys;
 pub mod vm;

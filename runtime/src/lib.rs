@@ -13,6 +13,7 @@ pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod oci;
+pub mod proto;
 pub mod run;
 pub mod spec;
 pub mod sys;

@@ -116,7 +116,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
     let mut c = format!(
         "console=ttyS0 quiet panic=-1 rdinit={} {root}",
-        crate::guest::INIT
+        crate::proto::GUEST_INIT
     );
     match backend {
         // No ACPI under microvm: a triple fault ends the VM (-no-reboot).

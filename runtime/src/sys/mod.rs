@@ -2,3 +2,4 @@
 //! every layer above (ARCHITECTURE.md, "Layers"): signal names, time.
 
 pub mod signal;
+pub mod time;

@@ -4,7 +4,8 @@
 //! guest rootfs (cached per image), build the same OCI spec as a native
 //! run with guest paths, start the backend (amphi's VMM or QEMU), and talk
 //! to the guest init over the guest channel ([`crate::proto::channel`]):
-//! send the start frame, relay stdio, signals and window size, receive the exit status.
+//! send the start frame, relay stdio, signals and window size, receive the
+//! exit status.
 //! A watchdog stops a guest that does not come up, `--timeout` one that
 //! runs too long (an absolute deadline from the VM's start that nothing the
 //! guest sends can move); either way the backend is killed and the run

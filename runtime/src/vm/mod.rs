@@ -341,7 +341,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         start: Some(Instant::now()),
         ..Default::default()
     };
-    let (store, rec, image) = crate::run::resolve_image(&req.store_root, &req.image)?;
+    let (store, rec, image) = crate::dispatch::resolve_image(&req.store_root, &req.image)?;
     let host = crate::image::manifest::Platform::host();
     if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
         return Err(amphi_err(format!(

@@ -5,6 +5,6 @@
 
 pub mod channel;
 
-/// Where the guest init lives in the initramfs (argv[0] of PID 1, and the
+/// Where the guest init lives in the initramfs (`argv[0]` of PID 1, and the
 /// kernel's `rdinit=`).
 pub const GUEST_INIT: &str = "/.amphi/init";

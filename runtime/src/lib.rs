@@ -1,7 +1,8 @@
 //! amphi: run OCI images natively as Linux containers or in KVM microVMs.
 //!
-//! See `shared/ARCHITECTURE.md` for the design. This crate holds the library
-//! and the `amphi` binary (`src/main.rs`, with the CLI in [`cli`]).
+//! See `ARCHITECTURE.md` at the repository root for the design and the
+//! layers. This crate holds the library and the `amphi` binary
+//! (`src/main.rs`, with the CLI in [`cli`]).
 
 pub mod cli;
 pub mod compare;
@@ -13,6 +14,8 @@ pub mod host;
 pub mod image;
 pub mod kernel;
 pub mod oci;
+pub mod proto;
 pub mod run;
 pub mod spec;
+pub mod sys;
 pub mod vm;

@@ -275,7 +275,7 @@ pub fn rmi(root: &Path, a: RmiArgs) -> Result<()> {
         }
     }
     // Drop what no image uses any more, as docker rmi does.
-    store.gc()?;
+    crate::guestfs::gc(&store)?;
     if failed > 0 {
         bail!("{failed} of {} images could not be removed", a.images.len());
     }
@@ -327,7 +327,7 @@ pub fn gc(root: &Path, state_root: &Path, a: GcArgs) -> Result<()> {
     let store = Store::open(root, Access::Exclusive)?;
     // Stale containers first (their writable layers are in the store).
     let c = crate::run::manage::gc(root, state_root);
-    let r = store.gc()?;
+    let r = crate::guestfs::gc(&store)?;
     // Kept sealed copies of other amphi binaries (container::sealed).
     let sealed = crate::container::sealed::sweep();
     if a.json {

@@ -40,6 +40,11 @@ pub struct InitArgs<'a> {
 /// process's executable, then continues in [`child_main`] (as `runc init`).
 pub const SETUP_STAGE: &str = "--amphi-container-setup";
 
+/// The source of the `--init` mount (`spec::INIT_PATH`): the running
+/// binary, which is a sealed read-only copy (container::sealed), never the
+/// host's file.
+pub const INIT_SOURCE: &str = "/proc/self/exe";
+
 /// What the setup stage needs, handed over in a memfd: the arguments of
 /// [`child_main`], with descriptors as numbers (inherited across the exec).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -246,7 +251,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         rootfs::prepare_root(spec, &a.rootfs)?;
         let root = rootfs::open_root(&a.rootfs)?;
         for m in spec.mounts().iter().flatten() {
-            if m.source().as_deref() == Some(Path::new(crate::spec::INIT_SOURCE)) {
+            if m.source().as_deref() == Some(Path::new(INIT_SOURCE)) {
                 // `--init`: amphi's own (sealed) binary. It lives in a
                 // detached mount that cannot be bind-mounted; it is
                 // executed through a descriptor instead (see below).

@@ -25,11 +25,13 @@
 //! the image's requirements. Policy patterns never cross a registry
 //! boundary (see `policy.rs` for the pattern rules).
 
+pub mod backend;
 mod constraint;
 mod decide;
 mod plan;
 mod policy;
 mod requirements;
+mod resolve;
 
 pub use constraint::{Comparator, Op, PartialVersion, VersionConstraint};
 pub use decide::{
@@ -44,6 +46,7 @@ pub use requirements::{
     image_requirements, manifest_annotations, ConfigRequirement, ConfigWant, KeySource,
     Requirements, KEY_ISOLATION, KEY_KERNEL, KEY_KERNEL_CONFIG, KEY_KERNEL_VERSION,
 };
+pub use resolve::resolve_image;
 
 use crate::image::store::StoreError;
 use serde::{Deserialize, Serialize};

@@ -2,14 +2,14 @@
 //! image's requirements and the policy, list the guest kernels, and
 //! [`decide`]. `amphi run` and `amphi explain` both go through [`plan`].
 
+use super::backend::{self, BackendChoice};
 use super::{
     decide, image_requirements, CandidateKernel, DecideInput, Decision, DispatchError, Isolation,
     IsolationChoice, Policy,
 };
 use crate::host::HostInfo;
 use crate::image::{ImageRecord, Reference};
-use crate::run::{amphi_err, RunError};
-use crate::vm::backend::BackendChoice;
+use crate::sys::exit::{amphi_err, RunError};
 use serde::Serialize;
 use std::path::Path;
 
@@ -78,7 +78,7 @@ pub fn plan(
     vm_backend: BackendChoice,
     kernel: Option<&str>,
 ) -> Result<Plan, RunError> {
-    let (store, rec, config) = crate::run::resolve_image(store_root, image)?;
+    let (store, rec, config) = super::resolve_image(store_root, image)?;
     let requirements = image_requirements(&store, &rec, &config).map_err(dispatch_err)?;
     let policy = Policy::load(policy_path).map_err(dispatch_err)?;
     let host = crate::host::probe();
@@ -220,7 +220,7 @@ fn finish(
             let cand = k
                 .as_ref()
                 .and_then(|k| kernels.iter().find(|c| c.id == k.id));
-            let (b, _) = crate::vm::backend::choose(
+            let (b, _) = backend::choose(
                 vm_backend,
                 amphi_vmm::detect_kvm_kind(),
                 cand.is_some_and(|c| c.pvm),

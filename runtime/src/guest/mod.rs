@@ -23,7 +23,7 @@
 //! open, and printed on the console either way.
 
 use crate::container::launch::{launch, LaunchOptions};
-use crate::vm::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready, StartRequest};
+use crate::proto::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready, StartRequest};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -33,8 +33,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Where the guest init lives in the initramfs (argv[0] of PID 1).
-pub const INIT: &str = "/.amphi/init";
+use crate::proto::GUEST_INIT as INIT;
 /// The new root (a tmpfs) the init builds and moves onto `/`.
 const NEWROOT: &str = "/.amphi/newroot";
 /// The guest channel's device.

@@ -54,6 +54,7 @@ pub use initramfs::{INIT_PATH, ROOTFS_DIR, TOP_DIRS};
 pub(crate) use tools::find as find_program;
 pub use tree::Facts;
 
+use crate::image::gc::GcReport;
 use crate::image::store::{remove_path, IoContext, StoreError};
 use crate::image::{Access, Digest, ImageRecord, Store};
 use std::collections::HashSet;
@@ -553,6 +554,18 @@ fn ensure_initrd(
 pub struct Swept {
     pub removed: usize,
     pub bytes: u64,
+}
+
+/// `amphi gc`: the store's gc ([`Store::gc_store`]: blobs, layers,
+/// dangling images, leftovers), then [`sweep`] of the guest rootfs cache
+/// with what the images left keep alive. Call it with the store held
+/// exclusively.
+pub fn gc(store: &Store) -> Result<GcReport, StoreError> {
+    let (mut report, keep) = store.gc_store()?;
+    let vm = sweep(store, &keep.tops)?;
+    report.vm_removed = vm.removed;
+    report.bytes_freed += vm.bytes;
+    Ok(report)
 }
 
 /// `amphi gc` for `vm/`: removes the artefacts of images that are gone

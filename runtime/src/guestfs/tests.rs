@@ -788,7 +788,7 @@ fn gc_sweeps_the_artefacts_of_removed_images() {
             Ok(())
         })
         .unwrap();
-    let r = store.gc().unwrap();
+    let r = gc(&store).unwrap();
     assert_eq!(r.vm_removed, 3, "{r:?}"); // .ext4, .json, stray
     assert!(!dropped.disk.unwrap().exists());
     assert!(kept.initrd.exists());

@@ -22,7 +22,8 @@ pub struct GcReport {
     pub blobs_removed: usize,
     pub layers_removed: usize,
     pub images_removed: usize,
-    /// Guest rootfs artefacts (`vm/`) of images that are gone.
+    /// Guest rootfs artefacts (`vm/`) of images that are gone (counted by
+    /// `guestfs::gc`).
     pub vm_removed: usize,
     pub bytes_freed: u64,
 }
@@ -45,9 +46,12 @@ impl Store {
         Ok(r)
     }
 
-    /// Removes unreferenced blobs and layers, dangling (nameless) images, and
-    /// leftovers. Needs a store opened with [`super::Access::Exclusive`].
-    pub fn gc(&self) -> Result<GcReport, StoreError> {
+    /// The store's part of `amphi gc`: removes unreferenced blobs and
+    /// layers, dangling (nameless) images, and leftovers, and returns what
+    /// the images left keep alive, for the caches above the store that are
+    /// keyed by it (`guestfs::gc` composes the two; call that). Needs a store
+    /// opened with [`super::Access::Exclusive`].
+    pub fn gc_store(&self) -> Result<(GcReport, Referenced), StoreError> {
         let mut report = GcReport::default();
         self.update_index(|idx| {
             let before = idx.images.len();
@@ -85,15 +89,12 @@ impl Store {
                 report.layers_removed += 1;
             }
         }
-        let vm = crate::guestfs::sweep(self, &keep.tops)?;
-        report.vm_removed = vm.removed;
-        report.bytes_freed += vm.bytes;
         let locks = self.root().join("locks");
         if let Ok(rd) = fs::read_dir(&locks) {
             for e in rd.flatten() {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(report)
+        Ok((report, keep))
     }
 }

@@ -391,7 +391,7 @@ impl Catalog {
             config_source,
             source,
             recipe,
-            added: crate::container::state::now_rfc3339(),
+            added: crate::sys::time::now_rfc3339(),
             dir: self.dir.join(id),
         }
     }

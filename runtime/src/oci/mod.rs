@@ -5,6 +5,7 @@
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State, Status};
+use crate::sys::signal::parse_signal;
 use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -328,52 +329,6 @@ pub fn state(root: &Path, id: &str) -> Result<String> {
     Ok(serde_json::to_string_pretty(&st.oci(root)).expect("state serialises"))
 }
 
-/// Parses `TERM`, `SIGTERM`, `15`.
-pub fn parse_signal(s: &str) -> Result<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
-        return Err(format!("invalid signal number {n}"));
-    }
-    let up = s.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    let n = match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "ILL" => libc::SIGILL,
-        "TRAP" => libc::SIGTRAP,
-        "ABRT" | "IOT" => libc::SIGABRT,
-        "BUS" => libc::SIGBUS,
-        "FPE" => libc::SIGFPE,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "SEGV" => libc::SIGSEGV,
-        "USR2" => libc::SIGUSR2,
-        "PIPE" => libc::SIGPIPE,
-        "ALRM" => libc::SIGALRM,
-        "TERM" => libc::SIGTERM,
-        "CHLD" => libc::SIGCHLD,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "TSTP" => libc::SIGTSTP,
-        "TTIN" => libc::SIGTTIN,
-        "TTOU" => libc::SIGTTOU,
-        "URG" => libc::SIGURG,
-        "XCPU" => libc::SIGXCPU,
-        "XFSZ" => libc::SIGXFSZ,
-        "VTALRM" => libc::SIGVTALRM,
-        "PROF" => libc::SIGPROF,
-        "WINCH" => libc::SIGWINCH,
-        "IO" | "POLL" => libc::SIGIO,
-        "PWR" => libc::SIGPWR,
-        "SYS" => libc::SIGSYS,
-        _ => return Err(format!("unknown signal {s:?}")),
-    };
-    Ok(n)
-}
-
 /// `kill`: signal the container's process (or all its processes).
 pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig = parse_signal(signal)?;
@@ -678,19 +633,5 @@ impl NsName for LinuxNamespaceType {
             LinuxNamespaceType::Network => "net",
             LinuxNamespaceType::Time => "time",
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
-        assert_eq!(parse_signal("SIGKILL").unwrap(), libc::SIGKILL);
-        assert_eq!(parse_signal("9").unwrap(), 9);
-        assert!(parse_signal("SIGNOPE").is_err());
-        assert!(parse_signal("99").is_err());
     }
 }

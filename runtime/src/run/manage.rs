@@ -91,7 +91,7 @@ pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Resul
     let Some(st) = r.running(state_root) else {
         return Ok(r.name);
     };
-    let sig = crate::oci::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))?;
+    let sig = crate::sys::signal::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))?;
     // SAFETY: signalling the container's process.
     unsafe { libc::kill(st.pid, sig) };
     if !wait_gone(&st, state_root, Duration::from_secs(secs)) {

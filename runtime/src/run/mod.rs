@@ -15,18 +15,13 @@ pub use pty::{
 
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State};
-use crate::image::manifest::ImageConfig;
-use crate::image::{Access, Store};
+use crate::dispatch::resolve_image;
 use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// Exit status for amphi's own errors.
-pub const EXIT_AMPHI: i32 = 125;
-/// The command cannot be invoked (permission).
-pub const EXIT_CANNOT_INVOKE: i32 = 126;
-/// The command was not found.
-pub const EXIT_NOT_FOUND: i32 = 127;
+pub(crate) use crate::sys::exit::amphi_err;
+pub use crate::sys::exit::{RunError, EXIT_AMPHI, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
 
 /// A run request.
 pub struct RunRequest {
@@ -38,28 +33,6 @@ pub struct RunRequest {
     pub detach: bool,
     pub store_root: PathBuf,
     pub state_root: PathBuf,
-}
-
-/// A failed run: the message and the exit status docker would use.
-#[derive(Debug)]
-pub struct RunError {
-    pub code: i32,
-    pub message: String,
-}
-
-impl std::fmt::Display for RunError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for RunError {}
-
-pub(crate) fn amphi_err(m: impl Into<String>) -> RunError {
-    RunError {
-        code: EXIT_AMPHI,
-        message: m.into(),
-    }
 }
 
 /// A new random container id (64 hex digits).
@@ -94,32 +67,6 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_dir_all(&self.container_dir);
         }
     }
-}
-
-/// The image of a run: found in the store, or pulled when it is not there
-/// (like docker), with its config.
-pub fn resolve_image(
-    store_root: &Path,
-    image: &str,
-) -> Result<(Store, crate::image::ImageRecord, ImageConfig), RunError> {
-    let store = Store::open(store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
-    let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
-    let rec = match idx.find(image) {
-        Ok(r) => r.clone(),
-        // Like docker: an image that is not here yet is pulled first.
-        Err(crate::image::index::LookupError::NotFound(_))
-            if crate::image::Reference::parse(image).is_ok() =>
-        {
-            pull_missing(store_root, image)?
-        }
-        Err(e) => return Err(amphi_err(e.to_string())),
-    };
-    let cfg_bytes = store
-        .read_blob(&rec.config)
-        .map_err(|e| amphi_err(e.to_string()))?;
-    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
-        .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
-    Ok((store, rec, config))
 }
 
 /// Runs an image natively in the foreground; returns the exit status.
@@ -351,24 +298,6 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         std::process::exit(0);
     }
     Ok(status)
-}
-
-fn pull_missing(store_root: &Path, image: &str) -> Result<crate::image::ImageRecord, RunError> {
-    let reference = crate::image::Reference::parse(image).map_err(|e| amphi_err(e.to_string()))?;
-    eprintln!("Unable to find image {reference} locally, pulling it");
-    let store = Store::open(store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
-    let opts = crate::image::pull::PullOptions {
-        platform: crate::image::manifest::Platform::host(),
-        insecure: false,
-        creds: None,
-        progress: crate::image::progress::Progress::new(false),
-    };
-    crate::image::pull::pull(&store, &reference, &opts).map_err(|e| {
-        amphi_err(format!(
-            "image {} is not in the store and pulling it failed: {e}",
-            image
-        ))
-    })
 }
 
 /// The exit status for a launch error, as docker uses them: 127 when the

@@ -152,9 +152,9 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
-/// What is bind-mounted there: the running binary, which is a sealed
-/// read-only copy (container::sealed), never the host's file.
-pub const INIT_SOURCE: &str = "/proc/self/exe";
+/// What is bind-mounted there (defined by container::init, which
+/// recognises it).
+pub use crate::container::init::INIT_SOURCE;
 
 /// Where the container's root comes from.
 pub struct RootfsPlan {

@@ -2,88 +2,14 @@
 //! process) and `qemu-system-x86_64 -M microvm` (with KVM when usable,
 //! else software emulation). Both get the same kernel, initrd, disk,
 //! command line and guest channel (a virtio-console connected to a unix
-//! socket amphi listens on).
+//! socket amphi listens on). Which one runs is the dispatcher's rule
+//! ([`crate::dispatch::backend`]).
 
-use amphi_vmm::KvmKind;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// `--vm-backend`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Builtin,
-    Qemu,
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(BackendChoice::Auto),
-            "builtin" => Ok(BackendChoice::Builtin),
-            "qemu" => Ok(BackendChoice::Qemu),
-            _ => Err(format!(
-                "unknown VM backend {s:?} (expected auto, builtin or qemu)"
-            )),
-        }
-    }
-}
-
-/// The backend a run uses, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Builtin,
-    Qemu { kvm: bool },
-}
-
-impl Backend {
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Backend::Builtin => "amphi's VMM (KVM)",
-            Backend::Qemu { kvm: true } => "QEMU microvm (KVM)",
-            Backend::Qemu { kvm: false } => "QEMU microvm (TCG, software emulation)",
-        }
-    }
-}
-
-/// Picks the backend: amphi's VMM on hardware KVM, or on PVM with a
-/// PVM-enabled kernel; QEMU otherwise (with KVM only on hardware KVM: a
-/// stock kernel on PVM crawls through instruction emulation).
-/// Returns the backend and, for software emulation, the notice to print.
-pub fn choose(
-    choice: BackendChoice,
-    kvm: KvmKind,
-    kernel_pvm: bool,
-    kernel: &str,
-) -> (Backend, Option<String>) {
-    let qemu = || {
-        let hw = kvm == KvmKind::Hardware;
-        let notice = (!hw).then(|| {
-            let why = match kvm {
-                KvmKind::Pvm => format!(
-                    "/dev/kvm is PVM (KVM without hardware virtualization) and guest kernel {kernel} is not PVM-enabled"
-                ),
-                KvmKind::None => "there is no /dev/kvm".to_string(),
-                _ => "/dev/kvm is not usable hardware KVM".to_string(),
-            };
-            format!(
-                "amphi: notice: {why}; the microVM runs under QEMU in software emulation (TCG), which is much slower than KVM"
-            )
-        });
-        (Backend::Qemu { kvm: hw }, notice)
-    };
-    match choice {
-        BackendChoice::Builtin => (Backend::Builtin, None),
-        BackendChoice::Qemu => qemu(),
-        BackendChoice::Auto => match kvm {
-            KvmKind::Hardware => (Backend::Builtin, None),
-            KvmKind::Pvm if kernel_pvm => (Backend::Builtin, None),
-            _ => qemu(),
-        },
-    }
-}
+pub use crate::dispatch::backend::{choose, Backend, BackendChoice};
 
 /// What both backends are given.
 pub struct VmSpec<'a> {
@@ -116,7 +42,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
     let mut c = format!(
         "console=ttyS0 quiet panic=-1 rdinit={} {root}",
-        crate::guest::INIT
+        crate::proto::GUEST_INIT
     );
     match backend {
         // No ACPI under microvm: a triple fault ends the VM (-no-reboot).
@@ -255,30 +181,6 @@ pub fn qemu_binary() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn auto_picks_builtin_only_where_kvm_serves_the_kernel() {
-        use BackendChoice::*;
-        let c = |ch, k, pvm| choose(ch, k, pvm, "6.12.117");
-        assert_eq!(c(Auto, KvmKind::Hardware, false).0, Backend::Builtin);
-        assert_eq!(c(Auto, KvmKind::Pvm, true).0, Backend::Builtin);
-        let (b, notice) = c(Auto, KvmKind::Pvm, false);
-        assert_eq!(b, Backend::Qemu { kvm: false });
-        assert!(notice.unwrap().contains("6.12.117 is not PVM-enabled"));
-        assert_eq!(
-            c(Auto, KvmKind::None, false).0,
-            Backend::Qemu { kvm: false }
-        );
-        assert_eq!(
-            c(Qemu, KvmKind::Hardware, false),
-            (Backend::Qemu { kvm: true }, None)
-        );
-        assert_eq!(c(Builtin, KvmKind::None, false).0, Backend::Builtin);
-        assert!("bogus"
-            .parse::<BackendChoice>()
-            .unwrap_err()
-            .contains("auto, builtin or qemu"));
-    }
 
     #[test]
     fn command_lines_end_the_vm_the_backends_way() {

@@ -3,8 +3,9 @@
 //! The host side: pick the guest kernel (catalog, or a file), prepare the
 //! guest rootfs (cached per image), build the same OCI spec as a native
 //! run with guest paths, start the backend (amphi's VMM or QEMU), and talk
-//! to the guest init over the guest channel ([`channel`]): send the start
-//! frame, relay stdio, signals and window size, receive the exit status.
+//! to the guest init over the guest channel ([`crate::proto::channel`]):
+//! send the start frame, relay stdio, signals and window size, receive the
+//! exit status.
 //! A watchdog stops a guest that does not come up, `--timeout` one that
 //! runs too long (an absolute deadline from the VM's start that nothing the
 //! guest sends can move); either way the backend is killed and the run
@@ -17,7 +18,6 @@
 //! bounded ring in memory ([`console`]), never on disk.
 
 pub mod backend;
-pub mod channel;
 pub mod console;
 pub mod protocol;
 pub mod rundir;
@@ -46,10 +46,10 @@ pub fn gc_stale_runs(state_root: &Path) {
 
 use crate::guestfs::{self, RootfsKind};
 use crate::kernel::Catalog;
+use crate::proto::channel::{self, Decoder, Frame, StartRequest, StartRequestJson};
 use crate::run::{amphi_err, RunError, RunRequest};
 use crate::spec::{self, RootfsPlan};
 use backend::{Backend, BackendChoice, VmSpec};
-use channel::{Decoder, Frame, StartRequest, StartRequestJson};
 use console::Capture;
 use protocol::{Event, Protocol, EXIT_PROTOCOL};
 use rundir::RunDir;
@@ -341,7 +341,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         start: Some(Instant::now()),
         ..Default::default()
     };
-    let (store, rec, image) = crate::run::resolve_image(&req.store_root, &req.image)?;
+    let (store, rec, image) = crate::dispatch::resolve_image(&req.store_root, &req.image)?;
     let host = crate::image::manifest::Platform::host();
     if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
         return Err(amphi_err(format!(
@@ -405,7 +405,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
                 files.insert(guest.display().to_string(), content);
                 m["source"] = guest.display().to_string().into();
             } else if src == Path::new(crate::spec::INIT_SOURCE) {
-                m["source"] = crate::guest::INIT.into();
+                m["source"] = crate::proto::GUEST_INIT.into();
             }
         }
     }

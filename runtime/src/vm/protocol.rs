@@ -14,10 +14,10 @@
 //! | `Finished`| none                                        |            |
 //!
 //! Frames only the host sends (`Start`, `Stdin`, ...) are refused by the
-//! decoder ([`super::channel::Decoder::from_guest`]) before they get here,
+//! decoder ([`crate::proto::channel::Decoder::from_guest`]) before they get here,
 //! as are unknown kinds and lengths over each kind's limit.
 
-use super::channel::{ExitStatus, Frame, GuestError, Ready};
+use crate::proto::channel::{ExitStatus, Frame, GuestError, Ready};
 
 /// The exit status of a run whose guest broke the protocol (amphi's own
 /// error status).

@@ -16,7 +16,7 @@
 //! The host does not trust the guest: it decodes with
 //! [`Decoder::from_guest`] (guest kinds only, each within its
 //! [`guest_payload_limit`], refused from the header) and checks the order
-//! and values with the state machine in [`super::protocol`].
+//! and values with the state machine in [`crate::vm::protocol`].
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,0 +1,50 @@
+//! The image a run names: from the store, or pulled first when missing.
+
+use crate::image::manifest::ImageConfig;
+use crate::image::{Access, Store};
+use crate::sys::exit::{amphi_err, RunError};
+use std::path::Path;
+
+/// The image of a run: found in the store, or pulled when it is not there
+/// (like docker), with its config.
+pub fn resolve_image(
+    store_root: &Path,
+    image: &str,
+) -> Result<(Store, crate::image::ImageRecord, ImageConfig), RunError> {
+    let store = Store::open(store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
+    let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
+    let rec = match idx.find(image) {
+        Ok(r) => r.clone(),
+        // Like docker: an image that is not here yet is pulled first.
+        Err(crate::image::index::LookupError::NotFound(_))
+            if crate::image::Reference::parse(image).is_ok() =>
+        {
+            pull_missing(store_root, image)?
+        }
+        Err(e) => return Err(amphi_err(e.to_string())),
+    };
+    let cfg_bytes = store
+        .read_blob(&rec.config)
+        .map_err(|e| amphi_err(e.to_string()))?;
+    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
+    Ok((store, rec, config))
+}
+
+fn pull_missing(store_root: &Path, image: &str) -> Result<crate::image::ImageRecord, RunError> {
+    let reference = crate::image::Reference::parse(image).map_err(|e| amphi_err(e.to_string()))?;
+    eprintln!("Unable to find image {reference} locally, pulling it");
+    let store = Store::open(store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
+    let opts = crate::image::pull::PullOptions {
+        platform: crate::image::manifest::Platform::host(),
+        insecure: false,
+        creds: None,
+        progress: crate::image::progress::Progress::new(false),
+    };
+    crate::image::pull::pull(&store, &reference, &opts).map_err(|e| {
+        amphi_err(format!(
+            "image {} is not in the store and pulling it failed: {e}",
+            image
+        ))
+    })
+}

@@ -1,0 +1,10 @@
+//! What the host and the guest init share: the guest channel's frames and
+//! codec ([`channel`]) and the guest's fixed paths. Both sides import this
+//! module; neither imports the other (ARCHITECTURE.md, "Layers"). The
+//! host's state machine over these frames is `vm::protocol`.
+
+pub mod channel;
+
+/// Where the guest init lives in the initramfs (`argv[0]` of PID 1, and the
+/// kernel's `rdinit=`).
+pub const GUEST_INIT: &str = "/.amphi/init";

@@ -1,0 +1,7 @@
+//! Process plumbing that knows nothing of images, containers or VMs, for
+//! every layer above (ARCHITECTURE.md, "Layers"): exit statuses, signal
+//! names, time.
+
+pub mod exit;
+pub mod signal;
+pub mod time;

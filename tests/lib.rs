@@ -295,8 +295,10 @@ impl Drop for Registry {
 /// build is missing): [`skip`] fails the test in strict mode (`CI=true` or
 /// `AMPHI_TEST_STRICT=1`), otherwise announces the skip loudly and records
 /// it in `$AMPHI_SKIP_LOG` for scripts/test's summary. [`have`] tells
-/// whether a tool is on PATH; [`require`] is `cond` or a skip.
-pub use amphi_test_skip::{have, is_root, require, skip, strict};
+/// whether a tool is on PATH; [`require`] is `cond` or a skip;
+/// [`not_applicable`] is for a test this kind of host has nothing to check
+/// for (announced and logged, never failing).
+pub use amphi_test_skip::{have, is_root, not_applicable, require, skip, strict};
 
 /// Copies the single-image OCI layout `src` to `dst`, with its image config
 /// edited by `edit_config` and `annotations` added to its manifest (new

@@ -60,12 +60,26 @@ pub fn skip(reason: &str) {
             "{test}: would skip, and strict mode (CI=true or {STRICT_VAR}=1) does not allow it: {reason}"
         );
     }
+    announce(&test, reason);
+}
+
+/// The current test checks something this kind of host does not have
+/// (the PVM-only refusal of stock kernels, on hardware KVM): it is
+/// announced and logged like a skip, with the reason prefixed by
+/// `not applicable here:`, but never fails, strict or not. Not for a
+/// missing tool, root, KVM or build: those are [`skip`].
+pub fn not_applicable(reason: &str) {
+    announce(&test_name(), &format!("not applicable here: {reason}"));
+}
+
+/// The loud SKIP line, and the line in `$AMPHI_SKIP_LOG`.
+fn announce(test: &str, reason: &str) {
     let _ = writeln!(
         std::io::stderr(),
         "\n******** SKIP {test}: {reason} ********\n"
     );
     if let Some(log) = std::env::var_os(LOG_VAR).filter(|v| !v.is_empty()) {
-        record(Path::new(&log), &binary_name(), &test, reason);
+        record(Path::new(&log), &binary_name(), test, reason);
     }
 }
 
@@ -241,6 +255,42 @@ mod tests {
         assert_eq!(
             logged,
             format!("{binary}\ttests::child_skips\tfrobnicator is not installed\n")
+        );
+    }
+
+    /// Run by `not_applicable_never_fails` in a child process.
+    #[test]
+    #[ignore = "run in a child process by not_applicable_never_fails"]
+    fn child_not_applicable() {
+        not_applicable("this host is not a teapot");
+    }
+
+    #[test]
+    fn not_applicable_never_fails() {
+        let log = std::env::temp_dir().join(format!("amphi-test-na-{}", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "tests::child_not_applicable"])
+            .env("CI", "true")
+            .env(STRICT_VAR, "1")
+            .env(LOG_VAR, &log)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(
+                "SKIP tests::child_not_applicable: not applicable here: this host is not a teapot"
+            ),
+            "{stderr}"
+        );
+        let logged = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        assert!(
+            logged.ends_with(
+                "\ttests::child_not_applicable\tnot applicable here: this host is not a teapot\n"
+            ),
+            "{logged}"
         );
     }
 

@@ -8,7 +8,7 @@ pub use token::{TokenRegistry, TokenRequest, TokenServer, TOKEN_ISSUER, TOKEN_SE
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -294,10 +294,14 @@ impl Drop for Registry {
     }
 }
 
-/// Announces a skipped test on the real stderr (bypassing libtest's capture); use only for missing tools.
-pub fn skip(reason: &str) {
-    let _ = writeln!(std::io::stderr(), "\n******** SKIP: {reason} ********\n");
-}
+/// The rule for a test that cannot run here (a tool, root, KVM or a cached
+/// build is missing): [`skip`] fails the test in strict mode (`CI=true` or
+/// `AMPHI_TEST_STRICT=1`), otherwise announces the skip loudly and records
+/// it in `$AMPHI_SKIP_LOG` for scripts/test's summary. [`have`] tells
+/// whether a tool is on PATH; [`require`] is `cond` or a skip;
+/// [`not_applicable`] is for a test this kind of host has nothing to check
+/// for (announced and logged, never failing).
+pub use amphi_test_skip::{have, is_root, not_applicable, require, skip, strict};
 
 /// Copies the single-image OCI layout `src` to `dst`, with its image config
 /// edited by `edit_config` and `annotations` added to its manifest (new

@@ -2,19 +2,10 @@
 //! both from Debian, each with private storage so nothing of the host's
 //! configuration is touched.
 
-use amphi_tests::{amphi_bin, run_cmd, test_image, Podman};
+use amphi_tests::{amphi_bin, have, run_cmd, test_image, Podman};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 #[test]
 fn podman_run_uses_amphi() {

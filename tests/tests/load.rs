@@ -391,7 +391,7 @@ fn oci_archive_with_a_bare_tag_is_named_after_the_file() {
 }
 
 fn skopeo(args: &[&str]) -> bool {
-    if Command::new("skopeo").arg("--version").output().is_err() {
+    if !amphi_tests::have("skopeo") {
         skip("skopeo is not installed");
         return false;
     }

@@ -29,12 +29,7 @@ fn unique_id(tag: &str) -> String {
 }
 
 fn have_umoci() -> bool {
-    Command::new("umoci")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    amphi_tests::have("umoci")
 }
 
 /// Polls `f` every 10ms until it holds; panics with `what` after `secs`.

@@ -64,15 +64,20 @@ pub struct HostFacts {
 impl HostFacts {
     /// Reads the facts from this host.
     pub fn gather() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::gather_from(Path::new("/"))
+    }
+
+    /// Reads the facts from the /dev, /proc and /sys under `root`.
+    fn gather_from(root: &Path) -> Self {
+        let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
         // /proc/modules is absent on kernels without module support; a
         // built-in module still shows in /sys/module when it has parameters
         // (kvm_pvm does).
-        let modules = std::fs::read_to_string("/proc/modules").unwrap_or_default();
+        let modules = std::fs::read_to_string(root.join("proc/modules")).unwrap_or_default();
         HostFacts {
-            dev_kvm: Path::new("/dev/kvm").exists(),
+            dev_kvm: root.join("dev/kvm").exists(),
             hw_virt_flag: cpu_has_hw_virt(&cpuinfo),
-            kvm_pvm: Path::new("/sys/module/kvm_pvm").exists()
+            kvm_pvm: root.join("sys/module/kvm_pvm").exists()
                 || modules
                     .lines()
                     .any(|l| l.split_whitespace().next() == Some("kvm_pvm")),
@@ -300,12 +305,77 @@ mod tests {
         ));
     }
 
+    /// A host tree under a temp dir: /proc/cpuinfo with `flags`, and the
+    /// other files when given.
+    fn host_tree(
+        flags: &str,
+        dev_kvm: bool,
+        modules: Option<&str>,
+        sys_pvm: bool,
+    ) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let dir = |p: &str| {
+            let d = root.path().join(p);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        std::fs::write(
+            dir("proc").join("cpuinfo"),
+            format!("processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"),
+        )
+        .unwrap();
+        if let Some(modules) = modules {
+            std::fs::write(dir("proc").join("modules"), modules).unwrap();
+        }
+        if dev_kvm {
+            std::fs::write(dir("dev").join("kvm"), "").unwrap();
+        }
+        if sys_pvm {
+            dir("sys/module/kvm_pvm");
+        }
+        root
+    }
+
     #[test]
-    fn this_host_is_classified() {
-        // Whatever the host is, detection must not panic and must be consistent.
-        let facts = HostFacts::gather();
-        eprintln!("host: {facts:?} -> {}", facts.kind());
-        assert_eq!(facts.kind(), detect_kvm_kind());
+    fn gathers_the_facts_from_dev_proc_and_sys() {
+        let gather = |t: &tempfile::TempDir| HostFacts::gather_from(t.path());
+        // A PVM cloud guest: no vmx/svm, kvm_pvm loaded as a module.
+        let pvm = host_tree(
+            "fpu lm hypervisor",
+            true,
+            Some("kvm_pvm 167936 0 - Live 0x0\nkvm 1232896 1 kvm_pvm, Live 0x0\n"),
+            false,
+        );
+        let facts = gather(&pvm);
+        assert_eq!(
+            facts,
+            HostFacts {
+                dev_kvm: true,
+                hw_virt_flag: false,
+                kvm_pvm: true
+            }
+        );
+        assert_eq!(facts.kind(), KvmKind::Pvm);
+        // Built in: no /proc/modules, only /sys/module/kvm_pvm.
+        let builtin = host_tree("fpu lm", true, None, true);
+        assert_eq!(gather(&builtin).kind(), KvmKind::Pvm);
+        // Hardware KVM: vmx, kvm_intel but no kvm_pvm (a module whose
+        // name only starts with it does not count).
+        let hw = host_tree(
+            "fpu vmx lm",
+            true,
+            Some("kvm_intel 409600 0 - Live 0x0\nkvm_pvmx 1 0 - Live 0x0\n"),
+            false,
+        );
+        let facts = gather(&hw);
+        assert!(facts.hw_virt_flag && !facts.kvm_pvm, "{facts:?}");
+        assert_eq!(facts.kind(), KvmKind::Hardware);
+        // svm without /dev/kvm: no KVM whatever the CPU has.
+        let none = host_tree("fpu svm lm", false, Some(""), false);
+        assert_eq!(gather(&none).kind(), KvmKind::None);
+        // Nothing readable at all (an empty root): no KVM, no panic.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(gather(&empty), HostFacts::default());
     }
 
     fn gzip(text: &str) -> Vec<u8> {

@@ -2,7 +2,8 @@
 //! PVM). Each guest's source is next to its bytes (GNU as, Intel syntax;
 //! long-mode guests are linked at 0x10000, the real-mode one at 0x1000).
 //!
-//! Without /dev/kvm every test prints a loud `SKIP:` line and returns.
+//! Without /dev/kvm every test prints a loud `SKIP` line and returns
+//! (fails in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
 
 use std::sync::mpsc;
 use std::thread;

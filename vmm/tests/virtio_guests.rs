@@ -7,7 +7,8 @@
 //! features, queue setup, notify) and waits for the used ring. The guest's
 //! source (GNU as, Intel syntax, linked at 0x10000) is next to its bytes.
 //!
-//! Without /dev/kvm every test prints a loud `SKIP:` line and returns.
+//! Without /dev/kvm every test prints a loud `SKIP` line and returns
+//! (fails in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
 
 use std::io::Write;
 use std::time::Instant;

@@ -3,7 +3,8 @@
 //! failures that must leave nothing behind, gc).
 //!
 //! Most need root (overlay mounts, owners) and the host tools (cpio,
-//! e2fsprogs, binutils); without root they are skipped with a loud line.
+//! e2fsprogs, binutils); without root they are skipped with a loud line,
+//! or fail in strict mode (`CI=true` or `AMPHI_TEST_STRICT=1`).
 
 use super::*;
 use crate::image::load::{load, LoadOptions};
@@ -15,11 +16,10 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::process::Command;
 
 fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED guestfs::{test}: needs root (overlay mounts, file owners)");
-    false
+    amphi_test_skip::require(
+        rustix::process::geteuid().is_root(),
+        &format!("guestfs::{test} needs root (overlay mounts, file owners)"),
+    )
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) {
@@ -825,10 +825,10 @@ fn bench_test_images() {
     ] {
         let dir = cache.join(name);
         if !dir.is_dir() {
-            eprintln!(
-                "SKIPPED {name}: {} missing (scripts/build-test-images)",
+            amphi_test_skip::skip(&format!(
+                "test image {name}: {} missing (scripts/build-test-images)",
                 dir.display()
-            );
+            ));
             continue;
         }
         let opts = LoadOptions {

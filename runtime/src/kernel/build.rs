@@ -374,14 +374,14 @@ mod tests {
     #[test]
     fn ensure_builtin_registers_the_cached_build() {
         let Ok(recipe) = Recipe::for_series("6.12") else {
-            eprintln!("SKIP ensure_builtin: linux-source-6.12 is not installed");
+            amphi_test_skip::skip("linux-source-6.12 is not installed (scripts/setup installs it)");
             return;
         };
         if !recipe.is_built() {
-            eprintln!(
-                "SKIP ensure_builtin: {} is not built (run `amphi kernel build --version 6.12`)",
+            amphi_test_skip::skip(&format!(
+                "{} is not built (run `amphi kernel build --version 6.12`)",
                 recipe.output().display()
-            );
+            ));
             return;
         }
         let root = tempfile::tempdir().unwrap();

@@ -12,13 +12,13 @@ pub const CODE: u64 = 0x10000;
 /// A guest that has not ended by then is stopped and the test fails.
 pub const WATCHDOG: Duration = Duration::from_secs(20);
 
-/// Whether /dev/kvm is there; if not, prints a loud `SKIP:` line.
+/// Whether /dev/kvm is there; if not, the test skips loudly (fails in
+/// strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
 pub fn kvm_or_skip(test: &str) -> bool {
-    if Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    eprintln!("SKIP: {test}: /dev/kvm is missing; this tiny-guest test did NOT run");
-    false
+    amphi_test_skip::require(
+        Path::new("/dev/kvm").exists(),
+        &format!("{test}: /dev/kvm is missing; this tiny-guest test did NOT run"),
+    )
 }
 
 /// A long-mode entry at `rip` with a stack below 0x8000.

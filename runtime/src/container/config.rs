@@ -43,6 +43,37 @@ pub fn load(bundle: &Path) -> Result<Spec, ConfigError> {
     parse(&data, &path)
 }
 
+/// Annotations amphi sets on the specs it builds itself (`amphi run`):
+/// they tell the engine which host directories make the rootfs. From
+/// anyone else (a bundle's author, an image's annotations that a client
+/// copies into the spec, a Kubernetes pod) they would mount arbitrary host
+/// directories as the container's root, so a bundle carrying one is
+/// refused.
+pub const INTERNAL_ANNOTATIONS: &[&str] = &[
+    super::rootfs::OVERLAY_LOWER,
+    super::rootfs::OVERLAY_UPPER,
+    super::rootfs::OVERLAY_WORK,
+];
+
+/// [`load`] for a bundle given by a client (`create`, `run --bundle`):
+/// also refuses amphi's internal annotations.
+pub fn load_bundle(bundle: &Path) -> Result<Spec, ConfigError> {
+    let spec = load(bundle)?;
+    let path = bundle.join("config.json");
+    if let Some(ann) = spec.annotations() {
+        for key in INTERNAL_ANNOTATIONS {
+            if ann.contains_key(*key) {
+                return Err(invalid(
+                    &path,
+                    &format!("annotations.{key}"),
+                    "this annotation is amphi's own (for the containers `amphi run` prepares) and is refused in a bundle",
+                ));
+            }
+        }
+    }
+    Ok(spec)
+}
+
 /// Parses and checks a config; `path` is only used in messages.
 pub fn parse(data: &[u8], path: &Path) -> Result<Spec, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(data);

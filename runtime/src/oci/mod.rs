@@ -74,7 +74,7 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
     state::check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
-    let spec = config::load(&bundle).map_err(|e| e.to_string())?;
+    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
     let dir = State::dir(root, &o.id);
@@ -180,7 +180,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
     state::check_id(id)?;
     let bundle =
         std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    let spec = config::load(&bundle).map_err(|e| e.to_string())?;
+    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
     let dir = State::dir(root, id);

@@ -541,3 +541,128 @@ fn exec_keeps_the_container_user() {
     assert_eq!(lines.next(), Some("EPERM"), "{who}");
     assert_eq!(String::from_utf8_lossy(&root.stdout).trim(), "0");
 }
+
+/// amphi's own rootfs annotations (`io.amphi.rootfs.*`, which name the
+/// host directories that make a container's overlay root) coming from
+/// outside: a bundle that carries them is refused, naming the annotation,
+/// and leaves nothing; an image that carries them, run through podman
+/// (which may copy an image's annotations into the spec), never gets the
+/// host's root as its own.
+#[test]
+fn rootfs_annotations_from_outside_are_refused() {
+    let host_marker = std::env::temp_dir().join(unique("amphi-host-marker"));
+    std::fs::write(&host_marker, "host secret").unwrap();
+    let marker_name = host_marker
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let scratch = tempfile::tempdir().unwrap();
+    let (upper, work) = (scratch.path().join("upper"), scratch.path().join("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let hostile = [
+        ("io.amphi.rootfs.lower", "/".to_string()),
+        ("io.amphi.rootfs.upper", upper.display().to_string()),
+        ("io.amphi.rootfs.work", work.display().to_string()),
+    ];
+
+    // A bundle.
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = bundle.path().join("rootfs");
+    let image = format!("{}:latest", test_image("busybox").display());
+    let out = run_cmd(
+        Command::new("umoci")
+            .args(["raw", "unpack", "--image", &image])
+            .arg(&rootfs),
+    );
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = tempfile::tempdir().unwrap();
+    let amphi = |args: &[&str]| {
+        run_cmd(
+            Command::new(amphi_bin())
+                .arg("--root")
+                .arg(state.path())
+                .args(args),
+        )
+    };
+    assert!(
+        amphi(&["spec", "--bundle", bundle.path().to_str().unwrap()])
+            .status
+            .success()
+    );
+    let cfg_path = bundle.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["cat", format!("/tmp/{marker_name}")]);
+    for (k, v) in &hostile {
+        cfg["annotations"][*k] = v.clone().into();
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let id = unique("rootfs-ann");
+    for args in [
+        vec!["run", "--bundle", bundle.path().to_str().unwrap(), &id],
+        vec!["create", "--bundle", bundle.path().to_str().unwrap(), &id],
+    ] {
+        let out = amphi(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stdout.contains("host secret"),
+            "the container read the host's files: {stdout}"
+        );
+        assert!(
+            !out.status.success(),
+            "{args:?} accepted the annotations: {stderr}"
+        );
+        assert!(
+            stderr.contains("annotations.io.amphi.rootfs.lower"),
+            "{stderr}"
+        );
+        assert!(
+            std::fs::read_dir(state.path()).unwrap().next().is_none(),
+            "{args:?} left state behind"
+        );
+    }
+
+    // An image, through podman.
+    let p = Podman::new();
+    // podman names an OCI layout after its path, which must be lower case.
+    let layout = std::env::temp_dir().join(unique("amphi-hostile-image"));
+    std::fs::create_dir(&layout).unwrap();
+    let ann: Vec<(&str, &str)> = hostile.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    amphi_tests::derive_image(&test_image("busybox"), &layout, |_| {}, &ann);
+    let src = format!("oci:{}:latest", layout.display());
+    let out = run_cmd(&mut p.cmd(&["pull", "-q", &src]));
+    assert!(
+        out.status.success(),
+        "podman pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = format!("/tmp/{marker_name}");
+    let out = run_cmd(&mut p.cmd(&["run", "--rm", &img, "cat", &path]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // podman 4 copies the image's annotations into the spec: refused.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || stderr.contains("annotations.io.amphi.rootfs.lower"),
+        "podman run failed for another reason: {stderr}"
+    );
+    assert!(
+        !stdout.contains("host secret"),
+        "podman's container read the host's files: {stdout}"
+    );
+    assert!(
+        std::fs::read_dir(&upper).unwrap().next().is_none(),
+        "the container wrote into a host directory named by the image"
+    );
+    let _ = std::fs::remove_file(&host_marker);
+    let _ = std::fs::remove_dir_all(&layout);
+}

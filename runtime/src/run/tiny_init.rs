@@ -21,6 +21,7 @@ pub fn main(args: &[String]) -> i32 {
         return 125;
     }
     let all = sigset_all();
+    // SAFETY: sigset_t is a plain C bit set; all zeroes is the empty set.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: blocking signals in a single-threaded process.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) };
@@ -57,6 +58,7 @@ pub fn main(args: &[String]) -> i32 {
         };
     }
     loop {
+        // SAFETY: siginfo_t is a plain C struct; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waiting for any blocked signal.
         let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };

@@ -274,11 +274,12 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
 /// Rows and columns of the terminal on our stdin or stdout, if any: the
 /// pty gets this size before the process starts.
 fn terminal_size() -> Option<(u64, u64)> {
-    for fd in [0, 1] {
-        // SAFETY: TIOCGWINSZ into a zeroed winsize.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return Some((ws.ws_row.into(), ws.ws_col.into()));
+    use std::os::fd::AsFd;
+    for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {
+        if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {
+            if ws.ws_row > 0 {
+                return Some((ws.ws_row.into(), ws.ws_col.into()));
+            }
         }
     }
     None

@@ -408,6 +408,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
     }
     let args = process.args().clone().unwrap_or_default();
+    // The config check refuses these already; an exec'd process (`exec
+    // --process`) or a HOME from /etc/passwd is checked here.
+    let cargs = crate::sys::cstr::args(&args).map_err(|e| e.to_string())?;
+    let cenv = crate::sys::cstr::env(&env).map_err(|e| e.to_string())?;
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
@@ -463,14 +467,6 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
 
     let cprog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| "program path has a NUL byte")?;
-    let cargs: Vec<CString> = args
-        .iter()
-        .map(|s| CString::new(s.as_str()).unwrap_or_default())
-        .collect();
-    let cenv: Vec<CString> = env
-        .iter()
-        .map(|s| CString::new(s.as_str()).unwrap_or_default())
-        .collect();
     let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();

@@ -3,8 +3,6 @@
 //! forwards signals to it, reaps every orphan that the kernel re-parents to
 //! PID 1, and exits with the workload's status.
 
-use std::ffi::CString;
-
 fn sigset_all() -> libc::sigset_t {
     // SAFETY: filling a local sigset.
     unsafe {
@@ -20,6 +18,14 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("amphi init: no command");
         return 125;
     }
+    // Before the fork, so the child has nothing left to refuse.
+    let cargs = match crate::sys::cstr::args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("amphi init: {e}");
+            return 125;
+        }
+    };
     let all = sigset_all();
     // SAFETY: sigset_t is a plain C bit set; all zeroes is the empty set.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -38,10 +44,6 @@ pub fn main(args: &[String]) -> i32 {
             // Own process group, so terminal signals reach the workload.
             libc::setpgid(0, 0);
         }
-        let cargs: Vec<CString> = args
-            .iter()
-            .map(|a| CString::new(a.as_str()).unwrap_or_default())
-            .collect();
         let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         argv.push(std::ptr::null());
         // SAFETY: NULL-terminated argv of valid strings.

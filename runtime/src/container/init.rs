@@ -129,7 +129,7 @@ pub fn setup_stage_args(args: &[std::ffi::OsString]) -> Option<(i32, Option<i32>
 /// The setup stage: reads its payload and becomes [`child_main`].
 pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     // Non-dumpable again (the exec made it dumpable), as before the exec.
-    // SAFETY: prctl on ourselves.
+    // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the descriptor was handed to us by the runtime for this.
     let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(payload_fd) });
@@ -154,7 +154,7 @@ pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     };
     if p.in_userns {
         // As in launch: in a user namespace the process stays dumpable.
-        // SAFETY: prctl on ourselves.
+        // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     }
     // SAFETY: descriptors the runtime kept open for us across the exec;
@@ -486,7 +486,8 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
                 libc::AT_EMPTY_PATH,
             );
         },
-        // SAFETY: as above, by path.
+        // SAFETY: as above: `cprog` is a C string and argv/envp are
+        // NULL-terminated arrays of C strings, all alive for the call.
         None => unsafe {
             libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr());
         },

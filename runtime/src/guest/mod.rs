@@ -293,7 +293,8 @@ fn wait_shutdown(c: &mut File) {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: poll on one valid fd.
+        // SAFETY: `p` is one initialised pollfd on the stack; poll writes
+        // only its `revents`.
         if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
             continue;
         }
@@ -327,7 +328,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), GuestError> {
 }
 
 fn dup2(from: RawFd, to: RawFd) {
-    // SAFETY: dup2 between fds we own.
+    // SAFETY: dup2 takes two fd numbers and no memory; replacing `to` (our
+    // stdio) is what the callers want.
     unsafe { libc::dup2(from, to) };
 }
 
@@ -550,7 +552,8 @@ fn relay(
             revents: 0,
         });
         let timeout = if drain_until.is_some() { 100 } else { 1000 };
-        // SAFETY: poll on a valid array.
+        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
+        // poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             continue;

@@ -294,7 +294,8 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
                 });
             }
         }
-        // SAFETY: poll on a valid array.
+        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
+        // poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             continue;

@@ -4,7 +4,8 @@
 //! PID 1, and exits with the workload's status.
 
 fn sigset_all() -> libc::sigset_t {
-    // SAFETY: filling a local sigset.
+    // SAFETY: a zeroed sigset_t is a valid value; sigfillset writes only
+    // the local set it is given.
     unsafe {
         let mut s: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut s);
@@ -50,7 +51,8 @@ pub fn main(args: &[String]) -> i32 {
         unsafe { libc::execvp(argv[0], argv.as_ptr()) };
         let e = std::io::Error::last_os_error();
         eprintln!("amphi init: exec {}: {e}", args[0]);
-        // SAFETY: leaving the forked child.
+        // SAFETY: _exit takes an int and never returns; nothing of the parent's
+        // state must be unwound or flushed in the forked child.
         unsafe {
             libc::_exit(if e.kind() == std::io::ErrorKind::NotFound {
                 127

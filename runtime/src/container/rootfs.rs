@@ -213,8 +213,10 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
+/// `s` as a C string; a NUL byte (from a bundle's mount, which would be
+/// cut short there, dropping options) is EINVAL.
+fn c(s: &str) -> rustix::io::Result<CString> {
+    CString::new(s).map_err(|_| rustix::io::Errno::INVAL)
 }
 
 /// mount(2) with raw `MS_*` flags (rustix has no remount-with-flags).
@@ -225,7 +227,7 @@ fn mount_raw(
     flags: libc::c_ulong,
     data: &str,
 ) -> rustix::io::Result<()> {
-    let (src, tgt, typ, dat) = (c(source), c(target), c(fstype), c(data));
+    let (src, tgt, typ, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     let opt = |x: &CString, s: &str| {
         if s.is_empty() {
             std::ptr::null()

@@ -90,8 +90,9 @@ fn gerr(m: impl Into<String>) -> GuestError {
     }
 }
 
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
+/// `s` as a C string; one with a NUL byte is refused (it would be cut short).
+fn cstr(s: &str) -> Result<CString, GuestError> {
+    CString::new(s).map_err(|_| gerr(format!("{s:?} contains a NUL byte")))
 }
 
 fn mount(
@@ -101,8 +102,9 @@ fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> Result<(), GuestError> {
-    let (s, d, t, o) = (cstr(src), cstr(dst), cstr(fstype), cstr(data));
-    // SAFETY: valid C strings; data may be empty.
+    let (s, d, t, o) = (cstr(src)?, cstr(dst)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: the four are C strings alive for the call; fstype and data
+    // are null when empty, which mount(2) accepts.
     let r = unsafe {
         libc::mount(
             s.as_ptr(),
@@ -214,9 +216,8 @@ fn setup_root() -> Result<(), GuestError> {
     }
     std::env::set_current_dir(NEWROOT).map_err(|e| gerr(format!("chdir {NEWROOT}: {e}")))?;
     mount(".", "/", "", libc::MS_MOVE, "")?;
-    let dot = cstr(".");
-    // SAFETY: chroot into the directory we are in.
-    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+    // SAFETY: chroot reads only the C string literal it is given.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
     std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;

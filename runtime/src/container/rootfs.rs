@@ -705,6 +705,28 @@ pub fn open_root(rootfs: &Path) -> Result<OwnedFd> {
 mod tests {
     use super::*;
 
+    /// A NUL byte would cut the string short at mount(2) (dropping options,
+    /// or mounting on another path): refused before the call, so this
+    /// holds without root too (a mount attempt would be EPERM, not EINVAL).
+    #[test]
+    fn mount_refuses_nul_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_str().unwrap();
+        let nul_target = format!("{target}\0/elsewhere");
+        for (source, target, fstype, data) in [
+            ("tmpfs", nul_target.as_str(), "tmpfs", ""),
+            ("tmpfs", target, "tmpfs", "size=1m\0,exec"),
+            ("tmp\0fs", target, "tmpfs", ""),
+            ("tmpfs", target, "tmp\0fs", ""),
+        ] {
+            assert_eq!(
+                mount_raw(source, target, fstype, libc::MS_NODEV, data),
+                Err(rustix::io::Errno::INVAL),
+                "{source:?} {target:?} {fstype:?} {data:?}"
+            );
+        }
+    }
+
     #[test]
     fn options_parse_like_runc() {
         let o = parse_options(&[

@@ -2,6 +2,7 @@
 //! one attack a subcommand, each printing what the attacker got (`ok`, or
 //! the errno's name). Built static with the workspace and copied into test
 //! images by the escape tests.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::ffi::CString;
 

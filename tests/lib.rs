@@ -1,4 +1,5 @@
 //! Harness for amphi's end-to-end tests: run the built binary, build test images, run a registry.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod layout;
 mod token;
@@ -205,6 +206,8 @@ pub fn test_image(name: &str) -> PathBuf {
         .open(lock_path)
         .unwrap();
     assert_eq!(
+        // SAFETY: flock only reads its arguments; `lock` is an open file that
+        // outlives the call.
         unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
         0,
         "flock"

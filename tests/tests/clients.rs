@@ -1,6 +1,7 @@
 //! amphi as the OCI runtime of real clients: podman and containerd (ctr),
 //! both from Debian, each with private storage so nothing of the host's
 //! configuration is touched.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{amphi_bin, have, run_cmd, test_image, Podman};
 use std::path::{Path, PathBuf};

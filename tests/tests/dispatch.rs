@@ -6,6 +6,7 @@
 //! microVM runs go through QEMU in software emulation on our PVM machines
 //! (a few seconds each); without amphi's guest kernel builds the tests that
 //! boot skip loudly (fail in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{derive_image, guest_kernel_build, test_image, Amphi};
 use serde_json::Value;

@@ -6,6 +6,7 @@
 //!
 //! Tests are named after their class or CVE. The classes live in one module
 //! each under `escapes/`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 #[path = "escapes/container.rs"]
 mod container;

@@ -1,4 +1,5 @@
 //! Checks of the test harness itself; none of these need the amphi binary.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::*;
 use serde_json::Value;

@@ -3,6 +3,7 @@
 //! kernels added from files (vmlinux and bzImage, with version and config
 //! detection), and bad input, which must fail clearly and leave the catalog
 //! as it was.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{run_cmd, skip, Amphi};
 use serde_json::Value;

@@ -2,6 +2,7 @@
 //! hand-made `docker save` archives, skopeo's output; naming, removal, gc and
 //! sharing; and bad input, which must fail with a clear error and leave the
 //! store exactly as it was.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! config.json written by `amphi spec` and edited here. Every test has its
 //! own bundle, state root (`--root`) and container ids, so they run in
 //! parallel.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{amphi_bin, run_cmd, skip, test_image};
 use serde_json::{json, Value};
@@ -1214,6 +1215,103 @@ fn wrong_type_at_process_args() {
         &["config.json", "`process.args`", "sequence"],
         |b| b.edit(|c| c["process"]["args"] = json!("sh -c true")),
     );
+}
+
+/// A NUL byte in an argument or an environment entry would cut the string
+/// at exec: create refuses the config naming the field, the argument's
+/// index or the variable, and leaves nothing.
+#[test]
+fn nul_byte_in_process_args() {
+    create_refused(
+        "nularg",
+        &[
+            "`process.args[2]`",
+            r#"process argument 2 ("a\0b") contains a NUL byte"#,
+        ],
+        |b| b.edit(|c| c["process"]["args"] = json!(["sh", "-c", "a\u{0}b"])),
+    );
+}
+
+#[test]
+fn nul_byte_in_process_env() {
+    create_refused(
+        "nulenv",
+        &[
+            "`process.env[1]`",
+            r#"environment variable "SECRET" (entry 1) contains a NUL byte"#,
+        ],
+        |b| b.edit(|c| c["process"]["env"] = json!(["PATH=/bin", "SECRET=x\u{0}y"])),
+    );
+}
+
+/// runc's `run` goes through the same check: the process never starts.
+#[test]
+fn run_refuses_a_nul_byte_in_process_args() {
+    let Some(b) = Bundle::new("nulrun") else {
+        return;
+    };
+    b.edit(|c| c["process"]["args"] = json!(["echo", "ran", "a\u{0}b"]));
+    let out = b.run(&["run", "--bundle", b.dir().to_str().unwrap(), &b.id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        err.contains("`process.args[2]`") && err.contains("contains a NUL byte"),
+        "{}",
+        show(&out)
+    );
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+    b.assert_no_trace(&b.id, &b.cgroup());
+}
+
+/// `exec --process` takes its process from a file the config check never
+/// saw: the exec is refused, naming the argument, and the container runs on.
+#[test]
+fn exec_refuses_a_nul_byte_in_a_process_json() {
+    let Some(b) = Bundle::new("nulexec") else {
+        return;
+    };
+    b.create(&[]);
+    b.start();
+    let pid = b.pid();
+    let process = b.dir().join("process.json");
+    for (proc_args, proc_env, want) in [
+        (
+            json!(["echo", "ran", "a\u{0}b"]),
+            json!(["PATH=/bin"]),
+            r#"process argument 2 ("a\0b") contains a NUL byte"#,
+        ),
+        (
+            json!(["echo", "ran"]),
+            json!(["PATH=/bin", "SECRET=x\u{0}y"]),
+            r#"environment variable "SECRET" (entry 1) contains a NUL byte"#,
+        ),
+    ] {
+        std::fs::write(
+            &process,
+            json!({
+                "terminal": false,
+                "user": {"uid": 0, "gid": 0},
+                "args": proc_args,
+                "env": proc_env,
+                "cwd": "/"
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let out = b.run(&["exec", "--process", process.to_str().unwrap(), &b.id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+        assert!(err.contains(want), "{}", show(&out));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("ran"),
+            "{}",
+            show(&out)
+        );
+    }
+    assert_eq!(b.status(), "running");
+    assert_eq!(b.pid(), pid);
+    b.ok(&["delete", "--force", &b.id]);
+    b.assert_no_trace(&b.id, &b.cgroup());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `amphi pull` against a real registry (Debian's docker-registry) on
 //! 127.0.0.1: plain pulls, digests, platforms, concurrency, kill -9, and
 //! registry-side bad input.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{test_image, Amphi, Compression, LayoutBuilder, Registry, TarEntry};
 use std::collections::BTreeSet;

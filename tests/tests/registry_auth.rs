@@ -1,6 +1,7 @@
 //! `amphi pull` against a registry that demands bearer tokens (Docker token
 //! auth, distribution's `auth: token`), with tokens from a token server in
 //! the test process: anonymous tokens, credentialed tokens, wrong passwords.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{run_cmd, test_image, Amphi, TokenRegistry, TOKEN_SERVICE};
 use std::path::Path;

@@ -1,4 +1,5 @@
 //! `amphi run` on the native path, end to end with the busybox test image.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{test_image, Amphi};
 use std::path::{Path, PathBuf};
@@ -129,6 +130,60 @@ fn missing_command_and_user_give_docker_statuses() {
     let out = e.run(&["run", "--rm", "localhost/not/there", "true"]);
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("localhost/not/there"));
+    e.assert_clean();
+}
+
+/// An image whose config holds a NUL byte in its Cmd or Env: exec would see
+/// the string cut at the NUL, so run refuses the image (status 125, as for
+/// other bad run configurations) naming the argument or the variable,
+/// before anything is created.
+#[test]
+fn image_config_with_a_nul_byte_is_refused() {
+    let e = Env::new();
+    let cases: &[(&str, serde_json::Value, serde_json::Value, &str)] = &[
+        (
+            "localhost/nul/cmd:1",
+            serde_json::json!(["echo", "a\u{0}b"]),
+            serde_json::json!(["PATH=/bin"]),
+            r#"process argument 1 ("a\0b") contains a NUL byte"#,
+        ),
+        (
+            "localhost/nul/env:1",
+            serde_json::json!(["echo", "hi"]),
+            serde_json::json!(["PATH=/bin", "SECRET=x\u{0}y"]),
+            r#"environment variable "SECRET" (entry 1) contains a NUL byte"#,
+        ),
+    ];
+    for (name, cmd, env, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        amphi_tests::derive_image(
+            &test_image("busybox"),
+            dir.path(),
+            |c| {
+                c["config"]["Entrypoint"] = serde_json::Value::Null;
+                c["config"]["Cmd"] = cmd.clone();
+                c["config"]["Env"] = env.clone();
+            },
+            &[],
+        );
+        e.a.ok(&["load", "-q", "--tag", name, dir.path().to_str().unwrap()]);
+        for detach in [&[][..], &["-d"][..]] {
+            let mut args = vec!["run", "--rm"];
+            args.extend_from_slice(detach);
+            args.push(name);
+            let out = e.run(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(125), "{name} {detach:?}: {err}");
+            assert!(err.contains(want), "{name} {detach:?}: {err}");
+            assert!(
+                out.stdout.is_empty(),
+                "{name}: ran: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let ps = String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).into_owned();
+    assert!(!ps.contains("localhost/nul"), "{ps}");
     e.assert_clean();
 }
 

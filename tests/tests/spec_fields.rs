@@ -1,5 +1,6 @@
 //! Linux fields of the runtime spec, each checked from inside a container
 //! started from a hand-made bundle with `amphi run -b` (runc's `run`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{amphi_bin, run_cmd, test_image};
 use serde_json::{json, Value};

@@ -2,6 +2,7 @@
 //! then checks of what landed in `<AMPHI_ROOT>/layers/sha256/<chain>/diff`
 //! (and of the overlay of those dirs, what a container would see), of what
 //! must not exist anywhere else, and of the errors for hostile layers.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -13,6 +13,7 @@
 //! The quick tests run `amphi vmm` on this host: argument and kernel checks
 //! (no KVM needed), the refusal of a stock kernel on a PVM host, and tiny
 //! hand-made guests for each way a run ends (need /dev/kvm).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};

@@ -15,6 +15,7 @@
 //! Without the kernel builds (scripts/test runs `amphi kernel build
 //! --version 6.12` and `--version 6.1`) or QEMU, the tests skip loudly
 //! (fail in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{amphi_bin, dir_names, have, processes_mentioning, skip, test_image, Amphi};
 use serde_json::Value;

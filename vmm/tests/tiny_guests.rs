@@ -4,6 +4,7 @@
 //!
 //! Without /dev/kvm every test prints a loud `SKIP` line and returns
 //! (fails in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::mpsc;
 use std::thread;

@@ -127,6 +127,22 @@ fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(invalid(path, "process.args", "empty: nothing to run"));
     }
+    let args = process.args().as_deref().unwrap_or_default();
+    if let Err(e) = crate::sys::cstr::check_args(args) {
+        return Err(invalid(
+            path,
+            &format!("process.args[{}]", e.index()),
+            e.to_string(),
+        ));
+    }
+    let env = process.env().as_deref().unwrap_or_default();
+    if let Err(e) = crate::sys::cstr::check_env(env) {
+        return Err(invalid(
+            path,
+            &format!("process.env[{}]", e.index()),
+            e.to_string(),
+        ));
+    }
     if !process.cwd().is_absolute() {
         return Err(invalid(
             path,
@@ -199,6 +215,22 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("process.args"));
+
+        let mut v = base();
+        v["process"]["args"] = serde_json::json!(["sh", "-c", "a\0b"]);
+        let e = parse_v(&v).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            r#"config.json: invalid config at `process.args[2]`: process argument 2 ("a\0b") contains a NUL byte"#
+        );
+
+        let mut v = base();
+        v["process"]["env"] = serde_json::json!(["PATH=/bin", "KEY=x\0y"]);
+        let e = parse_v(&v).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            r#"config.json: invalid config at `process.env[1]`: environment variable "KEY" (entry 1) contains a NUL byte"#
+        );
 
         let mut v = base();
         v["ociVersion"] = "2.0.0".into();

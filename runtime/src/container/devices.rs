@@ -413,7 +413,8 @@ pub fn load(rules: &[Rule]) -> Result<OwnedFd, String> {
             }
         ));
     }
-    // SAFETY: a new fd the kernel just gave us.
+    // SAFETY: BPF_PROG_LOAD succeeded (fd >= 0), so `fd` is a new descriptor
+    // that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 

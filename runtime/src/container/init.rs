@@ -129,7 +129,7 @@ pub fn setup_stage_args(args: &[std::ffi::OsString]) -> Option<(i32, Option<i32>
 /// The setup stage: reads its payload and becomes [`child_main`].
 pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     // Non-dumpable again (the exec made it dumpable), as before the exec.
-    // SAFETY: prctl on ourselves.
+    // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the descriptor was handed to us by the runtime for this.
     let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(payload_fd) });
@@ -154,7 +154,7 @@ pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     };
     if p.in_userns {
         // As in launch: in a user namespace the process stays dumpable.
-        // SAFETY: prctl on ourselves.
+        // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     }
     // SAFETY: descriptors the runtime kept open for us across the exec;
@@ -408,6 +408,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
     }
     let args = process.args().clone().unwrap_or_default();
+    // The config check refuses these already; an exec'd process (`exec
+    // --process`) or a HOME from /etc/passwd is checked here.
+    let cargs = crate::sys::cstr::args(&args).map_err(|e| e.to_string())?;
+    let cenv = crate::sys::cstr::env(&env).map_err(|e| e.to_string())?;
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
@@ -463,14 +467,6 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
 
     let cprog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| "program path has a NUL byte")?;
-    let cargs: Vec<CString> = args
-        .iter()
-        .map(|s| CString::new(s.as_str()).unwrap_or_default())
-        .collect();
-    let cenv: Vec<CString> = env
-        .iter()
-        .map(|s| CString::new(s.as_str()).unwrap_or_default())
-        .collect();
     let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
@@ -490,7 +486,8 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
                 libc::AT_EMPTY_PATH,
             );
         },
-        // SAFETY: as above, by path.
+        // SAFETY: as above: `cprog` is a C string and argv/envp are
+        // NULL-terminated arrays of C strings, all alive for the call.
         None => unsafe {
             libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr());
         },

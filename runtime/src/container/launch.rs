@@ -59,7 +59,7 @@ fn open_ns(path: &Path, t: LinuxNamespaceType) -> Result<std::fs::File, String> 
 }
 
 fn set_ns(f: &std::fs::File, path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
-    // SAFETY: setns on a valid fd.
+    // SAFETY: setns takes an fd (`f`, open for the call) and a flag; no memory.
     if unsafe { libc::setns(f.as_raw_fd(), ns_flag(t)) } != 0 {
         return Err(format!(
             "joining {t} namespace {}: {}",
@@ -211,7 +211,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     // (execve makes a process dumpable again): the container's processes
     // cannot open /proc/PID/exe, /proc/PID/mem or /proc/PID/fd of a process
     // that still runs amphi (the CVE-2019-5736 class; see sealed.rs).
-    // SAFETY: prctl on ourselves.
+    // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 
     // SAFETY: a fork-like clone (no new stack: the child continues on a
@@ -241,7 +241,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             // belongs to the host's root, whom the container's root cannot
             // act for (oom_score_adj, /proc/self/fd). There the
             // container's root is not the host's, and the binary is sealed.
-            // SAFETY: prctl on ourselves.
+            // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
             unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         }
         let mut joins_child = joins.clone();

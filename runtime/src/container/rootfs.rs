@@ -213,8 +213,10 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-fn c(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
+/// `s` as a C string; a NUL byte (from a bundle's mount, which would be
+/// cut short there, dropping options) is EINVAL.
+fn c(s: &str) -> rustix::io::Result<CString> {
+    CString::new(s).map_err(|_| rustix::io::Errno::INVAL)
 }
 
 /// mount(2) with raw `MS_*` flags (rustix has no remount-with-flags).
@@ -225,7 +227,7 @@ fn mount_raw(
     flags: libc::c_ulong,
     data: &str,
 ) -> rustix::io::Result<()> {
-    let (src, tgt, typ, dat) = (c(source), c(target), c(fstype), c(data));
+    let (src, tgt, typ, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     let opt = |x: &CString, s: &str| {
         if s.is_empty() {
             std::ptr::null()
@@ -702,6 +704,28 @@ pub fn open_root(rootfs: &Path) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NUL byte would cut the string short at mount(2) (dropping options,
+    /// or mounting on another path): refused before the call, so this
+    /// holds without root too (a mount attempt would be EPERM, not EINVAL).
+    #[test]
+    fn mount_refuses_nul_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_str().unwrap();
+        let nul_target = format!("{target}\0/elsewhere");
+        for (source, target, fstype, data) in [
+            ("tmpfs", nul_target.as_str(), "tmpfs", ""),
+            ("tmpfs", target, "tmpfs", "size=1m\0,exec"),
+            ("tmp\0fs", target, "tmpfs", ""),
+            ("tmpfs", target, "tmp\0fs", ""),
+        ] {
+            assert_eq!(
+                mount_raw(source, target, fstype, libc::MS_NODEV, data),
+                Err(rustix::io::Errno::INVAL),
+                "{source:?} {target:?} {fstype:?} {data:?}"
+            );
+        }
+    }
 
     #[test]
     fn options_parse_like_runc() {

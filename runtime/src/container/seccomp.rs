@@ -280,7 +280,7 @@ pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EACCES) {
             rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
-            // SAFETY: as above.
+            // SAFETY: as above: the same program, alive for the call.
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_seccomp,

@@ -27,7 +27,7 @@ use crate::proto::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready,
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::mpsc;
@@ -70,12 +70,17 @@ struct Console;
 
 impl Console {
     fn line(&self, s: &str) {
-        let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(CONSOLE_FD) });
-        let _ = writeln!(f, "{s}");
+        // Before setup_root has kept the console there is nothing to write to.
+        if let Some(mut f) = CONSOLE.get() {
+            let _ = writeln!(f, "{s}");
+        }
     }
 }
 
-/// A duplicate of the console the init keeps for its own messages.
+/// The duplicate of the console the init keeps for its own messages (its
+/// stdio goes to /dev/null once the workload runs), at fd 9 or above.
+static CONSOLE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+/// The lowest fd the console's duplicate may take.
 const CONSOLE_FD: RawFd = 9;
 
 fn gerr(m: impl Into<String>) -> GuestError {
@@ -85,8 +90,9 @@ fn gerr(m: impl Into<String>) -> GuestError {
     }
 }
 
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
+/// `s` as a C string; one with a NUL byte is refused (it would be cut short).
+fn cstr(s: &str) -> Result<CString, GuestError> {
+    CString::new(s).map_err(|_| gerr(format!("{s:?} contains a NUL byte")))
 }
 
 fn mount(
@@ -96,8 +102,9 @@ fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> Result<(), GuestError> {
-    let (s, d, t, o) = (cstr(src), cstr(dst), cstr(fstype), cstr(data));
-    // SAFETY: valid C strings; data may be empty.
+    let (s, d, t, o) = (cstr(src)?, cstr(dst)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: the four are C strings alive for the call; fstype and data
+    // are null when empty, which mount(2) accepts.
     let r = unsafe {
         libc::mount(
             s.as_ptr(),
@@ -139,10 +146,10 @@ fn root_kind() -> String {
 
 /// Step 1 and 2: the root filesystem and the basic mounts.
 fn setup_root() -> Result<(), GuestError> {
-    // SAFETY: dup of the console the kernel gave us as fd 2.
-    unsafe {
-        libc::dup2(2, CONSOLE_FD);
-        libc::fcntl(CONSOLE_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    // The console the kernel gave us as fd 2; without it the init only
+    // loses its own messages, as before.
+    if let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), CONSOLE_FD) {
+        let _ = CONSOLE.set(File::from(fd));
     }
     for d in ["/dev", "/proc", "/sys"] {
         mkdir(d)?;
@@ -209,9 +216,8 @@ fn setup_root() -> Result<(), GuestError> {
     }
     std::env::set_current_dir(NEWROOT).map_err(|e| gerr(format!("chdir {NEWROOT}: {e}")))?;
     mount(".", "/", "", libc::MS_MOVE, "")?;
-    let dot = cstr(".");
-    // SAFETY: chroot into the directory we are in.
-    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+    // SAFETY: chroot reads only the C string literal it is given.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
     std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
@@ -288,7 +294,8 @@ fn wait_shutdown(c: &mut File) {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: poll on one valid fd.
+        // SAFETY: `p` is one initialised pollfd on the stack; poll writes
+        // only its `revents`.
         if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
             continue;
         }
@@ -322,14 +329,17 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), GuestError> {
 }
 
 fn dup2(from: RawFd, to: RawFd) {
-    // SAFETY: dup2 between fds we own.
+    // SAFETY: dup2 takes two fd numbers and no memory; replacing `to` (our
+    // stdio) is what the callers want.
     unsafe { libc::dup2(from, to) };
 }
 
 /// Where the workload's input goes.
 enum Input {
+    /// The write end of the workload's stdin pipe.
     Pipe(OwnedFd),
-    Pty(RawFd),
+    /// A duplicate of the pty master.
+    Pty(OwnedFd),
 }
 
 /// Writes stdin data in its own thread, so a workload that does not read
@@ -337,21 +347,21 @@ enum Input {
 fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
     let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
     std::thread::spawn(move || {
-        let fd = match &input {
-            Input::Pipe(p) => p.as_raw_fd(),
-            Input::Pty(m) => *m,
+        let (fd, pty) = match input {
+            Input::Pipe(p) => (p, false),
+            Input::Pty(m) => (m, true),
         };
-        let mut f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+        let mut f = File::from(fd);
         while let Ok(Some(data)) = rx.recv() {
             if f.write_all(&data).is_err() {
                 break;
             }
         }
-        // End of input: close the pipe, or ^D on a pty.
-        if let Input::Pty(_) = input {
+        // End of input: ^D on a pty; closing the pipe (dropping `f`) ends it.
+        if pty {
             let _ = f.write_all(&[4]);
         }
-        drop(input);
+        drop(f);
     });
     tx
 }
@@ -442,7 +452,9 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         outputs.push((m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?, false));
     }
     let input = match (&pty, stdin_pipe) {
-        (Some(m), _) => Some(Input::Pty(m.as_raw_fd())),
+        (Some(m), _) => Some(Input::Pty(
+            m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?,
+        )),
         (None, Some(p)) => Some(Input::Pipe(p)),
         (None, None) => None,
     };
@@ -541,7 +553,8 @@ fn relay(
             revents: 0,
         });
         let timeout = if drain_until.is_some() { 100 } else { 1000 };
-        // SAFETY: poll on a valid array.
+        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
+        // poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             continue;
@@ -551,8 +564,7 @@ fn relay(
             if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
                 continue;
             }
-            let mut file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) });
-            match file.read(&mut buf) {
+            match rustix::io::read(f, &mut buf) {
                 Ok(n) if n > 0 => {
                     let data = buf[..n].to_vec();
                     let frame = if *is_err {
@@ -563,7 +575,7 @@ fn relay(
                     let _ = frame.write_to(c);
                 }
                 Ok(_) => closed.push(i),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(rustix::io::Errno::INTR) => {}
                 Err(_) => closed.push(i),
             }
         }

@@ -192,9 +192,9 @@ pub fn parse_top_level(
             serde_json::from_slice(bytes).map_err(malformed)?,
         )),
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            if probe.schema_version.is_some_and(|v| v != 2) {
+            if let Some(version) = probe.schema_version.filter(|v| *v != 2) {
                 return Err(ManifestError::UnknownMediaType {
-                    media_type: format!("schemaVersion {}", probe.schema_version.unwrap()),
+                    media_type: format!("schemaVersion {version}"),
                     what: "manifest",
                     digest: digest.to_string(),
                 });

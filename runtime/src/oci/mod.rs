@@ -277,7 +277,8 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: poll on one valid fd.
+        // SAFETY: `pfd` is one initialised pollfd on the stack; poll
+        // writes only its `revents`.
         unsafe { libc::poll(&mut pfd, 1, 50) };
         let mut b = [0u8; 4096];
         match rustix::io::read(&f, &mut b) {
@@ -394,7 +395,8 @@ fn kill_all(st: &State) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while st.alive() && Instant::now() < deadline {
         // It may be our child (run, or create in this process).
-        // SAFETY: non-blocking reap.
+        // SAFETY: waitpid takes a null status pointer (allowed: no status
+        // wanted); WNOHANG only reaps the child if it is gone.
         unsafe { libc::waitpid(st.pid, std::ptr::null_mut(), libc::WNOHANG) };
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -4,7 +4,7 @@
 
 use super::{amphi_err, RunError};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 /// Which side of the fork we are on.
@@ -53,8 +53,7 @@ pub fn report(tx: OwnedFd, r: Result<(), &RunError>) {
         Ok(()) => "ok".to_string(),
         Err(e) => format!("err:{}:{}", e.code, e.message),
     };
-    // SAFETY: the fd is ours; File takes ownership and closes it.
-    let mut f = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(tx)) };
+    let mut f = std::fs::File::from(tx);
     let _ = f.write_all(msg.as_bytes());
 }
 

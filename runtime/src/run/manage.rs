@@ -95,7 +95,8 @@ pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Resul
     // SAFETY: signalling the container's process.
     unsafe { libc::kill(st.pid, sig) };
     if !wait_gone(&st, state_root, Duration::from_secs(secs)) {
-        // SAFETY: as above.
+        // SAFETY: kill takes no pointers; the pid is the container's, as
+        // above.
         unsafe { libc::kill(st.pid, libc::SIGKILL) };
         wait_gone(&st, state_root, Duration::from_secs(10));
     }

@@ -188,7 +188,8 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     } else if !req.interactive {
         // Without -i the container gets no stdin, like docker.
         if let Ok(null) = std::fs::File::open("/dev/null") {
-            // SAFETY: dup2 onto our own stdin.
+            // SAFETY: dup2 takes two fd numbers and no memory; `null` is open
+            // for the call, and stdin is ours to replace.
             unsafe { libc::dup2(null.as_raw_fd(), 0) };
         }
     }

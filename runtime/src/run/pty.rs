@@ -53,20 +53,8 @@ impl Signals {
         let mut got = Vec::new();
         let Some(fd) = &self.fd else { return got };
         let _ = rustix::io::ioctl_fionbio(fd, true);
-        loop {
-            // SAFETY: reading one signalfd_siginfo into a zeroed struct.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::read(
-                    fd.as_raw_fd(),
-                    &mut info as *mut _ as *mut libc::c_void,
-                    std::mem::size_of::<libc::signalfd_siginfo>(),
-                )
-            };
-            if r <= 0 {
-                break;
-            }
-            got.push(info.ssi_signo as i32);
+        while let Some(signo) = read_signal(fd) {
+            got.push(signo);
         }
         let _ = rustix::io::ioctl_fionbio(fd, false);
         got
@@ -278,6 +266,8 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return decode(status);
     };
+    // A File only to read and write the master through `&File`.
+    let pty = pty.map(std::fs::File::from);
     let _raw = pty.as_ref().map(|_| RawMode::enter());
     if let Some(m) = &pty {
         copy_winsize(0, m.as_raw_fd());
@@ -304,23 +294,15 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
                 });
             }
         }
-        // SAFETY: poll on a valid array.
+        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
+        // poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             continue;
         }
         if fds[0].revents & libc::POLLIN != 0 {
-            // SAFETY: reading one signalfd_siginfo into a zeroed struct.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let r = unsafe {
-                libc::read(
-                    sfd.as_raw_fd(),
-                    &mut info as *mut _ as *mut libc::c_void,
-                    std::mem::size_of::<libc::signalfd_siginfo>(),
-                )
-            };
-            if r > 0 {
-                match info.ssi_signo as i32 {
+            if let Some(signo) = read_signal(sfd) {
+                match signo {
                     libc::SIGCHLD => {
                         if let Some(code) = try_reap(pid) {
                             if let Some(m) = &pty {
@@ -343,10 +325,7 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
         }
         if let Some(m) = &pty {
             if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                let mut f = std::mem::ManuallyDrop::new(unsafe {
-                    std::fs::File::from_raw_fd(m.as_raw_fd())
-                });
-                match f.read(&mut buf) {
+                match (&mut &*m).read(&mut buf) {
                     Ok(n) if n > 0 => {
                         let mut out = std::io::stdout().lock();
                         let _ = out.write_all(&buf[..n]);
@@ -364,17 +343,11 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
             if stdin_open && fds.len() > 2 && fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 match std::io::stdin().lock().read(&mut buf) {
                     Ok(n) if n > 0 => {
-                        let mut f = std::mem::ManuallyDrop::new(unsafe {
-                            std::fs::File::from_raw_fd(m.as_raw_fd())
-                        });
-                        let _ = f.write_all(&buf[..n]);
+                        let _ = (&mut &*m).write_all(&buf[..n]);
                     }
                     _ => {
                         // End of input: send EOF (^D) to the pty, once.
-                        let mut f = std::mem::ManuallyDrop::new(unsafe {
-                            std::fs::File::from_raw_fd(m.as_raw_fd())
-                        });
-                        let _ = f.write_all(&[4]);
+                        let _ = (&mut &*m).write_all(&[4]);
                         stdin_open = false;
                     }
                 }
@@ -383,10 +356,22 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
     }
 }
 
+/// Reads one signal off a signalfd: its number, or None when none is
+/// pending (non-blocking fd) or the read fails.
+fn read_signal(fd: impl AsFd) -> Option<i32> {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    match rustix::io::read(fd, &mut info) {
+        // ssi_signo, a u32, is the first field of struct signalfd_siginfo.
+        Ok(n) if n == info.len() => {
+            Some(u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
+        }
+        _ => None,
+    }
+}
+
 /// Copies what is left in the pty to stdout.
-fn drain(m: &OwnedFd, buf: &mut [u8]) {
-    let _ = rustix::io::ioctl_fionbio(m, true);
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(m.as_raw_fd()) });
+fn drain(mut f: &std::fs::File, buf: &mut [u8]) {
+    let _ = rustix::io::ioctl_fionbio(f, true);
     let mut out = std::io::stdout().lock();
     while let Ok(n) = f.read(buf) {
         if n == 0 {

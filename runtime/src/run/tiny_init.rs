@@ -3,10 +3,9 @@
 //! forwards signals to it, reaps every orphan that the kernel re-parents to
 //! PID 1, and exits with the workload's status.
 
-use std::ffi::CString;
-
 fn sigset_all() -> libc::sigset_t {
-    // SAFETY: filling a local sigset.
+    // SAFETY: a zeroed sigset_t is a valid value; sigfillset writes only
+    // the local set it is given.
     unsafe {
         let mut s: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut s);
@@ -20,7 +19,16 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("amphi init: no command");
         return 125;
     }
+    // Before the fork, so the child has nothing left to refuse.
+    let cargs = match crate::sys::cstr::args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("amphi init: {e}");
+            return 125;
+        }
+    };
     let all = sigset_all();
+    // SAFETY: sigset_t is a plain C bit set; all zeroes is the empty set.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: blocking signals in a single-threaded process.
     unsafe { libc::sigprocmask(libc::SIG_SETMASK, &all, &mut old) };
@@ -37,17 +45,14 @@ pub fn main(args: &[String]) -> i32 {
             // Own process group, so terminal signals reach the workload.
             libc::setpgid(0, 0);
         }
-        let cargs: Vec<CString> = args
-            .iter()
-            .map(|a| CString::new(a.as_str()).unwrap_or_default())
-            .collect();
         let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         argv.push(std::ptr::null());
         // SAFETY: NULL-terminated argv of valid strings.
         unsafe { libc::execvp(argv[0], argv.as_ptr()) };
         let e = std::io::Error::last_os_error();
         eprintln!("amphi init: exec {}: {e}", args[0]);
-        // SAFETY: leaving the forked child.
+        // SAFETY: _exit takes an int and never returns; nothing of the parent's
+        // state must be unwound or flushed in the forked child.
         unsafe {
             libc::_exit(if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -57,6 +62,7 @@ pub fn main(args: &[String]) -> i32 {
         };
     }
     loop {
+        // SAFETY: siginfo_t is a plain C struct; all zeroes is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waiting for any blocked signal.
         let sig = unsafe { libc::sigwaitinfo(&all, &mut info) };

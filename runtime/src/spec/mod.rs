@@ -274,11 +274,12 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
 /// Rows and columns of the terminal on our stdin or stdout, if any: the
 /// pty gets this size before the process starts.
 fn terminal_size() -> Option<(u64, u64)> {
-    for fd in [0, 1] {
-        // SAFETY: TIOCGWINSZ into a zeroed winsize.
-        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
-            return Some((ws.ws_row.into(), ws.ws_col.into()));
+    use std::os::fd::AsFd;
+    for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {
+        if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {
+            if ws.ws_row > 0 {
+                return Some((ws.ws_row.into(), ws.ws_col.into()));
+            }
         }
     }
     None
@@ -300,6 +301,9 @@ pub fn build(
         args = with_init;
     }
     let env = merge_env(&cfg.env.clone().unwrap_or_default(), &flags.env);
+    // Refused here, before anything is created, rather than cut short at exec.
+    crate::sys::cstr::check_args(&args).map_err(|e| e.to_string())?;
+    crate::sys::cstr::check_env(&env).map_err(|e| e.to_string())?;
     let cwd = flags
         .workdir
         .clone()
@@ -599,6 +603,46 @@ mod tests {
             ["/o"]
         );
         assert!(process_args(&image(None, None), &RunFlags::default()).is_err());
+    }
+
+    #[test]
+    fn refuses_nul_bytes_from_the_image_config() {
+        let plan = RootfsPlan {
+            rootfs: "/nonexistent/rootfs".into(),
+            lowers: Vec::new(),
+            upper: "/nonexistent/upper".into(),
+            work: "/nonexistent/work".into(),
+            etc_dir: "/nonexistent/etc".into(),
+        };
+        let id = "0123456789abcdef";
+        let flags = RunFlags::default();
+        // The image's Cmd, after its Entrypoint: argument 2.
+        let bad_cmd = image(Some(vec!["/bin/sh", "-c"]), Some(vec!["echo a\0b"]));
+        let e = build(&bad_cmd, &flags, id, &plan).unwrap_err();
+        assert_eq!(e, r#"process argument 2 ("echo a\0b") contains a NUL byte"#);
+        // An image variable.
+        let mut bad_env = image(Some(vec!["/bin/true"]), None);
+        if let Some(c) = bad_env.config.as_mut() {
+            c.env = Some(vec!["PATH=/bin".into(), "TOKEN=x\0y".into()]);
+        }
+        let e = build(&bad_env, &flags, id, &plan).unwrap_err();
+        assert_eq!(
+            e,
+            r#"environment variable "TOKEN" (entry 1) contains a NUL byte"#
+        );
+        // A `-e` variable (after the image's two).
+        let flags = RunFlags {
+            env: vec!["B=1\0".into()],
+            ..Default::default()
+        };
+        let e = build(&image(Some(vec!["/bin/true"]), None), &flags, id, &plan).unwrap_err();
+        assert_eq!(
+            e,
+            r#"environment variable "B" (entry 2) contains a NUL byte"#
+        );
+        // The same image without the NUL builds.
+        let good = image(Some(vec!["/bin/sh", "-c"]), Some(vec!["echo ab"]));
+        build(&good, &RunFlags::default(), id, &plan).unwrap();
     }
 
     #[test]

@@ -55,7 +55,7 @@ use protocol::{Event, Protocol, EXIT_PROTOCOL};
 use rundir::RunDir;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -250,10 +250,8 @@ fn with_logs(msg: String, logs: &Logs) -> String {
 /// The process file descriptor of the backend (None on kernels without
 /// pidfd_open): the watchdog signals it without a pid-reuse race.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) on our own unreaped child.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a new fd we own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// Enforces `--timeout` from its own thread, so that nothing (a guest
@@ -592,12 +590,8 @@ fn send(w: &Mutex<UnixStream>, f: &Frame) -> std::io::Result<()> {
 }
 
 fn winsize() -> Option<(u16, u16)> {
-    // SAFETY: TIOCGWINSZ into a zeroed winsize.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0)
-            .then_some((ws.ws_row, ws.ws_col))
-    }
+    let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
+    (ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
 fn violation(v: &str) -> RunError {
@@ -799,7 +793,8 @@ fn session(
                 revents: 0,
             },
         ];
-        // SAFETY: poll on a valid array.
+        // SAFETY: `fds` is a live array of two initialised pollfds (the
+        // length passed); poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
         if n < 0 {
             continue;

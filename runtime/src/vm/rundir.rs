@@ -79,7 +79,7 @@ pub struct RunDir {
 }
 
 fn flock(f: &File, how: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: flock on an fd we own.
+    // SAFETY: flock takes an fd (`f`, open for the call) and flags; no memory.
     if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
         Ok(())
     } else {

@@ -40,7 +40,7 @@ pub fn run_guarded(vm: &mut Vm) -> ExitReason {
     });
     let reason = vm.run().expect("running the VM");
     drop(done_tx);
-    watchdog.join().unwrap();
+    watchdog.join().expect("the watchdog thread panicked");
     assert_ne!(
         reason,
         ExitReason::HostStop,

@@ -7,6 +7,7 @@ mod kernel;
 mod oci;
 mod run;
 mod vmm;
+mod workload;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

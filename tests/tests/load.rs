@@ -551,3 +551,36 @@ fn layouts_sharing_a_base_layer_share_its_unpacked_dir() {
     a.ok(&["rmi", "example.com/one:1"]);
     assert!(one[0].is_dir() && two[1].is_dir() && !one[1].exists());
 }
+
+/// overlayfs splits its options on ',' and `lowerdir` on ':', and takes '\'
+/// as an escape: a store whose path holds all three still unpacks a layer
+/// through an overlay of the one below (its whiteout applied) and runs the
+/// image on an overlay of both.
+#[test]
+fn a_store_path_with_overlay_separators_works() {
+    let a = Amphi::new();
+    let store = a.root().join(r"st:o,r\e");
+    let store = s(&store);
+    let multi = test_image("busybox-multi");
+    a.ok(&[
+        "--store",
+        store,
+        "load",
+        "-q",
+        "--tag",
+        "localhost/t/multi:latest",
+        s(&multi),
+    ]);
+    let out = a.ok(&[
+        "--store",
+        store,
+        "run",
+        "--rm",
+        "localhost/t/multi:latest",
+        "sh",
+        "-c",
+        "cat /data/hello.txt >/dev/null && echo new >/data/new && cat /data/new; \
+         test -e /bin/vi || echo vi-whited-out",
+    ]);
+    assert_eq!(out, "new\nvi-whited-out\n");
+}

@@ -246,31 +246,8 @@ fn mount_overlay(tmp: &Path, lowers: &[PathBuf]) -> Result<PathBuf, String> {
     for d in [&work, &merged] {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    for p in lowers.iter().chain([&tmp.join("diff"), &work]) {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':', '\\']) {
-            return Err(format!(
-                "path {s:?} contains ',', ':' or '\\', which overlayfs options cannot carry; use another AMPHI_ROOT"
-            ));
-        }
-    }
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":");
-    let opts = format!(
-        "lowerdir={lower},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
-        tmp.join("diff").display(),
-        work.display()
-    );
-    if opts.len() >= 4096 {
-        return Err(format!(
-            "{} layers are too many for one overlay mount option string ({} bytes)",
-            lowers.len(),
-            opts.len()
-        ));
-    }
+    let opts = crate::sys::overlay::options(lowers, Some((&tmp.join("diff"), &work)))
+        .map_err(|e| e.to_string())?;
     let data = std::ffi::CString::new(opts).map_err(|e| e.to_string())?;
     mount(
         "overlay",

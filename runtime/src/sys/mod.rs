@@ -1,7 +1,8 @@
 //! Process plumbing that knows nothing of images, containers or VMs, for
 //! every layer above (ARCHITECTURE.md, "Layers"): exit statuses, signal
-//! names, time.
+//! names, time, overlayfs mount options.
 
 pub mod exit;
+pub mod overlay;
 pub mod signal;
 pub mod time;

@@ -9,8 +9,8 @@
 //! process dies.
 
 use super::GuestfsError;
-use crate::image::store::IoContext;
 use crate::image::{Digest, Store};
+use crate::sys::io::IoAt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -14,8 +14,9 @@
 use super::digest::Digest;
 use super::manifest::Compression;
 use super::progress::Progress;
-use super::store::{remove_path, IoContext, Store, StoreError};
+use super::store::{remove_path, Store, StoreError};
 use super::unpack::{unpack_layer, UnpackError};
+use crate::sys::io::IoAt;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read};
@@ -43,6 +44,12 @@ pub enum LayerError {
     Unpack(#[from] UnpackError),
     #[error("layer {layer}: cannot prepare the overlay to unpack it: {reason}")]
     Overlay { layer: String, reason: String },
+}
+
+impl From<crate::sys::io::PathIoError> for LayerError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        LayerError::Store(e.into())
+    }
 }
 
 /// One layer to make available.
@@ -135,7 +142,7 @@ impl Store {
             size: unpacked.size,
             entries: unpacked.entries,
         };
-        let finish = (|| {
+        let finish = (|| -> Result<(), StoreError> {
             let p = tmp.join("layer.json");
             fs::write(
                 &p,
@@ -146,7 +153,7 @@ impl Store {
             // A leftover (incomplete: no layer.json) directory from a killed
             // process that predates tmp/ use is replaced.
             remove_path(&dst)?;
-            fs::rename(&tmp, &dst).at(&dst)
+            Ok(fs::rename(&tmp, &dst).at(&dst)?)
         })();
         if let Err(e) = finish {
             let _ = remove_path(&tmp);

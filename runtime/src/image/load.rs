@@ -10,9 +10,10 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::reference::Reference;
-use super::store::{remove_path, IoContext, Store};
+use super::store::{remove_path, Store};
 use super::unpack::unpack_layer;
 use super::ImageError;
+use crate::sys::io::IoAt;
 use serde::Deserialize;
 use std::fs::{self, File};
 use std::io::{self, Read};

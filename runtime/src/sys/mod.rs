@@ -1,8 +1,9 @@
 //! Process plumbing that knows nothing of images, containers or VMs, for
 //! every layer above (ARCHITECTURE.md, "Layers"): exit statuses, signal
-//! names, time, overlayfs mount options.
+//! names, time, I/O errors with their path, overlayfs mount options.
 
 pub mod exit;
+pub mod io;
 pub mod overlay;
 pub mod signal;
 pub mod time;

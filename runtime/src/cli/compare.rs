@@ -1,6 +1,6 @@
 //! `amphi compare`.
 
-use super::workload::WorkloadArgs;
+use super::workload::{ImageCommand, WorkloadArgs};
 use anyhow::Result;
 use clap::Args;
 use std::io::IsTerminal;
@@ -22,16 +22,8 @@ pub struct CompareArgs {
     pub json: bool,
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Image to run
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// Command and arguments (default: the image's)
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub target: ImageCommand,
 }
 
 pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> {
@@ -48,8 +40,15 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
     let scratch =
         crate::compare::Scratch::new_in(&std::env::temp_dir()).map_err(anyhow::Error::msg)?;
     let side = |iso: &str, flags: &[String]| {
-        crate::compare::run_side(&exe, iso, flags, &a.image, &a.command, &scratch)
-            .map_err(anyhow::Error::msg)
+        crate::compare::run_side(
+            &exe,
+            iso,
+            flags,
+            &a.target.image,
+            &a.target.command,
+            &scratch,
+        )
+        .map_err(anyhow::Error::msg)
     };
     let container = side("container", &common)?;
     let vm = side("vm", &vm_flags)?;
@@ -63,7 +62,7 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
             );
         }
     }
-    let c = crate::compare::compare(&a.image, &a.command, container, vm);
+    let c = crate::compare::compare(&a.target.image, &a.target.command, container, vm);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

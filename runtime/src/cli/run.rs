@@ -5,7 +5,7 @@ use crate::run::{RunError, RunRequest, EXIT_AMPHI};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
 
-use super::workload::WorkloadArgs;
+use super::workload::{ImageCommand, WorkloadArgs};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,16 +50,8 @@ pub struct RunArgs {
     /// runc compatibility: run the OCI bundle in DIR, IMAGE being the container ID
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
-    /// Image to run (with --bundle: the container ID)
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// Command and arguments (default: the image's)
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub target: ImageCommand,
 }
 
 fn usage(m: impl Into<String>) -> RunError {
@@ -160,7 +152,7 @@ pub fn request(
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
     let flags = RunFlags {
-        command: a.command,
+        command: a.target.command,
         entrypoint: w.entrypoint,
         env,
         workdir: w.workdir,
@@ -189,7 +181,7 @@ pub fn request(
         init: w.init,
     };
     let req = RunRequest {
-        image: a.image,
+        image: a.target.image,
         flags,
         name: a.name,
         rm: a.rm,

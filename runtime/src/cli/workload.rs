@@ -61,6 +61,21 @@ pub struct WorkloadArgs {
     pub vm: VmArgs,
 }
 
+/// What runs: the image and the command.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct ImageCommand {
+    /// Image to run
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Command and arguments (default: the image's)
+    #[arg(
+        value_name = "CMD",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<String>,
+}
+
 /// The flags that apply to microVM runs only.
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct VmArgs {
@@ -273,6 +288,27 @@ mod tests {
             parse(&args.iter().map(String::as_str).collect::<Vec<_>>()),
             w
         );
+    }
+
+    #[test]
+    fn run_and_compare_take_the_same_workload_flags() {
+        use crate::cli::{Cli, Command};
+        let flags = ["-e", "A=1", "--cpus", "2", "--timeout", "5", "--read-only"];
+        let parse = |sub: &str| {
+            let mut args = vec!["amphi", sub];
+            args.extend(flags);
+            args.extend(["img", "sh", "-c", "x"]);
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{sub}: {e}"))
+        };
+        let (Command::Run(r), Command::Compare(c)) =
+            (parse("run").command, parse("compare").command)
+        else {
+            panic!("not run and compare");
+        };
+        assert_eq!(r.workload, c.workload);
+        assert_eq!(r.target, c.target);
+        assert_eq!(r.target.command, ["sh", "-c", "x"]);
+        assert_eq!(r.workload.vm.timeout, Some(5.0));
     }
 
     #[test]

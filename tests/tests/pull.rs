@@ -2,22 +2,14 @@
 //! 127.0.0.1: plain pulls, digests, platforms, concurrency, kill -9, and
 //! registry-side bad input.
 
+mod common;
+
 use amphi_tests::{test_image, Amphi, Compression, LayoutBuilder, Registry, TarEntry};
-use std::collections::BTreeSet;
+use common::listing;
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn listing(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Every blob in the store hashes to its name, every layer dir is complete.
 fn assert_store_consistent(root: &Path) {

@@ -248,3 +248,41 @@ fn compare_shows_the_kernel_difference() {
         String::from_utf8_lossy(&same.stdout)
     );
 }
+
+#[test]
+fn compare_gives_both_runs_the_same_flags() {
+    let err = Amphi::new().fail(&["compare", "--timeout", "soon", PLAIN, "true"]);
+    assert!(err.contains("not a positive number of seconds"), "{err}");
+    if guest_kernel_build("6.12").is_none() {
+        return;
+    }
+    let a = Amphi::new();
+    load(&a, PLAIN, |_| {}, &[]);
+    // --timeout goes to the microVM run only: `run --isolation container`
+    // refuses it, and compare would fail with 125.
+    let out = a.run(&[
+        "compare",
+        "--json",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "--hostname",
+        "box",
+        "--read-only",
+        "--cpus",
+        "1",
+        "--timeout",
+        "120",
+        PLAIN,
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; hostname; touch /x 2>/dev/null || echo read-only",
+    ]);
+    let j: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let want = "hi there\n/tmp\nbox\nread-only\n";
+    assert_eq!(j["container"]["stdout"], want, "{j}");
+    assert_eq!(j["vm"]["stdout"], want, "{j}");
+    assert_eq!(out.status.code(), Some(0), "{j}");
+}

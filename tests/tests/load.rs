@@ -552,3 +552,68 @@ fn layouts_sharing_a_base_layer_share_its_unpacked_dir() {
     a.ok(&["rmi", "example.com/one:1"]);
     assert!(one[0].is_dir() && two[1].is_dir() && !one[1].exists());
 }
+
+/// overlayfs splits its options on ',' and `lowerdir` on ':', and takes '\'
+/// as an escape: a store whose path holds all three still unpacks a layer
+/// through an overlay of the one below (its whiteout applied) and runs the
+/// image on an overlay of both.
+#[test]
+fn a_store_path_with_overlay_separators_works() {
+    let a = Amphi::new();
+    let store = a.root().join(r"st:o,r\e");
+    let store = s(&store);
+    let multi = test_image("busybox-multi");
+    a.ok(&[
+        "--store",
+        store,
+        "load",
+        "-q",
+        "--tag",
+        "localhost/t/multi:latest",
+        s(&multi),
+    ]);
+    let out = a.ok(&[
+        "--store",
+        store,
+        "run",
+        "--rm",
+        "localhost/t/multi:latest",
+        "sh",
+        "-c",
+        "cat /data/hello.txt >/dev/null && echo new >/data/new && cat /data/new; \
+         test -e /bin/vi || echo vi-whited-out",
+    ]);
+    assert_eq!(out, "new\nvi-whited-out\n");
+}
+
+/// `--tag` names one image: an index with two refs is refused (and the
+/// store left as it was), one image listed twice under one ref is not.
+#[test]
+fn tag_names_exactly_one_image() {
+    let a = store_with_an_image();
+    let (dir, _) = layout(&LayoutBuilder::new().layer(unique_layer("tag"), Compression::Gzip));
+    let index_path = dir.path().join("index.json");
+    let index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let first = index["manifests"][0].clone();
+    let mut second = first.clone();
+    second["annotations"]["org.opencontainers.image.ref.name"] = "other".into();
+    let write = |manifests: Value| {
+        let mut index = index.clone();
+        index["manifests"] = manifests;
+        fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    };
+    write(json!([first, second]));
+    let err = load_fails(&a, &["--tag", "example.com/one:1", s(dir.path())]);
+    assert!(
+        err.contains(&format!(
+            "{} holds 2 images; --tag names exactly one",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    write(json!([first, first]));
+    a.ok(&["load", "-q", "--tag", "example.com/one:1", s(dir.path())]);
+    assert!(images(&a)
+        .iter()
+        .any(|i| i["names"] == json!(["example.com/one:1"])));
+}

@@ -3,22 +3,14 @@
 //! registry-side bad input.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use amphi_tests::{test_image, Amphi, Compression, LayoutBuilder, Registry, TarEntry};
-use std::collections::BTreeSet;
+use common::listing;
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn listing(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Every blob in the store hashes to its name, every layer dir is complete.
 fn assert_store_consistent(root: &Path) {

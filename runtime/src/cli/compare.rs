@@ -1,5 +1,6 @@
 //! `amphi compare`.
 
+use super::workload::{ImageCommand, WorkloadArgs};
 use anyhow::Result;
 use clap::Args;
 use std::io::IsTerminal;
@@ -11,75 +12,27 @@ use std::path::Path;
     amphi compare --json localhost/demo/busybox sh -c 'uname -r; head -3 /proc/cpuinfo'\n  \
     amphi compare --kernel 6.1 --memory 128m IMAGE CMD\n\n\
     The workload runs twice, `amphi run --rm --isolation container` then `--isolation vm`, \
-    with the same flags. Exit status: 0 when the exit status and the output are the same \
-    (the kernel may differ), 1 when they differ, 125 when amphi could not compare."
+    with the same flags (--vm-backend, --kernel and --timeout for the microVM run only). \
+    Exit status: 0 when the exit status and the output are the same (the kernel may differ), \
+    1 when they differ, 125 when amphi could not compare."
 )]
 pub struct CompareArgs {
     /// Print the comparison as JSON
     #[arg(long)]
     pub json: bool,
-    /// Set an environment variable (NAME=VALUE)
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
-    /// Working directory inside the container
-    #[arg(short, long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User to run as: NAME, UID, NAME:GROUP or UID:GID
-    #[arg(short, long, value_name = "USER")]
-    pub user: Option<String>,
-    /// Memory limit for both runs (e.g. 128m)
-    #[arg(short, long, value_name = "BYTES")]
-    pub memory: Option<String>,
-    /// Number of CPUs for both runs
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<String>,
-    /// microVM side: the guest kernel (catalog ID or version, or a file)
-    #[arg(long, value_name = "KERNEL")]
-    pub kernel: Option<String>,
-    /// microVM side: auto, builtin or qemu
-    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
-    pub vm_backend: Option<String>,
-    /// microVM side: stop the workload after this many seconds
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<String>,
-    /// Image to run
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// Command and arguments (default: the image's)
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub target: ImageCommand,
 }
 
 pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> {
     let exe = crate::container::sealed::host_binary();
-    let mut common = Vec::new();
-    for e in &a.env {
-        common.extend(["-e".to_string(), e.clone()]);
-    }
-    for (flag, v) in [
-        ("-w", &a.workdir),
-        ("-u", &a.user),
-        ("--memory", &a.memory),
-        ("--cpus", &a.cpus),
-    ] {
-        if let Some(v) = v {
-            common.extend([flag.to_string(), v.clone()]);
-        }
-    }
+    // The microVM-only flags go to the microVM side only: `run` refuses
+    // them with --isolation container.
+    let common = a.workload.to_run_args();
     let mut vm_flags = common.clone();
-    for (flag, v) in [
-        ("--kernel", &a.kernel),
-        ("--vm-backend", &a.vm_backend),
-        ("--timeout", &a.timeout),
-    ] {
-        if let Some(v) = v {
-            vm_flags.extend([flag.to_string(), v.clone()]);
-        }
-    }
+    vm_flags.extend(a.workload.vm.to_run_args());
     // The child runs use this store and state root whatever set them.
     std::env::set_var("AMPHI_ROOT", store_root);
     std::env::set_var("AMPHI_STATE", state_root);
@@ -87,8 +40,15 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
     let scratch =
         crate::compare::Scratch::new_in(&std::env::temp_dir()).map_err(anyhow::Error::msg)?;
     let side = |iso: &str, flags: &[String]| {
-        crate::compare::run_side(&exe, iso, flags, &a.image, &a.command, &scratch)
-            .map_err(anyhow::Error::msg)
+        crate::compare::run_side(
+            &exe,
+            iso,
+            flags,
+            &a.target.image,
+            &a.target.command,
+            &scratch,
+        )
+        .map_err(anyhow::Error::msg)
     };
     let container = side("container", &common)?;
     let vm = side("vm", &vm_flags)?;
@@ -102,7 +62,7 @@ pub fn run(store_root: &Path, state_root: &Path, a: CompareArgs) -> Result<i32> 
             );
         }
     }
-    let c = crate::compare::compare(&a.image, &a.command, container, vm);
+    let c = crate::compare::compare(&a.target.image, &a.target.command, container, vm);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c)?);
     } else {

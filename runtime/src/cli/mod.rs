@@ -7,6 +7,7 @@ mod kernel;
 mod oci;
 mod run;
 mod vmm;
+mod workload;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -251,7 +252,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run(a) if a.bundle.is_some() => {
             let bundle = a.bundle.clone().unwrap_or_default();
-            let r = crate::oci::run_bundle(&root, &a.image, &bundle);
+            let r = crate::oci::run_bundle(&root, &a.target.image, &bundle);
             Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
         }
         Command::Run(a) => {

@@ -4,6 +4,8 @@ use crate::dispatch::{Isolation, IsolationChoice};
 use crate::run::{RunError, RunRequest, EXIT_AMPHI};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
+
+use super::workload::{ImageCommand, WorkloadArgs};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,95 +33,25 @@ pub struct RunArgs {
     /// Allocate a pseudo-terminal
     #[arg(short, long)]
     pub tty: bool,
-    /// Set an environment variable (NAME=VALUE, or NAME to copy it from here)
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
-    /// Read environment variables from a file (one NAME=VALUE per line)
-    #[arg(long, value_name = "FILE")]
-    pub env_file: Vec<PathBuf>,
-    /// Working directory inside the container
-    #[arg(short, long, value_name = "DIR")]
-    pub workdir: Option<String>,
-    /// User to run as: NAME, UID, NAME:GROUP or UID:GID
-    #[arg(short, long, value_name = "USER")]
-    pub user: Option<String>,
     /// Bind mount a host directory or file: HOST:CONTAINER[:ro]
     #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
     pub volume: Vec<String>,
-    /// Container host name
-    #[arg(long, value_name = "NAME")]
-    pub hostname: Option<String>,
-    /// Memory limit (e.g. 512m, 2g)
-    #[arg(short, long, value_name = "BYTES")]
-    pub memory: Option<String>,
-    /// Number of CPUs (e.g. 1.5)
-    #[arg(long, value_name = "N")]
-    pub cpus: Option<f64>,
-    /// Maximum number of processes (-1 for unlimited)
-    #[arg(long, value_name = "N")]
-    pub pids_limit: Option<i64>,
-    /// Mount the root filesystem read-only
-    #[arg(long)]
-    pub read_only: bool,
-    /// Network: none (private, loopback only; the default) or host
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-    pub network: String,
-    /// Add a capability (e.g. NET_ADMIN, or ALL)
-    #[arg(long, value_name = "CAP")]
-    pub cap_add: Vec<String>,
-    /// Drop a capability (e.g. CHOWN, or ALL)
-    #[arg(long, value_name = "CAP")]
-    pub cap_drop: Vec<String>,
-    /// seccomp=unconfined|FILE, no-new-privileges
-    #[arg(long, value_name = "OPT")]
-    pub security_opt: Vec<String>,
-    /// Override the image's entrypoint ("" clears it)
-    #[arg(long, value_name = "CMD")]
-    pub entrypoint: Option<String>,
     /// Name for the container
     #[arg(long)]
     pub name: Option<String>,
-    /// Run a small init (amphi itself) as PID 1 that forwards signals and reaps zombies
-    #[arg(long)]
-    pub init: bool,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
     /// Where to run: auto (the dispatcher decides, see `amphi explain`), container or vm
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
-    /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
     /// Print how the run was dispatched (container or microVM) and why
     #[arg(long)]
     pub verbose: bool,
-    /// microVM runs: auto (amphi's VMM where KVM serves the kernel, else QEMU), builtin or qemu
-    #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
-    pub vm_backend: Option<String>,
-    /// microVM runs: the guest kernel, a catalog ID or version (see `amphi kernel ls`) or a file
-    #[arg(long, value_name = "KERNEL")]
-    pub kernel: Option<String>,
-    /// microVM runs: stop the workload after this many seconds (exit status 124)
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
-    pub timeout: Option<f64>,
     /// runc compatibility: run the OCI bundle in DIR, IMAGE being the container ID
     #[arg(short = 'b', long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
-    /// Image to run (with --bundle: the container ID)
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// Command and arguments (default: the image's)
-    #[arg(
-        value_name = "CMD",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    pub command: Vec<String>,
-}
-
-fn parse_timeout(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
+    #[command(flatten)]
+    pub target: ImageCommand,
 }
 
 fn usage(m: impl Into<String>) -> RunError {
@@ -166,34 +98,27 @@ pub fn request(
         .isolation
         .parse()
         .map_err(|e: crate::dispatch::DispatchError| usage(e.to_string()))?;
-    let mut vm_only_flags = Vec::new();
-    for (set, flag) in [
-        (a.vm_backend.is_some(), "--vm-backend"),
-        (a.kernel.is_some(), "--kernel"),
-        (a.timeout.is_some(), "--timeout"),
-    ] {
-        if set {
-            if isolation == IsolationChoice::Container {
-                return Err(usage(format!(
-                    "{flag} only applies to microVM runs, and --isolation container was given"
-                )));
-            }
-            vm_only_flags.push(flag);
-        }
+    let w = a.workload;
+    let vm_only_flags = w.vm.given();
+    if let (Some(flag), IsolationChoice::Container) = (vm_only_flags.first(), isolation) {
+        return Err(usage(format!(
+            "{flag} only applies to microVM runs, and --isolation container was given"
+        )));
     }
     let dispatch = Dispatch {
         isolation,
         vm: VmOptions {
-            backend: a
+            backend: w
+                .vm
                 .vm_backend
                 .as_deref()
                 .unwrap_or("auto")
                 .parse()
                 .map_err(usage)?,
-            kernel: a.kernel.clone(),
-            timeout: a.timeout.map(Duration::from_secs_f64),
+            kernel: w.vm.kernel,
+            timeout: w.vm.timeout.map(Duration::from_secs_f64),
         },
-        policy: a.policy.clone(),
+        policy: w.policy,
         verbose: a.verbose,
         vm_only_flags,
         detach: a.detach,
@@ -205,13 +130,13 @@ pub fn request(
         ));
     }
     let mut env = Vec::new();
-    for f in &a.env_file {
+    for f in &w.env_file {
         env.extend(read_env_file(f)?);
     }
-    env.extend(a.env);
+    env.extend(w.env);
     let mut seccomp = SeccompChoice::Default;
     let mut nnp = false;
-    for o in &a.security_opt {
+    for o in &w.security_opt {
         match o.split_once(['=', ':']) {
             Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
             Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
@@ -227,36 +152,36 @@ pub fn request(
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
     let flags = RunFlags {
-        command: a.command,
-        entrypoint: a.entrypoint,
+        command: a.target.command,
+        entrypoint: w.entrypoint,
         env,
-        workdir: a.workdir,
-        user: a.user,
-        hostname: a.hostname,
-        memory: a
+        workdir: w.workdir,
+        user: w.user,
+        hostname: w.hostname,
+        memory: w
             .memory
             .as_deref()
             .map(parse_memory)
             .transpose()
             .map_err(usage)?,
-        cpus: a.cpus,
-        pids_limit: a.pids_limit,
-        read_only: a.read_only,
-        network: if a.network == "host" {
+        cpus: w.cpus,
+        pids_limit: w.pids_limit,
+        read_only: w.read_only,
+        network: if w.network == "host" {
             Network::Host
         } else {
             Network::None
         },
-        cap_add: a.cap_add,
-        cap_drop: a.cap_drop,
+        cap_add: w.cap_add,
+        cap_drop: w.cap_drop,
         seccomp,
         no_new_privileges: nnp,
         volumes,
         tty: a.tty,
-        init: a.init,
+        init: w.init,
     };
     let req = RunRequest {
-        image: a.image,
+        image: a.target.image,
         flags,
         name: a.name,
         rm: a.rm,

@@ -15,9 +15,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Annotation carrying the overlay lower dirs for `amphi run` containers
-/// (`lower1:lower2:...`, top first). Its upper and work dirs are
-/// `upperdir`/`workdir` next to the rootfs.
+/// Annotation carrying the overlay lower dirs for `amphi run` containers,
+/// top first, as overlayfs' `lowerdir` value ([`crate::sys::overlay::lowerdir`]:
+/// `lower1:lower2:...`, ':', ',' and '\' escaped). Its upper and work dirs
+/// are `upperdir`/`workdir` next to the rootfs.
 pub const OVERLAY_LOWER: &str = "io.amphi.rootfs.lower";
 /// Annotation: the overlay's upper directory.
 pub const OVERLAY_UPPER: &str = "io.amphi.rootfs.upper";
@@ -284,7 +285,10 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
         ann.get(OVERLAY_WORK),
     ) {
         (Some(lower), Some(upper), Some(work)) => {
-            let opts = format!("lowerdir={lower},upperdir={upper},workdir={work},index=off,redirect_dir=off,metacopy=off");
+            let lowers = crate::sys::overlay::split_lowerdir(lower);
+            let upper_work = (Path::new(upper), Path::new(work));
+            let opts = crate::sys::overlay::options(&lowers, Some(upper_work))
+                .map_err(|e| err(format!("the image overlay on {}", rootfs.display()), e))?;
             mount_raw("overlay", &rootfs.to_string_lossy(), "overlay", 0, &opts).map_err(|e| {
                 err(
                     format!("mounting the image overlay on {}", rootfs.display()),

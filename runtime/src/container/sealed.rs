@@ -204,16 +204,7 @@ fn overlay_clone(keep: bool) -> Result<OwnedFd, String> {
         return Err(format!("{} was deleted", path.display()));
     }
     let empty = empty_dir()?;
-    // overlayfs splits lowerdir on ':' (and takes '\' as an escape).
-    let escape = |p: &Path| -> Result<String, String> {
-        let s = p
-            .to_str()
-            .ok_or_else(|| format!("{}: not UTF-8", p.display()))?;
-        Ok(s.replace('\\', "\\\\")
-            .replace(':', "\\:")
-            .replace(',', "\\,"))
-    };
-    let lower = format!("{}:{}", escape(dir)?, escape(&empty)?);
+    let lower = crate::sys::overlay::lowerdir(&[dir, &empty]).map_err(|e| e.to_string())?;
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(|e| format!("fsopen overlay: {e}"))?;
     rustix::mount::fsconfig_set_string(&fs, "lowerdir", lower.as_str())

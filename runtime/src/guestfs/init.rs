@@ -4,8 +4,8 @@
 
 use super::tools::Tools;
 use super::GuestfsError;
-use crate::image::store::IoContext;
 use crate::image::Digest;
+use crate::sys::io::IoAt;
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::Read;

@@ -55,8 +55,9 @@ pub(crate) use tools::find as find_program;
 pub use tree::Facts;
 
 use crate::image::gc::GcReport;
-use crate::image::store::{remove_path, IoContext, StoreError};
+use crate::image::store::{remove_path, StoreError};
 use crate::image::{Access, Digest, ImageRecord, Store};
+use crate::sys::io::IoAt;
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
@@ -213,6 +214,12 @@ pub enum GuestfsError {
     Init { path: PathBuf, reason: String },
     #[error("{0}")]
     Usage(String),
+}
+
+impl From<crate::sys::io::PathIoError> for GuestfsError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        GuestfsError::Store(e.into())
+    }
 }
 
 /// Paths of the cache under `<store>/vm/`.

@@ -9,8 +9,8 @@
 //! process dies.
 
 use super::GuestfsError;
-use crate::image::store::IoContext;
 use crate::image::{Digest, Store};
+use crate::sys::io::IoAt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -146,32 +146,19 @@ fn mount_merged(
     // this thread's own now), which keeps the option string short: about
     // 70 bytes a layer, so some 55 layers fit in the 4 KiB limit.
     rustix::process::chdir(layers).map_err(|e| format!("{}: {e}", layers.display()))?;
-    let empty_s = empty.to_string_lossy();
-    if !empty.is_absolute() || empty_s.contains([',', ':', '\\']) {
-        return Err(format!(
-            "path {empty_s:?} is not absolute or contains ',', ':' or '\\', which overlayfs options cannot carry; use another AMPHI_ROOT"
-        ));
+    if !empty.is_absolute() {
+        return Err(format!("path {:?} is not absolute", empty.display()));
     }
     if chains.is_empty() {
         return Err("the image has no layers".into());
     }
-    let mut lower: Vec<String> = chains
+    let mut lower: Vec<PathBuf> = chains
         .iter()
         .rev()
-        .map(|c| format!("{}/diff", c.hex()))
+        .map(|c| Path::new(c.hex()).join("diff"))
         .collect();
-    lower.push(empty_s.into_owned());
-    let opts = format!(
-        "lowerdir={},redirect_dir=off,metacopy=off,index=off",
-        lower.join(":")
-    );
-    if opts.len() >= 4096 {
-        return Err(format!(
-            "{} layers are too many for one overlay mount option string ({} bytes)",
-            chains.len(),
-            opts.len()
-        ));
-    }
+    lower.push(empty.to_path_buf());
+    let opts = crate::sys::overlay::options(&lower, None).map_err(|e| e.to_string())?;
     let data = std::ffi::CString::new(opts).map_err(|e| e.to_string())?;
     mount(
         "overlay",

@@ -3,7 +3,8 @@
 
 use super::digest::Digest;
 use super::manifest::{parse_top_level, TopLevel};
-use super::store::{remove_path, IoContext, Store, StoreError};
+use super::store::{remove_path, Store, StoreError};
+use crate::sys::io::IoAt;
 use std::collections::HashSet;
 use std::fs;
 

@@ -2,7 +2,8 @@
 
 use super::digest::Digest;
 use super::reference::Reference;
-use super::store::{IoContext, Store, StoreError};
+use super::store::{Store, StoreError};
+use crate::sys::io::IoAt;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -127,7 +128,7 @@ impl Store {
                 reason: e.to_string(),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(e).at(&p),
+            Err(e) => Err(e).at(&p).map_err(Into::into),
         }
     }
 

@@ -14,8 +14,9 @@
 use super::digest::Digest;
 use super::manifest::Compression;
 use super::progress::Progress;
-use super::store::{remove_path, IoContext, Store, StoreError};
+use super::store::{remove_path, Store, StoreError};
 use super::unpack::{unpack_layer, UnpackError};
+use crate::sys::io::IoAt;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read};
@@ -43,6 +44,12 @@ pub enum LayerError {
     Unpack(#[from] UnpackError),
     #[error("layer {layer}: cannot prepare the overlay to unpack it: {reason}")]
     Overlay { layer: String, reason: String },
+}
+
+impl From<crate::sys::io::PathIoError> for LayerError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        LayerError::Store(e.into())
+    }
 }
 
 /// One layer to make available.
@@ -135,7 +142,7 @@ impl Store {
             size: unpacked.size,
             entries: unpacked.entries,
         };
-        let finish = (|| {
+        let finish = (|| -> Result<(), StoreError> {
             let p = tmp.join("layer.json");
             fs::write(
                 &p,
@@ -146,7 +153,7 @@ impl Store {
             // A leftover (incomplete: no layer.json) directory from a killed
             // process that predates tmp/ use is replaced.
             remove_path(&dst)?;
-            fs::rename(&tmp, &dst).at(&dst)
+            Ok(fs::rename(&tmp, &dst).at(&dst)?)
         })();
         if let Err(e) = finish {
             let _ = remove_path(&tmp);
@@ -246,31 +253,8 @@ fn mount_overlay(tmp: &Path, lowers: &[PathBuf]) -> Result<PathBuf, String> {
     for d in [&work, &merged] {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
-    for p in lowers.iter().chain([&tmp.join("diff"), &work]) {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':', '\\']) {
-            return Err(format!(
-                "path {s:?} contains ',', ':' or '\\', which overlayfs options cannot carry; use another AMPHI_ROOT"
-            ));
-        }
-    }
-    let lower = lowers
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":");
-    let opts = format!(
-        "lowerdir={lower},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
-        tmp.join("diff").display(),
-        work.display()
-    );
-    if opts.len() >= 4096 {
-        return Err(format!(
-            "{} layers are too many for one overlay mount option string ({} bytes)",
-            lowers.len(),
-            opts.len()
-        ));
-    }
+    let opts = crate::sys::overlay::options(lowers, Some((&tmp.join("diff"), &work)))
+        .map_err(|e| e.to_string())?;
     let data = std::ffi::CString::new(opts).map_err(|e| e.to_string())?;
     mount(
         "overlay",

@@ -10,9 +10,10 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::reference::Reference;
-use super::store::{remove_path, IoContext, Store};
+use super::store::{remove_path, Store};
 use super::unpack::unpack_layer;
 use super::ImageError;
+use crate::sys::io::IoAt;
 use serde::Deserialize;
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -229,19 +230,10 @@ fn load_oci(
     if index.manifests.is_empty() {
         return Err(archive_err(input, "index.json lists no images"));
     }
-    if opts.tag.is_some() && index.manifests.len() > 1 {
-        // Several entries are fine if they are one multi-platform image.
-        let distinct: std::collections::HashSet<Option<String>> =
-            index.manifests.iter().map(ref_name).collect();
-        if distinct.len() > 1 {
-            return Err(ImageError::Usage(format!(
-                "{} holds {} images; --tag names exactly one",
-                input.display(),
-                distinct.len()
-            )));
-        }
-    }
-    let tag = opts.tag.as_deref().map(Reference::parse).transpose()?;
+    // Several entries are one image if they are one multi-platform image.
+    let images: std::collections::HashSet<Option<String>> =
+        index.manifests.iter().map(ref_name).collect();
+    let tag = the_tag(opts, input, images.len())?;
     let mut out = Vec::new();
     let mut done = std::collections::HashSet::new();
     let platform_choice =
@@ -367,6 +359,21 @@ fn inside(dir: &Path, rel: &str, input: &Path) -> Result<PathBuf, ImageError> {
     Ok(dir.join(p))
 }
 
+/// `--tag`, parsed; refused when `input` holds more than one image.
+fn the_tag(
+    opts: &LoadOptions,
+    input: &Path,
+    images: usize,
+) -> Result<Option<Reference>, ImageError> {
+    if opts.tag.is_some() && images > 1 {
+        return Err(ImageError::Usage(format!(
+            "{} holds {images} images; --tag names exactly one",
+            input.display(),
+        )));
+    }
+    Ok(opts.tag.as_deref().map(Reference::parse).transpose()?)
+}
+
 fn load_docker(
     store: &Store,
     dir: &Path,
@@ -379,14 +386,7 @@ fn load_docker(
     if entries.is_empty() {
         return Err(archive_err(input, "manifest.json lists no images"));
     }
-    if opts.tag.is_some() && entries.len() > 1 {
-        return Err(ImageError::Usage(format!(
-            "{} holds {} images; --tag names exactly one",
-            input.display(),
-            entries.len()
-        )));
-    }
-    let tag = opts.tag.as_deref().map(Reference::parse).transpose()?;
+    let tag = the_tag(opts, input, entries.len())?;
     let mut out = Vec::new();
     for e in entries {
         let cfg_path = inside(dir, &e.config, input)?;

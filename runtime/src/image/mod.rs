@@ -40,6 +40,12 @@ pub enum ImageError {
     Usage(String),
 }
 
+impl From<crate::sys::io::PathIoError> for ImageError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        ImageError::Store(e.into())
+    }
+}
+
 impl From<unpack::UnpackError> for ImageError {
     fn from(e: unpack::UnpackError) -> Self {
         ImageError::Layer(layers::LayerError::Unpack(e))

@@ -18,6 +18,7 @@
 //! records and logs hold what the containers were given and printed.
 
 use super::digest::{Digest, HashingWriter};
+use crate::sys::io::IoAt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -47,17 +48,12 @@ pub enum StoreError {
     Unsafe { path: PathBuf, reason: String },
 }
 
-/// Adds the path to an io::Error.
-pub trait IoContext<T> {
-    fn at(self, path: &Path) -> Result<T, StoreError>;
-}
-
-impl<T> IoContext<T> for io::Result<T> {
-    fn at(self, path: &Path) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Io {
-            path: path.to_path_buf(),
-            error: source,
-        })
+impl From<crate::sys::io::PathIoError> for StoreError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        StoreError::Io {
+            path: e.path,
+            error: e.error,
+        }
     }
 }
 
@@ -146,7 +142,8 @@ impl Store {
     fn flock(&self, op: FlockOperation) -> Result<(), StoreError> {
         rustix::fs::flock(self.lock.as_fd(), op)
             .map_err(io::Error::from)
-            .at(&self.root.join("store.lock"))
+            .at(&self.root.join("store.lock"))?;
+        Ok(())
     }
 
     /// Takes the store for removals, if no one else is writing right now.
@@ -256,7 +253,7 @@ impl Store {
             }
         }
         let dst = self.blob_path(expected);
-        fs::rename(tmp, &dst).at(&dst)
+        Ok(fs::rename(tmp, &dst).at(&dst)?)
     }
 
     /// Reads a (small) blob whole, re-verifying it.
@@ -267,7 +264,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::MissingBlob(d.clone()))
             }
-            Err(e) => return Err(e).at(&p),
+            Err(e) => return Err(e).at(&p).map_err(Into::into),
         };
         let actual = Digest::of(&data);
         if actual != *d {
@@ -287,7 +284,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::MissingBlob(d.clone()))
             }
-            Err(e) => Err(e).at(&p),
+            Err(e) => Err(e).at(&p).map_err(Into::into),
         }
     }
 
@@ -318,7 +315,7 @@ impl Store {
             let mut f = File::create(&tmp).at(&tmp)?;
             f.write_all(data).at(&tmp)?;
             f.sync_data().at(&tmp)?;
-            fs::rename(&tmp, path).at(path)
+            Ok(fs::rename(&tmp, path).at(path)?)
         })();
         if r.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -374,11 +371,11 @@ pub fn secure_root(dir: &Path, what: &str, create: bool) -> Result<(), StoreErro
             match fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
                 Ok(()) => created = true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).at(dir),
+                Err(e) => return Err(e).at(dir).map_err(Into::into),
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(dir),
+        Err(e) => return Err(e).at(dir).map_err(Into::into),
     }
     // Everything below looks at the directory this fd holds, so a rename
     // between the checks and the chmod cannot redirect the chmod.
@@ -536,7 +533,8 @@ pub fn remove_path(p: &Path) -> Result<(), StoreError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-    .at(p)
+    .at(p)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! a new recipe, fragment or source package gives a new build.
 
 use super::catalog::Catalog;
-use super::{IoAt, KernelEntry, KernelError, KernelVersion};
+use super::{KernelEntry, KernelError, KernelVersion};
+use crate::sys::io::IoAt;
 use rustix::fs::FlockOperation;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};

@@ -3,7 +3,8 @@
 
 use super::config::{self, KernelConfig};
 use super::probe::{missing_or, probe, probe_bytes, Format, KernelImage};
-use super::{IoAt, KernelError, KernelVersion};
+use super::{KernelError, KernelVersion};
+use crate::sys::io::IoAt;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -491,7 +492,7 @@ fn remove_dir(parent: &Path, dir: &Path) -> Result<(), KernelError> {
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     fs::rename(dir, &gone).at(dir)?;
-    fs::remove_dir_all(&gone).at(&gone)
+    Ok(fs::remove_dir_all(&gone).at(&gone)?)
 }
 
 /// Reads and checks a config file.

@@ -91,13 +91,8 @@ impl KernelError {
     }
 }
 
-/// Adds the path to an io::Error.
-pub(crate) trait IoAt<T> {
-    fn at(self, path: &Path) -> Result<T, KernelError>;
-}
-
-impl<T> IoAt<T> for std::io::Result<T> {
-    fn at(self, path: &Path) -> Result<T, KernelError> {
-        self.map_err(|e| KernelError::io(path, e))
+impl From<crate::sys::io::PathIoError> for KernelError {
+    fn from(e: crate::sys::io::PathIoError) -> Self {
+        KernelError::io(&e.path, e.error)
     }
 }

@@ -522,13 +522,8 @@ pub fn build(
     }
     let mut annotations = HashMap::new();
     if !plan.lowers.is_empty() {
-        let lower = plan
-            .lowers
-            .iter()
-            .rev()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(":");
+        let top_first: Vec<&PathBuf> = plan.lowers.iter().rev().collect();
+        let lower = crate::sys::overlay::lowerdir(&top_first).map_err(|e| e.to_string())?;
         annotations.insert(OVERLAY_LOWER.to_string(), lower);
         annotations.insert(
             OVERLAY_UPPER.to_string(),

@@ -1,4 +1,4 @@
-//! Helpers shared by the `unpack_safety` and `load` end-to-end tests.
+//! Helpers shared by the `unpack_safety`, `load` and `pull` end-to-end tests.
 #![allow(dead_code)]
 
 use amphi_tests::{run_cmd, Amphi, BuiltLayout, LayoutBuilder};

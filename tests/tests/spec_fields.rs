@@ -61,7 +61,11 @@ impl Bundle {
         let mut v: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         v["process"]["args"] = json!(["sh", "-c", script]);
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
-        let id = format!("spec-{}", std::process::id());
+        // Unique per test: the cgroup is named after the id, and the tests
+        // run in parallel.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("spec-{}-{n}", std::process::id());
         let out = run_cmd(
             Command::new(amphi_bin())
                 .arg("--root")

@@ -213,7 +213,8 @@ fn compact(rules: Vec<Rule>) -> Vec<Rule> {
 
 /// Whether `rules` (last match wins, nothing matching: denied) let a
 /// process have `access` to a device: the semantics both backends
-/// implement, for tests and for `explain`-like tooling.
+/// implement, the oracle of the tests that ask the kernel.
+#[cfg(test)]
 pub fn allows(rules: &[Rule], kind: Kind, major: u32, minor: u32, access: u8) -> bool {
     rules
         .iter()
@@ -222,6 +223,7 @@ pub fn allows(rules: &[Rule], kind: Kind, major: u32, minor: u32, access: u8) ->
         .is_some_and(|r| r.allow)
 }
 
+#[cfg(test)]
 fn matches(r: &Rule, kind: Kind, major: u32, minor: u32, access: u8) -> bool {
     (r.kind == Kind::All || r.kind == kind)
         && access & !r.access == 0

@@ -71,43 +71,60 @@ pub fn protection(fd: impl AsFd) -> Option<Protection> {
     .then_some(Protection::Overlay)
 }
 
-/// How this process's own binary is protected.
-pub fn self_protection() -> Option<Protection> {
-    let fd = rustix::fs::open(
-        "/proc/self/exe",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    protection(&fd)
-}
-
 /// A sealed copy of amphi's binary to execute container processes from:
 /// the running binary itself when it is sealed already, else an overlayfs
 /// clone, else a memfd copy.
 pub fn binary() -> Result<OwnedFd, String> {
-    let exe = rustix::fs::open(
-        "/proc/self/exe",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("opening amphi's own binary (/proc/self/exe): {e}"))?;
-    if protection(&exe).is_some() {
-        return Ok(exe);
+    let exe = Exe::open()?;
+    if protection(&exe.fd).is_some() {
+        return Ok(exe.fd);
     }
     match cached(&exe) {
         Ok(Some(fd)) => return Ok(fd),
         Ok(None) => {}
         Err(e) => tracing::debug!("no cached sealed copy: {e}"),
     }
-    match overlay_clone(true) {
+    match overlay_clone(&exe, true) {
         Ok(fd) => Ok(fd),
-        Err(overlay_err) => memfd_clone(&exe).map_err(|e| {
+        Err(overlay_err) => memfd_clone(&exe.fd).map_err(|e| {
             format!(
                 "cannot make a sealed copy of amphi's binary to start containers from \
                  (read-only overlayfs: {overlay_err}; sealed memfd: {e})"
             )
         }),
+    }
+}
+
+/// This process's binary: opened, its path, and its key in [`CACHE_DIR`]
+/// (device, inode, size and mtime), read once.
+struct Exe {
+    fd: OwnedFd,
+    path: std::path::PathBuf,
+    key: String,
+}
+
+impl Exe {
+    fn open() -> Result<Exe, String> {
+        let fd = rustix::fs::open(
+            "/proc/self/exe",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| format!("opening amphi's own binary (/proc/self/exe): {e}"))?;
+        let path =
+            std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| format!("stat of amphi's binary: {e}"))?;
+        let key = format!(
+            "{:x}-{:x}-{:x}-{}.{}",
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec
+        );
+        Ok(Exe { fd, path, key })
+    }
+
+    fn name(&self) -> Result<&std::ffi::OsStr, String> {
+        self.path
+            .file_name()
+            .ok_or_else(|| format!("{}: no file name", self.path.display()))
     }
 }
 
@@ -119,19 +136,9 @@ pub fn binary() -> Result<OwnedFd, String> {
 /// never see it (their root is pivoted away from the host's mounts).
 pub const CACHE_DIR: &str = "/run/amphi-sealed";
 
-/// The cache key of the binary `exe`: device, inode, size and mtime.
-fn key(exe: &OwnedFd) -> Result<String, String> {
-    let st = rustix::fs::fstat(exe).map_err(|e| format!("stat of amphi's binary: {e}"))?;
-    Ok(format!(
-        "{:x}-{:x}-{:x}-{}.{}",
-        st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec
-    ))
-}
-
 /// The kept clone of `exe`, if there is one and it is what it must be.
-fn cached(exe: &OwnedFd) -> Result<Option<OwnedFd>, String> {
-    let name = exe_name()?;
-    let p = Path::new(CACHE_DIR).join(key(exe)?).join(name);
+fn cached(exe: &Exe) -> Result<Option<OwnedFd>, String> {
+    let p = Path::new(CACHE_DIR).join(&exe.key).join(exe.name()?);
     let fd = match rustix::fs::open(
         &p,
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
@@ -142,7 +149,7 @@ fn cached(exe: &OwnedFd) -> Result<Option<OwnedFd>, String> {
         Err(e) => return Err(format!("{}: {e}", p.display())),
     };
     let (a, b) = (
-        rustix::fs::fstat(exe).map_err(|e| e.to_string())?,
+        rustix::fs::fstat(&exe.fd).map_err(|e| e.to_string())?,
         rustix::fs::fstat(&fd).map_err(|e| e.to_string())?,
     );
     let same =
@@ -157,26 +164,12 @@ fn cached(exe: &OwnedFd) -> Result<Option<OwnedFd>, String> {
     }
 }
 
-/// The binary's file name.
-fn exe_name() -> Result<std::ffi::OsString, String> {
-    let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
-    path.file_name()
-        .map(|n| n.to_os_string())
-        .ok_or_else(|| format!("{}: no file name", path.display()))
-}
-
 /// Unmounts the kept clones of other binaries than this one (older builds
 /// or versions of amphi; each pins its binary). For `amphi gc`.
 pub fn sweep() -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    let Ok(exe) = rustix::fs::open(
-        "/proc/self/exe",
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return out;
-    };
-    let Ok(current) = key(&exe) else { return out };
+    let Ok(exe) = Exe::open() else { return out };
+    let current = exe.key;
     let Ok(rd) = std::fs::read_dir(CACHE_DIR) else {
         return out;
     };
@@ -195,8 +188,8 @@ pub fn sweep() -> Vec<std::path::PathBuf> {
 
 /// A read-only overlayfs over the binary's directory (kept mounted in
 /// [`CACHE_DIR`] when `keep`); returns the binary opened through it.
-fn overlay_clone(keep: bool) -> Result<OwnedFd, String> {
-    let path = std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
+fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
+    let path = &exe.path;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(format!("{}: no directory", path.display()));
     };
@@ -229,26 +222,21 @@ fn overlay_clone(keep: bool) -> Result<OwnedFd, String> {
         return Err("the overlay clone is not read-only".into());
     }
     if keep {
-        // Best effort: a concurrent amphi may have kept one already.
-        let exe = rustix::fs::open(
-            "/proc/self/exe",
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| format!("/proc/self/exe: {e}"))?;
-        let target = Path::new(CACHE_DIR).join(key(&exe)?);
-        let r = std::fs::create_dir(&target)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                rustix::mount::move_mount(
-                    &mnt,
-                    "",
-                    rustix::fs::CWD,
-                    &target,
-                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-                )
-                .map_err(|e| e.to_string())
-            });
+        // Best effort: a concurrent amphi may be keeping one too (the
+        // directory exists then); two read-only clones stacked are
+        // harmless, and `amphi gc` unmounts what is not current.
+        let target = Path::new(CACHE_DIR).join(&exe.key);
+        let r = match std::fs::create_dir(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e.to_string()),
+            _ => rustix::mount::move_mount(
+                &mnt,
+                "",
+                rustix::fs::CWD,
+                &target,
+                rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+            .map_err(|e| e.to_string()),
+        };
         if let Err(e) = r {
             tracing::debug!("not keeping the sealed copy at {}: {e}", target.display());
         }
@@ -353,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_overlay_clone_is_read_only_for_good() {
-        let o = overlay_clone(false).unwrap();
+        let o = overlay_clone(&Exe::open().unwrap(), false).unwrap();
         assert_eq!(protection(&o), Some(Protection::Overlay));
         let p = format!("/proc/self/fd/{}", o.as_raw_fd());
         let e = std::fs::OpenOptions::new()

@@ -98,18 +98,19 @@ fn host_nodes() -> Vec<(&'static str, &'static str, u32, u32)> {
 
 #[test]
 fn device_nodes_native() {
+    device_attack_in(&[], &host_nodes());
+}
+
+/// Runs the device attack on `nodes` in a container made with the
+/// `run_args` (before the image) and asserts the attacker got nothing.
+fn device_attack_in(run_args: &[&str], nodes: &[(&str, &str, u32, u32)]) {
     let a = Amphi::new();
     hostile_image(&a, "localhost/escape/devices:1", &[]);
-    let nodes = host_nodes();
-    let out = a.ok(&[
-        "run",
-        "--rm",
-        "localhost/escape/devices:1",
-        "sh",
-        "-c",
-        &device_attack(&nodes),
-    ]);
-    assert_devices_denied(&out, &nodes);
+    let attack = device_attack(nodes);
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(run_args);
+    args.extend(["localhost/escape/devices:1", "sh", "-c", &attack]);
+    assert_devices_denied(&a.ok(&args), nodes);
 }
 
 /// The same attack in the container inside a microVM, whose kernel is a
@@ -120,28 +121,16 @@ fn device_nodes_in_microvm() {
     let Some((dir, _)) = guest_kernel_build("6.12") else {
         panic!("the 6.12 guest kernel is not built: scripts/test builds it (amphi kernel build --version 6.12)");
     };
-    let a = Amphi::new();
-    hostile_image(&a, "localhost/escape/devices:1", &[]);
-    let nodes = vec![
-        ("loop0", "b", 7, 0),
-        ("hvc0", "c", 229, 0),
-        ("mem", "c", 1, 1),
-        ("vda", "b", 254, 0),
-    ];
     let kernel = dir.join("vmlinux");
-    let out = a.ok(&[
-        "run",
-        "--rm",
-        "--isolation",
-        "vm",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "localhost/escape/devices:1",
-        "sh",
-        "-c",
-        &device_attack(&nodes),
-    ]);
-    assert_devices_denied(&out, &nodes);
+    device_attack_in(
+        &["--isolation", "vm", "--kernel", kernel.to_str().unwrap()],
+        &[
+            ("loop0", "b", 7, 0),
+            ("hvc0", "c", 229, 0),
+            ("mem", "c", 1, 1),
+            ("vda", "b", 254, 0),
+        ],
+    );
 }
 
 /// Through podman, whose bundle carries its own device rules.

@@ -374,3 +374,58 @@ impl std::fmt::Display for Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{Format, KernelVersion};
+
+    fn entry(dir: &Path, formats: Vec<Format>, pvm: bool) -> KernelEntry {
+        KernelEntry {
+            id: "6.12.57-0123456789ab".into(),
+            version: KernelVersion::parse("6.12.57").unwrap(),
+            release: "6.12.57-amphi".into(),
+            pvm,
+            pvh_entry: None,
+            formats,
+            config_sha256: None,
+            config_source: "unknown".into(),
+            source: "test".into(),
+            recipe: None,
+            added: "2026-01-01T00:00:00Z".into(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_kernel_boots_its_vmlinux_else_its_bzimage() {
+        let dir = Path::new("/kernels/k");
+        let both = GuestKernel::Catalog(entry(dir, vec![Format::BzImage, Format::Vmlinux], true));
+        assert_eq!(both.boot_file().unwrap(), dir.join("vmlinux"));
+        assert_eq!(both.id(), "6.12.57-0123456789ab");
+        assert_eq!(both.release(), "6.12.57-amphi");
+        assert!(both.pvm());
+        let bz = GuestKernel::Catalog(entry(dir, vec![Format::BzImage], false));
+        assert_eq!(bz.boot_file().unwrap(), dir.join("bzImage"));
+        assert!(!bz.pvm());
+        let none = GuestKernel::Catalog(entry(dir, vec![], false));
+        let e = none.boot_file().unwrap_err();
+        assert_eq!(e.code, crate::sys::exit::EXIT_AMPHI);
+        assert_eq!(
+            e.message,
+            "guest kernel 6.12.57-0123456789ab has no kernel file in /kernels/k"
+        );
+    }
+
+    #[test]
+    fn a_kernel_file_is_booted_as_given_and_is_not_pvm() {
+        let file = GuestKernel::File {
+            path: PathBuf::from("/boot/vmlinuz-6.1"),
+            release: "6.1.0-test".into(),
+        };
+        assert_eq!(file.id(), "/boot/vmlinuz-6.1");
+        assert_eq!(file.boot_file().unwrap(), Path::new("/boot/vmlinuz-6.1"));
+        assert_eq!(file.release(), "6.1.0-test");
+        assert!(!file.pvm());
+    }
+}

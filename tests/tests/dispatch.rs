@@ -175,9 +175,30 @@ fn bad_input_is_refused_clearly() {
     let a = Amphi::new();
     let arm = "localhost/demo/arm:1";
     load(&a, arm, |c| c["architecture"] = "arm64".into(), &[]);
-    for cmd in [vec!["explain", arm], vec!["run", "--rm", arm, "true"]] {
+    // The dispatcher refuses it whatever isolation is asked for: the
+    // backends run its plan and have no check of their own.
+    for cmd in [
+        vec!["explain", arm],
+        vec!["run", "--rm", arm, "true"],
+        vec!["run", "--rm", "--isolation", "container", arm, "true"],
+        vec!["run", "--rm", "--isolation", "vm", arm, "true"],
+    ] {
         let err = a.fail(&cmd);
-        assert!(err.contains("arm64") && err.contains("amd64"), "{err}");
+        assert!(
+            err.contains("arm64")
+                && err.contains("amd64")
+                && err.contains("only runs guests of the host architecture"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let windows = "localhost/demo/windows:1";
+    load(&a, windows, |c| c["os"] = "windows".into(), &[]);
+    for iso in ["container", "vm"] {
+        let err = a.fail(&["run", "--rm", "--isolation", iso, windows, "true"]);
+        assert!(
+            err.contains("windows") && err.contains("Linux images only"),
+            "{iso}: {err}"
+        );
     }
     let bad = "localhost/demo/bad:1";
     load(&a, bad, |_| {}, &[("io.amphi.kernel.version", ">=six")]);
@@ -204,6 +225,31 @@ fn bad_input_is_refused_clearly() {
     assert!(err.contains("bad.toml") && err.contains("line"), "{err}");
     let err = a.fail(&["explain", "--policy", "/nonexistent/policy.toml", PLAIN]);
     assert!(err.contains("/nonexistent/policy.toml"), "{err}");
+}
+
+/// An image config that names no architecture is taken as the host's by
+/// the dispatcher, and the run does what `explain` said (the native
+/// backend used to refuse it with a platform check of its own).
+#[test]
+fn image_without_architecture_runs_as_explained() {
+    let a = Amphi::new();
+    let noarch = "localhost/demo/noarch:1";
+    load(
+        &a,
+        noarch,
+        |c| {
+            c.as_object_mut().unwrap().remove("architecture");
+        },
+        &[],
+    );
+    let plan = explain_json(&a, &[noarch]);
+    assert_eq!(plan["decision"]["isolation"], "container", "{plan:#}");
+    assert!(
+        rules(&plan).contains(&("architecture".into(), "info".into())),
+        "{plan:#}"
+    );
+    let out = a.ok(&["run", "--rm", noarch, "uname", "-r"]);
+    assert_eq!(out.trim(), host_release());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `amphi run`.
 
-use crate::dispatch::{Isolation, IsolationChoice};
+use crate::dispatch::backend::BackendChoice;
+use crate::dispatch::{IsolationChoice, Plan, Target};
 use crate::run::{RunError, RunRequest, EXIT_AMPHI};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
@@ -74,6 +75,10 @@ fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
 /// How a run is dispatched: the flags that choose container or microVM.
 pub struct Dispatch {
     pub isolation: IsolationChoice,
+    /// `--vm-backend`.
+    pub vm_backend: BackendChoice,
+    /// `--kernel`: a catalog ID/version/series, or a path (with a `/`).
+    pub kernel: Option<String>,
     /// Used when the run goes into a microVM.
     pub vm: VmOptions,
     /// `--policy`.
@@ -107,15 +112,15 @@ pub fn request(
     }
     let dispatch = Dispatch {
         isolation,
+        vm_backend: w
+            .vm
+            .vm_backend
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(usage)?,
+        kernel: w.vm.kernel,
         vm: VmOptions {
-            backend: w
-                .vm
-                .vm_backend
-                .as_deref()
-                .unwrap_or("auto")
-                .parse()
-                .map_err(usage)?,
-            kernel: w.vm.kernel,
             timeout: w.vm.timeout.map(Duration::from_secs_f64),
         },
         policy: w.policy,
@@ -193,15 +198,15 @@ pub fn request(
     Ok((req, dispatch))
 }
 
-/// Decides container or microVM, then runs.
+/// Decides container or microVM, then runs the plan.
 pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     let plan = crate::dispatch::plan(
         &req.store_root,
         &req.image,
         d.isolation,
         d.policy.as_deref(),
-        d.vm.backend,
-        d.vm.kernel.as_deref(),
+        d.vm_backend,
+        d.kernel.as_deref(),
     )?;
     for r in &plan.decision.reasons {
         tracing::info!(rule = %r.rule, wanted = %r.wanted, have = %r.have, outcome = %r.outcome, note = %r.note, "dispatch");
@@ -212,8 +217,11 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     if d.verbose {
         eprint!("{plan}");
     }
-    match plan.decision.isolation {
-        Isolation::Vm => {
+    let Plan {
+        resolved, target, ..
+    } = plan;
+    match target {
+        Target::Vm(vm) => {
             if d.detach {
                 return Err(usage(
                     "-d is not supported for microVM runs yet: microVM runs are foreground only",
@@ -224,17 +232,13 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
                     "-v is not supported for microVM runs yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
                 ));
             }
-            let mut vm = d.vm;
-            if vm.kernel.is_none() {
-                vm.kernel = plan.decision.kernel.as_ref().map(|k| k.id.clone());
-            }
-            crate::vm::run(req, vm)
+            crate::vm::run(req, resolved, *vm, d.vm)
         }
-        Isolation::Container => {
+        Target::Container => {
             for f in &d.vm_only_flags {
                 eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
             }
-            crate::run::run(req)
+            crate::run::run(req, resolved)
         }
     }
 }

@@ -37,7 +37,7 @@ pub use constraint::{Comparator, Op, PartialVersion, VersionConstraint};
 pub use decide::{
     decide, CandidateKernel, ChosenKernel, DecideInput, Decision, Outcome, Reason, BUILDABLE_SERIES,
 };
-pub use plan::{plan, HostSummary, Plan};
+pub use plan::{plan, GuestKernel, HostSummary, Plan, Target, VmPlan};
 pub use policy::{
     glob_match, normalize_reference, reference_matches, ImageRule, Policy, TrustRule,
     DEFAULT_POLICY_PATH,
@@ -46,7 +46,7 @@ pub use requirements::{
     image_requirements, manifest_annotations, ConfigRequirement, ConfigWant, KeySource,
     Requirements, KEY_ISOLATION, KEY_KERNEL, KEY_KERNEL_CONFIG, KEY_KERNEL_VERSION,
 };
-pub use resolve::resolve_image;
+pub use resolve::{resolve_image, ResolvedImage};
 
 use crate::image::store::StoreError;
 use serde::{Deserialize, Serialize};

@@ -1,20 +1,27 @@
 //! The dispatcher at work on a real image: probe the host, read the
 //! image's requirements and the policy, list the guest kernels, and
 //! [`decide`]. `amphi run` and `amphi explain` both go through [`plan`].
+//!
+//! The plan is the contract: it carries the image as resolved, and for a
+//! microVM the guest kernel and the monitor chosen, so the backends run
+//! what was decided without resolving or choosing again.
 
-use super::backend::{self, BackendChoice};
+use super::backend::{self, Backend, BackendChoice};
+use super::resolve::ResolvedImage;
 use super::{
     decide, image_requirements, CandidateKernel, DecideInput, Decision, DispatchError, Isolation,
     IsolationChoice, Policy,
 };
 use crate::host::HostInfo;
 use crate::image::{ImageRecord, Reference};
+use crate::kernel::KernelEntry;
 use crate::sys::exit::{amphi_err, RunError};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// A decision with what `amphi explain` shows around it.
-#[derive(Debug, Clone, Serialize)]
+/// A decision with what `amphi explain` shows around it, and what the
+/// backend needs to carry it out.
+#[derive(Debug, Serialize)]
 pub struct Plan {
     /// The image reference, normalised (what policy patterns matched); for
     /// an image named by ID, the store name that decided.
@@ -23,6 +30,78 @@ pub struct Plan {
     /// What would run it: "native container" or the VM backend.
     pub backend: String,
     pub host: HostSummary,
+    /// The image the decision is about: the backend runs this one.
+    #[serde(skip)]
+    pub resolved: ResolvedImage,
+    /// The backend's part: a native container, or a microVM with its
+    /// kernel and monitor (as `decision.isolation` says).
+    #[serde(skip)]
+    pub target: Target,
+}
+
+/// What runs the workload, as decided.
+#[derive(Debug)]
+pub enum Target {
+    /// A native container on the host kernel.
+    Container,
+    /// A microVM.
+    Vm(Box<VmPlan>),
+}
+
+/// The microVM side of a plan.
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    /// The guest kernel the decision chose.
+    pub kernel: GuestKernel,
+    /// The monitor ([`backend::choose`] for that kernel on this host).
+    pub backend: Backend,
+    /// Said when the microVM starts (software emulation is slow).
+    pub notice: Option<String>,
+}
+
+/// A guest kernel: an entry of the kernel catalog, or the file `--kernel`
+/// named.
+#[derive(Debug, Clone)]
+pub enum GuestKernel {
+    Catalog(KernelEntry),
+    File { path: PathBuf, release: String },
+}
+
+impl GuestKernel {
+    /// The ID the decision names it by (a file's is its path).
+    pub fn id(&self) -> String {
+        match self {
+            GuestKernel::Catalog(e) => e.id.clone(),
+            GuestKernel::File { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// `uname -r` in the guest.
+    pub fn release(&self) -> &str {
+        match self {
+            GuestKernel::Catalog(e) => &e.release,
+            GuestKernel::File { release, .. } => release,
+        }
+    }
+
+    /// PVM-enabled (a file given with `--kernel` is taken as not).
+    pub fn pvm(&self) -> bool {
+        matches!(self, GuestKernel::Catalog(e) if e.pvm)
+    }
+
+    /// The file to boot: a catalog kernel's vmlinux, else its bzImage.
+    pub fn boot_file(&self) -> Result<PathBuf, RunError> {
+        match self {
+            GuestKernel::File { path, .. } => Ok(path.clone()),
+            GuestKernel::Catalog(e) => e.vmlinux().or_else(|| e.bzimage()).ok_or_else(|| {
+                amphi_err(format!(
+                    "guest kernel {} has no kernel file in {}",
+                    e.id,
+                    e.dir.display()
+                ))
+            }),
+        }
+    }
 }
 
 /// The host facts the decision used, in short.
@@ -78,12 +157,13 @@ pub fn plan(
     vm_backend: BackendChoice,
     kernel: Option<&str>,
 ) -> Result<Plan, RunError> {
-    let (store, rec, config) = super::resolve_image(store_root, image)?;
-    let requirements = image_requirements(&store, &rec, &config).map_err(dispatch_err)?;
+    let resolved = super::resolve_image(store_root, image)?;
+    let requirements = image_requirements(&resolved.store, &resolved.record, &resolved.config)
+        .map_err(dispatch_err)?;
     let policy = Policy::load(policy_path).map_err(dispatch_err)?;
     let host = crate::host::probe();
     let catalog = crate::kernel::Catalog::open(store_root);
-    let references = policy_references(image, &rec);
+    let references = policy_references(image, &resolved.record);
     let decide_for = |kernels: &[CandidateKernel], cli_kernel: bool| {
         decide_strictest(&references, |reference| {
             decide(&DecideInput {
@@ -97,36 +177,36 @@ pub fn plan(
             })
         })
     };
+    // Each candidate as the decision sees it, and the kernel it stands for.
+    let catalog_kernels = || -> (Vec<CandidateKernel>, Vec<GuestKernel>) {
+        let entries = catalog.list().unwrap_or_default();
+        let seen = entries.iter().map(CandidateKernel::from_entry).collect();
+        (
+            seen,
+            entries.into_iter().map(GuestKernel::Catalog).collect(),
+        )
+    };
     // `--kernel`: the only candidate (a file, or one catalog kernel).
-    if let Some(k) = kernel {
-        let only = given_kernel(store_root, k)?;
-        let (reference, decision) = decide_for(std::slice::from_ref(&only), true);
-        let decision = decision.map_err(dispatch_err)?;
-        return Ok(finish(reference, decision, &[only], vm_backend, &host));
-    }
-    let mut kernels: Vec<CandidateKernel> = catalog
-        .list()
-        .unwrap_or_default()
-        .iter()
-        .map(CandidateKernel::from_entry)
-        .collect();
-    let mut decided = decide_for(&kernels, false);
-    // An empty catalog gets amphi's own kernels from the machine's build
-    // cache, but only when a microVM is wanted: native runs stay cheap.
-    let wants_vm = !matches!(&decided.1, Ok(d) if d.isolation == Isolation::Container);
-    if kernels.is_empty() && wants_vm {
-        crate::kernel::register_builtins(store_root);
-        kernels = catalog
-            .list()
-            .unwrap_or_default()
-            .iter()
-            .map(CandidateKernel::from_entry)
-            .collect();
-        decided = decide_for(&kernels, false);
-    }
+    let (kernels, decided) = if let Some(k) = kernel {
+        let (seen, only) = given_kernel(store_root, k)?;
+        (vec![only], decide_for(std::slice::from_ref(&seen), true))
+    } else {
+        let (mut seen, mut kernels) = catalog_kernels();
+        let mut decided = decide_for(&seen, false);
+        // An empty catalog gets amphi's own kernels from the machine's
+        // build cache, but only when a microVM is wanted: native runs stay
+        // cheap.
+        let wants_vm = !matches!(&decided.1, Ok(d) if d.isolation == Isolation::Container);
+        if kernels.is_empty() && wants_vm {
+            crate::kernel::register_builtins(store_root);
+            (seen, kernels) = catalog_kernels();
+            decided = decide_for(&seen, false);
+        }
+        (kernels, decided)
+    };
     let (reference, decision) = decided;
     let decision = decision.map_err(dispatch_err)?;
-    Ok(finish(reference, decision, &kernels, vm_backend, &host))
+    finish(reference, decision, resolved, kernels, vm_backend, &host)
 }
 
 /// The references the policy sees for `image` as the user named it. By
@@ -179,23 +259,29 @@ fn decide_strictest(
     best.expect("an image has at least one reference")
 }
 
-/// The kernel `--kernel` names: a file (probed; its embedded config, if
-/// any, is what config requirements are checked against) or a catalog
-/// kernel.
-fn given_kernel(store_root: &Path, k: &str) -> Result<CandidateKernel, RunError> {
+/// The kernel `--kernel` names, and what the decision sees of it: a file
+/// (probed; its embedded config, if any, is what config requirements are
+/// checked against) or a catalog kernel (by ID, version, series or ID
+/// prefix). The one lookup of `--kernel`: the backend boots what it finds.
+fn given_kernel(store_root: &Path, k: &str) -> Result<(CandidateKernel, GuestKernel), RunError> {
     if k.contains('/') {
         let (img, _) = crate::kernel::probe::probe(Path::new(k))
             .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
-        return Ok(CandidateKernel {
+        let seen = CandidateKernel {
             id: k.to_string(),
-            release: img.release,
+            release: img.release.clone(),
             version: img.version,
             config: img
                 .ikconfig
                 .as_deref()
                 .and_then(|c| crate::kernel::config::parse(c).ok()),
             pvm: false,
-        });
+        };
+        let file = GuestKernel::File {
+            path: PathBuf::from(k),
+            release: img.release,
+        };
+        return Ok((seen, file));
     }
     let catalog = crate::kernel::Catalog::open(store_root);
     if catalog.list().map(|l| l.is_empty()).unwrap_or(true) {
@@ -204,37 +290,56 @@ fn given_kernel(store_root: &Path, k: &str) -> Result<CandidateKernel, RunError>
     let e = catalog
         .get(k)
         .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
-    Ok(CandidateKernel::from_entry(&e))
+    Ok((CandidateKernel::from_entry(&e), GuestKernel::Catalog(e)))
 }
 
+/// The plan of a decision: for a microVM, the kernel it chose (one of
+/// `kernels`) and the monitor for it.
 fn finish(
     reference: String,
     decision: Decision,
-    kernels: &[CandidateKernel],
+    resolved: ResolvedImage,
+    kernels: Vec<GuestKernel>,
     vm_backend: BackendChoice,
     host: &HostInfo,
-) -> Plan {
-    let backend = match (&decision.isolation, &decision.kernel) {
-        (Isolation::Container, _) => "native container (host kernel)".to_string(),
-        (Isolation::Vm, k) => {
-            let cand = k
+) -> Result<Plan, RunError> {
+    let target = match (&decision.isolation, &decision.kernel) {
+        (Isolation::Container, _) => Target::Container,
+        (Isolation::Vm, chosen) => {
+            let kernel = chosen
                 .as_ref()
-                .and_then(|k| kernels.iter().find(|c| c.id == k.id));
-            let (b, _) = backend::choose(
+                .and_then(|c| kernels.into_iter().find(|k| k.id() == c.id))
+                .ok_or_else(|| {
+                    amphi_err(format!(
+                        "image {reference}: the dispatcher chose a microVM without one of the candidate guest kernels ({:?})",
+                        decision.kernel.as_ref().map(|k| &k.id)
+                    ))
+                })?;
+            let (backend, notice) = backend::choose(
                 vm_backend,
                 amphi_vmm::detect_kvm_kind(),
-                cand.is_some_and(|c| c.pvm),
-                cand.map_or("", |c| c.release.as_str()),
+                kernel.pvm(),
+                kernel.release(),
             );
-            b.describe().to_string()
+            Target::Vm(Box::new(VmPlan {
+                kernel,
+                backend,
+                notice,
+            }))
         }
     };
-    Plan {
+    let backend = match &target {
+        Target::Container => "native container (host kernel)".to_string(),
+        Target::Vm(vm) => vm.backend.describe().to_string(),
+    };
+    Ok(Plan {
         image: reference,
         decision,
         backend,
         host: HostSummary::of(host),
-    }
+        resolved,
+        target,
+    })
 }
 
 impl std::fmt::Display for Plan {
@@ -267,5 +372,60 @@ impl std::fmt::Display for Plan {
             writeln!(f, "  {r}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{Format, KernelVersion};
+
+    fn entry(dir: &Path, formats: Vec<Format>, pvm: bool) -> KernelEntry {
+        KernelEntry {
+            id: "6.12.57-0123456789ab".into(),
+            version: KernelVersion::parse("6.12.57").unwrap(),
+            release: "6.12.57-amphi".into(),
+            pvm,
+            pvh_entry: None,
+            formats,
+            config_sha256: None,
+            config_source: "unknown".into(),
+            source: "test".into(),
+            recipe: None,
+            added: "2026-01-01T00:00:00Z".into(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_catalog_kernel_boots_its_vmlinux_else_its_bzimage() {
+        let dir = Path::new("/kernels/k");
+        let both = GuestKernel::Catalog(entry(dir, vec![Format::BzImage, Format::Vmlinux], true));
+        assert_eq!(both.boot_file().unwrap(), dir.join("vmlinux"));
+        assert_eq!(both.id(), "6.12.57-0123456789ab");
+        assert_eq!(both.release(), "6.12.57-amphi");
+        assert!(both.pvm());
+        let bz = GuestKernel::Catalog(entry(dir, vec![Format::BzImage], false));
+        assert_eq!(bz.boot_file().unwrap(), dir.join("bzImage"));
+        assert!(!bz.pvm());
+        let none = GuestKernel::Catalog(entry(dir, vec![], false));
+        let e = none.boot_file().unwrap_err();
+        assert_eq!(e.code, crate::sys::exit::EXIT_AMPHI);
+        assert_eq!(
+            e.message,
+            "guest kernel 6.12.57-0123456789ab has no kernel file in /kernels/k"
+        );
+    }
+
+    #[test]
+    fn a_kernel_file_is_booted_as_given_and_is_not_pvm() {
+        let file = GuestKernel::File {
+            path: PathBuf::from("/boot/vmlinuz-6.1"),
+            release: "6.1.0-test".into(),
+        };
+        assert_eq!(file.id(), "/boot/vmlinuz-6.1");
+        assert_eq!(file.boot_file().unwrap(), Path::new("/boot/vmlinuz-6.1"));
+        assert_eq!(file.release(), "6.1.0-test");
+        assert!(!file.pvm());
     }
 }

@@ -1,16 +1,33 @@
 //! The image a run names: from the store, or pulled first when missing.
 
 use crate::image::manifest::ImageConfig;
-use crate::image::{Access, Store};
+use crate::image::{Access, ImageRecord, Store};
 use crate::sys::exit::{amphi_err, RunError};
 use std::path::Path;
 
+/// An image as a run names it, found (or pulled) once: the store it is in,
+/// its record there and its config. The plan carries it to the backend,
+/// which runs exactly this image.
+pub struct ResolvedImage {
+    /// The store, open for reading (its shared lock held while the image
+    /// is in use).
+    pub store: Store,
+    pub record: ImageRecord,
+    pub config: ImageConfig,
+}
+
+impl std::fmt::Debug for ResolvedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedImage")
+            .field("record", &self.record)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The image of a run: found in the store, or pulled when it is not there
 /// (like docker), with its config.
-pub fn resolve_image(
-    store_root: &Path,
-    image: &str,
-) -> Result<(Store, crate::image::ImageRecord, ImageConfig), RunError> {
+pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, RunError> {
     let store = Store::open(store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
     let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
     let rec = match idx.find(image) {
@@ -28,10 +45,14 @@ pub fn resolve_image(
         .map_err(|e| amphi_err(e.to_string()))?;
     let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
-    Ok((store, rec, config))
+    Ok(ResolvedImage {
+        store,
+        record: rec,
+        config,
+    })
 }
 
-fn pull_missing(store_root: &Path, image: &str) -> Result<crate::image::ImageRecord, RunError> {
+fn pull_missing(store_root: &Path, image: &str) -> Result<ImageRecord, RunError> {
     let reference = crate::image::Reference::parse(image).map_err(|e| amphi_err(e.to_string()))?;
     eprintln!("Unable to find image {reference} locally, pulling it");
     let store = Store::open(store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;

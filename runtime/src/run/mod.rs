@@ -15,7 +15,7 @@ pub use pty::{
 
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State};
-use crate::dispatch::resolve_image;
+use crate::dispatch::ResolvedImage;
 use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -69,17 +69,15 @@ impl Drop for Cleanup {
     }
 }
 
-/// Runs an image natively in the foreground; returns the exit status.
-pub fn run(req: RunRequest) -> Result<i32, RunError> {
+/// Runs `resolved` (the image the dispatcher planned for `req.image`, its
+/// platform checked there) natively; returns the exit status.
+pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
     let t0 = std::time::Instant::now();
-    let (store, rec, image) = resolve_image(&req.store_root, &req.image)?;
-    let host = crate::image::manifest::Platform::host();
-    if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
-        return Err(amphi_err(format!(
-            "image {} is for {}/{}, this host runs {}: it cannot run as a native container",
-            req.image, image.os, image.architecture, host
-        )));
-    }
+    let ResolvedImage {
+        store,
+        record: rec,
+        config: image,
+    } = resolved;
     let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
     for l in &lowers {
         if !l.is_dir() {

@@ -1,8 +1,9 @@
 //! `amphi run --isolation vm`: the workload in a microVM.
 //!
-//! The host side: pick the guest kernel (catalog, or a file), prepare the
-//! guest rootfs (cached per image), build the same OCI spec as a native
-//! run with guest paths, start the backend (amphi's VMM or QEMU), and talk
+//! The host side runs the dispatcher's plan (the image, the guest kernel
+//! and the backend chosen there, never chosen again): prepare the guest
+//! rootfs (cached per image), build the same OCI spec as a native run with
+//! guest paths, start the backend (amphi's VMM or QEMU), and talk
 //! to the guest init over the guest channel ([`crate::proto::channel`]):
 //! send the start frame, relay stdio, signals and window size, receive the
 //! exit status.
@@ -44,12 +45,12 @@ pub fn gc_stale_runs(state_root: &Path) {
     }
 }
 
+use crate::dispatch::{ResolvedImage, VmPlan};
 use crate::guestfs::{self, RootfsKind};
-use crate::kernel::Catalog;
 use crate::proto::channel::{self, Decoder, Frame, StartRequest, StartRequestJson};
 use crate::run::{amphi_err, RunError, RunRequest};
 use crate::spec::{self, RootfsPlan};
-use backend::{Backend, BackendChoice, VmSpec};
+use backend::{Backend, VmSpec};
 use console::Capture;
 use protocol::{Event, Protocol, EXIT_PROTOCOL};
 use rundir::RunDir;
@@ -84,67 +85,11 @@ const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// before the watchdog ends the process itself.
 const WATCHDOG_GRACE: Duration = Duration::from_secs(10);
 
-/// The VM-specific part of a run.
+/// The VM-specific part of a run that the dispatcher does not decide.
 #[derive(Clone, Debug)]
 pub struct VmOptions {
-    pub backend: BackendChoice,
-    /// `--kernel`: a catalog ID/version/series, or a path (with a `/`).
-    pub kernel: Option<String>,
     /// `--timeout`: stop the workload after this long.
     pub timeout: Option<Duration>,
-}
-
-/// The guest kernel of a run.
-#[derive(Clone, Debug)]
-pub struct GuestKernel {
-    pub path: PathBuf,
-    pub release: String,
-    pub pvm: bool,
-}
-
-/// Picks the guest kernel: `--kernel PATH` (checked), `--kernel QUERY` in
-/// the catalog, else the newest catalog kernel. An empty catalog first
-/// registers amphi's own kernels from the machine's build cache.
-pub fn select_kernel(store_root: &Path, query: Option<&str>) -> Result<GuestKernel, RunError> {
-    if let Some(q) = query.filter(|q| q.contains('/')) {
-        let path = Path::new(q);
-        let (img, _) =
-            crate::kernel::probe::probe(path).map_err(|e| amphi_err(format!("--kernel: {e}")))?;
-        return Ok(GuestKernel {
-            path: path.to_path_buf(),
-            release: img.release,
-            pvm: false,
-        });
-    }
-    let catalog = Catalog::open(store_root);
-    let mut list = catalog.list().map_err(|e| amphi_err(e.to_string()))?;
-    if list.is_empty() {
-        crate::kernel::register_builtins(store_root);
-        list = catalog.list().map_err(|e| amphi_err(e.to_string()))?;
-    }
-    let entry = match query {
-        Some(q) => catalog
-            .get(q)
-            .map_err(|e| amphi_err(format!("--kernel: {e}")))?,
-        None => list.into_iter().next().ok_or_else(|| {
-            amphi_err(
-                "no guest kernel in the catalog: build amphi's with `amphi kernel build` \
-                 (about 17 minutes, once per machine) or add one with `amphi kernel add PATH`",
-            )
-        })?,
-    };
-    let path = entry.vmlinux().or_else(|| entry.bzimage()).ok_or_else(|| {
-        amphi_err(format!(
-            "guest kernel {} has no kernel file in {}",
-            entry.id,
-            entry.dir.display()
-        ))
-    })?;
-    Ok(GuestKernel {
-        path,
-        release: entry.release.clone(),
-        pvm: entry.pvm,
-    })
 }
 
 /// Phases of a run, for `$AMPHI_VM_TIMING` and the bench.
@@ -333,23 +278,30 @@ fn env_duration(var: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
-/// Runs the request's workload in a microVM; returns its exit status.
-pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
+/// Runs the request's workload in a microVM as planned: `resolved` (the
+/// image the dispatcher planned for `req.image`, its platform checked
+/// there) on `vm`'s guest kernel and backend. Returns its exit status.
+pub fn run(
+    req: RunRequest,
+    resolved: ResolvedImage,
+    vm: VmPlan,
+    opts: VmOptions,
+) -> Result<i32, RunError> {
     let mut timing = Timing {
         start: Some(Instant::now()),
         ..Default::default()
     };
-    let (store, rec, image) = crate::dispatch::resolve_image(&req.store_root, &req.image)?;
-    let host = crate::image::manifest::Platform::host();
-    if image.architecture != host.architecture || (!image.os.is_empty() && image.os != "linux") {
-        return Err(amphi_err(format!(
-            "image {} is for {}/{}: amphi's microVMs run {} guests",
-            req.image, image.os, image.architecture, host
-        )));
-    }
-    let kernel = select_kernel(&req.store_root, opts.kernel.as_deref())?;
-    let kvm = amphi_vmm::detect_kvm_kind();
-    let (backend, notice) = backend::choose(opts.backend, kvm, kernel.pvm, &kernel.release);
+    let ResolvedImage {
+        store,
+        record: rec,
+        config: image,
+    } = resolved;
+    let VmPlan {
+        kernel,
+        backend,
+        notice,
+    } = vm;
+    let kernel_path = kernel.boot_file()?;
     if let Backend::Qemu { .. } = backend {
         which(&backend::qemu_binary())?;
     }
@@ -434,7 +386,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         .min(host_cpus.max(1));
     let extra = std::env::var("AMPHI_VM_CMDLINE_EXTRA").unwrap_or_default();
     let vm = VmSpec {
-        kernel: &kernel.path,
+        kernel: &kernel_path,
         initrd: &prepared.initrd,
         disk: prepared.disk.as_deref(),
         cmdline: backend::cmdline(&backend, prepared.kind.cmdline(), extra.trim()),
@@ -443,7 +395,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         channel: &sock_path,
     };
     tracing::info!(
-        kernel = %kernel.path.display(), release = %kernel.release, backend = backend.describe(),
+        kernel = %kernel_path.display(), release = %kernel.release(), backend = backend.describe(),
         rootfs = %prepared.kind, mem_mib, vcpus, cmdline = %vm.cmdline, "starting microVM"
     );
     if let Some(n) = notice {
@@ -507,7 +459,7 @@ pub fn run(req: RunRequest, opts: VmOptions) -> Result<i32, RunError> {
         fired.as_deref(),
         &sigs,
         &mut timing,
-        &kernel,
+        kernel.release(),
         prepared.kind,
     );
     drop(_watchdog);
@@ -630,7 +582,7 @@ fn session(
     fired: Option<&AtomicBool>,
     sigs: &crate::run::Signals,
     timing: &mut Timing,
-    kernel: &GuestKernel,
+    kernel_release: &str,
     kind: RootfsKind,
 ) -> Result<i32, RunError> {
     let boot_start = Instant::now();
@@ -645,7 +597,7 @@ fn session(
         cleanup.child = None;
         Some(amphi_err(format!(
             "the microVM ({} kernel {}) {what} ({st})",
-            kind, kernel.release
+            kind, kernel_release
         )))
     };
     // 1. The backend connects to the channel.
@@ -852,7 +804,7 @@ fn session(
                     };
                     return Err(amphi_err(format!(
                         "the microVM (kernel {}) {what}{}",
-                        kernel.release,
+                        kernel_release,
                         st.map(|s| format!(" ({s})")).unwrap_or_default()
                     )));
                 }

@@ -13,8 +13,9 @@ pub use pty::{
     unblock_signals as pty_unblock, wait as pty_wait, RawMode, Signals,
 };
 
-use crate::container::launch::{launch, LaunchOptions};
+use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
+use crate::container::sync::ChildError;
 use crate::dispatch::resolve_image;
 use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
@@ -216,7 +217,10 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         Err(e) => {
             pty::unblock_signals(&sigs);
             let code = launch_error_code(&e);
-            let err = RunError { code, message: e };
+            let err = RunError {
+                code,
+                message: e.to_string(),
+            };
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
                 drop(cleanup);
@@ -303,15 +307,13 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
 
 /// The exit status for a launch error, as docker uses them: 127 when the
 /// command was not found, 126 when it could not be run, else 125.
-pub fn launch_error_code(e: &str) -> i32 {
-    if e.contains("executable file not found")
-        || e.contains("No such file or directory") && e.starts_with("exec ")
-    {
-        EXIT_NOT_FOUND
-    } else if e.starts_with("exec ") {
-        EXIT_CANNOT_INVOKE
-    } else {
-        EXIT_AMPHI
+pub fn launch_error_code(e: &LaunchError) -> i32 {
+    match e {
+        LaunchError::Child(ChildError::NotFound { .. }) => EXIT_NOT_FOUND,
+        LaunchError::Child(ChildError::NotExecutable { .. }) => EXIT_CANNOT_INVOKE,
+        LaunchError::Child(ChildError::Setup { .. })
+        | LaunchError::Clone { .. }
+        | LaunchError::Runtime(_) => EXIT_AMPHI,
     }
 }
 
@@ -332,4 +334,28 @@ pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
     state::ensure_root(p).map_err(amphi_err)
+}
+
+#[cfg(test)]
+mod launch_code_tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_comes_from_the_kind_not_the_text() {
+        let not_found = LaunchError::Child(ChildError::NotFound {
+            program: "x".into(),
+            searched_path: true,
+        });
+        assert_eq!(launch_error_code(&not_found), EXIT_NOT_FOUND);
+        let denied = LaunchError::Child(ChildError::exec("/x", libc::EACCES));
+        assert_eq!(launch_error_code(&denied), EXIT_CANNOT_INVOKE);
+        // A setup failure whose text looks like a missing program is still 125.
+        let setup = LaunchError::Child(ChildError::setup(
+            "mounts",
+            "exec x: executable file not found in $PATH",
+        ));
+        assert_eq!(launch_error_code(&setup), EXIT_AMPHI);
+        let runtime = LaunchError::Runtime("exec fifo /x: gone".into());
+        assert_eq!(launch_error_code(&runtime), EXIT_AMPHI);
+    }
 }

@@ -339,7 +339,10 @@ fn memory_pids_and_oom() {
         ],
     );
     assert_eq!(code, 137, "{out}{err}");
-    assert!(err.contains("OOM"), "the OOM kill is reported: {err}");
+    assert!(
+        err.contains("was killed by the kernel's OOM killer (memory limit reached)"),
+        "the OOM kill is reported: {err}"
+    );
     let (code, _, err) = e.rm(
         &["--pids-limit", "5"],
         &[

@@ -234,7 +234,7 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
             for f in &d.vm_only_flags {
                 eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
             }
-            crate::run::run(req)
+            crate::run::run(req).map(super::native_outcome)
         }
     }
 }

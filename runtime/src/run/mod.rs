@@ -70,8 +70,20 @@ impl Drop for Cleanup {
     }
 }
 
-/// Runs an image natively in the foreground; returns the exit status.
-pub fn run(req: RunRequest) -> Result<i32, RunError> {
+/// How a native run ended, for the CLI to print and exit with (the
+/// library prints nothing and does not exit).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The container ran in the foreground and exited with `status`;
+    /// `notices` are for the user's stderr (the OOM killer, a report that
+    /// could not be written), in order.
+    Exited { status: i32, notices: Vec<String> },
+    /// `-d`: the container runs under its monitor; the CLI prints its id.
+    Detached { id: String },
+}
+
+/// Runs an image natively, in the foreground or (`-d`) under a monitor.
+pub fn run(req: RunRequest) -> Result<RunOutcome, RunError> {
     let t0 = std::time::Instant::now();
     let (store, rec, image) = resolve_image(&req.store_root, &req.image)?;
     let host = crate::image::manifest::Platform::host();
@@ -166,13 +178,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         match detach::fork_monitor(&container_dir.join("log"))? {
             detach::Side::Caller(rx) => {
                 std::mem::forget(cleanup);
-                return match detach::wait_started(rx) {
-                    Ok(()) => {
-                        println!("{id}");
-                        Ok(0)
-                    }
-                    Err(e) => Err(e),
-                };
+                return detach::wait_started(rx).map(|()| RunOutcome::Detached { id });
             }
             detach::Side::Monitor(tx) => {
                 // The monitor waits for the container from now on.
@@ -181,7 +187,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
                     let err = amphi_err(e);
                     detach::report(tx, Err(&err));
                     drop(cleanup);
-                    std::process::exit(err.code);
+                    detach::monitor_exit(err.code, &[]);
                 }
                 report = Some(tx);
             }
@@ -224,7 +230,7 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
                 drop(cleanup);
-                std::process::exit(code);
+                detach::monitor_exit(code, &[]);
             }
             return Err(err);
         }
@@ -264,8 +270,9 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
     pty::unblock_signals(&sigs);
     let run_time = t_started.elapsed();
     let oom = launched.cgroup.oom_killed();
+    let mut notices = Vec::new();
     if report::target().is_some() {
-        report::RunReport {
+        let r = report::RunReport {
             isolation: "container".into(),
             exit_code: if oom { 137 } else { status },
             oom_killed: oom,
@@ -280,13 +287,14 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
             total_ms: report::ms(t0.elapsed()),
             backend: None,
         }
-        .write();
+        .try_write();
+        notices.extend(r.err());
     }
     if oom {
-        eprintln!(
-            "amphi: container {} was killed by the kernel OOM killer (memory limit reached)",
+        notices.push(crate::sys::exit::oom_notice(&format!(
+            "container {}",
             &id[..12]
-        );
+        )));
         status = 137;
     }
     if !req.rm {
@@ -300,9 +308,9 @@ pub fn run(req: RunRequest) -> Result<i32, RunError> {
         w.dismiss();
     }
     if req.detach {
-        std::process::exit(0);
+        detach::monitor_exit(0, &notices);
     }
-    Ok(status)
+    Ok(RunOutcome::Exited { status, notices })
 }
 
 /// The exit status for a launch error, as docker uses them: 127 when the

@@ -340,7 +340,7 @@ fn memory_pids_and_oom() {
     );
     assert_eq!(code, 137, "{out}{err}");
     assert!(
-        err.contains("was killed by the kernel's OOM killer (memory limit reached)"),
+        err.contains("was killed by the kernel OOM killer (memory limit reached)"),
         "the OOM kill is reported: {err}"
     );
     let (code, _, err) = e.rm(

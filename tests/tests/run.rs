@@ -122,6 +122,17 @@ fn missing_command_and_user_give_docker_statuses() {
         err.contains("no-such-command") && err.contains("not found"),
         "{err}"
     );
+    // A path that does not exist is "not found" too; a file that exists
+    // but cannot be executed is 126, with the kernel's reason.
+    let (code, _, err) = e.rm(&[], &["/no/such/program"]);
+    assert_eq!(code, 127, "{err}");
+    assert!(
+        err.contains("exec /no/such/program: No such file or directory"),
+        "{err}"
+    );
+    let (code, _, err) = e.rm(&[], &["/etc/passwd"]);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("exec /etc/passwd: Permission denied"), "{err}");
     let (code, _, err) = e.rm(&["-u", "nobody-here"], &["true"]);
     assert_eq!(code, 125, "{err}");
     assert!(err.contains("nobody-here"), "{err}");
@@ -328,7 +339,10 @@ fn memory_pids_and_oom() {
         ],
     );
     assert_eq!(code, 137, "{out}{err}");
-    assert!(err.contains("OOM"), "the OOM kill is reported: {err}");
+    assert!(
+        err.contains("was killed by the kernel OOM killer (memory limit reached)"),
+        "the OOM kill is reported: {err}"
+    );
     let (code, _, err) = e.rm(
         &["--pids-limit", "5"],
         &[

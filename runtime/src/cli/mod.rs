@@ -13,6 +13,23 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Prints what a native run returned (the id of a detached container, or
+/// a foreground run's notices on stderr) and gives the exit status.
+fn native_outcome(o: crate::run::RunOutcome) -> i32 {
+    match o {
+        crate::run::RunOutcome::Detached { id } => {
+            println!("{id}");
+            0
+        }
+        crate::run::RunOutcome::Exited { status, notices } => {
+            for n in notices {
+                eprintln!("{n}");
+            }
+            status
+        }
+    }
+}
+
 /// Exit status for amphi's own failures (bad flags, missing images, store
 /// errors), as docker and podman use it.
 pub const EXIT_AMPHI: i32 = 125;
@@ -154,7 +171,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     if let Command::Init { command } = &cli.command {
         let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
-        return Ok(crate::run::tiny_init::main(&args));
+        return Ok(crate::run::tiny_init::main(&args).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            EXIT_AMPHI
+        }));
     }
     if let Command::Vmm(a) = &cli.command {
         return Ok(vmm::run(a));

@@ -238,7 +238,7 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
             for f in &d.vm_only_flags {
                 eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
             }
-            crate::run::run(req, resolved)
+            crate::run::run(req, resolved).map(super::native_outcome)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! clear error line to the parent through the sync socket and exits.
 
 use super::rootfs;
-use super::sync::Sync;
+use super::sync::{ChildError, Sync};
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -83,7 +83,7 @@ pub fn exec_setup_stage(
     payload: &OwnedFd,
     keep: &[i32],
     go: Option<i32>,
-) -> String {
+) -> ChildError {
     for fd in keep.iter().copied().chain([payload.as_raw_fd()]) {
         // SAFETY: clearing FD_CLOEXEC on our own descriptors.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
@@ -107,9 +107,11 @@ pub fn exec_setup_stage(
             libc::AT_EMPTY_PATH,
         )
     };
-    format!(
-        "starting the container's setup from amphi's sealed binary: {}",
-        std::io::Error::last_os_error()
+    let e = std::io::Error::last_os_error();
+    ChildError::setup_errno(
+        "setup stage",
+        format!("starting the container's setup from amphi's sealed binary: {e}"),
+        e.raw_os_error(),
     )
 }
 
@@ -184,8 +186,8 @@ pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
 pub fn child_main(mut a: InitArgs<'_>) -> ! {
     match setup(&mut a) {
         Ok(never) => match never {},
-        Err(msg) => {
-            a.sync.send_error(&msg);
+        Err(e) => {
+            a.sync.send_error(&e);
             // SAFETY: _exit is always safe; no destructors must run in the
             // forked child.
             unsafe { libc::_exit(1) }
@@ -202,7 +204,8 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> bool {
         .is_some_and(|ns| ns.iter().any(|n| n.typ() == t && n.path().is_none()))
 }
 
-fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
+fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
+    use ChildError as E;
     let spec = a.spec;
     // The runtime blocks signals it forwards; the process gets a clean mask.
     // SAFETY: setting our own signal mask to empty.
@@ -214,12 +217,12 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     // Wait until the parent has put us in the cgroup and written id maps.
     let pid = match a.go {
         Some(pid) => pid,
-        None => a.sync.wait_go()?,
+        None => a.sync.wait_go().map_err(E::stage("sync"))?,
     };
     let mut state = a.state.clone();
     state["pid"] = pid.into();
     if a.in_userns {
-        set_ids(0, 0)?;
+        set_ids(0, 0).map_err(E::stage("user namespace"))?;
     }
     // Now that the parent has put us in our cgroup, a new cgroup namespace
     // has it as its root (as runc does): the container sees its own
@@ -234,9 +237,11 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         });
     // SAFETY: unshare of our own cgroup namespace.
     if new_cgroupns && unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(format!(
-            "creating the cgroup namespace: {}",
-            std::io::Error::last_os_error()
+        let e = std::io::Error::last_os_error();
+        return Err(E::setup_errno(
+            "cgroup namespace",
+            format!("creating the cgroup namespace: {e}"),
+            e.raw_os_error(),
         ));
     }
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
@@ -248,8 +253,9 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
     let mut sealed_init = None;
     if mount_ns {
-        rootfs::prepare_root(spec, &a.rootfs)?;
-        let root = rootfs::open_root(&a.rootfs)?;
+        let rootfs_err = E::stage("rootfs");
+        rootfs::prepare_root(spec, &a.rootfs).map_err(&rootfs_err)?;
+        let root = rootfs::open_root(&a.rootfs).map_err(&rootfs_err)?;
         for m in spec.mounts().iter().flatten() {
             if m.source().as_deref() == Some(Path::new(INIT_SOURCE)) {
                 // `--init`: amphi's own (sealed) binary. It lives in a
@@ -258,7 +264,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
                 sealed_init = Some((m.destination().clone(), open_self_exe()?));
                 continue;
             }
-            rootfs::do_mount(&root, m, a.in_userns)?;
+            rootfs::do_mount(&root, m, a.in_userns).map_err(E::stage("mounts"))?;
         }
         let dev_is_tmpfs = spec
             .mounts()
@@ -266,7 +272,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
             .flatten()
             .any(|m| m.destination() == Path::new("/dev"));
         if dev_is_tmpfs {
-            rootfs::setup_dev(&root, spec, a.in_userns)?;
+            rootfs::setup_dev(&root, spec, a.in_userns).map_err(E::stage("dev"))?;
         }
         run_hooks(
             spec.hooks()
@@ -274,9 +280,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
                 .and_then(|h| h.create_container().clone()),
             "createContainer",
             &state.to_string(),
-        )?;
+        )
+        .map_err(E::stage("createContainer hooks"))?;
         drop(root);
-        rootfs::pivot(&a.rootfs)?;
+        rootfs::pivot(&a.rootfs).map_err(&rootfs_err)?;
     } else {
         rustix::process::chroot(&a.rootfs).map_err(|e| format!("chroot: {e}"))?;
         rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
@@ -301,8 +308,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
             std::fs::write(&p, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
         }
         if mount_ns {
-            rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
-            rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
+            rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))
+                .map_err(E::stage("masked paths"))?;
+            rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))
+                .map_err(E::stage("read-only paths"))?;
         }
     }
     if mount_ns
@@ -312,15 +321,15 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
             .and_then(|r| r.readonly())
             .unwrap_or(false)
     {
-        rootfs::readonly_root()?;
+        rootfs::readonly_root().map_err(E::stage("read-only root"))?;
     }
 
     if process.terminal().unwrap_or(false) {
-        setup_terminal(a)?;
+        setup_terminal(a).map_err(E::stage("terminal"))?;
     }
 
     for r in process.rlimits().iter().flatten() {
-        set_rlimit(r.typ(), r.soft(), r.hard())?;
+        set_rlimit(r.typ(), r.soft(), r.hard()).map_err(E::stage("rlimits"))?;
     }
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
@@ -335,7 +344,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     if let Some(u) = &a.user_lookup {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        let r = super::user::resolve(u, &passwd, &group)?;
+        let r = super::user::resolve(u, &passwd, &group).map_err(E::stage("user"))?;
         uid = r.uid;
         gid = r.gid;
         groups.extend(r.groups);
@@ -378,7 +387,8 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     } else {
         process.capabilities().as_ref()
     };
-    super::caps::drop_bounding(caps)?;
+    let caps_err = E::stage("capabilities");
+    super::caps::drop_bounding(caps).map_err(&caps_err)?;
     // Keep capabilities across the uid switch, then set them explicitly.
     rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
     if !a.in_userns || rustix::process::getuid().is_root() {
@@ -387,13 +397,17 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         if unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } != 0 {
             let e = std::io::Error::last_os_error();
             if !(a.in_userns && e.raw_os_error() == Some(libc::EPERM)) {
-                return Err(format!("setgroups {groups:?}: {e}"));
+                return Err(E::setup_errno(
+                    "user",
+                    format!("setgroups {groups:?}: {e}"),
+                    e.raw_os_error(),
+                ));
             }
         }
     }
-    set_ids(uid, gid)?;
+    set_ids(uid, gid).map_err(E::stage("user"))?;
     rustix::thread::set_keep_capabilities(false).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
-    super::caps::apply_sets(caps)?;
+    super::caps::apply_sets(caps).map_err(&caps_err)?;
 
     std::env::set_current_dir(cwd)
         .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
@@ -425,7 +439,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
 
     if let Some(linux) = spec.linux() {
         if let Some(seccomp) = linux.seccomp() {
-            super::seccomp::install(seccomp)?;
+            super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
         }
     }
 
@@ -439,7 +453,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
     // reaches the runtime through the sync socket.
     let start_fifo = match &fifo_fd {
         Some(fifo) => {
-            a.sync.send_ready()?;
+            a.sync.send_ready().map_err(E::stage("sync"))?;
             // Blocks until `amphi start` opens the other end.
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -456,11 +470,12 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
             .and_then(|h| h.start_container().clone()),
         "startContainer",
         &state.to_string(),
-    );
+    )
+    .map_err(E::stage("startContainer hooks"));
     if let Some(f) = &start_fifo {
         match &hooks {
-            Ok(()) => tell_start(f, "0"),
-            Err(e) => tell_start(f, &format!("error:{e}")),
+            Ok(()) => tell_start(f, b"0"),
+            Err(e) => tell_start(f, &e.encode()),
         }
     }
     hooks?;
@@ -493,11 +508,14 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, String> {
         },
     }
     let e = std::io::Error::last_os_error();
-    let msg = format!("exec {}: {e}", args[0]);
+    let e = match e.raw_os_error() {
+        Some(errno) => E::exec(&args[0], errno),
+        None => E::setup("exec", format!("exec {}: {e}", args[0])),
+    };
     if let Some(f) = &start_fifo {
-        tell_start(f, &format!("error:{msg}"));
+        tell_start(f, &e.encode());
     }
-    Err(msg)
+    Err(e)
 }
 
 /// This process's binary (amphi's sealed copy), as an O_PATH descriptor.
@@ -551,9 +569,9 @@ fn reset_signal_dispositions() {
 
 /// Writes to `start` through the exec fifo (best effort: if `start` went
 /// away there is nobody to tell).
-fn tell_start(f: &std::fs::File, msg: &str) {
+fn tell_start(f: &std::fs::File, msg: &[u8]) {
     use std::io::Write;
-    let _ = (&*f).write_all(msg.as_bytes());
+    let _ = (&*f).write_all(msg);
 }
 
 pub(super) fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
@@ -577,11 +595,14 @@ pub(super) fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// Resolves the program like execvp, with the container's PATH.
-fn find_program(arg0: &str, path: &str) -> Result<PathBuf, String> {
+fn find_program(arg0: &str, path: &str) -> Result<PathBuf, ChildError> {
     if arg0.contains('/') {
         return match std::fs::metadata(arg0) {
             Ok(_) => Ok(PathBuf::from(arg0)),
-            Err(e) => Err(format!("exec {arg0}: {e}")),
+            Err(e) => Err(match e.raw_os_error() {
+                Some(errno) => ChildError::exec(arg0, errno),
+                None => ChildError::setup("exec", format!("exec {arg0}: {e}")),
+            }),
         };
     }
     for dir in path.split(':') {
@@ -592,7 +613,10 @@ fn find_program(arg0: &str, path: &str) -> Result<PathBuf, String> {
             }
         }
     }
-    Err(format!("exec {arg0}: executable file not found in $PATH"))
+    Err(ChildError::NotFound {
+        program: arg0.into(),
+        searched_path: true,
+    })
 }
 
 fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), String> {

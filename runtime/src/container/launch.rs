@@ -4,7 +4,7 @@
 
 use super::cgroups::Cgroup;
 use super::init::{child_main, InitArgs};
-use super::sync::{Msg, Sync};
+use super::sync::{ChildError, Msg, Sync};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,32 @@ pub struct LaunchOptions {
     /// binary (container::sealed; always on a host). Inside a microVM the
     /// guest kernel is the boundary, and the guest's binary is its own.
     pub sealed: bool,
+}
+
+/// Why a container could not be launched.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The container process reported why it could not start (the
+    /// program is missing or not executable, or a setup step failed).
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// The clone itself failed.
+    #[error("clone with namespaces {flags:#x}: {source}")]
+    Clone {
+        flags: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime's side failed: the cgroup, device rules, console
+    /// socket, exec fifo, id maps, runtime hooks, the sync socket.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl From<String> for LaunchError {
+    fn from(m: String) -> Self {
+        LaunchError::Runtime(m)
+    }
 }
 
 /// A launched container.
@@ -134,7 +160,7 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
 
 /// Clones the container process. On error nothing is left: the child is
 /// killed and reaped, its cgroup removed.
-pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, String> {
+pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, LaunchError> {
     let linux = spec.linux().as_ref();
     let namespaces = linux
         .and_then(|l| l.namespaces().clone())
@@ -228,11 +254,10 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         )
     };
     if pid < 0 {
-        return Err(format!(
-            "clone with namespaces {:#x}: {}",
+        return Err(LaunchError::Clone {
             flags,
-            std::io::Error::last_os_error()
-        ));
+            source: std::io::Error::last_os_error(),
+        });
     }
     if pid == 0 {
         drop(parent);
@@ -259,7 +284,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             .collect::<Result<Vec<_>, _>>()
             .and_then(|fds| fds.iter().try_for_each(|(f, p, t)| set_ns(f, p, *t)));
         if let Err(e) = r {
-            child.send_error(&e);
+            child.send_error(&ChildError::setup("namespaces", e));
             // SAFETY: leaving the forked child without unwinding.
             unsafe { libc::_exit(1) }
         }
@@ -285,7 +310,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             let go = match r {
                 Ok(go) => go,
                 Err(e) => {
-                    child.send_error(&e);
+                    child.send_error(&ChildError::setup("user namespace", e));
                     // SAFETY: leaving the forked child without unwinding.
                     unsafe { libc::_exit(1) }
                 }
@@ -314,7 +339,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     drop(exec_fifo);
     let pid = pid as i32;
     let owns_cgroup = opts.owns_cgroup;
-    let fail = |msg: String, cgroup: &Cgroup| -> String {
+    let fail = |e: LaunchError, cgroup: &Cgroup| -> LaunchError {
         // SAFETY: kill/waitpid on our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -323,18 +348,18 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         if owns_cgroup {
             let _ = cgroup.remove();
         }
-        msg
+        e
     };
 
     if in_userns && flags & libc::CLONE_NEWUSER != 0 {
         if let Err(e) = write_id_maps(pid, spec) {
-            return Err(fail(e, &cgroup));
+            return Err(fail(e.into(), &cgroup));
         }
     }
     let resources = linux.and_then(|l| l.resources().as_ref());
     let devices = owns_cgroup.then_some(device_rules.as_slice());
     if let Err(e) = cgroup.apply(pid, resources, devices) {
-        return Err(fail(e, &cgroup));
+        return Err(fail(e.into(), &cgroup));
     }
     let mut state = opts.state_template.clone();
     state["pid"] = pid.into();
@@ -345,14 +370,14 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             super::hooks::run_all(h.create_runtime().as_ref(), "createRuntime", &state_s)
         });
         if let Err(e) = r {
-            return Err(fail(e, &cgroup));
+            return Err(fail(e.into(), &cgroup));
         }
     }
     if let Err(e) = parent.send_go(pid) {
         // The child may have died with a reason (e.g. joining a namespace).
         let why = match parent.recv() {
-            Ok(Msg::Error(m)) => m,
-            _ => e,
+            Ok(Msg::Error(m)) => m.into(),
+            _ => e.into(),
         };
         return Err(fail(why, &cgroup));
     }
@@ -364,12 +389,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             Ok(Msg::Eof) if opts.exec_fifo.is_none() => break,
             Ok(Msg::Eof) => {
                 return Err(fail(
-                    "the container process died during setup".into(),
+                    LaunchError::Runtime("the container process died during setup".into()),
                     &cgroup,
                 ))
             }
-            Ok(Msg::Error(e)) => return Err(fail(e, &cgroup)),
-            Err(e) => return Err(fail(e, &cgroup)),
+            Ok(Msg::Error(e)) => return Err(fail(e.into(), &cgroup)),
+            Err(e) => return Err(fail(e.into(), &cgroup)),
         }
     }
     Ok(Launched { pid, cgroup, pty })

@@ -1,9 +1,10 @@
 //! Parent/child synchronisation over a SOCK_SEQPACKET pair, and passing
 //! file descriptors (the pty master) with SCM_RIGHTS.
 //!
-//! Child → parent messages: `ready`, `error:<text>`, `fd` (with the fd).
-//! Parent → child: `go<pid>`. End of file from the child before `ready`
-//! means it exec'd (the socket is close-on-exec) in run mode.
+//! Child → parent messages: `ready`, `error:<json>` (a [`ChildError`],
+//! tagged by `kind`), `fd` (with the fd). Parent → child: `go<pid>`. End
+//! of file from the child before `ready` means it exec'd (the socket is
+//! close-on-exec) in run mode.
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -18,10 +19,127 @@ pub struct Sync {
     fd: OwnedFd,
 }
 
+/// Why the container process could not start, as it reports it to the
+/// runtime (the cloned child and the setup stage alike). The runtime
+/// chooses the exit status from the kind, never from the text; the text
+/// (`Display`) is what the user reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChildError {
+    /// The program does not exist: not found on `$PATH`
+    /// (`searched_path`), or nothing at the path it was given.
+    #[error("exec {program}: {}", not_found_reason(*searched_path))]
+    NotFound {
+        program: String,
+        searched_path: bool,
+    },
+    /// The program exists but cannot be executed (permission, format, ...).
+    #[error("exec {program}: {}", std::io::Error::from_raw_os_error(*errno))]
+    NotExecutable { program: String, errno: i32 },
+    /// Any other step of the setup failed; `stage` names the step.
+    #[error("{message}")]
+    Setup {
+        stage: String,
+        message: String,
+        errno: Option<i32>,
+    },
+}
+
+fn not_found_reason(searched_path: bool) -> String {
+    if searched_path {
+        "executable file not found in $PATH".into()
+    } else {
+        std::io::Error::from_raw_os_error(libc::ENOENT).to_string()
+    }
+}
+
+impl ChildError {
+    /// A failed setup step, without an errno.
+    pub fn setup(stage: &str, message: impl Into<String>) -> Self {
+        ChildError::Setup {
+            stage: stage.into(),
+            message: message.into(),
+            errno: None,
+        }
+    }
+
+    /// A failed setup step whose system call failed with `errno`.
+    pub fn setup_errno(stage: &str, message: impl Into<String>, errno: Option<i32>) -> Self {
+        ChildError::Setup {
+            stage: stage.into(),
+            message: message.into(),
+            errno,
+        }
+    }
+
+    /// The program `program` could not be executed: `errno` from execve
+    /// (or from looking it up) tells whether it is missing or not
+    /// executable.
+    pub fn exec(program: &str, errno: i32) -> Self {
+        if errno == libc::ENOENT {
+            ChildError::NotFound {
+                program: program.into(),
+                searched_path: false,
+            }
+        } else {
+            ChildError::NotExecutable {
+                program: program.into(),
+                errno,
+            }
+        }
+    }
+
+    /// A step of the setup that has no finer kind yet.
+    pub fn stage(stage: &'static str) -> impl Fn(String) -> ChildError {
+        move |m| ChildError::setup(stage, m)
+    }
+
+    /// The wire form: `error:` and the JSON (also what the exec fifo
+    /// carries to `start`).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = b"error:".to_vec();
+        // A plain enum of strings and integers always serialises; should it
+        // not, the text still reaches the runtime.
+        match serde_json::to_vec(self) {
+            Ok(j) => out.extend(j),
+            Err(_) => out.extend(self.to_string().into_bytes()),
+        }
+        out
+    }
+
+    /// Reads what follows `error:`; anything else becomes a `sync` error
+    /// that shows what came.
+    pub fn decode(data: &[u8]) -> ChildError {
+        serde_json::from_slice(data).unwrap_or_else(|_| {
+            ChildError::setup(
+                "sync",
+                format!(
+                    "unexpected error message from the container: {:?}",
+                    String::from_utf8_lossy(data)
+                ),
+            )
+        })
+    }
+}
+
+/// Setup steps whose helpers still report text: kept as what the user
+/// reads, in the generic stage.
+impl From<String> for ChildError {
+    fn from(m: String) -> Self {
+        ChildError::setup("setup", m)
+    }
+}
+
+impl From<&str> for ChildError {
+    fn from(m: &str) -> Self {
+        ChildError::setup("setup", m)
+    }
+}
+
 /// What the child said.
 pub enum Msg {
     Ready,
-    Error(String),
+    Error(ChildError),
     Fd(OwnedFd),
     /// The child exec'd or died without a word.
     Eof,
@@ -76,9 +194,10 @@ impl Sync {
         self.send(b"ready")
     }
 
-    /// Child: report the error that stops it.
-    pub fn send_error(&self, msg: &str) {
-        let _ = self.send(format!("error:{msg}").as_bytes());
+    /// Child: report the error that stops it (best effort: if the
+    /// runtime went away there is nobody to tell).
+    pub fn send_error(&self, e: &ChildError) {
+        let _ = self.send(&e.encode());
     }
 
     /// Child: pass a file descriptor to the parent.
@@ -111,13 +230,16 @@ impl Sync {
             b"ready" => Msg::Ready,
             b"fd" => match received {
                 Some(fd) => Msg::Fd(fd),
-                None => Msg::Error("the container sent no file descriptor".into()),
+                None => Msg::Error(ChildError::setup(
+                    "sync",
+                    "the container sent no file descriptor",
+                )),
             },
             d => match d.strip_prefix(b"error:") {
-                Some(e) => Msg::Error(String::from_utf8_lossy(e).into_owned()),
-                None => Msg::Error(format!(
-                    "unexpected sync message {:?}",
-                    String::from_utf8_lossy(d)
+                Some(e) => Msg::Error(ChildError::decode(e)),
+                None => Msg::Error(ChildError::setup(
+                    "sync",
+                    format!("unexpected sync message {:?}", String::from_utf8_lossy(d)),
                 )),
             },
         })
@@ -165,4 +287,58 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd, String> {
         }
     }
     Err("no file descriptor received".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind crosses a real SEQPACKET pair as itself, with today's text.
+    #[test]
+    fn child_errors_cross_the_socket_typed() {
+        let cases = [
+            (
+                ChildError::NotFound {
+                    program: "nope".into(),
+                    searched_path: true,
+                },
+                "exec nope: executable file not found in $PATH",
+            ),
+            (
+                ChildError::exec("/bin/nope", libc::ENOENT),
+                "exec /bin/nope: No such file or directory (os error 2)",
+            ),
+            (
+                ChildError::exec("/etc/passwd", libc::EACCES),
+                "exec /etc/passwd: Permission denied (os error 13)",
+            ),
+            (
+                ChildError::setup_errno("cgroup namespace", "creating it: EPERM", Some(1)),
+                "creating it: EPERM",
+            ),
+        ];
+        let (parent, child) = Sync::pair().expect("socketpair");
+        for (e, text) in cases {
+            child.send_error(&e);
+            match parent.recv().expect("recv") {
+                Msg::Error(got) => {
+                    assert_eq!(got, e);
+                    assert_eq!(got.to_string(), text);
+                }
+                _ => panic!("expected an error message"),
+            }
+        }
+        assert!(matches!(
+            ChildError::exec("x", libc::ENOENT),
+            ChildError::NotFound { .. }
+        ));
+    }
+
+    /// Whatever is not a well-formed error names what came.
+    #[test]
+    fn malformed_errors_are_reported_with_their_bytes() {
+        let e = ChildError::decode(b"exec x: executable file not found in $PATH");
+        assert!(matches!(&e, ChildError::Setup { stage, .. } if stage == "sync"));
+        assert!(e.to_string().contains("executable file not found"), "{e}");
+    }
 }

@@ -134,7 +134,7 @@ fn create_in(
             sealed: true,
         },
     )
-    .map_err(failed)?;
+    .map_err(|e| failed(e.to_string()))?;
     let st = State {
         annotations,
         ..State::launched(
@@ -217,7 +217,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
             st["pid"] = 0.into();
             run_poststop(&spec, &st.to_string());
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
+            return Err(e.to_string());
         }
     };
     let st = State {
@@ -244,7 +244,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
 ///
 /// Opening the exec fifo releases the container process, which runs the
 /// startContainer hooks and answers `0` (about to execute the program) or
-/// `error:<text>`; its end of the fifo closes when the program is executed.
+/// `error:<json>` (a typed `ChildError`); its end of the fifo closes when the program is executed.
 /// So `start` returns once the program runs, after the poststart hooks, and
 /// fails if a startContainer hook (or the exec) failed, in which case the
 /// container is destroyed as the runtime spec asks.
@@ -302,7 +302,8 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let _ = std::fs::remove_file(&fifo);
     let answer = String::from_utf8_lossy(&answer);
     if let Some(i) = answer.find("error:") {
-        let e = answer[i + "error:".len()..].to_string();
+        let e = crate::container::sync::ChildError::decode(answer[i + "error:".len()..].as_bytes())
+            .to_string();
         if let Err(d) = destroy(root, &st) {
             tracing::warn!("{d}");
         }
@@ -555,7 +556,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
         Ok(l) => l,
         Err(e) => {
             crate::run::pty_unblock(&sigs);
-            return Err(e);
+            return Err(e.to_string());
         }
     };
     if let Some(p) = &o.pid_file {

@@ -57,6 +57,20 @@ pub fn report(tx: OwnedFd, r: Result<(), &RunError>) {
     let _ = f.write_all(msg.as_bytes());
 }
 
+/// Monitor: the end of the monitor process, with `code`. The monitor is
+/// a forked copy of the `amphi run -d` caller, which has already returned
+/// the container's id to its user: returning from here would run the
+/// caller's CLI a second time (print again, exit with the container's
+/// status). So it ends here, as conmon does, after writing `notices` to
+/// its stderr, which is the container's log (the user reads them with
+/// `amphi logs`).
+pub fn monitor_exit(code: i32, notices: &[String]) -> ! {
+    for n in notices {
+        eprintln!("{n}");
+    }
+    std::process::exit(code)
+}
+
 /// Caller: wait for the monitor's report.
 pub fn wait_started(rx: OwnedFd) -> Result<(), RunError> {
     let mut f = std::fs::File::from(rx);
@@ -168,7 +182,9 @@ fn watch(r: OwnedFd, w: Watched) -> ! {
         // SAFETY: leaving the forked child without unwinding.
         unsafe { libc::_exit(0) }
     }
-    // The client is gone without a word: the container goes with it.
+    // The client is gone without a word: the container goes with it. The
+    // watchdog is a forked process of its own, whose client (the CLI) is
+    // dead: its stderr (the client's terminal) is the only place to say so.
     let short = &w.id[..w.id.len().min(12)];
     eprintln!(
         "amphi: the client of container {short} was killed; killing the container and removing {}",

@@ -13,8 +13,9 @@ pub use pty::{
     unblock_signals as pty_unblock, wait as pty_wait, RawMode, Signals,
 };
 
-use crate::container::launch::{launch, LaunchOptions};
+use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
+use crate::container::sync::ChildError;
 use crate::dispatch::ResolvedImage;
 use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
@@ -69,9 +70,22 @@ impl Drop for Cleanup {
     }
 }
 
+/// How a native run ended, for the CLI to print and exit with (the
+/// library prints nothing and does not exit).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The container ran in the foreground and exited with `status`;
+    /// `notices` are for the user's stderr (the OOM killer, a report that
+    /// could not be written), in order.
+    Exited { status: i32, notices: Vec<String> },
+    /// `-d`: the container runs under its monitor; the CLI prints its id.
+    Detached { id: String },
+}
+
 /// Runs `resolved` (the image the dispatcher planned for `req.image`, its
-/// platform checked there) natively; returns the exit status.
-pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
+/// platform checked there) natively, in the foreground or (`-d`) under a
+/// monitor.
+pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunError> {
     let t0 = std::time::Instant::now();
     let ResolvedImage {
         store,
@@ -163,13 +177,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
         match detach::fork_monitor(&container_dir.join("log"))? {
             detach::Side::Caller(rx) => {
                 std::mem::forget(cleanup);
-                return match detach::wait_started(rx) {
-                    Ok(()) => {
-                        println!("{id}");
-                        Ok(0)
-                    }
-                    Err(e) => Err(e),
-                };
+                return detach::wait_started(rx).map(|()| RunOutcome::Detached { id });
             }
             detach::Side::Monitor(tx) => {
                 // The monitor waits for the container from now on.
@@ -178,7 +186,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
                     let err = amphi_err(e);
                     detach::report(tx, Err(&err));
                     drop(cleanup);
-                    std::process::exit(err.code);
+                    detach::monitor_exit(err.code, &[]);
                 }
                 report = Some(tx);
             }
@@ -214,11 +222,14 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
         Err(e) => {
             pty::unblock_signals(&sigs);
             let code = launch_error_code(&e);
-            let err = RunError { code, message: e };
+            let err = RunError {
+                code,
+                message: e.to_string(),
+            };
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
                 drop(cleanup);
-                std::process::exit(code);
+                detach::monitor_exit(code, &[]);
             }
             return Err(err);
         }
@@ -258,8 +269,9 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
     pty::unblock_signals(&sigs);
     let run_time = t_started.elapsed();
     let oom = launched.cgroup.oom_killed();
+    let mut notices = Vec::new();
     if report::target().is_some() {
-        report::RunReport {
+        let r = report::RunReport {
             isolation: "container".into(),
             exit_code: if oom { 137 } else { status },
             oom_killed: oom,
@@ -274,13 +286,14 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
             total_ms: report::ms(t0.elapsed()),
             backend: None,
         }
-        .write();
+        .try_write();
+        notices.extend(r.err());
     }
     if oom {
-        eprintln!(
-            "amphi: container {} was killed by the kernel OOM killer (memory limit reached)",
+        notices.push(crate::sys::exit::oom_notice(&format!(
+            "container {}",
             &id[..12]
-        );
+        )));
         status = 137;
     }
     if !req.rm {
@@ -294,22 +307,20 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<i32, RunError> {
         w.dismiss();
     }
     if req.detach {
-        std::process::exit(0);
+        detach::monitor_exit(0, &notices);
     }
-    Ok(status)
+    Ok(RunOutcome::Exited { status, notices })
 }
 
 /// The exit status for a launch error, as docker uses them: 127 when the
 /// command was not found, 126 when it could not be run, else 125.
-pub fn launch_error_code(e: &str) -> i32 {
-    if e.contains("executable file not found")
-        || e.contains("No such file or directory") && e.starts_with("exec ")
-    {
-        EXIT_NOT_FOUND
-    } else if e.starts_with("exec ") {
-        EXIT_CANNOT_INVOKE
-    } else {
-        EXIT_AMPHI
+pub fn launch_error_code(e: &LaunchError) -> i32 {
+    match e {
+        LaunchError::Child(ChildError::NotFound { .. }) => EXIT_NOT_FOUND,
+        LaunchError::Child(ChildError::NotExecutable { .. }) => EXIT_CANNOT_INVOKE,
+        LaunchError::Child(ChildError::Setup { .. })
+        | LaunchError::Clone { .. }
+        | LaunchError::Runtime(_) => EXIT_AMPHI,
     }
 }
 
@@ -330,4 +341,28 @@ pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
     state::ensure_root(p).map_err(amphi_err)
+}
+
+#[cfg(test)]
+mod launch_code_tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_comes_from_the_kind_not_the_text() {
+        let not_found = LaunchError::Child(ChildError::NotFound {
+            program: "x".into(),
+            searched_path: true,
+        });
+        assert_eq!(launch_error_code(&not_found), EXIT_NOT_FOUND);
+        let denied = LaunchError::Child(ChildError::exec("/x", libc::EACCES));
+        assert_eq!(launch_error_code(&denied), EXIT_CANNOT_INVOKE);
+        // A setup failure whose text looks like a missing program is still 125.
+        let setup = LaunchError::Child(ChildError::setup(
+            "mounts",
+            "exec x: executable file not found in $PATH",
+        ));
+        assert_eq!(launch_error_code(&setup), EXIT_AMPHI);
+        let runtime = LaunchError::Runtime("exec fifo /x: gone".into());
+        assert_eq!(launch_error_code(&runtime), EXIT_AMPHI);
+    }
 }

@@ -13,20 +13,14 @@ fn sigset_all() -> libc::sigset_t {
     }
 }
 
-/// Runs `args` under a reaping init; returns the exit status to use.
-pub fn main(args: &[String]) -> i32 {
+/// Runs `args` under a reaping init; returns the exit status to use, or
+/// the message for why the workload could not be started (status 125).
+pub fn main(args: &[String]) -> Result<i32, String> {
     if args.is_empty() {
-        eprintln!("amphi init: no command");
-        return 125;
+        return Err("amphi init: no command".into());
     }
     // Before the fork, so the child has nothing left to refuse.
-    let cargs = match crate::sys::cstr::args(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("amphi init: {e}");
-            return 125;
-        }
-    };
+    let cargs = crate::sys::cstr::args(args).map_err(|e| format!("amphi init: {e}"))?;
     let all = sigset_all();
     // SAFETY: sigset_t is a plain C bit set; all zeroes is the empty set.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -35,8 +29,10 @@ pub fn main(args: &[String]) -> i32 {
     // SAFETY: single-threaded; the child only execs.
     let child = unsafe { libc::fork() };
     if child < 0 {
-        eprintln!("amphi init: fork: {}", std::io::Error::last_os_error());
-        return 125;
+        return Err(format!(
+            "amphi init: fork: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     if child == 0 {
         // SAFETY: restoring the mask, then exec with valid C strings.
@@ -50,6 +46,8 @@ pub fn main(args: &[String]) -> i32 {
         // SAFETY: NULL-terminated argv of valid strings.
         unsafe { libc::execvp(argv[0], argv.as_ptr()) };
         let e = std::io::Error::last_os_error();
+        // The forked child cannot return (that would run a second init):
+        // it says why on its stderr, the workload's, and leaves.
         eprintln!("amphi init: exec {}: {e}", args[0]);
         // SAFETY: _exit takes an int and never returns; nothing of the parent's
         // state must be unwound or flushed in the forked child.
@@ -83,7 +81,7 @@ pub fn main(args: &[String]) -> i32 {
                 break;
             }
             if pid == child {
-                return super::pty::decode(status);
+                return Ok(super::pty::decode(status));
             }
         }
     }

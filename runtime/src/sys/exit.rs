@@ -28,3 +28,10 @@ pub(crate) fn amphi_err(m: impl Into<String>) -> RunError {
         message: m.into(),
     }
 }
+
+/// The notice shown when the kernel's OOM killer ended a workload (status
+/// 137): one wording for both backends. `workload` names what was killed,
+/// e.g. `container 0123456789ab` or `the workload in the microVM`.
+pub fn oom_notice(workload: &str) -> String {
+    format!("amphi: {workload} was killed by the kernel OOM killer (memory limit reached)")
+}

@@ -695,8 +695,10 @@ fn session(
                     cleanup.stop_backend(grace.min(SHUTDOWN_GRACE));
                     timing.teardown = t.elapsed();
                     if e.oom_killed {
+                        // The one wording of the notice (native runs too).
                         eprintln!(
-                            "amphi: the workload was killed by the guest kernel's OOM killer (memory limit reached)"
+                            "{}",
+                            crate::sys::exit::oom_notice("the workload in the microVM")
                         );
                     }
                     return Ok(e.code);

@@ -233,14 +233,28 @@ fn matches(r: &Rule, kind: Kind, major: u32, minor: u32, access: u8) -> bool {
 
 /// Applies `rules` to a cgroup v1 `devices` directory.
 pub fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<(), String> {
+    use std::io::Write;
+    // One descriptor per file, one write per rule (the kernel takes each
+    // write as one rule): this is on the path of every container start.
+    let (mut allow, mut deny) = (None, None);
     for r in rules {
-        let file = dir.join(if r.allow {
-            "devices.allow"
+        let (slot, name) = if r.allow {
+            (&mut allow, "devices.allow")
         } else {
-            "devices.deny"
-        });
+            (&mut deny, "devices.deny")
+        };
+        let file = dir.join(name);
+        let f = match slot {
+            Some(f) => f,
+            None => slot.insert(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?,
+            ),
+        };
         let line = r.to_string();
-        std::fs::write(&file, &line)
+        f.write_all(line.as_bytes())
             .map_err(|e| format!("device rule {line:?} in {}: {e}", file.display()))?;
     }
     Ok(())

@@ -137,6 +137,12 @@ impl Amphi {
         cmd
     }
 
+    /// Loads the test image `name` (see [`test_image`]) into this store as `tag`.
+    pub fn load_test_image(&self, name: &str, tag: &str) {
+        let layout = test_image(name);
+        self.ok(&["load", "-q", "--tag", tag, &layout.to_string_lossy()]);
+    }
+
     /// Runs `amphi ARGS` to completion (see [`run_cmd`]).
     pub fn run(&self, args: &[&str]) -> Output {
         run_cmd(&mut self.cmd(args))

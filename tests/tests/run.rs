@@ -17,13 +17,7 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let a = Amphi::new();
-        a.ok(&[
-            "load",
-            "-q",
-            "--tag",
-            IMG,
-            test_image("busybox").to_str().unwrap(),
-        ]);
+        a.load_test_image("busybox", IMG);
         Env {
             a,
             state: tempfile::tempdir().unwrap(),

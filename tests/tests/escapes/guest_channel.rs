@@ -14,7 +14,7 @@
 //! These tests need the guest kernel build (`amphi kernel build --version
 //! 6.12`) and QEMU; without them they fail.
 
-use amphi_tests::{amphi_bin, dir_names, processes_mentioning, test_image, Amphi};
+use amphi_tests::{amphi_bin, dir_names, processes_mentioning, Amphi};
 use std::fs::{self, File};
 use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -46,13 +46,7 @@ impl Vm {
             "qemu-system-x86_64 is not installed (scripts/setup installs it)"
         );
         let a = Amphi::new();
-        a.ok(&[
-            "load",
-            "-q",
-            "--tag",
-            IMG,
-            test_image("busybox").to_str().unwrap(),
-        ]);
+        a.load_test_image("busybox", IMG);
         Vm {
             a,
             state: tempfile::Builder::new()
@@ -522,13 +516,7 @@ fn hostile_guest_console_flood_is_bounded() {
 #[test]
 fn compare_temp_files_follow_no_planted_symlink() {
     let a = Amphi::new();
-    a.ok(&[
-        "load",
-        "-q",
-        "--tag",
-        IMG,
-        test_image("busybox").to_str().unwrap(),
-    ]);
+    a.load_test_image("busybox", IMG);
     let tmp = tempfile::tempdir().unwrap();
     let victim_dir = tempfile::tempdir().unwrap();
     let victim = victim_dir.path().join("victim");

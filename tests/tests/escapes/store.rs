@@ -7,7 +7,7 @@
 //! is that `$AMPHI_ROOT` and the state root are private (0700, checked and
 //! tightened at every start) and those files 0600.
 
-use amphi_tests::{raw_tar, test_image, Amphi, Compression, LayoutBuilder, TarEntry};
+use amphi_tests::{raw_tar, Amphi, Compression, LayoutBuilder, TarEntry};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -225,13 +225,7 @@ fn setuid_in_store() {
 #[test]
 fn container_secrets_in_state_and_logs() {
     let a = Amphi::new();
-    a.ok(&[
-        "load",
-        "-q",
-        "--tag",
-        "localhost/busybox:s",
-        test_image("busybox").to_str().unwrap(),
-    ]);
+    a.load_test_image("busybox", "localhost/busybox:s");
     // A state root that amphi creates, in a directory every user can
     // traverse (as /run is).
     let base = tempfile::tempdir().unwrap();

@@ -307,6 +307,30 @@ impl Env {
     }
 
     /// The directories that tie a process or file to this test.
+    /// Waits until `running`'s backend process and run directory are
+    /// there; returns the backend's "PID: command line".
+    fn wait_for_backend(&self, running: &Running) -> String {
+        let deadline = Instant::now() + RUN_LIMIT;
+        loop {
+            let procs = processes_mentioning(&self.ours());
+            let backend = procs
+                .iter()
+                .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
+                .cloned();
+            if let Some(b) =
+                backend.filter(|_| !dir_names(&self.state.path().join("vm")).is_empty())
+            {
+                return b;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no backend process or run directory seen while `amphi {}` ran: {procs:?}",
+                running.what
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn ours(&self) -> [String; 3] {
         [
             s(self.a.root()).to_string(),
@@ -817,23 +841,7 @@ fn timeout_stops_the_workload() {
     let running = e.start(&[], &args, Input::Null);
     // While it runs, the backend and the run directory are there, and the
     // cleanup check sees them (so its "nothing left" means something).
-    let deadline = Instant::now() + RUN_LIMIT;
-    let backend = loop {
-        let procs = processes_mentioning(&e.ours());
-        let backend = procs
-            .iter()
-            .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
-            .cloned();
-        if let Some(b) = backend.filter(|_| !dir_names(&e.state.path().join("vm")).is_empty()) {
-            break b;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no backend process or run directory seen while `amphi {}` ran: {procs:?}",
-            running.what
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let backend = e.wait_for_backend(&running);
     let run = running.finish();
     e.assert_clean(&run.what);
     run.expect_code(124);
@@ -925,23 +933,7 @@ fn kill_9_of_the_client_leaves_nothing_after_gc() {
     let Some(e) = Env::new() else { return };
     let args = Env::args(&[], &["sleep", "1000"]);
     let mut running = e.start(&[], &args, Input::Null);
-    let deadline = Instant::now() + RUN_LIMIT;
-    let backend = loop {
-        let procs = processes_mentioning(&e.ours());
-        let backend = procs
-            .iter()
-            .find(|p| p.contains("qemu-system") || p.contains(" vmm "))
-            .cloned();
-        if let Some(b) = backend.filter(|_| !dir_names(&e.state.path().join("vm")).is_empty()) {
-            break b;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no backend process or run directory seen while `amphi {}` ran: {procs:?}",
-            running.what
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let backend = e.wait_for_backend(&running);
     // A live run is not touched by gc.
     let gc = e.cmd(&["gc"]).output().unwrap();
     assert!(gc.status.success(), "{gc:?}");

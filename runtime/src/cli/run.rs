@@ -200,14 +200,15 @@ pub fn request(
 
 /// Decides container or microVM, then runs the plan.
 pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
-    let plan = crate::dispatch::plan(
-        &req.store_root,
-        &req.image,
-        d.isolation,
-        d.policy.as_deref(),
-        d.vm_backend,
-        d.kernel.as_deref(),
-    )?;
+    let plan = crate::dispatch::plan(&crate::dispatch::PlanRequest {
+        isolation: d.isolation,
+        policy: d.policy.as_deref(),
+        vm_backend: d.vm_backend,
+        kernel: d.kernel.as_deref(),
+        command: &req.flags.command,
+        entrypoint: req.flags.entrypoint.as_deref(),
+        ..crate::dispatch::PlanRequest::new(&req.store_root, &req.image)
+    })?;
     for r in &plan.decision.reasons {
         tracing::info!(rule = %r.rule, wanted = %r.wanted, have = %r.have, outcome = %r.outcome, note = %r.note, "dispatch");
         if r.outcome == crate::dispatch::Outcome::Warning {

@@ -31,8 +31,10 @@
 //!   not chosen for an image that lists options; a bare option name needs
 //!   `y` in a guest kernel (the guest cannot load modules).
 
+use super::infer::{self, Inferred, Need};
 use super::policy::Policy;
-use super::requirements::{Requirements, KEY_ISOLATION, KEY_KERNEL};
+use super::requirements::{ConfigRequirement, Requirements, KEY_ISOLATION, KEY_KERNEL};
+use crate::image::scan::Fact;
 use super::{DispatchError, Isolation, IsolationChoice};
 use crate::host::{HostInfo, KvmSupport};
 use crate::kernel::{KernelConfig, KernelEntry, KernelVersion};
@@ -83,6 +85,10 @@ pub struct DecideInput<'a> {
     /// `kernels` is the operator's `--kernel`: no preference (the policy's
     /// or the image's) applies.
     pub cli_kernel: bool,
+    /// What the image scan says of the command that runs (empty when the
+    /// image was not scanned): the inference rules ([`infer`]) turn it into
+    /// requirements, unless the policy turns inference off.
+    pub facts: &'a [Fact],
 }
 
 /// What a rule concluded.
@@ -188,6 +194,17 @@ pub struct Decision {
     pub decided_by: String,
     /// Every rule checked, in order.
     pub reasons: Vec<Reason>,
+    /// What the image scan found for the command that runs.
+    #[serde(default)]
+    pub facts: Vec<Fact>,
+    /// The requirements inferred from those facts (none when the policy
+    /// turns inference off).
+    #[serde(default)]
+    pub inferred: Vec<Inferred>,
+    /// Additions to the guest kernel's command line the inferred needs
+    /// ask for (microVMs only).
+    #[serde(default)]
+    pub guest_cmdline: Vec<String>,
 }
 
 impl fmt::Display for Decision {
@@ -367,12 +384,37 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             "the image needs {wanted}, the host kernel config is unknown"
         ));
     }
+    // What the image's own files say (the image scan), unless the policy
+    // turns inference off for this image.
+    let inferred = match input.policy.infer_rule(input.reference) {
+        Some((false, from)) => {
+            if !input.facts.is_empty() {
+                reasons.push(Reason::new(
+                    "policy.infer",
+                    "inference from the image's files",
+                    from,
+                    Outcome::Info,
+                    "turned off by the policy: the image scan's facts are not used",
+                ));
+            }
+            Vec::new()
+        }
+        _ => infer::infer(input.facts),
+    };
+    for i in &inferred {
+        let (reason, ok) = infer::host_reason(i, host);
+        if !ok {
+            misses.push(format!("{} ({})", i.describe(), reason.have));
+        }
+        reasons.push(reason);
+    }
     let native_ok = misses.is_empty();
 
-    // Who decides the isolation: the operator's `--isolation`, else the
-    // policy; the image may only raise the result to a microVM.
+    // Who decides the isolation: the policy, then the user's
+    // `--isolation` (which may not lower the policy's vm), then the image,
+    // which may only raise the result to a microVM.
     let image_rule = input.policy.image_rule(input.reference);
-    let (decider, choice, decided_by) = isolation_opinions(input, native_ok, &mut reasons);
+    let (decider, choice, decided_by) = isolation_opinions(input, native_ok, &mut reasons)?;
     let mut isolation = None;
     match choice {
         IsolationChoice::Container => {
@@ -397,6 +439,9 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             kernel: None,
             decided_by,
             reasons,
+            facts: input.facts.to_vec(),
+            inferred,
+            guest_cmdline: Vec::new(),
         });
     }
 
@@ -465,7 +510,28 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
     } else {
         image_kernel
     };
-    let chosen = select_kernel(input, preferred, &mut reasons)?;
+    let needs = Needs {
+        req,
+        inferred: &inferred,
+    };
+    let chosen = select_kernel(input, &needs, preferred, &mut reasons)?;
+    let mut guest_cmdline: Vec<String> = Vec::new();
+    for i in &inferred {
+        if let Some(c) = infer::guest_cmdline(&i.need) {
+            if !guest_cmdline.iter().any(|x| x == c) {
+                guest_cmdline.push(c.to_string());
+            }
+        }
+    }
+    if !guest_cmdline.is_empty() {
+        reasons.push(Reason::new(
+            "kernel.cmdline",
+            "what the inferred needs ask of the guest",
+            guest_cmdline.join(" "),
+            Outcome::Info,
+            "added to the guest kernel's command line",
+        ));
+    }
     Ok(Decision {
         isolation: Isolation::Vm,
         kernel: Some(ChosenKernel {
@@ -475,6 +541,9 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         }),
         decided_by,
         reasons,
+        facts: input.facts.to_vec(),
+        inferred,
+        guest_cmdline,
     })
 }
 
@@ -490,7 +559,7 @@ fn isolation_opinions(
     input: &DecideInput,
     native_ok: bool,
     reasons: &mut Vec<Reason>,
-) -> (&'static str, IsolationChoice, String) {
+) -> Result<(&'static str, IsolationChoice, String), DispatchError> {
     let forces = |c: IsolationChoice| match c {
         IsolationChoice::Container => Outcome::ForcesContainer,
         IsolationChoice::Vm => Outcome::ForcesVm,
@@ -533,15 +602,42 @@ fn isolation_opinions(
         .isolation
         .map(|i| ("annotation.isolation", i, req.origin(KEY_ISOLATION)));
 
-    // The operator's override.
+    // The user's `--isolation`: it decides over the image and the
+    // inference, and over the policy except where the policy says vm (a
+    // user may ask for more isolation than the policy, never less).
     if input.cli != IsolationChoice::Auto {
         let from = format!("--isolation {} on the command line", input.cli);
+        let (prule, pchoice, pfrom) = &policy[0];
+        if input.cli == IsolationChoice::Container && *pchoice == IsolationChoice::Vm {
+            reasons.push(Reason::new(
+                prule,
+                "vm",
+                pfrom,
+                Outcome::ForcesVm,
+                "",
+            ));
+            reasons.push(Reason::new(
+                "cli.isolation",
+                "container",
+                &from,
+                Outcome::Refused,
+                format!("{prule} says vm: the policy may not be lowered"),
+            ));
+            return Err(refuse(
+                "cli.isolation",
+                format!(
+                    "--isolation container is not allowed for image {}: the operator's policy ({pfrom}) says it runs in a microVM, and a command line may ask for more isolation than the policy, never less; run it without --isolation, or change the policy",
+                    input.reference
+                ),
+                std::mem::take(reasons),
+            ));
+        }
         reasons.push(Reason::new(
             "cli.isolation",
             input.cli.to_string(),
             &from,
             forces(input.cli),
-            "the operator's override: the policy and the image are not consulted",
+            "the user's choice: the image's opinion and the inference are not consulted",
         ));
         for (rule, c, src) in policy.iter().chain(&image) {
             reasons.push(Reason::new(
@@ -549,14 +645,10 @@ fn isolation_opinions(
                 c.to_string(),
                 src,
                 Outcome::Info,
-                "overridden by --isolation on the command line (the operator's override)",
+                "overridden by --isolation on the command line",
             ));
         }
-        return (
-            "cli.isolation",
-            input.cli,
-            format!("{from} (the operator's override)"),
-        );
+        return Ok(("cli.isolation", input.cli, from));
     }
 
     // The policy: its first opinion decides.
@@ -599,9 +691,9 @@ fn isolation_opinions(
 
     // The image: it may ask for more isolation, never less.
     let Some((irule, ichoice, ifrom)) = image else {
-        return (prule, pchoice, pfrom);
+        return Ok((prule, pchoice, pfrom));
     };
-    match (pchoice, ichoice) {
+    Ok(match (pchoice, ichoice) {
         (_, IsolationChoice::Vm) if image_raises => {
             reasons.push(Reason::new(
                 irule,
@@ -644,7 +736,7 @@ fn isolation_opinions(
             ));
             (prule, pchoice, pfrom)
         }
-    }
+    })
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -655,70 +747,131 @@ fn list<T: fmt::Display>(items: &[T]) -> String {
         .join(", ")
 }
 
-/// Why `k` does not meet the requirements (empty when it does).
-fn kernel_misses(k: &CandidateKernel, req: &Requirements) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(c) = &req.kernel_version {
-        if !c.matches(&k.version) {
-            out.push(format!("version {} is outside {c}", k.version));
+/// Everything a guest kernel must meet: the image's declared requirements
+/// and the inferred ones.
+struct Needs<'a> {
+    req: &'a Requirements,
+    inferred: &'a [Inferred],
+}
+
+impl Needs<'_> {
+    /// The config options a guest kernel needs: the image's, then the
+    /// inferred needs' (deduplicated).
+    fn config(&self) -> Vec<ConfigRequirement> {
+        let mut out = self.req.kernel_config.clone();
+        for i in self.inferred {
+            for r in infer::guest_config(&i.need) {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
         }
+        out
     }
-    if !req.kernel_config.is_empty() {
-        match &k.config {
-            None => out.push(format!(
-                "its config is unknown, so it cannot prove {}",
-                list(&req.kernel_config)
-            )),
-            Some(config) => {
-                for r in &req.kernel_config {
-                    if !r.met_by(config, true) {
-                        let extra = if config.get(&r.name).map(String::as_str) == Some("m")
-                            && matches!(r.want, super::ConfigWant::Enabled)
-                        {
-                            " (a module: the guest cannot load it)"
-                        } else {
-                            ""
-                        };
-                        out.push(format!("needs {r}, has {}{extra}", r.describe_have(config)));
+
+    /// The lowest kernel version the inferred needs allow, and the fact
+    /// that asks for it.
+    fn inferred_min(&self) -> Option<(KernelVersion, &Inferred)> {
+        self.inferred
+            .iter()
+            .filter_map(|i| match &i.need {
+                Need::KernelAtLeast { version } => Some((*version, i)),
+                _ => None,
+            })
+            .max_by(|a, b| a.0.cmp(&b.0))
+    }
+
+    /// Why `k` does not meet them (empty when it does).
+    fn misses(&self, k: &CandidateKernel) -> Vec<String> {
+        let req = self.req;
+        let mut out = Vec::new();
+        if let Some(c) = &req.kernel_version {
+            if !c.matches(&k.version) {
+                out.push(format!("version {} is outside {c}", k.version));
+            }
+        }
+        if let Some((min, i)) = self.inferred_min() {
+            if k.version < min {
+                out.push(format!(
+                    "version {} is older than {min}, which {} asks for",
+                    k.version,
+                    i.fact.path()
+                ));
+            }
+        }
+        let config = self.config();
+        if !config.is_empty() {
+            match &k.config {
+                None => out.push(format!(
+                    "its config is unknown, so it cannot prove {}",
+                    list(&config)
+                )),
+                Some(kc) => {
+                    for r in &config {
+                        if !r.met_by(kc, true) {
+                            let extra = if kc.get(&r.name).map(String::as_str) == Some("m")
+                                && matches!(r.want, super::ConfigWant::Enabled)
+                            {
+                                " (a module: the guest cannot load it)"
+                            } else {
+                                ""
+                            };
+                            out.push(format!("needs {r}, has {}{extra}", r.describe_have(kc)));
+                        }
                     }
                 }
             }
         }
+        out
     }
-    out
-}
 
-/// What the image needs of a guest kernel, for messages.
-fn needs(req: &Requirements) -> String {
-    let mut parts = Vec::new();
-    if let Some(c) = &req.kernel_version {
-        parts.push(format!("version {c}"));
+    /// What the image needs of a guest kernel, for messages.
+    fn describe(&self) -> String {
+        let req = self.req;
+        let mut parts = Vec::new();
+        if let Some(c) = &req.kernel_version {
+            parts.push(format!("version {c}"));
+        }
+        if let Some((min, i)) = self.inferred_min() {
+            parts.push(format!("version >= {min} ({})", i.fact));
+        }
+        let config = self.config();
+        if !config.is_empty() {
+            parts.push(format!("config {}", list(&config)));
+        }
+        if parts.is_empty() {
+            "any kernel".to_string()
+        } else {
+            parts.join(" and ")
+        }
     }
-    if !req.kernel_config.is_empty() {
-        parts.push(format!("config {}", list(&req.kernel_config)));
-    }
-    if parts.is_empty() {
-        "any kernel".to_string()
-    } else {
-        parts.join(" and ")
-    }
-}
 
-/// The command(s) that would give the catalog a kernel meeting `req`.
-fn fix_hint(req: &Requirements) -> String {
-    let add = "add a kernel that meets them with `amphi kernel add PATH --config CONFIG`";
-    match &req.kernel_version {
-        Some(c) => match c.first_allowed_series(BUILDABLE_SERIES) {
+    /// The command(s) that would give the catalog a kernel meeting them.
+    fn fix_hint(&self) -> String {
+        let add = "add a kernel that meets them with `amphi kernel add PATH --config CONFIG`";
+        let min = self.inferred_min().map(|(v, _)| v);
+        let buildable: Vec<&str> = BUILDABLE_SERIES
+            .iter()
+            .copied()
+            .filter(|s| {
+                let ok_min = match (min, KernelVersion::parse(s)) {
+                    (Some(m), Ok(sv)) => (sv.major, sv.minor) >= (m.major, m.minor),
+                    _ => true,
+                };
+                let ok_req = match &self.req.kernel_version {
+                    Some(c) => c.first_allowed_series(&[s]).is_some(),
+                    None => true,
+                };
+                ok_min && ok_req
+            })
+            .collect();
+        match buildable.first() {
             Some(s) => format!("run `amphi kernel build --version {s}`, or {add}"),
             None => format!(
-                "no kernel series amphi builds ({}) satisfies {c}: {add}",
+                "no kernel series amphi builds ({}) satisfies them: {add}",
                 BUILDABLE_SERIES.join(", ")
             ),
-        },
-        None => format!(
-            "run `amphi kernel build --version {}`, or {add}",
-            BUILDABLE_SERIES[0]
-        ),
+        }
     }
 }
 
@@ -779,10 +932,10 @@ fn find_kernel<'a>(
 
 fn select_kernel<'a>(
     input: &DecideInput<'a>,
+    needs: &Needs,
     preferred: Option<(String, String)>,
     reasons: &mut Vec<Reason>,
 ) -> Result<&'a CandidateKernel, DispatchError> {
-    let req = input.requirements;
     let pvm_host = input.host.kvm == KvmSupport::Pvm;
     let pvm_warning = |k: &CandidateKernel| {
         Reason::new(
@@ -816,12 +969,12 @@ fn select_kernel<'a>(
                 return Err(refuse("kernel.select", message, std::mem::take(reasons)));
             }
         };
-        let misses = kernel_misses(k, req);
+        let misses = needs.misses(k);
         if !misses.is_empty() {
             let why = misses.join("; ");
             reasons.push(Reason::new(
                 "kernel.select",
-                format!("{query} (from {from}) meeting {}", needs(req)),
+                format!("{query} (from {from}) meeting {}", needs.describe()),
                 &k.id,
                 Outcome::Refused,
                 &why,
@@ -837,7 +990,7 @@ fn select_kernel<'a>(
         }
         reasons.push(Reason::new(
             "kernel.select",
-            format!("{query} (from {from}) meeting {}", needs(req)),
+            format!("{query} (from {from}) meeting {}", needs.describe()),
             format!("{} ({})", k.id, k.release),
             Outcome::Ok,
             "the preferred kernel",
@@ -851,7 +1004,7 @@ fn select_kernel<'a>(
     let mut meeting: Vec<&CandidateKernel> = input
         .kernels
         .iter()
-        .filter(|k| kernel_misses(k, req).is_empty())
+        .filter(|k| needs.misses(k).is_empty())
         .collect();
     meeting.sort_by(|a, b| b.version.cmp(&a.version).then_with(|| a.id.cmp(&b.id)));
     let pick = if pvm_host {
@@ -870,13 +1023,13 @@ fn select_kernel<'a>(
             input
                 .kernels
                 .iter()
-                .map(|k| format!("{}: {}", k.id, kernel_misses(k, req).join("; ")))
+                .map(|k| format!("{}: {}", k.id, needs.misses(k).join("; ")))
                 .collect::<Vec<_>>()
                 .join("; ")
         };
         reasons.push(Reason::new(
             "kernel.select",
-            needs(req),
+            needs.describe(),
             "no kernel meets it",
             Outcome::Refused,
             &detail,
@@ -886,8 +1039,8 @@ fn select_kernel<'a>(
             format!(
                 "image {} needs a microVM, but no guest kernel in the catalog meets its requirements ({}): {detail}. To fix: {}",
                 input.reference,
-                needs(req),
-                fix_hint(req)
+                needs.describe(),
+                needs.fix_hint()
             ),
             std::mem::take(reasons),
         ));
@@ -899,7 +1052,7 @@ fn select_kernel<'a>(
     };
     reasons.push(Reason::new(
         "kernel.select",
-        needs(req),
+        needs.describe(),
         format!("{} ({})", k.id, k.release),
         Outcome::Ok,
         note,

@@ -28,6 +28,8 @@
 pub mod backend;
 mod constraint;
 mod decide;
+mod facts;
+pub mod infer;
 mod plan;
 mod policy;
 mod requirements;
@@ -37,7 +39,8 @@ pub use constraint::{Comparator, Op, PartialVersion, VersionConstraint};
 pub use decide::{
     decide, CandidateKernel, ChosenKernel, DecideInput, Decision, Outcome, Reason, BUILDABLE_SERIES,
 };
-pub use plan::{plan, GuestKernel, HostSummary, Plan, Target, VmPlan};
+pub use facts::{command_facts, image_scan};
+pub use plan::{plan, GuestKernel, HostSummary, Plan, PlanRequest, ScanReport, Target, VmPlan};
 pub use policy::{
     glob_match, normalize_reference, reference_matches, ImageRule, Policy, TrustRule,
     DEFAULT_POLICY_PATH,

@@ -13,6 +13,7 @@ use super::{
     IsolationChoice, Policy,
 };
 use crate::host::HostInfo;
+use crate::image::scan::CommandFacts;
 use crate::image::{ImageRecord, Reference};
 use crate::kernel::KernelEntry;
 use crate::sys::exit::{amphi_err, RunError};
@@ -30,6 +31,8 @@ pub struct Plan {
     /// What would run it: "native container" or the VM backend.
     pub backend: String,
     pub host: HostSummary,
+    /// What the image scan said of the command that runs.
+    pub scan: ScanReport,
     /// The image the decision is about: the backend runs this one.
     #[serde(skip)]
     pub resolved: ResolvedImage,
@@ -57,6 +60,9 @@ pub struct VmPlan {
     pub backend: Backend,
     /// Said when the microVM starts (software emulation is slow).
     pub notice: Option<String>,
+    /// Additions to the guest kernel's command line (from the inferred
+    /// needs: `vsyscall=xonly`, `systemd.unified_cgroup_hierarchy=0`).
+    pub cmdline: Vec<String>,
 }
 
 /// A guest kernel: an entry of the kernel catalog, or the file `--kernel`
@@ -112,6 +118,7 @@ pub struct HostSummary {
     pub config_source: String,
     pub cgroup: String,
     pub kvm: String,
+    pub vsyscall: String,
 }
 
 impl HostSummary {
@@ -122,6 +129,7 @@ impl HostSummary {
             config_source: h.config_source.clone(),
             cgroup: serde_name(&h.cgroup),
             kvm: serde_name(&h.kvm),
+            vsyscall: serde_name(&h.vsyscall),
         }
     }
 }
@@ -148,20 +156,98 @@ fn dispatch_err(e: DispatchError) -> RunError {
     amphi_err(m)
 }
 
+/// What a plan is asked for: `run`'s and `explain`'s arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanRequest<'a> {
+    /// The image store (and kernel catalog) root.
+    pub store_root: &'a Path,
+    pub image: &'a str,
+    /// `--isolation` (`Auto` when not given).
+    pub isolation: IsolationChoice,
+    /// `--policy`.
+    pub policy: Option<&'a Path>,
+    pub vm_backend: BackendChoice,
+    /// `--kernel`.
+    pub kernel: Option<&'a str>,
+    /// The command after the image name (empty: the image's Cmd).
+    pub command: &'a [String],
+    /// `--entrypoint`.
+    pub entrypoint: Option<&'a str>,
+    /// Scan the image again even when a stored scan exists.
+    pub rescan: bool,
+}
+
+impl<'a> PlanRequest<'a> {
+    /// A request for `image` with every option at its default.
+    pub fn new(store_root: &'a Path, image: &'a str) -> Self {
+        PlanRequest {
+            store_root,
+            image,
+            isolation: IsolationChoice::Auto,
+            policy: None,
+            vm_backend: BackendChoice::Auto,
+            kernel: None,
+            command: &[],
+            entrypoint: None,
+            rescan: false,
+        }
+    }
+}
+
+/// What the image scan said of the command a run starts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanReport {
+    /// `/etc/os-release`'s name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    /// Where the command's `argv[0]` led inside the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// Why the command's own facts are unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+    /// Why there is no scan at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Files the scan read and how long it took (when it ran now or was
+    /// stored).
+    pub files_read: usize,
+    pub micros: u64,
+}
+
 /// Decides how `image` runs here (pulling it first if it is missing).
-pub fn plan(
-    store_root: &Path,
-    image: &str,
-    cli: IsolationChoice,
-    policy_path: Option<&Path>,
-    vm_backend: BackendChoice,
-    kernel: Option<&str>,
-) -> Result<Plan, RunError> {
+pub fn plan(req: &PlanRequest) -> Result<Plan, RunError> {
+    let store_root = req.store_root;
+    let image = req.image;
     let resolved = super::resolve_image(store_root, image)?;
     let requirements = image_requirements(&resolved.store, &resolved.record, &resolved.config)
         .map_err(dispatch_err)?;
-    let policy = Policy::load(policy_path).map_err(dispatch_err)?;
+    let policy = Policy::load(req.policy).map_err(dispatch_err)?;
     let host = crate::host::probe();
+    // The image's own files, as the stored scan saw them (scanned now on
+    // first use). A scan that cannot be made leaves no facts: inference
+    // only ever adds requirements, and the explanation says why.
+    let (command, scan_report) = match super::facts::image_scan(&resolved, req.rescan) {
+        Ok(scan) => {
+            let cf = super::facts::command_facts(&resolved, &scan, req.command, req.entrypoint);
+            let report = ScanReport {
+                os: scan.os_name().to_string(),
+                executable: cf.executable.clone(),
+                unknown: cf.unknown.clone(),
+                error: None,
+                files_read: scan.files_read,
+                micros: scan.micros,
+            };
+            (cf, report)
+        }
+        Err(e) => (
+            CommandFacts::default(),
+            ScanReport {
+                error: Some(format!("the image could not be scanned: {e}")),
+                ..ScanReport::default()
+            },
+        ),
+    };
     let catalog = crate::kernel::Catalog::open(store_root);
     let references = policy_references(image, &resolved.record);
     let decide_for = |kernels: &[CandidateKernel], cli_kernel: bool| {
@@ -171,9 +257,10 @@ pub fn plan(
                 reference,
                 requirements: &requirements,
                 policy: &policy,
-                cli,
+                cli: req.isolation,
                 kernels,
                 cli_kernel,
+                facts: &command.facts,
             })
         })
     };
@@ -187,7 +274,7 @@ pub fn plan(
         )
     };
     // `--kernel`: the only candidate (a file, or one catalog kernel).
-    let (kernels, decided) = if let Some(k) = kernel {
+    let (kernels, decided) = if let Some(k) = req.kernel {
         let (seen, only) = given_kernel(store_root, k)?;
         (vec![only], decide_for(std::slice::from_ref(&seen), true))
     } else {
@@ -206,7 +293,9 @@ pub fn plan(
     };
     let (reference, decision) = decided;
     let decision = decision.map_err(dispatch_err)?;
-    finish(reference, decision, resolved, kernels, vm_backend, &host)
+    let mut plan = finish(reference, decision, resolved, kernels, req.vm_backend, &host)?;
+    plan.scan = scan_report;
+    Ok(plan)
 }
 
 /// The references the policy sees for `image` as the user named it. By
@@ -325,6 +414,7 @@ fn finish(
                 kernel,
                 backend,
                 notice,
+                cmdline: decision.guest_cmdline.clone(),
             }))
         }
     };
@@ -337,9 +427,62 @@ fn finish(
         decision,
         backend,
         host: HostSummary::of(host),
+        scan: ScanReport::default(),
         resolved,
         target,
     })
+}
+
+impl Plan {
+    /// The image scan's part of `amphi explain`: each inferred need as
+    /// "FACT: needs NEED, HOST → OUTCOME".
+    fn fmt_scan(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.decision;
+        let sc = &self.scan;
+        let mut parts = Vec::new();
+        if !sc.os.is_empty() {
+            parts.push(sc.os.clone());
+        }
+        if let Some(e) = &sc.executable {
+            parts.push(format!("command {e}"));
+        }
+        writeln!(f, "image scan: {}", parts.join(", "))?;
+        if let Some(e) = &sc.error {
+            writeln!(f, "  {e}")?;
+        }
+        if let Some(u) = &sc.unknown {
+            writeln!(f, "  {u}")?;
+        }
+        let outcome = match (&d.isolation, &d.kernel) {
+            (Isolation::Vm, Some(k)) => format!("microVM with kernel {}", k.release),
+            (Isolation::Vm, None) => "microVM".to_string(),
+            (Isolation::Container, _) => "native container".to_string(),
+        };
+        for i in &d.inferred {
+            let host_has = d
+                .reasons
+                .iter()
+                .find(|r| r.rule == i.rule && r.wanted == i.need.to_string())
+                .map(|r| (r.have.clone(), r.outcome));
+            match host_has {
+                Some((have, super::Outcome::NeedsVm)) => writeln!(
+                    f,
+                    "  {}: needs {}, {have} \u{2192} {outcome}",
+                    i.fact, i.need
+                )?,
+                Some((have, _)) => writeln!(f, "  {}: needs {}, {have}: ok", i.fact, i.need)?,
+                None => writeln!(f, "  {}: needs {}", i.fact, i.need)?,
+            }
+        }
+        let shown: Vec<&crate::image::scan::Fact> = d.inferred.iter().map(|i| &i.fact).collect();
+        for fact in d.facts.iter().filter(|x| !shown.contains(x)) {
+            writeln!(f, "  {fact}")?;
+        }
+        if sc.error.is_none() && d.facts.is_empty() {
+            writeln!(f, "  nothing that constrains the kernel")?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Display for Plan {
@@ -360,13 +503,15 @@ impl std::fmt::Display for Plan {
         writeln!(f, "backend: {}", self.backend)?;
         writeln!(
             f,
-            "host: {} kernel {}, cgroup {}, KVM {} (config: {})",
+            "host: {} kernel {}, cgroup {}, KVM {}, vsyscall {} (config: {})",
             self.host.arch,
             self.host.kernel,
             self.host.cgroup,
             self.host.kvm,
+            self.host.vsyscall,
             self.host.config_source
         )?;
+        self.fmt_scan(f)?;
         writeln!(f, "rules:")?;
         for r in &d.reasons {
             writeln!(f, "  {r}")?;

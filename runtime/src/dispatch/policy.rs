@@ -12,7 +12,14 @@
 //! match = "docker.io/library/alpine:*"
 //! isolation = "container"     # optional: without it, trust rules decide isolation
 //! kernel = "6.1"              # optional guest kernel (ID, version or series)
+//! infer = false               # optional: do not infer needs from the image's files
 //! ```
+//!
+//! `infer = false` at the top turns inference off for every image; an
+//! `[[image]]` rule's `infer` wins over it for the images it matches (the
+//! first matching rule that sets `infer` counts). Inference (the image
+//! scan's facts, see `dispatch::infer`) is on by default; turning it off
+//! never stops a policy from forcing a microVM.
 //!
 //! Patterns match the normalised reference (`docker.io/library/alpine:3.19`)
 //! and also its name without tag and digest (`docker.io/library/alpine`), so
@@ -66,6 +73,10 @@ pub struct ImageRule {
     /// Preferred guest kernel (ID, version or series).
     #[serde(default)]
     pub kernel: Option<String>,
+    /// Whether the image's needs are inferred from its files (default: the
+    /// policy's `infer`, else yes).
+    #[serde(default)]
+    pub infer: Option<bool>,
 }
 
 /// The whole policy. `Policy::default()` is what applies without a file:
@@ -75,6 +86,9 @@ pub struct ImageRule {
 pub struct Policy {
     #[serde(default)]
     pub default_isolation: IsolationChoice,
+    /// Infer needs from the image's files (default yes).
+    #[serde(default)]
+    pub infer: Option<bool>,
     #[serde(default)]
     pub trust: Vec<TrustRule>,
     #[serde(default, rename = "image")]
@@ -150,6 +164,31 @@ impl Policy {
             .iter()
             .enumerate()
             .find(|(_, r)| reference_matches(&r.pattern, reference))
+    }
+
+    /// Whether inference is on for `reference`, and where the policy says
+    /// so; None when the policy says nothing (inference is then on).
+    pub fn infer_rule(&self, reference: &str) -> Option<(bool, String)> {
+        let rule = self
+            .images
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.infer.is_some() && reference_matches(&r.pattern, reference));
+        if let Some((n, r)) = rule {
+            return r.infer.map(|v| {
+                (
+                    v,
+                    format!(
+                        "[[image]] rule {} match {:?} in {}",
+                        n + 1,
+                        r.pattern,
+                        self.describe()
+                    ),
+                )
+            });
+        }
+        self.infer
+            .map(|v| (v, format!("infer = {v} in the {}", self.describe())))
     }
 
     /// "policy /etc/amphi/policy.toml" or "built-in default policy".

@@ -305,6 +305,21 @@ impl Drop for Temp {
     }
 }
 
+/// Runs `f` on the image's merged, read-only rootfs: an overlay of its
+/// stored layers, mounted in a private mount namespace of a thread of its
+/// own (nothing is visible elsewhere, and the kernel drops the mount when
+/// the thread ends). The image scan reads the image through it.
+pub fn with_image_rootfs<T: Send>(
+    store: &Store,
+    rec: &ImageRecord,
+    f: impl FnOnce(&Path) -> T + Send,
+) -> Result<T, GuestfsError> {
+    let scratch = Temp::new(store, "scan-mnt");
+    tree::with_merged(store, &rec.layers, scratch.path(), &image_label(rec), |root| {
+        Ok(f(root))
+    })
+}
+
 fn image_label(rec: &ImageRecord) -> String {
     rec.names
         .first()

@@ -92,6 +92,7 @@ pub(crate) mod tests {
                 max_user_namespaces: Some(10),
                 unprivileged_userns_clone: None,
             },
+            vsyscall: crate::host::Vsyscall::Xonly,
             from_cache: false,
         }
     }

@@ -11,9 +11,11 @@
 
 mod cache;
 mod cgroup;
+pub mod vsyscall;
 
 pub use cache::{default_cache_path, load_cached, probe_with_cache, store_cache};
 pub use cgroup::{cgroup_mode_from_mounts, CgroupMode};
+pub use vsyscall::Vsyscall;
 
 use crate::kernel::config::{self, KernelConfig};
 use crate::kernel::KernelVersion;
@@ -22,7 +24,7 @@ use std::io::Read;
 use std::path::Path;
 
 /// Bumped when [`HostInfo`] changes shape, so older cache files are re-probed.
-pub const CACHE_FORMAT: u32 = 1;
+pub const CACHE_FORMAT: u32 = 2;
 
 /// Everything amphi needs to know about the host to choose how to run an image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub struct HostInfo {
     pub cgroup: CgroupMode,
     pub kvm: KvmSupport,
     pub userns: UserNs,
+    /// How the kernel serves the legacy vsyscall page.
+    #[serde(default)]
+    pub vsyscall: Vsyscall,
     /// True when this answer came from the cache file (not stored in it).
     #[serde(skip)]
     pub from_cache: bool,
@@ -244,6 +249,7 @@ pub fn probe_fresh() -> HostInfo {
             read_trimmed("/proc/sys/user/max_user_namespaces").as_deref(),
             read_trimmed("/proc/sys/kernel/unprivileged_userns_clone").as_deref(),
         ),
+        vsyscall: vsyscall::probe(),
         from_cache: false,
     }
 }

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod progress;
 pub mod pull;
 pub mod reference;
+pub mod scan;
 pub mod store;
 pub mod unpack;
 

@@ -300,6 +300,7 @@ pub fn run(
         kernel,
         backend,
         notice,
+        cmdline: plan_cmdline,
     } = vm;
     let kernel_path = kernel.boot_file()?;
     if let Backend::Qemu { .. } = backend {
@@ -384,7 +385,13 @@ pub fn run(
         .cpus
         .map_or(1, |c| c.ceil().max(1.0) as u32)
         .min(host_cpus.max(1));
-    let extra = std::env::var("AMPHI_VM_CMDLINE_EXTRA").unwrap_or_default();
+    // The plan's additions (what the image's inferred needs ask of the
+    // guest kernel), then the operator's debugging extras.
+    let mut extra = plan_cmdline.join(" ");
+    if let Ok(more) = std::env::var("AMPHI_VM_CMDLINE_EXTRA") {
+        extra.push(' ');
+        extra.push_str(&more);
+    }
     let vm = VmSpec {
         kernel: &kernel_path,
         initrd: &prepared.initrd,

@@ -33,6 +33,7 @@ fn host() -> HostInfo {
             max_user_namespaces: Some(1000),
             unprivileged_userns_clone: None,
         },
+        vsyscall: crate::host::Vsyscall::Xonly,
         from_cache: false,
     }
 }
@@ -280,7 +281,7 @@ fn cases() -> Vec<Case> {
             ann: &[(KEY_ISOLATION, "vm")],
             cli: CliContainer,
             reasons: &[
-                ("cli.isolation", ForcesContainer, "the operator's override"),
+                ("cli.isolation", ForcesContainer, "the user's choice"),
                 ("annotation.isolation", Info, "overridden by --isolation on the command line"),
             ],
             ..BASE
@@ -507,6 +508,7 @@ fn decision_table() {
             cli: c.cli,
             kernels: &ks,
             cli_kernel: c.cli_kernel,
+            facts: &[],
         };
         let result = decide(&input);
         let reasons: Vec<Reason> = match (&result, c.want) {
@@ -566,6 +568,7 @@ fn cli_auto_is_not_an_opinion() {
         cli: Auto,
         kernels: &kernels(),
         cli_kernel: false,
+        facts: &[],
     })
     .unwrap();
     assert!(!d.reasons.iter().any(|r| r.rule == "cli.isolation"));
@@ -590,6 +593,7 @@ fn display_and_json() {
         cli: Auto,
         kernels: &ks,
         cli_kernel: false,
+        facts: &[],
     })
     .unwrap();
     let text = d.to_string();
@@ -630,8 +634,32 @@ fn decide_with(
         cli,
         kernels: &ks,
         cli_kernel: false,
+        facts: &[],
     })
     .unwrap()
+}
+
+/// As [`decide_with`], but the refusal too.
+fn try_decide_with(
+    reference: &str,
+    policy: &str,
+    cli: IsolationChoice,
+    ann: &'static [(&'static str, &'static str)],
+) -> Result<Decision, DispatchError> {
+    let h = host();
+    let req = requirements(&Case { ann, ..BASE });
+    let policy = Policy::parse(policy, Path::new("/etc/amphi/policy.toml")).unwrap();
+    let ks = kernels();
+    decide(&DecideInput {
+        host: &h,
+        reference,
+        requirements: &req,
+        policy: &policy,
+        cli,
+        kernels: &ks,
+        cli_kernel: false,
+        facts: &[],
+    })
 }
 
 /// The images of the precedence table: what a hostile image can say about
@@ -708,23 +736,21 @@ fn image_cannot_lower_a_policy_vm() {
                     "{pname} / {iname}: {d}"
                 );
             }
-            // The operator's override still works, and says so.
-            let d = decide_with(ref_, policy, CliContainer, ann);
-            assert_eq!(
-                d.isolation,
-                Isolation::Container,
-                "{pname} / {iname} --isolation container"
+            // The command line may not lower the policy's vm: refused,
+            // naming the policy.
+            let e = try_decide_with(ref_, policy, CliContainer, ann).unwrap_err();
+            assert!(
+                e.to_string().contains("--isolation container is not allowed")
+                    && e.to_string().contains("policy.toml"),
+                "{pname} / {iname}: {e}"
             );
             assert!(
-                d.decided_by
-                    .contains("--isolation container on the command line"),
-                "{}",
-                d.decided_by
+                has_reason(e.reasons(), "cli.isolation", Refused, "may not be lowered"),
+                "{pname} / {iname}: {e:?}"
             );
-            assert!(
-                has_reason(&d.reasons, rule, Info, "overridden by --isolation"),
-                "{d}"
-            );
+            // It may say vm too.
+            let d = decide_with(ref_, policy, CliVm, ann);
+            assert_eq!(d.isolation, Isolation::Vm, "{pname} / {iname}");
         }
     }
 }
@@ -757,11 +783,12 @@ fn precedence_table() {
             _ => Isolation::Container,
         };
         assert_eq!(d.isolation, want, "auto policy / {iname}: {d}");
-        // The operator's vm wins over everything.
+        // The user's vm wins over a container policy and everything the
+        // image says.
         let d = decide_with(ref_, container, CliVm, ann);
         assert_eq!(d.isolation, Isolation::Vm, "--isolation vm / {iname}: {d}");
         assert!(
-            d.decided_by.contains("operator's override"),
+            d.decided_by.contains("--isolation vm on the command line"),
             "{}",
             d.decided_by
         );

@@ -9,11 +9,15 @@
 //! kernels, never bring a run back to the host.
 //!
 //! The rules, each with why:
-//! - systemd 256 and later as the init needs the unified cgroup hierarchy
-//!   (cgroup v2): from 256 on it refuses to boot under cgroup v1 (legacy or
-//!   hybrid) unless `SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1` is on the
-//!   kernel command line, which a container cannot set (258 removed v1
-//!   altogether). A microVM's guest is a pure cgroup v2 host.
+//! - systemd 256 and later as the init needs a cgroup v2 host (the unified
+//!   hierarchy with its controllers). Observed with Debian 13's systemd 257
+//!   as a container's init: under cgroup v1 hierarchies it refuses to boot
+//!   (256 and later do unless `SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1` is on
+//!   the kernel command line, which a container cannot set; 258 removed v1
+//!   altogether); on a hybrid host, given the unified hierarchy (which has
+//!   no controllers there), it boots, but none of its resource control
+//!   (`MemoryMax=`, `CPUQuota=`, `TasksMax=`) can work and it warns for
+//!   every unit. A microVM's guest is a pure cgroup v2 host.
 //! - systemd before 230 as the init needs cgroup v1 hierarchies (it cannot
 //!   run under a unified-only hierarchy): a microVM whose guest init mounts
 //!   them (`systemd.unified_cgroup_hierarchy=0`).
@@ -108,7 +112,7 @@ pub fn infer(facts: &[Fact]) -> Vec<Inferred> {
                 "image.systemd",
                 f,
                 Need::CgroupV2,
-                "systemd 256 and later refuse to boot under cgroup v1 (legacy or hybrid) unless SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1 is on the kernel command line, which a container cannot set",
+                "systemd 256 and later need cgroup v2: under v1 hierarchies they refuse to boot (unless SYSTEMD_CGROUP_ENABLE_LEGACY_FORCE=1 is on the kernel command line, which a container cannot set), and a hybrid host's unified hierarchy has no controllers, so none of systemd's resource control works there",
             ),
             Fact::SystemdInit {
                 version: Some(v), ..
@@ -178,7 +182,10 @@ pub fn host_meets(need: &Need, host: &HostInfo) -> Result<String, String> {
         },
         Need::CgroupV2 => match host.cgroup {
             CgroupMode::V2 => Ok("this host is cgroup v2".into()),
-            CgroupMode::Hybrid => Err("this host is hybrid (cgroup v1 controllers)".into()),
+            CgroupMode::Hybrid => Err(
+                "this host is hybrid (its controllers are cgroup v1; its cgroup v2 has none)"
+                    .into(),
+            ),
             CgroupMode::V1 => Err("this host is cgroup v1".into()),
             CgroupMode::None => Err("this host has no cgroups mounted".into()),
         },

@@ -5,7 +5,9 @@
 //! busybox for the scanner's limits.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use amphi_tests::{derive_image_with_layer, guest_kernel_build, raw_tar, test_image, Amphi, TarEntry};
+use amphi_tests::{
+    derive_image_with_layer, guest_kernel_build, raw_tar, test_image, Amphi, TarEntry,
+};
 use serde_json::Value;
 
 const SYSTEMD: &str = "localhost/infer/debian-systemd:13";

@@ -44,7 +44,11 @@ pub struct ExplainArgs {
     #[arg(value_name = "IMAGE")]
     pub image: String,
     /// The command `amphi run` would be given (default: the image's)
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 

@@ -10,15 +10,19 @@
 //!   matter where the isolation is left to the image (`auto`): an image
 //!   whose requirements the host meets is not run natively because of that
 //!   when the policy says `vm`.
-//! - Who decides the isolation (see [`super`] for the precedence):
-//!   `cli.isolation` (the operator's override; everything else is then
-//!   listed as overridden), else `policy.image`, `policy.trust`,
-//!   `policy.default` (the first with an opinion decides, the others are
-//!   listed as overridden), then `annotation.isolation`: the image's `vm`
-//!   raises a `container` or `auto` policy to a microVM, its `container` or
-//!   `auto` only counts where the policy says `auto` and is listed as
-//!   ignored where the policy says `container` or `vm`. An `auto` result
-//!   hands the choice to the requirements.
+//! - `image.*` (the inference, see [`infer`]): each need the image
+//!   scan's facts imply, against the host; a miss makes the image need a
+//!   VM, and the guest kernel must then serve it too.
+//! - Who decides the isolation (see [`super`] for the precedence): the
+//!   policy (`policy.image`, `policy.trust`, `policy.default`: the first
+//!   with an opinion decides, the others are listed as overridden), then
+//!   `cli.isolation` (refused where it would lower the policy's vm; else
+//!   it decides, and the image's opinion is listed as overridden), then
+//!   `annotation.isolation`: the image's `vm` raises a `container` or
+//!   `auto` policy to a microVM, its `container` or `auto` only counts
+//!   where the policy says `auto` and is listed as ignored where the
+//!   policy says `container` or `vm`. An `auto` result hands the choice to
+//!   the requirements.
 //! - A forced `container` is honoured even when the host misses the
 //!   requirements; a `warning` reason says what is missed.
 //! - For a VM, `host.kvm` says how it will run, and `kernel.select` names the
@@ -34,9 +38,9 @@
 use super::infer::{self, Inferred, Need};
 use super::policy::Policy;
 use super::requirements::{ConfigRequirement, Requirements, KEY_ISOLATION, KEY_KERNEL};
-use crate::image::scan::Fact;
 use super::{DispatchError, Isolation, IsolationChoice};
 use crate::host::{HostInfo, KvmSupport};
+use crate::image::scan::Fact;
 use crate::kernel::{KernelConfig, KernelEntry, KernelVersion};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -609,13 +613,7 @@ fn isolation_opinions(
         let from = format!("--isolation {} on the command line", input.cli);
         let (prule, pchoice, pfrom) = &policy[0];
         if input.cli == IsolationChoice::Container && *pchoice == IsolationChoice::Vm {
-            reasons.push(Reason::new(
-                prule,
-                "vm",
-                pfrom,
-                Outcome::ForcesVm,
-                "",
-            ));
+            reasons.push(Reason::new(prule, "vm", pfrom, Outcome::ForcesVm, ""));
             reasons.push(Reason::new(
                 "cli.isolation",
                 "container",

@@ -5,19 +5,21 @@
 //!
 //! The policy is the authority; the image is hostile. Precedence of who
 //! decides the isolation:
-//! 1. `--isolation container|vm` on the command line: the operator's
-//!    override. Nothing else is consulted, and the decision says so.
-//! 2. The policy: its first matching `[[image]]` rule that has an
+//! 1. The policy: its first matching `[[image]]` rule that has an
 //!    `isolation`, else its first matching `[[trust]]` rule, else its
 //!    `default_isolation` (`auto` without a policy file).
+//! 2. `--isolation container|vm` on the command line: it decides over the
+//!    image and the inference, and over the policy except that it may not
+//!    lower the policy's `vm` (refused).
 //! 3. The image's `io.amphi.isolation` (label or annotation) may only ask
 //!    for more: its `vm` turns a policy's `container` or `auto` into a
 //!    microVM; its `container` or `auto` never lowers a policy's `vm`, nor
 //!    turns a policy's `container` into `auto`. Only where the policy says
 //!    `auto` does the image's `container` or `auto` count.
-//! 4. `auto`: the image's requirements decide: native only when the
-//!    architecture matches, the OS is Linux and the host kernel meets the
-//!    image's version constraint and config options. Requirements never
+//! 4. `auto`: the image's requirements decide, declared (annotations) and
+//!    inferred from its files ([`infer`], unless the policy says
+//!    `infer = false`): native only when the architecture matches, the OS
+//!    is Linux and the host kernel meets them all. Requirements never
 //!    bring a policy's `vm` down to a container.
 //!
 //! The guest kernel: `--kernel`, else the policy's `[[image]] kernel`, else

@@ -293,7 +293,14 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, RunError> {
     };
     let (reference, decision) = decided;
     let decision = decision.map_err(dispatch_err)?;
-    let mut plan = finish(reference, decision, resolved, kernels, req.vm_backend, &host)?;
+    let mut plan = finish(
+        reference,
+        decision,
+        resolved,
+        kernels,
+        req.vm_backend,
+        &host,
+    )?;
     plan.scan = scan_report;
     Ok(plan)
 }

@@ -315,9 +315,13 @@ pub fn with_image_rootfs<T: Send>(
     f: impl FnOnce(&Path) -> T + Send,
 ) -> Result<T, GuestfsError> {
     let scratch = Temp::new(store, "scan-mnt");
-    tree::with_merged(store, &rec.layers, scratch.path(), &image_label(rec), |root| {
-        Ok(f(root))
-    })
+    tree::with_merged(
+        store,
+        &rec.layers,
+        scratch.path(),
+        &image_label(rec),
+        |root| Ok(f(root)),
+    )
 }
 
 fn image_label(rec: &ImageRecord) -> String {

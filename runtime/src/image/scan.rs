@@ -93,10 +93,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum Fact {
     /// The command that runs is systemd (`version`: its major release,
     /// None when no version string was found).
-    SystemdInit {
-        version: Option<u32>,
-        path: String,
-    },
+    SystemdInit { version: Option<u32>, path: String },
     /// An ELF's `NT_GNU_ABI_TAG` note: the oldest Linux kernel the C
     /// library (or a static binary) supports.
     LibcMinKernel {
@@ -104,19 +101,13 @@ pub enum Fact {
         path: String,
     },
     /// The image's glibc release ("2.41").
-    GlibcVersion {
-        version: String,
-        path: String,
-    },
+    GlibcVersion { version: String, path: String },
     /// The image's C library is musl.
     Musl { path: String },
     /// The command is a static binary (no dynamic loader).
     StaticBinary { path: String },
     /// `/lib/modules/<release>` trees with modules in them.
-    ShipsModules {
-        releases: Vec<String>,
-        path: String,
-    },
+    ShipsModules { releases: Vec<String>, path: String },
     /// The command loads kernel modules (`modprobe`, `insmod`).
     LoadsModules { path: String },
     /// A file the scan wanted but could not use (malformed ELF, too big,
@@ -157,11 +148,9 @@ impl fmt::Display for Fact {
             Fact::GlibcVersion { version, path } => write!(f, "{path} is glibc {version}"),
             Fact::Musl { path } => write!(f, "{path} is musl libc"),
             Fact::StaticBinary { path } => write!(f, "{path} is a static binary"),
-            Fact::ShipsModules { releases, path } => write!(
-                f,
-                "{path} holds kernel modules for {}",
-                releases.join(", ")
-            ),
+            Fact::ShipsModules { releases, path } => {
+                write!(f, "{path} holds kernel modules for {}", releases.join(", "))
+            }
             Fact::LoadsModules { path } => write!(f, "{path} loads kernel modules"),
             Fact::Unreadable { path, reason } => write!(f, "{path}: unreadable: {reason}"),
         }
@@ -511,8 +500,7 @@ impl Scanner {
                     break;
                 }
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name == "." || name == ".." || e.file_type() != rustix::fs::FileType::Directory
-                {
+                if name == "." || name == ".." || e.file_type() != rustix::fs::FileType::Directory {
                     continue;
                 }
                 // A release directory with modules: modules.dep or kernel/.
@@ -640,8 +628,7 @@ fn elf_info_of<H: FileHeader<Endian = Endianness>>(data: &[u8]) -> Result<ElfInf
         }
         if let Some(mut notes) = ph.notes(endian, data).map_err(bad)? {
             while let Some(note) = notes.next().map_err(bad)? {
-                if note.name() != elf::ELF_NOTE_GNU || note.n_type(endian) != elf::NT_GNU_ABI_TAG
-                {
+                if note.name() != elf::ELF_NOTE_GNU || note.n_type(endian) != elf::NT_GNU_ABI_TAG {
                     continue;
                 }
                 let d = note.desc();
@@ -696,7 +683,11 @@ fn systemd_version(info: &ElfInfo, data: &[u8]) -> Option<u32> {
 }
 
 fn leading_number(b: &[u8]) -> Option<u32> {
-    let digits: Vec<u8> = b.iter().take_while(|c| c.is_ascii_digit()).copied().collect();
+    let digits: Vec<u8> = b
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .copied()
+        .collect();
     if digits.is_empty() || digits.len() > 6 {
         return None;
     }

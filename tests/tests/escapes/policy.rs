@@ -61,8 +61,8 @@ fn write_policy(a: &Amphi, name: &str, text: &str) -> String {
 /// config label or a manifest annotation), possibly with a kernel range the
 /// host meets and its own `io.amphi.kernel`, against every way a policy
 /// says vm. It must get a microVM each time, with the policy's kernel where
-/// the policy names one; only the operator's `--isolation` overrides the
-/// policy, and explain says so.
+/// the policy names one; a command line's `--isolation container` may not
+/// lower it either (issue #21's precedence: the policy comes first).
 #[test]
 fn policy_bypass_image_label_cannot_lower_isolation() {
     let a = Amphi::new();
@@ -150,23 +150,31 @@ fn policy_bypass_image_label_cannot_lower_isolation() {
             let text = a.ok(&["explain", "--policy", &p, name]);
             assert!(text.contains(": microVM"), "{text}");
         }
-        // The operator's --isolation on the command line still overrides
-        // the policy, and explain says that it did.
+        // The command line may not lower the policy's vm either: refused,
+        // naming the policy, and nothing runs.
         let (name, _, _) = hostile[0];
-        let plan = explain(&a, &["--policy", &p, "--isolation", "container", name]);
-        assert_eq!(plan["decision"]["isolation"], "container", "{plan:#}");
-        let by = plan["decision"]["decided_by"].as_str().unwrap();
+        let err = a.fail(&["explain", "--policy", &p, "--isolation", "container", name]);
         assert!(
-            by.contains("--isolation container on the command line")
-                && by.contains("operator's override"),
-            "{by}"
+            err.contains("--isolation container is not allowed") && err.contains(&p),
+            "{err}"
         );
-        let text = a.ok(&["explain", "--policy", &p, "--isolation", "container", name]);
+        let err = a.fail(&[
+            "run",
+            "--rm",
+            "--policy",
+            &p,
+            "--isolation",
+            "container",
+            name,
+            "true",
+        ]);
         assert!(
-            text.contains("native container")
-                && text.contains("decided by: --isolation container on the command line"),
-            "{text}"
+            err.contains("--isolation container is not allowed"),
+            "{err}"
         );
+        // Asking for a microVM is always allowed.
+        let plan = explain(&a, &["--policy", &p, "--isolation", "vm", name]);
+        assert_eq!(plan["decision"]["isolation"], "vm", "{plan:#}");
     }
     // Under a container policy the image may still ask for more.
     let p = write_policy(&a, "container.toml", "default_isolation = \"container\"\n");

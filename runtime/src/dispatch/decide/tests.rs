@@ -740,7 +740,8 @@ fn image_cannot_lower_a_policy_vm() {
             // naming the policy.
             let e = try_decide_with(ref_, policy, CliContainer, ann).unwrap_err();
             assert!(
-                e.to_string().contains("--isolation container is not allowed")
+                e.to_string()
+                    .contains("--isolation container is not allowed")
                     && e.to_string().contains("policy.toml"),
                 "{pname} / {iname}: {e}"
             );

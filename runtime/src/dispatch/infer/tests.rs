@@ -224,7 +224,11 @@ fn systemd_257_on_a_hybrid_host_goes_to_a_microvm() {
     let d = decide_facts(&h, &[systemd(257)], "", IsolationChoice::Auto, &catalog()).unwrap();
     assert_eq!(d.isolation, Isolation::Vm, "{d}");
     assert_eq!(d.kernel.as_ref().unwrap().id, "6.12.57-a");
-    let r = d.reasons.iter().find(|r| r.rule == "image.systemd").unwrap();
+    let r = d
+        .reasons
+        .iter()
+        .find(|r| r.rule == "image.systemd")
+        .unwrap();
     assert_eq!(r.outcome, Outcome::NeedsVm);
     assert!(
         r.note.contains("/usr/lib/systemd/systemd is systemd 257") && r.have.contains("hybrid"),
@@ -276,7 +280,14 @@ fn the_policy_can_turn_inference_off_and_still_force_a_vm() {
     assert_eq!(d.isolation, Isolation::Vm, "{d}");
     // Off, but the policy forces a microVM anyway.
     let forced = "default_isolation = \"vm\"\ninfer = false\n";
-    let d = decide_facts(&h, &[systemd(257)], forced, IsolationChoice::Auto, &catalog()).unwrap();
+    let d = decide_facts(
+        &h,
+        &[systemd(257)],
+        forced,
+        IsolationChoice::Auto,
+        &catalog(),
+    )
+    .unwrap();
     assert_eq!(d.isolation, Isolation::Vm, "{d}");
     // Inference never lowers a policy's vm: a host that meets everything.
     let h2 = host(CgroupMode::V2, Vsyscall::Xonly, (6, 18, 0));
@@ -294,8 +305,14 @@ fn the_policy_can_turn_inference_off_and_still_force_a_vm() {
 #[test]
 fn an_abi_tag_newer_than_every_kernel_is_refused_naming_the_file() {
     let h = host(CgroupMode::Hybrid, Vsyscall::Xonly, (6, 18, 0));
-    let e = decide_facts(&h, &[abi((99, 0, 0))], "", IsolationChoice::Auto, &catalog())
-        .unwrap_err();
+    let e = decide_facts(
+        &h,
+        &[abi((99, 0, 0))],
+        "",
+        IsolationChoice::Auto,
+        &catalog(),
+    )
+    .unwrap_err();
     let m = e.to_string();
     assert!(
         m.contains("/usr/lib/x86_64-linux-gnu/libc.so.6") && m.contains("99.0.0"),

@@ -133,14 +133,20 @@ fn a_symlinked_init_resolves_inside_the_rootfs() {
         e.facts
     );
     let cf = s.facts_for(&["/sbin/init".into()], None);
-    assert!(cf
-        .facts
-        .iter()
-        .any(|f| matches!(f, Fact::SystemdInit { version: Some(257), .. })));
+    assert!(cf.facts.iter().any(|f| matches!(
+        f,
+        Fact::SystemdInit {
+            version: Some(257),
+            ..
+        }
+    )));
     // Found through PATH too, and an absolute symlink resolves in the root.
     t.link("/usr/sbin/init", "/usr/lib/systemd/systemd");
     let s = t.scan(&["init"]);
-    assert_eq!(exe(&s, "/usr/sbin/init").resolved, "/usr/lib/systemd/systemd");
+    assert_eq!(
+        exe(&s, "/usr/sbin/init").resolved,
+        "/usr/lib/systemd/systemd"
+    );
     let cf = s.facts_for(&["init".into()], Some("/usr/sbin:/sbin"));
     assert_eq!(cf.executable.as_deref(), Some("/usr/lib/systemd/systemd"));
 }
@@ -150,11 +156,16 @@ fn only_the_init_counts() {
     let t = tree();
     t.file("/usr/lib/systemd/systemd", &systemd_elf(257));
     t.link("/sbin/init", "/usr/lib/systemd/systemd");
-    t.file("/bin/bash", &elf(Some("/lib64/ld-linux-x86-64.so.2"), None, b""));
+    t.file(
+        "/bin/bash",
+        &elf(Some("/lib64/ld-linux-x86-64.so.2"), None, b""),
+    );
     let s = t.scan(&["/sbin/init"]);
     let cf = s.facts_for(&["bash".into()], Some("/usr/bin:/bin"));
     assert!(
-        !cf.facts.iter().any(|f| matches!(f, Fact::SystemdInit { .. })),
+        !cf.facts
+            .iter()
+            .any(|f| matches!(f, Fact::SystemdInit { .. })),
         "{cf:?}"
     );
     // bash was not the image's command: it is not among the executables
@@ -173,12 +184,17 @@ fn symlinks_that_climb_out_never_reach_the_host() {
         t.outside.display()
     );
     t.link("/sbin/init", &climb);
-    t.link("/usr/sbin/init", &format!("{}/usr/lib/systemd/systemd", t.outside.display()));
+    t.link(
+        "/usr/sbin/init",
+        &format!("{}/usr/lib/systemd/systemd", t.outside.display()),
+    );
     t.link("/bin/init", "../../host/usr/lib/systemd/systemd");
     let s = t.scan(&["/sbin/init"]);
     for e in &s.executables {
         assert!(
-            !e.facts.iter().any(|f| matches!(f, Fact::SystemdInit { .. })),
+            !e.facts
+                .iter()
+                .any(|f| matches!(f, Fact::SystemdInit { .. })),
             "{} read something outside the rootfs: {:?}",
             e.path,
             e.facts
@@ -313,12 +329,17 @@ fn modules_and_module_loaders() {
     assert!(t.scan(&["/bin/sh"]).facts.is_empty());
     // modprobe as the command, even as a link to kmod.
     let t = tree();
-    t.file("/bin/kmod", &elf(Some("/lib64/ld-linux-x86-64.so.2"), None, b""));
+    t.file(
+        "/bin/kmod",
+        &elf(Some("/lib64/ld-linux-x86-64.so.2"), None, b""),
+    );
     t.link("/sbin/modprobe", "/bin/kmod");
     let s = t.scan(&["modprobe", "nf_tables"]);
     let cf = s.facts_for(&["modprobe".into()], None);
     assert!(
-        cf.facts.iter().any(|f| matches!(f, Fact::LoadsModules { .. })),
+        cf.facts
+            .iter()
+            .any(|f| matches!(f, Fact::LoadsModules { .. })),
         "{cf:?}"
     );
 }
@@ -326,9 +347,12 @@ fn modules_and_module_loaders() {
 #[test]
 fn real_host_binaries_and_the_musl_loader() {
     // The host's own glibc: an ABI tag and a version.
-    let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
+    let libc = [
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
     let libc = libc.expect("the host's glibc (a Debian-style x86-64 host)");
     let t = tree();
     t.file("/lib/x86_64-linux-gnu/libc.so.6", &fs::read(libc).unwrap());
@@ -341,7 +365,9 @@ fn real_host_binaries_and_the_musl_loader() {
         s.facts
     );
     assert!(
-        s.facts.iter().any(|f| matches!(f, Fact::GlibcVersion { .. })),
+        s.facts
+            .iter()
+            .any(|f| matches!(f, Fact::GlibcVersion { .. })),
         "{:?}",
         s.facts
     );

@@ -91,6 +91,8 @@ pub struct Dispatch {
     /// `-d` and `-v` were given (refused for microVM runs).
     pub detach: bool,
     pub volumes: bool,
+    /// `--systemd`: true, false or always (resolved once the image is known).
+    pub systemd: String,
 }
 
 /// Turns the flags into a request and the dispatch flags.
@@ -128,6 +130,7 @@ pub fn request(
         vm_only_flags,
         detach: a.detach,
         volumes: !a.volume.is_empty(),
+        systemd: w.systemd,
     };
     if a.detach && (a.tty || a.interactive) {
         return Err(usage(
@@ -184,6 +187,7 @@ pub fn request(
         volumes,
         tty: a.tty,
         init: w.init,
+        systemd: false,
     };
     let req = RunRequest {
         image: a.target.image,
@@ -199,7 +203,7 @@ pub fn request(
 }
 
 /// Decides container or microVM, then runs the plan.
-pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
+pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     let plan = crate::dispatch::plan(
         &req.store_root,
         &req.image,
@@ -220,6 +224,15 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     let Plan {
         resolved, target, ..
     } = plan;
+    // `--systemd`, podman's rule: `true` when the command is systemd.
+    let command = crate::spec::process_args(&resolved.config, &req.flags).unwrap_or_default();
+    let runs_systemd = crate::spec::is_systemd_command(&command);
+    // issue 21: scanner verdict joins here
+    req.flags.systemd = match d.systemd.as_str() {
+        "always" => true,
+        "false" => false,
+        _ => runs_systemd,
+    };
     match target {
         Target::Vm(vm) => {
             if d.detach {

@@ -295,3 +295,40 @@ fn systemd_257_without_systemd_mode_explains_and_fails() {
     );
     assert_eq!(code, 255, "{text}");
 }
+
+/// The same boot in a microVM (a pure cgroup v2 guest): systemd reaches
+/// multi-user.target and the run ends with its status. Slow under QEMU in
+/// software emulation, hence the long --timeout (status 124 if it is hit).
+#[test]
+fn systemd_257_boots_in_a_microvm_and_exits() {
+    if amphi_tests::guest_kernel_build("6.12").is_none() {
+        return;
+    }
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return;
+    }
+    let e = Env::new(&[("systemd", SYSTEMD)]);
+    let mut args = vec![
+        "run",
+        "--rm",
+        "-t",
+        "--isolation",
+        "vm",
+        "--timeout",
+        "280",
+        SYSTEMD,
+    ];
+    args.extend_from_slice(BOOT_AND_EXIT);
+    let Some((code, text)) = in_terminal(&e, &args) else {
+        return;
+    };
+    for want in [
+        "systemd 257",
+        "[  OK  ] Reached target multi-user.target - Multi-User System.",
+        "Exiting container.",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}");
+    }
+    assert_eq!(code, 0, "{text}");
+}

@@ -818,7 +818,8 @@ fn console_socket_receives_the_pty_master() {
     };
     b.edit(|c| {
         c["process"]["terminal"] = json!(true);
-        c["process"]["args"] = json!(["sh", "-c", "tty; echo hello"]);
+        // /dev/console is the same terminal (the runtime spec's rule).
+        c["process"]["args"] = json!(["sh", "-c", "tty; echo hello >/dev/console"]);
     });
     let sock = b.dir().join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();

@@ -406,9 +406,10 @@ fn tty_gives_a_real_terminal() {
         amphi_tests::skip("script(1) missing: cannot give amphi a terminal");
         return;
     }
-    // script(1) gives amphi a terminal; inside, the workload must see one.
+    // script(1) gives amphi a terminal; inside, the workload must see one,
+    // also as /dev/console (its size is the terminal's).
     let inner = format!(
-        "AMPHI_ROOT={} AMPHI_STATE={} {} run --rm -t {IMG} sh -c 'tty; stty size'",
+        "AMPHI_ROOT={} AMPHI_STATE={} {} run --rm -t {IMG} sh -c 'tty; stty size </dev/console'",
         e.a.root().display(),
         e.state.path().display(),
         amphi_tests::amphi_bin().display()

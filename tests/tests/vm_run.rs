@@ -664,9 +664,10 @@ fn tty_gives_a_terminal() {
         skip("script(1) missing: cannot give amphi a terminal");
         return;
     }
-    // script(1) gives amphi a terminal of 30x100.
+    // script(1) gives amphi a terminal of 30x100; /dev/console is the
+    // same terminal (its size is the one read).
     let inner = format!(
-        "stty rows 30 cols 100; {} run --rm -t --isolation vm {IMG} sh -c 'test -t 0 && test -t 1 && echo tty; stty size'",
+        "stty rows 30 cols 100; {} run --rm -t --isolation vm {IMG} sh -c 'test -t 0 && test -t 1 && echo tty; stty size </dev/console'",
         amphi_bin().display()
     );
     let what = format!("run -t (in script -qec {inner:?})");

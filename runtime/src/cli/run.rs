@@ -91,6 +91,8 @@ pub struct Dispatch {
     /// `-d` and `-v` were given (refused for microVM runs).
     pub detach: bool,
     pub volumes: bool,
+    /// `--systemd`: true, false or always (resolved once the image is known).
+    pub systemd: String,
 }
 
 /// Turns the flags into a request and the dispatch flags.
@@ -128,6 +130,7 @@ pub fn request(
         vm_only_flags,
         detach: a.detach,
         volumes: !a.volume.is_empty(),
+        systemd: w.systemd,
     };
     if a.detach && (a.tty || a.interactive) {
         return Err(usage(
@@ -184,6 +187,7 @@ pub fn request(
         volumes,
         tty: a.tty,
         init: w.init,
+        systemd: false,
     };
     let req = RunRequest {
         image: a.target.image,
@@ -199,7 +203,7 @@ pub fn request(
 }
 
 /// Decides container or microVM, then runs the plan.
-pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
+pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     let plan = crate::dispatch::plan(&crate::dispatch::PlanRequest {
         isolation: d.isolation,
         policy: d.policy.as_deref(),
@@ -218,9 +222,31 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     if d.verbose {
         eprint!("{plan}");
     }
+    // What the image scan knows of the init, for `--systemd` and for the
+    // hint when it fails.
+    let scanned_systemd = plan.decision.facts.iter().find_map(|f| match f {
+        crate::image::scan::Fact::SystemdInit { version, path } => Some((*version, path.clone())),
+        _ => None,
+    });
+    let forced_misses: Vec<String> = plan
+        .decision
+        .reasons
+        .iter()
+        .filter(|r| r.rule.starts_with("image.") && r.outcome == crate::dispatch::Outcome::NeedsVm)
+        .map(|r| format!("{} ({})", r.note, r.have))
+        .collect();
     let Plan {
         resolved, target, ..
     } = plan;
+    // `--systemd`, podman's rule: `true` when the command is systemd (by
+    // its name, or as the image scan found it).
+    let command = crate::spec::process_args(&resolved.config, &req.flags).unwrap_or_default();
+    let runs_systemd = crate::spec::is_systemd_command(&command) || scanned_systemd.is_some();
+    req.flags.systemd = match d.systemd.as_str() {
+        "always" => true,
+        "false" => false,
+        _ => runs_systemd,
+    };
     match target {
         Target::Vm(vm) => {
             if d.detach {
@@ -233,13 +259,55 @@ pub fn execute(req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
                     "-v is not supported for microVM runs yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
                 ));
             }
-            crate::vm::run(req, resolved, *vm, d.vm)
+            let tty = req.flags.tty;
+            let code = crate::vm::run(req, resolved, *vm, d.vm)?;
+            init_hint(code, runs_systemd, tty, scanned_systemd.as_ref(), &[]);
+            Ok(code)
         }
         Target::Container => {
             for f in &d.vm_only_flags {
                 eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
             }
-            crate::run::run(req, resolved).map(super::native_outcome)
+            let tty = req.flags.tty;
+            let detach = req.detach;
+            let code = crate::run::run(req, resolved).map(super::native_outcome)?;
+            if !detach {
+                init_hint(
+                    code,
+                    runs_systemd,
+                    tty,
+                    scanned_systemd.as_ref(),
+                    &forced_misses,
+                );
+            }
+            Ok(code)
         }
+    }
+}
+
+/// When a systemd init failed: its exit status, and why it may have (a
+/// need the host misses that the run was forced past; no terminal, where
+/// systemd writes its own explanation).
+fn init_hint(
+    code: i32,
+    runs_systemd: bool,
+    tty: bool,
+    scanned: Option<&(Option<u32>, String)>,
+    misses: &[String],
+) {
+    if code == 0 || !runs_systemd {
+        return;
+    }
+    let what = match scanned {
+        Some((Some(v), path)) => format!("the init {path} (systemd {v})"),
+        Some((None, path)) => format!("the init {path} (systemd)"),
+        None => "the init (systemd)".to_string(),
+    };
+    eprintln!("amphi: {what} exited with status {code}");
+    for m in misses {
+        eprintln!("amphi: hint: the run was forced past what the image needs: {m}; run it without --isolation container to let the dispatcher choose");
+    }
+    if !tty {
+        eprintln!("amphi: hint: systemd as PID 1 writes its messages only to /dev/console, which a container has with -t: run with -t to see why it stopped");
     }
 }

@@ -54,6 +54,10 @@ pub struct WorkloadArgs {
     /// Run a small init (amphi itself) as PID 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
+    /// Systemd mode (tmpfs /run, /run/lock, /tmp, a writable cgroup, container=amphi, stop
+    /// signal SIGRTMIN+3): true = when the command is systemd (/sbin/init, .../systemd), always, false
+    #[arg(long, value_name = "WHEN", default_value = "true", value_parser = ["true", "false", "always"])]
+    pub systemd: String,
     /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -142,6 +146,7 @@ impl WorkloadArgs {
             security_opt,
             entrypoint,
             init,
+            systemd,
             policy,
             vm: _,
         } = self;
@@ -162,6 +167,7 @@ impl WorkloadArgs {
         a.each("security-opt", security_opt);
         a.one("entrypoint", entrypoint.as_ref());
         a.switch("init", *init);
+        a.one("systemd", Some(systemd));
         let policy = policy.as_ref().map(|p| p.display());
         a.one("policy", policy);
         a.0
@@ -255,6 +261,7 @@ mod tests {
             "no-new-privileges",
             "--entrypoint=-x",
             "--init",
+            "--systemd=always",
             "--policy",
             "/etc/p.toml",
             "--vm-backend",
@@ -276,7 +283,7 @@ mod tests {
     #[test]
     fn forwarding_keeps_defaults_and_empty_values() {
         let w = parse(&[]);
-        assert_eq!(w.to_run_args(), ["--network=none"]);
+        assert_eq!(w.to_run_args(), ["--network=none", "--systemd=true"]);
         assert!(w.vm.to_run_args().is_empty());
         assert!(w.vm.given().is_empty());
         let w = parse(&["--entrypoint", "", "--timeout", "3"]);

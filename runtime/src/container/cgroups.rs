@@ -40,6 +40,13 @@ fn v1_hierarchies() -> &'static [PathBuf] {
                 out.push(p);
             }
         }
+        // A hybrid host's cgroup2 (no controllers): the container gets its
+        // own cgroup there too (as runc does), so that its cgroup namespace
+        // is rooted there and not at the hierarchy's root; systemd mode
+        // mounts it at the container's /sys/fs/cgroup.
+        if super::rootfs::host_has_unified() {
+            out.push(Path::new(ROOT).join("unified"));
+        }
         out
     })
 }
@@ -303,7 +310,7 @@ impl Cgroup {
             .is_some_and(|n| n > 0)
     }
 
-    /// The pids in the cgroup.
+    /// The pids in the cgroup and in the child cgroups the container made.
     pub fn pids(&self) -> Vec<i32> {
         let dir = match self.mode {
             Mode::Unified => Path::new(ROOT).join(&self.path),
@@ -316,11 +323,9 @@ impl Cgroup {
                 }
             }
         };
-        fs::read_to_string(dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        let mut out = Vec::new();
+        procs_tree(&dir, 0, &mut out);
+        out
     }
 
     /// Removes the cgroup directories (they must be empty of processes).
@@ -332,17 +337,7 @@ impl Cgroup {
             if !d.exists() {
                 continue;
             }
-            let mut r = fs::remove_dir(&d);
-            for _ in 0..50 {
-                match &r {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        r = fs::remove_dir(&d);
-                    }
-                    _ => break,
-                }
-            }
-            if let Err(e) = r {
+            if let Err(e) = remove_tree(&d, 0) {
                 if e.kind() != io::ErrorKind::NotFound {
                     last = Err(e);
                 }
@@ -353,6 +348,59 @@ impl Cgroup {
         }
         last
     }
+}
+
+/// How deep [`remove_tree`] goes: a container may create child cgroups
+/// (systemd does), but the kernel's own limit is far deeper than any real
+/// use; deeper ones are left (and the removal fails with EBUSY).
+const MAX_CHILD_DEPTH: u32 = 32;
+
+/// Appends the pids in cgroup `d` and its children to `out`.
+fn procs_tree(d: &Path, depth: u32, out: &mut Vec<i32>) {
+    out.extend(
+        fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok()),
+    );
+    if depth >= MAX_CHILD_DEPTH {
+        return;
+    }
+    if let Ok(rd) = fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                procs_tree(&e.path(), depth + 1, out);
+            }
+        }
+    }
+}
+
+/// Removes a cgroup and the child cgroups the container made in it
+/// (children first: a cgroup with children cannot be removed), retrying
+/// briefly: the kernel frees a cgroup a moment after its last process is
+/// reaped.
+fn remove_tree(d: &Path, depth: u32) -> io::Result<()> {
+    if depth < MAX_CHILD_DEPTH {
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                // Only child cgroups are directories; symlinks are not followed.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = remove_tree(&e.path(), depth + 1);
+                }
+            }
+        }
+    }
+    let mut r = fs::remove_dir(d);
+    for _ in 0..50 {
+        match &r {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                r = fs::remove_dir(d);
+            }
+            _ => break,
+        }
+    }
+    r
 }
 
 fn v2_max(v: i64) -> String {

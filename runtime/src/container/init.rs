@@ -288,6 +288,10 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         rustix::process::chroot(&a.rootfs).map_err(|e| format!("chroot: {e}"))?;
         rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     }
+    // Before the root may become read-only: /dev/console is bound to the pty.
+    if process.terminal().unwrap_or(false) {
+        setup_terminal(a, mount_ns).map_err(E::stage("terminal"))?;
+    }
 
     if has_ns(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname() {
@@ -322,10 +326,6 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
             .unwrap_or(false)
     {
         rootfs::readonly_root().map_err(E::stage("read-only root"))?;
-    }
-
-    if process.terminal().unwrap_or(false) {
-        setup_terminal(a).map_err(E::stage("terminal"))?;
     }
 
     for r in process.rlimits().iter().flatten() {
@@ -703,8 +703,10 @@ fn loopback_up() {
 }
 
 /// A pty for the process: the slave becomes its stdio and controlling
-/// terminal, the master goes to the console socket (or the parent).
-fn setup_terminal(a: &mut InitArgs<'_>) -> Result<(), String> {
+/// terminal and, in a mount namespace of its own, is bound onto
+/// /dev/console (as the runtime spec asks of `process.terminal`); the
+/// master goes to the console socket (or the parent).
+fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
     let master = rustix::pty::openpt(
         rustix::pty::OpenptFlags::RDWR
             | rustix::pty::OpenptFlags::NOCTTY
@@ -720,6 +722,9 @@ fn setup_terminal(a: &mut InitArgs<'_>) -> Result<(), String> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("opening the pty slave: {e}"))?;
+    if mount_ns {
+        bind_console(std::ffi::OsStr::from_bytes_ext(name.to_bytes()))?;
+    }
     if let Some(size) = a.spec.process().as_ref().and_then(|p| p.console_size()) {
         let ws = libc::winsize {
             ws_row: size.height() as u16,
@@ -747,6 +752,46 @@ fn setup_terminal(a: &mut InitArgs<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Binds the pty slave onto /dev/console, which is made an empty regular
+/// file first unless it is one or a device node already (a symlink, from
+/// an image or a bundle, is replaced: the bind must not follow it).
+fn bind_console(slave: &std::ffi::OsStr) -> Result<(), String> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+    let path = "/dev/console";
+    match rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            let t = FileType::from_raw_mode(st.st_mode);
+            if !matches!(t, FileType::RegularFile | FileType::CharacterDevice) {
+                rustix::fs::unlinkat(CWD, path, AtFlags::empty())
+                    .map_err(|e| format!("removing {path} (a {t:?}): {e}"))?;
+            }
+        }
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(format!("{path}: {e}")),
+    }
+    let as_path = || {
+        rustix::fs::open(
+            path,
+            OFlags::NOFOLLOW | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let target = as_path()
+        .or_else(|_| {
+            // O_PATH does not create: create it, then open it as a path.
+            rustix::fs::open(
+                path,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            )?;
+            as_path()
+        })
+        .map_err(|e| format!("creating {path}: {e}"))?;
+    let dest = format!("/proc/self/fd/{}", target.as_raw_fd());
+    rustix::mount::mount_bind(slave, dest.as_str())
+        .map_err(|e| format!("binding the pty onto {path}: {e}"))
 }
 
 trait OsStrExt2 {

@@ -314,6 +314,14 @@ pub fn host_cgroup2_only() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether the host has a cgroup2 hierarchy at /sys/fs/cgroup/unified
+/// (a hybrid host).
+pub fn host_has_unified() -> bool {
+    rustix::fs::statfs("/sys/fs/cgroup/unified")
+        .map(|s| s.f_type == 0x63677270)
+        .unwrap_or(false)
+}
+
 /// The host's cgroup hierarchies under /sys/fs/cgroup, from
 /// /proc/self/mountinfo: (directory name, filesystem type, options), e.g.
 /// ("memory", "cgroup", "memory"), ("cpu,cpuacct", "cgroup", "cpu,cpuacct"),
@@ -424,7 +432,10 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
     let data = opts.data.join(",");
     let r = match typ.as_str() {
         "cgroup" | "cgroup2" => {
-            if host_cgroup2_only() {
+            // `cgroup2` asks for the unified hierarchy, which a hybrid host
+            // has too (with no controllers; the runtime gave the container
+            // its own cgroup there, the root of its cgroup namespace).
+            if host_cgroup2_only() || (typ == "cgroup2" && host_has_unified()) {
                 mount_raw("cgroup2", &tpath, "cgroup2", opts.flags, "")
             } else {
                 // Hybrid/v1 hosts: a tmpfs holding each of the host's

@@ -9,7 +9,7 @@
 //!    `/dev/vda`, as `amphi.root=` on the command line says), the upper and
 //!    work dirs, and moves it onto `/` (pivot_root cannot leave an
 //!    initramfs, so this is a switch_root without deleting anything);
-//! 2. mounts cgroup2 (the guest is a pure cgroup v2 host);
+//! 2. mounts cgroup2 with nsdelegate (the guest is a pure cgroup v2 host);
 //! 3. opens the guest channel (`/dev/hvc0`, raw mode), says
 //!    [`Frame::Ready`], and reads the [`Frame::Start`];
 //! 4. runs the workload with the same container engine and spec as a
@@ -221,12 +221,16 @@ fn setup_root() -> Result<(), GuestError> {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
     std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
+    // nsdelegate: a container in systemd mode gets its cgroup writable at
+    // its /sys/fs/cgroup, and the kernel then refuses, from inside its
+    // cgroup namespace, writes to its own limits (memory.max, ...) while
+    // letting it manage the subtree below (as systemd mounts it on hosts).
     mount(
         "cgroup2",
         "/sys/fs/cgroup",
         "cgroup2",
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        "",
+        "nsdelegate",
     )?;
     mkdir("/tmp")?;
     Ok(())
@@ -508,7 +512,9 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         }
     });
 
-    let mut code = relay(c, pid, &mut outputs, &sigs);
+    // Held until the workload exits (see run::hold_slave).
+    let slave = pty.as_ref().and_then(crate::run::hold_slave);
+    let mut code = relay(c, pid, &mut outputs, &sigs, slave);
     let oom_killed = launched.cgroup.oom_killed();
     if oom_killed {
         code = 137;
@@ -528,6 +534,7 @@ fn relay(
     pid: i32,
     outputs: &mut Vec<(OwnedFd, bool)>,
     sigs: &crate::run::Signals,
+    mut slave: Option<OwnedFd>,
 ) -> i32 {
     let mut buf = vec![0u8; channel::CHUNK];
     let mut status = None;
@@ -595,6 +602,8 @@ fn relay(
             }
             if r == pid {
                 status = Some(crate::run::decode_status(st));
+                // The pty ends once what the workload wrote is read.
+                drop(slave.take());
                 drain_until = Some(Instant::now() + DRAIN);
             }
         }

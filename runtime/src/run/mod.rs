@@ -9,7 +9,7 @@ pub mod report;
 pub mod tiny_init;
 
 pub use pty::{
-    block_signals as pty_signals, decode as decode_status, restore_terminal,
+    block_signals as pty_signals, decode as decode_status, hold_slave, restore_terminal,
     unblock_signals as pty_unblock, wait as pty_wait, RawMode, Signals,
 };
 
@@ -165,7 +165,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         oom_killed: false,
         detached: req.detach,
         rm: req.rm,
-        stop_signal: image.config.as_ref().and_then(|c| c.stop_signal.clone()),
+        stop_signal: spec::stop_signal(&image, &req.flags),
         monitor: Some(records::Proc::current()),
     };
     record.save(&req.store_root).map_err(amphi_err)?;

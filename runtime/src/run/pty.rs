@@ -257,6 +257,21 @@ impl Drop for RawMode {
     }
 }
 
+/// A descriptor of the slave side of the pty `master` (`TIOCGPTPEER`: no
+/// path is looked up), for the relay to hold while the workload runs. A
+/// workload that closes every descriptor of its terminal for a while
+/// (systemd as PID 1 does, and then writes to /dev/console, the same
+/// terminal) would otherwise hang the master up, which reads as the end
+/// of its output; the relay learns of the exit from SIGCHLD instead.
+pub fn hold_slave(master: &impl AsFd) -> Option<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER on a pty master takes the open flags as its
+    // argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    // SAFETY: a new descriptor the ioctl just returned, owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Waits for `pid`, forwarding signals and relaying `pty`; returns its
 /// exit status.
 pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
@@ -268,6 +283,7 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
     };
     // A File only to read and write the master through `&File`.
     let pty = pty.map(std::fs::File::from);
+    let _slave = pty.as_ref().and_then(hold_slave);
     let _raw = pty.as_ref().map(|_| RawMode::enter());
     if let Some(m) = &pty {
         copy_winsize(0, m.as_raw_fd());

@@ -94,6 +94,9 @@ pub struct RunFlags {
     pub tty: bool,
     /// Run amphi as a reaping PID 1 in front of the workload.
     pub init: bool,
+    /// Systemd mode (`--systemd`, resolved): set the container up for
+    /// systemd as its init (see [`SYSTEMD_TMPFS`]).
+    pub systemd: bool,
 }
 
 impl Default for RunFlags {
@@ -117,8 +120,92 @@ impl Default for RunFlags {
             volumes: vec![],
             tty: false,
             init: false,
+            systemd: false,
         }
     }
+}
+
+/// Whether a command line starts systemd, podman's rule for
+/// `--systemd=true`: its first word is `/sbin/init`, `/usr/sbin/init` or
+/// `/usr/local/sbin/init`, or its base name is `systemd`.
+pub fn is_systemd_command(args: &[String]) -> bool {
+    let Some(arg0) = args.first() else {
+        return false;
+    };
+    matches!(
+        arg0.as_str(),
+        "/sbin/init" | "/usr/sbin/init" | "/usr/local/sbin/init"
+    ) || Path::new(arg0).file_name() == Some(std::ffi::OsStr::new("systemd"))
+}
+
+/// Systemd mode's tmpfs mounts: systemd, without CAP_SYS_ADMIN, cannot
+/// mount them itself, and wants /run and /run/lock to be tmpfs.
+/// /var/log/journal gets one as podman does (the journal on the
+/// container's writable layer would outlive nothing but cost its writes).
+pub const SYSTEMD_TMPFS: &[(&str, &str)] = &[
+    ("/run", "mode=755"),
+    ("/run/lock", "mode=1777"),
+    ("/tmp", "mode=1777"),
+    ("/var/log/journal", "mode=2755"),
+];
+
+/// The signal that asks systemd to power off (halt in a container): the
+/// stop signal of a container in systemd mode whose image names none.
+pub const SYSTEMD_STOP_SIGNAL: &str = "SIGRTMIN+3";
+
+/// The value of `container=` in systemd mode: how systemd and other
+/// programs learn they run in a container (and under which manager).
+pub const CONTAINER_ENV: &str = "container=amphi";
+
+/// The signal `amphi stop` sends first: the image's `StopSignal`, else
+/// systemd's in systemd mode, else none (SIGTERM).
+pub fn stop_signal(image: &ImageConfig, flags: &RunFlags) -> Option<String> {
+    image
+        .config
+        .as_ref()
+        .and_then(|c| c.stop_signal.clone())
+        .or_else(|| flags.systemd.then(|| SYSTEMD_STOP_SIGNAL.to_string()))
+}
+
+/// Systemd mode's mounts: [`SYSTEMD_TMPFS`] and the container's own
+/// cgroup, writable, at /sys/fs/cgroup. The type `cgroup2` asks for the
+/// unified hierarchy also on a hybrid host (where its cgroup is empty of
+/// controllers), since systemd 256 and later refuse cgroup v1.
+fn systemd_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
+    let mut mounts = Vec::new();
+    for (dest, mode) in SYSTEMD_TMPFS {
+        let mut options: Vec<String> = ["rw", "nosuid", "nodev", mode]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if *dest == "/run/lock" {
+            options.push("noexec".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from(dest))
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(options)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    mounts.push(
+        MountBuilder::default()
+            .destination(PathBuf::from("/sys/fs/cgroup"))
+            .typ("cgroup2")
+            .source("cgroup2")
+            .options(
+                ["rw", "nosuid", "noexec", "nodev"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(mounts)
 }
 
 /// Where `--init` puts amphi inside the container.
@@ -295,6 +382,12 @@ pub fn build(
 ) -> Result<(Spec, Option<String>), String> {
     let cfg = image.config.clone().unwrap_or_default();
     let mut args = process_args(image, flags)?;
+    if flags.init && flags.systemd {
+        return Err(format!(
+            "--init and systemd mode both want PID 1 for themselves (the command is {:?}): drop --init, or give --systemd=false",
+            args.join(" ")
+        ));
+    }
     if flags.init {
         let mut with_init = vec![INIT_PATH.to_string(), "init".to_string(), "--".to_string()];
         with_init.append(&mut args);
@@ -324,6 +417,9 @@ pub fn build(
     let mut env = env;
     if flags.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
+    }
+    if flags.systemd && !env.iter().any(|e| e.starts_with("container=")) {
+        env.push(CONTAINER_ENV.into());
     }
     let hostname = flags
         .hostname
@@ -407,6 +503,11 @@ pub fn build(
                 .build()
                 .map_err(|e| e.to_string())?,
         );
+    }
+    if flags.systemd {
+        // Its writable cgroup2 instead of the default read-only cgroup mount.
+        mounts.retain(|m| m.destination() != Path::new("/sys/fs/cgroup"));
+        mounts.extend(systemd_mounts()?);
     }
     if flags.init {
         // The running binary itself, which is a sealed read-only copy

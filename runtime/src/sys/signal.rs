@@ -41,9 +41,31 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         "IO" | "POLL" => libc::SIGIO,
         "PWR" => libc::SIGPWR,
         "SYS" => libc::SIGSYS,
-        _ => return Err(format!("unknown signal {s:?}")),
+        _ => return realtime(name).ok_or_else(|| format!("unknown signal {s:?}")),
     };
     Ok(n)
+}
+
+/// `RTMIN`, `RTMIN+N`, `RTMAX`, `RTMAX-N` (as docker and systemd name
+/// them: `SIGRTMIN+3` is systemd's "halt"), within the realtime range.
+fn realtime(name: &str) -> Option<i32> {
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let n = if let Some(rest) = name.strip_prefix("RTMIN") {
+        match rest.strip_prefix('+') {
+            Some(k) => min.checked_add(k.parse::<i32>().ok()?)?,
+            None if rest.is_empty() => min,
+            None => return None,
+        }
+    } else if let Some(rest) = name.strip_prefix("RTMAX") {
+        match rest.strip_prefix('-') {
+            Some(k) => max.checked_sub(k.parse::<i32>().ok()?)?,
+            None if rest.is_empty() => max,
+            None => return None,
+        }
+    } else {
+        return None;
+    };
+    (min..=max).contains(&n).then_some(n)
 }
 
 #[cfg(test)]
@@ -57,5 +79,18 @@ mod tests {
         assert_eq!(parse_signal("9").unwrap(), 9);
         assert!(parse_signal("SIGNOPE").is_err());
         assert!(parse_signal("99").is_err());
+    }
+
+    #[test]
+    fn realtime_signals() {
+        // glibc keeps 32 and 33 for itself: SIGRTMIN is 34, as in docker.
+        assert_eq!(parse_signal("SIGRTMIN+3").unwrap(), 37);
+        assert_eq!(parse_signal("RTMIN").unwrap(), libc::SIGRTMIN());
+        assert_eq!(parse_signal("rtmax-1").unwrap(), libc::SIGRTMAX() - 1);
+        for bad in [
+            "RTMIN+40", "RTMIN-1", "RTMAX+1", "RTMIN+", "RTMINX", "RTMIN+-2",
+        ] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -230,10 +230,16 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     });
     let forced_misses: Vec<String> = plan
         .decision
-        .reasons
+        .inferred
         .iter()
-        .filter(|r| r.rule.starts_with("image.") && r.outcome == crate::dispatch::Outcome::NeedsVm)
-        .map(|r| format!("{} ({})", r.note, r.have))
+        .filter_map(|i| {
+            let r = plan.decision.reasons.iter().find(|r| {
+                r.rule == i.rule
+                    && r.wanted == i.need.to_string()
+                    && r.outcome == crate::dispatch::Outcome::NeedsVm
+            })?;
+            Some(format!("{}, {}", i.describe(), r.have))
+        })
         .collect();
     let Plan {
         resolved, target, ..

@@ -173,6 +173,10 @@ fn the_scan_is_stored_once_and_redone_on_request() {
     // --rescan reads the image again.
     let text = a.ok(&["explain", "--rescan", "localhost/infer/busybox:1"]);
     assert!(!text.contains("Tampered OS 1"), "{text}");
+    // Gone with its image.
+    a.ok(&["rmi", "localhost/infer/busybox:1"]);
+    a.ok(&["gc"]);
+    assert!(!scans[0].exists(), "{scans:?}");
 }
 
 /// The host's glibc with its ABI tag rewritten to "Linux >= 99.0.0".

@@ -61,6 +61,14 @@ impl Store {
             Ok(())
         })?;
         let keep = self.referenced()?;
+        // The image scans of manifests no image has any more.
+        let manifests: Vec<_> = self
+            .index()?
+            .images
+            .into_iter()
+            .map(|i| i.manifest)
+            .collect();
+        self.prune_scans(&manifests);
         let blobs = self.root().join("blobs/sha256");
         for e in fs::read_dir(&blobs).at(&blobs)? {
             let e = e.at(&blobs)?;

@@ -299,7 +299,12 @@ fn systemd_257_without_systemd_mode_explains_and_fails() {
 /// The same boot in a microVM (a pure cgroup v2 guest): systemd reaches
 /// multi-user.target and the run ends with its status. Slow under QEMU in
 /// software emulation, hence the long --timeout (status 124 if it is hit).
+///
+/// Ignored until it has been seen to pass once: written while this
+/// machine's guest kernels were still building (see the stop notes of
+/// issue 21); run it with `cargo test --test systemd -- --ignored`.
 #[test]
+#[ignore = "unverified: written before a guest kernel was built here"]
 fn systemd_257_boots_in_a_microvm_and_exits() {
     if amphi_tests::guest_kernel_build("6.12").is_none() {
         return;

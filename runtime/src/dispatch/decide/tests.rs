@@ -622,21 +622,7 @@ fn decide_with(
     cli: IsolationChoice,
     ann: &'static [(&'static str, &'static str)],
 ) -> Decision {
-    let h = host();
-    let req = requirements(&Case { ann, ..BASE });
-    let policy = Policy::parse(policy, Path::new("/etc/amphi/policy.toml")).unwrap();
-    let ks = kernels();
-    decide(&DecideInput {
-        host: &h,
-        reference,
-        requirements: &req,
-        policy: &policy,
-        cli,
-        kernels: &ks,
-        cli_kernel: false,
-        facts: &[],
-    })
-    .unwrap()
+    try_decide_with(reference, policy, cli, ann).unwrap()
 }
 
 /// As [`decide_with`], but the refusal too.

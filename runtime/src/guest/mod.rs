@@ -9,7 +9,10 @@
 //!    `/dev/vda`, as `amphi.root=` on the command line says), the upper and
 //!    work dirs, and moves it onto `/` (pivot_root cannot leave an
 //!    initramfs, so this is a switch_root without deleting anything);
-//! 2. mounts cgroup2 with nsdelegate (the guest is a pure cgroup v2 host);
+//! 2. mounts cgroup2 with nsdelegate (the guest is a pure cgroup v2 host), or
+//!    a cgroup v1 layout when the command line has
+//!    `systemd.unified_cgroup_hierarchy=0` (the dispatcher asks for it for
+//!    an init older than systemd 230);
 //! 3. opens the guest channel (`/dev/hvc0`, raw mode), says
 //!    [`Frame::Ready`], and reads the [`Frame::Start`];
 //! 4. runs the workload with the same container engine and spec as a
@@ -221,19 +224,59 @@ fn setup_root() -> Result<(), GuestError> {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
     std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
-    // nsdelegate: a container in systemd mode gets its cgroup writable at
-    // its /sys/fs/cgroup, and the kernel then refuses, from inside its
-    // cgroup namespace, writes to its own limits (memory.max, ...) while
-    // letting it manage the subtree below (as systemd mounts it on hosts).
-    mount(
-        "cgroup2",
-        "/sys/fs/cgroup",
-        "cgroup2",
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        "nsdelegate",
-    )?;
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "systemd.unified_cgroup_hierarchy=0")
+    {
+        // The dispatcher's inference asks for cgroup v1 hierarchies (an
+        // init older than systemd 230): a legacy layout.
+        mount_cgroup_v1()?;
+    } else {
+        // nsdelegate: a container in systemd mode gets its cgroup writable
+        // at its /sys/fs/cgroup, and the kernel then refuses, from inside
+        // its cgroup namespace, writes to its own limits (memory.max, ...)
+        // while letting it manage the subtree below (as systemd mounts it
+        // on hosts).
+        mount(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "nsdelegate",
+        )?;
+    }
     mkdir("/tmp")?;
     Ok(())
+}
+
+/// The legacy cgroup layout: a tmpfs at /sys/fs/cgroup with one v1
+/// hierarchy per controller the kernel has (from /proc/cgroups), plus the
+/// named `systemd` hierarchy old systemd tracks its services in.
+fn mount_cgroup_v1() -> Result<(), GuestError> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("tmpfs", "/sys/fs/cgroup", "tmpfs", flags, "mode=0755")?;
+    let table = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    for line in table.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 || f[3] != "1" {
+            continue;
+        }
+        let dir = format!("/sys/fs/cgroup/{}", f[0]);
+        mkdir(&dir)?;
+        // A controller this kernel only offers on v2 is left out.
+        if mount("cgroup", &dir, "cgroup", flags, f[0]).is_err() {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    mkdir("/sys/fs/cgroup/systemd")?;
+    mount(
+        "cgroup",
+        "/sys/fs/cgroup/systemd",
+        "cgroup",
+        flags,
+        "none,name=systemd",
+    )
 }
 
 /// Opens the guest channel in raw mode (no echo, no line editing: frames

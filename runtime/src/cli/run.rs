@@ -42,7 +42,8 @@ pub struct RunArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
-    /// Where to run: auto (the dispatcher decides, see `amphi explain`), container or vm
+    /// Where to run: auto (the dispatcher decides from the policy, the image's annotations and
+    /// its files; see `amphi explain`), container or vm. May not lower a policy's vm
     #[arg(long, default_value = "auto", value_parser = ["auto", "container", "vm"])]
     pub isolation: String,
     /// Print how the run was dispatched (container or microVM) and why

@@ -339,6 +339,18 @@ mod tests {
         ));
     }
 
+    /// The pty master of `process.terminal` and the console-only pty's
+    /// cross as two kinds, each with its descriptor.
+    #[test]
+    fn the_two_ptys_arrive_as_their_kinds() {
+        let (parent, child) = Sync::pair().expect("socketpair");
+        let (r, _w) = rustix::pipe::pipe().expect("pipe");
+        child.send_fd(&r).expect("send fd");
+        child.send_console_fd(&r).expect("send console");
+        assert!(matches!(parent.recv().expect("recv"), Msg::Fd(_)));
+        assert!(matches!(parent.recv().expect("recv"), Msg::Console(_)));
+    }
+
     /// Whatever is not a well-formed error names what came.
     #[test]
     fn malformed_errors_are_reported_with_their_bytes() {

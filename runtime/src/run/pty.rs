@@ -516,3 +516,71 @@ fn drain(mut f: &std::fs::File, buf: &mut [u8]) {
     }
     let _ = out.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut c = CrLf::default();
+        let mut out = Vec::new();
+        for part in input.chunks(chunk) {
+            c.convert(part, &mut out);
+        }
+        c.finish(&mut out);
+        out
+    }
+
+    /// `\r\n` becomes `\n` wherever the chunks split it; a lone `\r` (a
+    /// status line redrawn in place) and a `\r` at the very end are kept.
+    #[test]
+    fn crlf_becomes_lf_across_chunks() {
+        let input = b"a\r\nb\rc\r\r\nd\n\r";
+        for chunk in 1..=input.len() {
+            assert_eq!(
+                convert_in_chunks(input, chunk),
+                b"a\nb\rc\r\nd\n\r",
+                "chunks of {chunk}"
+            );
+        }
+        assert_eq!(convert_in_chunks(b"", 1), b"");
+    }
+
+    /// The console-only pty end to end: what the slave side writes with
+    /// ONLCR on arrives on stdout's side as plain lines, also after the
+    /// only open slave was closed and another taken (as systemd closes and
+    /// reopens /dev/console).
+    #[test]
+    fn a_pty_peer_keeps_the_master_readable() {
+        let master = rustix::pty::openpt(
+            rustix::pty::OpenptFlags::RDWR
+                | rustix::pty::OpenptFlags::NOCTTY
+                | rustix::pty::OpenptFlags::CLOEXEC,
+        )
+        .unwrap();
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let first = hold_slave(&master).expect("TIOCGPTPEER");
+        let held = hold_slave(&master).expect("TIOCGPTPEER");
+        rustix::io::write(&first, b"one\n").unwrap();
+        drop(first);
+        let again = hold_slave(&master).expect("TIOCGPTPEER");
+        rustix::io::write(&again, b"two\n").unwrap();
+        drop(again);
+        let _ = rustix::io::ioctl_fionbio(&master, true);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rustix::io::read(&master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut out = Vec::new();
+        let mut c = CrLf::default();
+        c.convert(&got, &mut out);
+        c.finish(&mut out);
+        assert_eq!(out, b"one\ntwo\n", "raw: {got:?}");
+        drop(held);
+    }
+}

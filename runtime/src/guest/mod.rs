@@ -604,15 +604,16 @@ impl Output {
         Output { fd, stream }
     }
 
-    /// The frame for `data` read from it.
-    fn frame(&mut self, data: &[u8]) -> Frame {
+    /// The frame for `data` read from it (none when the console held all
+    /// of it back: a `\r` that may start a line end).
+    fn frame(&mut self, data: &[u8]) -> Option<Frame> {
         match &mut self.stream {
-            Stream::Stdout => Frame::Stdout(data.to_vec()),
-            Stream::Stderr => Frame::Stderr(data.to_vec()),
+            Stream::Stdout => Some(Frame::Stdout(data.to_vec())),
+            Stream::Stderr => Some(Frame::Stderr(data.to_vec())),
             Stream::Console(crlf) => {
                 let mut out = Vec::with_capacity(data.len());
                 crlf.convert(data, &mut out);
-                Frame::Stdout(out)
+                (!out.is_empty()).then_some(Frame::Stdout(out))
             }
         }
     }
@@ -673,7 +674,9 @@ fn relay(
             }
             match rustix::io::read(&o.fd, &mut buf) {
                 Ok(n) if n > 0 => {
-                    let _ = o.frame(&buf[..n]).write_to(c);
+                    if let Some(f) = o.frame(&buf[..n]) {
+                        let _ = f.write_to(c);
+                    }
                 }
                 Ok(_) => closed.push(i),
                 Err(rustix::io::Errno::INTR) => {}

@@ -1,7 +1,8 @@
 //! Systemd mode (`amphi run --systemd=true|false|always`): what a container
 //! gets for systemd as its init, on busybox (the mounts, the environment,
-//! the stop signal) and with Debian 13's systemd 257 itself (the `systemd`
-//! test image), natively and in a microVM.
+//! the stop signal, the console-only pty without `-t`) and with Debian 13's
+//! systemd 257 itself (the `systemd` test image), natively and in a
+//! microVM.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{have, skip, Amphi};
@@ -126,9 +127,12 @@ fn systemd_false_and_true_with_another_command_change_nothing() {
             BUSYBOX,
             "sh",
             "-c",
-            "cat /proc/mounts; echo container=$container",
+            "cat /proc/mounts; echo container=$container; \
+             test -e /dev/console && echo console || echo no-console",
         ]);
         assert_eq!(code, 0, "{err}");
+        // No console-only pty either: /dev/console only comes with -t.
+        assert!(out.ends_with("no-console\n"), "{flag}: {out}");
         assert!(
             mounts_of(&out, &["/run", "/run/lock", "/var/log/journal"]).is_empty()
                 && !out.lines().any(|l| l.starts_with("tmpfs /tmp ")),
@@ -142,6 +146,117 @@ fn systemd_false_and_true_with_another_command_change_nothing() {
         );
         assert!(out.contains("container=\n"), "{flag}: {out}");
     }
+}
+
+/// What the console check prints: /dev/console is there (a character
+/// device: the pty's slave), the process's stdin and stdout are no
+/// terminals and it has no controlling terminal (field 7 of
+/// /proc/PID/stat), and what it writes to /dev/console comes out on the
+/// run's stdout, `\r\n` as `\n`.
+const CONSOLE_CHECK: &str = "test -c /dev/console && echo console-is-a-device; \
+    test -t 0 || echo stdin-no-tty; test -t 1 || echo stdout-no-tty; \
+    echo ctty=$(cut -d' ' -f7 /proc/$$/stat); \
+    echo hello-console > /dev/console; printf 'crlf\r\n' > /dev/console";
+
+fn assert_console_check(out: &str, err: &str) {
+    for want in [
+        "console-is-a-device\n",
+        "stdin-no-tty\n",
+        "stdout-no-tty\n",
+        "ctty=0\n",
+        "hello-console\n",
+        "crlf\n",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}{err}");
+    }
+    assert!(!out.contains('\r'), "{out:?}");
+}
+
+/// Without -t, systemd mode gives the container a console-only pty: its
+/// slave is /dev/console, the process's stdio stay pipes (or /dev/null).
+#[test]
+fn systemd_mode_without_a_terminal_copies_dev_console_to_stdout() {
+    let e = Env::new(&[("busybox", BUSYBOX)]);
+    let (code, out, err) = e.out(&[
+        "run",
+        "--rm",
+        "--systemd=always",
+        BUSYBOX,
+        "sh",
+        "-c",
+        CONSOLE_CHECK,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_console_check(&out, &err);
+}
+
+/// Detached, what the container writes to /dev/console goes to its log.
+#[test]
+fn systemd_mode_console_goes_to_the_log_when_detached() {
+    let e = Env::new(&[("busybox", BUSYBOX)]);
+    let (code, out, err) = e.out(&[
+        "run",
+        "-d",
+        "--name",
+        "sdlog",
+        "--systemd=always",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo hello-console > /dev/console; echo done",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !e.out(&["ps", "-a"]).1.contains("Exited (0)") {
+        assert!(Instant::now() < deadline, "sdlog did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs = e.out(&["logs", "sdlog"]).1;
+    assert!(
+        logs.contains("hello-console\n") && logs.contains("done\n"),
+        "{logs:?}"
+    );
+    assert_eq!(e.out(&["rm", "sdlog"]).0, 0);
+}
+
+/// The same console-only pty in a microVM (the guest init copies it to the
+/// workload's stdout stream).
+#[test]
+fn systemd_mode_without_a_terminal_copies_dev_console_in_a_microvm() {
+    if amphi_tests::guest_kernel_build("6.12").is_none() {
+        return;
+    }
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return;
+    }
+    let e = Env::new(&[("busybox", BUSYBOX)]);
+    let (code, out, err) = e.out(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "--systemd=always",
+        BUSYBOX,
+        "sh",
+        "-c",
+        CONSOLE_CHECK,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_console_check(&out, &err);
+    // Off, the guest's container has no /dev/console.
+    let (code, out, err) = e.out(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "--systemd=false",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "test -e /dev/console && echo console || echo no-console",
+    ]);
+    assert_eq!((code, out.as_str()), (0, "no-console\n"), "{err}");
 }
 
 #[test]
@@ -270,6 +385,55 @@ fn systemd_257_boots_natively_and_exits() {
     assert_eq!(code, 0, "{text}");
 }
 
+/// Without -t too (no script(1)): in systemd mode /dev/console is the
+/// console-only pty, so systemd's boot messages come out on stdout, as
+/// plain lines.
+#[test]
+fn systemd_257_boots_natively_without_a_terminal() {
+    let e = Env::new(&[("systemd", SYSTEMD)]);
+    let (code, out, err) = e.out(&[
+        "run",
+        "--rm",
+        "--isolation",
+        "container",
+        SYSTEMD,
+        "/sbin/init",
+        "systemd.run=true",
+    ]);
+    let text = strip_escapes(&out);
+    for want in [
+        "systemd 257",
+        "Welcome to Debian GNU/Linux 13",
+        "Reached target",
+        "Exiting container.",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}{err}");
+    }
+    assert!(!out.contains("\r\n"), "{out:?}");
+    assert_eq!(code, 0, "{text}{err}");
+}
+
+/// Without -t and with systemd mode off there is no /dev/console: systemd
+/// fails silently, and amphi says so and how to see why.
+#[test]
+fn systemd_257_without_systemd_mode_or_terminal_gets_a_hint() {
+    let e = Env::new(&[("systemd", SYSTEMD)]);
+    let (code, out, err) = e.out(&[
+        "run",
+        "--rm",
+        "--systemd=false",
+        "--isolation",
+        "container",
+        SYSTEMD,
+    ]);
+    assert_eq!((code, out.as_str()), (255, ""), "{err}");
+    assert!(
+        err.contains("exited with status 255")
+            && err.contains("writes its messages only to /dev/console"),
+        "{err}"
+    );
+}
+
 /// With systemd mode off, systemd 257 cannot start (it cannot mount /run
 /// without CAP_SYS_ADMIN): it says so on /dev/console and exits 255.
 #[test]
@@ -294,6 +458,43 @@ fn systemd_257_without_systemd_mode_explains_and_fails() {
         "{text}"
     );
     assert_eq!(code, 255, "{text}");
+}
+
+/// The boot in a microVM (a pure cgroup v2 guest) without -t: systemd's
+/// messages come through the console-only pty, over the guest channel, to
+/// stdout; it reaches multi-user.target and the run ends with its status.
+/// Slow under QEMU in software emulation, hence the long --timeout.
+#[test]
+fn systemd_257_boots_in_a_microvm_without_a_terminal() {
+    if amphi_tests::guest_kernel_build("6.12").is_none() {
+        return;
+    }
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return;
+    }
+    let e = Env::new(&[("systemd", SYSTEMD)]);
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--isolation",
+        "vm",
+        "--timeout",
+        "280",
+        SYSTEMD,
+    ];
+    args.extend_from_slice(BOOT_AND_EXIT);
+    let (code, out, err) = e.out(&args);
+    let text = strip_escapes(&out);
+    for want in [
+        "systemd 257",
+        "Welcome to Debian GNU/Linux 13",
+        "[  OK  ] Reached target multi-user.target - Multi-User System.",
+        "Exiting container.",
+    ] {
+        assert!(text.contains(want), "no {want:?} in:\n{text}{err}");
+    }
+    assert_eq!(code, 0, "{text}{err}");
 }
 
 /// The same boot in a microVM (a pure cgroup v2 guest): systemd reaches

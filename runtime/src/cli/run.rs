@@ -266,23 +266,23 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
                     "-v is not supported for microVM runs yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
                 ));
             }
-            let tty = req.flags.tty;
+            let console = has_console(&req.flags);
             let code = crate::vm::run(req, resolved, *vm, d.vm)?;
-            init_hint(code, runs_systemd, tty, scanned_systemd.as_ref(), &[]);
+            init_hint(code, runs_systemd, console, scanned_systemd.as_ref(), &[]);
             Ok(code)
         }
         Target::Container => {
             for f in &d.vm_only_flags {
                 eprintln!("amphi: warning: {f} ignored: the dispatcher chose a native container (see --verbose)");
             }
-            let tty = req.flags.tty;
+            let console = has_console(&req.flags);
             let detach = req.detach;
             let code = crate::run::run(req, resolved).map(super::native_outcome)?;
             if !detach {
                 init_hint(
                     code,
                     runs_systemd,
-                    tty,
+                    console,
                     scanned_systemd.as_ref(),
                     &forced_misses,
                 );
@@ -292,13 +292,19 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     }
 }
 
+/// Whether the container has a /dev/console whose output the user sees:
+/// the terminal with `-t`, the console-only pty in systemd mode.
+fn has_console(flags: &RunFlags) -> bool {
+    flags.tty || crate::run::console_pty(flags)
+}
+
 /// When a systemd init failed: its exit status, and why it may have (a
-/// need the host misses that the run was forced past; no terminal, where
-/// systemd writes its own explanation).
+/// need the host misses that the run was forced past; no /dev/console,
+/// where systemd writes its own explanation).
 fn init_hint(
     code: i32,
     runs_systemd: bool,
-    tty: bool,
+    console: bool,
     scanned: Option<&(Option<u32>, String)>,
     misses: &[String],
 ) {
@@ -314,7 +320,7 @@ fn init_hint(
     for m in misses {
         eprintln!("amphi: hint: the run was forced past what the image needs: {m}; run it without --isolation container to let the dispatcher choose");
     }
-    if !tty {
-        eprintln!("amphi: hint: systemd as PID 1 writes its messages only to /dev/console, which a container has with -t: run with -t to see why it stopped");
+    if !console {
+        eprintln!("amphi: hint: systemd as PID 1 writes its messages only to /dev/console, which a container has with -t or in systemd mode: run with -t (or without --systemd=false) to see why it stopped");
     }
 }

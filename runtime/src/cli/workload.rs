@@ -55,7 +55,8 @@ pub struct WorkloadArgs {
     #[arg(long)]
     pub init: bool,
     /// Systemd mode (tmpfs /run, /run/lock, /tmp, a writable cgroup, container=amphi, stop
-    /// signal SIGRTMIN+3): true = when the command is systemd (/sbin/init, .../systemd), always, false
+    /// signal SIGRTMIN+3; without -t, a /dev/console whose output amphi copies to stdout):
+    /// true = when the command is systemd (/sbin/init, .../systemd), always, false
     #[arg(long, value_name = "WHEN", default_value = "true", value_parser = ["true", "false", "always"])]
     pub systemd: String,
     /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)

@@ -32,6 +32,9 @@ pub struct InitArgs<'a> {
     /// The pid that came with `go`, when it came before the setup stage
     /// was executed (a new user namespace: see `launch`).
     pub go: Option<i32>,
+    /// Open a console-only pty when the process has no terminal (see
+    /// `LaunchOptions::console_pty`).
+    pub console_pty: bool,
 }
 
 /// The argument that starts amphi as a container's setup stage: the cloned
@@ -58,6 +61,8 @@ pub struct StagePayload {
     pub in_userns: bool,
     pub preserve_fds: i32,
     pub state: serde_json::Value,
+    #[serde(default)]
+    pub console_pty: bool,
 }
 
 impl StagePayload {
@@ -179,6 +184,7 @@ pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
         preserve_fds: p.preserve_fds,
         state: p.state.clone(),
         go,
+        console_pty: p.console_pty,
     })
 }
 
@@ -289,9 +295,16 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     }
     // Before the root may become read-only: /dev/console is bound to the pty.
-    if process.terminal().unwrap_or(false) {
+    // The console-only pty's slave stays open here until the workload is
+    // executed (close-on-exec), by when the runtime holds one of its own.
+    let _console_slave = if process.terminal().unwrap_or(false) {
         setup_terminal(a, mount_ns).map_err(E::stage("terminal"))?;
-    }
+        None
+    } else if a.console_pty && mount_ns {
+        Some(setup_console_pty(a).map_err(E::stage("console"))?)
+    } else {
+        None
+    };
 
     if has_ns(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname() {
@@ -707,23 +720,9 @@ fn loopback_up() {
 /// /dev/console (as the runtime spec asks of `process.terminal`); the
 /// master goes to the console socket (or the parent).
 fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
-    let master = rustix::pty::openpt(
-        rustix::pty::OpenptFlags::RDWR
-            | rustix::pty::OpenptFlags::NOCTTY
-            | rustix::pty::OpenptFlags::CLOEXEC,
-    )
-    .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
-    rustix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
-    rustix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = rustix::fs::open(
-        Path::new(std::ffi::OsStr::from_bytes_ext(name.to_bytes())),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| format!("opening the pty slave: {e}"))?;
+    let (master, slave, name) = open_pty()?;
     if mount_ns {
-        bind_console(std::ffi::OsStr::from_bytes_ext(name.to_bytes()))?;
+        bind_console(&name)?;
     }
     if let Some(size) = a.spec.process().as_ref().and_then(|p| p.console_size()) {
         let ws = libc::winsize {
@@ -752,6 +751,46 @@ fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Opens a new pty (in the container's devpts) and its slave, close-on-exec
+/// and without making it a controlling terminal: (master, slave, the
+/// slave's path).
+fn open_pty() -> Result<(OwnedFd, OwnedFd, std::ffi::OsString), String> {
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
+    rustix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
+    rustix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| format!("ptsname: {e}"))?;
+    let name = std::ffi::OsStr::from_bytes_ext(name.to_bytes()).to_os_string();
+    let slave = rustix::fs::open(
+        Path::new(&name),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("opening the pty slave: {e}"))?;
+    Ok((master, slave, name))
+}
+
+/// A console-only pty (the process has no terminal): its slave is bound
+/// onto /dev/console and is neither the process's stdio nor its
+/// controlling terminal; the master goes to the parent, which copies what
+/// is written there to the run's output. Output post-processing is off
+/// (no `\n` → `\r\n`), since that output goes to a file or pipe rather than a
+/// terminal. Returns the slave, for the caller to keep open until exec.
+fn setup_console_pty(a: &InitArgs<'_>) -> Result<OwnedFd, String> {
+    let (master, slave, name) = open_pty()?;
+    if let Ok(mut t) = rustix::termios::tcgetattr(&slave) {
+        t.output_modes.remove(rustix::termios::OutputModes::ONLCR);
+        let _ = rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &t);
+    }
+    bind_console(&name)?;
+    a.sync.send_console_fd(&master)?;
+    Ok(slave)
 }
 
 /// Binds the pty slave onto /dev/console, which is made an empty regular

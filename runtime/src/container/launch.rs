@@ -6,7 +6,7 @@ use super::cgroups::Cgroup;
 use super::init::{child_main, InitArgs};
 use super::sync::{ChildError, Msg, Sync};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// How to launch.
@@ -30,6 +30,14 @@ pub struct LaunchOptions {
     /// binary (container::sealed; always on a host). Inside a microVM the
     /// guest kernel is the boundary, and the guest's binary is its own.
     pub sealed: bool,
+    /// A console-only pty: when the process has no terminal, the setup
+    /// stage opens a pty whose slave is bound onto /dev/console only (not
+    /// the process's stdio, not its controlling terminal) and sends the
+    /// master back ([`Launched::console`]), for the runtime to copy what
+    /// is written there to the run's output. `amphi run` asks for it in
+    /// systemd mode without `-t` (systemd as PID 1 writes only to
+    /// /dev/console); nothing in a spec or bundle turns it on.
+    pub console_pty: bool,
 }
 
 /// Why a container could not be launched.
@@ -65,6 +73,30 @@ pub struct Launched {
     /// The pty master when `process.terminal` is set and no console socket
     /// was given (`amphi run -t`).
     pub pty: Option<OwnedFd>,
+    /// The console-only pty ([`LaunchOptions::console_pty`]).
+    pub console: Option<ConsolePty>,
+}
+
+/// A console-only pty, as the runtime holds it: the master to read, and a
+/// descriptor of the slave taken the moment the master arrived
+/// ([`pty_peer`]), to hold until the workload exits (a workload that
+/// closes /dev/console, as systemd does before it reopens it, would
+/// otherwise hang the master up).
+pub struct ConsolePty {
+    pub master: OwnedFd,
+    pub slave: Option<OwnedFd>,
+}
+
+/// A new descriptor of the slave side of the pty `master` (`TIOCGPTPEER`:
+/// no path is looked up, so it works whatever mount namespace the pty's
+/// devpts lives in), close-on-exec and never a controlling terminal.
+pub fn pty_peer(master: &impl AsFd) -> Option<OwnedFd> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER on a pty master takes the open flags as its
+    // argument and returns a new descriptor or -1.
+    let fd = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags) };
+    // SAFETY: a new descriptor the ioctl just returned, owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn ns_flag(t: LinuxNamespaceType) -> i32 {
@@ -216,6 +248,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             in_userns,
             preserve_fds: opts.preserve_fds,
             state: opts.state_template.clone(),
+            console_pty: opts.console_pty,
         };
         let mut keep = vec![payload.sync_fd];
         keep.extend(payload.exec_fifo_fd);
@@ -331,6 +364,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             preserve_fds: opts.preserve_fds,
             state: opts.state_template.clone(),
             go: None,
+            console_pty: opts.console_pty,
         });
     }
     drop(stage);
@@ -382,9 +416,24 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         return Err(fail(why, &cgroup));
     }
     let mut pty = None;
+    let mut console = None;
     loop {
         match parent.recv() {
             Ok(Msg::Fd(fd)) => pty = Some(fd),
+            Ok(Msg::Console(master)) if opts.console_pty => {
+                // The slave at once: the setup stage holds its own only
+                // until it executes the workload.
+                let slave = pty_peer(&master);
+                console = Some(ConsolePty { master, slave });
+            }
+            Ok(Msg::Console(_)) => {
+                return Err(fail(
+                    LaunchError::Runtime(
+                        "the container sent a console pty that was not asked for".into(),
+                    ),
+                    &cgroup,
+                ))
+            }
             Ok(Msg::Ready) => break,
             Ok(Msg::Eof) if opts.exec_fifo.is_none() => break,
             Ok(Msg::Eof) => {
@@ -397,7 +446,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             Err(e) => return Err(fail(e.into(), &cgroup)),
         }
     }
-    Ok(Launched { pid, cgroup, pty })
+    Ok(Launched {
+        pid,
+        cgroup,
+        pty,
+        console,
+    })
 }
 
 #[cfg(test)]

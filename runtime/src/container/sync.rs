@@ -2,7 +2,9 @@
 //! file descriptors (the pty master) with SCM_RIGHTS.
 //!
 //! Child → parent messages: `ready`, `error:<json>` (a [`ChildError`],
-//! tagged by `kind`), `fd` (with the fd). Parent → child: `go<pid>`. End
+//! tagged by `kind`), `fd` (with the fd: the pty master of
+//! `process.terminal`), `console` (with the fd: the master of a
+//! console-only pty, see `LaunchOptions::console_pty`). Parent → child: `go<pid>`. End
 //! of file from the child before `ready` means it exec'd (the socket is
 //! close-on-exec) in run mode.
 
@@ -141,6 +143,8 @@ pub enum Msg {
     Ready,
     Error(ChildError),
     Fd(OwnedFd),
+    /// The master of the console-only pty (bound on /dev/console only).
+    Console(OwnedFd),
     /// The child exec'd or died without a word.
     Eof,
 }
@@ -205,6 +209,11 @@ impl Sync {
         send_fd_with(self.fd.as_fd(), fd, b"fd")
     }
 
+    /// Child: pass the master of the console-only pty to the parent.
+    pub fn send_console_fd(&self, fd: &OwnedFd) -> Result<(), String> {
+        send_fd_with(self.fd.as_fd(), fd, b"console")
+    }
+
     /// Parent: the next message.
     pub fn recv(&self) -> Result<Msg, String> {
         let mut buf = vec![0u8; 64 * 1024];
@@ -225,16 +234,12 @@ impl Sync {
             }
         }
         let data = &buf[..n];
+        let no_fd = || ChildError::setup("sync", "the container sent no file descriptor");
         Ok(match data {
             b"" => Msg::Eof,
             b"ready" => Msg::Ready,
-            b"fd" => match received {
-                Some(fd) => Msg::Fd(fd),
-                None => Msg::Error(ChildError::setup(
-                    "sync",
-                    "the container sent no file descriptor",
-                )),
-            },
+            b"fd" => received.map_or_else(|| Msg::Error(no_fd()), Msg::Fd),
+            b"console" => received.map_or_else(|| Msg::Error(no_fd()), Msg::Console),
             d => match d.strip_prefix(b"error:") {
                 Some(e) => Msg::Error(ChildError::decode(e)),
                 None => Msg::Error(ChildError::setup(
@@ -332,6 +337,18 @@ mod tests {
             ChildError::exec("x", libc::ENOENT),
             ChildError::NotFound { .. }
         ));
+    }
+
+    /// The pty master of `process.terminal` and the console-only pty's
+    /// cross as two kinds, each with its descriptor.
+    #[test]
+    fn the_two_ptys_arrive_as_their_kinds() {
+        let (parent, child) = Sync::pair().expect("socketpair");
+        let (r, _w) = rustix::pipe::pipe().expect("pipe");
+        child.send_fd(&r).expect("send fd");
+        child.send_console_fd(&r).expect("send console");
+        assert!(matches!(parent.recv().expect("recv"), Msg::Fd(_)));
+        assert!(matches!(parent.recv().expect("recv"), Msg::Console(_)));
     }
 
     /// Whatever is not a well-formed error names what came.

@@ -446,7 +446,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .write(true)
         .open("/dev/null")
         .map_err(|e| gerr(format!("/dev/null: {e}")))?;
-    let mut outputs: Vec<(OwnedFd, bool)> = Vec::new();
+    let mut outputs: Vec<Output> = Vec::new();
     let mut stdin_pipe = None;
     if !terminal {
         let (out_r, out_w) = pipe()?;
@@ -460,8 +460,8 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         }
         dup2(out_w.as_raw_fd(), 1);
         dup2(err_w.as_raw_fd(), 2);
-        outputs.push((out_r, false));
-        outputs.push((err_r, true));
+        outputs.push(Output::new(out_r, Stream::Stdout));
+        outputs.push(Output::new(err_r, Stream::Stderr));
     } else {
         dup2(null.as_raw_fd(), 0);
         dup2(null.as_raw_fd(), 1);
@@ -482,6 +482,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
             }),
             owns_cgroup: true,
             sealed: false,
+            console_pty: req.console,
         },
     );
     // Our own stdio back to nothing: the pipes' write ends live only in
@@ -496,7 +497,22 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     let pid = launched.pid;
     let pty = launched.pty;
     if let Some(m) = &pty {
-        outputs.push((m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?, false));
+        let m = m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?;
+        outputs.push(Output::new(m, Stream::Stdout));
+    }
+    // Held until the workload exits (see run::hold_slave): the pty's, and
+    // the console-only pty's, taken by launch when its master came.
+    let mut slaves: Vec<OwnedFd> = pty
+        .as_ref()
+        .and_then(crate::run::hold_slave)
+        .into_iter()
+        .collect();
+    if let Some(console) = launched.console {
+        outputs.push(Output::new(
+            console.master,
+            Stream::Console(crate::run::CrLf::default()),
+        ));
+        slaves.extend(console.slave);
     }
     let input = match (&pty, stdin_pipe) {
         (Some(m), _) => Some(Input::Pty(
@@ -555,9 +571,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         }
     });
 
-    // Held until the workload exits (see run::hold_slave).
-    let slave = pty.as_ref().and_then(crate::run::hold_slave);
-    let mut code = relay(c, pid, &mut outputs, &sigs, slave);
+    let mut code = relay(c, pid, &mut outputs, &sigs, slaves);
     let oom_killed = launched.cgroup.oom_killed();
     if oom_killed {
         code = 137;
@@ -571,13 +585,57 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     })
 }
 
+/// Which stream a workload output goes to.
+enum Stream {
+    Stdout,
+    Stderr,
+    /// The console-only pty: to stdout, `\r\n` as `\n`.
+    Console(crate::run::CrLf),
+}
+
+/// One output of the workload the relay reads.
+struct Output {
+    fd: OwnedFd,
+    stream: Stream,
+}
+
+impl Output {
+    fn new(fd: OwnedFd, stream: Stream) -> Output {
+        Output { fd, stream }
+    }
+
+    /// The frame for `data` read from it (none when the console held all
+    /// of it back: a `\r` that may start a line end).
+    fn frame(&mut self, data: &[u8]) -> Option<Frame> {
+        match &mut self.stream {
+            Stream::Stdout => Some(Frame::Stdout(data.to_vec())),
+            Stream::Stderr => Some(Frame::Stderr(data.to_vec())),
+            Stream::Console(crlf) => {
+                let mut out = Vec::with_capacity(data.len());
+                crlf.convert(data, &mut out);
+                (!out.is_empty()).then_some(Frame::Stdout(out))
+            }
+        }
+    }
+
+    /// The frame for what it holds back at its end, if anything.
+    fn finish(&mut self) -> Option<Frame> {
+        let Stream::Console(crlf) = &mut self.stream else {
+            return None;
+        };
+        let mut out = Vec::new();
+        crlf.finish(&mut out);
+        (!out.is_empty()).then_some(Frame::Stdout(out))
+    }
+}
+
 /// Relays the workload's output until it exits; returns its status.
 fn relay(
     c: &mut File,
     pid: i32,
-    outputs: &mut Vec<(OwnedFd, bool)>,
+    outputs: &mut Vec<Output>,
     sigs: &crate::run::Signals,
-    mut slave: Option<OwnedFd>,
+    mut slaves: Vec<OwnedFd>,
 ) -> i32 {
     let mut buf = vec![0u8; channel::CHUNK];
     let mut status = None;
@@ -590,8 +648,8 @@ fn relay(
         }
         let mut fds: Vec<libc::pollfd> = outputs
             .iter()
-            .map(|(f, _)| libc::pollfd {
-                fd: f.as_raw_fd(),
+            .map(|o| libc::pollfd {
+                fd: o.fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -610,19 +668,15 @@ fn relay(
             continue;
         }
         let mut closed = Vec::new();
-        for (i, (f, is_err)) in outputs.iter().enumerate() {
+        for (i, o) in outputs.iter_mut().enumerate() {
             if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
                 continue;
             }
-            match rustix::io::read(f, &mut buf) {
+            match rustix::io::read(&o.fd, &mut buf) {
                 Ok(n) if n > 0 => {
-                    let data = buf[..n].to_vec();
-                    let frame = if *is_err {
-                        Frame::Stderr(data)
-                    } else {
-                        Frame::Stdout(data)
-                    };
-                    let _ = frame.write_to(c);
+                    if let Some(f) = o.frame(&buf[..n]) {
+                        let _ = f.write_to(c);
+                    }
                 }
                 Ok(_) => closed.push(i),
                 Err(rustix::io::Errno::INTR) => {}
@@ -630,7 +684,9 @@ fn relay(
             }
         }
         for i in closed.into_iter().rev() {
-            outputs.remove(i);
+            if let Some(f) = outputs.remove(i).finish() {
+                let _ = f.write_to(c);
+            }
         }
         if fds[fds.len() - 1].revents & libc::POLLIN != 0 {
             sigs.drain();
@@ -645,8 +701,8 @@ fn relay(
             }
             if r == pid {
                 status = Some(crate::run::decode_status(st));
-                // The pty ends once what the workload wrote is read.
-                drop(slave.take());
+                // The ptys end once what the workload wrote is read.
+                slaves.clear();
                 drain_until = Some(Instant::now() + DRAIN);
             }
         }

@@ -132,6 +132,7 @@ fn create_in(
             state_template: template.clone(),
             owns_cgroup: true,
             sealed: true,
+            console_pty: false,
         },
     )
     .map_err(|e| failed(e.to_string()))?;
@@ -205,6 +206,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
             state_template: template.clone(),
             owns_cgroup: true,
             sealed: true,
+            console_pty: false,
         },
     );
     let l = match l {
@@ -550,6 +552,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
             state_template: template,
             owns_cgroup: false,
             sealed: true,
+            console_pty: false,
         },
     );
     let l = match l {

@@ -62,6 +62,12 @@ pub struct StartRequest {
     /// has no RTC).
     #[serde(default)]
     pub host_time: Option<(i64, u32)>,
+    /// A console-only pty for the workload (systemd mode without `-t`:
+    /// see `LaunchOptions::console_pty`); what is written on its
+    /// /dev/console comes back as [`Frame::Stdout`]. Absent (an older
+    /// host) means no.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// The guest init is up.
@@ -340,6 +346,7 @@ mod tests {
                 files: [("/x".to_string(), "y".to_string())].into(),
                 stdin: true,
                 host_time: Some((1_700_000_000, 5)),
+                console: true,
             }))),
             Frame::Stdin(b"in\0put".to_vec()),
             Frame::StdinEof,
@@ -388,6 +395,19 @@ mod tests {
             got.push(f);
         }
         assert_eq!(got, frames);
+    }
+
+    /// A start request from a host that knows no console pty (nor the
+    /// clock) still parses, with both off.
+    #[test]
+    fn an_older_hosts_start_request_means_no_console() {
+        let old = r#"{"id":"abc","spec":{},"user_lookup":null,"files":{},"stdin":false}"#;
+        let r = StartRequestJson(old.into()).parse().unwrap();
+        assert!(!r.console);
+        assert_eq!(r.host_time, None);
+        let mut r = r;
+        r.console = true;
+        assert!(StartRequestJson::new(&r).parse().unwrap().console);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod tiny_init;
 
 pub use pty::{
     block_signals as pty_signals, decode as decode_status, hold_slave, restore_terminal,
-    unblock_signals as pty_unblock, wait as pty_wait, RawMode, Signals,
+    unblock_signals as pty_unblock, wait as pty_wait, CrLf, RawMode, Signals,
 };
 
 use crate::container::launch::{launch, LaunchError, LaunchOptions};
@@ -215,6 +215,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
             state_template,
             owns_cgroup: true,
             sealed: true,
+            console_pty: console_pty(&req.flags),
         },
     );
     let launched = match launched {
@@ -265,7 +266,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     }
 
     let t_started = std::time::Instant::now();
-    let mut status = pty::wait(launched.pid, launched.pty, &sigs);
+    let mut status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
     pty::unblock_signals(&sigs);
     let run_time = t_started.elapsed();
     let oom = launched.cgroup.oom_killed();
@@ -310,6 +311,14 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         detach::monitor_exit(0, &notices);
     }
     Ok(RunOutcome::Exited { status, notices })
+}
+
+/// Whether a run gets a console-only pty: in systemd mode without `-t`
+/// (systemd as PID 1 writes only to /dev/console, which a container
+/// otherwise has only with `-t`). What is written there goes to the run's
+/// stdout (with `-d`, to its log).
+pub fn console_pty(flags: &RunFlags) -> bool {
+    flags.systemd && !flags.tty
 }
 
 /// The exit status for a launch error, as docker uses them: 127 when the

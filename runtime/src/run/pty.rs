@@ -2,6 +2,7 @@
 //! it (through a signalfd, so nothing races), its pty (with `-t`) is
 //! relayed to our terminal in raw mode, window size changes follow.
 
+use crate::container::launch::ConsolePty;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
@@ -264,17 +265,61 @@ impl Drop for RawMode {
 /// terminal) would otherwise hang the master up, which reads as the end
 /// of its output; the relay learns of the exit from SIGCHLD instead.
 pub fn hold_slave(master: &impl AsFd) -> Option<OwnedFd> {
-    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: TIOCGPTPEER on a pty master takes the open flags as its
-    // argument and returns a new descriptor or -1.
-    let fd = unsafe { libc::ioctl(master.as_fd().as_raw_fd(), libc::TIOCGPTPEER, flags) };
-    // SAFETY: a new descriptor the ioctl just returned, owned by nobody else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::container::launch::pty_peer(master)
+}
+
+/// Turns the `\r\n` line ends of a terminal's output into `\n`, across
+/// chunk boundaries (a `\r` that ends a chunk waits for the next one). For
+/// the console-only pty, whose output goes to a file or a pipe: the setup
+/// stage clears ONLCR, but the workload may set it again (systemd resets
+/// its console's settings). A lone `\r` is kept.
+#[derive(Default)]
+pub struct CrLf {
+    pending_cr: bool,
+}
+
+impl CrLf {
+    /// `input` converted, appended to `out`.
+    pub fn convert(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b != b'\n' {
+                    out.push(b'\r');
+                }
+            }
+            if b == b'\r' {
+                self.pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+    }
+
+    /// What is held back at the end of the output (a last lone `\r`).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
 }
 
 /// Waits for `pid`, forwarding signals and relaying `pty`; returns its
 /// exit status.
 pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
+    wait_with_console(pid, pty, None, sigs)
+}
+
+/// [`wait`], also copying the console-only pty's output (`console`) to
+/// stdout: output only (nothing is written to it, and our terminal is left
+/// as it is), `\r\n` as `\n`. Its slave is held until `pid` exits; then
+/// what is left is drained.
+pub fn wait_with_console(
+    pid: i32,
+    pty: Option<OwnedFd>,
+    console: Option<ConsolePty>,
+    sigs: &Signals,
+) -> i32 {
     let Some(sfd) = &sigs.fd else {
         let mut status = 0;
         // SAFETY: blocking waitpid on our child.
@@ -290,12 +335,25 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
     }
     let mut stdin_open = pty.is_some();
     let mut buf = vec![0u8; 32 * 1024];
+    let (mut console, _console_slave) = match console {
+        Some(c) => (Some(Console::new(c.master)), c.slave),
+        None => (None, None),
+    };
     loop {
         let mut fds = vec![libc::pollfd {
             fd: sfd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         }];
+        // The console-only pty, when there is one, is polled second.
+        if let Some(c) = &console {
+            fds.push(libc::pollfd {
+                fd: c.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let base = fds.len();
         if let Some(m) = &pty {
             fds.push(libc::pollfd {
                 fd: m.as_raw_fd(),
@@ -324,6 +382,9 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
                             if let Some(m) = &pty {
                                 drain(m, &mut buf);
                             }
+                            if let Some(c) = &mut console {
+                                c.drain(&mut buf);
+                            }
                             return code;
                         }
                     }
@@ -339,8 +400,18 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
                 }
             }
         }
+        if let Some(c) = &mut console {
+            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                && !c.copy(&mut buf)
+            {
+                // Unreadable (no slave could be held and the workload
+                // closed its own): stop watching it; the exit comes as
+                // SIGCHLD.
+                console = None;
+            }
+        }
         if let Some(m) = &pty {
-            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            if fds[base].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 match (&mut &*m).read(&mut buf) {
                     Ok(n) if n > 0 => {
                         let mut out = std::io::stdout().lock();
@@ -356,7 +427,10 @@ pub fn wait(pid: i32, pty: Option<OwnedFd>, sigs: &Signals) -> i32 {
                     }
                 }
             }
-            if stdin_open && fds.len() > 2 && fds[2].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+            if stdin_open
+                && fds.len() > base + 1
+                && fds[base + 1].revents & (libc::POLLIN | libc::POLLHUP) != 0
+            {
                 match std::io::stdin().lock().read(&mut buf) {
                     Ok(n) if n > 0 => {
                         let _ = (&mut &*m).write_all(&buf[..n]);
@@ -385,6 +459,51 @@ fn read_signal(fd: impl AsFd) -> Option<i32> {
     }
 }
 
+/// The console-only pty's master, copied to stdout.
+struct Console {
+    master: std::fs::File,
+    crlf: CrLf,
+    out: Vec<u8>,
+}
+
+impl Console {
+    fn new(master: OwnedFd) -> Console {
+        Console {
+            master: std::fs::File::from(master),
+            crlf: CrLf::default(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Copies one read's worth to stdout; false when the master cannot be
+    /// read (hung up with nothing left, or an error).
+    fn copy(&mut self, buf: &mut [u8]) -> bool {
+        match (&mut &self.master).read(buf) {
+            Ok(n) if n > 0 => {
+                self.out.clear();
+                self.crlf.convert(&buf[..n], &mut self.out);
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(&self.out);
+                let _ = stdout.flush();
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+            _ => false,
+        }
+    }
+
+    /// Copies what is left (the workload has exited).
+    fn drain(&mut self, buf: &mut [u8]) {
+        let _ = rustix::io::ioctl_fionbio(&self.master, true);
+        while self.copy(buf) {}
+        self.out.clear();
+        self.crlf.finish(&mut self.out);
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&self.out);
+        let _ = stdout.flush();
+    }
+}
+
 /// Copies what is left in the pty to stdout.
 fn drain(mut f: &std::fs::File, buf: &mut [u8]) {
     let _ = rustix::io::ioctl_fionbio(f, true);
@@ -396,4 +515,72 @@ fn drain(mut f: &std::fs::File, buf: &mut [u8]) {
         let _ = out.write_all(&buf[..n]);
     }
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
+        let mut c = CrLf::default();
+        let mut out = Vec::new();
+        for part in input.chunks(chunk) {
+            c.convert(part, &mut out);
+        }
+        c.finish(&mut out);
+        out
+    }
+
+    /// `\r\n` becomes `\n` wherever the chunks split it; a lone `\r` (a
+    /// status line redrawn in place) and a `\r` at the very end are kept.
+    #[test]
+    fn crlf_becomes_lf_across_chunks() {
+        let input = b"a\r\nb\rc\r\r\nd\n\r";
+        for chunk in 1..=input.len() {
+            assert_eq!(
+                convert_in_chunks(input, chunk),
+                b"a\nb\rc\r\nd\n\r",
+                "chunks of {chunk}"
+            );
+        }
+        assert_eq!(convert_in_chunks(b"", 1), b"");
+    }
+
+    /// The console-only pty end to end: what the slave side writes with
+    /// ONLCR on arrives on stdout's side as plain lines, also after the
+    /// only open slave was closed and another taken (as systemd closes and
+    /// reopens /dev/console).
+    #[test]
+    fn a_pty_peer_keeps_the_master_readable() {
+        let master = rustix::pty::openpt(
+            rustix::pty::OpenptFlags::RDWR
+                | rustix::pty::OpenptFlags::NOCTTY
+                | rustix::pty::OpenptFlags::CLOEXEC,
+        )
+        .unwrap();
+        rustix::pty::grantpt(&master).unwrap();
+        rustix::pty::unlockpt(&master).unwrap();
+        let first = hold_slave(&master).expect("TIOCGPTPEER");
+        let held = hold_slave(&master).expect("TIOCGPTPEER");
+        rustix::io::write(&first, b"one\n").unwrap();
+        drop(first);
+        let again = hold_slave(&master).expect("TIOCGPTPEER");
+        rustix::io::write(&again, b"two\n").unwrap();
+        drop(again);
+        let _ = rustix::io::ioctl_fionbio(&master, true);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = rustix::io::read(&master, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut out = Vec::new();
+        let mut c = CrLf::default();
+        c.convert(&got, &mut out);
+        c.finish(&mut out);
+        assert_eq!(out, b"one\ntwo\n", "raw: {got:?}");
+        drop(held);
+    }
 }

@@ -368,6 +368,7 @@ pub fn run(
         files,
         stdin: interactive,
         host_time: None,
+        console: crate::run::console_pty(&req.flags),
     });
 
     // RAM: the container's limit plus room for the guest kernel and the

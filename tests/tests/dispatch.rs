@@ -155,8 +155,9 @@ fn policy_sends_untrusted_images_to_a_vm() {
     assert_eq!(trusted["decision"]["isolation"], "container", "{trusted:#}");
     let out = a.ok(&["run", "--rm", "--policy", p, PLAIN, "uname", "-r"]);
     assert_eq!(out.trim(), v612);
-    // The command line wins over the policy.
-    let out = a.ok(&[
+    // The command line may not lower the policy's vm: refused, and
+    // nothing runs.
+    let err = a.fail(&[
         "run",
         "--rm",
         "--policy",
@@ -164,6 +165,33 @@ fn policy_sends_untrusted_images_to_a_vm() {
         "--isolation",
         "container",
         PLAIN,
+        "uname",
+        "-r",
+    ]);
+    assert!(
+        err.contains("--isolation container is not allowed") && err.contains("[[trust]] rule 2"),
+        "{err}"
+    );
+    // Where the policy trusts the image, the command line may still ask
+    // for a microVM.
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        "--policy",
+        p,
+        "--isolation",
+        "vm",
+        "registry.internal/team/tool:1",
+        "uname",
+        "-r",
+    ]);
+    assert_eq!(out.trim(), v612);
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        "--policy",
+        p,
+        "registry.internal/team/tool:1",
         "uname",
         "-r",
     ]);

@@ -107,6 +107,24 @@ fn stdout_stderr_and_exit_status() {
     e.assert_clean();
 }
 
+/// `amphi run`'s no_new_privs: on by default (a seccomp filter without
+/// CAP_SYS_ADMIN needs it, and amphi's spec says so), on when asked, and
+/// off with seccomp unconfined or with CAP_SYS_ADMIN kept.
+#[test]
+fn no_new_privileges_as_the_spec_says() {
+    let e = Env::new();
+    let nnp = |flags: &[&str]| {
+        let (code, out, err) = e.rm(flags, &["grep", "NoNewPrivs", "/proc/self/status"]);
+        assert_eq!(code, 0, "{flags:?}: {err}");
+        out.trim().rsplit('\t').next().unwrap_or("").to_string()
+    };
+    assert_eq!(nnp(&[]), "1");
+    assert_eq!(nnp(&["--security-opt", "no-new-privileges"]), "1");
+    assert_eq!(nnp(&["--security-opt", "seccomp=unconfined"]), "0");
+    assert_eq!(nnp(&["--cap-add", "SYS_ADMIN"]), "0");
+    e.assert_clean();
+}
+
 #[test]
 fn missing_command_and_user_give_docker_statuses() {
     let e = Env::new();

@@ -159,6 +159,30 @@ fn capabilities_no_new_privileges_and_seccomp_from_the_spec() {
     assert!(err.contains("Operation not permitted"), "{err}");
 }
 
+/// The spec's `noNewPrivileges: false` holds even with a seccomp profile
+/// and no CAP_SYS_ADMIN: the filter is installed while the process still
+/// has it (as runc does), not by setting no_new_privs the spec did not ask
+/// for (runtime-tools' "has expected noNewPrivileges").
+#[test]
+fn seccomp_without_no_new_privileges_keeps_it_off() {
+    let b = Bundle::new(|v| {
+        let caps = json!(["CAP_CHOWN", "CAP_KILL"]);
+        v["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps, "ambient": []});
+        v["process"]["noNewPrivileges"] = json!(false);
+        v["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+    });
+    let (code, out, err) =
+        b.run("grep -E 'CapEff|NoNewPrivs|^Seccomp:' /proc/self/status; mkdir /tmp/d");
+    assert_ne!(code, 0, "mkdir must fail under the profile: {out}");
+    assert!(out.contains("CapEff:\t0000000000000021"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+}
+
 #[test]
 fn masked_and_readonly_paths_from_the_spec() {
     let b = Bundle::new(|v| {

@@ -400,6 +400,16 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     } else {
         process.capabilities().as_ref()
     };
+    // Without no_new_privs (the spec's noNewPrivileges false), installing
+    // a seccomp filter needs CAP_SYS_ADMIN, which the process is about to
+    // lose: install it now, as runc does, rather than set no_new_privs
+    // that the spec did not ask for. With no_new_privs it comes as late
+    // as possible, below.
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    if let (false, Some(seccomp)) = (no_new_privs, seccomp) {
+        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
+    }
     let caps_err = E::stage("capabilities");
     super::caps::drop_bounding(caps).map_err(&caps_err)?;
     // Keep capabilities across the uid switch, then set them explicitly.
@@ -425,7 +435,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     std::env::set_current_dir(cwd)
         .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
 
-    if process.no_new_privileges().unwrap_or(false) {
+    if no_new_privs {
         rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
     }
 
@@ -450,10 +460,8 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         None => find_program(&args[0], &path_var)?,
     };
 
-    if let Some(linux) = spec.linux() {
-        if let Some(seccomp) = linux.seccomp() {
-            super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
-        }
+    if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
+        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
     }
 
     close_fds_from(3 + a.preserve_fds);

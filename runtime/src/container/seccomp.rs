@@ -244,8 +244,9 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
     asm.finish()
 }
 
-/// Compiles and installs a profile in the calling thread (last step
-/// before exec; needs no_new_privs or CAP_SYS_ADMIN).
+/// Compiles and installs a profile in the calling thread: the last step
+/// before exec when the spec asks for no_new_privs, else before the
+/// capabilities are dropped (without no_new_privs it needs CAP_SYS_ADMIN).
 pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
     let prog = compile(s)?;
     let fprog = libc::sock_fprog {

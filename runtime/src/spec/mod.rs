@@ -463,7 +463,16 @@ pub fn build(
                 .build()
                 .map_err(|e| e.to_string())?,
         )
-        .no_new_privileges(flags.no_new_privileges)
+        // no_new_privs: as asked (`--security-opt no-new-privileges`), and
+        // whenever a seccomp filter applies and CAP_SYS_ADMIN is not kept:
+        // installing a filter then needs it, so amphi's containers have
+        // always run with it there; the spec says so rather than the
+        // engine setting it behind the spec's back.
+        .no_new_privileges(
+            flags.no_new_privileges
+                || (!matches!(flags.seccomp, SeccompChoice::Unconfined)
+                    && !capset.iter().any(|c| c == "CAP_SYS_ADMIN")),
+        )
         .rlimits(vec![])
         .build()
         .map_err(|e| e.to_string())?;

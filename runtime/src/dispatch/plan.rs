@@ -293,16 +293,15 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, RunError> {
     };
     let (reference, decision) = decided;
     let decision = decision.map_err(dispatch_err)?;
-    let mut plan = finish(
+    finish(
         reference,
         decision,
+        scan_report,
         resolved,
         kernels,
         req.vm_backend,
         &host,
-    )?;
-    plan.scan = scan_report;
-    Ok(plan)
+    )
 }
 
 /// The references the policy sees for `image` as the user named it. By
@@ -394,6 +393,7 @@ fn given_kernel(store_root: &Path, k: &str) -> Result<(CandidateKernel, GuestKer
 fn finish(
     reference: String,
     decision: Decision,
+    scan: ScanReport,
     resolved: ResolvedImage,
     kernels: Vec<GuestKernel>,
     vm_backend: BackendChoice,
@@ -434,7 +434,7 @@ fn finish(
         decision,
         backend,
         host: HostSummary::of(host),
-        scan: ScanReport::default(),
+        scan,
         resolved,
         target,
     })

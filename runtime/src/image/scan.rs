@@ -63,7 +63,7 @@ pub const INIT_PATHS: &[&str] = &[
     "/usr/bin/init",
 ];
 
-/// Where C libraries and dynamic loaders live, in the order looked at.
+/// Where glibc's `libc.so.6` lives, in the order looked at.
 const LIBC_PATHS: &[&str] = &[
     "/lib/x86_64-linux-gnu/libc.so.6",
     "/usr/lib/x86_64-linux-gnu/libc.so.6",
@@ -74,14 +74,15 @@ const LIBC_PATHS: &[&str] = &[
     "/lib/aarch64-linux-gnu/libc.so.6",
     "/lib/i386-linux-gnu/libc.so.6",
 ];
-const LOADER_PATHS: &[&str] = &[
-    "/lib64/ld-linux-x86-64.so.2",
-    "/lib/ld-linux-x86-64.so.2",
-    "/lib/ld-linux-aarch64.so.1",
-    "/lib/ld-linux.so.2",
-    "/lib/ld-musl-x86_64.so.1",
-    "/lib/ld-musl-aarch64.so.1",
-];
+/// musl's dynamic loader, which is its C library too (looked at when no
+/// glibc is found).
+const MUSL_LOADERS: &[&str] = &["/lib/ld-musl-x86_64.so.1", "/lib/ld-musl-aarch64.so.1"];
+
+/// How every path of the image is resolved: symlinks (absolute or
+/// climbing) inside the rootfs, no magic links, no crossing of mounts.
+const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
 /// The PATH a command is looked up in when the image sets none (docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -372,7 +373,7 @@ impl Scanner {
             rel,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
             Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+            IN_ROOT,
         );
         let fd = match fd {
             Ok(fd) => fd,
@@ -417,62 +418,64 @@ impl Scanner {
         Ok((data, resolved))
     }
 
-    /// The facts of the C library: glibc's version and ABI tag, or musl.
-    fn libc_facts(&mut self, facts: &mut Vec<Fact>) {
-        for p in LIBC_PATHS {
-            match self.read(p) {
-                Ok((data, resolved)) => {
-                    match elf_info(&data) {
-                        Ok(info) => {
-                            if let Some(v) = info.abi_tag {
-                                facts.push(Fact::LibcMinKernel {
-                                    version: v,
-                                    path: resolved.clone(),
-                                });
-                            }
-                        }
-                        Err(why) => {
-                            facts.push(Fact::Unreadable {
-                                path: resolved,
-                                reason: why,
-                            });
-                            return;
-                        }
-                    }
-                    if let Some(v) = glibc_version(&data) {
-                        facts.push(Fact::GlibcVersion {
-                            version: v,
-                            path: resolved,
-                        });
-                    }
-                    return;
-                }
+    /// The first of `paths` that exists, through `get` (`open` or
+    /// `read`): what `get` gave, or the path and why it could not be used;
+    /// None when none exists.
+    fn first_present<T>(
+        &mut self,
+        paths: &[&str],
+        mut get: impl FnMut(&mut Self, &str) -> Result<T, OpenError>,
+    ) -> Option<Result<T, (String, String)>> {
+        for p in paths {
+            match get(self, p) {
+                Ok(t) => return Some(Ok(t)),
                 Err(OpenError::Missing) => {}
-                Err(OpenError::Bad(reason)) => {
-                    facts.push(Fact::Unreadable {
-                        path: p.to_string(),
-                        reason,
-                    });
-                    return;
-                }
+                Err(OpenError::Bad(reason)) => return Some(Err((p.to_string(), reason))),
             }
         }
-        // No glibc: a musl loader (which is musl's libc too)?
-        for p in LOADER_PATHS.iter().filter(|p| p.contains("musl")) {
-            match self.open(p) {
-                Ok((_, resolved)) => {
-                    facts.push(Fact::Musl { path: resolved });
-                    return;
+        None
+    }
+
+    /// The facts of the C library: glibc's version and ABI tag, or musl.
+    fn libc_facts(&mut self, facts: &mut Vec<Fact>) {
+        match self.first_present(LIBC_PATHS, |s, p| s.read(p)) {
+            Some(Ok((data, resolved))) => {
+                match elf_info(&data) {
+                    Ok(info) => {
+                        if let Some(v) = info.abi_tag {
+                            facts.push(Fact::LibcMinKernel {
+                                version: v,
+                                path: resolved.clone(),
+                            });
+                        }
+                    }
+                    Err(why) => {
+                        facts.push(Fact::Unreadable {
+                            path: resolved,
+                            reason: why,
+                        });
+                        return;
+                    }
                 }
-                Err(OpenError::Missing) => {}
-                Err(OpenError::Bad(reason)) => {
-                    facts.push(Fact::Unreadable {
-                        path: p.to_string(),
-                        reason,
+                if let Some(v) = glibc_version(&data) {
+                    facts.push(Fact::GlibcVersion {
+                        version: v,
+                        path: resolved,
                     });
-                    return;
                 }
+                return;
             }
+            Some(Err((path, reason))) => {
+                facts.push(Fact::Unreadable { path, reason });
+                return;
+            }
+            None => {}
+        }
+        // No glibc: a musl loader (which is musl's libc too)?
+        match self.first_present(MUSL_LOADERS, |s, p| s.open(p)) {
+            Some(Ok((_, resolved))) => facts.push(Fact::Musl { path: resolved }),
+            Some(Err((path, reason))) => facts.push(Fact::Unreadable { path, reason }),
+            None => {}
         }
     }
 
@@ -484,7 +487,7 @@ impl Scanner {
                 base.trim_start_matches('/'),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+                IN_ROOT,
             ) else {
                 continue;
             };

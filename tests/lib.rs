@@ -423,6 +423,17 @@ pub fn guest_kernel_recipe_hash(series: &str) -> Option<String> {
     Some(hex::encode(h.finalize())[..12].to_string())
 }
 
+/// Whether this host's cgroups are pure v2 (cgroup2 mounted at
+/// /sys/fs/cgroup), as /proc/self/mounts shows it; hybrid and v1 hosts are
+/// not.
+pub fn host_cgroup_v2_only() -> bool {
+    let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    m.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == "/sys/fs/cgroup" && f[2] == "cgroup2"
+    })
+}
+
 /// amphi's finished build of guest kernel `series` in the machine's build
 /// cache (`$AMPHI_KERNEL_CACHE`): its directory and the version it reports.
 /// None when it is not built (see [`guest_kernel_build`] for the loud skip).

@@ -6,7 +6,8 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use amphi_tests::{
-    derive_image_with_layer, guest_kernel_build, raw_tar, test_image, Amphi, TarEntry,
+    derive_image_with_layer, guest_kernel_build, host_cgroup_v2_only, raw_tar, test_image, Amphi,
+    TarEntry,
 };
 use serde_json::Value;
 
@@ -18,13 +19,9 @@ fn explain_json(a: &Amphi, args: &[&str]) -> Value {
     serde_json::from_str(&a.ok(&all)).unwrap()
 }
 
-/// The host's cgroup mode, as /proc/self/mounts shows it.
+/// The host's cgroups are not pure v2 (hybrid or v1).
 fn host_is_hybrid_or_v1() -> bool {
-    let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    !m.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 2 && f[1] == "/sys/fs/cgroup" && f[2] == "cgroup2"
-    })
+    !host_cgroup_v2_only()
 }
 
 fn facts(plan: &Value) -> Vec<Value> {

@@ -223,11 +223,7 @@ fn systemd_mode_console_goes_to_the_log_when_detached() {
 /// workload's stdout stream).
 #[test]
 fn systemd_mode_without_a_terminal_copies_dev_console_in_a_microvm() {
-    if amphi_tests::guest_kernel_build("6.12").is_none() {
-        return;
-    }
-    if !have("qemu-system-x86_64") {
-        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+    if !microvm_ready() {
         return;
     }
     let e = Env::new(&[("busybox", BUSYBOX)]);
@@ -297,6 +293,19 @@ fn systemd_mode_stops_with_sigrtmin_plus_3() {
     assert_eq!(e.out(&["logs", "sd"]).1, "started\ngot 37\n");
     assert!(e.out(&["ps", "-a"]).1.contains("Exited (3)"));
     assert_eq!(e.out(&["rm", "sd"]).0, 0);
+}
+
+/// Whether a microVM can run here: amphi's 6.12 guest kernel build and
+/// QEMU (skips loudly otherwise, which fails under CI=true).
+fn microvm_ready() -> bool {
+    if amphi_tests::guest_kernel_build("6.12").is_none() {
+        return false;
+    }
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+        return false;
+    }
+    true
 }
 
 /// Runs `amphi ARGS` under script(1), which gives amphi a terminal; returns
@@ -466,11 +475,7 @@ fn systemd_257_without_systemd_mode_explains_and_fails() {
 /// Slow under QEMU in software emulation, hence the long --timeout.
 #[test]
 fn systemd_257_boots_in_a_microvm_without_a_terminal() {
-    if amphi_tests::guest_kernel_build("6.12").is_none() {
-        return;
-    }
-    if !have("qemu-system-x86_64") {
-        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+    if !microvm_ready() {
         return;
     }
     let e = Env::new(&[("systemd", SYSTEMD)]);
@@ -505,19 +510,11 @@ fn systemd_257_boots_in_a_microvm_without_a_terminal() {
 /// --timeout (status 124 if it is hit).
 #[test]
 fn systemd_257_boots_in_a_microvm_and_exits() {
-    if amphi_tests::guest_kernel_build("6.12").is_none() {
-        return;
-    }
-    if !have("qemu-system-x86_64") {
-        skip("qemu-system-x86_64 is not installed (scripts/setup installs it)");
+    if !microvm_ready() {
         return;
     }
     let e = Env::new(&[("systemd", SYSTEMD)]);
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let pure_v2 = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 2 && f[1] == "/sys/fs/cgroup" && f[2] == "cgroup2"
-    });
+    let pure_v2 = amphi_tests::host_cgroup_v2_only();
     let mut args = vec!["run", "--rm", "-t", "--verbose", "--timeout", "280"];
     if pure_v2 {
         args.extend_from_slice(&["--isolation", "vm"]);

@@ -9,7 +9,7 @@
 //! (a `kvm_pvm` module loaded later, a sysctl flipped) are only seen by
 //! [`probe_fresh`] or after the cache file is removed.
 
-mod cache;
+pub(crate) mod cache;
 mod cgroup;
 pub mod vsyscall;
 

@@ -4,33 +4,22 @@
 use super::*;
 use crate::dispatch::{decide, CandidateKernel, DecideInput, Isolation, IsolationChoice, Outcome};
 use crate::dispatch::{DispatchError, Policy, Requirements};
-use crate::host::{CgroupMode, KvmSupport, UserNs, Vsyscall, CACHE_FORMAT};
+use crate::host::{CgroupMode, KvmSupport, Vsyscall};
 use crate::image::manifest::ImageConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The host cache tests' fake host, with this cgroup mode, vsyscall mode
+/// and kernel, and hardware KVM.
 fn host(cgroup: CgroupMode, vsyscall: Vsyscall, kernel: (u32, u32, u32)) -> HostInfo {
     let v = KernelVersion::new(kernel.0, kernel.1, kernel.2);
     HostInfo {
-        format: CACHE_FORMAT,
-        boot_id: "b".into(),
-        arch: "amd64".into(),
-        machine: "x86_64".into(),
         kernel_release: format!("{v}-test"),
-        kernel_build: "#1".into(),
         kernel_version: Some(v),
-        config: Some(BTreeMap::new().into_iter().collect()),
-        config_source: "/proc/config.gz".into(),
         cgroup,
         kvm: KvmSupport::Hardware,
-        userns: UserNs {
-            supported: true,
-            unprivileged: true,
-            max_user_namespaces: Some(1000),
-            unprivileged_userns_clone: None,
-        },
         vsyscall,
-        from_cache: false,
+        ..crate::host::cache::tests::fake_host()
     }
 }
 

@@ -233,14 +233,8 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
         .decision
         .inferred
         .iter()
-        .filter_map(|i| {
-            let r = plan.decision.reasons.iter().find(|r| {
-                r.rule == i.rule
-                    && r.wanted == i.need.to_string()
-                    && r.outcome == crate::dispatch::Outcome::NeedsVm
-            })?;
-            Some(format!("{}, {}", i.describe(), r.have))
-        })
+        .filter(|i| !i.host_ok)
+        .map(|i| format!("{}, {}", i.describe(), i.host_has))
         .collect();
     let Plan {
         resolved, target, ..

@@ -390,7 +390,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
     }
     // What the image's own files say (the image scan), unless the policy
     // turns inference off for this image.
-    let inferred = match input.policy.infer_rule(input.reference) {
+    let mut inferred = match input.policy.infer_rule(input.reference) {
         Some((false, from)) => {
             if !input.facts.is_empty() {
                 reasons.push(Reason::new(
@@ -405,10 +405,10 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         }
         _ => infer::infer(input.facts),
     };
-    for i in &inferred {
-        let (reason, ok) = infer::host_reason(i, host);
-        if !ok {
-            misses.push(format!("{} ({})", i.describe(), reason.have));
+    for i in &mut inferred {
+        let reason = infer::host_reason(i, host);
+        if !i.host_ok {
+            misses.push(format!("{} ({})", i.describe(), i.host_has));
         }
         reasons.push(reason);
     }

@@ -82,6 +82,12 @@ pub struct Inferred {
     pub need: Need,
     /// Why the fact implies the need.
     pub why: String,
+    /// What the host has for the need, and whether that serves it (set by
+    /// `decide`, from [`host_meets`]; empty until then).
+    #[serde(default)]
+    pub host_has: String,
+    #[serde(default)]
+    pub host_ok: bool,
 }
 
 impl Inferred {
@@ -101,6 +107,8 @@ pub fn infer(facts: &[Fact]) -> Vec<Inferred> {
                 fact: fact.clone(),
                 need,
                 why: why.to_string(),
+                host_has: String::new(),
+                host_ok: false,
             });
         }
     };
@@ -226,24 +234,26 @@ pub fn guest_cmdline(need: &Need) -> Option<&'static str> {
     }
 }
 
-/// The reason `decide` records for one inferred need on this host.
-pub fn host_reason(i: &Inferred, host: &HostInfo) -> (Reason, bool) {
+/// Judges one inferred need against this host: records the verdict on it
+/// (`host_has`, `host_ok`) and returns the reason `decide` lists.
+pub fn host_reason(i: &mut Inferred, host: &HostInfo) -> Reason {
     use super::decide::Outcome;
     let met = host_meets(&i.need, host);
-    let ok = met.is_ok();
-    let have = match met {
+    i.host_ok = met.is_ok();
+    i.host_has = match met {
         Ok(h) | Err(h) => h,
     };
-    (
-        Reason {
-            rule: i.rule.clone(),
-            wanted: i.need.to_string(),
-            have,
-            outcome: if ok { Outcome::Ok } else { Outcome::NeedsVm },
-            note: format!("{} ({})", i.fact, i.why),
+    Reason {
+        rule: i.rule.clone(),
+        wanted: i.need.to_string(),
+        have: i.host_has.clone(),
+        outcome: if i.host_ok {
+            Outcome::Ok
+        } else {
+            Outcome::NeedsVm
         },
-        ok,
-    )
+        note: format!("{} ({})", i.fact, i.why),
+    }
 }
 
 #[cfg(test)]

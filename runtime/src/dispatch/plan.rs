@@ -466,19 +466,15 @@ impl Plan {
             (Isolation::Container, _) => "native container".to_string(),
         };
         for i in &d.inferred {
-            let host_has = d
-                .reasons
-                .iter()
-                .find(|r| r.rule == i.rule && r.wanted == i.need.to_string())
-                .map(|r| (r.have.clone(), r.outcome));
-            match host_has {
-                Some((have, super::Outcome::NeedsVm)) => writeln!(
+            let have = &i.host_has;
+            match (have.is_empty(), i.host_ok) {
+                (true, _) => writeln!(f, "  {}: needs {}", i.fact, i.need)?,
+                (false, true) => writeln!(f, "  {}: needs {}, {have}: ok", i.fact, i.need)?,
+                (false, false) => writeln!(
                     f,
                     "  {}: needs {}, {have} \u{2192} {outcome}",
                     i.fact, i.need
                 )?,
-                Some((have, _)) => writeln!(f, "  {}: needs {}, {have}: ok", i.fact, i.need)?,
-                None => writeln!(f, "  {}: needs {}", i.fact, i.need)?,
             }
         }
         let shown: Vec<&crate::image::scan::Fact> = d.inferred.iter().map(|i| &i.fact).collect();

@@ -124,7 +124,7 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
     for (i, c) in comps.iter().enumerate() {
         cur.push(c);
         let last = i + 1 == comps.len();
-        match rustix::fs::openat2(
+        match crate::sys::io::openat2(
             root,
             &cur,
             OFlags::PATH | OFlags::CLOEXEC,
@@ -137,7 +137,7 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             Err(e) => return Err(err(format!("opening {cur:?} in the rootfs"), e)),
         }
         let parent = cur.parent().map(Path::to_path_buf).unwrap_or_default();
-        let pfd = rustix::fs::openat2(
+        let pfd = crate::sys::io::openat2(
             root,
             if parent.as_os_str().is_empty() {
                 Path::new(".")
@@ -179,7 +179,7 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             Err(e) => return Err(err(format!("creating {cur:?} in the rootfs"), e)),
         }
         if last {
-            return rustix::fs::openat2(
+            return crate::sys::io::openat2(
                 root,
                 &cur,
                 OFlags::PATH | OFlags::CLOEXEC,

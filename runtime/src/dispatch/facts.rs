@@ -23,7 +23,9 @@ pub fn image_scan(resolved: &ResolvedImage, rescan: bool) -> Result<ImageScan, S
     })
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    if let Err(e) = store.save_scan(&rec.manifest, &scan) {
+    if scan.transient {
+        tracing::warn!(image = %rec.config, "the image scan met a passing error: not stored, the next run scans again");
+    } else if let Err(e) = store.save_scan(&rec.manifest, &scan) {
         tracing::warn!(image = %rec.config, error = %e, "could not store the image scan");
     }
     Ok(scan)

@@ -185,6 +185,11 @@ pub struct ImageScan {
     /// Files opened, and how long the scan took (for `scripts/bench`).
     pub files_read: usize,
     pub micros: u64,
+    /// A file could not be opened for a passing reason (the kernel's
+    /// EAGAIN, still there after retries): the result is used for this run
+    /// but not stored, so the next run scans again.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 /// The facts for one command line, as [`ImageScan::facts_for`] finds them.
@@ -285,6 +290,7 @@ pub fn scan_rootfs(
         root: dir,
         root_path: root.to_path_buf(),
         files: 0,
+        transient: false,
     };
     let mut facts = Vec::new();
     s.libc_facts(&mut facts);
@@ -321,6 +327,7 @@ pub fn scan_rootfs(
         os,
         files_read: s.files,
         micros: started.elapsed().as_micros() as u64,
+        transient: s.transient,
     })
 }
 
@@ -346,6 +353,8 @@ struct Scanner {
     root: OwnedFd,
     root_path: PathBuf,
     files: usize,
+    /// An open failed with EAGAIN (see [`ImageScan::transient`]).
+    transient: bool,
 }
 
 /// What the ELF headers of a file say.
@@ -368,7 +377,7 @@ impl Scanner {
         }
         let rel = path.trim_start_matches('/');
         let rel = if rel.is_empty() { "." } else { rel };
-        let fd = rustix::fs::openat2(
+        let fd = crate::sys::io::openat2(
             &self.root,
             rel,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
@@ -382,6 +391,12 @@ impl Scanner {
             }
             Err(rustix::io::Errno::LOOP) => {
                 return Err(OpenError::Bad("too many levels of symbolic links".into()))
+            }
+            Err(rustix::io::Errno::AGAIN) => {
+                self.transient = true;
+                return Err(OpenError::Bad(
+                    "the kernel kept answering EAGAIN (a race with renames or mounts)".into(),
+                ));
             }
             Err(e) => return Err(OpenError::Bad(std::io::Error::from(e).to_string())),
         };
@@ -482,7 +497,7 @@ impl Scanner {
     /// `/lib/modules/<release>` directories that hold modules.
     fn module_facts(&mut self, facts: &mut Vec<Fact>) {
         for base in ["/lib/modules", "/usr/lib/modules"] {
-            let Ok(dir) = rustix::fs::openat2(
+            let Ok(dir) = crate::sys::io::openat2(
                 &self.root,
                 base.trim_start_matches('/'),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -508,9 +523,9 @@ impl Scanner {
                 }
                 // A release directory with modules: modules.dep or kernel/.
                 let has = |leaf: &str| {
-                    rustix::fs::openat2(
+                    crate::sys::io::openat2(
                         &dir,
-                        format!("{name}/{leaf}"),
+                        format!("{name}/{leaf}").as_str(),
                         OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                         Mode::empty(),
                         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,

@@ -232,7 +232,7 @@ impl Unpacker<'_> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let open = |p: &[u8]| {
             let p: &[u8] = if p.is_empty() { b"." } else { p };
-            rustix::fs::openat2(self.root, as_os(p), flags, Mode::empty(), RESOLVE)
+            crate::sys::io::openat2(self.root, as_os(p), flags, Mode::empty(), RESOLVE)
         };
         match open(path) {
             Err(Errno::NOENT) => {}
@@ -602,7 +602,7 @@ impl Unpacker<'_> {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
             let path: &[u8] = if d.path.is_empty() { b"." } else { &d.path };
             if let Ok(fd) =
-                rustix::fs::openat2(self.root, as_os(path), flags, Mode::empty(), RESOLVE)
+                crate::sys::io::openat2(self.root, as_os(path), flags, Mode::empty(), RESOLVE)
             {
                 let _ = rustix::fs::futimens(&fd, &timestamps(d.mtime));
             }

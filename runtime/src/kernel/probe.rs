@@ -247,11 +247,7 @@ fn probe_bzimage(d: &[u8]) -> Result<KernelImage, String> {
             protocol & 0xff
         ));
     }
-    let setup_sects = match d.get(0x1f1).copied().unwrap_or(0) {
-        0 => 4,
-        n => n as usize,
-    };
-    let setup_size = (setup_sects + 1) * 512;
+    let setup_size = setup_size(d);
     // syssize: the protected-mode part in 16-byte paragraphs (protocol 2.04+).
     let syssize = u32_at(d, 0x1f4).unwrap_or(0) as u64 * 16;
     let expected = setup_size as u64 + syssize;
@@ -275,17 +271,13 @@ fn probe_bzimage(d: &[u8]) -> Result<KernelImage, String> {
     // here, which gives the embedded config of kernels built with IKCONFIG.
     let mut ikconfig = None;
     let mut payload_release = None;
-    if protocol >= 0x208 {
-        let off = u32_at(d, 0x248).unwrap_or(0) as usize + setup_size;
-        let len = u32_at(d, 0x24c).unwrap_or(0) as usize;
-        if let Some(payload) = d.get(off..off.saturating_add(len)) {
-            if payload.starts_with(&[0x1f, 0x8b]) {
-                let mut out = Vec::new();
-                let gz = flate2::read::GzDecoder::new(payload);
-                if gz.take(1 << 30).read_to_end(&mut out).is_ok() {
-                    ikconfig = extract_ikconfig(&out);
-                    payload_release = banner_release(&out);
-                }
+    if let Ok(payload) = bzimage_payload(d) {
+        if payload.starts_with(&[0x1f, 0x8b]) {
+            let mut out = Vec::new();
+            let gz = flate2::read::GzDecoder::new(payload);
+            if gz.take(1 << 30).read_to_end(&mut out).is_ok() {
+                ikconfig = extract_ikconfig(&out);
+                payload_release = banner_release(&out);
             }
         }
     }
@@ -301,6 +293,45 @@ fn probe_bzimage(d: &[u8]) -> Result<KernelImage, String> {
         pvh_entry: None,
         ikconfig,
     })
+}
+
+/// The size of a bzImage's real-mode setup (the boot sector and the setup
+/// sectors; 0 setup sectors means 4).
+fn setup_size(d: &[u8]) -> usize {
+    let setup_sects = match d.get(0x1f1).copied().unwrap_or(0) {
+        0 => 4,
+        n => n as usize,
+    };
+    (setup_sects + 1) * 512
+}
+
+/// The compressed kernel inside a bzImage (boot protocol 2.08+:
+/// `payload_offset` at 0x248, after the setup, and `payload_length` at
+/// 0x24c). Its first bytes say how it is compressed; the error is why there
+/// is none.
+pub fn bzimage_payload(d: &[u8]) -> Result<&[u8], String> {
+    if d.get(0x202..0x206) != Some(b"HdrS") {
+        return Err("not a bzImage (no \"HdrS\" boot header at 0x202)".into());
+    }
+    let protocol = u16_at(d, 0x206).unwrap_or(0);
+    if protocol < 0x208 {
+        return Err(format!(
+            "boot protocol {}.{:02} does not say where the payload is (2.08 or later does)",
+            protocol >> 8,
+            protocol & 0xff
+        ));
+    }
+    let off = (u32_at(d, 0x248).unwrap_or(0) as usize).saturating_add(setup_size(d));
+    let len = u32_at(d, 0x24c).unwrap_or(0) as usize;
+    match d.get(off..off.saturating_add(len)) {
+        Some(payload) if !payload.is_empty() => Ok(payload),
+        Some(_) => Err("the boot header gives an empty payload".into()),
+        None => Err(format!(
+            "truncated bzImage: the payload ends at byte {}, the file has {}",
+            off.saturating_add(len),
+            d.len()
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -452,6 +483,27 @@ pub(crate) mod tests {
         assert!(e.contains("truncated bzImage"), "{e}");
         let e = probe_bytes(&d[..0x210]).unwrap_err();
         assert!(e.contains("truncated bzImage"), "{e}");
+    }
+
+    #[test]
+    fn finds_the_bzimage_payload() {
+        let d = tiny_bzimage("6.1.192", b"the kernel");
+        let payload = bzimage_payload(&d).unwrap();
+        assert!(payload.starts_with(&[0x1f, 0x8b]), "{payload:02x?}");
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(payload)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"the kernel");
+        let e = bzimage_payload(&d[..d.len() - 40]).unwrap_err();
+        assert!(e.contains("truncated bzImage"), "{e}");
+        let mut old = d.clone();
+        put16(&mut old, 0x206, 0x207);
+        let e = bzimage_payload(&old).unwrap_err();
+        assert!(e.contains("boot protocol 2.07"), "{e}");
+        assert!(bzimage_payload(b"\x7fELF")
+            .unwrap_err()
+            .contains("not a bzImage"));
     }
 
     #[test]

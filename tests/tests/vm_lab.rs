@@ -387,6 +387,78 @@ fn stock_kernels() -> BTreeMap<String, PathBuf> {
         .collect()
 }
 
+/// `scripts/vm-lab extract-vmlinux` (amphi-lab's decompression) gives what
+/// the reference decompressors give, on the stock kernels: the generic
+/// kernel's payload is xz (with the x86 BCJ filter), the cloud kernel's lz4
+/// in its legacy frame.
+#[test]
+fn lab_extract_vmlinux_matches_the_reference_decompressors() {
+    if !is_root() {
+        skip("fetching the stock kernels needs root: extract-vmlinux is not checked");
+        return;
+    }
+    for tool in ["xz", "lz4"] {
+        if !amphi_tests::have(tool) {
+            skip(&format!(
+                "{tool} is missing: extract-vmlinux is not checked against it"
+            ));
+            return;
+        }
+    }
+    let kernels = stock_kernels();
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["l1-kernel", "l2-bzimage"] {
+        let bzimage = &kernels[key];
+        let data = std::fs::read(bzimage).unwrap();
+        // The boot header: setup sectors, payload_offset, payload_length.
+        let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let setup = match data[0x1f1] {
+            0 => 4,
+            n => usize::from(n),
+        };
+        let start = (setup + 1) * 512 + u32_at(0x248);
+        let payload = &data[start..start + u32_at(0x24c)];
+        let (tool, args): (&str, &[&str]) = match payload[..4] {
+            [0xfd, b'7', b'z', b'X'] => ("xz", &["-dc", "--single-stream"]),
+            [0x02, 0x21, 0x4c, 0x18] => ("lz4", &["-dc"]),
+            ref other => {
+                panic!("{key}: a payload starting {other:02x?}: not xz or lz4, update this test")
+            }
+        };
+        // Without the 4-byte size the kernel's build appends.
+        let compressed = dir.path().join(format!("{key}.payload"));
+        std::fs::write(&compressed, &payload[..payload.len() - 4]).unwrap();
+        let reference = Command::new(tool)
+            .args(args)
+            .stdin(std::fs::File::open(&compressed).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            reference.status.success(),
+            "{tool} {key}:\n{}",
+            show(&reference)
+        );
+        let out = dir.path().join(format!("{key}.vmlinux"));
+        let ran = run_cmd(
+            Command::new(script("vm-lab"))
+                .arg("extract-vmlinux")
+                .args([bzimage, &out]),
+        );
+        assert!(
+            ran.status.success(),
+            "extract-vmlinux {key}:\n{}",
+            show(&ran)
+        );
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == reference.stdout,
+            "{key} ({tool}): extract-vmlinux wrote {} bytes, {tool} -dc {} bytes, not the same",
+            got.len(),
+            reference.stdout.len()
+        );
+    }
+}
+
 #[test]
 fn vmm_refuses_a_stock_kernel_on_a_pvm_host() {
     if !host_is_pvm() {

@@ -942,8 +942,9 @@ const ALL_STAGES: [&str; 6] = [
 fn check_hook_states(b: &Bundle, entries: &[(String, Value)], pid: i64) {
     for (stage, st) in entries {
         let want = match stage.as_str() {
-            "prestart" | "createRuntime" | "createContainer" => "creating",
-            "startContainer" => "created",
+            // They run once the environment is created (the lifecycle's
+            // step 2): runtime-tools' hooks_stdin wants "created" too.
+            "prestart" | "createRuntime" | "createContainer" | "startContainer" => "created",
             "poststart" => "running",
             _ => "stopped",
         };
@@ -1577,4 +1578,148 @@ fn memory_and_pids_limits_are_applied() {
     check();
     b.ok(&["delete", "--force", &b.id]);
     b.assert_no_trace(&b.id, &cgroup);
+}
+
+/// Without a mount namespace the root is a chroot with no /proc of its
+/// own: `create` still waits for `start` on the exec fifo (reopened
+/// through the /proc it had before the chroot) and oomScoreAdj is set
+/// (runtime-tools' linux_ns_itype found the process dead at `state`).
+#[test]
+fn create_and_start_without_a_mount_namespace() {
+    let Some(b) = Bundle::new("nomntns") else {
+        return;
+    };
+    b.edit(|c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.retain(|n| n["type"] != "mount");
+        c["process"]["oomScoreAdj"] = json!(77);
+        c["process"]["args"] = json!(["sh", "-c", "echo ran > /ran; exec sleep 1000"]);
+    });
+    b.create(&[]);
+    assert_eq!(b.status(), "created", "{}", b.stderr());
+    let pid = b.pid();
+    assert!(alive(pid), "the container's process died before start");
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "77"
+    );
+    assert!(!b.rootfs().join("ran").exists());
+    b.start();
+    // The process's "/" is the rootfs.
+    wait_for(10, "the process to run", || b.rootfs().join("ran").exists());
+    b.ok(&["kill", &b.id, "KILL"]);
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    b.assert_no_trace(&b.id, &b.cgroup());
+}
+
+/// `linux.resources` beyond memory, pids and CPU time: cpusets, CPU
+/// realtime, memory reservation, swappiness and the OOM killer, each in its
+/// cgroup file; on a cgroup v1 host, a relative `cgroupsPath` whose parents
+/// amphi made is removed with them on delete (runtime-tools'
+/// linux_cgroups_cpus and *_relative_* left "testdir" behind).
+#[test]
+fn cgroup_resources_reach_their_files() {
+    if unified_host() {
+        // The v2 mapping is unit-tested (container::cgroups::resources).
+        skip("cgroup v1 files checked here; this host is cgroup v2");
+        return;
+    }
+    let Some(b) = Bundle::new("resources") else {
+        return;
+    };
+    let parent = format!("amphitest-{}", b.id);
+    let path = format!("{parent}/mid/{}", b.id);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = json!(path);
+        c["linux"]["resources"]["cpu"] = json!({"shares": 512, "period": 200000, "quota": 50000, "cpus": "0", "mems": "0"});
+        c["linux"]["resources"]["memory"] = json!({"limit": 67108864, "reservation": 33554432, "swappiness": 10, "disableOOMKiller": true});
+        c["linux"]["resources"]["pids"] = json!({"limit": 99});
+    });
+    b.create(&[]);
+    let read = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/{path}/{file}"))
+            .unwrap_or_else(|e| panic!("{ctrl}/{path}/{file}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(read("cpuset", "cpuset.mems"), "0");
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "200000");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+    assert_eq!(read("memory", "memory.soft_limit_in_bytes"), "33554432");
+    assert_eq!(read("memory", "memory.swappiness"), "10");
+    assert!(read("memory", "memory.oom_control").contains("oom_kill_disable 1"));
+    assert_eq!(read("pids", "pids.max"), "99");
+    b.ok(&["delete", "--force", &b.id]);
+    b.assert_no_trace(&b.id, &parent);
+}
+
+/// A limit that cannot be applied is an error naming the field, and
+/// nothing is left: an unknown huge page size, and on a v1 host a
+/// controller that is not mounted.
+#[test]
+fn cgroup_resources_that_cannot_be_applied_are_refused() {
+    let Some(b) = Bundle::new("badres") else {
+        return;
+    };
+    b.edit(|c| {
+        c["linux"]["resources"]["hugepageLimits"] = json!([{"pageSize": "3MB", "limit": 1048576}]);
+    });
+    let err = b.create_fails();
+    assert!(
+        err.contains("hugepageLimits") && err.contains("\"3MB\""),
+        "{err}"
+    );
+    b.assert_no_trace(&b.id, &b.cgroup());
+    if !unified_host() && !Path::new("/sys/fs/cgroup/net_cls").exists() {
+        b.edit(|c| {
+            c["linux"]["resources"] = json!({"network": {"classID": 1048577}});
+        });
+        let err = b.create_fails();
+        assert!(
+            err.contains("linux.resources.network.classID") && err.contains("net_cls"),
+            "{err}"
+        );
+        b.assert_no_trace(&b.id, &b.cgroup());
+    }
+}
+
+/// A program that exits at once: the poststart hooks still get "running"
+/// and its pid (they run because it was executed; runtime-tools'
+/// hooks_stdin met "stopped" and pid 0 when `true` won the race).
+#[test]
+fn poststart_gets_running_even_when_the_program_already_exited() {
+    let Some(b) = Bundle::new("poststart") else {
+        return;
+    };
+    let logtmp = tempfile::Builder::new()
+        .prefix("amphi-oci-hooklog-")
+        .tempdir()
+        .unwrap();
+    let logdir = std::fs::canonicalize(logtmp.path()).unwrap();
+    let log = logdir.join("log");
+    let host_hook = logdir.join("hook.sh");
+    write_script(&host_hook, HOOK_SCRIPT);
+    // The hook waits until the program has surely exited.
+    b.edit(|c| {
+        c["process"]["args"] = json!(["true"]);
+        c["hooks"] = json!({"poststart": [{"path": "/bin/sh", "args": ["sh", "-c",
+            format!("sleep 0.3; exec {} poststart", host_hook.display())],
+            "env": [format!("LOG={}", log.display())]}]});
+    });
+    b.create(&[]);
+    let pid = b.pid();
+    b.start();
+    let entries = read_hook_log(&log);
+    assert_eq!(stages(&entries), ["poststart"]);
+    assert_eq!(entries[0].1["status"], json!("running"), "{}", entries[0].1);
+    assert_eq!(entries[0].1["pid"].as_i64(), Some(pid), "{}", entries[0].1);
+    b.wait_status("stopped");
+    b.ok(&["delete", &b.id]);
+    b.assert_no_trace(&b.id, &b.cgroup());
 }

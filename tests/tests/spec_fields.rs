@@ -15,9 +15,14 @@ struct Bundle {
 
 impl Bundle {
     fn new(edit: impl FnOnce(&mut Value)) -> Bundle {
+        Self::new_in(&std::env::temp_dir(), edit)
+    }
+
+    /// A bundle in directory `parent`.
+    fn new_in(parent: &Path, edit: impl FnOnce(&mut Value)) -> Bundle {
         let dir = tempfile::Builder::new()
             .prefix("amphi-bundle-")
-            .tempdir()
+            .tempdir_in(parent)
             .unwrap();
         let out = run_cmd(
             Command::new("umoci")
@@ -192,4 +197,89 @@ fn masked_and_readonly_paths_from_the_spec() {
         ["0", "0", "ro"],
         "{out}"
     );
+}
+
+/// The optional fields (propagation) of the mount at "/" as the process
+/// sees it, from its mountinfo line.
+fn root_propagation_fields(mountinfo: &str) -> String {
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap_or_else(|| panic!("no / in {mountinfo}"));
+    let fields: Vec<&str> = line.split(' ').collect();
+    let dash = fields.iter().position(|f| *f == "-").unwrap();
+    fields[6..dash].join(" ")
+}
+
+/// A shared tmpfs (as / is on systemd hosts), removed on drop.
+struct SharedTmpfs(tempfile::TempDir);
+
+impl SharedTmpfs {
+    fn new() -> Self {
+        let d = tempfile::Builder::new()
+            .prefix("amphi-shared-")
+            .tempdir()
+            .unwrap();
+        let ok = |c: &mut Command| assert!(run_cmd(c).status.success(), "{c:?}");
+        ok(Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(d.path()));
+        ok(Command::new("mount").arg("--make-shared").arg(d.path()));
+        SharedTmpfs(d)
+    }
+
+    fn mounts_under(&self) -> Vec<String> {
+        let me = format!("{}/", self.0.path().display());
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&me))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for SharedTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-R").arg(self.0.path()).status();
+    }
+}
+
+/// `linux.rootfsPropagation` is what "/" has inside the container, also
+/// when the bundle sits on a shared mount (pivot_root refuses a shared
+/// parent; runtime-tools' linux_rootfs_propagation and
+/// config_updates_without_affect failed on it), and nothing the
+/// container mounts shows on the host.
+#[test]
+fn rootfs_propagation_on_a_shared_host_mount() {
+    let shared = SharedTmpfs::new();
+    for (prop, want, refuse) in [
+        // Shared among the container's mounts, and still a slave of the
+        // host's peer group: nothing mounted inside reaches the host.
+        ("shared", "shared:", &["unbindable"][..]),
+        ("slave", "master:", &["shared:", "unbindable"][..]),
+        ("private", "", &["shared:", "master:", "unbindable"][..]),
+        ("unbindable", "unbindable", &["shared:"][..]),
+        // No rootfsPropagation: amphi's default, a private root.
+        ("", "", &["shared:", "master:", "unbindable"][..]),
+    ] {
+        let b = Bundle::new_in(shared.0.path(), |v| {
+            if !prop.is_empty() {
+                v["linux"]["rootfsPropagation"] = json!(prop);
+            }
+        });
+        let (code, out, err) = b.run("cat /proc/self/mountinfo");
+        assert_eq!(code, 0, "{prop}: {err}");
+        let fields = root_propagation_fields(&out);
+        assert!(fields.contains(want), "{prop}: / has {fields:?}\n{out}");
+        for r in refuse {
+            assert!(!fields.contains(r), "{prop}: / has {fields:?}\n{out}");
+        }
+        assert_eq!(
+            shared.mounts_under(),
+            Vec::<String>::new(),
+            "{prop}: the container's mounts showed on the host"
+        );
+    }
 }

@@ -225,7 +225,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         Some(pid) => pid,
         None => a.sync.wait_go().map_err(E::stage("sync"))?,
     };
-    let mut state = a.state.clone();
+    let mut state = super::launch::hook_state(&a.state);
     state["pid"] = pid.into();
     if a.in_userns {
         set_ids(0, 0).map_err(E::stage("user namespace"))?;
@@ -258,7 +258,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     let fifo_fd = a.exec_fifo.take();
     let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
     let mut sealed_init = None;
-    if mount_ns {
+    let mut proc_self = if mount_ns {
         let rootfs_err = E::stage("rootfs");
         rootfs::prepare_root(spec, &a.rootfs).map_err(&rootfs_err)?;
         let root = rootfs::open_root(&a.rootfs).map_err(&rootfs_err)?;
@@ -290,10 +290,23 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         .map_err(E::stage("createContainer hooks"))?;
         drop(root);
         rootfs::pivot(&a.rootfs).map_err(&rootfs_err)?;
+        None
     } else {
+        // Without a mount namespace the root is only a chroot, with no /proc
+        // of its own: this process's /proc directory is kept (close-on-exec,
+        // closed before the program runs) to reopen the exec fifo and
+        // write oom_score_adj. It shows nothing the host's mount namespace,
+        // which the container shares, does not.
+        let proc_self = rustix::fs::open(
+            "/proc/self",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("/proc/self: {e}"))?;
         rustix::process::chroot(&a.rootfs).map_err(|e| format!("chroot: {e}"))?;
         rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    }
+        Some(proc_self)
+    };
     // Before the root may become read-only: /dev/console is bound to the pty.
     // The console-only pty's slave stays open here until the workload is
     // executed (close-on-exec), by when the runtime holds one of its own.
@@ -340,12 +353,18 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     {
         rootfs::readonly_root().map_err(E::stage("read-only root"))?;
     }
+    if mount_ns {
+        // Last of the mounts: "unbindable" forbids the binds above.
+        rootfs::apply_root_propagation(spec).map_err(E::stage("rootfs propagation"))?;
+    }
 
     for r in process.rlimits().iter().flatten() {
         set_rlimit(r.typ(), r.soft(), r.hard()).map_err(E::stage("rlimits"))?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        let mut f = open_proc_self(proc_self.as_ref(), "oom_score_adj")
+            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
+        std::io::Write::write_all(&mut f, adj.to_string().as_bytes())
             .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
     }
 
@@ -476,10 +495,9 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         Some(fifo) => {
             a.sync.send_ready().map_err(E::stage("sync"))?;
             // Blocks until `amphi start` opens the other end.
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
+            let f = open_proc_self(proc_self.as_ref(), &format!("fd/{}", fifo.as_raw_fd()))
                 .map_err(|e| format!("exec fifo: {e}"))?;
+            drop(proc_self.take());
             Some(f)
         }
         None => None,
@@ -537,6 +555,26 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         tell_start(f, &e.encode());
     }
     Err(e)
+}
+
+/// Opens PATH under this process's /proc directory for writing: through
+/// `proc_self` when the root has no /proc of its own, else /proc/self.
+/// A fifo's open waits for its other end.
+fn open_proc_self(proc_self: Option<&OwnedFd>, path: &str) -> std::io::Result<std::fs::File> {
+    let fd = match proc_self {
+        Some(dir) => rustix::fs::openat(
+            dir,
+            path,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?,
+        None => rustix::fs::open(
+            format!("/proc/self/{path}"),
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?,
+    };
+    Ok(std::fs::File::from(fd))
 }
 
 /// This process's binary (amphi's sealed copy), as an O_PATH descriptor.

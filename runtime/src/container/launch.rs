@@ -170,6 +170,17 @@ fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, 
     .map_err(|e| format!("exec fifo {}: {e}", p.display()))
 }
 
+/// The state the create-time hooks (prestart, createRuntime,
+/// createContainer) read on stdin. They run after the runtime environment
+/// is created (the lifecycle's step 2), so the status is "created".
+pub(super) fn hook_state(template: &serde_json::Value) -> serde_json::Value {
+    let mut state = template.clone();
+    if state["status"] == "creating" {
+        state["status"] = "created".into();
+    }
+    state
+}
+
 fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
     let linux = spec.linux().as_ref();
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
@@ -211,7 +222,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     let in_userns = namespaces
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User);
-    let cgroup = Cgroup::new(linux.and_then(|l| l.cgroups_path().as_deref()), &opts.id)?;
+    let mut cgroup = Cgroup::new(linux.and_then(|l| l.cgroups_path().as_deref()), &opts.id)?;
     // A new container's device rules, checked before anything exists.
     let device_rules = super::devices::effective(
         linux
@@ -395,7 +406,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     if let Err(e) = cgroup.apply(pid, resources, devices) {
         return Err(fail(e.into(), &cgroup));
     }
-    let mut state = opts.state_template.clone();
+    let mut state = hook_state(&opts.state_template);
     state["pid"] = pid.into();
     let state_s = state.to_string();
     if let Some(h) = spec.hooks() {

@@ -261,23 +261,39 @@ fn propagate(target: &str, flags: libc::c_ulong) -> rustix::io::Result<()> {
     mount_raw("", target, "", flags, "")
 }
 
-/// Prepares the root: propagation, then an overlay of image layers or a
-/// bind mount of the bundle's rootfs onto itself.
-pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
-    let prop = match spec
+/// `linux.rootfsPropagation`, as the flags to give the container's root
+/// (recursively) once it is in place; `None` when the spec sets none.
+fn root_propagation(spec: &Spec) -> Result<Option<MountPropagationFlags>> {
+    let flags = match spec
         .linux()
         .as_ref()
         .and_then(|l| l.rootfs_propagation().clone())
         .as_deref()
     {
+        None => return Ok(None),
         Some("shared") | Some("rshared") => MountPropagationFlags::SHARED,
         Some("private") | Some("rprivate") => MountPropagationFlags::PRIVATE,
         Some("unbindable") | Some("runbindable") => MountPropagationFlags::UNBINDABLE,
-        Some("slave") | Some("rslave") | None => MountPropagationFlags::DOWNSTREAM,
+        Some("slave") | Some("rslave") => MountPropagationFlags::DOWNSTREAM,
         Some(other) => return Err(format!("linux.rootfsPropagation: unknown value {other:?}")),
     };
-    rustix::mount::mount_change("/", prop | MountPropagationFlags::REC)
-        .map_err(|e| err("setting mount propagation of /", e))?;
+    Ok(Some(flags))
+}
+
+/// Prepares the root: every mount of the new namespace becomes a slave
+/// first (nothing done in the container propagates back to the host, and
+/// pivot_root refuses a shared parent), then an overlay of image layers or
+/// a bind mount of the bundle's rootfs onto itself. The spec's
+/// `rootfsPropagation` is applied after pivot_root ([`apply_root_propagation`]):
+/// applied here, "unbindable" would forbid the rootfs bind itself and
+/// "shared" would make the rootfs bind a peer of the host's mounts.
+pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let configured = root_propagation(spec)?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )
+    .map_err(|e| err("making every mount a slave", e))?;
     let ann = spec.annotations().clone().unwrap_or_default();
     match (
         ann.get(OVERLAY_LOWER),
@@ -301,9 +317,23 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
                 .map_err(|e| err(format!("bind mounting rootfs {}", rootfs.display()), e))?;
         }
     }
-    // The container's root must not propagate back to the host.
-    rustix::mount::mount_change(rootfs, MountPropagationFlags::PRIVATE)
-        .map_err(|e| err("making the rootfs private", e))?;
+    if configured.is_none() {
+        // Without a rootfsPropagation, not even the host's later mounts
+        // reach the container's root.
+        rustix::mount::mount_change(rootfs, MountPropagationFlags::PRIVATE)
+            .map_err(|e| err("making the rootfs private", e))?;
+    }
+    Ok(())
+}
+
+/// After pivot_root: gives the container's mounts the spec's
+/// `rootfsPropagation`, recursively from "/". "shared" makes them a peer
+/// group of their own (still slaves of the host's: nothing goes back).
+pub fn apply_root_propagation(spec: &Spec) -> Result<()> {
+    if let Some(flags) = root_propagation(spec)? {
+        rustix::mount::mount_change("/", flags | MountPropagationFlags::REC)
+            .map_err(|e| err("setting linux.rootfsPropagation on /", e))?;
+    }
     Ok(())
 }
 

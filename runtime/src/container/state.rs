@@ -159,7 +159,17 @@ impl State {
 
     /// The OCI state document.
     pub fn oci(&self, root: &Path) -> serde_json::Value {
-        let status = self.status(root);
+        self.oci_as(self.status(root))
+    }
+
+    /// The state the poststart hooks read: "running", with the pid, since
+    /// they run because the program was executed, even if it has already
+    /// exited by then (a short program often has).
+    pub fn oci_started(&self) -> serde_json::Value {
+        self.oci_as(Status::Running)
+    }
+
+    fn oci_as(&self, status: Status) -> serde_json::Value {
         serde_json::json!({
             "ociVersion": "1.2.0",
             "id": self.id,

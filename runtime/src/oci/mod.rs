@@ -229,7 +229,7 @@ pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
     let _ = st.save(root);
     // launch returned once the program was executed.
     if let Some(h) = spec.hooks() {
-        let s = st.oci(root).to_string();
+        let s = st.oci_started().to_string();
         if let Err(e) = crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s) {
             tracing::warn!("{e}");
         }
@@ -316,7 +316,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     }
     if let Ok(spec) = config::load(&st.bundle) {
         if let Some(h) = spec.hooks() {
-            let s = st.oci(root).to_string();
+            let s = st.oci_started().to_string();
             if let Err(e) =
                 crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s)
             {

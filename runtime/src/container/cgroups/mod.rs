@@ -2,6 +2,8 @@
 //! hybrid hosts (v1 controllers under `/sys/fs/cgroup/<controller>`, with a
 //! controller-less cgroup2 at `/sys/fs/cgroup/unified`).
 
+pub mod resources;
+
 use super::devices::Rule;
 use oci_spec::runtime::LinuxResources;
 use std::fs;
@@ -20,6 +22,9 @@ const V1_CONTROLLERS: &[&str] = &[
     "devices",
     "freezer",
     "blkio",
+    "hugetlb",
+    "net_cls",
+    "net_prio",
 ];
 
 /// The v1 hierarchies amphi manages (one path each, though "cpu" and
@@ -76,6 +81,12 @@ pub struct Cgroup {
     pub mode: Mode,
     /// Path relative to each hierarchy's root, e.g. `amphi/<id>`.
     pub path: String,
+    /// The shallowest parent of `path` that this cgroup's creation made
+    /// (a spec's `cgroupsPath` may name parents that do not exist): it and
+    /// the parents below it go when the cgroup is removed, if empty. Never
+    /// the shared `amphi/`.
+    #[serde(default)]
+    pub created_parent: Option<String>,
 }
 
 /// Creates a cgroup directory and its missing parents. Retried: another
@@ -119,7 +130,11 @@ impl Cgroup {
         if path.is_empty() {
             return Err("linux.cgroupsPath is the root cgroup".into());
         }
-        Ok(Cgroup { mode: mode(), path })
+        Ok(Cgroup {
+            mode: mode(),
+            path,
+            created_parent: None,
+        })
     }
 
     /// The directories of this cgroup, one per hierarchy.
@@ -137,15 +152,36 @@ impl Cgroup {
     /// container's: an exec joining its cgroup passes none) and moves
     /// `pid` in.
     pub fn apply(
-        &self,
+        &mut self,
         pid: i32,
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
     ) -> Result<(), String> {
+        if devices.is_some() {
+            // A new cgroup (an exec joining one passes no device rules).
+            self.created_parent = self.missing_parent();
+        }
         match self.mode {
             Mode::Unified => self.apply_v2(pid, res, devices),
             Mode::Legacy => self.apply_v1(pid, res, devices),
         }
+    }
+
+    /// The shallowest proper parent of `path` missing from the first
+    /// hierarchy, unless it is the shared `amphi/`.
+    fn missing_parent(&self) -> Option<String> {
+        let base = self.dirs().into_iter().next()?;
+        let base = base.strip_suffix_path(&self.path)?;
+        let mut cur = PathBuf::new();
+        let comps: Vec<_> = Path::new(&self.path).components().collect();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            cur.push(c);
+            if !base.join(&cur).exists() {
+                let rel = cur.to_string_lossy().into_owned();
+                return (rel != "amphi").then_some(rel);
+            }
+        }
+        None
     }
 
     fn apply_v2(
@@ -154,48 +190,29 @@ impl Cgroup {
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
     ) -> Result<(), String> {
+        let settings = match res {
+            Some(r) => resources::v2(r, &resources::Host::for_resources(r))?,
+            None => Vec::new(),
+        };
         let dir = Path::new(ROOT).join(&self.path);
         // Enable controllers on the way down.
+        let want = resources::v2_controllers(&settings);
         let mut cur = PathBuf::from(ROOT);
         for comp in Path::new(&self.path).components() {
             let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
-            let want: Vec<String> = ["memory", "pids", "cpu"]
+            let enable: Vec<String> = want
                 .iter()
-                .filter(|c| avail.split_whitespace().any(|a| a == **c))
+                .filter(|c| avail.split_whitespace().any(|a| a == c.as_str()))
                 .map(|c| format!("+{c}"))
                 .collect();
-            if !want.is_empty() {
-                let _ = fs::write(cur.join("cgroup.subtree_control"), want.join(" "));
+            if !enable.is_empty() {
+                let _ = fs::write(cur.join("cgroup.subtree_control"), enable.join(" "));
             }
             cur.push(comp);
             create_dir(&cur)?;
         }
-        if let Some(r) = res {
-            if let Some(m) = r.memory() {
-                if let Some(limit) = m.limit() {
-                    write(&dir.join("memory.max"), &v2_max(limit))?;
-                }
-                if let Some(swap) = m.swap() {
-                    if let Some(limit) = m.limit() {
-                        let s = if swap < 0 { -1 } else { (swap - limit).max(0) };
-                        let _ = write(&dir.join("memory.swap.max"), &v2_max(s));
-                    }
-                }
-            }
-            if let Some(p) = r.pids() {
-                write(&dir.join("pids.max"), &v2_max(p.limit()))?;
-            }
-            if let Some(c) = r.cpu() {
-                if let Some(q) = c.quota() {
-                    let period = c.period().unwrap_or(100_000);
-                    write(&dir.join("cpu.max"), &format!("{} {period}", v2_max(q)))?;
-                }
-                if let Some(shares) = c.shares() {
-                    // runc's conversion of v1 shares to v2 weight.
-                    let w = 1 + ((shares.clamp(2, 262144) - 2) * 9999) / 262142;
-                    let _ = write(&dir.join("cpu.weight"), &w.to_string());
-                }
-            }
+        for s in &settings {
+            apply_setting(&dir.join(&s.file), s)?;
         }
         if let Some(rules) = devices {
             super::devices::apply_v2(&dir, rules)?;
@@ -209,6 +226,22 @@ impl Cgroup {
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
     ) -> Result<(), String> {
+        let settings = match res {
+            Some(r) => resources::v1(r, &resources::Host::for_resources(r))?,
+            None => Vec::new(),
+        };
+        // Every controller a limit needs is mounted, before anything is made.
+        for s in settings.iter().filter(|s| !s.optional) {
+            let h = Path::new(ROOT).join(s.controller);
+            if !h.is_dir() {
+                return Err(format!(
+                    "{} needs the cgroup v1 {} controller, which this host does not mount ({} is missing)",
+                    s.field,
+                    s.controller,
+                    h.display()
+                ));
+            }
+        }
         let dirs = self.dirs();
         for d in &dirs {
             create_dir(d)?;
@@ -217,45 +250,15 @@ impl Cgroup {
                 copy_cpuset(d);
             }
         }
-        let ctrl = |c: &str| Path::new(ROOT).join(c).join(&self.path);
-        if let Some(r) = res {
-            if let Some(m) = r.memory() {
-                if let Some(limit) = m.limit() {
-                    write(
-                        &ctrl("memory").join("memory.limit_in_bytes"),
-                        &limit.to_string(),
-                    )?;
-                }
-                if let (Some(swap), Some(_)) = (m.swap(), m.limit()) {
-                    let _ = write(
-                        &ctrl("memory").join("memory.memsw.limit_in_bytes"),
-                        &swap.to_string(),
-                    );
-                }
-            }
-            if let Some(p) = r.pids() {
-                let v = if p.limit() <= 0 {
-                    "max".to_string()
-                } else {
-                    p.limit().to_string()
-                };
-                write(&ctrl("pids").join("pids.max"), &v)?;
-            }
-            if let Some(c) = r.cpu() {
-                let cpu = ctrl("cpu");
-                if let Some(period) = c.period() {
-                    write(&cpu.join("cpu.cfs_period_us"), &period.to_string())?;
-                }
-                if let Some(q) = c.quota() {
-                    write(&cpu.join("cpu.cfs_quota_us"), &q.to_string())?;
-                }
-                if let Some(s) = c.shares() {
-                    write(&cpu.join("cpu.shares"), &s.to_string())?;
-                }
-            }
+        for s in &settings {
+            let file = Path::new(ROOT)
+                .join(s.controller)
+                .join(&self.path)
+                .join(&s.file);
+            apply_setting(&file, s)?;
         }
         if let Some(rules) = devices {
-            let d = ctrl("devices");
+            let d = Path::new(ROOT).join("devices").join(&self.path);
             if !d.is_dir() {
                 return Err(format!(
                     "the cgroup v1 devices controller is not mounted ({} is missing): amphi cannot restrict the container's devices",
@@ -344,7 +347,21 @@ impl Cgroup {
             }
             // The shared amphi/ parent stays (as docker's docker/ does):
             // creating it again for every container costs a mkdir, an
-            // rmdir and the cpuset copy in each hierarchy.
+            // rmdir and the cpuset copy in each hierarchy. Parents this
+            // cgroup's creation made go, if nothing else uses them.
+            if let (Some(top), Some(base)) = (&self.created_parent, d.strip_suffix_path(&self.path))
+            {
+                let mut p = d.parent();
+                while let Some(dir) = p {
+                    if !dir.starts_with(base.join(top)) {
+                        break;
+                    }
+                    if fs::remove_dir(dir).is_err() {
+                        break;
+                    }
+                    p = dir.parent();
+                }
+            }
         }
         last
     }
@@ -403,11 +420,48 @@ fn remove_tree(d: &Path, depth: u32) -> io::Result<()> {
     r
 }
 
-fn v2_max(v: i64) -> String {
-    if v < 0 {
-        "max".to_string()
-    } else {
-        v.to_string()
+/// Writes one setting, naming the spec's field when it fails.
+fn apply_setting(file: &Path, s: &resources::Setting) -> Result<(), String> {
+    // Checked first: cgroupfs answers EACCES, not ENOENT, for a file it
+    // does not have (write would try to create it).
+    if !file.exists() {
+        if s.optional {
+            return Ok(());
+        }
+        return Err(format!(
+            "{} cannot be applied: this host's cgroups have no {} ({} is missing)",
+            s.field,
+            s.file,
+            file.display()
+        ));
+    }
+    // Not created: a file that went away meanwhile is an error too.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .and_then(|mut f| io::Write::write_all(&mut f, s.value.as_bytes()))
+        .map_err(|e| {
+            format!(
+                "{}: writing {:?} to {}: {e}",
+                s.field,
+                s.value,
+                file.display()
+            )
+        })
+}
+
+/// `a/b/c` without its suffix `b/c`, as paths.
+trait StripSuffixPath {
+    fn strip_suffix_path(&self, suffix: &str) -> Option<&Path>;
+}
+
+impl StripSuffixPath for PathBuf {
+    fn strip_suffix_path(&self, suffix: &str) -> Option<&Path> {
+        let mut p: &Path = self;
+        for _ in Path::new(suffix).components() {
+            p = p.parent()?;
+        }
+        self.ends_with(suffix).then_some(p)
     }
 }
 

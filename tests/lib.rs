@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod layout;
+pub mod parity;
 mod token;
 
 pub use layout::{raw_tar, sha256_digest, BuiltLayout, Compression, LayoutBuilder, TarEntry};

@@ -8,7 +8,7 @@
 //! tune (kernel memory limits, swappiness), which v2 has no file for and
 //! runc ignores as well.
 
-use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
+use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNetwork, LinuxResources};
 
 /// One write: `value` into `file` of the cgroup's directory in
 /// `controller`'s hierarchy (v1: the directory name under /sys/fs/cgroup;
@@ -132,80 +132,104 @@ pub fn v1(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
         out.push(set("pids", "pids.max", v, "linux.resources.pids.limit"));
     }
     if let Some(b) = res.block_io() {
-        if let Some(w) = b.weight() {
-            // CFQ's file, or BFQ's: which exists depends on the scheduler.
-            out.push(optional(set(
-                "blkio",
-                "blkio.bfq.weight",
-                w,
-                "linux.resources.blockIO.weight",
-            )));
+        v1_blkio(b, &mut out);
+    }
+    v1_hugetlb(res, host, &mut out)?;
+    if let Some(n) = res.network() {
+        v1_network(n, &mut out)?;
+    }
+    if res.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
+        return Err(unsupported(
+            "linux.resources.rdma",
+            "amphi does not manage the rdma controller",
+        ));
+    }
+    if res.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        return Err(unsupported(
+            "linux.resources.unified",
+            "it is for cgroup v2, and this host's controllers are cgroup v1",
+        ));
+    }
+    Ok(out)
+}
+
+fn v1_blkio(b: &LinuxBlockIo, out: &mut Vec<Setting>) {
+    if let Some(w) = b.weight() {
+        // CFQ's file, or BFQ's: which exists depends on the scheduler.
+        out.push(optional(set(
+            "blkio",
+            "blkio.bfq.weight",
+            w,
+            "linux.resources.blockIO.weight",
+        )));
+        out.push(set(
+            "blkio",
+            "blkio.weight",
+            w,
+            "linux.resources.blockIO.weight",
+        ));
+    }
+    if let Some(w) = b.leaf_weight() {
+        out.push(set(
+            "blkio",
+            "blkio.leaf_weight",
+            w,
+            "linux.resources.blockIO.leafWeight",
+        ));
+    }
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
             out.push(set(
                 "blkio",
-                "blkio.weight",
-                w,
-                "linux.resources.blockIO.weight",
+                "blkio.weight_device",
+                format!("{}:{} {w}", d.major(), d.minor()),
+                "linux.resources.blockIO.weightDevice",
             ));
         }
-        if let Some(w) = b.leaf_weight() {
+        if let Some(w) = d.leaf_weight() {
             out.push(set(
                 "blkio",
-                "blkio.leaf_weight",
-                w,
-                "linux.resources.blockIO.leafWeight",
+                "blkio.leaf_weight_device",
+                format!("{}:{} {w}", d.major(), d.minor()),
+                "linux.resources.blockIO.weightDevice",
             ));
-        }
-        for d in b.weight_device().iter().flatten() {
-            if let Some(w) = d.weight() {
-                out.push(set(
-                    "blkio",
-                    "blkio.weight_device",
-                    format!("{}:{} {w}", d.major(), d.minor()),
-                    "linux.resources.blockIO.weightDevice",
-                ));
-            }
-            if let Some(w) = d.leaf_weight() {
-                out.push(set(
-                    "blkio",
-                    "blkio.leaf_weight_device",
-                    format!("{}:{} {w}", d.major(), d.minor()),
-                    "linux.resources.blockIO.weightDevice",
-                ));
-            }
-        }
-        let throttles = [
-            (
-                b.throttle_read_bps_device(),
-                "blkio.throttle.read_bps_device",
-                "linux.resources.blockIO.throttleReadBpsDevice",
-            ),
-            (
-                b.throttle_write_bps_device(),
-                "blkio.throttle.write_bps_device",
-                "linux.resources.blockIO.throttleWriteBpsDevice",
-            ),
-            (
-                b.throttle_read_iops_device(),
-                "blkio.throttle.read_iops_device",
-                "linux.resources.blockIO.throttleReadIOPSDevice",
-            ),
-            (
-                b.throttle_write_iops_device(),
-                "blkio.throttle.write_iops_device",
-                "linux.resources.blockIO.throttleWriteIOPSDevice",
-            ),
-        ];
-        for (devs, file, field) in throttles {
-            for d in devs.iter().flatten() {
-                out.push(set(
-                    "blkio",
-                    file,
-                    format!("{}:{} {}", d.major(), d.minor(), d.rate()),
-                    field,
-                ));
-            }
         }
     }
+    let throttles = [
+        (
+            b.throttle_read_bps_device(),
+            "blkio.throttle.read_bps_device",
+            "linux.resources.blockIO.throttleReadBpsDevice",
+        ),
+        (
+            b.throttle_write_bps_device(),
+            "blkio.throttle.write_bps_device",
+            "linux.resources.blockIO.throttleWriteBpsDevice",
+        ),
+        (
+            b.throttle_read_iops_device(),
+            "blkio.throttle.read_iops_device",
+            "linux.resources.blockIO.throttleReadIOPSDevice",
+        ),
+        (
+            b.throttle_write_iops_device(),
+            "blkio.throttle.write_iops_device",
+            "linux.resources.blockIO.throttleWriteIOPSDevice",
+        ),
+    ];
+    for (devs, file, field) in throttles {
+        for d in devs.iter().flatten() {
+            out.push(set(
+                "blkio",
+                file,
+                format!("{}:{} {}", d.major(), d.minor(), d.rate()),
+                field,
+            ));
+        }
+    }
+}
+
+fn v1_hugetlb(res: &LinuxResources, host: &Host, out: &mut Vec<Setting>) -> Result<(), String> {
     for h in res.hugepage_limits().iter().flatten() {
         let size = hugepage_size(h.page_size(), host)?;
         out.push(set(
@@ -223,43 +247,33 @@ pub fn v1(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
             "linux.resources.hugepageLimits",
         )));
     }
-    if let Some(n) = res.network() {
-        if let Some(id) = n.class_id() {
-            out.push(set(
-                "net_cls",
-                "net_cls.classid",
-                id,
-                "linux.resources.network.classID",
-            ));
-        }
-        for p in n.priorities().iter().flatten() {
-            if p.name().is_empty() || p.name().contains(char::is_whitespace) {
-                return Err(format!(
-                    "linux.resources.network.priorities: bad interface name {:?}",
-                    p.name()
-                ));
-            }
-            out.push(set(
-                "net_prio",
-                "net_prio.ifpriomap",
-                format!("{} {}", p.name(), p.priority()),
-                "linux.resources.network.priorities",
-            ));
-        }
-    }
-    if res.rdma().as_ref().is_some_and(|r| !r.is_empty()) {
-        return Err(unsupported(
-            "linux.resources.rdma",
-            "amphi does not manage the rdma controller",
+    Ok(())
+}
+
+fn v1_network(n: &LinuxNetwork, out: &mut Vec<Setting>) -> Result<(), String> {
+    if let Some(id) = n.class_id() {
+        out.push(set(
+            "net_cls",
+            "net_cls.classid",
+            id,
+            "linux.resources.network.classID",
         ));
     }
-    if res.unified().as_ref().is_some_and(|u| !u.is_empty()) {
-        return Err(unsupported(
-            "linux.resources.unified",
-            "it is for cgroup v2, and this host's controllers are cgroup v1",
+    for p in n.priorities().iter().flatten() {
+        if p.name().is_empty() || p.name().contains(char::is_whitespace) {
+            return Err(format!(
+                "linux.resources.network.priorities: bad interface name {:?}",
+                p.name()
+            ));
+        }
+        out.push(set(
+            "net_prio",
+            "net_prio.ifpriomap",
+            format!("{} {}", p.name(), p.priority()),
+            "linux.resources.network.priorities",
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn v1_memory(m: &LinuxMemory, out: &mut Vec<Setting>) {
@@ -423,85 +437,10 @@ fn blkio_to_io_weight(w: u16) -> u64 {
 pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
     let mut out = Vec::new();
     if let Some(m) = res.memory() {
-        if let Some(l) = m.limit() {
-            out.push(set(
-                "",
-                "memory.max",
-                v2_max(l),
-                "linux.resources.memory.limit",
-            ));
-        }
-        if let Some(r) = m.reservation() {
-            out.push(set(
-                "",
-                "memory.low",
-                v2_max(r),
-                "linux.resources.memory.reservation",
-            ));
-        }
-        if let Some(s) = m.swap() {
-            // v2's swap.max is swap alone; the spec's is memory plus swap.
-            let v = match m.limit() {
-                _ if s < 0 => "max".to_string(),
-                Some(l) if l >= 0 => (s - l).max(0).to_string(),
-                _ => return Err(
-                    "linux.resources.memory.swap needs linux.resources.memory.limit on cgroup v2"
-                        .into(),
-                ),
-            };
-            out.push(optional(set(
-                "",
-                "memory.swap.max",
-                v,
-                "linux.resources.memory.swap",
-            )));
-        }
-        if m.disable_oom_killer() == Some(true) {
-            return Err(unsupported(
-                "linux.resources.memory.disableOOMKiller",
-                "cgroup v2 has no way to disable the OOM killer",
-            ));
-        }
-        // kernel, kernelTCP and swappiness have no v2 file: ignored, as
-        // runc and crun do (the spec deprecates the first two).
+        v2_memory(m, &mut out)?;
     }
     if let Some(c) = res.cpu() {
-        if let Some(s) = c.shares() {
-            out.push(set(
-                "",
-                "cpu.weight",
-                shares_to_weight(s),
-                "linux.resources.cpu.shares",
-            ));
-        }
-        if c.quota().is_some() || c.period().is_some() {
-            let quota = c.quota().map(v2_max).unwrap_or_else(|| "max".into());
-            let period = c.period().unwrap_or(100_000);
-            out.push(set(
-                "",
-                "cpu.max",
-                format!("{quota} {period}"),
-                "linux.resources.cpu.quota",
-            ));
-        }
-        if let Some(b) = c.burst() {
-            out.push(set("", "cpu.max.burst", b, "linux.resources.cpu.burst"));
-        }
-        if let Some(i) = c.idle() {
-            out.push(set("", "cpu.idle", i, "linux.resources.cpu.idle"));
-        }
-        if c.realtime_period().is_some() || c.realtime_runtime().is_some() {
-            return Err(unsupported(
-                "linux.resources.cpu.realtimeRuntime/realtimePeriod",
-                "cgroup v2 has no realtime CPU controller",
-            ));
-        }
-        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
-            out.push(set("", "cpuset.cpus", cpus, "linux.resources.cpu.cpus"));
-        }
-        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
-            out.push(set("", "cpuset.mems", mems, "linux.resources.cpu.mems"));
-        }
+        v2_cpu(c, &mut out)?;
     }
     if let Some(p) = res.pids() {
         out.push(set(
@@ -512,68 +451,7 @@ pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
         ));
     }
     if let Some(b) = res.block_io() {
-        if let Some(w) = b.weight() {
-            out.push(optional(set(
-                "",
-                "io.bfq.weight",
-                w,
-                "linux.resources.blockIO.weight",
-            )));
-            out.push(set(
-                "",
-                "io.weight",
-                blkio_to_io_weight(w),
-                "linux.resources.blockIO.weight",
-            ));
-        }
-        if b.leaf_weight().is_some() {
-            return Err(unsupported(
-                "linux.resources.blockIO.leafWeight",
-                "cgroup v2 has no leaf weight",
-            ));
-        }
-        for d in b.weight_device().iter().flatten() {
-            if let Some(w) = d.weight() {
-                out.push(set(
-                    "",
-                    "io.weight",
-                    format!("{}:{} {}", d.major(), d.minor(), blkio_to_io_weight(w)),
-                    "linux.resources.blockIO.weightDevice",
-                ));
-            }
-        }
-        let throttles = [
-            (
-                b.throttle_read_bps_device(),
-                "rbps",
-                "throttleReadBpsDevice",
-            ),
-            (
-                b.throttle_write_bps_device(),
-                "wbps",
-                "throttleWriteBpsDevice",
-            ),
-            (
-                b.throttle_read_iops_device(),
-                "riops",
-                "throttleReadIOPSDevice",
-            ),
-            (
-                b.throttle_write_iops_device(),
-                "wiops",
-                "throttleWriteIOPSDevice",
-            ),
-        ];
-        for (devs, key, _) in throttles {
-            for d in devs.iter().flatten() {
-                out.push(set(
-                    "",
-                    "io.max",
-                    format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
-                    "linux.resources.blockIO",
-                ));
-            }
-        }
+        v2_io(b, &mut out)?;
     }
     for h in res.hugepage_limits().iter().flatten() {
         let size = hugepage_size(h.page_size(), host)?;
@@ -612,6 +490,158 @@ pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
         out.push(set("", k, v, "linux.resources.unified"));
     }
     Ok(out)
+}
+
+fn v2_memory(m: &LinuxMemory, out: &mut Vec<Setting>) -> Result<(), String> {
+    if let Some(l) = m.limit() {
+        out.push(set(
+            "",
+            "memory.max",
+            v2_max(l),
+            "linux.resources.memory.limit",
+        ));
+    }
+    if let Some(r) = m.reservation() {
+        out.push(set(
+            "",
+            "memory.low",
+            v2_max(r),
+            "linux.resources.memory.reservation",
+        ));
+    }
+    if let Some(s) = m.swap() {
+        // v2's swap.max is swap alone; the spec's is memory plus swap.
+        let v =
+            match m.limit() {
+                _ if s < 0 => "max".to_string(),
+                Some(l) if l >= 0 => (s - l).max(0).to_string(),
+                _ => return Err(
+                    "linux.resources.memory.swap needs linux.resources.memory.limit on cgroup v2"
+                        .into(),
+                ),
+            };
+        out.push(optional(set(
+            "",
+            "memory.swap.max",
+            v,
+            "linux.resources.memory.swap",
+        )));
+    }
+    if m.disable_oom_killer() == Some(true) {
+        return Err(unsupported(
+            "linux.resources.memory.disableOOMKiller",
+            "cgroup v2 has no way to disable the OOM killer",
+        ));
+    }
+    // kernel, kernelTCP and swappiness have no v2 file: ignored, as
+    // runc and crun do (the spec deprecates the first two).
+    Ok(())
+}
+
+fn v2_cpu(c: &LinuxCpu, out: &mut Vec<Setting>) -> Result<(), String> {
+    if let Some(s) = c.shares() {
+        out.push(set(
+            "",
+            "cpu.weight",
+            shares_to_weight(s),
+            "linux.resources.cpu.shares",
+        ));
+    }
+    if c.quota().is_some() || c.period().is_some() {
+        let quota = c.quota().map(v2_max).unwrap_or_else(|| "max".into());
+        let period = c.period().unwrap_or(100_000);
+        out.push(set(
+            "",
+            "cpu.max",
+            format!("{quota} {period}"),
+            "linux.resources.cpu.quota",
+        ));
+    }
+    if let Some(b) = c.burst() {
+        out.push(set("", "cpu.max.burst", b, "linux.resources.cpu.burst"));
+    }
+    if let Some(i) = c.idle() {
+        out.push(set("", "cpu.idle", i, "linux.resources.cpu.idle"));
+    }
+    if c.realtime_period().is_some() || c.realtime_runtime().is_some() {
+        return Err(unsupported(
+            "linux.resources.cpu.realtimeRuntime/realtimePeriod",
+            "cgroup v2 has no realtime CPU controller",
+        ));
+    }
+    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+        out.push(set("", "cpuset.cpus", cpus, "linux.resources.cpu.cpus"));
+    }
+    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+        out.push(set("", "cpuset.mems", mems, "linux.resources.cpu.mems"));
+    }
+    Ok(())
+}
+
+fn v2_io(b: &LinuxBlockIo, out: &mut Vec<Setting>) -> Result<(), String> {
+    if let Some(w) = b.weight() {
+        out.push(optional(set(
+            "",
+            "io.bfq.weight",
+            w,
+            "linux.resources.blockIO.weight",
+        )));
+        out.push(set(
+            "",
+            "io.weight",
+            blkio_to_io_weight(w),
+            "linux.resources.blockIO.weight",
+        ));
+    }
+    if b.leaf_weight().is_some() {
+        return Err(unsupported(
+            "linux.resources.blockIO.leafWeight",
+            "cgroup v2 has no leaf weight",
+        ));
+    }
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
+            out.push(set(
+                "",
+                "io.weight",
+                format!("{}:{} {}", d.major(), d.minor(), blkio_to_io_weight(w)),
+                "linux.resources.blockIO.weightDevice",
+            ));
+        }
+    }
+    let throttles = [
+        (
+            b.throttle_read_bps_device(),
+            "rbps",
+            "throttleReadBpsDevice",
+        ),
+        (
+            b.throttle_write_bps_device(),
+            "wbps",
+            "throttleWriteBpsDevice",
+        ),
+        (
+            b.throttle_read_iops_device(),
+            "riops",
+            "throttleReadIOPSDevice",
+        ),
+        (
+            b.throttle_write_iops_device(),
+            "wiops",
+            "throttleWriteIOPSDevice",
+        ),
+    ];
+    for (devs, key, _) in throttles {
+        for d in devs.iter().flatten() {
+            out.push(set(
+                "",
+                "io.max",
+                format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()),
+                "linux.resources.blockIO",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The v2 controllers the writes need, to enable in each parent's

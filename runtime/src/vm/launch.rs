@@ -1,0 +1,305 @@
+//! Launching a microVM: the start request the guest init gets (the same
+//! OCI spec as a native run, with the guest's paths), the machine's size,
+//! the backend process with its console and stderr captured in bounded
+//! rings, the `--timeout` watchdog, and the cleanup that removes all of it.
+
+use super::backend::{self, Backend, VmSpec};
+use super::console::{self, Capture};
+use super::rundir::RunDir;
+use super::EXIT_TIMEOUT;
+use crate::proto::channel::{StartRequest, StartRequestJson};
+use crate::run::{amphi_err, RunError, RunRequest};
+use crate::spec::{self, RootfsPlan};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How many console lines an error shows.
+const CONSOLE_TAIL: usize = 25;
+/// After the `--timeout` deadline, how long the run may take to wind down
+/// before the watchdog ends the process itself.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything a run leaves, removed on drop: the backend is killed and
+/// reaped, the run directory removed (under its lock).
+pub(super) struct Cleanup {
+    pub run: Option<RunDir>,
+    pub child: Option<Child>,
+}
+
+impl Cleanup {
+    /// Waits up to `grace` for the backend to end by itself, then kills it.
+    pub fn stop_backend(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    self.child = None;
+                    return Some(st);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => break,
+            }
+        }
+        let _ = child.kill();
+        let st = child.wait().ok();
+        self.child = None;
+        st
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.stop_backend(Duration::ZERO);
+        drop(self.run.take());
+    }
+}
+
+/// The guest console and the backend's messages, kept in bounded rings.
+pub(super) struct Logs {
+    pub console: Capture,
+    pub backend: Capture,
+}
+
+/// One captured stream for an error message: its last lines, and a note
+/// when the ring dropped the start.
+fn shown(c: &Capture, keep: usize) -> (String, String) {
+    let (text, dropped) = c.tail(CONSOLE_TAIL);
+    let note = if dropped > 0 {
+        format!(
+            " (cut: {dropped} earlier bytes were dropped, only the last {} KiB are kept)",
+            keep / 1024
+        )
+    } else {
+        String::new()
+    };
+    (text, note)
+}
+
+pub(super) fn with_logs(msg: String, logs: &Logs) -> String {
+    let mut m = msg;
+    // The backend has ended or been killed: its pipes close soon.
+    logs.console.settle(Duration::from_secs(2));
+    logs.backend.settle(Duration::from_secs(1));
+    let (console, cnote) = shown(&logs.console, console::CONSOLE_KEEP);
+    if console.contains("Kernel panic") {
+        m.push_str(" (the guest kernel panicked)");
+    }
+    let (backend, bnote) = shown(&logs.backend, console::BACKEND_KEEP);
+    if !backend.is_empty() {
+        m.push_str(&format!("\n--- backend output{bnote}\n{backend}"));
+    }
+    if console.is_empty() {
+        m.push_str("\n--- the guest console printed nothing");
+    } else {
+        m.push_str(&format!(
+            "\n--- last lines of the guest console{cnote}\n{console}"
+        ));
+    }
+    m
+}
+
+/// The process file descriptor of the backend (None on kernels without
+/// pidfd_open): the watchdog signals it without a pid-reuse race.
+pub(super) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Enforces `--timeout` from its own thread, so that nothing (a guest
+/// flooding the channel, a blocked write) can hold it up: at the deadline
+/// it kills the backend, and if the run has not wound down
+/// [`WATCHDOG_GRACE`] later, it restores the terminal, removes the run
+/// directory and ends amphi with status 124.
+pub(super) struct Watchdog {
+    pub fired: Arc<AtomicBool>,
+    done: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Watchdog {
+    pub fn start(
+        deadline: Instant,
+        limit: Duration,
+        pidfd: Option<OwnedFd>,
+        run_dir: PathBuf,
+    ) -> Self {
+        let fired = Arc::new(AtomicBool::new(false));
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let (f, d) = (fired.clone(), done.clone());
+        std::thread::spawn(move || {
+            let wait_until = |until: Instant| -> bool {
+                let mut g = d.0.lock().unwrap_or_else(|p| p.into_inner());
+                while !*g {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    g =
+                        d.1.wait_timeout(g, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                }
+                true
+            };
+            if wait_until(deadline) {
+                return;
+            }
+            f.store(true, Ordering::SeqCst);
+            if let Some(fd) = &pidfd {
+                // SAFETY: pidfd_send_signal(2) on the backend's pidfd.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            if wait_until(Instant::now() + WATCHDOG_GRACE) {
+                return;
+            }
+            crate::run::restore_terminal();
+            let _ = std::fs::remove_dir_all(&run_dir);
+            eprintln!(
+                "amphi: error: --timeout: the microVM ran longer than {} s and was stopped",
+                limit.as_secs_f64()
+            );
+            // SAFETY: ending the process; the backend is dead (SIGKILL)
+            // and would die with us anyway (PR_SET_PDEATHSIG).
+            unsafe { libc::_exit(EXIT_TIMEOUT) };
+        });
+        Watchdog { fired, done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.done.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.done.1.notify_all();
+    }
+}
+
+pub(super) fn which(prog: &Path) -> Result<(), RunError> {
+    if prog.components().count() > 1 {
+        return if prog.is_file() {
+            Ok(())
+        } else {
+            Err(amphi_err(format!(
+                "QEMU binary {} does not exist",
+                prog.display()
+            )))
+        };
+    }
+    if crate::guestfs::find_program(&prog.to_string_lossy()).is_some() {
+        Ok(())
+    } else {
+        Err(amphi_err(format!(
+            "{} is not installed: the QEMU backend needs it (apt-get install qemu-system-x86, or run scripts/setup)",
+            prog.display()
+        )))
+    }
+}
+
+/// The start request for the guest init: the OCI spec a native run would
+/// get, with the guest's paths for the rootfs and the /etc files (whose
+/// content travels in the request).
+pub(super) fn start_request(
+    req: &RunRequest,
+    image: &crate::image::manifest::ImageConfig,
+    id: &str,
+    run_dir: &Path,
+) -> Result<StartRequestJson, RunError> {
+    let plan = RootfsPlan {
+        rootfs: "/.amphi/rootfs".into(),
+        lowers: vec!["/.amphi/lower".into()],
+        upper: "/.amphi/upper".into(),
+        work: "/.amphi/work".into(),
+        etc_dir: run_dir.join("etc"),
+    };
+    let (spec, user) = spec::build(image, &req.flags, id, &plan).map_err(amphi_err)?;
+    let mut spec_json =
+        serde_json::to_value(&spec).map_err(|e| amphi_err(format!("the runtime spec: {e}")))?;
+    let mut files = BTreeMap::new();
+    if let Some(mounts) = spec_json.get_mut("mounts").and_then(|m| m.as_array_mut()) {
+        for m in mounts {
+            let Some(src) = m.get("source").and_then(|s| s.as_str()).map(PathBuf::from) else {
+                continue;
+            };
+            if let Ok(name) = src.strip_prefix(&plan.etc_dir) {
+                let guest = Path::new("/.amphi/etc").join(name);
+                let content = std::fs::read_to_string(&src)
+                    .map_err(|e| amphi_err(format!("{}: {e}", src.display())))?;
+                files.insert(guest.display().to_string(), content);
+                m["source"] = guest.display().to_string().into();
+            } else if src == Path::new(crate::spec::INIT_SOURCE) {
+                m["source"] = crate::proto::GUEST_INIT.into();
+            }
+        }
+    }
+    Ok(StartRequestJson::new(&StartRequest {
+        id: id.to_string(),
+        spec: spec_json,
+        user_lookup: user,
+        files,
+        stdin: req.interactive || req.flags.tty,
+        host_time: None,
+        console: crate::run::console_pty(&req.flags),
+    }))
+}
+
+/// The machine's size: RAM is the container's limit plus room for the
+/// guest kernel and the initramfs (unpacked in RAM); vCPUs are --cpus
+/// rounded up, at most the host's.
+pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
+    let initrd_mib = std::fs::metadata(initrd)
+        .map(|m| m.len() >> 20)
+        .unwrap_or(0);
+    let mem_mib = match req.flags.memory {
+        Some(b) if b > 0 => (b as u64 >> 20) + 128 + 2 * initrd_mib,
+        _ => 512 + 2 * initrd_mib,
+    };
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let vcpus = req
+        .flags
+        .cpus
+        .map_or(1, |c| c.ceil().max(1.0) as u32)
+        .min(host_cpus.max(1));
+    (mem_mib, vcpus)
+}
+
+/// Starts the backend for `vm`, its serial console and stderr going to
+/// bounded rings. The caller has blocked the forwarded signals.
+pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs), RunError> {
+    let mut cmd = backend::command(backend, vm).map_err(amphi_err)?;
+    // Our copies of the pipes' write ends go with `cmd`.
+    let pipe = || {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| amphi_err(format!("pipe: {e}")))
+    };
+    let (console_r, console_w) = pipe()?;
+    let (backend_r, backend_w) = pipe()?;
+    cmd.stdout(console_w).stderr(backend_w);
+    let logs = Logs {
+        console: Capture::start(console_r, console::CONSOLE_KEEP),
+        backend: Capture::start(backend_r, console::BACKEND_KEEP),
+    };
+    let child = cmd.spawn();
+    let program = cmd.get_program().to_owned();
+    drop(cmd);
+    let child = child.map_err(|e| {
+        amphi_err(format!(
+            "starting {} ({program:?}): {e}",
+            backend.describe(),
+        ))
+    })?;
+    Ok((child, logs))
+}

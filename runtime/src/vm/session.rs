@@ -1,0 +1,401 @@
+//! The conversation with a booting and running guest: wait for the backend
+//! to connect the guest channel, send the start request on the one legal
+//! ready frame, relay stdio, signals and window size, and receive the exit.
+//!
+//! It follows [`Protocol`]: the start request goes out once, on the ready
+//! frame; raw mode and the stdin relay start then, once. `--timeout` (from
+//! the VM's start) is an absolute deadline nothing the guest sends moves;
+//! the boot watchdog holds until the ready frame.
+
+use super::launch::Cleanup;
+use super::protocol::{self, Event, Protocol, EXIT_PROTOCOL};
+use super::{env_duration, Timing, BOOT_TIMEOUT, EXIT_TIMEOUT, SHUTDOWN_GRACE};
+use crate::guestfs::RootfsKind;
+use crate::proto::channel::{self, Decoder, Frame, StartRequestJson};
+use crate::run::{amphi_err, RunError};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The third SIGINT/SIGTERM/SIGHUP/SIGQUIT during the workload stops the
+/// VM (the ones before are forwarded to the workload).
+const ENDING_SIGNALS: u32 = 3;
+/// How long a write to the guest channel may block (a guest that stops
+/// reading its channel breaks the protocol: the honest init always reads).
+const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the session needs from the run.
+pub(super) struct Session<'a> {
+    pub cleanup: &'a mut Cleanup,
+    pub start: &'a StartRequestJson,
+    /// Relay stdin (`-i`, or `-t`).
+    pub interactive: bool,
+    pub tty: bool,
+    /// `--timeout`: the absolute deadline and the limit it came from.
+    pub deadline: Option<(Instant, Duration)>,
+    /// Set by the `--timeout` watchdog when it fired.
+    pub fired: Option<&'a AtomicBool>,
+    pub sigs: &'a crate::run::Signals,
+    pub timing: &'a mut Timing,
+    pub kernel_release: &'a str,
+    pub kind: RootfsKind,
+}
+
+/// The connected guest channel and the protocol's state.
+struct Channel {
+    writer: Arc<Mutex<UnixStream>>,
+    reader: UnixStream,
+    dec: Decoder,
+    proto: Protocol,
+    buf: Vec<u8>,
+    raw: Option<crate::run::RawMode>,
+    end_requests: u32,
+}
+
+impl Channel {
+    /// Sends a frame; a guest that does not take it broke the protocol.
+    fn send(&self, f: &Frame, what: &str) -> Result<(), RunError> {
+        send(&self.writer, f).map_err(|e| {
+            violation(&format!(
+                "the guest does not take the {what} frame from its channel ({e})"
+            ))
+        })
+    }
+}
+
+/// Writes a frame under the shared writer lock.
+fn send(w: &Mutex<UnixStream>, f: &Frame) -> std::io::Result<()> {
+    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    f.write_to(&mut *s)
+}
+
+fn winsize() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
+    (ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+fn violation(v: &str) -> RunError {
+    RunError {
+        code: EXIT_PROTOCOL,
+        message: format!(
+            "guest protocol violation: {}; the microVM was stopped",
+            v.trim_start_matches("guest channel: ")
+        ),
+    }
+}
+
+fn timed_out(limit: Duration) -> RunError {
+    RunError {
+        code: EXIT_TIMEOUT,
+        message: format!(
+            "--timeout: the microVM ran longer than {} s and was stopped",
+            limit.as_secs_f64()
+        ),
+    }
+}
+
+impl Session<'_> {
+    /// Boots, starts and relays; returns the workload's exit status.
+    pub fn run(mut self, listener: &UnixListener) -> Result<i32, RunError> {
+        let boot_start = Instant::now();
+        let boot_deadline = boot_start + env_duration("AMPHI_VM_BOOT_TIMEOUT", BOOT_TIMEOUT);
+        let mut ch = self.connect(listener, boot_deadline)?;
+        loop {
+            if self.expired() {
+                return Err(self.timeout_err());
+            }
+            // Frames that arrived, each checked against the protocol.
+            if let Some(code) = self.drain_frames(&mut ch, boot_start)? {
+                return Ok(code);
+            }
+            if self.expired() {
+                return Err(self.timeout_err());
+            }
+            let booting = ch.proto.state() == protocol::State::Booting;
+            if booting && Instant::now() >= boot_deadline {
+                return Err(amphi_err(format!(
+                    "the guest did not come up within {} s (boot watchdog; $AMPHI_VM_BOOT_TIMEOUT sets it)",
+                    (boot_deadline - boot_start).as_secs()
+                )));
+            }
+            let (channel_ready, signals) = self.poll(&ch, booting.then_some(boot_deadline));
+            if signals {
+                self.on_signals(&mut ch, booting)?;
+            }
+            if channel_ready {
+                self.on_readable(&mut ch, booting)?;
+            } else if let Some(e) = self.died("ended unexpectedly") {
+                if self.expired() {
+                    return Err(self.timeout_err());
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|(d, _)| Instant::now() >= d)
+            || self.fired.is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    fn timeout_err(&self) -> RunError {
+        timed_out(self.deadline.map(|d| d.1).unwrap_or_default())
+    }
+
+    /// The backend's end, if it has ended: an error saying `what`.
+    fn died(&mut self, what: &str) -> Option<RunError> {
+        let st = self.cleanup.child.as_mut()?.try_wait().ok()??;
+        self.cleanup.child = None;
+        Some(amphi_err(format!(
+            "the microVM ({} kernel {}) {what} ({st})",
+            self.kind, self.kernel_release
+        )))
+    }
+
+    /// 1. The backend connects to the channel.
+    fn connect(
+        &mut self,
+        listener: &UnixListener,
+        boot_deadline: Instant,
+    ) -> Result<Channel, RunError> {
+        let stream = loop {
+            if self.expired() {
+                return Err(self.timeout_err());
+            }
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(amphi_err(format!("guest channel: {e}"))),
+            }
+            if let Some(e) = self.died("ended before it connected the guest channel") {
+                return Err(e);
+            }
+            if Instant::now() >= boot_deadline {
+                return Err(amphi_err(
+                    "the microVM did not connect the guest channel in time",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)))
+            .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
+        let writer = Arc::new(Mutex::new(
+            stream.try_clone().map_err(|e| amphi_err(e.to_string()))?,
+        ));
+        Ok(Channel {
+            writer,
+            reader: stream,
+            dec: Decoder::from_guest(),
+            proto: Protocol::new(),
+            buf: vec![0u8; 64 * 1024],
+            raw: None,
+            end_requests: 0,
+        })
+    }
+
+    /// Handles the frames decoded so far; the workload's exit status once
+    /// it has exited.
+    fn drain_frames(
+        &mut self,
+        ch: &mut Channel,
+        boot_start: Instant,
+    ) -> Result<Option<i32>, RunError> {
+        loop {
+            let f = match ch.dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(violation(&e)),
+            };
+            match ch.proto.on_frame(f).map_err(|v| violation(&v))? {
+                Event::Ready(r) => {
+                    self.timing.boot = boot_start.elapsed();
+                    tracing::info!(kernel = %r.kernel, uptime = r.uptime, "guest init ready");
+                    self.timing.guest_kernel = r.kernel.clone();
+                    ch.send(&Frame::Start(Box::new(self.start.with_time())), "start")?;
+                    if self.tty {
+                        ch.raw = Some(crate::run::RawMode::enter());
+                        if let Some((rows, cols)) = winsize() {
+                            ch.send(&Frame::Resize { rows, cols }, "resize")?;
+                        }
+                    }
+                    if self.interactive {
+                        forward_stdin(ch.writer.clone());
+                    }
+                }
+                Event::Stdout(b) => {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&b);
+                    let _ = out.flush();
+                }
+                Event::Stderr(b) => {
+                    let mut err = std::io::stderr();
+                    let _ = err.write_all(&b);
+                    let _ = err.flush();
+                }
+                Event::Log(l) => tracing::info!(guest = %l),
+                Event::Exit(e) => {
+                    self.timing.workload = boot_start.elapsed() - self.timing.boot;
+                    self.timing.peak_memory = e.peak_memory;
+                    self.timing.oom_killed = e.oom_killed;
+                    drop(ch.raw.take());
+                    let t = Instant::now();
+                    let _ = send(&ch.writer, &Frame::Shutdown);
+                    let grace = match self.deadline {
+                        Some((d, _)) => d.saturating_duration_since(Instant::now()),
+                        None => SHUTDOWN_GRACE,
+                    };
+                    self.cleanup.stop_backend(grace.min(SHUTDOWN_GRACE));
+                    self.timing.teardown = t.elapsed();
+                    if e.oom_killed {
+                        // The one wording of the notice (native runs too).
+                        eprintln!(
+                            "{}",
+                            crate::sys::exit::oom_notice("the workload in the microVM")
+                        );
+                    }
+                    return Ok(Some(e.code));
+                }
+                Event::Failed(e) => {
+                    drop(ch.raw.take());
+                    let _ = send(&ch.writer, &Frame::Shutdown);
+                    self.cleanup.stop_backend(Duration::from_secs(3));
+                    return Err(RunError {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits (at most a second, and never past a deadline) for the channel
+    /// or a signal: (channel readable or closed, signals pending).
+    fn poll(&self, ch: &Channel, boot_deadline: Option<Instant>) -> (bool, bool) {
+        let now = Instant::now();
+        let mut wait = Duration::from_secs(1);
+        if let Some(b) = boot_deadline {
+            wait = wait.min(b.saturating_duration_since(now));
+        }
+        if let Some((d, _)) = self.deadline {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+        let wait_ms = wait.as_millis().clamp(1, 1000) as i32;
+        let mut fds = [
+            libc::pollfd {
+                fd: ch.reader.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.sigs.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two initialised pollfds (the
+        // length passed); poll writes only their `revents`.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
+        if n < 0 {
+            return (false, false);
+        }
+        (
+            fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
+            fds[1].revents & libc::POLLIN != 0,
+        )
+    }
+
+    /// Forwards the signals amphi received: window size changes, and the
+    /// workload's signals once it runs. Before that, a ^C ends the run; and
+    /// a workload (or guest) that ignores the signals to end cannot hold
+    /// amphi: the third request stops the VM.
+    fn on_signals(&mut self, ch: &mut Channel, booting: bool) -> Result<(), RunError> {
+        for s in self.sigs.drain() {
+            match s {
+                libc::SIGCHLD => {}
+                libc::SIGWINCH => {
+                    if let Some((rows, cols)) = winsize() {
+                        if !booting {
+                            ch.send(&Frame::Resize { rows, cols }, "resize")?;
+                        }
+                    }
+                }
+                s if !booting => {
+                    if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT].contains(&s) {
+                        ch.end_requests += 1;
+                        if ch.end_requests >= ENDING_SIGNALS {
+                            return Err(RunError {
+                                code: 128 + s,
+                                message: format!(
+                                    "the workload did not end after {ENDING_SIGNALS} signals (the last: {s}); the microVM was stopped"
+                                ),
+                            });
+                        }
+                    }
+                    ch.send(&Frame::Signal(s), "signal")?;
+                }
+                s => {
+                    return Err(RunError {
+                        code: 128 + s,
+                        message: format!("interrupted by signal {s} while the microVM booted"),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the guest sent into the decoder; the channel's end is
+    /// the VM's.
+    fn on_readable(&mut self, ch: &mut Channel, booting: bool) -> Result<(), RunError> {
+        match ch.reader.read(&mut ch.buf) {
+            Ok(0) | Err(_) => {
+                drop(ch.raw.take());
+                let st = self.cleanup.stop_backend(Duration::from_secs(2));
+                if self.expired() {
+                    return Err(self.timeout_err());
+                }
+                let what = if booting {
+                    "stopped before the guest init reported"
+                } else {
+                    "stopped before the workload finished"
+                };
+                Err(amphi_err(format!(
+                    "the microVM (kernel {}) {what}{}",
+                    self.kernel_release,
+                    st.map(|s| format!(" ({s})")).unwrap_or_default()
+                )))
+            }
+            Ok(n) => {
+                ch.dec.push(&ch.buf[..n]);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Copies our stdin to the guest in its own thread; EOF becomes
+/// [`Frame::StdinEof`].
+fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; channel::CHUNK];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if send(&writer, &Frame::Stdin(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = send(&writer, &Frame::StdinEof);
+    });
+}

@@ -190,10 +190,7 @@ impl Cgroup {
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
     ) -> Result<(), String> {
-        let settings = match res {
-            Some(r) => resources::v2(r, &resources::Host::for_resources(r))?,
-            None => Vec::new(),
-        };
+        let settings = planned(res, resources::v2)?;
         let dir = Path::new(ROOT).join(&self.path);
         // Enable controllers on the way down.
         let want = resources::v2_controllers(&settings);
@@ -226,10 +223,7 @@ impl Cgroup {
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
     ) -> Result<(), String> {
-        let settings = match res {
-            Some(r) => resources::v1(r, &resources::Host::for_resources(r))?,
-            None => Vec::new(),
-        };
+        let settings = planned(res, resources::v1)?;
         // Every controller a limit needs is mounted, before anything is made.
         for s in settings.iter().filter(|s| !s.optional) {
             let h = Path::new(ROOT).join(s.controller);
@@ -418,6 +412,16 @@ fn remove_tree(d: &Path, depth: u32) -> io::Result<()> {
         }
     }
     r
+}
+
+/// The writes `plan` (resources::v1 or v2) makes of `res` on this host.
+fn planned(
+    res: Option<&LinuxResources>,
+    plan: fn(&LinuxResources, &resources::Host) -> Result<Vec<resources::Setting>, String>,
+) -> Result<Vec<resources::Setting>, String> {
+    res.map_or(Ok(Vec::new()), |r| {
+        plan(r, &resources::Host::for_resources(r))
+    })
 }
 
 /// Writes one setting, naming the spec's field when it fails.

@@ -236,11 +236,79 @@ fn refuse(rule: &str, message: String, reasons: Vec<Reason>) -> DispatchError {
 
 /// Decides how to run the image. Pure: everything comes from `input`.
 pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
+    let mut reasons = Vec::new();
+    check_architecture(input, &mut reasons)?;
+    check_os(input, &mut reasons)?;
+    // The host kernel against the requirements: what it misses.
+    let mut misses: Vec<String> = Vec::new();
+    kernel_version_rule(input, &mut reasons, &mut misses);
+    kernel_config_rule(input, &mut reasons, &mut misses);
+    let inferred = inferred_needs(input, &mut reasons, &mut misses);
+    let native_ok = misses.is_empty();
+
+    // Who decides the isolation: the policy, then the user's
+    // `--isolation` (which may not lower the policy's vm), then the image,
+    // which may only raise the result to a microVM.
+    let (decider, choice, decided_by) = isolation_opinions(input, native_ok, &mut reasons)?;
+    let mut isolation = None;
+    match choice {
+        IsolationChoice::Container => {
+            isolation = Some(Isolation::Container);
+            if !native_ok {
+                reasons.push(Reason::new(
+                    decider,
+                    "container",
+                    misses.join("; "),
+                    Outcome::Warning,
+                    format!("running natively anyway because of {decided_by}"),
+                ));
+            }
+        }
+        IsolationChoice::Vm => {}
+        IsolationChoice::Auto if native_ok => isolation = Some(Isolation::Container),
+        IsolationChoice::Auto => {}
+    }
+    if let Some(isolation) = isolation {
+        return Ok(Decision {
+            isolation,
+            kernel: None,
+            decided_by,
+            reasons,
+            facts: input.facts.to_vec(),
+            inferred,
+            guest_cmdline: Vec::new(),
+        });
+    }
+
+    // A microVM.
+    reasons.push(kvm_reason(input.host));
+    let preferred = preferred_kernel(input, &mut reasons);
+    let needs = Needs {
+        req: input.requirements,
+        inferred: &inferred,
+    };
+    let chosen = select_kernel(input, &needs, preferred, &mut reasons)?;
+    let guest_cmdline = guest_cmdline(&inferred, &mut reasons);
+    Ok(Decision {
+        isolation: Isolation::Vm,
+        kernel: Some(ChosenKernel {
+            id: chosen.id.clone(),
+            release: chosen.release.clone(),
+            version: chosen.version,
+        }),
+        decided_by,
+        reasons,
+        facts: input.facts.to_vec(),
+        inferred,
+        guest_cmdline,
+    })
+}
+
+/// The image's architecture must be the host's (a missing one is assumed
+/// to be).
+fn check_architecture(input: &DecideInput, reasons: &mut Vec<Reason>) -> Result<(), DispatchError> {
     let host = input.host;
     let req = input.requirements;
-    let mut reasons = Vec::new();
-
-    // Architecture.
     let platform = match &req.variant {
         Some(v) => format!("{}/{v}", req.architecture),
         None => req.architecture.clone(),
@@ -275,11 +343,16 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
                 "image {} is built for {platform}, but this host is {} ({}): neither a container nor a microVM can run it, because amphi only runs guests of the host architecture; use an image for {}",
                 input.reference, host.arch, host.machine, host.arch
             ),
-            reasons,
+            std::mem::take(reasons),
         ));
     }
 
-    // OS.
+    Ok(())
+}
+
+/// The image's OS must be Linux (a missing one is assumed to be).
+fn check_os(input: &DecideInput, reasons: &mut Vec<Reason>) -> Result<(), DispatchError> {
+    let req = input.requirements;
     match req.os.as_str() {
         "" => reasons.push(Reason::new(
             "os",
@@ -303,13 +376,18 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
                     "image {} is for the {other} OS: amphi runs Linux images only, natively or in a microVM with a Linux guest kernel; running another OS in a microVM would need that OS's kernel, which is not supported",
                     input.reference
                 ),
-                reasons,
+                std::mem::take(reasons),
             ));
         }
     }
 
-    // The host kernel against the requirements.
-    let mut misses: Vec<String> = Vec::new();
+    Ok(())
+}
+
+/// `io.amphi.kernel.version` against the host kernel's release.
+fn kernel_version_rule(input: &DecideInput, reasons: &mut Vec<Reason>, misses: &mut Vec<String>) {
+    let host = input.host;
+    let req = input.requirements;
     match (&req.kernel_version, &host.kernel_version) {
         (None, _) => reasons.push(Reason::new(
             "kernel.version",
@@ -348,6 +426,12 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             ));
         }
     }
+}
+
+/// `io.amphi.kernel.config` against the host kernel's config.
+fn kernel_config_rule(input: &DecideInput, reasons: &mut Vec<Reason>, misses: &mut Vec<String>) {
+    let host = input.host;
+    let req = input.requirements;
     if req.kernel_config.is_empty() {
         reasons.push(Reason::new(
             "kernel.config",
@@ -388,8 +472,16 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             "the image needs {wanted}, the host kernel config is unknown"
         ));
     }
-    // What the image's own files say (the image scan), unless the policy
-    // turns inference off for this image.
+}
+
+/// What the image's own files say (the image scan), unless the policy
+/// turns inference off for this image; each need the host misses is a miss.
+fn inferred_needs(
+    input: &DecideInput,
+    reasons: &mut Vec<Reason>,
+    misses: &mut Vec<String>,
+) -> Vec<Inferred> {
+    let host = input.host;
     let mut inferred = match input.policy.infer_rule(input.reference) {
         Some((false, from)) => {
             if !input.facts.is_empty() {
@@ -412,45 +504,12 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         }
         reasons.push(reason);
     }
-    let native_ok = misses.is_empty();
+    inferred
+}
 
-    // Who decides the isolation: the policy, then the user's
-    // `--isolation` (which may not lower the policy's vm), then the image,
-    // which may only raise the result to a microVM.
-    let image_rule = input.policy.image_rule(input.reference);
-    let (decider, choice, decided_by) = isolation_opinions(input, native_ok, &mut reasons)?;
-    let mut isolation = None;
-    match choice {
-        IsolationChoice::Container => {
-            isolation = Some(Isolation::Container);
-            if !native_ok {
-                reasons.push(Reason::new(
-                    decider,
-                    "container",
-                    misses.join("; "),
-                    Outcome::Warning,
-                    format!("running natively anyway because of {decided_by}"),
-                ));
-            }
-        }
-        IsolationChoice::Vm => {}
-        IsolationChoice::Auto if native_ok => isolation = Some(Isolation::Container),
-        IsolationChoice::Auto => {}
-    }
-    if let Some(isolation) = isolation {
-        return Ok(Decision {
-            isolation,
-            kernel: None,
-            decided_by,
-            reasons,
-            facts: input.facts.to_vec(),
-            inferred,
-            guest_cmdline: Vec::new(),
-        });
-    }
-
-    // A microVM.
-    reasons.push(match host.kvm {
+/// How the microVM will run on this host's KVM.
+fn kvm_reason(host: &HostInfo) -> Reason {
+    match host.kvm {
         KvmSupport::Hardware => Reason::new(
             "host.kvm",
             "a microVM",
@@ -472,9 +531,15 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             Outcome::Info,
             "no usable KVM: the microVM runs under QEMU software emulation (slow)",
         ),
-    });
-    // The guest kernel: the operator's `--kernel` (the only candidate then),
-    // else the policy's `[[image]] kernel`, else the image's `io.amphi.kernel`.
+    }
+}
+
+/// The guest kernel wanted: the operator's `--kernel` (the only candidate
+/// then: None here), else the policy's `[[image]] kernel`, else the image's
+/// `io.amphi.kernel`; with where it came from.
+fn preferred_kernel(input: &DecideInput, reasons: &mut Vec<Reason>) -> Option<(String, String)> {
+    let req = input.requirements;
+    let image_rule = input.policy.image_rule(input.reference);
     let policy_kernel = image_rule.and_then(|(n, rule)| {
         rule.kernel.clone().map(|k| {
             (
@@ -489,7 +554,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         })
     });
     let image_kernel = req.kernel.clone().map(|k| (k, req.origin(KEY_KERNEL)));
-    let preferred = if input.cli_kernel {
+    if input.cli_kernel {
         if let Some((k, from)) = policy_kernel.iter().chain(&image_kernel).next() {
             reasons.push(Reason::new(
                 "kernel.select",
@@ -513,14 +578,13 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         Some(p)
     } else {
         image_kernel
-    };
-    let needs = Needs {
-        req,
-        inferred: &inferred,
-    };
-    let chosen = select_kernel(input, &needs, preferred, &mut reasons)?;
+    }
+}
+
+/// What the inferred needs add to the guest kernel's command line.
+fn guest_cmdline(inferred: &[Inferred], reasons: &mut Vec<Reason>) -> Vec<String> {
     let mut guest_cmdline: Vec<String> = Vec::new();
-    for i in &inferred {
+    for i in inferred {
         if let Some(c) = infer::guest_cmdline(&i.need) {
             if !guest_cmdline.iter().any(|x| x == c) {
                 guest_cmdline.push(c.to_string());
@@ -536,19 +600,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             "added to the guest kernel's command line",
         ));
     }
-    Ok(Decision {
-        isolation: Isolation::Vm,
-        kernel: Some(ChosenKernel {
-            id: chosen.id.clone(),
-            release: chosen.release.clone(),
-            version: chosen.version,
-        }),
-        decided_by,
-        reasons,
-        facts: input.facts.to_vec(),
-        inferred,
-        guest_cmdline,
-    })
+    guest_cmdline
 }
 
 /// Records every opinion on the isolation and returns who decided, the

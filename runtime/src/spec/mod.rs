@@ -380,6 +380,46 @@ pub fn build(
     id: &str,
     plan: &RootfsPlan,
 ) -> Result<(Spec, Option<String>), String> {
+    let hostname = hostname(flags, id);
+    let (process, user, capset) = process(image, flags, &hostname)?;
+    let mounts = mounts(flags, plan, &hostname)?;
+    let linux = linux(flags, id, &capset)?;
+    let annotations = annotations(plan, user.as_deref())?;
+    let spec = SpecBuilder::default()
+        .version("1.2.0")
+        .root(
+            RootBuilder::default()
+                .path(plan.rootfs.clone())
+                .readonly(flags.read_only)
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+        .hostname(hostname)
+        .process(process)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok((spec, user))
+}
+
+/// `--hostname`, else the container id's first 12 characters (as docker).
+fn hostname(flags: &RunFlags, id: &str) -> String {
+    flags
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id[..12.min(id.len())].to_string())
+}
+
+/// The process: the image's command with the flags', its environment,
+/// working directory and capabilities. Also returns the user to resolve
+/// in the container and the capability names.
+fn process(
+    image: &ImageConfig,
+    flags: &RunFlags,
+    hostname: &str,
+) -> Result<(oci_spec::runtime::Process, Option<String>, Vec<String>), String> {
     let cfg = image.config.clone().unwrap_or_default();
     let mut args = process_args(image, flags)?;
     if flags.init && flags.systemd {
@@ -421,10 +461,6 @@ pub fn build(
     if flags.systemd && !env.iter().any(|e| e.starts_with("container=")) {
         env.push(CONTAINER_ENV.into());
     }
-    let hostname = flags
-        .hostname
-        .clone()
-        .unwrap_or_else(|| id[..12.min(id.len())].to_string());
     env.push(format!("HOSTNAME={hostname}"));
 
     let mut process = ProcessBuilder::default();
@@ -477,6 +513,17 @@ pub fn build(
         .build()
         .map_err(|e| e.to_string())?;
 
+    Ok((process, user, capset))
+}
+
+/// The mounts: the defaults (/proc without setuid, device or executable
+/// files), the /etc files docker generates, systemd mode's, --init's and
+/// the volumes.
+fn mounts(
+    flags: &RunFlags,
+    plan: &RootfsPlan,
+    hostname: &str,
+) -> Result<Vec<oci_spec::runtime::Mount>, String> {
     let mut mounts = get_default_mounts();
     // /proc without setuid, device or executable files (as docker).
     for m in mounts.iter_mut() {
@@ -551,7 +598,16 @@ pub fn build(
                 .map_err(|e| e.to_string())?,
         );
     }
+    Ok(mounts)
+}
 
+/// Linux: namespaces, resources, masked and read-only paths, the cgroup,
+/// seccomp.
+fn linux(
+    flags: &RunFlags,
+    id: &str,
+    capset: &[String],
+) -> Result<oci_spec::runtime::Linux, String> {
     let mut nss = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -622,7 +678,7 @@ pub fn build(
         )
         .cgroups_path(PathBuf::from(format!("/amphi/{id}")));
     match &flags.seccomp {
-        SeccompChoice::Default => linux = linux.seccomp(seccomp::docker_default(&capset)),
+        SeccompChoice::Default => linux = linux.seccomp(seccomp::docker_default(capset)),
         SeccompChoice::Unconfined => {}
         SeccompChoice::File(p) => {
             let data =
@@ -630,6 +686,11 @@ pub fn build(
             linux = linux.seccomp(seccomp::parse_profile(&data, &p.display().to_string())?);
         }
     }
+    linux.build().map_err(|e| e.to_string())
+}
+
+/// The image overlay's layers and the user `amphi exec` runs as.
+fn annotations(plan: &RootfsPlan, user: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut annotations = HashMap::new();
     if !plan.lowers.is_empty() {
         let top_first: Vec<&PathBuf> = plan.lowers.iter().rev().collect();
@@ -646,26 +707,10 @@ pub fn build(
     }
     // The user the process runs as, resolved in the container at start;
     // `amphi exec` runs as the same user unless told otherwise.
-    if let Some(u) = &user {
-        annotations.insert(USER_ANNOTATION.to_string(), u.clone());
+    if let Some(u) = user {
+        annotations.insert(USER_ANNOTATION.to_string(), u.to_string());
     }
-    let spec = SpecBuilder::default()
-        .version("1.2.0")
-        .root(
-            RootBuilder::default()
-                .path(plan.rootfs.clone())
-                .readonly(flags.read_only)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .hostname(hostname)
-        .process(process)
-        .mounts(mounts)
-        .linux(linux.build().map_err(|e| e.to_string())?)
-        .annotations(annotations)
-        .build()
-        .map_err(|e| e.to_string())?;
-    Ok((spec, user))
+    Ok(annotations)
 }
 
 #[cfg(test)]

@@ -32,3 +32,263 @@ fn rootfs_propagation_shared_private_slave() {
         assert_eq!(a.stdout, "up\n", "{prop}: {}", a.stderr);
     }
 }
+
+// --- spec fields (issue 20) ---
+
+/// A directory with a tmpfs mounted below it (`sub`, holding an executable
+/// copy of busybox), unmounted on drop: the source of recursive binds.
+struct SubmountSource {
+    dir: tempfile::TempDir,
+}
+
+impl SubmountSource {
+    fn new(rootfs: &std::path::Path) -> SubmountSource {
+        let dir = tempfile::Builder::new()
+            .prefix("amphi-parity-src-")
+            .tempdir()
+            .unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let out = amphi_tests::run_cmd(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(&sub),
+        );
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        std::fs::copy(rootfs.join("bin/busybox"), sub.join("busybox")).unwrap();
+        SubmountSource { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for SubmountSource {
+    fn drop(&mut self) {
+        let _ = amphi_tests::run_cmd(
+            std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path().join("sub")),
+        );
+    }
+}
+
+/// Whether this test can mount (root); a skip notice otherwise.
+fn can_mount() -> bool {
+    amphi_tests::require(amphi_tests::is_root(), "needs root to mount")
+}
+
+/// The mount options of the container's mounts whose destination starts
+/// with /m or /t and a digit, as "destination options" lines.
+const SHOW_MOUNTS: &str = r#"grep -E " /(m|t)[0-9]" /proc/self/mountinfo | cut -d" " -f5,6"#;
+
+/// Recursive mount attributes (rro, rnosuid, rnodev, rnoexec, rnoatime,
+/// rstrictatime, rnodiratime, rnosymfollow) reach the submounts of a
+/// recursive bind; plain noatime, strictatime, nodiratime and nosymfollow
+/// are honoured on binds (a remount) and on new mounts. Both runtimes show
+/// the same mount table, and the same writes and executions fail.
+#[test]
+fn recursive_and_plain_mount_attributes() {
+    if !can_mount() {
+        return;
+    }
+    let Some(p) = Pair::new("rattr", |_| {}) else {
+        return;
+    };
+    let src = SubmountSource::new(&p.amphi.rootfs());
+    let bind = |dest: &str, opts: &[&str]| json!({"destination": dest, "type": "bind", "source": src.path(), "options": opts});
+    let tmpfs = |dest: &str, opts: &[&str]| json!({"destination": dest, "type": "tmpfs", "source": "tmpfs", "options": opts});
+    let extra = vec![
+        bind("/m1", &["rbind", "rro"]),
+        bind("/m2", &["rbind", "rnoexec", "rnosuid", "rnodev"]),
+        bind("/m3", &["rbind", "rnoatime"]),
+        bind("/m4", &["rbind", "rstrictatime", "rnodiratime"]),
+        bind("/m5", &["rbind", "rnosymfollow"]),
+        bind("/m6", &["bind", "noatime"]),
+        bind("/m7", &["bind", "nosymfollow"]),
+        bind("/m8", &["rbind", "rnoatime", "rnorelatime"]),
+        tmpfs("/t1", &["noatime"]),
+        tmpfs("/t2", &["strictatime", "nodiratime"]),
+        tmpfs("/t3", &["nosymfollow"]),
+    ];
+    p.edit(|v| {
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .extend(extra.iter().cloned())
+    });
+    p.script(&format!(
+        "{SHOW_MOUNTS}; touch /m1/sub/x && echo wrote; /m2/sub/busybox true && echo ran; \
+         /m3/sub/busybox echo ran-m3"
+    ));
+    let a = p.run_same();
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    for line in [
+        "/m1/sub ro,relatime",
+        "/m2/sub rw,nosuid,nodev,noexec,relatime",
+        "/m3/sub rw,noatime",
+        "/m4/sub rw,nodiratime",
+        "/m5/sub rw,relatime,nosymfollow",
+        "/m6 rw,noatime",
+        "/m7 rw,relatime,nosymfollow",
+        "/m8/sub rw,noatime",
+        "/t1 rw,noatime",
+        "/t2 rw,nodiratime",
+        "/t3 rw,relatime,nosymfollow",
+        "ran-m3",
+    ] {
+        assert!(
+            a.stdout.lines().any(|l| l == line),
+            "{line:?} in\n{}",
+            a.stdout
+        );
+    }
+    assert!(!a.stdout.contains("wrote\n") && !a.stdout.contains("ran\n"));
+}
+
+/// Where runc 1.1 falls short, amphi does as the spec says (and crun):
+/// `ratime` and `rnostrictatime` undo a recursive noatime/strictatime
+/// (back to the kernel's default, relatime), where runc passes them to
+/// mount_setattr as a bare clear that the kernel refuses (EINVAL); and
+/// recursive attributes apply to any mount, not only to binds (runc leaves
+/// an `rro` tmpfs writable).
+#[test]
+fn recursive_atime_back_to_relatime() {
+    if !can_mount() {
+        return;
+    }
+    let Some(p) = Pair::new("ratime", |_| {}) else {
+        return;
+    };
+    let src = SubmountSource::new(&p.amphi.rootfs());
+    let m = json!([
+        {"destination": "/m1", "type": "bind", "source": src.path(),
+         "options": ["rbind", "rnoatime", "ratime"]},
+        {"destination": "/m2", "type": "bind", "source": src.path(),
+         "options": ["rbind", "rstrictatime", "rnostrictatime"]},
+        {"destination": "/t4", "type": "tmpfs", "source": "tmpfs", "options": ["rro"]},
+    ]);
+    p.edit(|v| {
+        v["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .extend(m.as_array().unwrap().iter().cloned())
+    });
+    p.script(SHOW_MOUNTS);
+    let a = p.amphi.run();
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert_eq!(
+        a.stdout,
+        "/m1 rw,relatime\n/m1/sub rw,relatime\n/m2 rw,relatime\n/m2/sub rw,relatime\n\
+         /t4 ro,relatime\n"
+    );
+}
+
+/// A proc or sysfs mount whose destination is a symlink in the rootfs
+/// (/proc, /sys, or any other) is refused before the process starts: both
+/// fail, and amphi's error names the path.
+#[test]
+fn proc_or_sysfs_on_a_symlink_is_refused() {
+    for (dest, typ, link_to) in [
+        ("proc", "proc", "/elsewhere"),
+        ("sys", "sysfs", "proc"),
+        ("mnt/p", "proc", "/tmp"),
+    ] {
+        let Some(p) = Pair::new("psym", |_| {}) else {
+            return;
+        };
+        if dest == "mnt/p" {
+            p.edit(|v| {
+                v["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination": "/mnt/p", "type": "proc", "source": "proc"}))
+            });
+        }
+        for s in p.sides() {
+            let path = s.rootfs().join(dest);
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::create_dir_all(s.rootfs().join("elsewhere")).unwrap();
+            std::os::unix::fs::symlink(link_to, &path).unwrap();
+        }
+        p.script("echo started");
+        let a = p.run_same();
+        assert_ne!(a.code, 0, "{dest}");
+        assert!(
+            a.stderr.contains(&format!("/{dest}")) && a.stderr.contains("symbolic link"),
+            "{dest} ({typ}): {}",
+            a.stderr
+        );
+        // Nothing is left behind: no container in either runtime's state.
+        for s in p.sides() {
+            assert_eq!(s.state(), serde_json::Value::Null, "{}", s.runtime.name());
+        }
+    }
+}
+
+/// root.readonly in a user namespace whose rootfs lies on a nosuid, nodev,
+/// noatime mount of the host's: the remount keeps those locked flags (it
+/// failed with EPERM). The bundle's directories are traversable and the
+/// rootfs owned by the mapped root, as a rootless setup has them.
+#[test]
+fn readonly_root_in_a_user_namespace() {
+    if !can_mount() {
+        return;
+    }
+    let host = tempfile::Builder::new()
+        .prefix("amphi-parity-nosuid-")
+        .tempdir()
+        .unwrap();
+    let out = amphi_tests::run_cmd(
+        std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "nosuid,nodev,noatime,mode=755",
+                "tmpfs",
+            ])
+            .arg(host.path()),
+    );
+    assert!(out.status.success(), "mount tmpfs: {out:?}");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ =
+                amphi_tests::run_cmd(std::process::Command::new("umount").arg("-l").arg(self.0));
+        }
+    }
+    let _unmount = Unmount(host.path());
+    let Some(p) = Pair::new_in(host.path(), "usernsro", |v| {
+        v["root"]["readonly"] = json!(true);
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        v["linux"]["uidMappings"] = map.clone();
+        v["linux"]["gidMappings"] = map;
+    }) else {
+        return;
+    };
+    for s in p.sides() {
+        let out = amphi_tests::run_cmd(
+            std::process::Command::new("chown")
+                .args(["-R", "100000:100000"])
+                .arg(s.rootfs()),
+        );
+        assert!(out.status.success(), "chown: {out:?}");
+    }
+    p.script(
+        r#"id -u; cut -d" " -f5,6 /proc/self/mountinfo | grep "^/ "; touch /x || echo read-only"#,
+    );
+    let a = p.run_same();
+    assert_eq!(
+        (a.code, a.stdout.as_str()),
+        (0, "0\n/ ro,nosuid,nodev,noatime\nread-only\n"),
+        "{}",
+        a.stderr
+    );
+}

@@ -472,3 +472,167 @@ fn start_container_hooks_get_the_process_environment() {
     assert!(one.contains("HOME=") && one.contains("PATH="), "{one}");
     assert!(two.contains("X=1\n") && !two.contains("FOO"), "{two}");
 }
+
+/// What a seccomp agent got on its socket.
+#[derive(Debug)]
+struct AgentSaw {
+    /// The message that came with the listener ("" for end-of-file).
+    message: String,
+    got_listener: bool,
+    /// The system call numbers it answered (with ENOSPC).
+    notified: Vec<i32>,
+}
+
+/// A seccomp agent listening at `path`: takes one connection (waiting at
+/// most 30 s), reads the message and the listener, then answers every
+/// notification with ENOSPC until no process uses the filter any more.
+fn seccomp_agent(path: &std::path::Path) -> std::thread::JoinHandle<Option<AgentSaw>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(_) => return None,
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cbuf = [0u64; 8];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: a zeroed msghdr pointing at live buffers.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        // SAFETY: recvmsg into the buffers above.
+        let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let message = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        // SAFETY: walking the control messages recvmsg filled in.
+        let fd = unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS)
+                .then(|| OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast())))
+        };
+        let mut saw = AgentSaw {
+            message,
+            got_listener: fd.is_some(),
+            notified: Vec::new(),
+        };
+        let Some(fd) = fd else {
+            return Some(saw);
+        };
+        loop {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one live descriptor.
+            if unsafe { libc::poll(&mut p, 1, 30_000) } <= 0 || p.revents & libc::POLLIN == 0 {
+                return Some(saw);
+            }
+            // SAFETY: the kernel's notification structs, zeroed, filled by
+            // the ioctls on the listener.
+            unsafe {
+                let mut req: libc::seccomp_notif = std::mem::zeroed();
+                if libc::ioctl(fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) != 0 {
+                    continue;
+                }
+                saw.notified.push(req.data.nr);
+                let mut resp: libc::seccomp_notif_resp = std::mem::zeroed();
+                resp.id = req.id;
+                resp.error = -libc::ENOSPC;
+                libc::ioctl(fd.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp);
+            }
+        }
+    })
+}
+
+/// linux.seccomp.listenerPath: the filter's notification listener goes to
+/// the agent with the container's state (runc's message: fds
+/// ["seccompFd"], the pid, the metadata, the state), and the agent's
+/// answers reach the process. A setup that fails before the listener is
+/// passed closes the connection, so the agent sees end-of-file (runc
+/// never connects then: its agent waits for ever); with nobody listening
+/// both fail.
+#[test]
+fn seccomp_listener_gets_the_notifications() {
+    let socks = tempfile::tempdir().unwrap();
+    let Some(p) = Pair::new("seccompnotify", |_| {}) else {
+        return;
+    };
+    let sock =
+        |s: &amphi_tests::parity::Side| socks.path().join(format!("{}.sock", s.runtime.name()));
+    for s in p.sides() {
+        let path = sock(s);
+        let mut v = s.config();
+        v["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": path,
+            "listenerMetadata": "meta-1",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}],
+        });
+        v["process"]["args"] = json!(["sh", "-c", "mkdir /x 2>/dev/null; echo mkdir=$?"]);
+        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
+    }
+    let agents = p.sides().map(|s| seccomp_agent(&sock(s)));
+    let a = p.run_same();
+    assert_eq!(
+        (a.code, a.stdout.as_str()),
+        (0, "mkdir=1\n"),
+        "{}",
+        a.stderr
+    );
+    for (s, agent) in p.sides().into_iter().zip(agents) {
+        let saw = agent.join().unwrap().expect("the runtime connected");
+        assert!(saw.got_listener, "{}: {saw:?}", s.runtime.name());
+        assert!(saw.notified.contains(&(libc::SYS_mkdir as i32)), "{saw:?}");
+        let m: serde_json::Value = serde_json::from_str(&saw.message).unwrap();
+        assert_eq!(m["fds"], json!(["seccompFd"]), "{m}");
+        assert_eq!(m["metadata"], "meta-1", "{m}");
+        assert_eq!(m["state"]["id"], json!(s.id), "{m}");
+        assert_eq!(m["state"]["status"], "creating", "{m}");
+        assert!(
+            m["pid"].as_i64().unwrap() > 0 && m["pid"] == m["state"]["pid"],
+            "{m}"
+        );
+    }
+
+    // A setup that fails (a filesystem type that does not exist).
+    p.edit(|v| {
+        v["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/bad", "type": "nosuchfs", "source": "x"
+        }))
+    });
+    for s in p.sides() {
+        let _ = std::fs::remove_file(sock(s));
+    }
+    let agent = seccomp_agent(&sock(&p.amphi));
+    let a = p.amphi.run();
+    assert_ne!(a.code, 0);
+    let saw = agent.join().unwrap().expect("amphi connected");
+    assert_eq!(
+        (saw.message.as_str(), saw.got_listener),
+        ("", false),
+        "{saw:?}"
+    );
+
+    // Nobody listening: both fail, amphi naming the socket.
+    let _ = std::fs::remove_file(sock(&p.amphi));
+    p.edit(|v| {
+        v["mounts"].as_array_mut().unwrap().pop();
+    });
+    let (a, r) = p.run();
+    assert_eq!((a.code != 0, r.code != 0), (true, true), "{}", a.stderr);
+    assert!(a.stderr.contains("listenerPath"), "{}", a.stderr);
+}

@@ -444,7 +444,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     if let (false, Some(seccomp)) = (no_new_privs, seccomp) {
-        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
+        install_seccomp(seccomp, &a.sync)?;
     }
     let caps_err = E::stage("capabilities");
     super::caps::drop_bounding(caps).map_err(&caps_err)?;
@@ -497,7 +497,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     };
 
     if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
-        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
+        install_seccomp(seccomp, &a.sync)?;
     }
 
     close_fds_from(3 + a.preserve_fds);
@@ -576,6 +576,21 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         tell_start(f, &e.encode());
     }
     Err(e)
+}
+
+/// Installs the seccomp filter; its notification listener, when the spec
+/// has a `listenerPath`, goes to the runtime (which passes it on to the
+/// listener) and is closed here.
+fn install_seccomp(
+    seccomp: &oci_spec::runtime::LinuxSeccomp,
+    sync: &Sync,
+) -> Result<(), ChildError> {
+    let listener = super::seccomp::install(seccomp).map_err(ChildError::stage("seccomp"))?;
+    if let Some(fd) = listener {
+        sync.send_seccomp_fd(&fd)
+            .map_err(ChildError::stage("seccomp"))?;
+    }
+    Ok(())
 }
 
 /// Opens PATH under this process's /proc directory for writing: through

@@ -636,3 +636,46 @@ fn seccomp_listener_gets_the_notifications() {
     assert_eq!((a.code != 0, r.code != 0), (true, true), "{}", a.stderr);
     assert!(a.stderr.contains("listenerPath"), "{}", a.stderr);
 }
+
+/// `features` lists what these tests check amphi honours, as runc lists
+/// it: every recursive attribute and (no)symfollow among the mount
+/// options runc lists, and SCMP_ACT_NOTIFY among the seccomp actions.
+#[test]
+fn features_list_the_recursive_attributes_and_notify() {
+    if !amphi_tests::require(amphi_tests::have("runc"), "runc is not installed") {
+        return;
+    }
+    let features = |bin: &std::path::Path| -> serde_json::Value {
+        let out = amphi_tests::run_cmd(std::process::Command::new(bin).arg("features"));
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, r) = (
+        features(&amphi_tests::amphi_bin()),
+        features(std::path::Path::new("runc")),
+    );
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let ours = names(&a["mountOptions"]);
+    let wanted: Vec<String> = names(&r["mountOptions"])
+        .into_iter()
+        .filter(|o| {
+            (o.starts_with('r') && !["remount", "rw", "rbind"].contains(&o.as_str())
+                || o.ends_with("symfollow"))
+                && !o.ends_with("private")
+                && !o.ends_with("shared")
+                && !o.ends_with("slave")
+                && !o.ends_with("bindable")
+        })
+        .collect();
+    assert!(wanted.len() >= 20, "{wanted:?}");
+    for o in &wanted {
+        assert!(ours.contains(o), "{o} missing from amphi features");
+    }
+    assert!(names(&a["linux"]["seccomp"]["actions"]).contains(&"SCMP_ACT_NOTIFY".to_string()));
+}

@@ -128,6 +128,13 @@ impl Pair {
     /// non-interactive, edited by `edit`, for both runtimes. None with a
     /// skip notice when runc or umoci is missing (a failure under CI).
     pub fn new(tag: &str, edit: impl Fn(&mut Value)) -> Option<Pair> {
+        Self::new_in(&std::env::temp_dir(), tag, edit)
+    }
+
+    /// As [`Pair::new`], with the bundles in directory `parent`, each
+    /// traversable by every user (mode 0755: a user namespace's mapped
+    /// root must reach the rootfs).
+    pub fn new_in(parent: &Path, tag: &str, edit: impl Fn(&mut Value)) -> Option<Pair> {
         for tool in ["runc", "umoci"] {
             if !crate::have(tool) {
                 crate::skip(&format!(
@@ -139,8 +146,13 @@ impl Pair {
         let side = |runtime: Runtime| -> Side {
             let bundle = tempfile::Builder::new()
                 .prefix(&format!("amphi-parity-{}-", runtime.name()))
-                .tempdir()
+                .tempdir_in(parent)
                 .unwrap();
+            std::fs::set_permissions(
+                bundle.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
             let out = run_cmd(
                 Command::new("umoci")
                     .args(["raw", "unpack", "--image"])

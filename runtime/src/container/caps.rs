@@ -62,8 +62,55 @@ fn to_set(names: &Option<oci_spec::runtime::Capabilities>, allowed: &CapsHashSet
         .collect()
 }
 
+/// The names of a spec's capability set.
+fn set_names(set: &Option<oci_spec::runtime::Capabilities>) -> std::collections::BTreeSet<String> {
+    set.iter()
+        .flatten()
+        .filter_map(|c| Some(serde_json::to_value(c).ok()?.as_str()?.to_string()))
+        .collect()
+}
+
+/// The capability sets the kernel refuses to give (capset: EPERM), as runc
+/// fails on them: an effective capability that is not permitted, or an
+/// inheritable one outside the bounding set. A permitted or ambient one
+/// outside the bounding set is not an error (runc neither): exec drops it.
+/// Checked against the spec's own sets, so that a capability the runtime
+/// itself lacks stays a silent omission (see `to_set`).
+pub fn check_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+    let Some(spec) = spec else {
+        return Ok(());
+    };
+    let permitted = set_names(spec.permitted());
+    let bounding = set_names(spec.bounding());
+    let refused = |set: &str, held: std::collections::BTreeSet<String>, within, of: &str| {
+        let outside: Vec<String> = held.difference(within).cloned().collect();
+        if outside.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "process.capabilities.{set} holds {} outside the {of} set: {}",
+                outside.join(", "),
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            ))
+        }
+    };
+    refused(
+        "effective",
+        set_names(spec.effective()),
+        &permitted,
+        "permitted",
+    )?;
+    refused(
+        "inheritable",
+        set_names(spec.inheritable()),
+        &bounding,
+        "bounding",
+    )
+}
+
 /// Step 1, still as root: shrink the bounding set.
 pub fn drop_bounding(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+    check_sets(spec)?;
     let have =
         caps::read(None, CapSet::Bounding).map_err(|e| format!("reading bounding set: {e}"))?;
     let keep = to_set(&spec.and_then(|s| s.bounding().clone()), &have);
@@ -107,6 +154,50 @@ pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sets_the_kernel_refuses() {
+        let caps = |e: &[&str], p: &[&str], i: &[&str], b: &[&str]| -> LinuxCapabilities {
+            serde_json::from_value(serde_json::json!({
+                "effective": e, "permitted": p, "inheritable": i, "bounding": b,
+                "ambient": ["CAP_SYS_ADMIN"],
+            }))
+            .unwrap()
+        };
+        let ok = caps(
+            &["CAP_KILL"],
+            &["CAP_KILL", "CAP_SYS_ADMIN"],
+            &["CAP_KILL"],
+            &["CAP_KILL"],
+        );
+        check_sets(Some(&ok)).unwrap();
+        check_sets(None).unwrap();
+        let e = check_sets(Some(&caps(
+            &["CAP_KILL", "CAP_SYS_ADMIN"],
+            &["CAP_KILL"],
+            &[],
+            &[],
+        )))
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "process.capabilities.effective holds CAP_SYS_ADMIN outside the permitted set"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("Operation not permitted"), "{e}");
+        let e = check_sets(Some(&caps(
+            &[],
+            &[],
+            &["CAP_KILL", "CAP_NET_ADMIN"],
+            &["CAP_KILL"],
+        )))
+        .unwrap_err();
+        assert!(
+            e.contains("inheritable holds CAP_NET_ADMIN outside the bounding set"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn names() {

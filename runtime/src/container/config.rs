@@ -160,6 +160,12 @@ fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
         }
     }
     if let Some(linux) = spec.linux() {
+        if let Some(p) = linux.personality() {
+            if let Err(e) = super::init::personality_value(p) {
+                let (field, reason) = e.split_once(": ").unwrap_or(("linux.personality", &e));
+                return Err(invalid(path, field, reason));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             if !seen.insert(ns.typ()) {
@@ -231,6 +237,25 @@ mod tests {
             e,
             r#"config.json: invalid config at `process.env[1]`: environment variable "KEY" (entry 1) contains a NUL byte"#
         );
+
+        let mut v = base();
+        v["linux"]["personality"] =
+            serde_json::json!({"domain": "LINUX32", "flags": ["ADDR_NO_RANDOMIZE", "NOPE"]});
+        let e = parse_v(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("`linux.personality.flags[1]`: unknown flag \"NOPE\""),
+            "{e}"
+        );
+        v["linux"]["personality"]["flags"] = serde_json::json!(["ADDR_NO_RANDOMIZE"]);
+        let spec = parse_v(&v).unwrap();
+        let p = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .personality()
+            .as_ref()
+            .unwrap();
+        assert_eq!(super::super::init::personality_value(p).unwrap(), 0x0040008);
 
         let mut v = base();
         v["ociVersion"] = "2.0.0".into();

@@ -6,8 +6,19 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs one hook for `stage`, feeding `state` (JSON) on stdin.
+/// Runs one hook for `stage`, feeding `state` (JSON) on stdin, with the
+/// hook's own `env` only.
 pub fn run(h: &Hook, stage: &str, state: Option<&str>) -> Result<(), String> {
+    run_with_env(h, stage, state, &[])
+}
+
+/// As [`run`]; a hook that has no `env` of its own gets `default_env`.
+pub fn run_with_env(
+    h: &Hook,
+    stage: &str,
+    state: Option<&str>,
+    default_env: &[String],
+) -> Result<(), String> {
     let path = h.path();
     let what = format!("{stage} hook {}", path.display());
     let args = h.args().clone().unwrap_or_default();
@@ -17,7 +28,7 @@ pub fn run(h: &Hook, stage: &str, state: Option<&str>) -> Result<(), String> {
     }
     cmd.args(args.iter().skip(1));
     cmd.env_clear();
-    for e in h.env().iter().flatten() {
+    for e in h.env().as_deref().unwrap_or(default_env) {
         if let Some((k, v)) = e.split_once('=') {
             cmd.env(k, v);
         }

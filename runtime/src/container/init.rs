@@ -358,6 +358,23 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         rootfs::apply_root_propagation(spec).map_err(E::stage("rootfs propagation"))?;
     }
 
+    // process.user.umask, else 0022 whatever amphi's caller had (as runc).
+    let umask = process.user().umask().unwrap_or(0o022);
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask & 0o777));
+    // Before any seccomp filter, which may allow only some personalities.
+    if let Some(p) = spec.linux().as_ref().and_then(|l| l.personality().as_ref()) {
+        let persona = personality_value(p).map_err(E::stage("personality"))?;
+        // SAFETY: personality(2) takes an integer and changes only this process.
+        if unsafe { libc::personality(persona) } == -1 {
+            let e = std::io::Error::last_os_error();
+            return Err(E::setup_errno(
+                "personality",
+                format!("linux.personality {persona:#x}: {e}"),
+                e.raw_os_error(),
+            ));
+        }
+    }
+
     for r in process.rlimits().iter().flatten() {
         set_rlimit(r.typ(), r.soft(), r.hard()).map_err(E::stage("rlimits"))?;
     }
@@ -427,7 +444,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     if let (false, Some(seccomp)) = (no_new_privs, seccomp) {
-        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
+        install_seccomp(seccomp, &a.sync)?;
     }
     let caps_err = E::stage("capabilities");
     super::caps::drop_bounding(caps).map_err(&caps_err)?;
@@ -480,7 +497,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     };
 
     if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
-        super::seccomp::install(seccomp).map_err(E::stage("seccomp"))?;
+        install_seccomp(seccomp, &a.sync)?;
     }
 
     close_fds_from(3 + a.preserve_fds);
@@ -503,14 +520,18 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         None => None,
     };
     state["status"] = "created".into();
-    let hooks = run_hooks(
-        spec.hooks()
-            .as_ref()
-            .and_then(|h| h.start_container().clone()),
-        "startContainer",
-        &state.to_string(),
-    )
-    .map_err(E::stage("startContainer hooks"));
+    // A startContainer hook without an `env` of its own gets the process's
+    // environment (as with runc): it runs where and as the process will.
+    let hooks = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().as_ref())
+        .into_iter()
+        .flatten()
+        .try_for_each(|h| {
+            super::hooks::run_with_env(h, "startContainer", Some(&state.to_string()), &env)
+        })
+        .map_err(E::stage("startContainer hooks"));
     if let Some(f) = &start_fifo {
         match &hooks {
             Ok(()) => tell_start(f, b"0"),
@@ -557,6 +578,21 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     Err(e)
 }
 
+/// Installs the seccomp filter; its notification listener, when the spec
+/// has a `listenerPath`, goes to the runtime (which passes it on to the
+/// listener) and is closed here.
+fn install_seccomp(
+    seccomp: &oci_spec::runtime::LinuxSeccomp,
+    sync: &Sync,
+) -> Result<(), ChildError> {
+    let listener = super::seccomp::install(seccomp).map_err(ChildError::stage("seccomp"))?;
+    if let Some(fd) = listener {
+        sync.send_seccomp_fd(&fd)
+            .map_err(ChildError::stage("seccomp"))?;
+    }
+    Ok(())
+}
+
 /// Opens PATH under this process's /proc directory for writing: through
 /// `proc_self` when the root has no /proc of its own, else /proc/self.
 /// A fifo's open waits for its other end.
@@ -585,6 +621,47 @@ fn open_self_exe() -> Result<OwnedFd, String> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("--init: opening amphi's own binary: {e}"))
+}
+
+/// personality(2)'s flag names (linux/personality.h) and their bits.
+const PERSONALITY_FLAGS: &[(&str, libc::c_ulong)] = &[
+    ("UNAME26", 0x0020000),
+    ("ADDR_NO_RANDOMIZE", 0x0040000),
+    ("FDPIC_FUNCPTRS", 0x0080000),
+    ("MMAP_PAGE_ZERO", 0x0100000),
+    ("ADDR_COMPAT_LAYOUT", 0x0200000),
+    ("READ_IMPLIES_EXEC", 0x0400000),
+    ("ADDR_LIMIT_32BIT", 0x0800000),
+    ("SHORT_INODE", 0x1000000),
+    ("WHOLE_SECONDS", 0x2000000),
+    ("STICKY_TIMEOUTS", 0x4000000),
+    ("ADDR_LIMIT_3GB", 0x8000000),
+];
+
+/// `linux.personality` as personality(2)'s argument: the domain (LINUX 0,
+/// LINUX32 8) with the flags, named as in linux/personality.h. An unknown
+/// flag is an error naming it (the config check refuses it before
+/// anything starts).
+pub fn personality_value(p: &oci_spec::runtime::LinuxPersonality) -> Result<libc::c_ulong, String> {
+    let mut v: libc::c_ulong = match p.domain() {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0,
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+    };
+    for (i, f) in p.flags().iter().flatten().enumerate() {
+        let bit = PERSONALITY_FLAGS
+            .iter()
+            .find(|(name, _)| name == f)
+            .map(|(_, bit)| *bit)
+            .ok_or_else(|| {
+                let known: Vec<&str> = PERSONALITY_FLAGS.iter().map(|(n, _)| *n).collect();
+                format!(
+                    "linux.personality.flags[{i}]: unknown flag {f:?} (known: {})",
+                    known.join(", ")
+                )
+            })?;
+        v |= bit;
+    }
+    Ok(v)
 }
 
 /// Gives every signal its default action. Ignored signals stay ignored

@@ -201,9 +201,70 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
     Ok(())
 }
 
+/// `linux.seccomp.listenerPath`: the unix socket the container's seccomp
+/// notification listener goes to, with the container's process state (as
+/// runc sends it: `ociVersion`, `fds: ["seccompFd"]`, `pid`, `metadata`,
+/// `state`). Dropped before the listener was passed on (any error on the
+/// way), it connects and closes at once, so that the agent waiting on the
+/// socket sees end-of-file instead of waiting forever.
+struct SeccompListener {
+    path: Option<PathBuf>,
+    metadata: Option<String>,
+    done: bool,
+}
+
+impl SeccompListener {
+    fn new(spec: &Spec) -> SeccompListener {
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+        SeccompListener {
+            path: seccomp.and_then(|s| s.listener_path().clone()),
+            metadata: seccomp.and_then(|s| s.listener_metadata().clone()),
+            done: false,
+        }
+    }
+
+    /// The message that goes with the listener.
+    fn message(&self, state: &serde_json::Value) -> serde_json::Value {
+        let mut m = serde_json::json!({
+            "ociVersion": state["ociVersion"],
+            "fds": ["seccompFd"],
+            "pid": state["pid"],
+            "state": state,
+        });
+        if let Some(meta) = &self.metadata {
+            m["metadata"] = meta.clone().into();
+        }
+        m
+    }
+
+    /// Passes the listener on (once; the connection is closed after).
+    fn send(&mut self, fd: &OwnedFd, state: &serde_json::Value) -> Result<(), String> {
+        self.done = true;
+        let Some(path) = &self.path else {
+            return Err("the container sent a seccomp listener that was not asked for".into());
+        };
+        let what = format!("linux.seccomp.listenerPath {}", path.display());
+        let conn =
+            std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("{what}: {e}"))?;
+        super::sync::send_fd(&OwnedFd::from(conn), fd, &self.message(state).to_string())
+            .map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+impl Drop for SeccompListener {
+    fn drop(&mut self) {
+        if let (false, Some(p)) = (self.done, &self.path) {
+            // Connected and closed: the agent sees end-of-file.
+            let _ = std::os::unix::net::UnixStream::connect(p);
+        }
+    }
+}
+
 /// Clones the container process. On error nothing is left: the child is
 /// killed and reaped, its cgroup removed.
 pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, LaunchError> {
+    // First: whatever fails below, the agent at listenerPath is told.
+    let mut seccomp_listener = SeccompListener::new(spec);
     let linux = spec.linux().as_ref();
     let namespaces = linux
         .and_then(|l| l.namespaces().clone())
@@ -444,6 +505,13 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
                     ),
                     &cgroup,
                 ))
+            }
+            Ok(Msg::Seccomp(fd)) => {
+                let mut st = opts.state_template.clone();
+                st["pid"] = pid.into();
+                if let Err(e) = seccomp_listener.send(&fd, &st) {
+                    return Err(fail(e.into(), &cgroup));
+                }
             }
             Ok(Msg::Ready) => break,
             Ok(Msg::Eof) if opts.exec_fifo.is_none() => break,

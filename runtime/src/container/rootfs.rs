@@ -41,6 +41,51 @@ pub struct MountOptions {
     pub data: Vec<String>,
     pub bind: bool,
     pub recursive: bool,
+    /// Recursive attributes (`rro`, `rnosuid`, ...): `MOUNT_ATTR_*` bits to
+    /// set and to clear on the mount and every mount below it, with
+    /// mount_setattr(2) and `AT_RECURSIVE`.
+    pub attr_set: u64,
+    pub attr_clr: u64,
+}
+
+/// mount_setattr(2)'s attribute bits (linux/mount.h).
+pub mod attr {
+    pub const RDONLY: u64 = 0x0000_0001;
+    pub const NOSUID: u64 = 0x0000_0002;
+    pub const NODEV: u64 = 0x0000_0004;
+    pub const NOEXEC: u64 = 0x0000_0008;
+    /// The access-time field: one of RELATIME (0), NOATIME, STRICTATIME.
+    pub const ATIME_MASK: u64 = 0x0000_0070;
+    pub const RELATIME: u64 = 0x0000_0000;
+    pub const NOATIME: u64 = 0x0000_0010;
+    pub const STRICTATIME: u64 = 0x0000_0020;
+    pub const NODIRATIME: u64 = 0x0000_0080;
+    pub const NOSYMFOLLOW: u64 = 0x0020_0000;
+}
+
+impl MountOptions {
+    /// Whether a recursive attribute was asked for.
+    pub fn has_rec_attrs(&self) -> bool {
+        self.attr_set | self.attr_clr != 0
+    }
+
+    /// A recursive attribute that is a flag: set (`rnoexec`) or cleared (`rexec`).
+    fn rec_flag(&mut self, bit: u64, set: bool) {
+        if set {
+            self.attr_set |= bit;
+            self.attr_clr &= !bit;
+        } else {
+            self.attr_clr |= bit;
+            self.attr_set &= !bit;
+        }
+    }
+
+    /// A recursive access-time mode: the kernel takes the whole field
+    /// (cleared, then one value set), so the last one given wins.
+    fn rec_atime(&mut self, mode: u64) {
+        self.attr_clr |= attr::ATIME_MASK;
+        self.attr_set = (self.attr_set & !attr::ATIME_MASK) | mode;
+    }
 }
 
 /// Parses mount options the way runc does.
@@ -69,6 +114,29 @@ pub fn parse_options(opts: &[String]) -> MountOptions {
             "nostrictatime" => m.flags &= !libc::MS_STRICTATIME,
             "mand" => m.flags |= libc::MS_MANDLOCK,
             "nomand" => m.flags &= !libc::MS_MANDLOCK,
+            "nosymfollow" => m.flags |= libc::MS_NOSYMFOLLOW,
+            "symfollow" => m.flags &= !libc::MS_NOSYMFOLLOW,
+            // Recursive attributes (runtime-spec config.md, "mounts").
+            "rro" => m.rec_flag(attr::RDONLY, true),
+            "rrw" => m.rec_flag(attr::RDONLY, false),
+            "rnosuid" => m.rec_flag(attr::NOSUID, true),
+            "rsuid" => m.rec_flag(attr::NOSUID, false),
+            "rnodev" => m.rec_flag(attr::NODEV, true),
+            "rdev" => m.rec_flag(attr::NODEV, false),
+            "rnoexec" => m.rec_flag(attr::NOEXEC, true),
+            "rexec" => m.rec_flag(attr::NOEXEC, false),
+            "rnodiratime" => m.rec_flag(attr::NODIRATIME, true),
+            "rdiratime" => m.rec_flag(attr::NODIRATIME, false),
+            "rnosymfollow" => m.rec_flag(attr::NOSYMFOLLOW, true),
+            "rsymfollow" => m.rec_flag(attr::NOSYMFOLLOW, false),
+            "rnoatime" => m.rec_atime(attr::NOATIME),
+            "rstrictatime" => m.rec_atime(attr::STRICTATIME),
+            // Not noatime / not strictatime: the kernel's default, relatime
+            // (runc 1.1 passes these to the kernel as a bare clear, EINVAL).
+            "rrelatime" | "ratime" | "rnostrictatime" => m.rec_atime(attr::RELATIME),
+            // Clearing relatime (bit value 0) changes nothing, as with runc
+            // and crun: the mounts keep their access-time mode.
+            "rnorelatime" => {}
             "bind" => m.bind = true,
             "rbind" => {
                 m.bind = true;
@@ -409,6 +477,160 @@ fn mount_v1_hierarchies(target: &str, flags: libc::c_ulong) {
     }
 }
 
+/// The `MS_*` flags a remount must carry over from the mount it changes
+/// (`st`: its statvfs flags) besides the `wanted` ones: in a user
+/// namespace the kernel locks read-only, nosuid, nodev, noexec and the
+/// access-time mode of every mount that came from a more privileged one,
+/// and refuses (EPERM) a remount that would clear them. The access-time
+/// mode is kept only when `wanted` names none.
+pub fn locked_flags(st: rustix::fs::StatVfsMountFlags, wanted: libc::c_ulong) -> libc::c_ulong {
+    use rustix::fs::StatVfsMountFlags as S;
+    let mut keep = 0;
+    for (have, f) in [
+        (S::RDONLY, libc::MS_RDONLY),
+        (S::NOSUID, libc::MS_NOSUID),
+        (S::NODEV, libc::MS_NODEV),
+        (S::NOEXEC, libc::MS_NOEXEC),
+    ] {
+        if st.contains(have) {
+            keep |= f;
+        }
+    }
+    let atime_modes = libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME;
+    if wanted & (atime_modes | libc::MS_NODIRATIME) == 0 {
+        keep |= if st.contains(S::NOATIME) {
+            libc::MS_NOATIME
+        } else if st.contains(S::RELATIME) {
+            libc::MS_RELATIME
+        } else {
+            libc::MS_STRICTATIME
+        };
+        if st.contains(S::NODIRATIME) {
+            keep |= libc::MS_NODIRATIME;
+        }
+    }
+    keep
+}
+
+/// The kernel's `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// mount_setattr(2) with `AT_RECURSIVE` on the mount `fd` is the root of
+/// (an `O_PATH` descriptor): sets and clears `MOUNT_ATTR_*` bits on it and
+/// on every mount below it.
+fn mount_setattr_recursive(fd: &OwnedFd, set: u64, clr: u64) -> rustix::io::Result<()> {
+    let a = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a
+    // valid, initialised struct of the kernel's layout; the path is an
+    // empty C string and `fd` an open descriptor (AT_EMPTY_PATH).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &a as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL),
+        ))
+    }
+}
+
+/// proc and sysfs go on an ordinary directory only: a symlink (or any
+/// other non-directory) in the rootfs at `dest` is refused, as runc
+/// refuses it (the CVE-2019-19921 class: a mount redirected through a
+/// symlink the image controls). A missing destination is made later.
+fn check_ordinary_dir(root: &OwnedFd, dest: &Path, typ: &str) -> Result<()> {
+    let r = rel(dest)?;
+    let (Some(parent), Some(name)) = (r.parent(), r.file_name()) else {
+        return Err(format!(
+            "mount {}: a {typ} filesystem cannot go on the root",
+            dest.display()
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let pfd = match crate::sys::io::openat2(
+        root,
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        IN_ROOT,
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => {
+            return Err(err(
+                format!("mount {}: opening its parent in the rootfs", dest.display()),
+                e,
+            ))
+        }
+    };
+    match rustix::fs::statat(&pfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            let t = rustix::fs::FileType::from_raw_mode(st.st_mode);
+            if t == rustix::fs::FileType::Directory {
+                Ok(())
+            } else {
+                let what = if t == rustix::fs::FileType::Symlink {
+                    "a symbolic link"
+                } else {
+                    "not a directory"
+                };
+                Err(format!(
+                    "mount {}: {what} in the rootfs; a {typ} filesystem must be mounted on an ordinary directory",
+                    dest.display()
+                ))
+            }
+        }
+        Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(err(format!("mount {}", dest.display()), e)),
+    }
+}
+
+/// Applies the mount's recursive attributes (`rro`, `rnoexec`, ...) to
+/// the mount now at `dest` and every mount below it.
+fn apply_rec_attrs(root: &OwnedFd, dest: &Path, opts: &MountOptions, file: bool) -> Result<()> {
+    if !opts.has_rec_attrs() {
+        return Ok(());
+    }
+    // Re-open: the mount's root, not the directory under it.
+    let target = make_target(root, dest, file)?;
+    mount_setattr_recursive(&target, opts.attr_set, opts.attr_clr).map_err(|e| {
+        err(
+            format!(
+                "mount {}: recursive attributes (mount_setattr set {:#x} clear {:#x})",
+                dest.display(),
+                opts.attr_set,
+                opts.attr_clr
+            ),
+            e,
+        )
+    })
+}
+
 /// Mounts one spec mount inside the rootfs.
 pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
     let dest = m.destination();
@@ -430,22 +652,14 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
         // Re-open: the fd now refers to the mount's root.
         let target = make_target(root, dest, !meta.is_dir())?;
         let tpath = fd_path(&target);
-        let ro_like =
-            opts.flags & (libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC);
-        if ro_like != 0 {
+        // A bind mount takes its flags (ro, nosuid, noatime, nosymfollow,
+        // ...) only from a remount, of its top mount alone.
+        if opts.flags != 0 {
             let mut flags = libc::MS_BIND | libc::MS_REMOUNT | opts.flags;
             // Keep locked flags of the source mount (userns) to not get EPERM.
-            if let Ok(st) = rustix::fs::fstatvfs(&target) {
-                use rustix::fs::StatVfsMountFlags as S;
-                for (have, f) in [
-                    (S::NOSUID, libc::MS_NOSUID),
-                    (S::NODEV, libc::MS_NODEV),
-                    (S::NOEXEC, libc::MS_NOEXEC),
-                    (S::RDONLY, libc::MS_RDONLY),
-                ] {
-                    if st.f_flag.contains(have) && in_userns {
-                        flags |= f;
-                    }
+            if in_userns {
+                if let Ok(st) = rustix::fs::fstatvfs(&target) {
+                    flags |= locked_flags(st.f_flag, opts.flags);
                 }
             }
             mount_raw("", &tpath, "", flags, "")
@@ -455,7 +669,10 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
             propagate(&tpath, opts.propagation)
                 .map_err(|e| err(format!("{what}: propagation"), e))?;
         }
-        return Ok(());
+        return apply_rec_attrs(root, dest, &opts, !meta.is_dir());
+    }
+    if matches!(typ.as_str(), "proc" | "sysfs") {
+        check_ordinary_dir(root, dest, &typ)?;
     }
     let target = make_target(root, dest, false)?;
     let tpath = fd_path(&target);
@@ -516,7 +733,7 @@ pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
         propagate(&fd_path(&target), opts.propagation)
             .map_err(|e| err(format!("{what}: propagation"), e))?;
     }
-    Ok(())
+    apply_rec_attrs(root, dest, &opts, false)
 }
 
 /// The devices every container gets (runc's list).
@@ -724,16 +941,15 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Remounts / read-only (root.readonly).
+/// Remounts / read-only (root.readonly), keeping its nosuid, nodev,
+/// noexec and access-time mode: in a user namespace those are locked when
+/// the rootfs lies on such a mount of the host's (a remount that dropped
+/// them would be EPERM), and runc keeps them too.
 pub fn readonly_root() -> Result<()> {
-    mount_raw(
-        "",
-        "/",
-        "",
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-        "",
-    )
-    .map_err(|e| err("remounting / read-only", e))
+    let st = rustix::fs::statvfs("/").map_err(|e| err("statvfs /", e))?;
+    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(st.f_flag, 0);
+    mount_raw("", "/", "", flags, "")
+        .map_err(|e| err(format!("remounting / read-only (flags {flags:#x})"), e))
 }
 
 /// Opens the rootfs directory.
@@ -785,6 +1001,81 @@ mod tests {
         assert_eq!(o.data, vec!["mode=755"]);
         let o = parse_options(&["ro".into(), "rw".into()]);
         assert_eq!(o.flags & libc::MS_RDONLY, 0);
+    }
+
+    #[test]
+    fn plain_atime_and_symfollow_options_are_flags() {
+        let o = parse_options(&["noatime".into(), "nosymfollow".into()]);
+        assert_eq!(o.flags, libc::MS_NOATIME | libc::MS_NOSYMFOLLOW);
+        assert!(o.data.is_empty());
+        let o = parse_options(&["strictatime".into(), "nodiratime".into()]);
+        assert_eq!(o.flags, libc::MS_STRICTATIME | libc::MS_NODIRATIME);
+        let o = parse_options(&["nosymfollow".into(), "symfollow".into()]);
+        assert_eq!(o.flags, 0);
+        assert!(!o.has_rec_attrs());
+    }
+
+    #[test]
+    fn recursive_options_are_mount_setattr_bits() {
+        let o = parse_options(&[
+            "rbind".into(),
+            "rro".into(),
+            "rnosuid".into(),
+            "rnodev".into(),
+            "rnoexec".into(),
+            "rnosymfollow".into(),
+        ]);
+        assert_eq!(o.flags, 0, "no mount(2) flag");
+        assert!(o.data.is_empty(), "nothing goes to the filesystem");
+        assert_eq!(
+            o.attr_set,
+            attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC | attr::NOSYMFOLLOW
+        );
+        assert_eq!(o.attr_clr, 0);
+        // The opposite clears, the last one wins.
+        let o = parse_options(&["rro".into(), "rrw".into(), "rexec".into()]);
+        assert_eq!((o.attr_set, o.attr_clr), (0, attr::RDONLY | attr::NOEXEC));
+        // Access time: the whole field is cleared and one mode set.
+        let o = parse_options(&["rnoatime".into(), "rnodiratime".into()]);
+        assert_eq!(o.attr_set, attr::NOATIME | attr::NODIRATIME);
+        assert_eq!(o.attr_clr, attr::ATIME_MASK);
+        let o = parse_options(&["rnoatime".into(), "rstrictatime".into()]);
+        assert_eq!(
+            (o.attr_set, o.attr_clr),
+            (attr::STRICTATIME, attr::ATIME_MASK)
+        );
+        for back in ["ratime", "rrelatime", "rnostrictatime"] {
+            let o = parse_options(&["rstrictatime".into(), back.into()]);
+            assert_eq!(
+                (o.attr_set, o.attr_clr),
+                (attr::RELATIME, attr::ATIME_MASK),
+                "{back}"
+            );
+            assert!(o.has_rec_attrs(), "{back}");
+        }
+        let o = parse_options(&["rnorelatime".into()]);
+        assert!(!o.has_rec_attrs() && o.data.is_empty());
+    }
+
+    #[test]
+    fn a_remount_keeps_the_locked_flags() {
+        use rustix::fs::StatVfsMountFlags as S;
+        // A host tmpfs: nosuid, nodev, noatime.
+        let st = S::NOSUID | S::NODEV | S::NOATIME;
+        assert_eq!(
+            locked_flags(st, libc::MS_RDONLY),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME
+        );
+        // The spec names an access-time mode: that one is asked for.
+        assert_eq!(
+            locked_flags(st, libc::MS_STRICTATIME),
+            libc::MS_NOSUID | libc::MS_NODEV
+        );
+        assert_eq!(locked_flags(S::RELATIME, 0), libc::MS_RELATIME);
+        assert_eq!(
+            locked_flags(S::RDONLY | S::NOEXEC | S::NODIRATIME, 0),
+            libc::MS_RDONLY | libc::MS_NOEXEC | libc::MS_STRICTATIME | libc::MS_NODIRATIME
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompBuilder,
     LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
+use std::os::fd::{FromRawFd, OwnedFd};
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -18,6 +19,7 @@ const RET_TRAP: u32 = 0x0003_0000;
 const RET_ERRNO: u32 = 0x0005_0000;
 const RET_TRACE: u32 = 0x7ff0_0000;
 const RET_LOG: u32 = 0x7ffc_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const RET_ALLOW: u32 = 0x7fff_0000;
 
 // Classic BPF opcodes.
@@ -111,9 +113,9 @@ impl Asm {
 /// Label 0 means "the next instruction".
 const NEXT: usize = 0;
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<u32, String> {
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> u32 {
     let errno = errno.unwrap_or(libc::EPERM as u32) & 0xffff;
-    Ok(match a {
+    match a {
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => RET_KILL_THREAD,
         LinuxSeccompAction::ScmpActKillProcess => RET_KILL_PROCESS,
         LinuxSeccompAction::ScmpActTrap => RET_TRAP,
@@ -121,12 +123,8 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>, field: &str) -> Result<u32,
         LinuxSeccompAction::ScmpActTrace => RET_TRACE | errno,
         LinuxSeccompAction::ScmpActAllow => RET_ALLOW,
         LinuxSeccompAction::ScmpActLog => RET_LOG,
-        LinuxSeccompAction::ScmpActNotify => {
-            return Err(format!(
-                "{field}: SCMP_ACT_NOTIFY is not supported by amphi"
-            ))
-        }
-    })
+        LinuxSeccompAction::ScmpActNotify => RET_USER_NOTIF,
+    }
 }
 
 fn arg_check(asm: &mut Asm, a: &LinuxSeccompArg, fail: usize) -> Result<(), String> {
@@ -184,13 +182,49 @@ fn arg_check(asm: &mut Asm, a: &LinuxSeccompArg, fail: usize) -> Result<(), Stri
     Ok(())
 }
 
+/// The system call the setup passes the notification listener to the
+/// runtime with, after the filter is in place: it must not wait on the
+/// listener it is passing (as runc refuses `write`, its own).
+const SETUP_AFTER_FILTER: &[&str] = &["sendmsg"];
+
+/// SCMP_ACT_NOTIFY needs a listener (`listenerPath`) to be answered, and
+/// must not catch the call that hands that listener over.
+fn check_notify(s: &LinuxSeccomp) -> Result<(), String> {
+    let notify = |a| a == LinuxSeccompAction::ScmpActNotify;
+    if notify(s.default_action()) {
+        return Err(
+            "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action \
+             (the runtime's own calls would wait for the listener)"
+                .into(),
+        );
+    }
+    for (i, rule) in s.syscalls().iter().flatten().enumerate() {
+        if !notify(rule.action()) {
+            continue;
+        }
+        if s.listener_path().is_none() {
+            return Err(format!(
+                "linux.seccomp.syscalls[{i}].action: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath"
+            ));
+        }
+        if let Some(name) = rule
+            .names()
+            .iter()
+            .find(|n| SETUP_AFTER_FILTER.contains(&n.as_str()))
+        {
+            return Err(format!(
+                "linux.seccomp.syscalls[{i}]: SCMP_ACT_NOTIFY cannot be used for {name:?}, \
+                 which passes the listener to the runtime"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compiles a profile for x86_64.
 pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
-    let default = action(
-        s.default_action(),
-        s.default_errno_ret(),
-        "linux.seccomp.defaultAction",
-    )?;
+    check_notify(s)?;
+    let default = action(s.default_action(), s.default_errno_ret());
     // Foreign architectures (i386 via int 0x80, x32) have other numbers:
     // they get the default action, or ENOSYS when the default allows.
     let foreign = if default == RET_ALLOW {
@@ -214,9 +248,8 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
     asm.jump(JGE_K, X32_SYSCALL_BIT, NEXT, not_x32);
     asm.stmt(RET_K, foreign);
     asm.place(not_x32);
-    for (i, rule) in s.syscalls().iter().flatten().enumerate() {
-        let field = format!("linux.seccomp.syscalls[{i}]");
-        let act = action(rule.action(), rule.errno_ret(), &format!("{field}.action"))?;
+    for rule in s.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret());
         for name in rule.names() {
             // Names unknown on x86_64 (other architectures' calls) are
             // skipped, as libseccomp does.
@@ -247,7 +280,10 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
 /// Compiles and installs a profile in the calling thread: the last step
 /// before exec when the spec asks for no_new_privs, else before the
 /// capabilities are dropped (without no_new_privs it needs CAP_SYS_ADMIN).
-pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
+///
+/// With `listenerPath`, the filter gets a user-notification listener
+/// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`), returned for the runtime to pass on.
+pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, String> {
     let prog = compile(s)?;
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
@@ -266,6 +302,17 @@ pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
             other => return Err(format!("linux.seccomp.flags: unsupported flag {other}")),
         };
     }
+    let listener = s.listener_path().is_some();
+    if listener {
+        flags |= libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    }
+    // The listener's descriptor (close-on-exec, as the kernel makes it)
+    // when asked for, else nothing.
+    let done = |r: libc::c_long| -> Option<OwnedFd> {
+        // SAFETY: with NEW_LISTENER, a successful seccomp(2) returns a new
+        // descriptor that nobody else owns.
+        (listener && r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
+    };
     // Without no_new_privs, installing needs CAP_SYS_ADMIN; set it for the
     // filter if we lack that (runc does the same).
     // SAFETY: seccomp(SET_MODE_FILTER) with a valid program that outlives the call.
@@ -277,7 +324,7 @@ pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
             &fprog as *const libc::sock_fprog,
         )
     };
-    if r != 0 {
+    if r < 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EACCES) {
             rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
@@ -290,8 +337,8 @@ pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
                     &fprog as *const libc::sock_fprog,
                 )
             };
-            if r == 0 {
-                return Ok(());
+            if r >= 0 {
+                return Ok(done(r));
             }
         }
         return Err(format!(
@@ -299,7 +346,7 @@ pub fn install(s: &LinuxSeccomp) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    Ok(())
+    Ok(done(r))
 }
 
 /// Parses a docker/OCI seccomp JSON profile (docker's format: `defaultAction`,
@@ -717,5 +764,48 @@ mod tests {
         let bad = br#"{"defaultAction":"SCMP_ACT_NOPE"}"#;
         let e = parse_profile(bad, "profile.json").unwrap_err();
         assert!(e.contains("defaultAction"), "{e}");
+    }
+
+    #[test]
+    fn notify_needs_a_listener_and_spares_the_handover() {
+        let spec = |v: serde_json::Value| -> LinuxSeccomp { serde_json::from_value(v).unwrap() };
+        let with = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": "/run/agent.sock",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+        }));
+        let prog = compile(&with).unwrap();
+        assert_eq!(eval(&prog, nr("mkdir"), [0; 6]), RET_USER_NOTIF);
+        assert_eq!(eval(&prog, nr("rmdir"), [0; 6]), RET_ALLOW);
+
+        let without = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
+        }));
+        let e = compile(&without).unwrap_err();
+        assert!(
+            e.contains("syscalls[0].action") && e.contains("listenerPath"),
+            "{e}"
+        );
+
+        let handover = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": "/run/agent.sock",
+            "syscalls": [
+                {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"},
+                {"names": ["write", "sendmsg"], "action": "SCMP_ACT_NOTIFY"},
+            ],
+        }));
+        let e = compile(&handover).unwrap_err();
+        assert!(
+            e.contains("syscalls[1]") && e.contains("\"sendmsg\""),
+            "{e}"
+        );
+
+        let default = spec(serde_json::json!({
+            "defaultAction": "SCMP_ACT_NOTIFY",
+            "listenerPath": "/run/agent.sock",
+        }));
+        assert!(compile(&default).unwrap_err().contains("defaultAction"));
     }
 }

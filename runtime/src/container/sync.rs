@@ -4,7 +4,8 @@
 //! Child → parent messages: `ready`, `error:<json>` (a [`ChildError`],
 //! tagged by `kind`), `fd` (with the fd: the pty master of
 //! `process.terminal`), `console` (with the fd: the master of a
-//! console-only pty, see `LaunchOptions::console_pty`). Parent → child: `go<pid>`. End
+//! console-only pty, see `LaunchOptions::console_pty`), `seccomp` (with the
+//! fd: the seccomp notification listener). Parent → child: `go<pid>`. End
 //! of file from the child before `ready` means it exec'd (the socket is
 //! close-on-exec) in run mode.
 
@@ -145,6 +146,8 @@ pub enum Msg {
     Fd(OwnedFd),
     /// The master of the console-only pty (bound on /dev/console only).
     Console(OwnedFd),
+    /// The seccomp user-notification listener (`linux.seccomp.listenerPath`).
+    Seccomp(OwnedFd),
     /// The child exec'd or died without a word.
     Eof,
 }
@@ -214,6 +217,11 @@ impl Sync {
         send_fd_with(self.fd.as_fd(), fd, b"console")
     }
 
+    /// Child: pass the seccomp notification listener to the parent.
+    pub fn send_seccomp_fd(&self, fd: &OwnedFd) -> Result<(), String> {
+        send_fd_with(self.fd.as_fd(), fd, b"seccomp")
+    }
+
     /// Parent: the next message.
     pub fn recv(&self) -> Result<Msg, String> {
         let mut buf = vec![0u8; 64 * 1024];
@@ -240,6 +248,7 @@ impl Sync {
             b"ready" => Msg::Ready,
             b"fd" => received.map_or_else(|| Msg::Error(no_fd()), Msg::Fd),
             b"console" => received.map_or_else(|| Msg::Error(no_fd()), Msg::Console),
+            b"seccomp" => received.map_or_else(|| Msg::Error(no_fd()), Msg::Seccomp),
             d => match d.strip_prefix(b"error:") {
                 Some(e) => Msg::Error(ChildError::decode(e)),
                 None => Msg::Error(ChildError::setup(

@@ -738,9 +738,13 @@ fn ps_lists_the_container_processes() {
     assert_eq!(pids, vec![b.pid()]);
     b.start();
     let mut pids: Vec<i64> = Vec::new();
-    wait_for(10, "two processes", || {
+    // Two processes, both past exec (the shell's forked child shows the
+    // shell's command line until it has executed sleep).
+    let cmdline =
+        |p: &i64| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+    wait_for(10, "two sleep processes", || {
         pids = serde_json::from_str(&b.ok(&["ps", "--format", "json", &b.id])).unwrap();
-        pids.len() == 2
+        pids.len() == 2 && pids.iter().all(|p| cmdline(p).starts_with("sleep\x00"))
     });
     assert!(pids.contains(&b.pid()), "{pids:?}");
     for p in &pids {

@@ -17,6 +17,9 @@ use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
 use crate::container::sync::ChildError;
 use crate::dispatch::ResolvedImage;
+use crate::image::index::ImageRecord;
+use crate::image::manifest::ImageConfig;
+use crate::image::store::Store;
 use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -92,26 +95,8 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         record: rec,
         config: image,
     } = resolved;
-    let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
-    for l in &lowers {
-        if !l.is_dir() {
-            return Err(amphi_err(format!(
-                "layer {} of {} is missing from the store; pull the image again",
-                l.display(),
-                req.image
-            )));
-        }
-    }
-
-    let names = records::list(&req.store_root);
-    if let Some(n) = &req.name {
-        records::check_name(n)?;
-        if names.iter().any(|r| r.name == *n) {
-            return Err(amphi_err(format!(
-                "the container name {n:?} is already in use: remove that container (amphi rm {n}) or choose another name"
-            )));
-        }
-    }
+    let lowers = layer_dirs(&store, &rec, &req.image)?;
+    check_name(&req)?;
     let id = new_id();
     let name = req
         .name
@@ -150,25 +135,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
     crate::image::store::write_private(&config_path, &config)
         .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
-    let mut record = records::Record {
-        id: id.clone(),
-        name,
-        image: req.image.clone(),
-        command: spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.args().clone())
-            .unwrap_or_default(),
-        created: state::now_rfc3339(),
-        finished: None,
-        exit_code: None,
-        oom_killed: false,
-        detached: req.detach,
-        rm: req.rm,
-        stop_signal: spec::stop_signal(&image, &req.flags),
-        monitor: Some(records::Proc::current()),
-    };
-    record.save(&req.store_root).map_err(amphi_err)?;
+    let mut record = new_record(&req, &id, name, &spec, &image)?;
 
     // Detached: a monitor process (like conmon) becomes the container's
     // parent, waits for it and records its exit; we return its id.
@@ -200,25 +167,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         }
     }
     let sigs = pty::block_signals();
-    let state_template = serde_json::json!({
-        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": state_dir,
-    });
-    let launched = launch(
-        &spec,
-        &plan.rootfs,
-        LaunchOptions {
-            id: id.clone(),
-            exec_fifo: None,
-            console_socket: None,
-            user_lookup: user,
-            preserve_fds: 0,
-            state_template,
-            owns_cgroup: true,
-            sealed: true,
-            console_pty: console_pty(&req.flags),
-        },
-    );
-    let launched = match launched {
+    let launched = match launch_native(&req, &id, &spec, &plan, &state_dir, user) {
         Ok(l) => l,
         Err(e) => {
             pty::unblock_signals(&sigs);
@@ -266,10 +215,126 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     }
 
     let t_started = std::time::Instant::now();
-    let mut status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
+    let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
     pty::unblock_signals(&sigs);
+    let (status, oom, notices) = ended(&id, &launched.cgroup, status, t0, t_started);
+    if !req.rm {
+        record.exit_code = Some(status);
+        record.oom_killed = oom;
+        record.finished = Some(state::now_rfc3339());
+        let _ = record.save(&req.store_root);
+    }
+    drop(cleanup);
+    if let Some(w) = watchdog {
+        w.dismiss();
+    }
+    if req.detach {
+        detach::monitor_exit(0, &notices);
+    }
+    Ok(RunOutcome::Exited { status, notices })
+}
+
+/// The image's unpacked layers, each checked to be in the store.
+fn layer_dirs(store: &Store, rec: &ImageRecord, image: &str) -> Result<Vec<PathBuf>, RunError> {
+    let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
+    for l in &lowers {
+        if !l.is_dir() {
+            return Err(amphi_err(format!(
+                "layer {} of {} is missing from the store; pull the image again",
+                l.display(),
+                image
+            )));
+        }
+    }
+
+    Ok(lowers)
+}
+
+/// `--name`, if given, is a valid name no other container has.
+fn check_name(req: &RunRequest) -> Result<(), RunError> {
+    let names = records::list(&req.store_root);
+    if let Some(n) = &req.name {
+        records::check_name(n)?;
+        if names.iter().any(|r| r.name == *n) {
+            return Err(amphi_err(format!(
+                "the container name {n:?} is already in use: remove that container (amphi rm {n}) or choose another name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The container's record, saved.
+fn new_record(
+    req: &RunRequest,
+    id: &str,
+    name: String,
+    spec: &oci_spec::runtime::Spec,
+    image: &ImageConfig,
+) -> Result<records::Record, RunError> {
+    let record = records::Record {
+        id: id.to_string(),
+        name,
+        image: req.image.clone(),
+        command: spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default(),
+        created: state::now_rfc3339(),
+        finished: None,
+        exit_code: None,
+        oom_killed: false,
+        detached: req.detach,
+        rm: req.rm,
+        stop_signal: spec::stop_signal(image, &req.flags),
+        monitor: Some(records::Proc::current()),
+    };
+    record.save(&req.store_root).map_err(amphi_err)?;
+    Ok(record)
+}
+
+/// Clones the container with its spec (the runtime's part of the launch).
+fn launch_native(
+    req: &RunRequest,
+    id: &str,
+    spec: &oci_spec::runtime::Spec,
+    plan: &RootfsPlan,
+    state_dir: &Path,
+    user: Option<String>,
+) -> Result<crate::container::launch::Launched, LaunchError> {
+    let state_template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": state_dir,
+    });
+    launch(
+        spec,
+        &plan.rootfs,
+        LaunchOptions {
+            id: id.to_string(),
+            exec_fifo: None,
+            console_socket: None,
+            user_lookup: user,
+            preserve_fds: 0,
+            state_template,
+            owns_cgroup: true,
+            sealed: true,
+            console_pty: console_pty(&req.flags),
+        },
+    )
+}
+
+/// After the container's end: the run report (for compare), the OOM
+/// killer's verdict. Returns the exit status, whether the OOM killer
+/// struck, and the notices for the user.
+fn ended(
+    id: &str,
+    cgroup: &crate::container::cgroups::Cgroup,
+    mut status: i32,
+    t0: std::time::Instant,
+    t_started: std::time::Instant,
+) -> (i32, bool, Vec<String>) {
     let run_time = t_started.elapsed();
-    let oom = launched.cgroup.oom_killed();
+    let oom = cgroup.oom_killed();
     let mut notices = Vec::new();
     if report::target().is_some() {
         let r = report::RunReport {
@@ -280,7 +345,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
                 .release()
                 .to_string_lossy()
                 .into_owned(),
-            peak_memory: launched.cgroup.memory_peak(),
+            peak_memory: cgroup.memory_peak(),
             setup_ms: report::ms(t_started - t0),
             boot_ms: 0.0,
             run_ms: report::ms(run_time),
@@ -297,20 +362,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         )));
         status = 137;
     }
-    if !req.rm {
-        record.exit_code = Some(status);
-        record.oom_killed = oom;
-        record.finished = Some(state::now_rfc3339());
-        let _ = record.save(&req.store_root);
-    }
-    drop(cleanup);
-    if let Some(w) = watchdog {
-        w.dismiss();
-    }
-    if req.detach {
-        detach::monitor_exit(0, &notices);
-    }
-    Ok(RunOutcome::Exited { status, notices })
+    (status, oom, notices)
 }
 
 /// Whether a run gets a console-only pty: in systemd mode without `-t`

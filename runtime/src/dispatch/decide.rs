@@ -611,96 +611,34 @@ fn guest_cmdline(inferred: &[Inferred], reasons: &mut Vec<Reason>) -> Vec<String
 /// `io.amphi.isolation` then only counts when it asks for `vm`, or when
 /// the policy says `auto` (the image is then free to choose, as its
 /// requirements are).
+/// The outcome that records a choice forcing the isolation.
+fn forces(c: IsolationChoice) -> Outcome {
+    match c {
+        IsolationChoice::Container => Outcome::ForcesContainer,
+        IsolationChoice::Vm => Outcome::ForcesVm,
+        IsolationChoice::Auto => Outcome::Info,
+    }
+}
+
+/// An opinion on the isolation: the rule, its choice, where it comes from.
+type Opinion = (&'static str, IsolationChoice, String);
+
 fn isolation_opinions(
     input: &DecideInput,
     native_ok: bool,
     reasons: &mut Vec<Reason>,
-) -> Result<(&'static str, IsolationChoice, String), DispatchError> {
-    let forces = |c: IsolationChoice| match c {
-        IsolationChoice::Container => Outcome::ForcesContainer,
-        IsolationChoice::Vm => Outcome::ForcesVm,
-        IsolationChoice::Auto => Outcome::Info,
-    };
+) -> Result<Opinion, DispatchError> {
     let req = input.requirements;
-    let mut policy: Vec<(&'static str, IsolationChoice, String)> = Vec::new();
-    if let Some((n, rule)) = input.policy.image_rule(input.reference) {
-        if let Some(i) = rule.isolation {
-            policy.push((
-                "policy.image",
-                i,
-                format!(
-                    "[[image]] rule {} match {:?} in {}",
-                    n + 1,
-                    rule.pattern,
-                    input.policy.describe()
-                ),
-            ));
-        }
-    }
-    if let Some((n, rule)) = input.policy.trust_rule(input.reference) {
-        policy.push((
-            "policy.trust",
-            rule.isolation,
-            format!(
-                "[[trust]] rule {} match {:?} in {}",
-                n + 1,
-                rule.pattern,
-                input.policy.describe()
-            ),
-        ));
-    }
-    policy.push((
-        "policy.default",
-        input.policy.default_isolation,
-        format!("default_isolation of the {}", input.policy.describe()),
-    ));
+    let policy = policy_opinions(input);
     let image = req
         .isolation
         .map(|i| ("annotation.isolation", i, req.origin(KEY_ISOLATION)));
-
     // The user's `--isolation`: it decides over the image and the
     // inference, and over the policy except where the policy says vm (a
     // user may ask for more isolation than the policy, never less).
     if input.cli != IsolationChoice::Auto {
-        let from = format!("--isolation {} on the command line", input.cli);
-        let (prule, pchoice, pfrom) = &policy[0];
-        if input.cli == IsolationChoice::Container && *pchoice == IsolationChoice::Vm {
-            reasons.push(Reason::new(prule, "vm", pfrom, Outcome::ForcesVm, ""));
-            reasons.push(Reason::new(
-                "cli.isolation",
-                "container",
-                &from,
-                Outcome::Refused,
-                format!("{prule} says vm: the policy may not be lowered"),
-            ));
-            return Err(refuse(
-                "cli.isolation",
-                format!(
-                    "--isolation container is not allowed for image {}: the operator's policy ({pfrom}) says it runs in a microVM, and a command line may ask for more isolation than the policy, never less; run it without --isolation, or change the policy",
-                    input.reference
-                ),
-                std::mem::take(reasons),
-            ));
-        }
-        reasons.push(Reason::new(
-            "cli.isolation",
-            input.cli.to_string(),
-            &from,
-            forces(input.cli),
-            "the user's choice: the image's opinion and the inference are not consulted",
-        ));
-        for (rule, c, src) in policy.iter().chain(&image) {
-            reasons.push(Reason::new(
-                rule,
-                c.to_string(),
-                src,
-                Outcome::Info,
-                "overridden by --isolation on the command line",
-            ));
-        }
-        return Ok(("cli.isolation", input.cli, from));
+        return cli_decides(input, &policy, image.as_ref(), reasons);
     }
-
     // The policy: its first opinion decides.
     let (prule, pchoice, pfrom) = policy[0].clone();
     let image_raises =
@@ -740,10 +678,112 @@ fn isolation_opinions(
     }
 
     // The image: it may ask for more isolation, never less.
-    let Some((irule, ichoice, ifrom)) = image else {
+    let Some(image) = image else {
         return Ok((prule, pchoice, pfrom));
     };
-    Ok(match (pchoice, ichoice) {
+    Ok(image_opinion(
+        (prule, pchoice, pfrom),
+        image,
+        image_raises,
+        reasons,
+    ))
+}
+
+/// The policy's opinions, first the one that counts: its first matching
+/// `[[image]]` rule with an isolation, its first matching `[[trust]]` rule,
+/// its `default_isolation`.
+fn policy_opinions(input: &DecideInput) -> Vec<Opinion> {
+    let mut policy: Vec<Opinion> = Vec::new();
+    if let Some((n, rule)) = input.policy.image_rule(input.reference) {
+        if let Some(i) = rule.isolation {
+            policy.push((
+                "policy.image",
+                i,
+                format!(
+                    "[[image]] rule {} match {:?} in {}",
+                    n + 1,
+                    rule.pattern,
+                    input.policy.describe()
+                ),
+            ));
+        }
+    }
+    if let Some((n, rule)) = input.policy.trust_rule(input.reference) {
+        policy.push((
+            "policy.trust",
+            rule.isolation,
+            format!(
+                "[[trust]] rule {} match {:?} in {}",
+                n + 1,
+                rule.pattern,
+                input.policy.describe()
+            ),
+        ));
+    }
+    policy.push((
+        "policy.default",
+        input.policy.default_isolation,
+        format!("default_isolation of the {}", input.policy.describe()),
+    ));
+    policy
+}
+
+/// `--isolation` on the command line decides, unless it would lower the
+/// policy's vm.
+fn cli_decides(
+    input: &DecideInput,
+    policy: &[Opinion],
+    image: Option<&Opinion>,
+    reasons: &mut Vec<Reason>,
+) -> Result<Opinion, DispatchError> {
+    let from = format!("--isolation {} on the command line", input.cli);
+    let (prule, pchoice, pfrom) = &policy[0];
+    if input.cli == IsolationChoice::Container && *pchoice == IsolationChoice::Vm {
+        reasons.push(Reason::new(prule, "vm", pfrom, Outcome::ForcesVm, ""));
+        reasons.push(Reason::new(
+            "cli.isolation",
+            "container",
+            &from,
+            Outcome::Refused,
+            format!("{prule} says vm: the policy may not be lowered"),
+        ));
+        return Err(refuse(
+            "cli.isolation",
+            format!(
+                "--isolation container is not allowed for image {}: the operator's policy ({pfrom}) says it runs in a microVM, and a command line may ask for more isolation than the policy, never less; run it without --isolation, or change the policy",
+                input.reference
+            ),
+            std::mem::take(reasons),
+        ));
+    }
+    reasons.push(Reason::new(
+        "cli.isolation",
+        input.cli.to_string(),
+        &from,
+        forces(input.cli),
+        "the user's choice: the image's opinion and the inference are not consulted",
+    ));
+    for (rule, c, src) in policy.iter().chain(image) {
+        reasons.push(Reason::new(
+            rule,
+            c.to_string(),
+            src,
+            Outcome::Info,
+            "overridden by --isolation on the command line",
+        ));
+    }
+    Ok(("cli.isolation", input.cli, from))
+}
+
+/// The image's `io.amphi.isolation` against the policy's choice: it counts
+/// when it raises the isolation to vm, or when the policy says auto.
+fn image_opinion(
+    (prule, pchoice, pfrom): Opinion,
+    (irule, ichoice, ifrom): Opinion,
+    image_raises: bool,
+    reasons: &mut Vec<Reason>,
+) -> Opinion {
+    match (pchoice, ichoice) {
         (_, IsolationChoice::Vm) if image_raises => {
             reasons.push(Reason::new(
                 irule,
@@ -786,7 +826,7 @@ fn isolation_opinions(
             ));
             (prule, pchoice, pfrom)
         }
-    })
+    }
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {

@@ -1026,71 +1026,89 @@ fn select_kernel<'a>(
     preferred: Option<(String, String)>,
     reasons: &mut Vec<Reason>,
 ) -> Result<&'a CandidateKernel, DispatchError> {
-    let pvm_host = input.host.kvm == KvmSupport::Pvm;
-    let pvm_warning = |k: &CandidateKernel| {
-        Reason::new(
+    let k = match preferred {
+        Some((query, from)) => preferred_candidate(input, needs, &query, &from, reasons)?,
+        None => newest_candidate(input, needs, reasons)?,
+    };
+    if input.host.kvm == KvmSupport::Pvm && !k.pvm {
+        reasons.push(Reason::new(
             "kernel.select",
             "a PVM-enabled guest kernel",
             format!("{} (not PVM-enabled)", k.id),
             Outcome::Info,
             "on this PVM host only a PVM-enabled guest kernel runs under KVM: this one runs under QEMU in software emulation (slow); add a PVM-enabled kernel with `amphi kernel add PATH --pvm`",
-        )
-    };
+        ));
+    }
+    Ok(k)
+}
 
-    if let Some((query, from)) = preferred {
-        let k = match find_kernel(&query, input.kernels) {
-            Ok(k) => k,
-            Err(why) => {
-                let build = if BUILDABLE_SERIES.contains(&query.as_str()) {
-                    format!("run `amphi kernel build --version {query}` or ")
-                } else {
-                    String::new()
-                };
-                let message = format!(
-                    "preferred guest kernel {query:?} (from {from}): {why}; {build}add it with `amphi kernel add PATH --config CONFIG`"
-                );
-                reasons.push(Reason::new(
-                    "kernel.select",
-                    format!("{query} (from {from})"),
-                    "not found",
-                    Outcome::Refused,
-                    why,
-                ));
-                return Err(refuse("kernel.select", message, std::mem::take(reasons)));
-            }
-        };
-        let misses = needs.misses(k);
-        if !misses.is_empty() {
-            let why = misses.join("; ");
+/// The preferred kernel (`query`, asked for by `from`), which must exist
+/// and meet the needs.
+fn preferred_candidate<'a>(
+    input: &DecideInput<'a>,
+    needs: &Needs,
+    query: &str,
+    from: &str,
+    reasons: &mut Vec<Reason>,
+) -> Result<&'a CandidateKernel, DispatchError> {
+    let k = match find_kernel(query, input.kernels) {
+        Ok(k) => k,
+        Err(why) => {
+            let build = if BUILDABLE_SERIES.contains(&query) {
+                format!("run `amphi kernel build --version {query}` or ")
+            } else {
+                String::new()
+            };
+            let message = format!(
+                "preferred guest kernel {query:?} (from {from}): {why}; {build}add it with `amphi kernel add PATH --config CONFIG`"
+            );
             reasons.push(Reason::new(
                 "kernel.select",
-                format!("{query} (from {from}) meeting {}", needs.describe()),
-                &k.id,
+                format!("{query} (from {from})"),
+                "not found",
                 Outcome::Refused,
-                &why,
+                why,
             ));
-            return Err(refuse(
-                "kernel.select",
-                format!(
-                    "preferred guest kernel {} (asked for as {query:?} by {from}) does not meet the image's requirements: {why}; choose another kernel or drop the preference",
-                    k.id
-                ),
-                std::mem::take(reasons),
-            ));
+            return Err(refuse("kernel.select", message, std::mem::take(reasons)));
         }
+    };
+    let misses = needs.misses(k);
+    if !misses.is_empty() {
+        let why = misses.join("; ");
         reasons.push(Reason::new(
             "kernel.select",
             format!("{query} (from {from}) meeting {}", needs.describe()),
-            format!("{} ({})", k.id, k.release),
-            Outcome::Ok,
-            "the preferred kernel",
+            &k.id,
+            Outcome::Refused,
+            &why,
         ));
-        if pvm_host && !k.pvm {
-            reasons.push(pvm_warning(k));
-        }
-        return Ok(k);
+        return Err(refuse(
+            "kernel.select",
+            format!(
+                "preferred guest kernel {} (asked for as {query:?} by {from}) does not meet the image's requirements: {why}; choose another kernel or drop the preference",
+                k.id
+            ),
+            std::mem::take(reasons),
+        ));
     }
+    reasons.push(Reason::new(
+        "kernel.select",
+        format!("{query} (from {from}) meeting {}", needs.describe()),
+        format!("{} ({})", k.id, k.release),
+        Outcome::Ok,
+        "the preferred kernel",
+    ));
+    Ok(k)
+}
 
+/// The newest kernel that meets the needs (on a PVM host, the newest
+/// PVM-enabled one first).
+fn newest_candidate<'a>(
+    input: &DecideInput<'a>,
+    needs: &Needs,
+    reasons: &mut Vec<Reason>,
+) -> Result<&'a CandidateKernel, DispatchError> {
+    let pvm_host = input.host.kvm == KvmSupport::Pvm;
     let mut meeting: Vec<&CandidateKernel> = input
         .kernels
         .iter()
@@ -1147,9 +1165,6 @@ fn select_kernel<'a>(
         Outcome::Ok,
         note,
     ));
-    if pvm_host && !k.pvm {
-        reasons.push(pvm_warning(k));
-    }
     Ok(k)
 }
 

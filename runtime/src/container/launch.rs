@@ -204,6 +204,16 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
 /// Clones the container process. On error nothing is left: the child is
 /// killed and reaped, its cgroup removed.
 pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, LaunchError> {
+    // Connected first: any error below drops it, so a caller waiting on
+    // the console socket sees end-of-file and never waits forever.
+    let console = match &opts.console_socket {
+        Some(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)
+                .map_err(|e| format!("console socket {}: {e}", p.display()))?;
+            Some(OwnedFd::from(s))
+        }
+        None => None,
+    };
     let linux = spec.linux().as_ref();
     let namespaces = linux
         .and_then(|l| l.namespaces().clone())
@@ -230,14 +240,6 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             .and_then(|r| r.devices().as_deref()),
     )?;
 
-    let console = match &opts.console_socket {
-        Some(p) => {
-            let s = std::os::unix::net::UnixStream::connect(p)
-                .map_err(|e| format!("console socket {}: {e}", p.display()))?;
-            Some(OwnedFd::from(s))
-        }
-        None => None,
-    };
     let exec_fifo = match &opts.exec_fifo {
         Some(p) => Some(prepare_exec_fifo(p, spec, in_userns)?),
         None => None,

@@ -1,6 +1,21 @@
 //! The runc-compatible runtime commands (`create`, `start`, `state`,
-//! `kill`, `delete`, `exec`, `ps`, `features`, `spec`) that podman,
-//! containerd and Kubernetes drive.
+//! `kill`, `delete`, `exec`, `ps`, `features`, `spec`, and in their own
+//! files `run`, `pause`/`resume`, `update`, `events`, `list`,
+//! `checkpoint`/`restore`) that podman, containerd and Kubernetes drive.
+
+mod checkpoint;
+mod events;
+mod list;
+mod pause;
+mod run;
+mod update;
+
+pub use checkpoint::{checkpoint, restore};
+pub use events::{events, EventsOptions};
+pub use list::list;
+pub use pause::{pause, resume};
+pub use run::{run, RunOptions};
+pub use update::{update, UpdateOptions};
 
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
@@ -21,6 +36,15 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: i32,
+}
+
+/// Connects to a console socket and hangs up at once, for an error that
+/// comes before the container's launch connected it: the caller waiting
+/// for the pty master sees end-of-file instead of waiting forever.
+pub fn hang_up(console_socket: Option<&Path>) {
+    if let Some(p) = console_socket {
+        let _ = std::os::unix::net::UnixStream::connect(p);
+    }
 }
 
 fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
@@ -71,6 +95,16 @@ fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
 
 /// `create`: set the container up; its process waits for `start`.
 pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
+    let r = create_checked(root, &o);
+    if r.is_err() {
+        // Launch connects the console socket first and closes it on its
+        // own errors; a second connection after that is never accepted.
+        hang_up(o.console_socket.as_deref());
+    }
+    r
+}
+
+fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     state::check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
@@ -85,7 +119,7 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
         }
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
-    let r = create_in(root, &dir, &bundle, &rootfs, &spec, &o);
+    let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -173,73 +207,6 @@ fn kill_and_reap(pid: i32) {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
     }
-}
-
-/// runc's `run`: create and start in one go, wait, delete; returns the
-/// process's exit status.
-pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
-    state::check_id(id)?;
-    let bundle =
-        std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
-    let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
-    let dir = State::dir(root, id);
-    match state::create_dir(root, id) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {id:?} is already in use"))
-        }
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
-    }
-    let sigs = crate::run::pty_signals();
-    let (annotations, template) = creating_state(&spec, id, &bundle);
-    let l = launch(
-        &spec,
-        &rootfs,
-        LaunchOptions {
-            id: id.to_string(),
-            exec_fifo: None,
-            console_socket: None,
-            user_lookup: None,
-            preserve_fds: 0,
-            state_template: template.clone(),
-            owns_cgroup: true,
-            sealed: true,
-            console_pty: false,
-        },
-    );
-    let l = match l {
-        Ok(l) => l,
-        Err(e) => {
-            crate::run::pty_unblock(&sigs);
-            // As for create: a failed start continues with poststop.
-            let mut st = template;
-            st["status"] = "stopped".into();
-            st["pid"] = 0.into();
-            run_poststop(&spec, &st.to_string());
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.to_string());
-        }
-    };
-    let st = State {
-        annotations,
-        ..State::launched(id, l.pid, bundle.clone(), rootfs, l.cgroup.clone())
-    };
-    let _ = st.save(root);
-    // launch returned once the program was executed.
-    if let Some(h) = spec.hooks() {
-        let s = st.oci_started().to_string();
-        if let Err(e) = crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s) {
-            tracing::warn!("{e}");
-        }
-    }
-    let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
-    let _ = l.cgroup.remove();
-    run_poststop(&spec, &st.oci(root).to_string());
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(code)
 }
 
 /// `start`: let a created container run its process.
@@ -338,10 +305,19 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig = parse_signal(signal)?;
     let st = State::load(root, id)?;
     if all {
+        // As runc: frozen while signalled (no process forks past the
+        // list), then thawed, a paused container too (so a SIGKILL
+        // takes effect).
+        let froze = st.alive() && st.cgroup.freeze(true).is_ok();
         let pids = st.cgroup.pids();
         for p in &pids {
             // SAFETY: signalling pids of the container's cgroup.
             unsafe { libc::kill(*p, sig) };
+        }
+        if froze {
+            if let Err(e) = st.cgroup.freeze(false) {
+                tracing::warn!("{e}");
+            }
         }
         if !pids.is_empty() || st.alive() {
             return Ok(());
@@ -365,10 +341,14 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
         Err(e) => return Err(e),
     };
-    if st.status(root) == Status::Running && !force {
-        return Err(format!(
-            "container {id:?} is running: stop it first or use delete --force"
-        ));
+    match st.status(root) {
+        s @ (Status::Running | Status::Paused) if !force => {
+            return Err(format!(
+                "container {id:?} is {}: stop it first or use delete --force",
+                s.as_str()
+            ))
+        }
+        _ => {}
     }
     destroy(root, &st)
 }
@@ -394,6 +374,12 @@ fn kill_all(st: &State) {
     if st.alive() {
         // SAFETY: killing the container's process.
         unsafe { libc::kill(st.pid, libc::SIGKILL) };
+    }
+    // A paused container's processes die once thawed.
+    if st.cgroup.frozen() {
+        if let Err(e) = st.cgroup.freeze(false) {
+            tracing::warn!("{e}");
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while st.alive() && Instant::now() < deadline {
@@ -447,18 +433,166 @@ pub struct ExecOptions {
     /// `-u NAME[:GROUP]`, resolved in the container (docker's exec).
     pub user_name: Option<String>,
     pub preserve_fds: i32,
+    /// `--cap`: capabilities added to the process's sets (bounding,
+    /// effective, permitted and ambient; not inheritable, as runc since
+    /// CVE-2022-29162).
+    pub caps: Vec<String>,
+    /// `--cgroup SUB`: an existing sub-cgroup of the container's to run in.
+    pub cgroup: Option<String>,
+    /// `--ignore-paused`: exec into a paused container (the process stays
+    /// frozen until `resume`).
+    pub ignore_paused: bool,
+    /// `--additional-gids`.
+    pub additional_gids: Vec<u32>,
+    /// `--no-new-privs`.
+    pub no_new_privs: bool,
+    /// `--apparmor` and `--process-label`: refused (see [`check_lsm`]).
+    pub apparmor: Option<String>,
+    pub process_label: Option<String>,
+}
+
+/// The LSMs the host runs (/sys/kernel/security/lsm), None when it does not
+/// say (securityfs not mounted).
+fn host_lsms() -> Option<Vec<String>> {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .ok()
+        .map(|s| s.trim().split(',').map(String::from).collect())
+}
+
+/// `--apparmor PROFILE` and `--process-label LABEL` (SELinux): amphi
+/// applies neither, so both are refused, saying whether the host could
+/// have honoured them at all.
+pub fn check_lsm(flag: &str, lsm: &str, lsms: Option<&[String]>) -> Result<()> {
+    let why = match lsms {
+        None => "this host does not say which LSMs it runs (/sys/kernel/security/lsm is missing: securityfs not mounted)".to_string(),
+        Some(l) if !l.iter().any(|x| x == lsm) => {
+            format!("this host does not run {lsm} (/sys/kernel/security/lsm: {})", l.join(","))
+        }
+        Some(_) => format!("amphi does not apply {lsm} labels"),
+    };
+    Err(format!("{flag} is not supported: {why}"))
+}
+
+/// `exec --cap`: adds `caps` (canonical names) to the process's bounding,
+/// effective, permitted and ambient sets, as runc 1.1 does (not the
+/// inheritable set: CVE-2022-29162).
+fn add_caps(p: &mut oci_spec::runtime::Process, caps: &[String]) -> Result<()> {
+    use oci_spec::runtime::Capability;
+    let parsed: Vec<Capability> = caps
+        .iter()
+        .map(|c| {
+            serde_json::from_value(serde_json::Value::from(c.as_str()))
+                .map_err(|_| format!("--cap {c}: not a capability this runtime knows"))
+        })
+        .collect::<Result<_>>()?;
+    let mut set = p.capabilities().clone().unwrap_or_default();
+    let add = |s: &Option<oci_spec::runtime::Capabilities>| {
+        let mut s = s.clone().unwrap_or_default();
+        s.extend(parsed.iter().copied());
+        Some(s)
+    };
+    set.set_bounding(add(set.bounding()));
+    set.set_effective(add(set.effective()));
+    set.set_permitted(add(set.permitted()));
+    set.set_ambient(add(set.ambient()));
+    p.set_capabilities(Some(set));
+    Ok(())
+}
+
+/// `env` with `extra`'s variables set: one of the same name is replaced
+/// (in place), a new one appended; as runc's `exec --env`.
+pub fn override_env(env: &mut Vec<String>, extra: &[String]) {
+    for e in extra {
+        let name = e.split_once('=').map_or(e.as_str(), |(n, _)| n);
+        match env
+            .iter_mut()
+            .find(|x| x.split_once('=').map_or(x.as_str(), |(n, _)| n) == name)
+        {
+            Some(x) => x.clone_from(e),
+            None => env.push(e.clone()),
+        }
+    }
 }
 
 /// `exec`: run another process in a running container. Returns its exit
 /// status (0 when detached).
 pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
-    let st = State::load(root, &o.id)?;
-    if st.status(root) != Status::Running {
-        return Err(format!(
-            "container {:?} is not running: cannot exec in it",
-            o.id
-        ));
+    let r = exec_checked(root, &o);
+    if matches!(r, Err(ExecError::BeforeLaunch(_))) {
+        hang_up(o.console_socket.as_deref());
     }
+    r.map_err(|e| match e {
+        ExecError::BeforeLaunch(e) | ExecError::Launch(e) => e,
+    })
+}
+
+enum ExecError {
+    /// Before launch connected the console socket.
+    BeforeLaunch(String),
+    Launch(String),
+}
+
+impl From<String> for ExecError {
+    fn from(e: String) -> Self {
+        ExecError::BeforeLaunch(e)
+    }
+}
+
+impl From<&str> for ExecError {
+    fn from(e: &str) -> Self {
+        ExecError::BeforeLaunch(e.into())
+    }
+}
+
+fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecError> {
+    if o.apparmor.is_some() {
+        check_lsm("--apparmor", "apparmor", host_lsms().as_deref())?;
+    }
+    if o.process_label.is_some() {
+        check_lsm("--process-label", "selinux", host_lsms().as_deref())?;
+    }
+    let st = State::load(root, &o.id)?;
+    match st.status(root) {
+        Status::Running => {}
+        Status::Paused if o.ignore_paused => {}
+        Status::Paused => {
+            return Err(format!(
+                "container {:?} is paused: cannot exec in it (use --ignore-paused to override)",
+                o.id
+            )
+            .into())
+        }
+        _ => return Err(format!("container {:?} is not running: cannot exec in it", o.id).into()),
+    }
+    let caps: Vec<String> = o
+        .caps
+        .iter()
+        .map(|c| crate::container::caps::parse(c))
+        .collect::<Result<_>>()?;
+    let cgroups_path = match &o.cgroup {
+        None => format!("/{}", st.cgroup.path),
+        Some(sub) => {
+            if sub.contains(':') {
+                return Err(format!(
+                    "--cgroup {sub:?}: the CONTROLLER:PATH form is not supported (amphi keeps one cgroup path for every controller); give PATH alone"
+                )
+                .into());
+            }
+            let sub = sub.trim_start_matches('/');
+            if sub.is_empty() || sub.split('/').any(|c| c == ".." || c == ".") {
+                return Err(format!(
+                    "--cgroup {sub:?}: expected a sub-cgroup path of the container's cgroup"
+                )
+                .into());
+            }
+            let mut cg = st.cgroup.clone();
+            cg.path = format!("{}/{sub}", st.cgroup.path);
+            if let Some(d) = cg.dirs().into_iter().find(|d| !d.is_dir()) {
+                return Err(format!("--cgroup {sub:?}: {} does not exist", d.display()).into());
+            }
+            format!("/{}", cg.path)
+        }
+    };
     let mut spec = config::load(&st.bundle).map_err(|e| e.to_string())?;
     let mut process = match &o.process {
         Some(p) => {
@@ -481,7 +615,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
             p.set_args(Some(o.args.clone()));
             p.set_terminal(Some(o.tty));
             let mut env = p.env().clone().unwrap_or_default();
-            env.extend(o.env.iter().cloned());
+            override_env(&mut env, &o.env);
             p.set_env(Some(env));
             if let Some(c) = &o.cwd {
                 p.set_cwd(c.clone());
@@ -491,6 +625,19 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
                 user.set_uid(u);
                 user.set_gid(g);
                 p.set_user(user);
+            }
+            if !o.additional_gids.is_empty() {
+                let mut user = p.user().clone();
+                let mut gids = user.additional_gids().clone().unwrap_or_default();
+                gids.extend(o.additional_gids.iter().copied());
+                user.set_additional_gids(Some(gids));
+                p.set_user(user);
+            }
+            if o.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            if !caps.is_empty() {
+                add_caps(&mut p, &caps)?;
             }
             p
         }
@@ -521,7 +668,7 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
         .collect();
     linux.set_namespaces(Some(joined));
     linux.set_resources(None);
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", st.cgroup.path))));
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
     spec.set_linux(Some(linux));
     spec.set_hooks(None);
     // As `docker exec`: the container's own user (recorded by `amphi
@@ -559,11 +706,11 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
         Ok(l) => l,
         Err(e) => {
             crate::run::pty_unblock(&sigs);
-            return Err(e.to_string());
+            return Err(ExecError::Launch(e.to_string()));
         }
     };
     if let Some(p) = &o.pid_file {
-        write_pid_file(p, l.pid)?;
+        write_pid_file(p, l.pid).map_err(ExecError::Launch)?;
     }
     if o.detach {
         crate::run::pty_unblock(&sigs);
@@ -639,5 +786,40 @@ impl NsName for LinuxNamespaceType {
             LinuxNamespaceType::Network => "net",
             LinuxNamespaceType::Time => "time",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_env_overrides_the_spec_by_name() {
+        let mut env = vec!["PATH=/bin".to_string(), "A=1".into(), "B".into()];
+        override_env(
+            &mut env,
+            &[
+                "A=2".into(),
+                "C=3".into(),
+                "B=x".into(),
+                "PATH=/usr/bin".into(),
+            ],
+        );
+        assert_eq!(env, ["PATH=/usr/bin", "A=2", "B=x", "C=3"]);
+    }
+
+    #[test]
+    fn lsm_flags_refused_with_the_reason() {
+        let e = check_lsm("--apparmor", "apparmor", None).unwrap_err();
+        assert!(e.contains("/sys/kernel/security/lsm is missing"), "{e}");
+        let l = ["lockdown".to_string(), "capability".into()];
+        let e = check_lsm("--process-label", "selinux", Some(&l)).unwrap_err();
+        assert!(
+            e.contains("does not run selinux") && e.contains("lockdown,capability"),
+            "{e}"
+        );
+        let l = ["apparmor".to_string()];
+        let e = check_lsm("--apparmor", "apparmor", Some(&l)).unwrap_err();
+        assert!(e.contains("amphi does not apply apparmor"), "{e}");
     }
 }

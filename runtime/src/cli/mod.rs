@@ -43,7 +43,14 @@ pub const EXIT_AMPHI: i32 = 125;
                   run natively as a Linux container or needs its own kernel in a tiny KVM microVM, \
                   and explains why.\n\nImages are kept in a content-addressed store under \
                   $AMPHI_ROOT (default /var/lib/amphi as root).",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "OCI runtime (runc's command line, over bundles and --root): create, start, state, kill, \
+delete, exec, run -b DIR ID, ps ID, pause, resume, update, events, list, features, spec.\n\
+`amphi run IMAGE` runs an image; `amphi run --bundle DIR ID` is runc's run (see `amphi run --help`).\n\
+Refused, with the reason in the error: checkpoint and restore (amphi does not drive CRIU), \
+--systemd-cgroup (amphi manages cgroupfs itself), exec --apparmor and --process-label (amphi applies \
+no LSM labels), exec --cgroup CONTROLLER:PATH (one cgroup path for every controller), update \
+--l3-cache-schema and --mem-bw-schema (no Intel RDT)."
 )]
 pub struct Cli {
     /// Image store directory

@@ -141,7 +141,7 @@ pub struct ExecArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub preserve_fds: i32,
     /// Add a capability to the process (bounding, effective, permitted, ambient); repeatable
-    #[arg(long = "cap", value_name = "CAP")]
+    #[arg(short = 'c', long = "cap", value_name = "CAP")]
     pub cap: Vec<String>,
     /// Run in this existing sub-cgroup of the container's cgroup (PATH; the CONTROLLER:PATH form is refused)
     #[arg(long, value_name = "PATH")]

@@ -657,3 +657,92 @@ fn checkpoint_restore_refused_with_why() {
     );
     assert!(console_receive(&l).is_none());
 }
+
+/// exec --cgroup SUB: the process runs in an existing sub-cgroup of the
+/// container's (on both, per controller); a missing one fails on both.
+#[test]
+fn exec_cgroup_as_runc() {
+    let Some(p) = sleeper("execcg") else {
+        return;
+    };
+    // A cgroupsPath of each side's own, to make the sub-cgroup in.
+    for s in p.sides() {
+        let mut v = s.config();
+        v["linux"]["cgroupsPath"] = json!(format!("/{}", s.id));
+        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
+    }
+    both_running(&p);
+    let dirs = |s: &Side| -> Vec<std::path::PathBuf> {
+        if amphi_tests::host_cgroup_v2_only() {
+            return vec![std::path::Path::new("/sys/fs/cgroup").join(&s.id)];
+        }
+        [
+            "memory",
+            "pids",
+            "cpu",
+            "cpuacct",
+            "cpuset",
+            "devices",
+            "freezer",
+            "blkio",
+            "hugetlb",
+            "net_cls",
+            "net_prio",
+            "perf_event",
+            "systemd",
+            "unified",
+        ]
+        .iter()
+        .map(|c| std::path::Path::new("/sys/fs/cgroup").join(c).join(&s.id))
+        .filter(|d| d.is_dir())
+        .collect()
+    };
+    let missing = both(&p, &["exec", "--cgroup", "nosuch", "ID", "true"]);
+    same_success("--cgroup nosuch", &missing);
+    assert_ne!(missing.0.code, 0);
+    for s in p.sides() {
+        for d in dirs(s) {
+            std::fs::create_dir(d.join("sub")).unwrap();
+            // A v1 cpuset cgroup takes no process until it has cpus and mems.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(v) = std::fs::read_to_string(d.join(f)) {
+                    std::fs::write(d.join("sub").join(f), v.trim()).unwrap();
+                }
+            }
+        }
+    }
+    let (a, r) = both(
+        &p,
+        &["exec", "--cgroup", "sub", "ID", "cat", "/proc/self/cgroup"],
+    );
+    assert_eq!(
+        (a.code, r.code),
+        (0, 0),
+        "amphi {}\nrunc {}",
+        a.stderr,
+        r.stderr
+    );
+    for (s, o) in [(&p.amphi, &a), (&p.runc, &r)] {
+        let want = format!("/{}/sub", s.id);
+        let lines: Vec<&str> = o
+            .stdout
+            .lines()
+            .filter(|l| l.contains(":memory:") || l.contains(":pids:") || l.starts_with("0::"))
+            .collect();
+        assert!(!lines.is_empty(), "{}: {}", s.runtime.name(), o.stdout);
+        for l in lines {
+            assert!(
+                l.ends_with(&want) || l.ends_with(":/sub"),
+                "{}: {l}",
+                s.runtime.name()
+            );
+        }
+    }
+    for s in p.sides() {
+        assert_eq!(s.call(&["delete", "--force", &s.id]).code, 0);
+        for d in dirs(s) {
+            let _ = std::fs::remove_dir(d.join("sub"));
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}

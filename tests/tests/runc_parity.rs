@@ -746,3 +746,57 @@ fn exec_cgroup_as_runc() {
         }
     }
 }
+
+/// The events stream reports an OOM kill in the container (runc: the v1
+/// eventfd on memory.oom_control, or v2's memory.events; amphi polls the
+/// OOM-kill counter), and keeps going.
+#[test]
+fn events_oom_as_runc() {
+    let Some(p) = Pair::new("oom", |v| {
+        v["process"]["args"] = json!([
+            "sh",
+            "-c",
+            "sleep 2; dd if=/dev/zero of=/dev/null bs=64M count=1; sleep 1000"
+        ]);
+        v["linux"]["resources"]["memory"] = json!({"limit": 16 << 20, "swap": 16 << 20});
+    }) else {
+        return;
+    };
+    for s in p.sides() {
+        let o = run_detached(s, &[]);
+        assert_eq!(o.code, 0, "{}: {}", s.runtime.name(), o.stderr);
+    }
+    let streams: Vec<_> = p
+        .sides()
+        .iter()
+        .map(|s| {
+            let out = tempfile::NamedTempFile::new().unwrap();
+            let mut c = s.cmd(&["events", "--interval", "1s", &s.id]);
+            c.stdout(out.reopen().unwrap())
+                .stderr(std::process::Stdio::null());
+            (c.spawn().unwrap(), out)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(6));
+    for ((mut child, out), s) in streams.into_iter().zip(p.sides()) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(out.path()).unwrap();
+        let types: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| v["type"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert!(
+            types.iter().any(|t| t == "oom"),
+            "{}: {types:?}",
+            s.runtime.name()
+        );
+        assert!(
+            types.iter().filter(|t| *t == "stats").count() >= 3,
+            "{}: {types:?}",
+            s.runtime.name()
+        );
+        assert_eq!(status(s), "running", "{}", s.runtime.name());
+    }
+}

@@ -34,6 +34,9 @@ fn native_outcome(o: crate::run::RunOutcome) -> i32 {
 /// errors), as docker and podman use it.
 pub const EXIT_AMPHI: i32 = 125;
 
+/// Exit status of `exec` when amphi could not run the process (runc's).
+pub const EXIT_EXEC_FAILED: i32 = 255;
+
 #[derive(Parser)]
 #[command(
     name = "amphi",
@@ -314,7 +317,15 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Exec(mut a) = cli.command {
         a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
         let r = oci::exec(&root, *a);
-        return Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r));
+        // As runc: exec's own failures exit 255, told apart from the
+        // process's status (which may well be 1).
+        return Ok(match r {
+            Ok(code) => code,
+            Err(e) => {
+                oci_exit(cli.log.as_deref(), &cli.log_format, Err(e));
+                EXIT_EXEC_FAILED
+            }
+        });
     }
     match cli.command {
         Command::Run(a) if a.bundle.is_some() => {

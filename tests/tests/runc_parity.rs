@@ -274,6 +274,19 @@ fn run_console_socket_as_runc() {
     ]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(console_receive(&l).is_none());
+    // A flag amphi does not know: the usage error (exit 2, clap's; runc
+    // exits 1), and still a hang-up.
+    let sock = p.amphi.bundle().join("usage.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let o = p.amphi.call(&[
+        "create",
+        "--no-such-flag",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &p.amphi.id,
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(console_receive(&l).is_none());
 }
 
 /// exec's flags: --cap, --env (overriding the spec's variable), -g,

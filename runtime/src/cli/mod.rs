@@ -179,6 +179,24 @@ pub enum Command {
     Vmm(vmm::VmmArgs),
 }
 
+/// The `--console-socket` a command line names, read without the parser
+/// (for a command line the parser refused).
+pub fn console_socket_arg(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--console-socket" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.to_str().and_then(|a| a.strip_prefix("--console-socket=")) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
 /// Runs the parsed command line; returns the process exit status.
 pub fn run(cli: Cli) -> Result<i32> {
     let store_root = cli.store.clone().unwrap_or_else(amphi_store_root);
@@ -497,5 +515,37 @@ pub fn init_logging(level: &str, format: &str) {
         builder.json().init();
     } else {
         builder.without_time().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_socket_arg;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn console_socket_found_without_the_parser() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            console_socket_arg(&a(&[
+                "amphi",
+                "exec",
+                "--bogus",
+                "--console-socket",
+                "/s",
+                "id"
+            ])),
+            Some(PathBuf::from("/s"))
+        );
+        assert_eq!(
+            console_socket_arg(&a(&["amphi", "create", "--console-socket=/t", "id"])),
+            Some(PathBuf::from("/t"))
+        );
+        assert_eq!(
+            console_socket_arg(&a(&["amphi", "exec", "id", "--", "--console-socket", "/u"])),
+            None
+        );
+        assert_eq!(console_socket_arg(&a(&["amphi", "state", "id"])), None);
     }
 }

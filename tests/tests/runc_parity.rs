@@ -814,3 +814,60 @@ fn events_oom_as_runc() {
         assert_eq!(status(s), "running", "{}", s.runtime.name());
     }
 }
+
+/// exec --ignore-paused into a paused container: the process is made,
+/// frozen with the rest, and runs once the container is resumed (the exec
+/// returns then, with its output), on both.
+#[test]
+fn exec_ignore_paused_as_runc() {
+    let Some(p) = sleeper("ignpaused") else {
+        return;
+    };
+    both_running(&p);
+    same_success("pause", &both(&p, &["pause", "ID"]));
+    let execs: Vec<_> = p
+        .sides()
+        .iter()
+        .map(|s| {
+            let out = tempfile::NamedTempFile::new().unwrap();
+            let mut c = s.cmd(&["exec", "--ignore-paused", &s.id, "echo", "thawed"]);
+            c.stdin(std::process::Stdio::null())
+                .stdout(out.reopen().unwrap())
+                .stderr(std::process::Stdio::null());
+            (c.spawn().unwrap(), out)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut execs: Vec<_> = execs
+        .into_iter()
+        .map(|(mut child, out)| {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "exec returned while paused"
+            );
+            (child, out)
+        })
+        .collect();
+    same_success("resume", &both(&p, &["resume", "ID"]));
+    for ((child, out), s) in execs.iter_mut().zip(p.sides()) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: exec still waiting",
+                s.runtime.name()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(st.code(), Some(0), "{}", s.runtime.name());
+        assert_eq!(
+            std::fs::read_to_string(out.path()).unwrap(),
+            "thawed\n",
+            "{}",
+            s.runtime.name()
+        );
+    }
+}

@@ -871,3 +871,74 @@ fn exec_ignore_paused_as_runc() {
         );
     }
 }
+
+/// update's cpu, cpuset and memory-reservation flags write what runc's
+/// write (the cgroup files compared, each side in a cgroupsPath of its
+/// own); --blkio-weight where the host's blkio has a weight file.
+#[test]
+fn update_cpu_flags_as_runc() {
+    let Some(p) = sleeper("updcpu") else {
+        return;
+    };
+    for s in p.sides() {
+        let mut v = s.config();
+        v["linux"]["cgroupsPath"] = json!(format!("/{}", s.id));
+        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
+    }
+    both_running(&p);
+    let v2 = amphi_tests::host_cgroup_v2_only();
+    let mut args = vec![
+        "update",
+        "--cpu-quota",
+        "50000",
+        "--cpu-period",
+        "100000",
+        "--cpu-share",
+        "256",
+        "--cpuset-cpus",
+        "0",
+        "--memory-reservation",
+        "32m",
+        "--pids-limit",
+        "77",
+    ];
+    let blkio = std::path::Path::new("/sys/fs/cgroup/blkio/blkio.weight").exists()
+        || std::path::Path::new("/sys/fs/cgroup/blkio/blkio.bfq.weight").exists();
+    if blkio && !v2 {
+        args.extend(["--blkio-weight", "300"]);
+    }
+    args.push("ID");
+    let o = both(&p, &args);
+    assert_eq!((o.0.code, o.1.code), (0, 0), "{o:?}");
+    let files: &[(&str, &str)] = if v2 {
+        &[
+            ("", "cpu.max"),
+            ("", "cpu.weight"),
+            ("", "cpuset.cpus"),
+            ("", "memory.low"),
+            ("", "pids.max"),
+        ]
+    } else {
+        &[
+            ("cpu", "cpu.cfs_quota_us"),
+            ("cpu", "cpu.cfs_period_us"),
+            ("cpu", "cpu.shares"),
+            ("cpuset", "cpuset.cpus"),
+            ("memory", "memory.soft_limit_in_bytes"),
+            ("pids", "pids.max"),
+        ]
+    };
+    for (c, f) in files {
+        let read = |s: &Side| {
+            let p = std::path::Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join(&s.id)
+                .join(f);
+            std::fs::read_to_string(&p).unwrap_or_else(|e| format!("{}: {e}", p.display()))
+        };
+        assert_eq!(read(&p.amphi), read(&p.runc), "{c}/{f}");
+    }
+    for s in p.sides() {
+        assert_eq!(s.call(&["delete", "--force", &s.id]).code, 0);
+    }
+}

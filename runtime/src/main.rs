@@ -11,7 +11,20 @@ fn main() {
     if let Some((fd, go)) = amphi::container::init::setup_stage_args(&args) {
         amphi::container::init::setup_stage_main(fd, go);
     }
-    let cli = amphi::cli::Cli::parse_from(args);
+    let cli = match amphi::cli::Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            // A command line amphi cannot parse still names the caller's
+            // console socket: hang it up, so the caller is not left waiting.
+            if e.kind() != clap::error::ErrorKind::DisplayHelp
+                && e.kind() != clap::error::ErrorKind::DisplayVersion
+            {
+                let sock = amphi::cli::console_socket_arg(&args);
+                amphi::oci::hang_up(sock.as_deref());
+            }
+            e.exit()
+        }
+    };
     let level = if cli.debug {
         "debug"
     } else {

@@ -1460,10 +1460,19 @@ fn exec_into_a_stopped_container() {
     b.create(&[]);
     b.start();
     b.wait_status("stopped");
-    let e = b.fail(&["exec", &b.id, "echo", "hi"]);
-    assert!(e.contains("not running"), "{e}");
-    let e = b.fail(&["exec", "--process", "/nonexistent.json", &b.id]);
-    assert!(e.contains("not running"), "{e}");
+    // exec's own failures exit 255, as runc's.
+    for args in [
+        vec!["exec", &b.id, "echo", "hi"],
+        vec!["exec", "--process", "/nonexistent.json", &b.id],
+    ] {
+        let out = b.run(&args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{}", show(&out));
+        assert!(
+            e.contains("amphi: error:") && e.contains("not running"),
+            "{e}"
+        );
+    }
     assert_eq!(b.status(), "stopped");
     b.ok(&["delete", &b.id]);
     b.assert_no_trace(&b.id, &b.cgroup());

@@ -34,6 +34,9 @@ fn native_outcome(o: crate::run::RunOutcome) -> i32 {
 /// errors), as docker and podman use it.
 pub const EXIT_AMPHI: i32 = 125;
 
+/// Exit status of `exec` when amphi could not run the process (runc's).
+pub const EXIT_EXEC_FAILED: i32 = 255;
+
 #[derive(Parser)]
 #[command(
     name = "amphi",
@@ -43,7 +46,14 @@ pub const EXIT_AMPHI: i32 = 125;
                   run natively as a Linux container or needs its own kernel in a tiny KVM microVM, \
                   and explains why.\n\nImages are kept in a content-addressed store under \
                   $AMPHI_ROOT (default /var/lib/amphi as root).",
-    propagate_version = true
+    propagate_version = true,
+    after_help = "OCI runtime (runc's command line, over bundles and --root): create, start, state, kill, \
+delete, exec, run -b DIR ID, ps ID, pause, resume, update, events, list, features, spec.\n\
+`amphi run IMAGE` runs an image; `amphi run --bundle DIR ID` is runc's run (see `amphi run --help`).\n\
+Refused, with the reason in the error: checkpoint and restore (amphi does not drive CRIU), \
+--systemd-cgroup (amphi manages cgroupfs itself), exec --apparmor and --process-label (amphi applies \
+no LSM labels), exec --cgroup CONTROLLER:PATH (one cgroup path for every controller), update \
+--l3-cache-schema and --mem-bw-schema (no Intel RDT)."
 )]
 pub struct Cli {
     /// Image store directory
@@ -140,6 +150,20 @@ pub enum Command {
     Rm(oci::RmArgs),
     /// Print the output of a detached container
     Logs(oci::LogsArgs),
+    /// OCI runtime: pause (freeze) every process of a container
+    Pause(oci::IdArgs),
+    /// OCI runtime: resume (thaw) a paused container
+    Resume(oci::IdArgs),
+    /// OCI runtime: change a running container's resources (-r FILE|- or flags)
+    Update(Box<oci::UpdateArgs>),
+    /// OCI runtime: a container's resource usage (--stats once, else a stream with OOM events)
+    Events(oci::EventsArgs),
+    /// OCI runtime: list the containers of the state root (runc's table, -q, --format json)
+    List(oci::ListArgs),
+    /// OCI runtime: checkpoint a container with CRIU (refused: amphi does not drive CRIU; the error says why)
+    Checkpoint(Box<oci::CheckpointArgs>),
+    /// OCI runtime: restore a container from a CRIU checkpoint (refused, as checkpoint)
+    Restore(Box<oci::RestoreArgs>),
     /// OCI runtime: print the runtime's features as JSON
     Features,
     /// OCI runtime: write a starting config.json
@@ -153,6 +177,24 @@ pub enum Command {
     /// Boot a kernel in amphi's VMM (developer and nested-lab tool)
     #[command(hide = true)]
     Vmm(vmm::VmmArgs),
+}
+
+/// The `--console-socket` a command line names, read without the parser
+/// (for a command line the parser refused).
+pub fn console_socket_arg(args: &[std::ffi::OsString]) -> Option<PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--console-socket" {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = a.to_str().and_then(|a| a.strip_prefix("--console-socket=")) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
 }
 
 /// Runs the parsed command line; returns the process exit status.
@@ -220,6 +262,32 @@ pub fn run(cli: Cli) -> Result<i32> {
             Some(crate::oci::kill(&root, &id, &sig, a.all).map(|()| 0))
         }
         Command::Delete(a) => Some(crate::oci::delete(&root, &a.id, a.force).map(|()| 0)),
+        Command::Pause(a) => Some(crate::oci::pause(&root, &a.id).map(|()| 0)),
+        Command::Resume(a) => Some(crate::oci::resume(&root, &a.id).map(|()| 0)),
+        Command::Update(a) => Some(oci::update(&root, a)),
+        Command::Events(a) => Some(oci::parse_duration(&a.interval).and_then(|interval| {
+            crate::oci::events(
+                &root,
+                &crate::oci::EventsOptions {
+                    id: a.id.clone(),
+                    stats: a.stats,
+                    interval,
+                },
+            )
+            .map(|()| 0)
+        })),
+        Command::List(a) => Some(crate::oci::list(&root, &a.format, a.quiet).map(|s| {
+            print!("{s}");
+            0
+        })),
+        Command::Checkpoint(a) => Some(crate::oci::checkpoint(&root, &a.id).map(|()| 0)),
+        Command::Restore(a) => {
+            let r = crate::oci::restore(&root, &a.id).map(|()| 0);
+            if r.is_err() {
+                crate::oci::hang_up(a.console_socket.as_deref());
+            }
+            Some(r)
+        }
         Command::Ps(a) => Some(match &a.id {
             Some(id) => {
                 let id = crate::run::manage::resolve_id(&store_root, &root, id);
@@ -267,13 +335,30 @@ pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Exec(mut a) = cli.command {
         a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
         let r = oci::exec(&root, *a);
-        return Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r));
+        // As runc: exec's own failures exit 255, told apart from the
+        // process's status (which may well be 1).
+        return Ok(match r {
+            Ok(code) => code,
+            Err(e) => {
+                oci_exit(cli.log.as_deref(), &cli.log_format, Err(e));
+                EXIT_EXEC_FAILED
+            }
+        });
     }
     match cli.command {
         Command::Run(a) if a.bundle.is_some() => {
-            let bundle = a.bundle.clone().unwrap_or_default();
-            let r = crate::oci::run_bundle(&root, &a.target.image, &bundle);
+            let r = oci_run(&root, &a);
             Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
+        }
+        Command::Run(a)
+            if a.console_socket.is_some()
+                || a.pid_file.is_some()
+                || a.keep
+                || a.preserve_fds.is_some() =>
+        {
+            crate::oci::hang_up(a.console_socket.as_deref());
+            eprintln!("amphi: error: --console-socket, --pid-file, --preserve-fds and --keep belong to the OCI runtime form of run, which --bundle DIR selects (amphi run --help)");
+            Ok(EXIT_AMPHI)
         }
         Command::Run(a) => {
             let result = run::request(*a, &store_root, &cli.root)
@@ -292,6 +377,29 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Gc(a) => done(images::gc(&store_root, &root, a)),
         c => done(run_image_command(c, &store_root)),
     }
+}
+
+/// `run --bundle DIR ID`: runc's run.
+fn oci_run(root: &std::path::Path, a: &run::RunArgs) -> std::result::Result<i32, String> {
+    if !a.target.command.is_empty() {
+        crate::oci::hang_up(a.console_socket.as_deref());
+        return Err(format!(
+            "run --bundle takes a container ID only, and was also given {:?}: the process comes from the bundle's config.json",
+            a.target.command
+        ));
+    }
+    crate::oci::run(
+        root,
+        crate::oci::RunOptions {
+            id: a.target.image.clone(),
+            bundle: a.bundle.clone().unwrap_or_default(),
+            console_socket: a.console_socket.clone(),
+            pid_file: a.pid_file.clone(),
+            preserve_fds: a.preserve_fds.unwrap_or(0),
+            detach: a.detach,
+            keep: a.keep,
+        },
+    )
 }
 
 /// Applies `f` to each container, printing the names done and the errors.
@@ -363,6 +471,13 @@ fn run_image_command(c: Command, store_root: &std::path::Path) -> Result<()> {
         | Command::State(_)
         | Command::Kill(_)
         | Command::Delete(_)
+        | Command::Pause(_)
+        | Command::Resume(_)
+        | Command::Update(_)
+        | Command::Events(_)
+        | Command::List(_)
+        | Command::Checkpoint(_)
+        | Command::Restore(_)
         | Command::Exec(_)
         | Command::Ps(_)
         | Command::Stop(_)
@@ -400,5 +515,37 @@ pub fn init_logging(level: &str, format: &str) {
         builder.json().init();
     } else {
         builder.without_time().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_socket_arg;
+    use std::ffi::OsString;
+    use std::path::PathBuf;
+
+    #[test]
+    fn console_socket_found_without_the_parser() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            console_socket_arg(&a(&[
+                "amphi",
+                "exec",
+                "--bogus",
+                "--console-socket",
+                "/s",
+                "id"
+            ])),
+            Some(PathBuf::from("/s"))
+        );
+        assert_eq!(
+            console_socket_arg(&a(&["amphi", "create", "--console-socket=/t", "id"])),
+            Some(PathBuf::from("/t"))
+        );
+        assert_eq!(
+            console_socket_arg(&a(&["amphi", "exec", "id", "--", "--console-socket", "/u"])),
+            None
+        );
+        assert_eq!(console_socket_arg(&a(&["amphi", "state", "id"])), None);
     }
 }

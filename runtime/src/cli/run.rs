@@ -19,7 +19,14 @@ use std::time::Duration;
     amphi run --rm --isolation vm localhost/demo/busybox uname -r\n  \
     amphi run --rm --isolation vm --kernel 6.1 --memory 256m --cpus 2 IMAGE CMD\n\n\
     The exit status is the workload's own (128+N when killed by signal N); 125 means amphi \
-    itself failed, 126 the command could not be run, 127 it was not found."
+    itself failed, 126 the command could not be run, 127 it was not found.\n\n\
+    OCI runtime form (runc's run), chosen when --bundle/-b is given:\n  \
+    amphi run [-d] -b DIR [--console-socket SOCK] [--pid-file F] [--preserve-fds N] [--keep] ID\n\
+    creates and starts the bundle's container; in the foreground it waits for the process, exits \
+    with its status and deletes the container (unless --keep); with -d it returns once the process \
+    runs, and the container is stopped and removed with `amphi kill` and `amphi delete`. Errors \
+    exit 1, as runc's. The image flags do not apply to it.",
+    override_usage = "amphi run [OPTIONS] IMAGE [CMD]...\n       amphi run [-d] --bundle DIR [--console-socket SOCK] [--pid-file FILE] [--preserve-fds N] [--keep] ID"
 )]
 pub struct RunArgs {
     /// Remove the container's state and writable layer when it exits
@@ -49,9 +56,44 @@ pub struct RunArgs {
     /// Print how the run was dispatched (container or microVM) and why
     #[arg(long)]
     pub verbose: bool,
-    /// runc compatibility: run the OCI bundle in DIR, IMAGE being the container ID
-    #[arg(short = 'b', long, value_name = "DIR")]
+    /// OCI runtime form (runc's run): run the bundle in DIR, IMAGE being the container ID
+    #[arg(
+        short = 'b',
+        long,
+        value_name = "DIR",
+        help_heading = "OCI runtime form (with --bundle)"
+    )]
     pub bundle: Option<PathBuf>,
+    /// With --bundle: unix socket to send the pty master to (-d and process.terminal only, as runc)
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "OCI runtime form (with --bundle)"
+    )]
+    pub console_socket: Option<PathBuf>,
+    /// With --bundle: write the container process's pid here
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "OCI runtime form (with --bundle)"
+    )]
+    pub pid_file: Option<PathBuf>,
+    /// With --bundle: pass N extra file descriptors (3..3+N) to the process
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "OCI runtime form (with --bundle)"
+    )]
+    pub preserve_fds: Option<i32>,
+    /// With --bundle: keep the stopped container for `delete` (foreground only)
+    #[arg(long, help_heading = "OCI runtime form (with --bundle)")]
+    pub keep: bool,
+    /// With --bundle: accepted for runc compatibility; amphi always uses pivot_root
+    #[arg(long, help_heading = "OCI runtime form (with --bundle)")]
+    pub no_pivot: bool,
+    /// With --bundle: accepted for runc compatibility (no session keyring is created)
+    #[arg(long, help_heading = "OCI runtime form (with --bundle)")]
+    pub no_new_keyring: bool,
     #[command(flatten)]
     pub target: ImageCommand,
 }

@@ -265,6 +265,16 @@ impl Drop for SeccompListener {
 pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, LaunchError> {
     // First: whatever fails below, the agent at listenerPath is told.
     let mut seccomp_listener = SeccompListener::new(spec);
+    // Then the console socket, connected before anything can fail: any
+    // error below drops it, so a caller waiting on it sees end-of-file.
+    let console = match &opts.console_socket {
+        Some(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)
+                .map_err(|e| format!("console socket {}: {e}", p.display()))?;
+            Some(OwnedFd::from(s))
+        }
+        None => None,
+    };
     let linux = spec.linux().as_ref();
     let namespaces = linux
         .and_then(|l| l.namespaces().clone())
@@ -291,14 +301,6 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             .and_then(|r| r.devices().as_deref()),
     )?;
 
-    let console = match &opts.console_socket {
-        Some(p) => {
-            let s = std::os::unix::net::UnixStream::connect(p)
-                .map_err(|e| format!("console socket {}: {e}", p.display()))?;
-            Some(OwnedFd::from(s))
-        }
-        None => None,
-    };
     let exec_fifo = match &opts.exec_fifo {
         Some(p) => Some(prepare_exec_fifo(p, spec, in_userns)?),
         None => None,

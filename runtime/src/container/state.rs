@@ -57,6 +57,8 @@ pub struct State {
 pub enum Status {
     Created,
     Running,
+    /// Its cgroup frozen (`pause`).
+    Paused,
     Stopped,
 }
 
@@ -65,6 +67,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -150,6 +153,8 @@ impl State {
     pub fn status(&self, root: &Path) -> Status {
         if !self.alive() {
             Status::Stopped
+        } else if self.cgroup.frozen() {
+            Status::Paused
         } else if Self::dir(root, &self.id).join("exec.fifo").exists() {
             Status::Created
         } else {

@@ -1,12 +1,29 @@
-//! The runc-compatible runtime commands (`create`, `start`, `state`,
-//! `kill`, `delete`, `exec`, `ps`, `features`, `spec`) that podman,
-//! containerd and Kubernetes drive.
+//! The runc-compatible runtime commands that podman, containerd and
+//! Kubernetes drive: `create`, `start`, `state`, `kill`, `delete`, `ps`,
+//! `features`, `spec` here, and in their own files `exec`, `run`,
+//! `pause`/`resume`, `update`, `events`, `list`, `checkpoint`/`restore`.
+
+mod checkpoint;
+mod events;
+mod exec;
+mod list;
+mod pause;
+mod run;
+mod update;
+
+pub use checkpoint::{checkpoint, restore};
+pub use events::{events, EventsOptions};
+pub use exec::{exec, ExecOptions};
+pub use list::list;
+pub use pause::{pause, resume};
+pub use run::{run, RunOptions};
+pub use update::{update, UpdateOptions};
 
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State, Status};
 use crate::sys::signal::parse_signal;
-use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,6 +38,15 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: i32,
+}
+
+/// Connects to a console socket and hangs up at once, for an error that
+/// comes before the container's launch connected it: the caller waiting
+/// for the pty master sees end-of-file instead of waiting forever.
+pub fn hang_up(console_socket: Option<&Path>) {
+    if let Some(p) = console_socket {
+        let _ = std::os::unix::net::UnixStream::connect(p);
+    }
 }
 
 fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
@@ -71,6 +97,16 @@ fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
 
 /// `create`: set the container up; its process waits for `start`.
 pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
+    let r = create_checked(root, &o);
+    if r.is_err() {
+        // Launch connects the console socket first and closes it on its
+        // own errors; a second connection after that is never accepted.
+        hang_up(o.console_socket.as_deref());
+    }
+    r
+}
+
+fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     state::check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
@@ -85,7 +121,7 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
         }
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     }
-    let r = create_in(root, &dir, &bundle, &rootfs, &spec, &o);
+    let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -173,73 +209,6 @@ fn kill_and_reap(pid: i32) {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
     }
-}
-
-/// runc's `run`: create and start in one go, wait, delete; returns the
-/// process's exit status.
-pub fn run_bundle(root: &Path, id: &str, bundle: &Path) -> Result<i32> {
-    state::check_id(id)?;
-    let bundle =
-        std::fs::canonicalize(bundle).map_err(|e| format!("bundle {}: {e}", bundle.display()))?;
-    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
-    let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
-    let dir = State::dir(root, id);
-    match state::create_dir(root, id) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {id:?} is already in use"))
-        }
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
-    }
-    let sigs = crate::run::pty_signals();
-    let (annotations, template) = creating_state(&spec, id, &bundle);
-    let l = launch(
-        &spec,
-        &rootfs,
-        LaunchOptions {
-            id: id.to_string(),
-            exec_fifo: None,
-            console_socket: None,
-            user_lookup: None,
-            preserve_fds: 0,
-            state_template: template.clone(),
-            owns_cgroup: true,
-            sealed: true,
-            console_pty: false,
-        },
-    );
-    let l = match l {
-        Ok(l) => l,
-        Err(e) => {
-            crate::run::pty_unblock(&sigs);
-            // As for create: a failed start continues with poststop.
-            let mut st = template;
-            st["status"] = "stopped".into();
-            st["pid"] = 0.into();
-            run_poststop(&spec, &st.to_string());
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.to_string());
-        }
-    };
-    let st = State {
-        annotations,
-        ..State::launched(id, l.pid, bundle.clone(), rootfs, l.cgroup.clone())
-    };
-    let _ = st.save(root);
-    // launch returned once the program was executed.
-    if let Some(h) = spec.hooks() {
-        let s = st.oci_started().to_string();
-        if let Err(e) = crate::container::hooks::run_all(h.poststart().as_ref(), "poststart", &s) {
-            tracing::warn!("{e}");
-        }
-    }
-    let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
-    let _ = l.cgroup.remove();
-    run_poststop(&spec, &st.oci(root).to_string());
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(code)
 }
 
 /// `start`: let a created container run its process.
@@ -338,10 +307,19 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig = parse_signal(signal)?;
     let st = State::load(root, id)?;
     if all {
+        // As runc: frozen while signalled (no process forks past the
+        // list), then thawed, a paused container too (so a SIGKILL
+        // takes effect).
+        let froze = st.alive() && st.cgroup.freeze(true).is_ok();
         let pids = st.cgroup.pids();
         for p in &pids {
             // SAFETY: signalling pids of the container's cgroup.
             unsafe { libc::kill(*p, sig) };
+        }
+        if froze {
+            if let Err(e) = st.cgroup.freeze(false) {
+                tracing::warn!("{e}");
+            }
         }
         if !pids.is_empty() || st.alive() {
             return Ok(());
@@ -365,10 +343,14 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
         Err(e) => return Err(e),
     };
-    if st.status(root) == Status::Running && !force {
-        return Err(format!(
-            "container {id:?} is running: stop it first or use delete --force"
-        ));
+    match st.status(root) {
+        s @ (Status::Running | Status::Paused) if !force => {
+            return Err(format!(
+                "container {id:?} is {}: stop it first or use delete --force",
+                s.as_str()
+            ))
+        }
+        _ => {}
     }
     destroy(root, &st)
 }
@@ -394,6 +376,12 @@ fn kill_all(st: &State) {
     if st.alive() {
         // SAFETY: killing the container's process.
         unsafe { libc::kill(st.pid, libc::SIGKILL) };
+    }
+    // A paused container's processes die once thawed.
+    if st.cgroup.frozen() {
+        if let Err(e) = st.cgroup.freeze(false) {
+            tracing::warn!("{e}");
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while st.alive() && Instant::now() < deadline {
@@ -429,149 +417,6 @@ pub fn ps(root: &Path, id: &str, json: bool) -> Result<String> {
         out.push_str(&format!("{p}\t{cmd}\n"));
     }
     Ok(out)
-}
-
-/// `exec` options.
-pub struct ExecOptions {
-    pub id: String,
-    /// A process.json (runc's --process), or the args.
-    pub process: Option<PathBuf>,
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: Option<PathBuf>,
-    pub tty: bool,
-    pub console_socket: Option<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub detach: bool,
-    pub user: Option<(u32, u32)>,
-    /// `-u NAME[:GROUP]`, resolved in the container (docker's exec).
-    pub user_name: Option<String>,
-    pub preserve_fds: i32,
-}
-
-/// `exec`: run another process in a running container. Returns its exit
-/// status (0 when detached).
-pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
-    let st = State::load(root, &o.id)?;
-    if st.status(root) != Status::Running {
-        return Err(format!(
-            "container {:?} is not running: cannot exec in it",
-            o.id
-        ));
-    }
-    let mut spec = config::load(&st.bundle).map_err(|e| e.to_string())?;
-    let mut process = match &o.process {
-        Some(p) => {
-            let data = std::fs::read(p).map_err(|e| format!("--process {}: {e}", p.display()))?;
-            let de = &mut serde_json::Deserializer::from_slice(&data);
-            serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(|e| {
-                format!(
-                    "--process {}: invalid at `{}`: {}",
-                    p.display(),
-                    e.path(),
-                    e.inner()
-                )
-            })?
-        }
-        None => {
-            if o.args.is_empty() {
-                return Err("exec needs a command (or --process FILE)".into());
-            }
-            let mut p = spec.process().clone().ok_or("config.json has no process")?;
-            p.set_args(Some(o.args.clone()));
-            p.set_terminal(Some(o.tty));
-            let mut env = p.env().clone().unwrap_or_default();
-            env.extend(o.env.iter().cloned());
-            p.set_env(Some(env));
-            if let Some(c) = &o.cwd {
-                p.set_cwd(c.clone());
-            }
-            if let Some((u, g)) = o.user {
-                let mut user = p.user().clone();
-                user.set_uid(u);
-                user.set_gid(g);
-                p.set_user(user);
-            }
-            p
-        }
-    };
-    if o.tty {
-        process.set_terminal(Some(true));
-    }
-    spec.set_process(Some(process));
-    // Join every namespace of the running container.
-    let mut linux = spec.linux().clone().unwrap_or_default();
-    let joined: Vec<_> = linux
-        .namespaces()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| {
-            let name = match n.typ() {
-                LinuxNamespaceType::Mount => "mnt",
-                LinuxNamespaceType::Network => "net",
-                t => t.as_ref_str(),
-            };
-            LinuxNamespaceBuilder::default()
-                .typ(n.typ())
-                .path(PathBuf::from(format!("/proc/{}/ns/{name}", st.pid)))
-                .build()
-                .expect("namespace")
-        })
-        .collect();
-    linux.set_namespaces(Some(joined));
-    linux.set_resources(None);
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", st.cgroup.path))));
-    spec.set_linux(Some(linux));
-    spec.set_hooks(None);
-    // As `docker exec`: the container's own user (recorded by `amphi
-    // run -u` or the image), with the same capability rules, unless the
-    // caller names one; its capabilities, seccomp profile and
-    // no_new_privs come from the container's spec.
-    let user_lookup = match (&o.user_name, o.user, &o.process) {
-        (Some(u), _, _) => Some(u.clone()),
-        (None, None, None) => spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(crate::spec::USER_ANNOTATION))
-            .cloned(),
-        _ => None,
-    };
-    let template = serde_json::json!({"ociVersion": "1.2.0", "id": o.id, "status": "running", "bundle": st.bundle});
-    let exec_id = format!("{}-exec-{}", o.id, std::process::id());
-    let sigs = crate::run::pty_signals();
-    let l = launch(
-        &spec,
-        Path::new("/"),
-        LaunchOptions {
-            id: exec_id,
-            exec_fifo: None,
-            console_socket: o.console_socket.clone(),
-            user_lookup,
-            preserve_fds: o.preserve_fds,
-            state_template: template,
-            owns_cgroup: false,
-            sealed: true,
-            console_pty: false,
-        },
-    );
-    let l = match l {
-        Ok(l) => l,
-        Err(e) => {
-            crate::run::pty_unblock(&sigs);
-            return Err(e.to_string());
-        }
-    };
-    if let Some(p) = &o.pid_file {
-        write_pid_file(p, l.pid)?;
-    }
-    if o.detach {
-        crate::run::pty_unblock(&sigs);
-        return Ok(0);
-    }
-    let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
-    Ok(code)
 }
 
 /// `features`: what this runtime supports (runtime-spec features.md).
@@ -625,23 +470,4 @@ pub fn default_spec(rootless: bool) -> Spec {
         s.set_linux(Some(rl));
     }
     s
-}
-
-trait NsName {
-    fn as_ref_str(&self) -> &'static str;
-}
-
-impl NsName for LinuxNamespaceType {
-    fn as_ref_str(&self) -> &'static str {
-        match self {
-            LinuxNamespaceType::Mount => "mnt",
-            LinuxNamespaceType::Cgroup => "cgroup",
-            LinuxNamespaceType::Uts => "uts",
-            LinuxNamespaceType::Ipc => "ipc",
-            LinuxNamespaceType::User => "user",
-            LinuxNamespaceType::Pid => "pid",
-            LinuxNamespaceType::Network => "net",
-            LinuxNamespaceType::Time => "time",
-        }
-    }
 }

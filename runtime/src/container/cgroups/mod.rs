@@ -267,6 +267,152 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Changes a running container's limits (`update`): writes only what
+    /// `res` sets. On v1, the memory limit and memsw (memory + swap, never
+    /// below the limit) are written in one order, and if the kernel refuses
+    /// (EINVAL: raising both, the new limit is above the old memsw), in the
+    /// other, as runc does.
+    pub fn update(&self, res: &LinuxResources) -> Result<(), String> {
+        let host = resources::Host::for_resources(res);
+        match self.mode {
+            Mode::Unified => {
+                let settings = resources::v2(res, &host)?;
+                self.enable_v2_controllers(&resources::v2_controllers(&settings));
+                let dir = Path::new(ROOT).join(&self.path);
+                for s in &settings {
+                    apply_setting(&dir.join(&s.file), s)?;
+                }
+                Ok(())
+            }
+            Mode::Legacy => {
+                let settings = resources::v1(res, &host)?;
+                let file = |s: &resources::Setting| {
+                    Path::new(ROOT)
+                        .join(s.controller)
+                        .join(&self.path)
+                        .join(&s.file)
+                };
+                let is_mem = |s: &resources::Setting| {
+                    s.file == "memory.limit_in_bytes" || s.file == "memory.memsw.limit_in_bytes"
+                };
+                let mem: Vec<&resources::Setting> = settings.iter().filter(|s| is_mem(s)).collect();
+                let first = mem.iter().try_for_each(|s| apply_setting(&file(s), s));
+                if let Err(e) = first {
+                    if mem.len() < 2 {
+                        return Err(e);
+                    }
+                    mem.iter()
+                        .rev()
+                        .try_for_each(|s| apply_setting(&file(s), s))?;
+                }
+                for s in settings.iter().filter(|s| !is_mem(s)) {
+                    apply_setting(&file(s), s)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Enables controllers on the way down to this (v2) cgroup.
+    fn enable_v2_controllers(&self, want: &[String]) {
+        let mut cur = PathBuf::from(ROOT);
+        for comp in Path::new(&self.path).components() {
+            let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
+            let enable: Vec<String> = want
+                .iter()
+                .filter(|c| avail.split_whitespace().any(|a| a == c.as_str()))
+                .map(|c| format!("+{c}"))
+                .collect();
+            if !enable.is_empty() {
+                let _ = fs::write(cur.join("cgroup.subtree_control"), enable.join(" "));
+            }
+            cur.push(comp);
+        }
+    }
+
+    /// Reads one file of this cgroup: v1 in `controller`'s hierarchy, v2
+    /// in the cgroup's one directory. None when it is missing.
+    pub fn read(&self, controller: &str, file: &str) -> Option<String> {
+        let p = match self.mode {
+            Mode::Unified => Path::new(ROOT).join(&self.path).join(file),
+            Mode::Legacy => Path::new(ROOT).join(controller).join(&self.path).join(file),
+        };
+        fs::read_to_string(p).ok()
+    }
+
+    /// The freezer file and the values meaning frozen / thawed.
+    fn freezer(&self) -> (PathBuf, &'static str, &'static str) {
+        match self.mode {
+            Mode::Unified => (
+                Path::new(ROOT).join(&self.path).join("cgroup.freeze"),
+                "1",
+                "0",
+            ),
+            Mode::Legacy => (
+                Path::new(ROOT)
+                    .join("freezer")
+                    .join(&self.path)
+                    .join("freezer.state"),
+                "FROZEN",
+                "THAWED",
+            ),
+        }
+    }
+
+    /// Whether the container is paused (its cgroup frozen).
+    pub fn frozen(&self) -> bool {
+        let (file, frozen, _) = self.freezer();
+        fs::read_to_string(file).is_ok_and(|s| s.trim() == frozen)
+    }
+
+    /// Freezes (`pause`) or thaws (`resume`) the cgroup, and waits until
+    /// the kernel says it is done: v1's freezer.state reads back FROZEN
+    /// (FREEZING while tasks are still being stopped: the write is
+    /// repeated, as the kernel documentation says), v2's cgroup.events
+    /// says `frozen 1` (or `frozen 0`).
+    pub fn freeze(&self, on: bool) -> Result<(), String> {
+        let (file, frozen, thawed) = self.freezer();
+        let want = if on { frozen } else { thawed };
+        if !file.exists() {
+            return Err(format!(
+                "cannot {} the container: its cgroup has no freezer ({} is missing{})",
+                if on { "pause" } else { "resume" },
+                file.display(),
+                if self.mode == Mode::Legacy {
+                    "; is the v1 freezer controller mounted?"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let events = Path::new(ROOT).join(&self.path).join("cgroup.events");
+        loop {
+            write(&file, want)?;
+            let done = match self.mode {
+                Mode::Legacy => fs::read_to_string(&file).is_ok_and(|s| s.trim() == want),
+                Mode::Unified => fs::read_to_string(&events).is_ok_and(|s| {
+                    s.lines()
+                        .any(|l| l.trim() == format!("frozen {}", u8::from(on)))
+                }),
+            };
+            if done {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                if on {
+                    // Not left half frozen.
+                    let _ = write(&file, thawed);
+                }
+                return Err(format!(
+                    "{}: the cgroup did not become {want} within 10s",
+                    file.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Whether the kernel OOM-killed something in this cgroup.
     /// The most memory the cgroup ever used, in bytes (`memory.peak` on
     /// cgroup v2, `memory.max_usage_in_bytes` on v1), when the kernel says.

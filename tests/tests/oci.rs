@@ -1605,6 +1605,9 @@ fn create_and_start_without_a_mount_namespace() {
     b.edit(|c| {
         let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
         ns.retain(|n| n["type"] != "mount");
+        // Masking needs a mount namespace (refused without one).
+        c["linux"]["maskedPaths"] = json!([]);
+        c["linux"]["readonlyPaths"] = json!([]);
         c["process"]["oomScoreAdj"] = json!(77);
         c["process"]["args"] = json!(["sh", "-c", "echo ran > /ran; exec sleep 1000"]);
     });

@@ -1589,3 +1589,131 @@ fn update_cpu_flags_as_runc() {
         assert_eq!(s.call(&["delete", "--force", &s.id]).code, 0);
     }
 }
+
+// --- lifecycle (issue 20) ---
+
+/// An empty `linux.namespaces`: both create the container, `state` says
+/// created with the process's pid (amphi's said stopped, pid 0: its chroot
+/// had no /proc to reopen the exec fifo), and start runs the program in
+/// the rootfs. Masked and read-only paths need a mount namespace: both
+/// refuse them without one.
+#[test]
+fn empty_namespaces_create_and_start() {
+    let Some(p) = Pair::new("nonsmask", |v| v["linux"]["namespaces"] = json!([])) else {
+        return;
+    };
+    for s in p.sides() {
+        let o = s.create();
+        let name = s.runtime.name();
+        assert_ne!(o.code, 0, "{name}: masked paths without a mount namespace");
+        assert_eq!(s.state(), Value::Null, "{name}: a container was left");
+    }
+    let Some(p) = Pair::new("nons", |v| {
+        v["linux"]["namespaces"] = json!([]);
+        v["linux"]["maskedPaths"] = json!([]);
+        v["linux"]["readonlyPaths"] = json!([]);
+        v.as_object_mut().unwrap().remove("hostname");
+        v["process"]["args"] = json!(["sh", "-c", "echo ran > /ran; exec sleep 1000"]);
+    }) else {
+        return;
+    };
+    for s in p.sides() {
+        let o = s.create();
+        let name = s.runtime.name();
+        assert_eq!(o.code, 0, "{name} create: {}", o.stderr);
+        let st = s.state();
+        assert_eq!(st["status"], json!("created"), "{name}: {st}");
+        let pid = st["pid"].as_i64().unwrap_or(0);
+        assert!(pid > 0, "{name}: {st}");
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "{name}: the container's process is gone before start"
+        );
+        let o = s.call(&["start", &s.id]);
+        assert_eq!(o.code, 0, "{name} start: {}", o.stderr);
+        wait_status(s, "running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !s.rootfs().join("ran").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: the program did not run in the rootfs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(s.call(&["delete", "--force", &s.id]).code, 0, "{name}");
+    }
+}
+
+/// Every hook stage runs, in the lifecycle's order, each with the state on
+/// stdin: the same sequence on both. (The statuses differ on purpose:
+/// runc 1.1 gives the create-time hooks "creating" and poststart
+/// "created"; amphi "created" and "running", as crun and runtime-tools'
+/// hooks_stdin have them.)
+#[test]
+fn hooks_run_in_the_lifecycle_order() {
+    let logs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hook = |log: &std::path::Path, stage: &str| {
+        json!({"path": "/bin/sh", "args": ["sh", "-c",
+            format!("printf '%s %s\\n' {stage} \"$(cat)\" >> {}", log.join("log").display())]})
+    };
+    let Some(p) = Pair::new("hooks", |_| {}) else {
+        return;
+    };
+    for (s, log) in p.sides().into_iter().zip(&logs) {
+        let l = log.path();
+        let mut v = s.config();
+        v["process"]["args"] = json!(["sleep", "1000"]);
+        v["hooks"] = json!({
+            "prestart": [hook(l, "prestart")],
+            "createRuntime": [hook(l, "createRuntime")],
+            "createContainer": [hook(l, "createContainer")],
+            "poststart": [hook(l, "poststart")],
+            "poststop": [hook(l, "poststop")],
+        });
+        std::fs::write(
+            s.bundle().join("config.json"),
+            serde_json::to_vec_pretty(&v).unwrap(),
+        )
+        .unwrap();
+        let name = s.runtime.name();
+        assert_eq!(s.create().code, 0, "{name} create");
+        assert_eq!(s.call(&["start", &s.id]).code, 0, "{name} start");
+        assert_eq!(s.call(&["kill", &s.id, "KILL"]).code, 0, "{name} kill");
+        wait_status(s, "stopped");
+        assert_eq!(s.call(&["delete", &s.id]).code, 0, "{name} delete");
+    }
+    let seen = |log: &tempfile::TempDir| -> Vec<(String, String)> {
+        std::fs::read_to_string(log.path().join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let (stage, state) = l.split_once(' ').unwrap();
+                let v: Value = serde_json::from_str(state).unwrap();
+                (
+                    stage.to_string(),
+                    v["status"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let (a, r) = (seen(&logs[0]), seen(&logs[1]));
+    let stages = |l: &[(String, String)]| l.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
+    assert_eq!(stages(&a), stages(&r), "the hooks' order");
+    assert_eq!(
+        stages(&a),
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
+    // poststop sees a stopped container on both. poststart: amphi says
+    // "running" (the program was executed), as crun and hooks_stdin have
+    // it; runc 1.1 says "created".
+    assert_eq!(a[3].1, "running", "{a:?}");
+    for l in [&a, &r] {
+        assert_eq!(l[4].1, "stopped", "{l:?}");
+    }
+}

@@ -166,6 +166,26 @@ fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
                 return Err(invalid(path, field, reason));
             }
         }
+        // Masking and read-only paths are mounts: without a mount namespace
+        // of its own the container could not have them, and running it
+        // without them would quietly give it what the spec hides.
+        let has_mount_ns = linux
+            .namespaces()
+            .iter()
+            .flatten()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Mount);
+        for (field, paths) in [
+            ("linux.maskedPaths", linux.masked_paths()),
+            ("linux.readonlyPaths", linux.readonly_paths()),
+        ] {
+            if !has_mount_ns && paths.as_ref().is_some_and(|p| !p.is_empty()) {
+                return Err(invalid(
+                    path,
+                    field,
+                    "needs a mount namespace (linux.namespaces has no \"mount\"): the paths cannot be hidden without one",
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             if !seen.insert(ns.typ()) {
@@ -200,6 +220,23 @@ mod tests {
     #[test]
     fn accepts_minimal_config() {
         parse_v(&base()).unwrap();
+    }
+
+    #[test]
+    fn masked_or_readonly_paths_need_a_mount_namespace() {
+        for field in ["maskedPaths", "readonlyPaths"] {
+            let mut v = base();
+            v["linux"][field] = serde_json::json!(["/proc/kcore"]);
+            parse_v(&v).unwrap();
+            v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]);
+            let e = parse_v(&v).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("linux.{field}")) && e.contains("mount namespace"),
+                "{e}"
+            );
+            v["linux"][field] = serde_json::json!([]);
+            parse_v(&v).unwrap();
+        }
     }
 
     #[test]

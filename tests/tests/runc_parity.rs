@@ -1717,3 +1717,46 @@ fn hooks_run_in_the_lifecycle_order() {
         assert_eq!(l[4].1, "stopped", "{l:?}");
     }
 }
+
+/// A bundle refused before its launch (here an invalid config, the
+/// listener path still in it): the seccomp agent at listenerPath is
+/// connected to and hung up on, so it sees end-of-file at once rather than
+/// waiting forever (runc never connects then). amphi only.
+#[test]
+fn a_refused_bundle_hangs_up_the_seccomp_agent() {
+    let socks = tempfile::tempdir().unwrap();
+    let sock = socks.path().join("agent.sock");
+    let Some(p) = Pair::new("seccomphangup", |v| {
+        v["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock,
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+        v["linux"]["namespaces"][0]["type"] = json!("bogus");
+    }) else {
+        return;
+    };
+    for call in ["create", "run"] {
+        let agent = seccomp_agent(&sock);
+        let started = Instant::now();
+        let b = p.amphi.bundle();
+        let o = p
+            .amphi
+            .call(&[call, "--bundle", b.to_str().unwrap(), &p.amphi.id]);
+        assert_ne!(o.code, 0, "{call}: the bad config was taken");
+        assert!(
+            o.stderr.contains("linux.namespaces[0].type"),
+            "{call}: {}",
+            o.stderr
+        );
+        let saw = agent.join().unwrap();
+        let saw = saw.unwrap_or_else(|| panic!("{call}: the agent was never connected"));
+        assert!(
+            !saw.got_listener && saw.message.is_empty(),
+            "{call}: {:?}",
+            saw.message
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{call}");
+        std::fs::remove_file(&sock).unwrap();
+    }
+}

@@ -49,6 +49,32 @@ pub fn hang_up(console_socket: Option<&Path>) {
     }
 }
 
+/// The seccomp agent's socket (`linux.seccomp.listenerPath`) of a bundle
+/// whose container failed before its launch could hand a listener over:
+/// connected and closed, so the agent sees end-of-file instead of waiting
+/// forever. The config is read leniently (it may be the very thing that
+/// was refused); a launch that fails tells the agent itself, and an agent
+/// meets at most one more empty connection then.
+pub fn hang_up_listener(bundle: &Path) {
+    let p = bundle.join("config.json");
+    // Bounded: a config is a few KiB; a huge file is not worth reading.
+    if std::fs::metadata(&p).map_or(true, |m| m.len() > 1 << 20) {
+        return;
+    }
+    let Ok(v) = std::fs::read(&p).map(|d| serde_json::from_slice::<serde_json::Value>(&d)) else {
+        return;
+    };
+    if let Some(l) = v
+        .ok()
+        .as_ref()
+        .and_then(|v| v["linux"]["seccomp"]["listenerPath"].as_str())
+    {
+        if Path::new(l).is_absolute() {
+            let _ = std::os::unix::net::UnixStream::connect(l);
+        }
+    }
+}
+
 fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     let tmp = p.with_extension("amphi-tmp");
     std::fs::write(&tmp, pid.to_string())
@@ -102,6 +128,7 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
         // Launch connects the console socket first and closes it on its
         // own errors; a second connection after that is never accepted.
         hang_up(o.console_socket.as_deref());
+        hang_up_listener(&o.bundle);
     }
     r
 }

@@ -57,6 +57,7 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
     })();
     if let Err(e) = checked {
         hang_up(o.console_socket.as_deref());
+        super::hang_up_listener(&o.bundle);
         return Err(e);
     }
     if o.detach {
@@ -80,7 +81,11 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
         }
         return Ok(0);
     }
-    foreground(root, &o)
+    let r = foreground(root, &o);
+    if r.is_err() {
+        super::hang_up_listener(&o.bundle);
+    }
+    r
 }
 
 /// Creates, starts and waits for the container's process; then removes

@@ -213,6 +213,88 @@ fn has_ns(spec: &Spec, t: LinuxNamespaceType) -> bool {
 fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     use ChildError as E;
     let spec = a.spec;
+    let mut state = join(a)?;
+    let process = spec.process().as_ref().ok_or("no process")?;
+    // The exec fifo lives on the host: it is reopened through
+    // /proc/self/fd after pivot_root.
+    let fifo_fd = a.exec_fifo.take();
+    let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
+    let (mut proc_self, sealed_init) = enter_root(a, &state)?;
+    // Before the root may become read-only: /dev/console is bound to the pty.
+    // The console-only pty's slave stays open here until the workload is
+    // executed (close-on-exec), by when the runtime holds one of its own.
+    let _console_slave = console(a, process.terminal().unwrap_or(false), mount_ns)?;
+    namespaced_settings(spec, mount_ns)?;
+    process_settings(spec, process, proc_self.as_ref())?;
+    let who = resolve_user(a, process)?;
+    // The working directory exists (docker creates it).
+    let cwd = process.cwd();
+    if std::fs::metadata(cwd).is_err() {
+        std::fs::create_dir_all(cwd)
+            .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+        let _ = std::os::unix::fs::chown(cwd, Some(who.uid), Some(who.gid));
+    }
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    become_user(a, process, &who, seccomp)?;
+    std::env::set_current_dir(cwd)
+        .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
+    if no_new_privs {
+        rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+    }
+    let program = Program::new(process, who.home, sealed_init)?;
+    if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
+        install_seccomp(seccomp, &a.sync)?;
+    }
+    close_fds_from(3 + a.preserve_fds);
+    // `create`: wait for `start`. Then run the startContainer hooks, and
+    // tell `start` how that went through the fifo: `0` when the program is
+    // about to be executed, `error:<text>` otherwise. The descriptor is
+    // close-on-exec, so `start` sees end-of-file once the program runs (and
+    // runs the poststart hooks only then). Without a fifo (run), a failure
+    // reaches the runtime through the sync socket.
+    let start_fifo = match &fifo_fd {
+        Some(fifo) => {
+            a.sync.send_ready().map_err(E::stage("sync"))?;
+            // Blocks until `amphi start` opens the other end.
+            let f = open_proc_self(proc_self.as_ref(), &format!("fd/{}", fifo.as_raw_fd()))
+                .map_err(|e| format!("exec fifo: {e}"))?;
+            drop(proc_self.take());
+            Some(f)
+        }
+        None => None,
+    };
+    state["status"] = "created".into();
+    // A startContainer hook without an `env` of its own gets the process's
+    // environment (as with runc): it runs where and as the process will.
+    let hooks = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().as_ref())
+        .into_iter()
+        .flatten()
+        .try_for_each(|h| {
+            super::hooks::run_with_env(h, "startContainer", Some(&state.to_string()), &program.env)
+        })
+        .map_err(E::stage("startContainer hooks"));
+    if let Some(f) = &start_fifo {
+        match &hooks {
+            Ok(()) => tell_start(f, b"0"),
+            Err(e) => tell_start(f, &e.encode()),
+        }
+    }
+    hooks?;
+
+    Err(program.exec(start_fifo.as_ref()))
+}
+
+/// After the clone: a clean signal mask, the parent's go (the child is in
+/// its cgroup, its id maps written), root in a user namespace, a cgroup
+/// namespace rooted at its cgroup, a session. Returns the state for the
+/// hooks, with the pid.
+fn join(a: &InitArgs<'_>) -> Result<serde_json::Value, ChildError> {
+    use ChildError as E;
+    let spec = a.spec;
     // The runtime blocks signals it forwards; the process gets a clean mask.
     // SAFETY: setting our own signal mask to empty.
     unsafe {
@@ -251,14 +333,22 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         ));
     }
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
+    Ok(state)
+}
 
-    let process = spec.process().as_ref().ok_or("no process")?;
-    // The exec fifo lives on the host: it is reopened through
-    // /proc/self/fd after pivot_root.
-    let fifo_fd = a.exec_fifo.take();
-    let mount_ns = has_ns(spec, LinuxNamespaceType::Mount);
+/// The container's root: with a mount namespace, the rootfs prepared, the
+/// spec's mounts made, /dev set up, the createContainer hooks run and
+/// pivot_root; without one, a chroot. Returns the /proc/self kept for a
+/// chroot (see below), and `--init`'s sealed binary.
+#[allow(clippy::type_complexity)]
+fn enter_root(
+    a: &InitArgs<'_>,
+    state: &serde_json::Value,
+) -> Result<(Option<OwnedFd>, Option<(PathBuf, OwnedFd)>), ChildError> {
+    use ChildError as E;
+    let spec = a.spec;
     let mut sealed_init = None;
-    let mut proc_self = if mount_ns {
+    let proc_self = if has_ns(spec, LinuxNamespaceType::Mount) {
         let rootfs_err = E::stage("rootfs");
         rootfs::prepare_root(spec, &a.rootfs).map_err(&rootfs_err)?;
         let root = rootfs::open_root(&a.rootfs).map_err(&rootfs_err)?;
@@ -307,18 +397,32 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
         Some(proc_self)
     };
-    // Before the root may become read-only: /dev/console is bound to the pty.
-    // The console-only pty's slave stays open here until the workload is
-    // executed (close-on-exec), by when the runtime holds one of its own.
-    let _console_slave = if process.terminal().unwrap_or(false) {
+    Ok((proc_self, sealed_init))
+}
+
+/// The terminal (`process.terminal`), or systemd mode's console-only pty,
+/// whose slave is returned to be kept open until the exec.
+fn console(
+    a: &mut InitArgs<'_>,
+    terminal: bool,
+    mount_ns: bool,
+) -> Result<Option<OwnedFd>, ChildError> {
+    use ChildError as E;
+    Ok(if terminal {
         setup_terminal(a, mount_ns).map_err(E::stage("terminal"))?;
         None
     } else if a.console_pty && mount_ns {
         Some(setup_console_pty(a).map_err(E::stage("console"))?)
     } else {
         None
-    };
+    })
+}
 
+/// What the container's own namespaces get: host and domain name, the
+/// loopback, sysctls, masked and read-only paths, a read-only root, the
+/// root's propagation (the last of the mounts).
+fn namespaced_settings(spec: &Spec, mount_ns: bool) -> Result<(), ChildError> {
+    use ChildError as E;
     if has_ns(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname() {
             rustix::system::sethostname(h.as_bytes())
@@ -357,7 +461,16 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         // Last of the mounts: "unbindable" forbids the binds above.
         rootfs::apply_root_propagation(spec).map_err(E::stage("rootfs propagation"))?;
     }
+    Ok(())
+}
 
+/// The process's own settings: umask, personality, rlimits, OOM score.
+fn process_settings(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    proc_self: Option<&OwnedFd>,
+) -> Result<(), ChildError> {
+    use ChildError as E;
     // process.user.umask, else 0022 whatever amphi's caller had (as runc).
     let umask = process.user().umask().unwrap_or(0o022);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask & 0o777));
@@ -379,12 +492,26 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
         set_rlimit(r.typ(), r.soft(), r.hard()).map_err(E::stage("rlimits"))?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        let mut f = open_proc_self(proc_self.as_ref(), "oom_score_adj")
+        let mut f = open_proc_self(proc_self, "oom_score_adj")
             .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
         std::io::Write::write_all(&mut f, adj.to_string().as_bytes())
             .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
     }
+    Ok(())
+}
 
+/// Who runs the process: uid, gid, groups and home.
+struct Who {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    home: Option<String>,
+}
+
+/// The process's user: the spec's, or `amphi run`'s user name resolved
+/// in the container's /etc/passwd and /etc/group.
+fn resolve_user(a: &InitArgs<'_>, process: &oci_spec::runtime::Process) -> Result<Who, ChildError> {
+    use ChildError as E;
     // Who runs the process.
     let mut uid = process.user().uid();
     let mut gid = process.user().gid();
@@ -405,15 +532,24 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
             .find(|f| f.len() >= 7 && f[2].parse::<u32>() == Ok(uid))
             .map(|f| f[5].to_string());
     }
+    Ok(Who {
+        uid,
+        gid,
+        groups,
+        home,
+    })
+}
 
-    // The working directory exists (docker creates it).
-    let cwd = process.cwd();
-    if std::fs::metadata(cwd).is_err() {
-        std::fs::create_dir_all(cwd)
-            .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
-        let _ = std::os::unix::fs::chown(cwd, Some(uid), Some(gid));
-    }
-
+/// Capabilities, the seccomp filter when no_new_privs is off, groups and
+/// ids: the process becomes its user with its capabilities.
+fn become_user(
+    a: &InitArgs<'_>,
+    process: &oci_spec::runtime::Process,
+    who: &Who,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<(), ChildError> {
+    use ChildError as E;
+    let (uid, gid, groups) = (who.uid, who.gid, &who.groups);
     // docker semantics for `amphi run`: a non-root user gets no
     // capabilities beyond the bounding set.
     let no_caps;
@@ -442,7 +578,6 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     // that the spec did not ask for. With no_new_privs it comes as late
     // as possible, below.
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
-    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     if let (false, Some(seccomp)) = (no_new_privs, seccomp) {
         install_seccomp(seccomp, &a.sync)?;
     }
@@ -451,7 +586,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     // Keep capabilities across the uid switch, then set them explicitly.
     rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
     if !a.in_userns || rustix::process::getuid().is_root() {
-        let gids: Vec<libc::gid_t> = groups.clone();
+        let gids: Vec<libc::gid_t> = groups.to_vec();
         // SAFETY: plain syscall with a valid slice.
         if unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -468,114 +603,106 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     rustix::thread::set_keep_capabilities(false).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
     super::caps::apply_sets(caps).map_err(&caps_err)?;
 
-    std::env::set_current_dir(cwd)
-        .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
+    Ok(())
+}
 
-    if no_new_privs {
-        rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
-    }
+/// The program to execute, resolved in the container, with its arguments
+/// and environment as C strings.
+struct Program {
+    path: PathBuf,
+    args: Vec<String>,
+    cargs: Vec<CString>,
+    cenv: Vec<CString>,
+    env: Vec<String>,
+    sealed_init: Option<(PathBuf, OwnedFd)>,
+}
 
-    // Environment and the program.
-    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
-    }
-    let args = process.args().clone().unwrap_or_default();
-    // The config check refuses these already; an exec'd process (`exec
-    // --process`) or a HOME from /etc/passwd is checked here.
-    let cargs = crate::sys::cstr::args(&args).map_err(|e| e.to_string())?;
-    let cenv = crate::sys::cstr::env(&env).map_err(|e| e.to_string())?;
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .to_string();
-    let sealed_init = sealed_init.filter(|(p, _)| Path::new(&args[0]) == p);
-    let program = match &sealed_init {
-        Some((p, _)) => p.clone(),
-        None => find_program(&args[0], &path_var)?,
-    };
-
-    if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
-        install_seccomp(seccomp, &a.sync)?;
-    }
-
-    close_fds_from(3 + a.preserve_fds);
-
-    // `create`: wait for `start`. Then run the startContainer hooks, and
-    // tell `start` how that went through the fifo: `0` when the program is
-    // about to be executed, `error:<text>` otherwise. The descriptor is
-    // close-on-exec, so `start` sees end-of-file once the program runs (and
-    // runs the poststart hooks only then). Without a fifo (run), a failure
-    // reaches the runtime through the sync socket.
-    let start_fifo = match &fifo_fd {
-        Some(fifo) => {
-            a.sync.send_ready().map_err(E::stage("sync"))?;
-            // Blocks until `amphi start` opens the other end.
-            let f = open_proc_self(proc_self.as_ref(), &format!("fd/{}", fifo.as_raw_fd()))
-                .map_err(|e| format!("exec fifo: {e}"))?;
-            drop(proc_self.take());
-            Some(f)
+impl Program {
+    fn new(
+        process: &oci_spec::runtime::Process,
+        home: Option<String>,
+        sealed_init: Option<(PathBuf, OwnedFd)>,
+    ) -> Result<Self, ChildError> {
+        // Environment and the program.
+        let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!("HOME={}", home.unwrap_or_else(|| "/".into())));
         }
-        None => None,
-    };
-    state["status"] = "created".into();
-    // A startContainer hook without an `env` of its own gets the process's
-    // environment (as with runc): it runs where and as the process will.
-    let hooks = spec
-        .hooks()
-        .as_ref()
-        .and_then(|h| h.start_container().as_ref())
-        .into_iter()
-        .flatten()
-        .try_for_each(|h| {
-            super::hooks::run_with_env(h, "startContainer", Some(&state.to_string()), &env)
+        let args = process.args().clone().unwrap_or_default();
+        // The config check refuses these already; an exec'd process (`exec
+        // --process`) or a HOME from /etc/passwd is checked here.
+        let cargs = crate::sys::cstr::args(&args).map_err(|e| e.to_string())?;
+        let cenv = crate::sys::cstr::env(&env).map_err(|e| e.to_string())?;
+        let path_var = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .to_string();
+        let sealed_init = sealed_init.filter(|(p, _)| Path::new(&args[0]) == p);
+        let program = match &sealed_init {
+            Some((p, _)) => p.clone(),
+            None => find_program(&args[0], &path_var)?,
+        };
+
+        Ok(Program {
+            path: program,
+            args,
+            cargs,
+            cenv,
+            env,
+            sealed_init,
         })
-        .map_err(E::stage("startContainer hooks"));
-    if let Some(f) = &start_fifo {
-        match &hooks {
-            Ok(()) => tell_start(f, b"0"),
-            Err(e) => tell_start(f, &e.encode()),
-        }
     }
-    hooks?;
 
-    let cprog = CString::new(program.as_os_str().as_encoded_bytes())
-        .map_err(|_| "program path has a NUL byte")?;
-    let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    reset_signal_dispositions();
-    match &sealed_init {
-        // SAFETY: execveat of an O_PATH descriptor with AT_EMPTY_PATH;
-        // argv/envp are NULL-terminated arrays of valid C strings that
-        // outlive the call.
-        Some((_, fd)) => unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                argv.as_ptr(),
-                envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            );
-        },
-        // SAFETY: as above: `cprog` is a C string and argv/envp are
-        // NULL-terminated arrays of C strings, all alive for the call.
-        None => unsafe {
-            libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        },
+    /// Executes the program; returns only on failure (told to `start`
+    /// through the fifo too).
+    fn exec(&self, start_fifo: Option<&std::fs::File>) -> ChildError {
+        use ChildError as E;
+        let (program, cargs, cenv, args, sealed_init) = (
+            &self.path,
+            &self.cargs,
+            &self.cenv,
+            &self.args,
+            &self.sealed_init,
+        );
+        let Ok(cprog) = CString::new(program.as_os_str().as_encoded_bytes()) else {
+            return "program path has a NUL byte".into();
+        };
+        let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        reset_signal_dispositions();
+        match &sealed_init {
+            // SAFETY: execveat of an O_PATH descriptor with AT_EMPTY_PATH;
+            // argv/envp are NULL-terminated arrays of valid C strings that
+            // outlive the call.
+            Some((_, fd)) => unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+            },
+            // SAFETY: as above: `cprog` is a C string and argv/envp are
+            // NULL-terminated arrays of C strings, all alive for the call.
+            None => unsafe {
+                libc::execve(cprog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            },
+        }
+        let e = std::io::Error::last_os_error();
+        let e = match e.raw_os_error() {
+            Some(errno) => E::exec(&args[0], errno),
+            None => E::setup("exec", format!("exec {}: {e}", args[0])),
+        };
+        if let Some(f) = start_fifo {
+            tell_start(f, &e.encode());
+        }
+        e
     }
-    let e = std::io::Error::last_os_error();
-    let e = match e.raw_os_error() {
-        Some(errno) => E::exec(&args[0], errno),
-        None => E::setup("exec", format!("exec {}: {e}", args[0])),
-    };
-    if let Some(f) = &start_fifo {
-        tell_start(f, &e.encode());
-    }
-    Err(e)
 }
 
 /// Installs the seccomp filter; its notification listener, when the spec

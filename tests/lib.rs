@@ -573,3 +573,36 @@ pub fn processes_mentioning(needles: &[String]) -> Vec<String> {
     }
     found
 }
+
+/// Receives one file descriptor sent with SCM_RIGHTS on `sock` (a console
+/// socket's pty master, a seccomp listener). None when the peer closed
+/// without sending one.
+pub fn recv_fd(sock: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut data = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr pointing at live local buffers; the cmsg
+    // macros walk the control buffer the kernel filled in.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || cmsg.is_null() {
+            return None;
+        }
+        assert_eq!((*cmsg).cmsg_level, libc::SOL_SOCKET);
+        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const std::os::fd::RawFd);
+        Some(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -78,36 +78,9 @@ fn show(out: &Output) -> String {
     )
 }
 
-/// Receives one file descriptor sent with SCM_RIGHTS on `sock`.
+/// Receives the one file descriptor sent with SCM_RIGHTS on `sock`.
 fn recv_fd(sock: RawFd) -> OwnedFd {
-    let mut data = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 16];
-    // SAFETY: a zeroed msghdr pointing at live local buffers; the cmsg
-    // macros walk the control buffer the kernel filled in.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        assert!(
-            n >= 0,
-            "recvmsg on the console socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        assert!(!cmsg.is_null(), "no control message on the console socket");
-        assert_eq!((*cmsg).cmsg_level, libc::SOL_SOCKET);
-        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-        OwnedFd::from_raw_fd(fd)
-    }
+    amphi_tests::recv_fd(sock).expect("no control message on the console socket")
 }
 
 /// One container: a bundle (rootfs + config.json), a private state root and

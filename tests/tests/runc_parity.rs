@@ -690,7 +690,7 @@ fn features_list_the_recursive_attributes_and_notify() {
 
 use amphi_tests::parity::{Outcome, Side};
 use serde_json::Value;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
@@ -788,30 +788,7 @@ fn console_receive(l: &UnixListener) -> Option<OwnedFd> {
     conn.set_nonblocking(false).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut data = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; 16];
-    // SAFETY: a zeroed msghdr pointing at live local buffers; the cmsg
-    // macros walk the control buffer the kernel filled in.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        let n = libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || cmsg.is_null() {
-            return None;
-        }
-        assert_eq!((*cmsg).cmsg_type, libc::SCM_RIGHTS);
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-        Some(OwnedFd::from_raw_fd(fd))
-    }
+    amphi_tests::recv_fd(conn.as_raw_fd())
 }
 
 /// runc run -d --pid-file: both return once the process runs, `state`

@@ -346,19 +346,14 @@ pub struct ListArgs {
     pub quiet: bool,
 }
 
-/// runc's checkpoint flags, accepted so that the refusal says why.
+/// The CRIU options runc's checkpoint and restore share, accepted so that
+/// the refusal says why rather than what it does not know.
 #[derive(Args)]
-pub struct CheckpointArgs {
-    /// Container ID
-    pub id: String,
+pub struct CriuArgs {
     #[arg(long, value_name = "DIR")]
     pub image_path: Option<PathBuf>,
     #[arg(long, value_name = "DIR")]
     pub work_path: Option<PathBuf>,
-    #[arg(long, value_name = "DIR")]
-    pub parent_path: Option<PathBuf>,
-    #[arg(long)]
-    pub leave_running: bool,
     #[arg(long)]
     pub tcp_established: bool,
     #[arg(long)]
@@ -366,21 +361,34 @@ pub struct CheckpointArgs {
     #[arg(long)]
     pub shell_job: bool,
     #[arg(long)]
-    pub lazy_pages: bool,
-    #[arg(long, value_name = "FD")]
-    pub status_fd: Option<i32>,
-    #[arg(long, value_name = "ADDR")]
-    pub page_server: Option<String>,
-    #[arg(long)]
     pub file_locks: bool,
-    #[arg(long)]
-    pub pre_dump: bool,
     #[arg(long, value_name = "MODE")]
     pub manage_cgroups_mode: Option<String>,
     #[arg(long, value_name = "NS")]
     pub empty_ns: Vec<String>,
     #[arg(long)]
     pub auto_dedup: bool,
+    #[arg(long)]
+    pub lazy_pages: bool,
+}
+
+/// runc's checkpoint flags, accepted so that the refusal says why.
+#[derive(Args)]
+pub struct CheckpointArgs {
+    /// Container ID
+    pub id: String,
+    #[command(flatten)]
+    pub criu: CriuArgs,
+    #[arg(long, value_name = "DIR")]
+    pub parent_path: Option<PathBuf>,
+    #[arg(long)]
+    pub leave_running: bool,
+    #[arg(long, value_name = "FD")]
+    pub status_fd: Option<i32>,
+    #[arg(long, value_name = "ADDR")]
+    pub page_server: Option<String>,
+    #[arg(long)]
+    pub pre_dump: bool,
 }
 
 /// runc's restore flags, accepted so that the refusal says why.
@@ -388,6 +396,8 @@ pub struct CheckpointArgs {
 pub struct RestoreArgs {
     /// Container ID
     pub id: String,
+    #[command(flatten)]
+    pub criu: CriuArgs,
     #[arg(short, long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
@@ -396,30 +406,10 @@ pub struct RestoreArgs {
     pub detach: bool,
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
-    #[arg(long, value_name = "DIR")]
-    pub image_path: Option<PathBuf>,
-    #[arg(long, value_name = "DIR")]
-    pub work_path: Option<PathBuf>,
     #[arg(long)]
     pub no_subreaper: bool,
     #[arg(long)]
     pub no_pivot: bool,
-    #[arg(long)]
-    pub tcp_established: bool,
-    #[arg(long)]
-    pub ext_unix_sk: bool,
-    #[arg(long)]
-    pub shell_job: bool,
-    #[arg(long)]
-    pub file_locks: bool,
-    #[arg(long, value_name = "MODE")]
-    pub manage_cgroups_mode: Option<String>,
-    #[arg(long, value_name = "NS")]
-    pub empty_ns: Vec<String>,
-    #[arg(long)]
-    pub auto_dedup: bool,
-    #[arg(long)]
-    pub lazy_pages: bool,
     #[arg(long, value_name = "PROFILE")]
     pub lsm_profile: Option<String>,
     #[arg(long, value_name = "CONTEXT")]

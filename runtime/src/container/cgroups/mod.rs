@@ -192,22 +192,7 @@ impl Cgroup {
     ) -> Result<(), String> {
         let settings = planned(res, resources::v2)?;
         let dir = Path::new(ROOT).join(&self.path);
-        // Enable controllers on the way down.
-        let want = resources::v2_controllers(&settings);
-        let mut cur = PathBuf::from(ROOT);
-        for comp in Path::new(&self.path).components() {
-            let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
-            let enable: Vec<String> = want
-                .iter()
-                .filter(|c| avail.split_whitespace().any(|a| a == c.as_str()))
-                .map(|c| format!("+{c}"))
-                .collect();
-            if !enable.is_empty() {
-                let _ = fs::write(cur.join("cgroup.subtree_control"), enable.join(" "));
-            }
-            cur.push(comp);
-            create_dir(&cur)?;
-        }
+        self.descend_v2(&resources::v2_controllers(&settings), true)?;
         for s in &settings {
             apply_setting(&dir.join(&s.file), s)?;
         }
@@ -277,7 +262,7 @@ impl Cgroup {
         match self.mode {
             Mode::Unified => {
                 let settings = resources::v2(res, &host)?;
-                self.enable_v2_controllers(&resources::v2_controllers(&settings));
+                self.descend_v2(&resources::v2_controllers(&settings), false)?;
                 let dir = Path::new(ROOT).join(&self.path);
                 for s in &settings {
                     apply_setting(&dir.join(&s.file), s)?;
@@ -313,8 +298,9 @@ impl Cgroup {
         }
     }
 
-    /// Enables controllers on the way down to this (v2) cgroup.
-    fn enable_v2_controllers(&self, want: &[String]) {
+    /// Enables the `want`ed controllers (those available) on the way down
+    /// to this (v2) cgroup, creating each directory when `create`.
+    fn descend_v2(&self, want: &[String], create: bool) -> Result<(), String> {
         let mut cur = PathBuf::from(ROOT);
         for comp in Path::new(&self.path).components() {
             let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
@@ -327,7 +313,11 @@ impl Cgroup {
                 let _ = fs::write(cur.join("cgroup.subtree_control"), enable.join(" "));
             }
             cur.push(comp);
+            if create {
+                create_dir(&cur)?;
+            }
         }
+        Ok(())
     }
 
     /// Reads one file of this cgroup: v1 in `controller`'s hierarchy, v2

@@ -226,109 +226,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             return oci_result(&cli, Err(e));
         }
     }
-    let r = match &cli.command {
-        Command::Create(a) => Some(
-            crate::oci::create(
-                &root,
-                crate::oci::CreateOptions {
-                    id: a.id.clone(),
-                    bundle: a.bundle.clone(),
-                    console_socket: a.console_socket.clone(),
-                    pid_file: a.pid_file.clone(),
-                    preserve_fds: a.preserve_fds,
-                },
-            )
-            .map(|()| 0),
-        ),
-        Command::Start(a) => Some(crate::oci::start(&root, &a.id).map(|()| 0)),
-        Command::State(a) => Some(
-            crate::oci::state(
-                &root,
-                &crate::run::manage::resolve_id(&store_root, &root, &a.id),
-            )
-            .map(|s| {
-                println!("{s}");
-                0
-            }),
-        ),
-        Command::Kill(a) => {
-            let id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
-            let named = id != a.id;
-            let sig = a
-                .signal
-                .clone()
-                .or_else(|| a.signal_opt.clone())
-                .unwrap_or_else(|| if named { "KILL".into() } else { "TERM".into() });
-            Some(crate::oci::kill(&root, &id, &sig, a.all).map(|()| 0))
-        }
-        Command::Delete(a) => Some(crate::oci::delete(&root, &a.id, a.force).map(|()| 0)),
-        Command::Pause(a) => Some(crate::oci::pause(&root, &a.id).map(|()| 0)),
-        Command::Resume(a) => Some(crate::oci::resume(&root, &a.id).map(|()| 0)),
-        Command::Update(a) => Some(oci::update(&root, a)),
-        Command::Events(a) => Some(oci::parse_duration(&a.interval).and_then(|interval| {
-            crate::oci::events(
-                &root,
-                &crate::oci::EventsOptions {
-                    id: a.id.clone(),
-                    stats: a.stats,
-                    interval,
-                },
-            )
-            .map(|()| 0)
-        })),
-        Command::List(a) => Some(crate::oci::list(&root, &a.format, a.quiet).map(|s| {
-            print!("{s}");
-            0
-        })),
-        Command::Checkpoint(a) => Some(crate::oci::checkpoint(&root, &a.id).map(|()| 0)),
-        Command::Restore(a) => {
-            let r = crate::oci::restore(&root, &a.id).map(|()| 0);
-            if r.is_err() {
-                crate::oci::hang_up(a.console_socket.as_deref());
-            }
-            Some(r)
-        }
-        Command::Ps(a) => Some(match &a.id {
-            Some(id) => {
-                let id = crate::run::manage::resolve_id(&store_root, &root, id);
-                crate::oci::ps(&root, &id, a.format == "json").map(|s| {
-                    print!("{s}");
-                    0
-                })
-            }
-            None => {
-                print!(
-                    "{}",
-                    crate::run::manage::ps(&store_root, &root, a.all, a.quiet)
-                );
-                Ok(0)
-            }
-        }),
-        Command::Stop(a) => Some(each(&a.containers, |c| {
-            crate::run::manage::stop(&store_root, &root, c, a.time)
-        })),
-        Command::Rm(a) => Some(each(&a.containers, |c| {
-            crate::run::manage::rm(&store_root, &root, c, a.force)
-        })),
-        Command::Logs(a) => {
-            Some(crate::run::manage::logs(&store_root, &root, &a.container, a.follow).map(|()| 0))
-        }
-        Command::Features => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::oci::features()).expect("json")
-            );
-            Some(Ok(0))
-        }
-        Command::Spec(a) => Some(
-            oci::spec(oci::SpecArgs {
-                bundle: a.bundle.clone(),
-                rootless: a.rootless,
-            })
-            .map(|()| 0),
-        ),
-        _ => None,
-    };
+    let r = runtime_command(&cli.command, &store_root, &root);
     if let Some(r) = r {
         return oci_result(&cli, r);
     }
@@ -376,6 +274,119 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Explain(a) => explain::run(&store_root, a),
         Command::Gc(a) => done(images::gc(&store_root, &root, a)),
         c => done(run_image_command(c, &store_root)),
+    }
+}
+
+/// The OCI runtime's commands and the container management ones (`ps`,
+/// `stop`, `rm`, `logs`), which all report errors alike; None for the
+/// others.
+fn runtime_command(
+    command: &Command,
+    store_root: &std::path::Path,
+    root: &std::path::Path,
+) -> Option<std::result::Result<i32, String>> {
+    match command {
+        Command::Create(a) => Some(
+            crate::oci::create(
+                root,
+                crate::oci::CreateOptions {
+                    id: a.id.clone(),
+                    bundle: a.bundle.clone(),
+                    console_socket: a.console_socket.clone(),
+                    pid_file: a.pid_file.clone(),
+                    preserve_fds: a.preserve_fds,
+                },
+            )
+            .map(|()| 0),
+        ),
+        Command::Start(a) => Some(crate::oci::start(root, &a.id).map(|()| 0)),
+        Command::State(a) => Some(
+            crate::oci::state(
+                root,
+                &crate::run::manage::resolve_id(store_root, root, &a.id),
+            )
+            .map(|s| {
+                println!("{s}");
+                0
+            }),
+        ),
+        Command::Kill(a) => {
+            let id = crate::run::manage::resolve_id(store_root, root, &a.id);
+            let named = id != a.id;
+            let sig = a
+                .signal
+                .clone()
+                .or_else(|| a.signal_opt.clone())
+                .unwrap_or_else(|| if named { "KILL".into() } else { "TERM".into() });
+            Some(crate::oci::kill(root, &id, &sig, a.all).map(|()| 0))
+        }
+        Command::Delete(a) => Some(crate::oci::delete(root, &a.id, a.force).map(|()| 0)),
+        Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),
+        Command::Resume(a) => Some(crate::oci::resume(root, &a.id).map(|()| 0)),
+        Command::Update(a) => Some(oci::update(root, a)),
+        Command::Events(a) => Some(oci::parse_duration(&a.interval).and_then(|interval| {
+            crate::oci::events(
+                root,
+                &crate::oci::EventsOptions {
+                    id: a.id.clone(),
+                    stats: a.stats,
+                    interval,
+                },
+            )
+            .map(|()| 0)
+        })),
+        Command::List(a) => Some(crate::oci::list(root, &a.format, a.quiet).map(|s| {
+            print!("{s}");
+            0
+        })),
+        Command::Checkpoint(a) => Some(crate::oci::checkpoint(root, &a.id).map(|()| 0)),
+        Command::Restore(a) => {
+            let r = crate::oci::restore(root, &a.id).map(|()| 0);
+            if r.is_err() {
+                crate::oci::hang_up(a.console_socket.as_deref());
+            }
+            Some(r)
+        }
+        Command::Ps(a) => Some(match &a.id {
+            Some(id) => {
+                let id = crate::run::manage::resolve_id(store_root, root, id);
+                crate::oci::ps(root, &id, a.format == "json").map(|s| {
+                    print!("{s}");
+                    0
+                })
+            }
+            None => {
+                print!(
+                    "{}",
+                    crate::run::manage::ps(store_root, root, a.all, a.quiet)
+                );
+                Ok(0)
+            }
+        }),
+        Command::Stop(a) => Some(each(&a.containers, |c| {
+            crate::run::manage::stop(store_root, root, c, a.time)
+        })),
+        Command::Rm(a) => Some(each(&a.containers, |c| {
+            crate::run::manage::rm(store_root, root, c, a.force)
+        })),
+        Command::Logs(a) => {
+            Some(crate::run::manage::logs(store_root, root, &a.container, a.follow).map(|()| 0))
+        }
+        Command::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::oci::features()).expect("json")
+            );
+            Some(Ok(0))
+        }
+        Command::Spec(a) => Some(
+            oci::spec(oci::SpecArgs {
+                bundle: a.bundle.clone(),
+                rootless: a.rootless,
+            })
+            .map(|()| 0),
+        ),
+        _ => None,
     }
 }
 

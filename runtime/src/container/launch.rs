@@ -279,17 +279,7 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     let namespaces = linux
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
-    let mut flags = 0;
-    let mut joins = Vec::new();
-    for ns in &namespaces {
-        match ns.path() {
-            // A new cgroup namespace is made by the child once it is in its
-            // cgroup (see init), so that cgroup becomes the namespace's root.
-            None if ns.typ() == LinuxNamespaceType::Cgroup => {}
-            None => flags |= ns_flag(ns.typ()),
-            Some(p) => joins.push((p.clone(), ns.typ())),
-        }
-    }
+    let (flags, joins) = namespace_plan(&namespaces);
     let in_userns = namespaces
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User);
@@ -310,28 +300,12 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     // The child executes amphi's sealed binary as its setup stage, with
     // its arguments in a memfd: made here, so the child only executes.
     let stage = if opts.sealed {
-        let sealed = crate::container::sealed::binary()?;
-        let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
-        let payload = super::init::StagePayload {
-            spec: spec.clone(),
-            rootfs: rootfs.to_path_buf(),
-            sync_fd: child.as_fd().as_raw_fd(),
-            exec_fifo_fd: fd(&exec_fifo),
-            console_fd: fd(&console),
-            user_lookup: opts.user_lookup.clone(),
-            in_userns,
-            preserve_fds: opts.preserve_fds,
-            state: opts.state_template.clone(),
-            console_pty: opts.console_pty,
-        };
-        let mut keep = vec![payload.sync_fd];
-        keep.extend(payload.exec_fifo_fd);
-        keep.extend(payload.console_fd);
-        Some((sealed, payload.to_memfd()?, keep))
+        Some(setup_stage(
+            spec, rootfs, &opts, &child, &exec_fifo, &console, in_userns,
+        )?)
     } else {
         None
     };
-
     // A pid namespace to join must be entered before the clone (it applies
     // to children); the others are joined by the child itself, user first.
     for (p, t) in &joins {
@@ -368,77 +342,17 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     }
     if pid == 0 {
         drop(parent);
-        if in_userns {
-            // In a user namespace a non-dumpable process's /proc/self
-            // belongs to the host's root, whom the container's root cannot
-            // act for (oom_score_adj, /proc/self/fd). There the
-            // container's root is not the host's, and the binary is sealed.
-            // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
-            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-        }
-        let mut joins_child = joins.clone();
-        joins_child.retain(|(_, t)| *t != LinuxNamespaceType::Pid);
-        // User first (it grants the rights for the others), mount last
-        // (it changes what /proc shows); all opened before any is joined.
-        joins_child.sort_by_key(|(_, t)| match t {
-            LinuxNamespaceType::User => 0,
-            LinuxNamespaceType::Mount => 2,
-            _ => 1,
-        });
-        let r = joins_child
-            .iter()
-            .map(|(p, t)| open_ns(p, *t).map(|f| (f, p, *t)))
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(|fds| fds.iter().try_for_each(|(f, p, t)| set_ns(f, p, *t)));
-        if let Err(e) = r {
-            child.send_error(&ChildError::setup("namespaces", e));
-            // SAFETY: leaving the forked child without unwinding.
-            unsafe { libc::_exit(1) }
-        }
-        if let Some((sealed, payload, keep)) = &stage {
-            // In a new user namespace the process has no ids until the
-            // runtime writes its maps, and an exec without them would
-            // drop its capabilities: it waits for `go` first there.
-            // In any user namespace (new or joined), it becomes the
-            // namespace's root before the exec, which then gives it the
-            // namespace's capabilities (the host's root is not mapped
-            // there).
-            let r = if flags & libc::CLONE_NEWUSER != 0 {
-                child.wait_go().map(Some)
-            } else {
-                Ok(None)
-            }
-            .and_then(|go| {
-                if in_userns {
-                    super::init::set_ids(0, 0)?;
-                }
-                Ok(go)
-            });
-            let go = match r {
-                Ok(go) => go,
-                Err(e) => {
-                    child.send_error(&ChildError::setup("user namespace", e));
-                    // SAFETY: leaving the forked child without unwinding.
-                    unsafe { libc::_exit(1) }
-                }
-            };
-            let e = super::init::exec_setup_stage(sealed, payload, keep, go);
-            child.send_error(&e);
-            // SAFETY: leaving the forked child without unwinding.
-            unsafe { libc::_exit(1) }
-        }
-        child_main(InitArgs {
+        child_side(ChildSide {
             spec,
-            rootfs: rootfs.to_path_buf(),
-            sync: child,
+            rootfs,
+            opts: &opts,
+            child,
             exec_fifo,
             console,
-            user_lookup: opts.user_lookup.clone(),
+            stage: stage.as_ref(),
+            joins: &joins,
+            flags,
             in_userns,
-            preserve_fds: opts.preserve_fds,
-            state: opts.state_template.clone(),
-            go: None,
-            console_pty: opts.console_pty,
         });
     }
     drop(stage);
@@ -489,6 +403,180 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         };
         return Err(fail(why, &cgroup));
     }
+    let (pty, console) = match receive(&parent, &opts, pid, &mut seccomp_listener) {
+        Ok(r) => r,
+        Err(e) => return Err(fail(e, &cgroup)),
+    };
+    Ok(Launched {
+        pid,
+        cgroup,
+        pty,
+        console,
+    })
+}
+
+/// The namespaces the clone makes (its flags) and those the child joins
+/// by path. A new cgroup namespace is made by the child once it is in its
+/// cgroup (see init), so that cgroup becomes the namespace's root.
+fn namespace_plan(
+    namespaces: &[oci_spec::runtime::LinuxNamespace],
+) -> (libc::c_int, Vec<(PathBuf, LinuxNamespaceType)>) {
+    let mut flags = 0;
+    let mut joins = Vec::new();
+    for ns in namespaces {
+        match ns.path() {
+            None if ns.typ() == LinuxNamespaceType::Cgroup => {}
+            None => flags |= ns_flag(ns.typ()),
+            Some(p) => joins.push((p.clone(), ns.typ())),
+        }
+    }
+    (flags, joins)
+}
+
+/// The sealed setup stage's binary, its arguments in a memfd, and the
+/// descriptors it keeps.
+#[allow(clippy::type_complexity)]
+fn setup_stage(
+    spec: &Spec,
+    rootfs: &Path,
+    opts: &LaunchOptions,
+    child: &Sync,
+    exec_fifo: &Option<OwnedFd>,
+    console: &Option<OwnedFd>,
+    in_userns: bool,
+) -> Result<(OwnedFd, OwnedFd, Vec<i32>), LaunchError> {
+    let sealed = crate::container::sealed::binary()?;
+    let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
+    let payload = super::init::StagePayload {
+        spec: spec.clone(),
+        rootfs: rootfs.to_path_buf(),
+        sync_fd: child.as_fd().as_raw_fd(),
+        exec_fifo_fd: fd(exec_fifo),
+        console_fd: fd(console),
+        user_lookup: opts.user_lookup.clone(),
+        in_userns,
+        preserve_fds: opts.preserve_fds,
+        state: opts.state_template.clone(),
+        console_pty: opts.console_pty,
+    };
+    let mut keep = vec![payload.sync_fd];
+    keep.extend(payload.exec_fifo_fd);
+    keep.extend(payload.console_fd);
+    Ok((sealed, payload.to_memfd()?, keep))
+}
+
+/// What the cloned child needs.
+struct ChildSide<'a> {
+    spec: &'a Spec,
+    rootfs: &'a Path,
+    opts: &'a LaunchOptions,
+    child: Sync,
+    exec_fifo: Option<OwnedFd>,
+    console: Option<OwnedFd>,
+    stage: Option<&'a (OwnedFd, OwnedFd, Vec<i32>)>,
+    joins: &'a [(PathBuf, LinuxNamespaceType)],
+    flags: libc::c_int,
+    in_userns: bool,
+}
+
+/// The cloned child: joins the namespaces given by path, then executes
+/// the sealed setup stage (or runs the setup in this process).
+fn child_side(c: ChildSide<'_>) -> ! {
+    let ChildSide {
+        spec,
+        rootfs,
+        opts,
+        child,
+        exec_fifo,
+        console,
+        stage,
+        joins,
+        flags,
+        in_userns,
+    } = c;
+    if in_userns {
+        // In a user namespace a non-dumpable process's /proc/self
+        // belongs to the host's root, whom the container's root cannot
+        // act for (oom_score_adj, /proc/self/fd). There the
+        // container's root is not the host's, and the binary is sealed.
+        // SAFETY: PR_SET_DUMPABLE takes only integers and changes only this process.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    }
+    let mut joins_child = joins.to_vec();
+    joins_child.retain(|(_, t)| *t != LinuxNamespaceType::Pid);
+    // User first (it grants the rights for the others), mount last
+    // (it changes what /proc shows); all opened before any is joined.
+    joins_child.sort_by_key(|(_, t)| match t {
+        LinuxNamespaceType::User => 0,
+        LinuxNamespaceType::Mount => 2,
+        _ => 1,
+    });
+    let r = joins_child
+        .iter()
+        .map(|(p, t)| open_ns(p, *t).map(|f| (f, p, *t)))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|fds| fds.iter().try_for_each(|(f, p, t)| set_ns(f, p, *t)));
+    if let Err(e) = r {
+        child.send_error(&ChildError::setup("namespaces", e));
+        // SAFETY: leaving the forked child without unwinding.
+        unsafe { libc::_exit(1) }
+    }
+    if let Some((sealed, payload, keep)) = stage {
+        // In a new user namespace the process has no ids until the
+        // runtime writes its maps, and an exec without them would
+        // drop its capabilities: it waits for `go` first there.
+        // In any user namespace (new or joined), it becomes the
+        // namespace's root before the exec, which then gives it the
+        // namespace's capabilities (the host's root is not mapped
+        // there).
+        let r = if flags & libc::CLONE_NEWUSER != 0 {
+            child.wait_go().map(Some)
+        } else {
+            Ok(None)
+        }
+        .and_then(|go| {
+            if in_userns {
+                super::init::set_ids(0, 0)?;
+            }
+            Ok(go)
+        });
+        let go = match r {
+            Ok(go) => go,
+            Err(e) => {
+                child.send_error(&ChildError::setup("user namespace", e));
+                // SAFETY: leaving the forked child without unwinding.
+                unsafe { libc::_exit(1) }
+            }
+        };
+        let e = super::init::exec_setup_stage(sealed, payload, keep, go);
+        child.send_error(&e);
+        // SAFETY: leaving the forked child without unwinding.
+        unsafe { libc::_exit(1) }
+    }
+    child_main(InitArgs {
+        spec,
+        rootfs: rootfs.to_path_buf(),
+        sync: child,
+        exec_fifo,
+        console,
+        user_lookup: opts.user_lookup.clone(),
+        in_userns,
+        preserve_fds: opts.preserve_fds,
+        state: opts.state_template.clone(),
+        go: None,
+        console_pty: opts.console_pty,
+    });
+}
+
+/// After `go`: what the child sends until it is ready (or, for `run`, has
+/// executed the workload): the terminal's pty, the console-only pty, the
+/// seccomp listener (passed on to the agent).
+fn receive(
+    parent: &Sync,
+    opts: &LaunchOptions,
+    pid: i32,
+    seccomp_listener: &mut SeccompListener,
+) -> Result<(Option<OwnedFd>, Option<ConsolePty>), LaunchError> {
     let mut pty = None;
     let mut console = None;
     loop {
@@ -501,38 +589,27 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
                 console = Some(ConsolePty { master, slave });
             }
             Ok(Msg::Console(_)) => {
-                return Err(fail(
-                    LaunchError::Runtime(
-                        "the container sent a console pty that was not asked for".into(),
-                    ),
-                    &cgroup,
+                return Err(LaunchError::Runtime(
+                    "the container sent a console pty that was not asked for".into(),
                 ))
             }
             Ok(Msg::Seccomp(fd)) => {
                 let mut st = opts.state_template.clone();
                 st["pid"] = pid.into();
-                if let Err(e) = seccomp_listener.send(&fd, &st) {
-                    return Err(fail(e.into(), &cgroup));
-                }
+                seccomp_listener.send(&fd, &st)?;
             }
             Ok(Msg::Ready) => break,
             Ok(Msg::Eof) if opts.exec_fifo.is_none() => break,
             Ok(Msg::Eof) => {
-                return Err(fail(
-                    LaunchError::Runtime("the container process died during setup".into()),
-                    &cgroup,
+                return Err(LaunchError::Runtime(
+                    "the container process died during setup".into(),
                 ))
             }
-            Ok(Msg::Error(e)) => return Err(fail(e.into(), &cgroup)),
-            Err(e) => return Err(fail(e.into(), &cgroup)),
+            Ok(Msg::Error(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(Launched {
-        pid,
-        cgroup,
-        pty,
-        console,
-    })
+    Ok((pty, console))
 }
 
 #[cfg(test)]

@@ -304,21 +304,11 @@ impl Unpacker<'_> {
         }
         if comps.is_empty() {
             // "./": the root directory's own metadata.
-            if kind == E::Directory {
-                let root = rustix::fs::openat(
-                    self.root,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io_err(name, e.into()))?;
-                self.set_meta(root.as_fd(), entry, name, false)?;
-                self.dirs.push(PendingDir {
-                    path: Vec::new(),
-                    mtime: mtime_of(entry),
-                });
-            }
-            return Ok(());
+            return if kind == E::Directory {
+                self.root_dir(entry, name)
+            } else {
+                Ok(())
+            };
         }
         let (parent_comps, last) = comps.split_at(comps.len() - 1);
         let last = last[0];
@@ -326,23 +316,7 @@ impl Unpacker<'_> {
 
         // Whiteouts.
         if let Some(target) = last.strip_prefix(b".wh.") {
-            let parent = self
-                .open_dir(parent_comps)
-                .map_err(|e| self.io_err(name, e))?;
-            if target == b".wh..opq" {
-                self.opaque(&parent, &join(parent_comps))
-                    .map_err(|e| self.io_err(name, e))?;
-            } else if !target.is_empty() {
-                let mut victim = join(parent_comps);
-                if !victim.is_empty() {
-                    victim.push(b'/');
-                }
-                victim.extend_from_slice(target);
-                if !self.written.contains(&victim) {
-                    remove_all_at(&parent, target).map_err(|e| self.io_err(name, e))?;
-                }
-            }
-            return Ok(());
+            return self.whiteout(parent_comps, target, name);
         }
 
         match kind {
@@ -363,82 +337,173 @@ impl Unpacker<'_> {
         let parent = self
             .open_dir(parent_comps)
             .map_err(|e| self.io_err(name, e))?;
-        let lname = as_os(last);
-
-        if kind == E::Directory {
-            match rustix::fs::statat(&parent, lname, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
-                Ok(_) => {
-                    remove_all_at(&parent, last).map_err(|e| self.io_err(name, e))?;
-                    mkdir(&parent, last).map_err(|e| self.io_err(name, e))?;
+        match kind {
+            E::Directory => self.directory(&parent, last, &path, entry, name)?,
+            // A link to itself is nothing to do.
+            E::Link => {
+                if !self.hardlink(&parent, last, &comps, entry, name)? {
+                    return Ok(());
                 }
-                Err(Errno::NOENT) => mkdir(&parent, last).map_err(|e| self.io_err(name, e))?,
-                Err(e) => return Err(self.io_err(name, e.into())),
             }
-            let fd = rustix::fs::openat(
-                &parent,
-                lname,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| self.io_err(name, e.into()))?;
-            self.set_meta(fd.as_fd(), entry, name, false)?;
-            self.dirs.push(PendingDir {
-                path: path.clone(),
-                mtime: mtime_of(entry),
-            });
-            self.written.insert(path);
-            self.out.entries += 1;
-            return Ok(());
+            // Everything else replaces whatever is at the path.
+            _ => {
+                remove_existing(&parent, last).map_err(|e| self.io_err(name, e))?;
+                self.create(&parent, last, kind, entry, name)?;
+            }
         }
+        self.written.insert(path);
+        self.out.entries += 1;
+        Ok(())
+    }
 
-        // Everything else replaces whatever is at the path.
-        if kind == E::Link {
-            // Resolve the target before removing anything: a link to itself
-            // must not delete its own target.
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| self.refuse(name, "hardlink without a target"))?
-                .into_owned();
-            let tcomps = components(&target).map_err(|r| {
-                self.refuse(
+    /// The root directory's own metadata ("./").
+    fn root_dir<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<(), UnpackError> {
+        let root = rustix::fs::openat(
+            self.root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io_err(name, e.into()))?;
+        self.set_meta(root.as_fd(), entry, name, false)?;
+        self.dirs.push(PendingDir {
+            path: Vec::new(),
+            mtime: mtime_of(entry),
+        });
+        Ok(())
+    }
+
+    /// A whiteout in `parent_comps`: `.wh..opq` makes the directory opaque,
+    /// `.wh.NAME` removes NAME (unless this layer wrote it).
+    fn whiteout(
+        &mut self,
+        parent_comps: &[&[u8]],
+        target: &[u8],
+        name: &[u8],
+    ) -> Result<(), UnpackError> {
+        let parent = self
+            .open_dir(parent_comps)
+            .map_err(|e| self.io_err(name, e))?;
+        if target == b".wh..opq" {
+            self.opaque(&parent, &join(parent_comps))
+                .map_err(|e| self.io_err(name, e))?;
+        } else if !target.is_empty() {
+            let mut victim = join(parent_comps);
+            if !victim.is_empty() {
+                victim.push(b'/');
+            }
+            victim.extend_from_slice(target);
+            if !self.written.contains(&victim) {
+                remove_all_at(&parent, target).map_err(|e| self.io_err(name, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory: made (or kept, if one is there; anything else there
+    /// is removed) and given the entry's metadata; its mtime set at the end.
+    fn directory<R: Read>(
+        &mut self,
+        parent: &OwnedFd,
+        last: &[u8],
+        path: &[u8],
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<(), UnpackError> {
+        let lname = as_os(last);
+        match rustix::fs::statat(parent, lname, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) => {
+                remove_all_at(parent, last).map_err(|e| self.io_err(name, e))?;
+                mkdir(parent, last).map_err(|e| self.io_err(name, e))?;
+            }
+            Err(Errno::NOENT) => mkdir(parent, last).map_err(|e| self.io_err(name, e))?,
+            Err(e) => return Err(self.io_err(name, e.into())),
+        }
+        let fd = rustix::fs::openat(
+            parent,
+            lname,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io_err(name, e.into()))?;
+        self.set_meta(fd.as_fd(), entry, name, false)?;
+        self.dirs.push(PendingDir {
+            path: path.to_vec(),
+            mtime: mtime_of(entry),
+        });
+        Ok(())
+    }
+
+    /// A hard link to an earlier entry of the rootfs. False when the
+    /// link is to itself (nothing done).
+    fn hardlink<R: Read>(
+        &mut self,
+        parent: &OwnedFd,
+        last: &[u8],
+        comps: &[&[u8]],
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<bool, UnpackError> {
+        let lname = as_os(last);
+        // Resolve the target before removing anything: a link to itself
+        // must not delete its own target.
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.refuse(name, "hardlink without a target"))?
+            .into_owned();
+        let tcomps = components(&target).map_err(|r| {
+            self.refuse(
+                name,
+                format!(
+                    "hardlink target {:?} resolves outside the rootfs: {r}",
+                    String::from_utf8_lossy(&target)
+                ),
+            )
+        })?;
+        if tcomps.is_empty() {
+            return Err(self.refuse(name, "hardlink to the root directory"));
+        }
+        if tcomps == comps {
+            return Ok(false);
+        }
+        let (tparent_comps, tlast) = tcomps.split_at(tcomps.len() - 1);
+        let tparent = self
+            .open_dir(tparent_comps)
+            .map_err(|e| self.io_err(name, e))?;
+        remove_existing(parent, last).map_err(|e| self.io_err(name, e))?;
+        rustix::fs::linkat(&tparent, as_os(tlast[0]), parent, lname, AtFlags::empty()).map_err(
+            |e| {
+                self.io_err(
                     name,
-                    format!(
-                        "hardlink target {:?} resolves outside the rootfs: {r}",
-                        String::from_utf8_lossy(&target)
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!(
+                            "cannot hardlink to {:?}: {e}",
+                            String::from_utf8_lossy(&target)
+                        ),
                     ),
                 )
-            })?;
-            if tcomps.is_empty() {
-                return Err(self.refuse(name, "hardlink to the root directory"));
-            }
-            if tcomps == comps {
-                return Ok(());
-            }
-            let (tparent_comps, tlast) = tcomps.split_at(tcomps.len() - 1);
-            let tparent = self
-                .open_dir(tparent_comps)
-                .map_err(|e| self.io_err(name, e))?;
-            remove_existing(&parent, last).map_err(|e| self.io_err(name, e))?;
-            rustix::fs::linkat(&tparent, as_os(tlast[0]), &parent, lname, AtFlags::empty())
-                .map_err(|e| {
-                    self.io_err(
-                        name,
-                        io::Error::new(
-                            io::Error::from(e).kind(),
-                            format!(
-                                "cannot hardlink to {:?}: {e}",
-                                String::from_utf8_lossy(&target)
-                            ),
-                        ),
-                    )
-                })?;
-            self.written.insert(path);
-            self.out.entries += 1;
-            return Ok(());
-        }
+            },
+        )?;
+        Ok(true)
+    }
 
-        remove_existing(&parent, last).map_err(|e| self.io_err(name, e))?;
+    /// A symlink, fifo or regular file, at a path now free.
+    fn create<R: Read>(
+        &mut self,
+        parent: &OwnedFd,
+        last: &[u8],
+        kind: tar::EntryType,
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<(), UnpackError> {
+        use tar::EntryType as E;
+        let lname = as_os(last);
         match kind {
             E::Symlink => {
                 let target = entry
@@ -448,24 +513,18 @@ impl Unpacker<'_> {
                 if target.contains(&0) {
                     return Err(self.refuse(name, "symlink target contains a NUL byte"));
                 }
-                rustix::fs::symlinkat(as_os(&target), &parent, lname)
+                rustix::fs::symlinkat(as_os(&target), parent, lname)
                     .map_err(|e| self.io_err(name, e.into()))?;
                 let h = entry.header();
-                chown_at(&parent, lname, h).map_err(|e| self.io_err(name, e))?;
+                chown_at(parent, lname, h).map_err(|e| self.io_err(name, e))?;
                 let t = timestamps(mtime_of(entry));
-                let _ = rustix::fs::utimensat(&parent, lname, &t, AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rustix::fs::utimensat(parent, lname, &t, AtFlags::SYMLINK_NOFOLLOW);
             }
             E::Fifo => {
-                rustix::fs::mknodat(
-                    &parent,
-                    lname,
-                    FileType::Fifo,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )
-                .map_err(|e| self.io_err(name, e.into()))?;
+                rustix::fs::mknodat(parent, lname, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                    .map_err(|e| self.io_err(name, e.into()))?;
                 let fd = rustix::fs::openat(
-                    &parent,
+                    parent,
                     lname,
                     OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
@@ -473,14 +532,14 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io_err(name, e.into()))?;
                 chown_at(&fd, "", entry.header()).map_err(|e| self.io_err(name, e))?;
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-                rustix::fs::chmodat(&parent, lname, Mode::from_raw_mode(mode), AtFlags::empty())
+                rustix::fs::chmodat(parent, lname, Mode::from_raw_mode(mode), AtFlags::empty())
                     .map_err(|e| self.io_err(name, e.into()))?;
                 let t = timestamps(mtime_of(entry));
-                let _ = rustix::fs::utimensat(&parent, lname, &t, AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rustix::fs::utimensat(parent, lname, &t, AtFlags::SYMLINK_NOFOLLOW);
             }
             _ => {
                 let fd = rustix::fs::openat(
-                    &parent,
+                    parent,
                     lname,
                     OFlags::WRONLY
                         | OFlags::CREATE
@@ -495,8 +554,6 @@ impl Unpacker<'_> {
                 self.set_meta(file.as_fd(), entry, name, true)?;
             }
         }
-        self.written.insert(path);
-        self.out.entries += 1;
         Ok(())
     }
 

@@ -76,6 +76,53 @@ async fn pull_async(
     opts: &PullOptions,
     new: &mut NewBlobs,
 ) -> Result<ImageRecord, ImageError> {
+    let (client, auth, oref) = client_for(reference, opts);
+    authenticate(&client, &oref, &auth, reference, opts).await?;
+    let (manifest_digest, manifest, manifest_bytes) =
+        resolve_manifest(&client, &oref, &auth, reference, opts).await?;
+    manifest.validate(&manifest_digest)?;
+
+    // Config and layers.
+    fetch(
+        store,
+        &client,
+        &oref,
+        &manifest.config,
+        reference,
+        &Progress::hidden(),
+        new,
+    )
+    .await?;
+    fetch_layers(
+        store,
+        &client,
+        &oref,
+        &manifest.layers,
+        reference,
+        opts,
+        new,
+    )
+    .await?;
+    let added = store.put_blob(
+        &manifest_digest,
+        Some(manifest_bytes.len() as u64),
+        &mut &manifest_bytes[..],
+    )?;
+    new.add(added, &manifest_digest);
+
+    let mut names = vec![reference.to_string()];
+    if reference.tag.is_none() {
+        names = vec![format!("{}@{}", reference.repo_name(), manifest_digest)];
+    }
+    register(store, names, &manifest_digest, &manifest, &opts.progress)
+}
+
+/// The registry client (plain HTTP for a local registry or --insecure),
+/// the credentials, and the reference as the client names it.
+fn client_for(
+    reference: &Reference,
+    opts: &PullOptions,
+) -> (oci_client::Client, RegistryAuth, oci_client::Reference) {
     let plain = reference.is_local_registry() || opts.insecure;
     let config = ClientConfig {
         protocol: if plain {
@@ -107,11 +154,20 @@ async fn pull_async(
         ),
         (None, None) => unreachable!("references always have a tag or a digest"),
     };
+    (client, auth, oref)
+}
 
-    // Authenticate first: oci-client otherwise swallows the token
-    // service's answer and only the registry's bare 401 would surface.
+/// Authenticates first: oci-client otherwise swallows the token service's
+/// answer and only the registry's bare 401 would surface.
+async fn authenticate(
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    auth: &RegistryAuth,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<(), ImageError> {
     client
-        .auth(&oref, &auth, RegistryOperation::Pull)
+        .auth(oref, auth, RegistryOperation::Pull)
         .await
         .map_err(|e| {
             let hint = if opts.creds.is_some() {
@@ -128,10 +184,20 @@ async fn pull_async(
                 e => reg_err(reference, describe(&e)),
             }
         })?;
+    Ok(())
+}
 
-    // The manifest the reference names, then the platform's manifest.
+/// The manifest the reference names, then (from an index) the platform's
+/// manifest, each checked against its digest: (digest, manifest, bytes).
+async fn resolve_manifest(
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    auth: &RegistryAuth,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<(Digest, super::manifest::Manifest, Vec<u8>), ImageError> {
     let (bytes, _) = client
-        .pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS)
+        .pull_manifest_raw(oref, auth, ACCEPTED_MANIFESTS)
         .await
         .map_err(|e| {
             let hint = match e {
@@ -156,60 +222,58 @@ async fn pull_async(
             .into());
         }
     }
-    let (manifest_digest, manifest, manifest_bytes) =
-        match parse_top_level(&bytes, None, &top_digest)? {
-            TopLevel::Manifest(m) => (top_digest.clone(), m, bytes.to_vec()),
-            TopLevel::Index(idx) => {
-                let desc = idx.select(&opts.platform, &top_digest)?;
-                let child = oref.clone_with_digest(desc.digest.to_string());
-                let (b, _) = client
-                    .pull_manifest_raw(&child, &auth, ACCEPTED_MANIFESTS)
-                    .await
-                    .map_err(|e| {
-                        reg_err(
-                            reference,
-                            format!("manifest {}: {}", desc.digest, describe(&e)),
-                        )
-                    })?;
-                let d = Digest::of(&b);
-                if d != desc.digest {
-                    return Err(StoreError::DigestMismatch {
-                        expected: desc.digest.clone(),
-                        actual: d,
-                    }
-                    .into());
+    let resolved = match parse_top_level(&bytes, None, &top_digest)? {
+        TopLevel::Manifest(m) => (top_digest.clone(), m, bytes.to_vec()),
+        TopLevel::Index(idx) => {
+            let desc = idx.select(&opts.platform, &top_digest)?;
+            let child = oref.clone_with_digest(desc.digest.to_string());
+            let (b, _) = client
+                .pull_manifest_raw(&child, auth, ACCEPTED_MANIFESTS)
+                .await
+                .map_err(|e| {
+                    reg_err(
+                        reference,
+                        format!("manifest {}: {}", desc.digest, describe(&e)),
+                    )
+                })?;
+            let d = Digest::of(&b);
+            if d != desc.digest {
+                return Err(StoreError::DigestMismatch {
+                    expected: desc.digest.clone(),
+                    actual: d,
                 }
-                match parse_top_level(&b, Some(&desc.media_type), &d)? {
-                    TopLevel::Manifest(m) => (d, m, b.to_vec()),
-                    TopLevel::Index(_) => {
-                        return Err(reg_err(reference, "nested image indexes are not supported"))
-                    }
+                .into());
+            }
+            match parse_top_level(&b, Some(&desc.media_type), &d)? {
+                TopLevel::Manifest(m) => (d, m, b.to_vec()),
+                TopLevel::Index(_) => {
+                    return Err(reg_err(reference, "nested image indexes are not supported"))
                 }
             }
-        };
-    manifest.validate(&manifest_digest)?;
+        }
+    };
+    Ok(resolved)
+}
 
-    // Config and layers.
-    fetch(
-        store,
-        &client,
-        &oref,
-        &manifest.config,
-        reference,
-        &Progress::hidden(),
-        new,
-    )
-    .await?;
+/// The layers the store does not have yet, three at a time; the blobs
+/// written go into `new` even when one download fails.
+async fn fetch_layers(
+    store: &Store,
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    layers: &[Descriptor],
+    reference: &Reference,
+    opts: &PullOptions,
+    new: &mut NewBlobs,
+) -> Result<(), ImageError> {
     let mut pending = Vec::new();
-    for l in &manifest.layers {
+    for l in layers {
         if !store.has_blob(&l.digest) {
             pending.push(l.clone());
         }
     }
     let results = futures_util::stream::iter(pending.iter().map(|l| {
         let progress = opts.progress.clone();
-        let client = &client;
-        let oref = &oref;
         async move {
             let mut local = NewBlobs::default();
             let r = fetch(store, client, oref, l, reference, &progress, &mut local).await;
@@ -229,18 +293,7 @@ async fn pull_async(
     if let Some(e) = first_err {
         return Err(e);
     }
-    let added = store.put_blob(
-        &manifest_digest,
-        Some(manifest_bytes.len() as u64),
-        &mut &manifest_bytes[..],
-    )?;
-    new.add(added, &manifest_digest);
-
-    let mut names = vec![reference.to_string()];
-    if reference.tag.is_none() {
-        names = vec![format!("{}@{}", reference.repo_name(), manifest_digest)];
-    }
-    register(store, names, &manifest_digest, &manifest, &opts.progress)
+    Ok(())
 }
 
 /// Downloads one blob into the store, verifying digest and size.

@@ -414,20 +414,7 @@ fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
 }
 
 fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitStatus, GuestError> {
-    if let Some((secs, nanos)) = req.host_time {
-        let ts = libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nanos as i64,
-        };
-        // SAFETY: setting the guest's clock with a valid timespec.
-        unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
-    }
-    for (path, content) in &req.files {
-        if let Some(parent) = Path::new(path).parent() {
-            let _ = fs::create_dir_all(parent);
-        }
-        fs::write(path, content).map_err(|e| gerr(format!("writing {path}: {e}")))?;
-    }
+    apply_host_state(&req)?;
     let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec.clone())
         .map_err(|e| gerr(format!("the runtime spec from the host: {e}")))?;
     let rootfs = spec
@@ -446,27 +433,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .write(true)
         .open("/dev/null")
         .map_err(|e| gerr(format!("/dev/null: {e}")))?;
-    let mut outputs: Vec<Output> = Vec::new();
-    let mut stdin_pipe = None;
-    if !terminal {
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        if req.stdin {
-            let (in_r, in_w) = pipe()?;
-            dup2(in_r.as_raw_fd(), 0);
-            stdin_pipe = Some(in_w);
-        } else {
-            dup2(null.as_raw_fd(), 0);
-        }
-        dup2(out_w.as_raw_fd(), 1);
-        dup2(err_w.as_raw_fd(), 2);
-        outputs.push(Output::new(out_r, Stream::Stdout));
-        outputs.push(Output::new(err_r, Stream::Stderr));
-    } else {
-        dup2(null.as_raw_fd(), 0);
-        dup2(null.as_raw_fd(), 1);
-        dup2(null.as_raw_fd(), 2);
-    }
+    let (mut outputs, stdin_pipe) = workload_stdio(&null, terminal, req.stdin)?;
     let sigs = crate::run::pty_signals();
     let launched = launch(
         &spec,
@@ -525,9 +492,85 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     let pty_fd = pty.as_ref().map(|m| m.as_raw_fd());
 
     // Frames from the host, read in their own thread.
-    let mut reader = c
+    let reader = c
         .try_clone()
         .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    read_host_frames(reader, dec, stdin_tx, pid, pty_fd);
+
+    let mut code = relay(c, pid, &mut outputs, &sigs, slaves);
+    let oom_killed = launched.cgroup.oom_killed();
+    if oom_killed {
+        code = 137;
+    }
+    let peak_memory = launched.cgroup.memory_peak();
+    let _ = launched.cgroup.remove();
+    Ok(ExitStatus {
+        code,
+        oom_killed,
+        peak_memory,
+    })
+}
+
+/// The host's clock and the files of the start request (the /etc files).
+fn apply_host_state(req: &StartRequest) -> Result<(), GuestError> {
+    if let Some((secs, nanos)) = req.host_time {
+        let ts = libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos as i64,
+        };
+        // SAFETY: setting the guest's clock with a valid timespec.
+        unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+    }
+    for (path, content) in &req.files {
+        if let Some(parent) = Path::new(path).parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        fs::write(path, content).map_err(|e| gerr(format!("writing {path}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The workload's stdio as our own fds 0-2, which launch passes on: pipes
+/// (stdin only when asked for), or /dev/null with a terminal (the pty the
+/// engine makes). Returns the outputs to relay and the stdin pipe's end.
+fn workload_stdio(
+    null: &File,
+    terminal: bool,
+    stdin: bool,
+) -> Result<(Vec<Output>, Option<OwnedFd>), GuestError> {
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut stdin_pipe = None;
+    if !terminal {
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        if stdin {
+            let (in_r, in_w) = pipe()?;
+            dup2(in_r.as_raw_fd(), 0);
+            stdin_pipe = Some(in_w);
+        } else {
+            dup2(null.as_raw_fd(), 0);
+        }
+        dup2(out_w.as_raw_fd(), 1);
+        dup2(err_w.as_raw_fd(), 2);
+        outputs.push(Output::new(out_r, Stream::Stdout));
+        outputs.push(Output::new(err_r, Stream::Stderr));
+    } else {
+        dup2(null.as_raw_fd(), 0);
+        dup2(null.as_raw_fd(), 1);
+        dup2(null.as_raw_fd(), 2);
+    }
+    Ok((outputs, stdin_pipe))
+}
+
+/// Reads the host's frames in their own thread: stdin, signals, window
+/// size, shutdown. The host's end ends the workload and the VM.
+fn read_host_frames(
+    mut reader: File,
+    dec: Decoder,
+    stdin_tx: Option<std::sync::mpsc::Sender<Option<Vec<u8>>>>,
+    pid: i32,
+    pty_fd: Option<i32>,
+) {
     std::thread::spawn(move || {
         let mut dec = dec;
         let mut stdin_tx = stdin_tx;
@@ -570,19 +613,6 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
             }
         }
     });
-
-    let mut code = relay(c, pid, &mut outputs, &sigs, slaves);
-    let oom_killed = launched.cgroup.oom_killed();
-    if oom_killed {
-        code = 137;
-    }
-    let peak_memory = launched.cgroup.memory_peak();
-    let _ = launched.cgroup.remove();
-    Ok(ExitStatus {
-        code,
-        oom_killed,
-        peak_memory,
-    })
 }
 
 /// Which stream a workload output goes to.

@@ -143,124 +143,20 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
         check_lsm("--process-label", "selinux", host_lsms().as_deref())?;
     }
     let st = State::load(root, &o.id)?;
-    match st.status(root) {
-        Status::Running => {}
-        Status::Paused if o.ignore_paused => {}
-        Status::Paused => {
-            return Err(format!(
-                "container {:?} is paused: cannot exec in it (use --ignore-paused to override)",
-                o.id
-            )
-            .into())
-        }
-        _ => return Err(format!("container {:?} is not running: cannot exec in it", o.id).into()),
-    }
+    check_status(root, &st, o)?;
     let caps: Vec<String> = o
         .caps
         .iter()
         .map(|c| crate::container::caps::parse(c))
         .collect::<Result<_>>()?;
-    let cgroups_path = match &o.cgroup {
-        None => format!("/{}", st.cgroup.path),
-        Some(sub) => {
-            if sub.contains(':') {
-                return Err(format!(
-                    "--cgroup {sub:?}: the CONTROLLER:PATH form is not supported (amphi keeps one cgroup path for every controller); give PATH alone"
-                )
-                .into());
-            }
-            let sub = sub.trim_start_matches('/');
-            if sub.is_empty() || sub.split('/').any(|c| c == ".." || c == ".") {
-                return Err(format!(
-                    "--cgroup {sub:?}: expected a sub-cgroup path of the container's cgroup"
-                )
-                .into());
-            }
-            let mut cg = st.cgroup.clone();
-            cg.path = format!("{}/{sub}", st.cgroup.path);
-            if let Some(d) = cg.dirs().into_iter().find(|d| !d.is_dir()) {
-                return Err(format!("--cgroup {sub:?}: {} does not exist", d.display()).into());
-            }
-            format!("/{}", cg.path)
-        }
-    };
+    let cgroups_path = exec_cgroup(&st, o.cgroup.as_deref())?;
     let mut spec = config::load(&st.bundle).map_err(|e| e.to_string())?;
-    let mut process = match &o.process {
-        Some(p) => {
-            let data = std::fs::read(p).map_err(|e| format!("--process {}: {e}", p.display()))?;
-            let de = &mut serde_json::Deserializer::from_slice(&data);
-            serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(|e| {
-                format!(
-                    "--process {}: invalid at `{}`: {}",
-                    p.display(),
-                    e.path(),
-                    e.inner()
-                )
-            })?
-        }
-        None => {
-            if o.args.is_empty() {
-                return Err("exec needs a command (or --process FILE)".into());
-            }
-            let mut p = spec.process().clone().ok_or("config.json has no process")?;
-            p.set_args(Some(o.args.clone()));
-            p.set_terminal(Some(o.tty));
-            let mut env = p.env().clone().unwrap_or_default();
-            override_env(&mut env, &o.env);
-            p.set_env(Some(env));
-            if let Some(c) = &o.cwd {
-                p.set_cwd(c.clone());
-            }
-            if let Some((u, g)) = o.user {
-                let mut user = p.user().clone();
-                user.set_uid(u);
-                user.set_gid(g);
-                p.set_user(user);
-            }
-            if !o.additional_gids.is_empty() {
-                let mut user = p.user().clone();
-                let mut gids = user.additional_gids().clone().unwrap_or_default();
-                gids.extend(o.additional_gids.iter().copied());
-                user.set_additional_gids(Some(gids));
-                p.set_user(user);
-            }
-            if o.no_new_privs {
-                p.set_no_new_privileges(Some(true));
-            }
-            if !caps.is_empty() {
-                add_caps(&mut p, &caps)?;
-            }
-            p
-        }
-    };
+    let mut process = exec_process(&spec, o, &caps)?;
     if o.tty {
         process.set_terminal(Some(true));
     }
     spec.set_process(Some(process));
-    // Join every namespace of the running container.
-    let mut linux = spec.linux().clone().unwrap_or_default();
-    let joined: Vec<_> = linux
-        .namespaces()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|n| {
-            let name = match n.typ() {
-                LinuxNamespaceType::Mount => "mnt",
-                LinuxNamespaceType::Network => "net",
-                t => t.as_ref_str(),
-            };
-            LinuxNamespaceBuilder::default()
-                .typ(n.typ())
-                .path(PathBuf::from(format!("/proc/{}/ns/{name}", st.pid)))
-                .build()
-                .expect("namespace")
-        })
-        .collect();
-    linux.set_namespaces(Some(joined));
-    linux.set_resources(None);
-    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
-    spec.set_linux(Some(linux));
+    join_container(&mut spec, &st, cgroups_path);
     spec.set_hooks(None);
     // As `docker exec`: the container's own user (recorded by `amphi
     // run -u` or the image), with the same capability rules, unless the
@@ -310,6 +206,137 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
     crate::run::pty_unblock(&sigs);
     Ok(code)
+}
+
+/// The container runs (or is paused and `--ignore-paused` was given).
+fn check_status(root: &Path, st: &State, o: &ExecOptions) -> std::result::Result<(), ExecError> {
+    match st.status(root) {
+        Status::Running => {}
+        Status::Paused if o.ignore_paused => {}
+        Status::Paused => {
+            return Err(format!(
+                "container {:?} is paused: cannot exec in it (use --ignore-paused to override)",
+                o.id
+            )
+            .into())
+        }
+        _ => return Err(format!("container {:?} is not running: cannot exec in it", o.id).into()),
+    }
+    Ok(())
+}
+
+/// The cgroup the process joins: the container's, or `--cgroup`'s
+/// existing sub-cgroup of it.
+fn exec_cgroup(st: &State, sub: Option<&str>) -> std::result::Result<String, ExecError> {
+    Ok(match sub {
+        None => format!("/{}", st.cgroup.path),
+        Some(sub) => {
+            if sub.contains(':') {
+                return Err(format!(
+                    "--cgroup {sub:?}: the CONTROLLER:PATH form is not supported (amphi keeps one cgroup path for every controller); give PATH alone"
+                )
+                .into());
+            }
+            let sub = sub.trim_start_matches('/');
+            if sub.is_empty() || sub.split('/').any(|c| c == ".." || c == ".") {
+                return Err(format!(
+                    "--cgroup {sub:?}: expected a sub-cgroup path of the container's cgroup"
+                )
+                .into());
+            }
+            let mut cg = st.cgroup.clone();
+            cg.path = format!("{}/{sub}", st.cgroup.path);
+            if let Some(d) = cg.dirs().into_iter().find(|d| !d.is_dir()) {
+                return Err(format!("--cgroup {sub:?}: {} does not exist", d.display()).into());
+            }
+            format!("/{}", cg.path)
+        }
+    })
+}
+
+/// The process: `--process FILE`, or the container's with the command,
+/// terminal, env, cwd, user, groups, no_new_privs and capabilities given.
+fn exec_process(
+    spec: &oci_spec::runtime::Spec,
+    o: &ExecOptions,
+    caps: &[String],
+) -> std::result::Result<oci_spec::runtime::Process, ExecError> {
+    Ok(match &o.process {
+        Some(p) => {
+            let data = std::fs::read(p).map_err(|e| format!("--process {}: {e}", p.display()))?;
+            let de = &mut serde_json::Deserializer::from_slice(&data);
+            serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(|e| {
+                format!(
+                    "--process {}: invalid at `{}`: {}",
+                    p.display(),
+                    e.path(),
+                    e.inner()
+                )
+            })?
+        }
+        None => {
+            if o.args.is_empty() {
+                return Err("exec needs a command (or --process FILE)".into());
+            }
+            let mut p = spec.process().clone().ok_or("config.json has no process")?;
+            p.set_args(Some(o.args.clone()));
+            p.set_terminal(Some(o.tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            override_env(&mut env, &o.env);
+            p.set_env(Some(env));
+            if let Some(c) = &o.cwd {
+                p.set_cwd(c.clone());
+            }
+            if let Some((u, g)) = o.user {
+                let mut user = p.user().clone();
+                user.set_uid(u);
+                user.set_gid(g);
+                p.set_user(user);
+            }
+            if !o.additional_gids.is_empty() {
+                let mut user = p.user().clone();
+                let mut gids = user.additional_gids().clone().unwrap_or_default();
+                gids.extend(o.additional_gids.iter().copied());
+                user.set_additional_gids(Some(gids));
+                p.set_user(user);
+            }
+            if o.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            if !caps.is_empty() {
+                add_caps(&mut p, caps)?;
+            }
+            p
+        }
+    })
+}
+
+/// Every namespace of the running container joined by path, its cgroup
+/// joined without resources of its own.
+fn join_container(spec: &mut oci_spec::runtime::Spec, st: &State, cgroups_path: String) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let joined: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            let name = match n.typ() {
+                LinuxNamespaceType::Mount => "mnt",
+                LinuxNamespaceType::Network => "net",
+                t => t.as_ref_str(),
+            };
+            LinuxNamespaceBuilder::default()
+                .typ(n.typ())
+                .path(PathBuf::from(format!("/proc/{}/ns/{name}", st.pid)))
+                .build()
+                .expect("namespace")
+        })
+        .collect();
+    linux.set_namespaces(Some(joined));
+    linux.set_resources(None);
+    linux.set_cgroups_path(Some(PathBuf::from(cgroups_path)));
+    spec.set_linux(Some(linux));
 }
 
 trait NsName {

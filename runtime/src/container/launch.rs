@@ -373,35 +373,25 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
         e
     };
 
-    if in_userns && flags & libc::CLONE_NEWUSER != 0 {
-        if let Err(e) = write_id_maps(pid, spec) {
-            return Err(fail(e.into(), &cgroup));
+    let ready = |cgroup: &mut Cgroup| -> Result<(), LaunchError> {
+        if in_userns && flags & libc::CLONE_NEWUSER != 0 {
+            write_id_maps(pid, spec)?;
         }
-    }
-    let resources = linux.and_then(|l| l.resources().as_ref());
-    let devices = owns_cgroup.then_some(device_rules.as_slice());
-    if let Err(e) = cgroup.apply(pid, resources, devices) {
-        return Err(fail(e.into(), &cgroup));
-    }
-    let mut state = hook_state(&opts.state_template);
-    state["pid"] = pid.into();
-    let state_s = state.to_string();
-    if let Some(h) = spec.hooks() {
-        #[allow(deprecated)]
-        let r = super::hooks::run_all(h.prestart().as_ref(), "prestart", &state_s).and_then(|()| {
-            super::hooks::run_all(h.create_runtime().as_ref(), "createRuntime", &state_s)
-        });
-        if let Err(e) = r {
-            return Err(fail(e.into(), &cgroup));
+        let resources = linux.and_then(|l| l.resources().as_ref());
+        let devices = owns_cgroup.then_some(device_rules.as_slice());
+        cgroup.apply(pid, resources, devices)?;
+        run_runtime_hooks(spec, &opts.state_template, pid)?;
+        if let Err(e) = parent.send_go(pid) {
+            // The child may have died with a reason (e.g. joining a namespace).
+            return Err(match parent.recv() {
+                Ok(Msg::Error(m)) => m.into(),
+                _ => e.into(),
+            });
         }
-    }
-    if let Err(e) = parent.send_go(pid) {
-        // The child may have died with a reason (e.g. joining a namespace).
-        let why = match parent.recv() {
-            Ok(Msg::Error(m)) => m.into(),
-            _ => e.into(),
-        };
-        return Err(fail(why, &cgroup));
+        Ok(())
+    };
+    if let Err(e) = ready(&mut cgroup) {
+        return Err(fail(e, &cgroup));
     }
     let (pty, console) = match receive(&parent, &opts, pid, &mut seccomp_listener) {
         Ok(r) => r,
@@ -463,6 +453,25 @@ fn setup_stage(
     keep.extend(payload.exec_fifo_fd);
     keep.extend(payload.console_fd);
     Ok((sealed, payload.to_memfd()?, keep))
+}
+
+/// The prestart and createRuntime hooks, in the runtime's namespaces,
+/// with the state of the created container.
+fn run_runtime_hooks(
+    spec: &Spec,
+    template: &serde_json::Value,
+    pid: i32,
+) -> Result<(), LaunchError> {
+    let Some(h) = spec.hooks() else {
+        return Ok(());
+    };
+    let mut state = hook_state(template);
+    state["pid"] = pid.into();
+    let state_s = state.to_string();
+    #[allow(deprecated)]
+    super::hooks::run_all(h.prestart().as_ref(), "prestart", &state_s)?;
+    super::hooks::run_all(h.create_runtime().as_ref(), "createRuntime", &state_s)?;
+    Ok(())
 }
 
 /// What the cloned child needs.

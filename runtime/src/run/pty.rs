@@ -340,34 +340,7 @@ pub fn wait_with_console(
         None => (None, None),
     };
     loop {
-        let mut fds = vec![libc::pollfd {
-            fd: sfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // The console-only pty, when there is one, is polled second.
-        if let Some(c) = &console {
-            fds.push(libc::pollfd {
-                fd: c.master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        let base = fds.len();
-        if let Some(m) = &pty {
-            fds.push(libc::pollfd {
-                fd: m.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            if stdin_open {
-                fds.push(libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-            }
-        }
+        let (mut fds, base) = poll_set(sfd, console.as_ref(), pty.as_ref(), stdin_open);
         // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
         // poll writes only their `revents`.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -375,29 +348,8 @@ pub fn wait_with_console(
             continue;
         }
         if fds[0].revents & libc::POLLIN != 0 {
-            if let Some(signo) = read_signal(sfd) {
-                match signo {
-                    libc::SIGCHLD => {
-                        if let Some(code) = try_reap(pid) {
-                            if let Some(m) = &pty {
-                                drain(m, &mut buf);
-                            }
-                            if let Some(c) = &mut console {
-                                c.drain(&mut buf);
-                            }
-                            return code;
-                        }
-                    }
-                    libc::SIGWINCH => {
-                        if let Some(m) = &pty {
-                            copy_winsize(0, m.as_raw_fd());
-                        }
-                    }
-                    s => {
-                        // SAFETY: forwarding a signal to our child.
-                        unsafe { libc::kill(pid, s) };
-                    }
-                }
+            if let Some(code) = on_signal(sfd, pid, pty.as_ref(), console.as_mut(), &mut buf) {
+                return code;
             }
         }
         if let Some(c) = &mut console {
@@ -411,39 +363,131 @@ pub fn wait_with_console(
             }
         }
         if let Some(m) = &pty {
-            if fds[base].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                match (&mut &*m).read(&mut buf) {
-                    Ok(n) if n > 0 => {
-                        let mut out = std::io::stdout().lock();
-                        let _ = out.write_all(&buf[..n]);
-                        let _ = out.flush();
-                    }
-                    _ => {
-                        // The slave side closed: the process is exiting.
-                        let mut status = 0;
-                        // SAFETY: blocking waitpid on our child.
-                        unsafe { libc::waitpid(pid, &mut status, 0) };
-                        return decode(status);
-                    }
-                }
-            }
-            if stdin_open
-                && fds.len() > base + 1
-                && fds[base + 1].revents & (libc::POLLIN | libc::POLLHUP) != 0
-            {
-                match std::io::stdin().lock().read(&mut buf) {
-                    Ok(n) if n > 0 => {
-                        let _ = (&mut &*m).write_all(&buf[..n]);
-                    }
-                    _ => {
-                        // End of input: send EOF (^D) to the pty, once.
-                        let _ = (&mut &*m).write_all(&[4]);
-                        stdin_open = false;
-                    }
-                }
+            if let Some(code) = on_pty(m, &fds, base, &mut stdin_open, &mut buf, pid) {
+                return code;
             }
         }
     }
+}
+
+/// What the relay polls: the signalfd, the console-only pty (second, when
+/// there is one), then the pty and, while it is open, stdin. Returns the
+/// set and the pty's index.
+fn poll_set(
+    sfd: &OwnedFd,
+    console: Option<&Console>,
+    pty: Option<&std::fs::File>,
+    stdin_open: bool,
+) -> (Vec<libc::pollfd>, usize) {
+    let mut fds = vec![libc::pollfd {
+        fd: sfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // The console-only pty, when there is one, is polled second.
+    if let Some(c) = console {
+        fds.push(libc::pollfd {
+            fd: c.master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let base = fds.len();
+    if let Some(m) = pty {
+        fds.push(libc::pollfd {
+            fd: m.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        if stdin_open {
+            fds.push(libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+    (fds, base)
+}
+
+/// One signal from the signalfd: the child's exit status once it is
+/// reaped (after draining its ptys), else None (forwarded or handled).
+fn on_signal(
+    sfd: &OwnedFd,
+    pid: i32,
+    pty: Option<&std::fs::File>,
+    mut console: Option<&mut Console>,
+    buf: &mut [u8],
+) -> Option<i32> {
+    if let Some(signo) = read_signal(sfd) {
+        match signo {
+            libc::SIGCHLD => {
+                if let Some(code) = try_reap(pid) {
+                    if let Some(m) = pty {
+                        drain(m, buf);
+                    }
+                    if let Some(c) = console.as_mut() {
+                        c.drain(buf);
+                    }
+                    return Some(code);
+                }
+            }
+            libc::SIGWINCH => {
+                if let Some(m) = pty {
+                    copy_winsize(0, m.as_raw_fd());
+                }
+            }
+            s => {
+                // SAFETY: forwarding a signal to our child.
+                unsafe { libc::kill(pid, s) };
+            }
+        }
+    }
+    None
+}
+
+/// The pty's output to stdout, stdin to the pty (EOF as ^D, once): the
+/// child's exit status when the pty's slave closed.
+fn on_pty(
+    m: &std::fs::File,
+    fds: &[libc::pollfd],
+    base: usize,
+    stdin_open: &mut bool,
+    buf: &mut [u8],
+    pid: i32,
+) -> Option<i32> {
+    if fds[base].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+        match (&mut &*m).read(buf) {
+            Ok(n) if n > 0 => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
+            }
+            _ => {
+                // The slave side closed: the process is exiting.
+                let mut status = 0;
+                // SAFETY: blocking waitpid on our child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                return Some(decode(status));
+            }
+        }
+    }
+    if *stdin_open
+        && fds.len() > base + 1
+        && fds[base + 1].revents & (libc::POLLIN | libc::POLLHUP) != 0
+    {
+        match std::io::stdin().lock().read(buf) {
+            Ok(n) if n > 0 => {
+                let _ = (&mut &*m).write_all(&buf[..n]);
+            }
+            _ => {
+                // End of input: send EOF (^D) to the pty, once.
+                let _ = (&mut &*m).write_all(&[4]);
+                *stdin_open = false;
+            }
+        }
+    }
+    None
 }
 
 /// Reads one signal off a signalfd: its number, or None when none is

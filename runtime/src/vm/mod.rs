@@ -139,6 +139,53 @@ fn env_duration(var: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// The guest's root filesystem (built once per image, then cached), its
+/// warnings shown, its time recorded.
+fn guest_rootfs(
+    store: &crate::image::store::Store,
+    rec: &crate::image::index::ImageRecord,
+    image: &str,
+    timing: &mut Timing,
+) -> Result<guestfs::Prepared, RunError> {
+    let t = Instant::now();
+    let gopts = guestfs::Options::from_env().map_err(|e| amphi_err(e.to_string()))?;
+    let prepared = guestfs::prepare(store, rec, &gopts)
+        .map_err(|e| amphi_err(format!("guest rootfs of {image}: {e}")))?;
+    timing.rootfs = t.elapsed();
+    timing.rootfs_cached = prepared.cached;
+    for w in &prepared.warnings {
+        eprintln!("amphi: warning: {w}");
+    }
+    Ok(prepared)
+}
+
+/// The plan's additions to the guest kernel's command line (what the
+/// image's inferred needs ask of it), then the operator's debugging extras
+/// ($AMPHI_VM_CMDLINE_EXTRA).
+fn extra_cmdline(plan: &[String]) -> String {
+    let mut extra = plan.join(" ");
+    if let Ok(more) = std::env::var("AMPHI_VM_CMDLINE_EXTRA") {
+        extra.push(' ');
+        extra.push_str(&more);
+    }
+    extra.trim().to_string()
+}
+
+/// The console tells why a VM died; a timeout or the workload's own error
+/// needs no kernel log.
+fn explained(e: RunError, logs: &launch::Logs) -> RunError {
+    match e.code {
+        EXIT_TIMEOUT => e,
+        _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
+            RunError {
+                code: e.code,
+                message: with_logs(e.message, logs),
+            }
+        }
+        _ => e,
+    }
+}
+
 /// Runs the request's workload in a microVM as planned: `resolved` (the
 /// image the dispatcher planned for `req.image`, its platform checked
 /// there) on `vm`'s guest kernel and backend. Returns its exit status.
@@ -168,15 +215,7 @@ pub fn run(
         which(&backend::qemu_binary())?;
     }
 
-    let t = Instant::now();
-    let gopts = guestfs::Options::from_env().map_err(|e| amphi_err(e.to_string()))?;
-    let prepared = guestfs::prepare(&store, &rec, &gopts)
-        .map_err(|e| amphi_err(format!("guest rootfs of {}: {e}", req.image)))?;
-    timing.rootfs = t.elapsed();
-    timing.rootfs_cached = prepared.cached;
-    for w in &prepared.warnings {
-        eprintln!("amphi: warning: {w}");
-    }
+    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing)?;
 
     let id = crate::run::new_id();
     let run = RunDir::create(&req.state_root, &id[..16]).map_err(amphi_err)?;
@@ -194,18 +233,15 @@ pub fn run(
     }
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
     let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
-    // The plan's additions (what the image's inferred needs ask of the
-    // guest kernel), then the operator's debugging extras.
-    let mut extra = plan_cmdline.join(" ");
-    if let Ok(more) = std::env::var("AMPHI_VM_CMDLINE_EXTRA") {
-        extra.push(' ');
-        extra.push_str(&more);
-    }
     let vm = VmSpec {
         kernel: &kernel_path,
         initrd: &prepared.initrd,
         disk: prepared.disk.as_deref(),
-        cmdline: backend::cmdline(&backend, prepared.kind.cmdline(), extra.trim()),
+        cmdline: backend::cmdline(
+            &backend,
+            prepared.kind.cmdline(),
+            &extra_cmdline(&plan_cmdline),
+        ),
         mem_mib,
         vcpus,
         channel: &sock_path,
@@ -262,18 +298,7 @@ pub fn run(
     crate::run::pty_unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
-    // The console tells why a VM died; a timeout or the workload's own
-    // error needs no kernel log.
-    let result = result.map_err(|e| match e.code {
-        EXIT_TIMEOUT => e,
-        _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
-            RunError {
-                code: e.code,
-                message: with_logs(e.message, &logs),
-            }
-        }
-        _ => e,
-    });
+    let result = result.map_err(|e| explained(e, &logs));
     drop(cleanup);
     timing.teardown += t.elapsed();
     timing.report(&result, backend.describe(), prepared.kind);

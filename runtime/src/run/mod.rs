@@ -159,12 +159,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
             }
         }
     } else if !req.interactive {
-        // Without -i the container gets no stdin, like docker.
-        if let Ok(null) = std::fs::File::open("/dev/null") {
-            // SAFETY: dup2 takes two fd numbers and no memory; `null` is open
-            // for the call, and stdin is ours to replace.
-            unsafe { libc::dup2(null.as_raw_fd(), 0) };
-        }
+        stdin_from_null();
     }
     let sigs = pty::block_signals();
     let launched = match launch_native(&req, &id, &spec, &plan, &state_dir, user) {
@@ -198,18 +193,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         )
     };
     let _ = st.save(&req.state_root);
-    // In the foreground the container dies with its client (see
-    // detach::Watchdog); a detached one has its monitor as parent.
-    let watchdog = if req.detach {
-        None
-    } else {
-        Some(detach::Watchdog::start(detach::Watched {
-            id: &id,
-            store_root: &req.store_root,
-            state_root: &req.state_root,
-            rm: req.rm,
-        }))
-    };
+    let watchdog = watchdog(&req, &id);
     if let Some(tx) = report.take() {
         detach::report(tx, Ok(()));
     }
@@ -232,6 +216,28 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         detach::monitor_exit(0, &notices);
     }
     Ok(RunOutcome::Exited { status, notices })
+}
+
+/// Without -i the container gets no stdin, like docker.
+fn stdin_from_null() {
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 takes two fd numbers and no memory; `null` is open
+        // for the call, and stdin is ours to replace.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+}
+
+/// In the foreground the container dies with its client (see
+/// detach::Watchdog); a detached one has its monitor as parent.
+fn watchdog(req: &RunRequest, id: &str) -> Option<detach::Watchdog> {
+    (!req.detach).then(|| {
+        detach::Watchdog::start(detach::Watched {
+            id,
+            store_root: &req.store_root,
+            state_root: &req.state_root,
+            rm: req.rm,
+        })
+    })
 }
 
 /// The image's unpacked layers, each checked to be in the store.

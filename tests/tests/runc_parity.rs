@@ -694,6 +694,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
+/// Gives each side a cgroupsPath of its own (its id), to compare or make
+/// cgroup files in.
+fn own_cgroups(p: &Pair) {
+    for s in p.sides() {
+        let mut v = s.config();
+        v["linux"]["cgroupsPath"] = json!(format!("/{}", s.id));
+        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
+    }
+}
+
 /// A pair whose process sleeps, for the verbs that act on a live container.
 fn sleeper(tag: &str) -> Option<Pair> {
     Pair::new(tag, |v| v["process"]["args"] = json!(["sleep", "1000"]))
@@ -1304,11 +1314,7 @@ fn exec_cgroup_as_runc() {
         return;
     };
     // A cgroupsPath of each side's own, to make the sub-cgroup in.
-    for s in p.sides() {
-        let mut v = s.config();
-        v["linux"]["cgroupsPath"] = json!(format!("/{}", s.id));
-        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
-    }
+    own_cgroups(&p);
     both_running(&p);
     let dirs = |s: &Side| -> Vec<std::path::PathBuf> {
         if amphi_tests::host_cgroup_v2_only() {
@@ -1504,11 +1510,7 @@ fn update_cpu_flags_as_runc() {
     let Some(p) = sleeper("updcpu") else {
         return;
     };
-    for s in p.sides() {
-        let mut v = s.config();
-        v["linux"]["cgroupsPath"] = json!(format!("/{}", s.id));
-        std::fs::write(s.bundle().join("config.json"), v.to_string()).unwrap();
-    }
+    own_cgroups(&p);
     both_running(&p);
     let v2 = amphi_tests::host_cgroup_v2_only();
     let mut args = vec![

@@ -402,11 +402,13 @@ fn oci_run(root: &std::path::Path, a: &run::RunArgs) -> std::result::Result<i32,
     crate::oci::run(
         root,
         crate::oci::RunOptions {
-            id: a.target.image.clone(),
-            bundle: a.bundle.clone().unwrap_or_default(),
-            console_socket: a.console_socket.clone(),
-            pid_file: a.pid_file.clone(),
-            preserve_fds: a.preserve_fds.unwrap_or(0),
+            create: crate::oci::CreateOptions {
+                id: a.target.image.clone(),
+                bundle: a.bundle.clone().unwrap_or_default(),
+                console_socket: a.console_socket.clone(),
+                pid_file: a.pid_file.clone(),
+                preserve_fds: a.preserve_fds.unwrap_or(0),
+            },
             detach: a.detach,
             keep: a.keep,
         },

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 pub type Result<T> = std::result::Result<T, String>;
 
 /// `create` options.
+#[derive(Clone)]
 pub struct CreateOptions {
     pub id: String,
     pub bundle: PathBuf,

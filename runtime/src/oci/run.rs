@@ -8,15 +8,11 @@ use super::{
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{self, State};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// `run` options (runc's flags).
+/// `run` options (runc's flags): `create`'s, and `-d`, `--keep`.
 pub struct RunOptions {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub console_socket: Option<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub preserve_fds: i32,
+    pub create: CreateOptions,
     /// `-d`: return once the process runs.
     pub detach: bool,
     /// `--keep`: leave the stopped container for `delete` (foreground only).
@@ -47,43 +43,34 @@ pub fn check_terminal(detach: bool, terminal: bool, console_socket: bool) -> Res
 /// `run`: returns the process's exit status (0 when detached).
 pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
     let checked = (|| {
-        let spec = config::load_bundle(&o.bundle).map_err(|e| e.to_string())?;
+        let spec = config::load_bundle(&o.create.bundle).map_err(|e| e.to_string())?;
         let terminal = spec
             .process()
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        check_terminal(o.detach, terminal, o.console_socket.is_some())
+        check_terminal(o.detach, terminal, o.create.console_socket.is_some())
     })();
     if let Err(e) = checked {
-        hang_up(o.console_socket.as_deref());
-        super::hang_up_listener(&o.bundle);
+        hang_up(o.create.console_socket.as_deref());
+        super::hang_up_listener(&o.create.bundle);
         return Err(e);
     }
     if o.detach {
         if o.keep {
             return Err("--keep applies to a container run in the foreground, not with -d".into());
         }
-        super::create(
-            root,
-            CreateOptions {
-                id: o.id.clone(),
-                bundle: o.bundle.clone(),
-                console_socket: o.console_socket.clone(),
-                pid_file: o.pid_file.clone(),
-                preserve_fds: o.preserve_fds,
-            },
-        )?;
-        if let Err(e) = super::start(root, &o.id) {
+        super::create(root, o.create.clone())?;
+        if let Err(e) = super::start(root, &o.create.id) {
             // As runc: a container that could not start is not left behind.
-            let _ = super::delete(root, &o.id, true);
+            let _ = super::delete(root, &o.create.id, true);
             return Err(e);
         }
         return Ok(0);
     }
     let r = foreground(root, &o);
     if r.is_err() {
-        super::hang_up_listener(&o.bundle);
+        super::hang_up_listener(&o.create.bundle);
     }
     r
 }
@@ -91,10 +78,10 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
 /// Creates, starts and waits for the container's process; then removes
 /// the container unless `keep`.
 fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
-    let id = o.id.as_str();
+    let id = o.create.id.as_str();
     state::check_id(id)?;
-    let bundle = std::fs::canonicalize(&o.bundle)
-        .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
+    let bundle = std::fs::canonicalize(&o.create.bundle)
+        .map_err(|e| format!("bundle {}: {e}", o.create.bundle.display()))?;
     let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
@@ -116,7 +103,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
             exec_fifo: None,
             console_socket: None,
             user_lookup: None,
-            preserve_fds: o.preserve_fds,
+            preserve_fds: o.create.preserve_fds,
             state_template: template.clone(),
             owns_cgroup: true,
             sealed: true,
@@ -141,7 +128,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
         ..State::launched(id, l.pid, bundle.clone(), rootfs, l.cgroup.clone())
     };
     let _ = st.save(root);
-    if let Some(p) = &o.pid_file {
+    if let Some(p) = &o.create.pid_file {
         if let Err(e) = write_pid_file(p, l.pid) {
             tracing::warn!("{e}");
         }

@@ -139,12 +139,17 @@ impl Cgroup {
 
     /// The directories of this cgroup, one per hierarchy.
     pub fn dirs(&self) -> Vec<PathBuf> {
+        self.hierarchies()
+            .into_iter()
+            .map(|h| h.join(&self.path))
+            .collect()
+    }
+
+    /// The roots of the hierarchies this cgroup has a directory in.
+    fn hierarchies(&self) -> Vec<PathBuf> {
         match self.mode {
-            Mode::Unified => vec![Path::new(ROOT).join(&self.path)],
-            Mode::Legacy => v1_hierarchies()
-                .iter()
-                .map(|h| h.join(&self.path))
-                .collect(),
+            Mode::Unified => vec![PathBuf::from(ROOT)],
+            Mode::Legacy => v1_hierarchies().to_vec(),
         }
     }
 
@@ -170,8 +175,7 @@ impl Cgroup {
     /// The shallowest proper parent of `path` missing from the first
     /// hierarchy, unless it is the shared `amphi/`.
     fn missing_parent(&self) -> Option<String> {
-        let base = self.dirs().into_iter().next()?;
-        let base = base.strip_suffix_path(&self.path)?;
+        let base = self.hierarchies().into_iter().next()?;
         let mut cur = PathBuf::new();
         let comps: Vec<_> = Path::new(&self.path).components().collect();
         for c in comps.iter().take(comps.len().saturating_sub(1)) {
@@ -466,7 +470,8 @@ impl Cgroup {
     /// process is reaped.
     pub fn remove(&self) -> io::Result<()> {
         let mut last = Ok(());
-        for d in self.dirs() {
+        for h in self.hierarchies() {
+            let d = h.join(&self.path);
             if !d.exists() {
                 continue;
             }
@@ -479,13 +484,10 @@ impl Cgroup {
             // creating it again for every container costs a mkdir, an
             // rmdir and the cpuset copy in each hierarchy. Parents this
             // cgroup's creation made go, if nothing else uses them.
-            if let (Some(top), Some(base)) = (&self.created_parent, d.strip_suffix_path(&self.path))
-            {
+            if let Some(top) = &self.created_parent {
+                let top = h.join(top);
                 let mut p = d.parent();
-                while let Some(dir) = p {
-                    if !dir.starts_with(base.join(top)) {
-                        break;
-                    }
+                while let Some(dir) = p.filter(|dir| dir.starts_with(&top)) {
                     if fs::remove_dir(dir).is_err() {
                         break;
                     }
@@ -588,21 +590,6 @@ fn apply_setting(file: &Path, s: &resources::Setting) -> Result<(), String> {
                 file.display()
             )
         })
-}
-
-/// `a/b/c` without its suffix `b/c`, as paths.
-trait StripSuffixPath {
-    fn strip_suffix_path(&self, suffix: &str) -> Option<&Path>;
-}
-
-impl StripSuffixPath for PathBuf {
-    fn strip_suffix_path(&self, suffix: &str) -> Option<&Path> {
-        let mut p: &Path = self;
-        for _ in Path::new(suffix).components() {
-            p = p.parent()?;
-        }
-        self.ends_with(suffix).then_some(p)
-    }
 }
 
 fn copy_cpuset(dir: &Path) {

@@ -75,7 +75,7 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         }
         Err(e) => {
             eprintln!("amphi: error: {e}");
-            Ok(e.code)
+            Ok(super::EXIT_AMPHI)
         }
     }
 }

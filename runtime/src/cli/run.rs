@@ -2,7 +2,7 @@
 
 use crate::dispatch::backend::BackendChoice;
 use crate::dispatch::{IsolationChoice, Plan, Target};
-use crate::run::{RunError, RunRequest, EXIT_AMPHI};
+use crate::run::{RunError, RunRequest};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
 
@@ -98,11 +98,8 @@ pub struct RunArgs {
     pub target: ImageCommand,
 }
 
-fn usage(m: impl Into<String>) -> RunError {
-    RunError {
-        code: EXIT_AMPHI,
-        message: m.into(),
-    }
+fn usage(m: impl std::fmt::Display) -> RunError {
+    RunError::Usage(m.to_string())
 }
 
 fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
@@ -167,6 +164,7 @@ pub fn request(
         kernel: w.vm.kernel,
         vm: VmOptions {
             timeout: w.vm.timeout.map(Duration::from_secs_f64),
+            notify: super::notify,
         },
         policy: w.policy,
         verbose: a.verbose,

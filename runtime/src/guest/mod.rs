@@ -458,8 +458,8 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     dup2(null.as_raw_fd(), 1);
     dup2(null.as_raw_fd(), 2);
     let launched = launched.map_err(|e| GuestError {
-        code: crate::run::launch_error_code(&e),
         message: e.to_string(),
+        code: crate::run::RunError::Launch(e).failure().exit_status(),
     })?;
     let pid = launched.pid;
     let pty = launched.pty;

@@ -6,6 +6,7 @@
 //! memory.oom_control and v2's memory.events, at every interval and every
 //! 100ms in between), until the container stops.
 
+use super::OciError;
 use super::Result;
 use crate::container::cgroups::{Cgroup, Mode};
 use crate::container::state::{State, Status};
@@ -230,13 +231,13 @@ pub fn events(root: &Path, o: &EventsOptions) -> Result<()> {
     let st = State::load(root, &o.id)?;
     let stopped = |st: &State| st.status(root) == Status::Stopped;
     if stopped(&st) {
-        return Err(format!("container {:?} is not running", o.id));
+        return Err(format!("container {:?} is not running", o.id).into());
     }
     let line = |v: Value| -> Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{v}")
             .and_then(|()| out.flush())
-            .map_err(|e| format!("writing events: {e}"))
+            .map_err(|e| OciError::io("writing events", e))
     };
     let stats_event = || json!({"type": "stats", "id": o.id, "data": stats(&st.cgroup)});
     if o.stats {

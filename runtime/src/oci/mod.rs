@@ -4,6 +4,7 @@
 //! `pause`/`resume`, `update`, `events`, `list`, `checkpoint`/`restore`.
 
 mod checkpoint;
+mod error;
 mod events;
 mod exec;
 mod list;
@@ -12,6 +13,7 @@ mod run;
 mod update;
 
 pub use checkpoint::{checkpoint, restore};
+pub use error::OciError;
 pub use events::{events, EventsOptions};
 pub use exec::{exec, ExecOptions};
 pub use list::list;
@@ -28,8 +30,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Result type of the runtime commands: errors are one line for the user.
-pub type Result<T> = std::result::Result<T, String>;
+/// Result type of the runtime commands.
+pub type Result<T> = std::result::Result<T, OciError>;
 
 /// `create` options.
 #[derive(Clone)]
@@ -79,8 +81,8 @@ pub fn hang_up_listener(bundle: &Path) {
 fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     let tmp = p.with_extension("amphi-tmp");
     std::fs::write(&tmp, pid.to_string())
-        .map_err(|e| format!("pid file {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, p).map_err(|e| format!("pid file {}: {e}", p.display()))
+        .map_err(|e| OciError::io(format_args!("pid file {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, p).map_err(|e| OciError::io(format_args!("pid file {}", p.display()), e))
 }
 
 /// The spec's annotations, and the state document hooks see while the
@@ -117,8 +119,8 @@ fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     };
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Ok(p),
-        Ok(_) => Err(format!("rootfs {} is not a directory", p.display())),
-        Err(e) => Err(format!("rootfs {} does not exist: {e}", p.display())),
+        Ok(_) => Err(format!("rootfs {} is not a directory", p.display()).into()),
+        Err(e) => Err(format!("rootfs {} does not exist: {e}", p.display()).into()),
     }
 }
 
@@ -137,17 +139,17 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
 fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     state::check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
-        .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
-    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
+        .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
+    let spec = config::load_bundle(&bundle)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
     let dir = State::dir(root, &o.id);
     match state::create_dir(root, &o.id) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {:?} is already in use", o.id))
+            return Err(format!("container id {:?} is already in use", o.id).into())
         }
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
     }
     let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);
     if r.is_err() {
@@ -172,12 +174,12 @@ fn create_in(
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
     )
-    .map_err(|e| format!("exec fifo {}: {e}", fifo.display()))?;
+    .map_err(|e| OciError::io(format_args!("exec fifo {}", fifo.display()), e))?;
     let (annotations, template) = creating_state(spec, &o.id, bundle);
     // The runtime spec: when create fails (a hook, or anything after the
     // container began to exist), the container is destroyed and the
     // poststop hooks run.
-    let failed = |e: String| -> String {
+    let failed = |e: OciError| -> OciError {
         let mut st = template.clone();
         st["status"] = "stopped".into();
         st["pid"] = 0.into();
@@ -199,7 +201,7 @@ fn create_in(
             console_pty: false,
         },
     )
-    .map_err(|e| failed(e.to_string()))?;
+    .map_err(|e| failed(e.into()))?;
     let st = State {
         annotations,
         ..State::launched(
@@ -210,10 +212,13 @@ fn create_in(
             l.cgroup.clone(),
         )
     };
-    let saved = st.save(root).and_then(|()| match &o.pid_file {
-        Some(p) => write_pid_file(p, l.pid),
-        None => Ok(()),
-    });
+    let saved = st
+        .save(root)
+        .map_err(OciError::cause)
+        .and_then(|()| match &o.pid_file {
+            Some(p) => write_pid_file(p, l.pid),
+            None => Ok(()),
+        });
     if let Err(e) = saved {
         kill_and_reap(l.pid);
         let _ = l.cgroup.remove();
@@ -255,7 +260,8 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             return Err(format!(
                 "container {id:?} is {}, not created: cannot start it",
                 s.as_str()
-            ))
+            )
+            .into())
         }
     }
     let fifo = State::dir(root, id).join("exec.fifo");
@@ -264,7 +270,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| format!("exec fifo of {id:?}: {e}"))?;
+    .map_err(|e| OciError::io(format_args!("exec fifo of {id:?}"), e))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut answer = Vec::new();
     // Whether the container has opened its end: until then reads give
@@ -284,10 +290,10 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             // Its end closed: the program was executed, or it died.
             Ok(0) if connected => break,
             Ok(0) if !st.alive() => {
-                return Err(format!("container {id:?} exited before it could start"))
+                return Err(format!("container {id:?} exited before it could start").into())
             }
             Ok(0) if Instant::now() > deadline => {
-                return Err(format!("container {id:?} did not start within 30s"))
+                return Err(format!("container {id:?} did not start within 30s").into())
             }
             Ok(0) | Err(rustix::io::Errno::INTR) => {}
             Ok(n) => {
@@ -295,21 +301,20 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
                 answer.extend_from_slice(&b[..n]);
             }
             Err(rustix::io::Errno::AGAIN) => connected = true,
-            Err(e) => return Err(format!("exec fifo of {id:?}: {e}")),
+            Err(e) => return Err(format!("exec fifo of {id:?}: {e}").into()),
         }
     }
     let _ = std::fs::remove_file(&fifo);
     let answer = String::from_utf8_lossy(&answer);
     if let Some(i) = answer.find("error:") {
-        let e = crate::container::sync::ChildError::decode(answer[i + "error:".len()..].as_bytes())
-            .to_string();
+        let e = crate::container::sync::ChildError::decode(answer[i + "error:".len()..].as_bytes());
         if let Err(d) = destroy(root, &st) {
             tracing::warn!("{d}");
         }
-        return Err(e);
+        return Err(OciError::cause(e));
     }
     if answer != "0" {
-        return Err(format!("container {id:?} exited before it could start"));
+        return Err(format!("container {id:?} exited before it could start").into());
     }
     if let Ok(spec) = config::load(&st.bundle) {
         if let Some(h) = spec.hooks() {
@@ -354,11 +359,11 @@ pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
         }
     }
     if !st.alive() {
-        return Err(format!("container {id:?} is not running"));
+        return Err(format!("container {id:?} is not running").into());
     }
     // SAFETY: signalling the container's process.
     if unsafe { libc::kill(st.pid, sig) } != 0 {
-        return Err(format!("kill {id:?}: {}", std::io::Error::last_os_error()));
+        return Err(format!("kill {id:?}: {}", std::io::Error::last_os_error()).into());
     }
     Ok(())
 }
@@ -369,14 +374,15 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Ok(s) => s,
         // runc: deleting a missing container with --force is not an error.
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(OciError::cause(e)),
     };
     match st.status(root) {
         s @ (Status::Running | Status::Paused) if !force => {
             return Err(format!(
                 "container {id:?} is {}: stop it first or use delete --force",
                 s.as_str()
-            ))
+            )
+            .into())
         }
         _ => {}
     }
@@ -393,7 +399,7 @@ fn destroy(root: &Path, st: &State) -> Result<()> {
         run_poststop(&spec, &st.oci(root).to_string());
     }
     std::fs::remove_dir_all(State::dir(root, &st.id))
-        .map_err(|e| format!("removing state of {:?}: {e}", st.id))
+        .map_err(|e| OciError::io(format_args!("removing state of {:?}", st.id), e))
 }
 
 fn kill_all(st: &State) {

@@ -2,6 +2,7 @@
 //! freezer's freezer.state, v2's cgroup.freeze); `state` says "paused"
 //! meanwhile.
 
+use super::OciError;
 use super::Result;
 use crate::container::state::{State, Status};
 use std::path::Path;
@@ -10,11 +11,12 @@ use std::path::Path;
 pub fn pause(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id)?;
     match st.status(root) {
-        Status::Running | Status::Created => st.cgroup.freeze(true),
+        Status::Running | Status::Created => st.cgroup.freeze(true).map_err(OciError::cause),
         s => Err(format!(
             "container {id:?} is {}, not running: cannot pause it",
             s.as_str()
-        )),
+        )
+        .into()),
     }
 }
 
@@ -22,10 +24,11 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
 pub fn resume(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id)?;
     match st.status(root) {
-        Status::Paused => st.cgroup.freeze(false),
+        Status::Paused => st.cgroup.freeze(false).map_err(OciError::cause),
         s => Err(format!(
             "container {id:?} is {}, not paused: cannot resume it",
             s.as_str()
-        )),
+        )
+        .into()),
     }
 }

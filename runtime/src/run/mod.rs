@@ -2,6 +2,7 @@
 //! wait (forwarding signals, relaying a pty) → clean up.
 
 mod detach;
+mod error;
 pub mod manage;
 mod pty;
 pub mod records;
@@ -15,7 +16,6 @@ pub use pty::{
 
 use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
-use crate::container::sync::ChildError;
 use crate::dispatch::ResolvedImage;
 use crate::image::index::ImageRecord;
 use crate::image::manifest::ImageConfig;
@@ -24,8 +24,8 @@ use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-pub(crate) use crate::sys::exit::amphi_err;
-pub use crate::sys::exit::{RunError, EXIT_AMPHI, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+pub use crate::sys::exit::{EXIT_AMPHI, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+pub use error::{Failure, RunError, EXIT_TIMEOUT};
 
 /// A run request.
 pub struct RunRequest {
@@ -83,6 +83,13 @@ pub enum RunOutcome {
     Exited { status: i32, notices: Vec<String> },
     /// `-d`: the container runs under its monitor; the CLI prints its id.
     Detached { id: String },
+    /// `-d`, in the monitor (a forked copy of the `amphi run -d` caller,
+    /// which has already returned the container's id to its user): the
+    /// container has ended and its exit is recorded. The CLI writes
+    /// `notices` to stderr, which is the container's log (the user reads
+    /// them with `amphi logs`), and ends the monitor with status 0, as
+    /// conmon does, without printing anything else.
+    MonitorEnded { notices: Vec<String> },
 }
 
 /// Runs `resolved` (the image the dispatcher planned for `req.image`, its
@@ -104,13 +111,9 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
     // Private: 0700 directories, 0600 files (the config holds the -e
     // values, the log what the container printed).
-    state::ensure_root(&req.state_root).map_err(amphi_err)?;
-    let state_dir = state::create_dir(&req.state_root, &id).map_err(|e| {
-        amphi_err(format!(
-            "{}: {e}",
-            State::dir(&req.state_root, &id).display()
-        ))
-    })?;
+    state::ensure_root(&req.state_root).map_err(RunError::cause)?;
+    let state_dir = state::create_dir(&req.state_root, &id)
+        .map_err(|e| RunError::io(State::dir(&req.state_root, &id).display(), e))?;
     let container_dir = records::dir(&req.store_root, &id);
     let mut cleanup = Cleanup {
         state_dir: state_dir.clone(),
@@ -118,7 +121,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         cgroup: None,
         remove_layer: true,
     };
-    records::create_dir(&req.store_root, &id).map_err(amphi_err)?;
+    records::create_dir(&req.store_root, &id)?;
     let plan = RootfsPlan {
         rootfs: state_dir.join("rootfs"),
         lowers,
@@ -127,14 +130,14 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         etc_dir: container_dir.join("etc"),
     };
     for d in [&plan.rootfs, &plan.upper, &plan.work] {
-        std::fs::create_dir_all(d).map_err(|e| amphi_err(format!("{}: {e}", d.display())))?;
+        std::fs::create_dir_all(d).map_err(|e| RunError::io(d.display(), e))?;
     }
-    let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(amphi_err)?;
+    let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(RunError::cause)?;
     let config_path = state_dir.join("config.json");
-    let config = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+    let config =
+        serde_json::to_vec_pretty(&spec).map_err(|e| RunError::step(config_path.display(), e))?;
     crate::image::store::write_private(&config_path, &config)
-        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+        .map_err(|e| RunError::step(config_path.display(), e))?;
     let mut record = new_record(&req, &id, name, &spec, &image)?;
 
     // Detached: a monitor process (like conmon) becomes the container's
@@ -149,11 +152,10 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
             detach::Side::Monitor(tx) => {
                 // The monitor waits for the container from now on.
                 record.monitor = Some(records::Proc::current());
-                if let Err(e) = record.save(&req.store_root) {
-                    let err = amphi_err(e);
+                if let Err(err) = record.save(&req.store_root) {
+                    // The caller reports it; the monitor ends with it.
                     detach::report(tx, Err(&err));
-                    drop(cleanup);
-                    detach::monitor_exit(err.code, &[]);
+                    return Err(err);
                 }
                 report = Some(tx);
             }
@@ -166,15 +168,9 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         Ok(l) => l,
         Err(e) => {
             pty::unblock_signals(&sigs);
-            let code = launch_error_code(&e);
-            let err = RunError {
-                code,
-                message: e.to_string(),
-            };
+            let err = RunError::Launch(e);
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
-                drop(cleanup);
-                detach::monitor_exit(code, &[]);
             }
             return Err(err);
         }
@@ -213,7 +209,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         w.dismiss();
     }
     if req.detach {
-        detach::monitor_exit(0, &notices);
+        return Ok(RunOutcome::MonitorEnded { notices });
     }
     Ok(RunOutcome::Exited { status, notices })
 }
@@ -245,7 +241,7 @@ fn layer_dirs(store: &Store, rec: &ImageRecord, image: &str) -> Result<Vec<PathB
     let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
     for l in &lowers {
         if !l.is_dir() {
-            return Err(amphi_err(format!(
+            return Err(RunError::Failed(format!(
                 "layer {} of {} is missing from the store; pull the image again",
                 l.display(),
                 image
@@ -262,7 +258,7 @@ fn check_name(req: &RunRequest) -> Result<(), RunError> {
     if let Some(n) = &req.name {
         records::check_name(n)?;
         if names.iter().any(|r| r.name == *n) {
-            return Err(amphi_err(format!(
+            return Err(RunError::Usage(format!(
                 "the container name {n:?} is already in use: remove that container (amphi rm {n}) or choose another name"
             )));
         }
@@ -296,7 +292,7 @@ fn new_record(
         stop_signal: spec::stop_signal(image, &req.flags),
         monitor: Some(records::Proc::current()),
     };
-    record.save(&req.store_root).map_err(amphi_err)?;
+    record.save(&req.store_root)?;
     Ok(record)
 }
 
@@ -379,18 +375,6 @@ pub fn console_pty(flags: &RunFlags) -> bool {
     flags.systemd && !flags.tty
 }
 
-/// The exit status for a launch error, as docker uses them: 127 when the
-/// command was not found, 126 when it could not be run, else 125.
-pub fn launch_error_code(e: &LaunchError) -> i32 {
-    match e {
-        LaunchError::Child(ChildError::NotFound { .. }) => EXIT_NOT_FOUND,
-        LaunchError::Child(ChildError::NotExecutable { .. }) => EXIT_CANNOT_INVOKE,
-        LaunchError::Child(ChildError::Setup { .. })
-        | LaunchError::Clone { .. }
-        | LaunchError::Runtime(_) => EXIT_AMPHI,
-    }
-}
-
 /// Checks amphi's roots at start, if they exist: the store and the state
 /// root must be private (they are tightened to 0700 with a warning, or
 /// refused when another user could change them: see
@@ -407,29 +391,5 @@ pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
-    state::ensure_root(p).map_err(amphi_err)
-}
-
-#[cfg(test)]
-mod launch_code_tests {
-    use super::*;
-
-    #[test]
-    fn exit_status_comes_from_the_kind_not_the_text() {
-        let not_found = LaunchError::Child(ChildError::NotFound {
-            program: "x".into(),
-            searched_path: true,
-        });
-        assert_eq!(launch_error_code(&not_found), EXIT_NOT_FOUND);
-        let denied = LaunchError::Child(ChildError::exec("/x", libc::EACCES));
-        assert_eq!(launch_error_code(&denied), EXIT_CANNOT_INVOKE);
-        // A setup failure whose text looks like a missing program is still 125.
-        let setup = LaunchError::Child(ChildError::setup(
-            "mounts",
-            "exec x: executable file not found in $PATH",
-        ));
-        assert_eq!(launch_error_code(&setup), EXIT_AMPHI);
-        let runtime = LaunchError::Runtime("exec fifo /x: gone".into());
-        assert_eq!(launch_error_code(&runtime), EXIT_AMPHI);
-    }
+    state::ensure_root(p).map_err(RunError::cause)
 }

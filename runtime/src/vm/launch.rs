@@ -6,9 +6,9 @@
 use super::backend::{self, Backend, VmSpec};
 use super::console::{self, Capture};
 use super::rundir::RunDir;
-use super::EXIT_TIMEOUT;
 use crate::proto::channel::{StartRequest, StartRequestJson};
-use crate::run::{amphi_err, RunError, RunRequest};
+use crate::run::EXIT_TIMEOUT;
+use crate::run::{RunError, RunRequest};
 use crate::spec::{self, RootfsPlan};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -193,7 +193,7 @@ pub(super) fn which(prog: &Path) -> Result<(), RunError> {
         return if prog.is_file() {
             Ok(())
         } else {
-            Err(amphi_err(format!(
+            Err(RunError::Failed(format!(
                 "QEMU binary {} does not exist",
                 prog.display()
             )))
@@ -202,7 +202,7 @@ pub(super) fn which(prog: &Path) -> Result<(), RunError> {
     if crate::guestfs::find_program(&prog.to_string_lossy()).is_some() {
         Ok(())
     } else {
-        Err(amphi_err(format!(
+        Err(RunError::Failed(format!(
             "{} is not installed: the QEMU backend needs it (apt-get install qemu-system-x86, or run scripts/setup)",
             prog.display()
         )))
@@ -225,9 +225,9 @@ pub(super) fn start_request(
         work: "/.amphi/work".into(),
         etc_dir: run_dir.join("etc"),
     };
-    let (spec, user) = spec::build(image, &req.flags, id, &plan).map_err(amphi_err)?;
+    let (spec, user) = spec::build(image, &req.flags, id, &plan).map_err(RunError::cause)?;
     let mut spec_json =
-        serde_json::to_value(&spec).map_err(|e| amphi_err(format!("the runtime spec: {e}")))?;
+        serde_json::to_value(&spec).map_err(|e| RunError::step("the runtime spec", e))?;
     let mut files = BTreeMap::new();
     if let Some(mounts) = spec_json.get_mut("mounts").and_then(|m| m.as_array_mut()) {
         for m in mounts {
@@ -236,8 +236,8 @@ pub(super) fn start_request(
             };
             if let Ok(name) = src.strip_prefix(&plan.etc_dir) {
                 let guest = Path::new("/.amphi/etc").join(name);
-                let content = std::fs::read_to_string(&src)
-                    .map_err(|e| amphi_err(format!("{}: {e}", src.display())))?;
+                let content =
+                    std::fs::read_to_string(&src).map_err(|e| RunError::io(src.display(), e))?;
                 files.insert(guest.display().to_string(), content);
                 m["source"] = guest.display().to_string().into();
             } else if src == Path::new(crate::spec::INIT_SOURCE) {
@@ -279,11 +279,11 @@ pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
 /// Starts the backend for `vm`, its serial console and stderr going to
 /// bounded rings. The caller has blocked the forwarded signals.
 pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs), RunError> {
-    let mut cmd = backend::command(backend, vm).map_err(amphi_err)?;
+    let mut cmd = backend::command(backend, vm).map_err(RunError::cause)?;
     // Our copies of the pipes' write ends go with `cmd`.
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| amphi_err(format!("pipe: {e}")))
+            .map_err(|e| RunError::io("pipe", e.into()))
     };
     let (console_r, console_w) = pipe()?;
     let (backend_r, backend_w) = pipe()?;
@@ -296,10 +296,10 @@ pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs),
     let program = cmd.get_program().to_owned();
     drop(cmd);
     let child = child.map_err(|e| {
-        amphi_err(format!(
-            "starting {} ({program:?}): {e}",
-            backend.describe(),
-        ))
+        RunError::io(
+            format_args!("starting {} ({program:?})", backend.describe()),
+            e,
+        )
     })?;
     Ok((child, logs))
 }

@@ -27,39 +27,16 @@ mod session;
 
 pub use rundir::sweep_stale_runs;
 
-/// `amphi gc`'s part for microVM runs: removes the run directories of
-/// clients that are gone (and kills a backend that outlived its client),
-/// saying so on stderr.
-pub fn gc_stale_runs(state_root: &Path) {
-    match sweep_stale_runs(state_root) {
-        Ok(s) => {
-            for pid in &s.backends_killed {
-                eprintln!("amphi: killed microVM backend {pid}, whose client was gone");
-            }
-            for d in &s.run_dirs {
-                eprintln!(
-                    "amphi: removed stale microVM run directory {}",
-                    state_root.join("vm").join(d).display()
-                );
-            }
-        }
-        Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
-    }
-}
-
 use crate::dispatch::{ResolvedImage, VmPlan};
 use crate::guestfs;
-use crate::run::{amphi_err, RunError, RunRequest};
+use crate::run::{RunError, RunRequest};
 use backend::{Backend, VmSpec};
 use launch::{which, with_logs, Cleanup, Watchdog};
 use rundir::RunDir;
 use session::Session;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Exit status when `--timeout` stopped the workload (as timeout(1)).
-pub const EXIT_TIMEOUT: i32 = 124;
 /// How long the guest gets to boot and report, unless
 /// `$AMPHI_VM_BOOT_TIMEOUT` (seconds) says otherwise.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -72,6 +49,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct VmOptions {
     /// `--timeout`: stop the workload after this long.
     pub timeout: Option<Duration>,
+    /// Where notices for the user go (warnings, the OOM killer, the
+    /// backend's notice): the library does not print.
+    pub notify: fn(&str),
 }
 
 /// Phases of a run, for `$AMPHI_VM_TIMING` and the bench.
@@ -95,7 +75,13 @@ struct Timing {
 impl Timing {
     /// The run report (for compare) of a run that got an exit status, and
     /// with `$AMPHI_VM_TIMING` the phases on stderr.
-    fn report(&self, result: &Result<i32, RunError>, backend: &str, kind: guestfs::RootfsKind) {
+    fn report(
+        &self,
+        result: &Result<i32, RunError>,
+        backend: &str,
+        kind: guestfs::RootfsKind,
+        notify: fn(&str),
+    ) {
         if let Ok(code) = result {
             let ms = crate::run::report::ms;
             crate::run::report::RunReport {
@@ -110,11 +96,12 @@ impl Timing {
                 total_ms: ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
                 backend: Some(backend.to_string()),
             }
-            .write();
+            .try_write()
+            .unwrap_or_else(|w| notify(&w));
         }
         if std::env::var_os("AMPHI_VM_TIMING").is_some() {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            eprintln!(
+            notify(&format!(
             "amphi: vm timing: rootfs={:.1}ms{} vm-start={:.1}ms boot={:.1}ms workload={:.1}ms teardown={:.1}ms total={:.1}ms backend={:?} rootfs-kind={}",
             ms(self.rootfs),
             if self.rootfs_cached { "(cached)" } else { "(built)" },
@@ -125,7 +112,7 @@ impl Timing {
             ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
             backend,
             kind,
-        );
+        ));
         }
     }
 }
@@ -146,15 +133,16 @@ fn guest_rootfs(
     rec: &crate::image::index::ImageRecord,
     image: &str,
     timing: &mut Timing,
+    notify: fn(&str),
 ) -> Result<guestfs::Prepared, RunError> {
     let t = Instant::now();
-    let gopts = guestfs::Options::from_env().map_err(|e| amphi_err(e.to_string()))?;
+    let gopts = guestfs::Options::from_env().map_err(RunError::cause)?;
     let prepared = guestfs::prepare(store, rec, &gopts)
-        .map_err(|e| amphi_err(format!("guest rootfs of {image}: {e}")))?;
+        .map_err(|e| RunError::step(format_args!("guest rootfs of {image}"), e))?;
     timing.rootfs = t.elapsed();
     timing.rootfs_cached = prepared.cached;
     for w in &prepared.warnings {
-        eprintln!("amphi: warning: {w}");
+        notify(&format!("amphi: warning: {w}"));
     }
     Ok(prepared)
 }
@@ -174,15 +162,9 @@ fn extra_cmdline(plan: &[String]) -> String {
 /// The console tells why a VM died; a timeout or the workload's own error
 /// needs no kernel log.
 fn explained(e: RunError, logs: &launch::Logs) -> RunError {
-    match e.code {
-        EXIT_TIMEOUT => e,
-        _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
-            RunError {
-                code: e.code,
-                message: with_logs(e.message, logs),
-            }
-        }
-        _ => e,
+    match e {
+        RunError::Vm(m) => RunError::Vm(with_logs(m, logs)),
+        e => e,
     }
 }
 
@@ -215,10 +197,10 @@ pub fn run(
         which(&backend::qemu_binary())?;
     }
 
-    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing)?;
+    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing, opts.notify)?;
 
     let id = crate::run::new_id();
-    let run = RunDir::create(&req.state_root, &id[..16]).map_err(amphi_err)?;
+    let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
     let run_dir = run.path().to_path_buf();
     let mut cleanup = Cleanup {
         run: Some(run),
@@ -226,7 +208,7 @@ pub fn run(
     };
     let sock_path = run_dir.join("chan.sock");
     if sock_path.as_os_str().len() > 100 {
-        return Err(amphi_err(format!(
+        return Err(RunError::Usage(format!(
             "the state root {} is too deep for a unix socket path; use a shorter --root",
             req.state_root.display()
         )));
@@ -251,13 +233,13 @@ pub fn run(
         rootfs = %prepared.kind, mem_mib, vcpus, cmdline = %vm.cmdline, "starting microVM"
     );
     if let Some(n) = notice {
-        eprintln!("{n}");
+        (opts.notify)(&n);
     }
-    let listener = UnixListener::bind(&sock_path)
-        .map_err(|e| amphi_err(format!("{}: {e}", sock_path.display())))?;
+    let listener =
+        UnixListener::bind(&sock_path).map_err(|e| RunError::io(sock_path.display(), e))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| amphi_err(e.to_string()))?;
+        .map_err(|e| RunError::io(sock_path.display(), e))?;
     // Blocked before any thread starts: threads inherit the mask, so the
     // forwarded signals reach the signalfd, never a thread's default action.
     let sigs = crate::run::pty_signals();
@@ -292,6 +274,7 @@ pub fn run(
         timing: &mut timing,
         kernel_release: kernel.release(),
         kind: prepared.kind,
+        notify: opts.notify,
     }
     .run(&listener);
     drop(_watchdog);
@@ -301,6 +284,6 @@ pub fn run(
     let result = result.map_err(|e| explained(e, &logs));
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, backend.describe(), prepared.kind);
+    timing.report(&result, backend.describe(), prepared.kind, opts.notify);
     result
 }

@@ -1,0 +1,73 @@
+//! The errors of the OCI runtime commands. The CLI prints them (as runc
+//! does: one line, or a log entry for the caller) and chooses the status.
+
+use crate::container::config::ConfigError;
+use crate::container::launch::LaunchError;
+
+/// Why an OCI runtime command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The command cannot be done as asked: bad input, or a container in
+    /// the wrong state. The message names the object and the problem.
+    #[error("{0}")]
+    Invalid(String),
+    /// The bundle's config.json cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The container (or the process for `exec`) could not be started.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// An operation on a file or a system resource failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step of the engine below failed (cgroups, hooks, the state
+    /// file): what was being done (empty when the cause says it all) and
+    /// the cause.
+    #[error("{}{source}", if what.is_empty() { String::new() } else { format!("{what}: ") })]
+    Step {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl OciError {
+    pub fn io(what: impl std::fmt::Display, source: impl Into<std::io::Error>) -> OciError {
+        OciError::Io {
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// A step that failed for `source` (another layer's error).
+    pub fn step(
+        what: impl std::fmt::Display,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> OciError {
+        OciError::Step {
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// Another layer's error whose message says it all.
+    pub fn cause(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> OciError {
+        OciError::step("", source)
+    }
+}
+
+impl From<String> for OciError {
+    fn from(m: String) -> Self {
+        OciError::Invalid(m)
+    }
+}
+
+impl From<&str> for OciError {
+    fn from(m: &str) -> Self {
+        OciError::Invalid(m.to_string())
+    }
+}

@@ -63,6 +63,7 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         command: &a.command,
         entrypoint: a.entrypoint.as_deref(),
         rescan: a.rescan,
+        notify: super::notify,
         ..crate::dispatch::PlanRequest::new(store_root, &a.image)
     }) {
         Ok(p) if a.json => {

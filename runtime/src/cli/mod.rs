@@ -460,7 +460,7 @@ fn oci_run(
 /// Applies `f` to each container, printing the names done and the errors.
 fn each(
     items: &[String],
-    f: impl Fn(&str) -> std::result::Result<String, String>,
+    f: impl Fn(&str) -> std::result::Result<String, crate::run::RunError>,
 ) -> std::result::Result<i32, crate::oci::OciError> {
     let mut failed = 0;
     for c in items {

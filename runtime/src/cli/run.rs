@@ -252,6 +252,7 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
         kernel: d.kernel.as_deref(),
         command: &req.flags.command,
         entrypoint: req.flags.entrypoint.as_deref(),
+        notify: super::notify,
         ..crate::dispatch::PlanRequest::new(&req.store_root, &req.image)
     })?;
     for r in &plan.decision.reasons {

@@ -217,6 +217,9 @@ pub struct PlanRequest<'a> {
     pub entrypoint: Option<&'a str>,
     /// Scan the image again even when a stored scan exists.
     pub rescan: bool,
+    /// Where notices for the user go (an image being pulled): the CLI's
+    /// stderr; nowhere by default.
+    pub notify: fn(&str),
 }
 
 impl<'a> PlanRequest<'a> {
@@ -232,6 +235,7 @@ impl<'a> PlanRequest<'a> {
             command: &[],
             entrypoint: None,
             rescan: false,
+            notify: |_| {},
         }
     }
 }
@@ -261,7 +265,7 @@ pub struct ScanReport {
 pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
     let store_root = req.store_root;
     let image = req.image;
-    let resolved = super::resolve_image(store_root, image)?;
+    let resolved = super::resolve_image(store_root, image, req.notify)?;
     let requirements = image_requirements(&resolved.store, &resolved.record, &resolved.config)?;
     let policy = Policy::load(req.policy)?;
     let host = crate::host::probe();

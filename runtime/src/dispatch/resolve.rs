@@ -27,7 +27,11 @@ impl std::fmt::Debug for ResolvedImage {
 
 /// The image of a run: found in the store, or pulled when it is not there
 /// (like docker), with its config.
-pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, PlanError> {
+pub fn resolve_image(
+    store_root: &Path,
+    image: &str,
+    notify: fn(&str),
+) -> Result<ResolvedImage, PlanError> {
     let store = Store::open(store_root, Access::Read)?;
     let idx = store.index()?;
     let rec = match idx.find(image) {
@@ -36,7 +40,7 @@ pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, Pl
         Err(crate::image::index::LookupError::NotFound(_))
             if crate::image::Reference::parse(image).is_ok() =>
         {
-            pull_missing(store_root, image)?
+            pull_missing(store_root, image, notify)?
         }
         Err(e) => return Err(e.into()),
     };
@@ -53,9 +57,15 @@ pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, Pl
     })
 }
 
-fn pull_missing(store_root: &Path, image: &str) -> Result<ImageRecord, PlanError> {
+fn pull_missing(
+    store_root: &Path,
+    image: &str,
+    notify: fn(&str),
+) -> Result<ImageRecord, PlanError> {
     let reference = crate::image::Reference::parse(image)?;
-    eprintln!("Unable to find image {reference} locally, pulling it");
+    notify(&format!(
+        "Unable to find image {reference} locally, pulling it"
+    ));
     let store = Store::open(store_root, Access::Write)?;
     let opts = crate::image::pull::PullOptions {
         platform: crate::image::manifest::Platform::host(),

@@ -383,10 +383,10 @@ pub fn console_pty(flags: &RunFlags) -> bool {
 /// As root the state root is also created here (0700), before anything else
 /// (the host probe's cache, a microVM's run directory) could create it with
 /// the umask's mode.
-pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
-    crate::image::store::secure_root(store_root, "store", false).map_err(|e| e.to_string())?;
+pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), RunError> {
+    crate::image::store::secure_root(store_root, "store", false).map_err(RunError::cause)?;
     let create = rustix::process::geteuid().is_root();
-    crate::image::store::secure_root(state_root, "state root", create).map_err(|e| e.to_string())
+    crate::image::store::secure_root(state_root, "state root", create).map_err(RunError::cause)
 }
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).

@@ -183,7 +183,7 @@ pub fn check_name(n: &str) -> Result<(), super::RunError> {
 }
 
 /// Finds a container by name, full ID or unique ID prefix.
-pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
+pub fn find(store_root: &Path, arg: &str) -> Result<Record, super::RunError> {
     let all = list(store_root);
     if let Some(r) = all.iter().find(|r| r.name == arg || r.id == arg) {
         return Ok(r.clone());
@@ -194,8 +194,12 @@ pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
         .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(format!("no such container: {arg} (see amphi ps -a)")),
-        _ => Err(format!("container ID prefix {arg:?} is ambiguous")),
+        [] => Err(super::RunError::Usage(format!(
+            "no such container: {arg} (see amphi ps -a)"
+        ))),
+        _ => Err(super::RunError::Usage(format!(
+            "container ID prefix {arg:?} is ambiguous"
+        ))),
     }
 }
 

@@ -434,7 +434,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .open("/dev/null")
         .map_err(|e| gerr(format!("/dev/null: {e}")))?;
     let (mut outputs, stdin_pipe) = workload_stdio(&null, terminal, req.stdin)?;
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let launched = launch(
         &spec,
         &rootfs,
@@ -477,7 +477,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     if let Some(console) = launched.console {
         outputs.push(Output::new(
             console.master,
-            Stream::Console(crate::run::CrLf::default()),
+            Stream::Console(crate::sys::term::CrLf::default()),
         ));
         slaves.extend(console.slave);
     }
@@ -620,7 +620,7 @@ enum Stream {
     Stdout,
     Stderr,
     /// The console-only pty: to stdout, `\r\n` as `\n`.
-    Console(crate::run::CrLf),
+    Console(crate::sys::term::CrLf),
 }
 
 /// One output of the workload the relay reads.
@@ -664,7 +664,7 @@ fn relay(
     c: &mut File,
     pid: i32,
     outputs: &mut Vec<Output>,
-    sigs: &crate::run::Signals,
+    sigs: &crate::sys::signal::Signals,
     mut slaves: Vec<OwnedFd>,
 ) -> i32 {
     let mut buf = vec![0u8; channel::CHUNK];
@@ -730,7 +730,7 @@ fn relay(
                 break;
             }
             if r == pid {
-                status = Some(crate::run::decode_status(st));
+                status = Some(crate::sys::exit::decode(st));
                 // The ptys end once what the workload wrote is read.
                 slaves.clear();
                 drain_until = Some(Instant::now() + DRAIN);

@@ -168,7 +168,7 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     };
     let template = serde_json::json!({"ociVersion": "1.2.0", "id": o.id, "status": "running", "bundle": st.bundle});
     let exec_id = format!("{}-exec-{}", o.id, std::process::id());
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let l = launch(
         &spec,
         Path::new("/"),
@@ -187,7 +187,7 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     let l = match l {
         Ok(l) => l,
         Err(e) => {
-            crate::run::pty_unblock(&sigs);
+            crate::sys::signal::unblock(&sigs);
             return Err(ExecError::Launch(e.into()));
         }
     };
@@ -195,11 +195,11 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
         write_pid_file(p, l.pid).map_err(ExecError::Launch)?;
     }
     if o.detach {
-        crate::run::pty_unblock(&sigs);
+        crate::sys::signal::unblock(&sigs);
         return Ok(0);
     }
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     Ok(code)
 }
 

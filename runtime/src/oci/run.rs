@@ -94,7 +94,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
         }
         Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
     }
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let (annotations, template) = creating_state(&spec, id, &bundle);
     let l = launch(
         &spec,
@@ -114,7 +114,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
     let l = match l {
         Ok(l) => l,
         Err(e) => {
-            crate::run::pty_unblock(&sigs);
+            crate::sys::signal::unblock(&sigs);
             // As for create: a failed start continues with poststop.
             let mut st = template;
             st["status"] = "stopped".into();
@@ -142,7 +142,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
         }
     }
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     if o.keep {
         // Left stopped, for `state` and `delete` (which runs poststop).
         let mut st = st;

@@ -9,10 +9,7 @@ pub mod records;
 pub mod report;
 pub mod tiny_init;
 
-pub use pty::{
-    block_signals as pty_signals, decode as decode_status, hold_slave, restore_terminal,
-    unblock_signals as pty_unblock, wait as pty_wait, CrLf, RawMode, Signals,
-};
+pub use pty::{hold_slave, wait as pty_wait};
 
 use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
@@ -163,11 +160,11 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     } else if !req.interactive {
         stdin_from_null();
     }
-    let sigs = pty::block_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let launched = match launch_native(&req, &id, &spec, &plan, &state_dir, user) {
         Ok(l) => l,
         Err(e) => {
-            pty::unblock_signals(&sigs);
+            crate::sys::signal::unblock(&sigs);
             let err = RunError::Launch(e);
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
@@ -196,7 +193,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
 
     let t_started = std::time::Instant::now();
     let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
-    pty::unblock_signals(&sigs);
+    crate::sys::signal::unblock(&sigs);
     let (status, oom, notices) = ended(&id, &launched.cgroup, status, t0, t_started);
     if !req.rm {
         record.exit_code = Some(status);

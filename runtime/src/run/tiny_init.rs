@@ -81,7 +81,7 @@ pub fn main(args: &[String]) -> Result<i32, String> {
                 break;
             }
             if pid == child {
-                return Ok(super::pty::decode(status));
+                return Ok(crate::sys::exit::decode(status));
             }
         }
     }

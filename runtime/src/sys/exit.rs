@@ -13,3 +13,30 @@ pub const EXIT_NOT_FOUND: i32 = 127;
 pub fn oom_notice(workload: &str) -> String {
     format!("amphi: {workload} was killed by the kernel OOM killer (memory limit reached)")
 }
+
+/// Exit status as a shell reports it: the code, or 128 + signal.
+pub fn decode(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        EXIT_UNKNOWN
+    }
+}
+
+/// The status of a child whose end could not be read (amphi's own).
+const EXIT_UNKNOWN: i32 = EXIT_AMPHI;
+
+pub fn try_reap(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: waitpid on our child with a valid pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    if r == pid {
+        Some(decode(status))
+    } else if r < 0 {
+        Some(EXIT_UNKNOWN)
+    } else {
+        None
+    }
+}

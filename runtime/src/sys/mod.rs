@@ -8,4 +8,5 @@ pub mod exit;
 pub mod io;
 pub mod overlay;
 pub mod signal;
+pub mod term;
 pub mod time;

@@ -167,7 +167,7 @@ impl Watchdog {
             if wait_until(Instant::now() + WATCHDOG_GRACE) {
                 return;
             }
-            crate::run::restore_terminal();
+            crate::sys::term::restore_terminal();
             let _ = std::fs::remove_dir_all(&run_dir);
             eprintln!(
                 "amphi: error: --timeout: the microVM ran longer than {} s and was stopped",

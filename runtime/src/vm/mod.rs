@@ -242,13 +242,13 @@ pub fn run(
         .map_err(|e| RunError::io(sock_path.display(), e))?;
     // Blocked before any thread starts: threads inherit the mask, so the
     // forwarded signals reach the signalfd, never a thread's default action.
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let t = Instant::now();
     let launch = Instant::now();
     let (child, logs) = match launch::spawn(&backend, &vm) {
         Ok(c) => c,
         Err(e) => {
-            crate::run::pty_unblock(&sigs);
+            crate::sys::signal::unblock(&sigs);
             return Err(e);
         }
     };
@@ -278,7 +278,7 @@ pub fn run(
     }
     .run(&listener);
     drop(_watchdog);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
     let result = result.map_err(|e| explained(e, &logs));

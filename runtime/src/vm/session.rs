@@ -38,7 +38,7 @@ pub(super) struct Session<'a> {
     pub deadline: Option<(Instant, Duration)>,
     /// Set by the `--timeout` watchdog when it fired.
     pub fired: Option<&'a AtomicBool>,
-    pub sigs: &'a crate::run::Signals,
+    pub sigs: &'a crate::sys::signal::Signals,
     pub timing: &'a mut Timing,
     pub kernel_release: &'a str,
     pub kind: RootfsKind,
@@ -53,7 +53,7 @@ struct Channel {
     dec: Decoder,
     proto: Protocol,
     buf: Vec<u8>,
-    raw: Option<crate::run::RawMode>,
+    raw: Option<crate::sys::term::RawMode>,
     end_requests: u32,
 }
 
@@ -206,7 +206,7 @@ impl Session<'_> {
                     self.timing.guest_kernel = r.kernel.clone();
                     ch.send(&Frame::Start(Box::new(self.start.with_time())), "start")?;
                     if self.tty {
-                        ch.raw = Some(crate::run::RawMode::enter());
+                        ch.raw = Some(crate::sys::term::RawMode::enter());
                         if let Some((rows, cols)) = winsize() {
                             ch.send(&Frame::Resize { rows, cols }, "resize")?;
                         }

@@ -4,7 +4,8 @@
 
 use super::OciError;
 use super::{
-    bundle_rootfs, creating_state, hang_up, run_poststop, write_pid_file, CreateOptions, Result,
+    create::{bundle_rootfs, creating_state, run_poststop},
+    hang_up, write_pid_file, CreateOptions, Result,
 };
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};

@@ -316,6 +316,17 @@ fn runtime_command(
     store_root: &std::path::Path,
     root: &std::path::Path,
 ) -> Option<std::result::Result<i32, crate::oci::OciError>> {
+    lifecycle_command(command, store_root, root)
+        .or_else(|| inspect_command(command, store_root, root))
+}
+
+/// The OCI lifecycle: create, start, state, kill, delete, pause, resume,
+/// checkpoint and restore (refused); None for the others.
+fn lifecycle_command(
+    command: &Command,
+    store_root: &std::path::Path,
+    root: &std::path::Path,
+) -> Option<std::result::Result<i32, crate::oci::OciError>> {
     match command {
         Command::Create(a) => Some(
             crate::oci::create(
@@ -354,6 +365,27 @@ fn runtime_command(
         Command::Delete(a) => Some(crate::oci::delete(root, &a.id, a.force).map(|()| 0)),
         Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),
         Command::Resume(a) => Some(crate::oci::resume(root, &a.id).map(|()| 0)),
+        Command::Checkpoint(a) => Some(crate::oci::checkpoint(root, &a.id).map(|()| 0)),
+        Command::Restore(a) => {
+            let r = crate::oci::restore(root, &a.id).map(|()| 0);
+            if r.is_err() {
+                crate::oci::hang_up(a.console_socket.as_deref());
+            }
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// The commands that look at or change containers without running one:
+/// update, events, list, ps, stop, rm, logs, features and spec; None for
+/// the others.
+fn inspect_command(
+    command: &Command,
+    store_root: &std::path::Path,
+    root: &std::path::Path,
+) -> Option<std::result::Result<i32, crate::oci::OciError>> {
+    match command {
         Command::Update(a) => Some(oci::update(root, a)),
         Command::Events(a) => Some(
             oci::parse_duration(&a.interval)
@@ -374,14 +406,6 @@ fn runtime_command(
             print!("{s}");
             0
         })),
-        Command::Checkpoint(a) => Some(crate::oci::checkpoint(root, &a.id).map(|()| 0)),
-        Command::Restore(a) => {
-            let r = crate::oci::restore(root, &a.id).map(|()| 0);
-            if r.is_err() {
-                crate::oci::hang_up(a.console_socket.as_deref());
-            }
-            Some(r)
-        }
         Command::Ps(a) => Some(match &a.id {
             Some(id) => {
                 let id = crate::run::manage::resolve_id(store_root, root, id);

@@ -135,6 +135,22 @@ pub struct Dispatch {
     pub systemd: String,
 }
 
+/// `--security-opt`s: the seccomp profile and no_new_privileges.
+fn security_opts(opts: &[String]) -> Result<(SeccompChoice, bool), RunError> {
+    let mut seccomp = SeccompChoice::Default;
+    let mut nnp = false;
+    for o in opts {
+        match o.split_once(['=', ':']) {
+            Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
+            Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
+            None if o == "no-new-privileges" => nnp = true,
+            Some(("no-new-privileges", v)) => nnp = v == "true",
+            _ => return Err(usage(format!("--security-opt {o:?}: supported are seccomp=unconfined, seccomp=FILE, no-new-privileges"))),
+        }
+    }
+    Ok((seccomp, nnp))
+}
+
 /// Turns the flags into a request and the dispatch flags.
 pub fn request(
     a: RunArgs,
@@ -183,17 +199,7 @@ pub fn request(
         env.extend(read_env_file(f)?);
     }
     env.extend(w.env);
-    let mut seccomp = SeccompChoice::Default;
-    let mut nnp = false;
-    for o in &w.security_opt {
-        match o.split_once(['=', ':']) {
-            Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
-            Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
-            None if o == "no-new-privileges" => nnp = true,
-            Some(("no-new-privileges", v)) => nnp = v == "true",
-            _ => return Err(usage(format!("--security-opt {o:?}: supported are seccomp=unconfined, seccomp=FILE, no-new-privileges"))),
-        }
-    }
+    let (seccomp, nnp) = security_opts(&w.security_opt)?;
     let volumes = a
         .volume
         .iter()

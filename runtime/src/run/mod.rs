@@ -94,25 +94,98 @@ pub enum RunOutcome {
 /// monitor.
 pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunError> {
     let t0 = std::time::Instant::now();
+    let (mut c, mut cleanup) = prepare(&req, resolved)?;
+    // Detached: a monitor process (like conmon) becomes the container's
+    // parent, waits for it and records its exit; the caller returns its id.
+    let report = if req.detach {
+        match detach_stage(&req, &mut c)? {
+            Role::Caller(outcome) => {
+                std::mem::forget(cleanup);
+                return outcome;
+            }
+            Role::Monitor(tx) => Some(tx),
+        }
+    } else {
+        if !req.interactive {
+            stdin_from_null();
+        }
+        None
+    };
+    let sigs = crate::sys::signal::block_forwarded();
+    let launched = match launch_native(&req, &c.id, &c.spec, &c.plan, &c.state_dir, c.user.take()) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::sys::signal::unblock(&sigs);
+            let err = RunError::Launch(e);
+            if let Some(tx) = report {
+                detach::report(tx, Err(&err));
+            }
+            return Err(err);
+        }
+    };
+    cleanup.cgroup = Some(launched.cgroup.clone());
+    cleanup.remove_layer = req.rm;
+    save_state(&req, &c, &launched);
+    let watchdog = watchdog(&req, &c.id);
+    if let Some(tx) = report {
+        detach::report(tx, Ok(()));
+    }
+
+    let t_started = std::time::Instant::now();
+    let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
+    crate::sys::signal::unblock(&sigs);
+    let (status, oom, notices) = ended(&c.id, &launched.cgroup, status, t0, t_started);
+    if !req.rm {
+        c.record.exit_code = Some(status);
+        c.record.oom_killed = oom;
+        c.record.finished = Some(state::now_rfc3339());
+        let _ = c.record.save(&req.store_root);
+    }
+    drop(cleanup);
+    if let Some(w) = watchdog {
+        w.dismiss();
+    }
+    if req.detach {
+        return Ok(RunOutcome::MonitorEnded { notices });
+    }
+    Ok(RunOutcome::Exited { status, notices })
+}
+
+/// A container made ready to launch: its directories, spec and record.
+struct Prepared {
+    id: String,
+    state_dir: PathBuf,
+    container_dir: PathBuf,
+    plan: RootfsPlan,
+    spec: oci_spec::runtime::Spec,
+    /// The user to resolve in the container at start, if by name.
+    user: Option<String>,
+    record: records::Record,
+}
+
+/// Stage 1: the container's id, its runtime state directory and its
+/// record's (with the writable layer), the rootfs plan over the image's
+/// layers, and the spec written where `exec` finds it. Private: 0700 directories, 0600
+/// files (the config holds the -e values, the log what the container
+/// printed). The cleanup removes them again if the run goes no further.
+fn prepare(req: &RunRequest, resolved: ResolvedImage) -> Result<(Prepared, Cleanup), RunError> {
     let ResolvedImage {
         store,
         record: rec,
         config: image,
     } = resolved;
     let lowers = layer_dirs(&store, &rec, &req.image)?;
-    check_name(&req)?;
+    check_name(req)?;
     let id = new_id();
     let name = req
         .name
         .clone()
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
-    // Private: 0700 directories, 0600 files (the config holds the -e
-    // values, the log what the container printed).
     state::ensure_root(&req.state_root).map_err(RunError::cause)?;
     let state_dir = state::create_dir(&req.state_root, &id)
         .map_err(|e| RunError::io(State::dir(&req.state_root, &id).display(), e))?;
     let container_dir = records::dir(&req.store_root, &id);
-    let mut cleanup = Cleanup {
+    let cleanup = Cleanup {
         state_dir: state_dir.clone(),
         container_dir: container_dir.clone(),
         cgroup: None,
@@ -135,80 +208,64 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         serde_json::to_vec_pretty(&spec).map_err(|e| RunError::step(config_path.display(), e))?;
     crate::image::store::write_private(&config_path, &config)
         .map_err(|e| RunError::step(config_path.display(), e))?;
-    let mut record = new_record(&req, &id, name, &spec, &image)?;
-
-    // Detached: a monitor process (like conmon) becomes the container's
-    // parent, waits for it and records its exit; we return its id.
-    let mut report = None;
-    if req.detach {
-        match detach::fork_monitor(&container_dir.join("log"))? {
-            detach::Side::Caller(rx) => {
-                std::mem::forget(cleanup);
-                return detach::wait_started(rx).map(|()| RunOutcome::Detached { id });
-            }
-            detach::Side::Monitor(tx) => {
-                // The monitor waits for the container from now on.
-                record.monitor = Some(records::Proc::current());
-                if let Err(err) = record.save(&req.store_root) {
-                    // The caller reports it; the monitor ends with it.
-                    detach::report(tx, Err(&err));
-                    return Err(err);
-                }
-                report = Some(tx);
-            }
-        }
-    } else if !req.interactive {
-        stdin_from_null();
-    }
-    let sigs = crate::sys::signal::block_forwarded();
-    let launched = match launch_native(&req, &id, &spec, &plan, &state_dir, user) {
-        Ok(l) => l,
-        Err(e) => {
-            crate::sys::signal::unblock(&sigs);
-            let err = RunError::Launch(e);
-            if let Some(tx) = report {
-                detach::report(tx, Err(&err));
-            }
-            return Err(err);
-        }
+    let record = new_record(req, &id, name, &spec, &image)?;
+    let prepared = Prepared {
+        id,
+        state_dir,
+        container_dir,
+        plan,
+        spec,
+        user,
+        record,
     };
-    cleanup.cgroup = Some(launched.cgroup.clone());
-    cleanup.remove_layer = req.rm;
+    Ok((prepared, cleanup))
+}
+
+/// Which side of a detached run's fork this is.
+enum Role {
+    /// `amphi run -d`: what to return once the monitor said how the start
+    /// went (the id, or its error).
+    Caller(Result<RunOutcome, RunError>),
+    /// The monitor, which runs the container and reports its start here.
+    Monitor(std::os::fd::OwnedFd),
+}
+
+/// Stage 2 (-d): forks the monitor, which records itself as the container's.
+fn detach_stage(req: &RunRequest, c: &mut Prepared) -> Result<Role, RunError> {
+    match detach::fork_monitor(&c.container_dir.join("log"))? {
+        detach::Side::Caller(rx) => {
+            let id = c.id.clone();
+            Ok(Role::Caller(
+                detach::wait_started(rx).map(|()| RunOutcome::Detached { id }),
+            ))
+        }
+        detach::Side::Monitor(tx) => {
+            // The monitor waits for the container from now on.
+            c.record.monitor = Some(records::Proc::current());
+            if let Err(err) = c.record.save(&req.store_root) {
+                // The caller reports it; the monitor ends with it.
+                detach::report(tx, Err(&err));
+                return Err(err);
+            }
+            Ok(Role::Monitor(tx))
+        }
+    }
+}
+
+/// Stage 3: the launched container's runtime state (for `amphi exec`, `ps`).
+fn save_state(req: &RunRequest, c: &Prepared, launched: &crate::container::launch::Launched) {
     let st = State {
-        created: record.created.clone(),
-        run: Some(serde_json::json!({"name": record.name})),
+        created: c.record.created.clone(),
+        run: Some(serde_json::json!({"name": c.record.name})),
         ..State::launched(
-            &id,
+            &c.id,
             launched.pid,
-            state_dir.clone(),
-            plan.rootfs.clone(),
+            c.state_dir.clone(),
+            c.plan.rootfs.clone(),
             launched.cgroup.clone(),
         )
     };
     let _ = st.save(&req.state_root);
-    let watchdog = watchdog(&req, &id);
-    if let Some(tx) = report.take() {
-        detach::report(tx, Ok(()));
-    }
-
-    let t_started = std::time::Instant::now();
-    let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
-    crate::sys::signal::unblock(&sigs);
-    let (status, oom, notices) = ended(&id, &launched.cgroup, status, t0, t_started);
-    if !req.rm {
-        record.exit_code = Some(status);
-        record.oom_killed = oom;
-        record.finished = Some(state::now_rfc3339());
-        let _ = record.save(&req.store_root);
-    }
-    drop(cleanup);
-    if let Some(w) = watchdog {
-        w.dismiss();
-    }
-    if req.detach {
-        return Ok(RunOutcome::MonitorEnded { notices });
-    }
-    Ok(RunOutcome::Exited { status, notices })
 }
 
 /// Without -i the container gets no stdin, like docker.

@@ -35,6 +35,7 @@ use launch::{which, with_logs, Cleanup, Watchdog};
 use rundir::RunDir;
 use session::Session;
 use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long the guest gets to boot and report, unless
@@ -200,19 +201,7 @@ pub fn run(
     let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing, opts.notify)?;
 
     let id = crate::run::new_id();
-    let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
-    let run_dir = run.path().to_path_buf();
-    let mut cleanup = Cleanup {
-        run: Some(run),
-        child: None,
-    };
-    let sock_path = run_dir.join("chan.sock");
-    if sock_path.as_os_str().len() > 100 {
-        return Err(RunError::Usage(format!(
-            "the state root {} is too deep for a unix socket path; use a shorter --root",
-            req.state_root.display()
-        )));
-    }
+    let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req, &id)?;
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
     let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
     let vm = VmSpec {
@@ -235,31 +224,18 @@ pub fn run(
     if let Some(n) = notice {
         (opts.notify)(&n);
     }
-    let listener =
-        UnixListener::bind(&sock_path).map_err(|e| RunError::io(sock_path.display(), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| RunError::io(sock_path.display(), e))?;
     // Blocked before any thread starts: threads inherit the mask, so the
     // forwarded signals reach the signalfd, never a thread's default action.
     let sigs = crate::sys::signal::block_forwarded();
     let t = Instant::now();
-    let launch = Instant::now();
-    let (child, logs) = match launch::spawn(&backend, &vm) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::sys::signal::unblock(&sigs);
-            return Err(e);
-        }
-    };
-    let pidfd = launch::pidfd_open(child.id());
-    if let Some(r) = cleanup.run.as_mut() {
-        r.record_backend(child.id() as i32);
-    }
-    cleanup.child = Some(child);
-    // --timeout: an absolute deadline from the VM's start.
-    let deadline = opts.timeout.map(|t| (launch + t, t));
-    let _watchdog = deadline.map(|(d, limit)| Watchdog::start(d, limit, pidfd, run_dir.clone()));
+    let (logs, _watchdog, deadline) =
+        match start_backend(&backend, &vm, &mut cleanup, opts.timeout, &run_dir) {
+            Ok(started) => started,
+            Err(e) => {
+                crate::sys::signal::unblock(&sigs);
+                return Err(e);
+            }
+        };
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
@@ -286,4 +262,57 @@ pub fn run(
     timing.teardown += t.elapsed();
     timing.report(&result, backend.describe(), prepared.kind, opts.notify);
     result
+}
+
+/// The run's directory (removed with the cleanup), and the guest channel's
+/// socket listening in it.
+fn open_run_dir(
+    req: &RunRequest,
+    id: &str,
+) -> Result<(Cleanup, PathBuf, PathBuf, UnixListener), RunError> {
+    let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
+    let run_dir = run.path().to_path_buf();
+    let cleanup = Cleanup {
+        run: Some(run),
+        child: None,
+    };
+    let sock_path = run_dir.join("chan.sock");
+    if sock_path.as_os_str().len() > 100 {
+        return Err(RunError::Usage(format!(
+            "the state root {} is too deep for a unix socket path; use a shorter --root",
+            req.state_root.display()
+        )));
+    }
+    let listener =
+        UnixListener::bind(&sock_path).map_err(|e| RunError::io(sock_path.display(), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| RunError::io(sock_path.display(), e))?;
+    Ok((cleanup, run_dir, sock_path, listener))
+}
+
+/// The `--timeout` deadline: when, and the limit it came from.
+type Deadline = Option<(Instant, Duration)>;
+
+/// Starts the backend (the caller has blocked the forwarded signals): its
+/// logs captured, its pid recorded in the run directory and owned by the
+/// cleanup, and `--timeout`'s watchdog armed from this moment.
+fn start_backend(
+    backend: &Backend,
+    vm: &VmSpec<'_>,
+    cleanup: &mut Cleanup,
+    timeout: Option<Duration>,
+    run_dir: &Path,
+) -> Result<(launch::Logs, Option<Watchdog>, Deadline), RunError> {
+    let launch = Instant::now();
+    let (child, logs) = launch::spawn(backend, vm)?;
+    let pidfd = launch::pidfd_open(child.id());
+    if let Some(r) = cleanup.run.as_mut() {
+        r.record_backend(child.id() as i32);
+    }
+    cleanup.child = Some(child);
+    let deadline = timeout.map(|t| (launch + t, t));
+    let watchdog =
+        deadline.map(|(d, limit)| Watchdog::start(d, limit, pidfd, run_dir.to_path_buf()));
+    Ok((logs, watchdog, deadline))
 }

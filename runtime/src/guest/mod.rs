@@ -336,14 +336,7 @@ fn wait_shutdown(c: &mut File) {
     let mut buf = [0u8; 4096];
     let mut dec = Decoder::new();
     while Instant::now() < deadline {
-        let mut p = libc::pollfd {
-            fd: c.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `p` is one initialised pollfd on the stack; poll writes
-        // only its `revents`.
-        if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
+        if !crate::sys::poll::wait_readable(c.as_raw_fd(), Duration::from_millis(200)) {
             continue;
         }
         match c.read(&mut buf) {
@@ -676,30 +669,17 @@ fn relay(
                 break;
             }
         }
-        let mut fds: Vec<libc::pollfd> = outputs
-            .iter()
-            .map(|o| libc::pollfd {
-                fd: o.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let sfd = sigs.raw_fd();
-        fds.push(libc::pollfd {
-            fd: sfd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        let timeout = if drain_until.is_some() { 100 } else { 1000 };
-        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
-        // poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            continue;
+        // The outputs first (index i is output i), then the signalfd.
+        let mut set = crate::sys::poll::PollSet::new();
+        for o in outputs.iter() {
+            set.add(o.fd.as_raw_fd());
         }
+        let signals = set.add(sigs.raw_fd());
+        let timeout = if drain_until.is_some() { 100 } else { 1000 };
+        set.wait(Some(Duration::from_millis(timeout)));
         let mut closed = Vec::new();
         for (i, o) in outputs.iter_mut().enumerate() {
-            if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            if !set.readable(i) {
                 continue;
             }
             match rustix::io::read(&o.fd, &mut buf) {
@@ -718,7 +698,7 @@ fn relay(
                 let _ = f.write_to(c);
             }
         }
-        if fds[fds.len() - 1].revents & libc::POLLIN != 0 {
+        if set.has_input(signals) {
             sigs.drain();
         }
         // PID 1 reaps everything; only the workload's status counts.

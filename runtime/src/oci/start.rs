@@ -41,14 +41,7 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     // end-of-file; while it runs the hooks, EAGAIN.
     let mut connected = false;
     loop {
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one initialised pollfd on the stack; poll
-        // writes only its `revents`.
-        unsafe { libc::poll(&mut pfd, 1, 50) };
+        crate::sys::poll::wait_readable(f.as_raw_fd(), Duration::from_millis(50));
         let mut b = [0u8; 4096];
         match rustix::io::read(&f, &mut b) {
             // Its end closed: the program was executed, or it died.

@@ -4,6 +4,7 @@
 
 use crate::container::launch::ConsolePty;
 use crate::sys::exit::{decode, try_reap};
+use crate::sys::poll::PollSet;
 use crate::sys::signal::{read_signal, Signals};
 use crate::sys::term::{copy_winsize, CrLf, RawMode};
 use std::io::{Read, Write};
@@ -55,22 +56,17 @@ pub fn wait_with_console(
         None => (None, None),
     };
     loop {
-        let (mut fds, base) = poll_set(sfd, console.as_ref(), pty.as_ref(), stdin_open);
-        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
-        // poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
+        let (mut set, base) = poll_set(sfd, console.as_ref(), pty.as_ref(), stdin_open);
+        if !set.wait(None) {
             continue;
         }
-        if fds[0].revents & libc::POLLIN != 0 {
+        if set.has_input(0) {
             if let Some(code) = on_signal(sfd, pid, pty.as_ref(), console.as_mut(), &mut buf) {
                 return code;
             }
         }
         if let Some(c) = &mut console {
-            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                && !c.copy(&mut buf)
-            {
+            if set.readable(1) && !c.copy(&mut buf) {
                 // Unreadable (no slave could be held and the workload
                 // closed its own): stop watching it; the exit comes as
                 // SIGCHLD.
@@ -78,7 +74,7 @@ pub fn wait_with_console(
             }
         }
         if let Some(m) = &pty {
-            if let Some(code) = on_pty(m, &fds, base, &mut stdin_open, &mut buf, pid) {
+            if let Some(code) = on_pty(m, &set, base, &mut stdin_open, &mut buf, pid) {
                 return code;
             }
         }
@@ -93,36 +89,21 @@ fn poll_set(
     console: Option<&Console>,
     pty: Option<&std::fs::File>,
     stdin_open: bool,
-) -> (Vec<libc::pollfd>, usize) {
-    let mut fds = vec![libc::pollfd {
-        fd: sfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
+) -> (PollSet, usize) {
+    let mut set = PollSet::new();
+    set.add(sfd.as_raw_fd());
     // The console-only pty, when there is one, is polled second.
     if let Some(c) = console {
-        fds.push(libc::pollfd {
-            fd: c.master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        set.add(c.master.as_raw_fd());
     }
-    let base = fds.len();
+    let mut base = usize::MAX;
     if let Some(m) = pty {
-        fds.push(libc::pollfd {
-            fd: m.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        base = set.add(m.as_raw_fd());
         if stdin_open {
-            fds.push(libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            set.add(0);
         }
     }
-    (fds, base)
+    (set, base)
 }
 
 /// One signal from the signalfd: the child's exit status once it is
@@ -165,13 +146,13 @@ fn on_signal(
 /// child's exit status when the pty's slave closed.
 fn on_pty(
     m: &std::fs::File,
-    fds: &[libc::pollfd],
+    set: &PollSet,
     base: usize,
     stdin_open: &mut bool,
     buf: &mut [u8],
     pid: i32,
 ) -> Option<i32> {
-    if fds[base].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+    if set.readable(base) {
         match (&mut &*m).read(buf) {
             Ok(n) if n > 0 => {
                 let mut out = std::io::stdout().lock();
@@ -187,10 +168,7 @@ fn on_pty(
             }
         }
     }
-    if *stdin_open
-        && fds.len() > base + 1
-        && fds[base + 1].revents & (libc::POLLIN | libc::POLLHUP) != 0
-    {
+    if *stdin_open && set.readable(base + 1) {
         match std::io::stdin().lock().read(buf) {
             Ok(n) if n > 0 => {
                 let _ = (&mut &*m).write_all(&buf[..n]);

@@ -7,6 +7,7 @@ pub mod cstr;
 pub mod exit;
 pub mod io;
 pub mod overlay;
+pub mod poll;
 pub mod signal;
 pub mod term;
 pub mod time;

@@ -276,29 +276,14 @@ impl Session<'_> {
         if let Some((d, _)) = self.deadline {
             wait = wait.min(d.saturating_duration_since(now));
         }
-        let wait_ms = wait.as_millis().clamp(1, 1000) as i32;
-        let mut fds = [
-            libc::pollfd {
-                fd: ch.reader.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.sigs.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two initialised pollfds (the
-        // length passed); poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
-        if n < 0 {
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let mut set = crate::sys::poll::PollSet::new();
+        let channel = set.add(ch.reader.as_raw_fd());
+        let signals = set.add(self.sigs.raw_fd());
+        if !set.wait(Some(wait)) {
             return (false, false);
         }
-        (
-            fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
-            fds[1].revents & libc::POLLIN != 0,
-        )
+        (set.readable(channel), set.has_input(signals))
     }
 
     /// Forwards the signals amphi received: window size changes, and the

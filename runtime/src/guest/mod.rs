@@ -149,11 +149,26 @@ fn root_kind() -> String {
 
 /// Step 1 and 2: the root filesystem and the basic mounts.
 fn setup_root() -> Result<(), GuestError> {
-    // The console the kernel gave us as fd 2; without it the init only
-    // loses its own messages, as before.
+    keep_console();
+    mount_kernel_filesystems()?;
+    build_newroot()?;
+    switch_root()?;
+    mount_cgroups()?;
+    mkdir("/tmp")?;
+    Ok(())
+}
+
+/// Keeps a duplicate of the console the kernel gave us as fd 2 (see
+/// [`CONSOLE`]); without it the init only loses its own messages, as
+/// before.
+fn keep_console() {
     if let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), CONSOLE_FD) {
         let _ = CONSOLE.set(File::from(fd));
     }
+}
+
+/// /dev, /proc and /sys in the initramfs.
+fn mount_kernel_filesystems() -> Result<(), GuestError> {
     for d in ["/dev", "/proc", "/sys"] {
         mkdir(d)?;
     }
@@ -173,8 +188,13 @@ fn setup_root() -> Result<(), GuestError> {
         "sysfs",
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         "",
-    )?;
+    )
+}
 
+/// The new root at [`NEWROOT`]: a tmpfs with the directories the container
+/// engine needs, the image as the overlay's lower layer, and the init
+/// binary.
+fn build_newroot() -> Result<(), GuestError> {
     mkdir(NEWROOT)?;
     mount("tmpfs", NEWROOT, "tmpfs", 0, "mode=0755")?;
     for d in [
@@ -189,25 +209,36 @@ fn setup_root() -> Result<(), GuestError> {
     ] {
         mkdir(&format!("{NEWROOT}/{d}"))?;
     }
-    let lower = format!("{NEWROOT}/.amphi/lower");
-    match root_kind().as_str() {
-        "initramfs" => mount(
-            "/.amphi/rootfs",
-            &lower,
-            "",
-            libc::MS_BIND | libc::MS_REC,
-            "",
-        )?,
-        dev => {
-            let path = format!("/dev/{dev}");
-            mount(&path, &lower, "ext4", libc::MS_RDONLY, "")
-                .or_else(|_| mount(&path, &lower, "erofs", libc::MS_RDONLY, ""))?
-        }
-    }
+    mount_image(&format!("{NEWROOT}/.amphi/lower"))?;
     // The init binary, for `--init` (bind-mounted into the container).
     let init = format!("{NEWROOT}{INIT}");
     File::create(&init).map_err(|e| gerr(format!("{init}: {e}")))?;
-    mount(INIT, &init, "", libc::MS_BIND, "")?;
+    mount(INIT, &init, "", libc::MS_BIND, "")
+}
+
+/// The image on `lower`, as `amphi.root=` says: the initramfs copy under
+/// `/.amphi/rootfs`, or a read-only ext4 (or erofs) device.
+fn mount_image(lower: &str) -> Result<(), GuestError> {
+    match root_kind().as_str() {
+        "initramfs" => mount(
+            "/.amphi/rootfs",
+            lower,
+            "",
+            libc::MS_BIND | libc::MS_REC,
+            "",
+        ),
+        dev => {
+            let path = format!("/dev/{dev}");
+            mount(&path, lower, "ext4", libc::MS_RDONLY, "")
+                .or_else(|_| mount(&path, lower, "erofs", libc::MS_RDONLY, ""))
+        }
+    }
+}
+
+/// Moves /dev, /proc and /sys into [`NEWROOT`], then [`NEWROOT`] onto `/`
+/// and makes it the root (pivot_root cannot leave an initramfs, so this is
+/// a switch_root without deleting anything).
+fn switch_root() -> Result<(), GuestError> {
     for d in ["dev", "proc", "sys"] {
         mount(
             &format!("/{d}"),
@@ -223,7 +254,12 @@ fn setup_root() -> Result<(), GuestError> {
     if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
-    std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
+    std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))
+}
+
+/// The cgroup filesystems at /sys/fs/cgroup: cgroup2 with nsdelegate, or
+/// a v1 layout when the command line asks for one.
+fn mount_cgroups() -> Result<(), GuestError> {
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline
         .split_whitespace()
@@ -231,7 +267,7 @@ fn setup_root() -> Result<(), GuestError> {
     {
         // The dispatcher's inference asks for cgroup v1 hierarchies (an
         // init older than systemd 230): a legacy layout.
-        mount_cgroup_v1()?;
+        mount_cgroup_v1()
     } else {
         // nsdelegate: a container in systemd mode gets its cgroup writable
         // at its /sys/fs/cgroup, and the kernel then refuses, from inside
@@ -244,10 +280,8 @@ fn setup_root() -> Result<(), GuestError> {
             "cgroup2",
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             "nsdelegate",
-        )?;
+        )
     }
-    mkdir("/tmp")?;
-    Ok(())
 }
 
 /// The legacy cgroup layout: a tmpfs at /sys/fs/cgroup with one v1

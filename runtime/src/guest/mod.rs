@@ -25,7 +25,8 @@
 //! Anything that fails is sent as [`Frame::Error`] when the channel is
 //! open, and printed on the console either way.
 
-use crate::container::launch::{launch, LaunchOptions};
+use crate::container::cgroups::Cgroup;
+use crate::container::launch::{launch, ConsolePty, LaunchOptions};
 use crate::proto::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready, StartRequest};
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -447,19 +448,12 @@ fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
     tx
 }
 
+/// Step 4 and 5: runs the workload of `req` and relays its stdio, signals
+/// and window size over the channel `c` (`dec` holds what was read of it
+/// past the start request) until it exits; returns its status.
 fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitStatus, GuestError> {
     apply_host_state(&req)?;
-    let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec.clone())
-        .map_err(|e| gerr(format!("the runtime spec from the host: {e}")))?;
-    let rootfs = spec
-        .root()
-        .as_ref()
-        .map(|r| r.path().clone())
-        .unwrap_or_else(|| "/.amphi/rootfs".into());
-    let terminal = spec
-        .process()
-        .as_ref()
-        .is_some_and(|p| p.terminal().unwrap_or(false));
+    let (spec, rootfs, terminal) = workload_spec(&req)?;
 
     // The workload's stdio: pipes (or the pty the engine makes with -t).
     let null = File::options()
@@ -469,23 +463,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .map_err(|e| gerr(format!("/dev/null: {e}")))?;
     let (mut outputs, stdin_pipe) = workload_stdio(&null, terminal, req.stdin)?;
     let sigs = crate::run::pty_signals();
-    let launched = launch(
-        &spec,
-        &rootfs,
-        LaunchOptions {
-            id: req.id.clone(),
-            exec_fifo: None,
-            console_socket: None,
-            user_lookup: req.user_lookup.clone(),
-            preserve_fds: 0,
-            state_template: serde_json::json!({
-                "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
-            }),
-            owns_cgroup: true,
-            sealed: false,
-            console_pty: req.console,
-        },
-    );
+    let launched = launch(&spec, &rootfs, launch_options(&req));
     // Our own stdio back to nothing: the pipes' write ends live only in
     // the workload now, so its exit ends them.
     dup2(null.as_raw_fd(), 0);
@@ -497,32 +475,8 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
     })?;
     let pid = launched.pid;
     let pty = launched.pty;
-    if let Some(m) = &pty {
-        let m = m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?;
-        outputs.push(Output::new(m, Stream::Stdout));
-    }
-    // Held until the workload exits (see run::hold_slave): the pty's, and
-    // the console-only pty's, taken by launch when its master came.
-    let mut slaves: Vec<OwnedFd> = pty
-        .as_ref()
-        .and_then(crate::run::hold_slave)
-        .into_iter()
-        .collect();
-    if let Some(console) = launched.console {
-        outputs.push(Output::new(
-            console.master,
-            Stream::Console(crate::run::CrLf::default()),
-        ));
-        slaves.extend(console.slave);
-    }
-    let input = match (&pty, stdin_pipe) {
-        (Some(m), _) => Some(Input::Pty(
-            m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?,
-        )),
-        (None, Some(p)) => Some(Input::Pipe(p)),
-        (None, None) => None,
-    };
-    let stdin_tx = input.map(stdin_writer);
+    let slaves = terminal_outputs(pty.as_ref(), launched.console, &mut outputs)?;
+    let stdin_tx = workload_input(pty.as_ref(), stdin_pipe)?.map(stdin_writer);
     let pty_fd = pty.as_ref().map(|m| m.as_raw_fd());
 
     // Frames from the host, read in their own thread.
@@ -531,18 +485,100 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .map_err(|e| gerr(format!("guest channel: {e}")))?;
     read_host_frames(reader, dec, stdin_tx, pid, pty_fd);
 
-    let mut code = relay(c, pid, &mut outputs, &sigs, slaves);
-    let oom_killed = launched.cgroup.oom_killed();
+    let code = relay(c, pid, &mut outputs, &sigs, slaves);
+    Ok(exit_status(&launched.cgroup, code))
+}
+
+/// The runtime spec of the start request, the path of its rootfs and
+/// whether its process has a terminal.
+fn workload_spec(
+    req: &StartRequest,
+) -> Result<(oci_spec::runtime::Spec, std::path::PathBuf, bool), GuestError> {
+    let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec.clone())
+        .map_err(|e| gerr(format!("the runtime spec from the host: {e}")))?;
+    let rootfs = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| "/.amphi/rootfs".into());
+    let terminal = spec
+        .process()
+        .as_ref()
+        .is_some_and(|p| p.terminal().unwrap_or(false));
+    Ok((spec, rootfs, terminal))
+}
+
+/// How the container engine launches the workload of `req` in the guest.
+fn launch_options(req: &StartRequest) -> LaunchOptions {
+    LaunchOptions {
+        id: req.id.clone(),
+        exec_fifo: None,
+        console_socket: None,
+        user_lookup: req.user_lookup.clone(),
+        preserve_fds: 0,
+        state_template: serde_json::json!({
+            "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
+        }),
+        owns_cgroup: true,
+        sealed: false,
+        console_pty: req.console,
+    }
+}
+
+/// Adds the workload's ptys to the outputs to relay: the pty master (with
+/// `-t`) and the console-only pty. Returns their slaves, to hold until the
+/// workload exits (see `run::hold_slave`): the pty's, and the console-only
+/// pty's, taken by launch when its master came.
+fn terminal_outputs(
+    pty: Option<&OwnedFd>,
+    console: Option<ConsolePty>,
+    outputs: &mut Vec<Output>,
+) -> Result<Vec<OwnedFd>, GuestError> {
+    if let Some(m) = pty {
+        let m = m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?;
+        outputs.push(Output::new(m, Stream::Stdout));
+    }
+    let mut slaves: Vec<OwnedFd> = pty.and_then(crate::run::hold_slave).into_iter().collect();
+    if let Some(console) = console {
+        outputs.push(Output::new(
+            console.master,
+            Stream::Console(crate::run::CrLf::default()),
+        ));
+        slaves.extend(console.slave);
+    }
+    Ok(slaves)
+}
+
+/// Where the host's stdin goes: the pty master (a duplicate) with `-t`,
+/// else the stdin pipe when the host sends stdin, else nowhere.
+fn workload_input(
+    pty: Option<&OwnedFd>,
+    stdin_pipe: Option<OwnedFd>,
+) -> Result<Option<Input>, GuestError> {
+    Ok(match (pty, stdin_pipe) {
+        (Some(m), _) => Some(Input::Pty(
+            m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?,
+        )),
+        (None, Some(p)) => Some(Input::Pipe(p)),
+        (None, None) => None,
+    })
+}
+
+/// The status sent to the host for a workload that exited with `code`:
+/// 137 when the OOM killer acted in its cgroup, with its peak memory. The
+/// cgroup is removed.
+fn exit_status(cgroup: &Cgroup, mut code: i32) -> ExitStatus {
+    let oom_killed = cgroup.oom_killed();
     if oom_killed {
         code = 137;
     }
-    let peak_memory = launched.cgroup.memory_peak();
-    let _ = launched.cgroup.remove();
-    Ok(ExitStatus {
+    let peak_memory = cgroup.memory_peak();
+    let _ = cgroup.remove();
+    ExitStatus {
         code,
         oom_killed,
         peak_memory,
-    })
+    }
 }
 
 /// The host's clock and the files of the start request (the /etc files).

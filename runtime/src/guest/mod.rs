@@ -746,69 +746,94 @@ fn relay(
                 break;
             }
         }
-        let mut fds: Vec<libc::pollfd> = outputs
-            .iter()
-            .map(|o| libc::pollfd {
-                fd: o.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let sfd = sigs.raw_fd();
-        fds.push(libc::pollfd {
-            fd: sfd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
         let timeout = if drain_until.is_some() { 100 } else { 1000 };
-        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
-        // poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
+        let Some(fds) = poll_outputs(outputs, sigs, timeout) else {
             continue;
-        }
-        let mut closed = Vec::new();
-        for (i, o) in outputs.iter_mut().enumerate() {
-            if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
-                continue;
-            }
-            match rustix::io::read(&o.fd, &mut buf) {
-                Ok(n) if n > 0 => {
-                    if let Some(f) = o.frame(&buf[..n]) {
-                        let _ = f.write_to(c);
-                    }
-                }
-                Ok(_) => closed.push(i),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            if let Some(f) = outputs.remove(i).finish() {
-                let _ = f.write_to(c);
-            }
-        }
+        };
+        forward_outputs(c, outputs, &fds, &mut buf);
         if fds[fds.len() - 1].revents & libc::POLLIN != 0 {
             sigs.drain();
         }
-        // PID 1 reaps everything; only the workload's status counts.
-        loop {
-            let mut st = 0;
-            // SAFETY: waitpid with a valid pointer.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if r <= 0 {
-                break;
-            }
-            if r == pid {
-                status = Some(crate::run::decode_status(st));
-                // The ptys end once what the workload wrote is read.
-                slaves.clear();
-                drain_until = Some(Instant::now() + DRAIN);
-            }
+        if let Some(st) = reap(pid) {
+            status = Some(st);
+            // The ptys end once what the workload wrote is read.
+            slaves.clear();
+            drain_until = Some(Instant::now() + DRAIN);
         }
         if status.is_some() && drain_until.is_none() {
             drain_until = Some(Instant::now() + DRAIN);
         }
     }
     status.unwrap_or(crate::run::EXIT_AMPHI)
+}
+
+/// Polls the outputs and the signalfd (last) for up to `timeout` ms;
+/// returns the polled fds, or `None` when poll failed.
+fn poll_outputs(
+    outputs: &[Output],
+    sigs: &crate::run::Signals,
+    timeout: i32,
+) -> Option<Vec<libc::pollfd>> {
+    let mut fds: Vec<libc::pollfd> = outputs
+        .iter()
+        .map(|o| libc::pollfd {
+            fd: o.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let sfd = sigs.raw_fd();
+    fds.push(libc::pollfd {
+        fd: sfd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
+    // poll writes only their `revents`.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+    (n >= 0).then_some(fds)
+}
+
+/// Sends what the outputs that `fds` found ready hold to the host, and
+/// drops the outputs that ended (after sending what they held back).
+fn forward_outputs(c: &mut File, outputs: &mut Vec<Output>, fds: &[libc::pollfd], buf: &mut [u8]) {
+    let mut closed = Vec::new();
+    for (i, o) in outputs.iter_mut().enumerate() {
+        if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            continue;
+        }
+        match rustix::io::read(&o.fd, &mut *buf) {
+            Ok(n) if n > 0 => {
+                if let Some(f) = o.frame(&buf[..n]) {
+                    let _ = f.write_to(c);
+                }
+            }
+            Ok(_) => closed.push(i),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => closed.push(i),
+        }
+    }
+    for i in closed.into_iter().rev() {
+        if let Some(f) = outputs.remove(i).finish() {
+            let _ = f.write_to(c);
+        }
+    }
+}
+
+/// Reaps every child that has exited (PID 1 reaps everything); returns the
+/// workload's status when `pid` was one of them.
+fn reap(pid: i32) -> Option<i32> {
+    let mut status = None;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid pointer.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r <= 0 {
+            break;
+        }
+        if r == pid {
+            status = Some(crate::run::decode_status(st));
+        }
+    }
+    status
 }

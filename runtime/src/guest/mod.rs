@@ -745,7 +745,7 @@ fn relay(
         if set.has_input(signals) {
             sigs.drain();
         }
-        if let Some(st) = reap(pid) {
+        if let Some(st) = crate::sys::exit::reap_all(pid) {
             status = Some(st);
             // The ptys end once what the workload wrote is read.
             slaves.clear();
@@ -803,22 +803,4 @@ fn forward_outputs(
             let _ = f.write_to(c);
         }
     }
-}
-
-/// Reaps every child that has exited (PID 1 reaps everything); returns the
-/// workload's status when `pid` was one of them.
-fn reap(pid: i32) -> Option<i32> {
-    let mut status = None;
-    loop {
-        let mut st = 0;
-        // SAFETY: waitpid with a valid pointer.
-        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-        if r <= 0 {
-            break;
-        }
-        if r == pid {
-            status = Some(crate::sys::exit::decode(st));
-        }
-    }
-    status
 }

@@ -3,6 +3,7 @@
 
 use crate::container::config::ConfigError;
 use crate::container::launch::LaunchError;
+use crate::sys::error::StepError;
 
 /// Why an OCI runtime command failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,30 +18,16 @@ pub enum OciError {
     /// The container (or the process for `exec`) could not be started.
     #[error(transparent)]
     Launch(#[from] LaunchError),
-    /// An operation on a file or a system resource failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A step of the engine below failed (cgroups, hooks, the state
-    /// file): what was being done (empty when the cause says it all) and
-    /// the cause.
-    #[error("{}{source}", if what.is_empty() { String::new() } else { format!("{what}: ") })]
-    Step {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// A step failed for a cause of another type (an I/O error on a file
+    /// or a resource, the engine's cgroups, hooks or state file): what was
+    /// being done and why.
+    #[error(transparent)]
+    Step(#[from] StepError),
 }
 
 impl OciError {
     pub fn io(what: impl std::fmt::Display, source: impl Into<std::io::Error>) -> OciError {
-        OciError::Io {
-            what: what.to_string(),
-            source: source.into(),
-        }
+        OciError::Step(StepError::new(what, source.into()))
     }
 
     /// A step that failed for `source` (another layer's error).
@@ -48,10 +35,7 @@ impl OciError {
         what: impl std::fmt::Display,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> OciError {
-        OciError::Step {
-            what: what.to_string(),
-            source: source.into(),
-        }
+        OciError::Step(StepError::new(what, source))
     }
 
     /// Another layer's error whose message says it all.

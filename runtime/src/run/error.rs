@@ -4,6 +4,7 @@
 use crate::container::launch::LaunchError;
 use crate::container::sync::ChildError;
 use crate::dispatch::PlanError;
+use crate::sys::error::StepError;
 use std::time::Duration;
 
 /// Exit status when `--timeout` stopped the run (as timeout(1)).
@@ -76,21 +77,10 @@ pub enum RunError {
     /// command was missing, could not be run, or the setup failed).
     #[error(transparent)]
     Launch(#[from] LaunchError),
-    /// An operation on a file or a system resource failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A step failed for a cause of another layer's type: what was being
-    /// done (empty when the cause says it all) and the cause.
-    #[error("{}{source}", prefix(what))]
-    Step {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    /// A step failed for a cause of another type (an I/O error on a file
+    /// or a resource, another layer's error): what was being done and why.
+    #[error(transparent)]
+    Step(#[from] StepError),
     /// The microVM or its guest failed; the backend's log tells more.
     #[error("{0}")]
     Vm(String),
@@ -112,14 +102,6 @@ pub enum RunError {
     Failed(String),
 }
 
-fn prefix(what: &str) -> String {
-    if what.is_empty() {
-        String::new()
-    } else {
-        format!("{what}: ")
-    }
-}
-
 impl RunError {
     /// What failed, for the exit status.
     pub fn failure(&self) -> Failure {
@@ -137,10 +119,7 @@ impl RunError {
 
     /// An I/O failure on `what` (a path, a pipe, ...).
     pub fn io(what: impl std::fmt::Display, source: std::io::Error) -> RunError {
-        RunError::Io {
-            what: what.to_string(),
-            source,
-        }
+        RunError::Step(StepError::new(what, source))
     }
 
     /// A step that failed for `source`; `what` names it ("" when the cause
@@ -149,10 +128,7 @@ impl RunError {
         what: impl std::fmt::Display,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> RunError {
-        RunError::Step {
-            what: what.to_string(),
-            source: source.into(),
-        }
+        RunError::Step(StepError::new(what, source))
     }
 
     /// A cause that says it all.

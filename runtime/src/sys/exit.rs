@@ -40,3 +40,21 @@ pub fn try_reap(pid: i32) -> Option<i32> {
         None
     }
 }
+
+/// Reaps every child that has exited, without blocking (a PID 1 reaps
+/// everything); returns `pid`'s status when it was one of them.
+pub fn reap_all(pid: i32) -> Option<i32> {
+    let mut status = None;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid with a valid pointer.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+        if r <= 0 {
+            break;
+        }
+        if r == pid {
+            status = Some(decode(st));
+        }
+    }
+    status
+}

@@ -4,6 +4,7 @@
 //! mount options.
 
 pub mod cstr;
+pub mod error;
 pub mod exit;
 pub mod io;
 pub mod overlay;

@@ -41,7 +41,7 @@ fn refuse(verb: &str) -> String {
 /// `checkpoint ID`: refused (see the module's note); the container must
 /// exist, as for runc.
 pub fn checkpoint(root: &Path, id: &str) -> Result<()> {
-    State::load(root, id)?;
+    State::load(root, id).map_err(|e| e.to_string())?;
     Err(refuse("checkpoint"))
 }
 

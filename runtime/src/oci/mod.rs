@@ -135,12 +135,12 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
 }
 
 fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
-    state::check_id(&o.id)?;
+    state::check_id(&o.id).map_err(|e| e.to_string())?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| format!("bundle {}: {e}", o.bundle.display()))?;
     let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
+    state::ensure_root(root).map_err(|e| e.to_string())?;
     let dir = State::dir(root, &o.id);
     match state::create_dir(root, &o.id) {
         Ok(_) => {}
@@ -210,10 +210,13 @@ fn create_in(
             l.cgroup.clone(),
         )
     };
-    let saved = st.save(root).and_then(|()| match &o.pid_file {
-        Some(p) => write_pid_file(p, l.pid),
-        None => Ok(()),
-    });
+    let saved = st
+        .save(root)
+        .map_err(|e| e.to_string())
+        .and_then(|()| match &o.pid_file {
+            Some(p) => write_pid_file(p, l.pid),
+            None => Ok(()),
+        });
     if let Err(e) = saved {
         kill_and_reap(l.pid);
         let _ = l.cgroup.remove();
@@ -248,7 +251,7 @@ fn kill_and_reap(pid: i32) {
 /// fails if a startContainer hook (or the exec) failed, in which case the
 /// container is destroyed as the runtime spec asks.
 pub fn start(root: &Path, id: &str) -> Result<()> {
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     match st.status(root) {
         Status::Created => {}
         s => {
@@ -326,14 +329,14 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
 
 /// `state`: the OCI state JSON.
 pub fn state(root: &Path, id: &str) -> Result<String> {
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     Ok(serde_json::to_string_pretty(&st.oci(root)).expect("state serialises"))
 }
 
 /// `kill`: signal the container's process (or all its processes).
 pub fn kill(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
     let sig = parse_signal(signal)?;
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     if all {
         // As runc: frozen while signalled (no process forks past the
         // list), then thawed, a paused container too (so a SIGKILL
@@ -369,7 +372,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Ok(s) => s,
         // runc: deleting a missing container with --force is not an error.
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.to_string()),
     };
     match st.status(root) {
         s @ (Status::Running | Status::Paused) if !force => {
@@ -423,7 +426,7 @@ fn kill_all(st: &State) {
 
 /// `ps`: the container's processes.
 pub fn ps(root: &Path, id: &str, json: bool) -> Result<String> {
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     let mut pids = st.cgroup.pids();
     if pids.is_empty() && st.alive() {
         pids.push(st.pid);

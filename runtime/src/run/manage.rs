@@ -158,7 +158,7 @@ pub fn remove_leftovers(state_root: &Path, id: &str) -> Result<(), String> {
     let st = State::load(state_root, id).ok();
     let cgroup = match &st {
         Some(s) => s.cgroup.clone(),
-        None => Cgroup::new(None, id)?,
+        None => Cgroup::new(None, id).map_err(|e| e.to_string())?,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while kill_all(&cgroup, st.as_ref()) > 0 {

@@ -104,7 +104,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
     // Private: 0700 directories, 0600 files (the config holds the -e
     // values, the log what the container printed).
-    state::ensure_root(&req.state_root).map_err(amphi_err)?;
+    state::ensure_root(&req.state_root).map_err(|e| amphi_err(e.to_string()))?;
     let state_dir = state::create_dir(&req.state_root, &id).map_err(|e| {
         amphi_err(format!(
             "{}: {e}",
@@ -407,7 +407,7 @@ pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
-    state::ensure_root(p).map_err(amphi_err)
+    state::ensure_root(p).map_err(|e| amphi_err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -429,7 +429,7 @@ mod launch_code_tests {
             "exec x: executable file not found in $PATH",
         ));
         assert_eq!(launch_error_code(&setup), EXIT_AMPHI);
-        let runtime = LaunchError::Runtime("exec fifo /x: gone".into());
+        let runtime = LaunchError::Runtime(crate::container::launch::ParentError::DiedDuringSetup);
         assert_eq!(launch_error_code(&runtime), EXIT_AMPHI);
     }
 }

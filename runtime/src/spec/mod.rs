@@ -279,11 +279,11 @@ pub fn parse_memory(s: &str) -> Result<i64, String> {
 pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
     let add: Vec<String> = add
         .iter()
-        .map(|c| caps::parse(c))
+        .map(|c| caps::parse(c).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     let drop: Vec<String> = drop
         .iter()
-        .map(|c| caps::parse(c))
+        .map(|c| caps::parse(c).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     let mut set: Vec<String> = if add.iter().any(|c| c == "CAP_ALL") {
         caps::all_names()
@@ -683,7 +683,10 @@ fn linux(
         SeccompChoice::File(p) => {
             let data =
                 std::fs::read(p).map_err(|e| format!("seccomp profile {}: {e}", p.display()))?;
-            linux = linux.seccomp(seccomp::parse_profile(&data, &p.display().to_string())?);
+            linux = linux.seccomp(
+                seccomp::parse_profile(&data, &p.display().to_string())
+                    .map_err(|e| e.to_string())?,
+            );
         }
     }
     linux.build().map_err(|e| e.to_string())

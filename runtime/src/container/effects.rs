@@ -314,7 +314,8 @@ pub(super) fn mount_raw(
 /// panics on any such call outside its root. Mounts, device nodes,
 /// ownership and modes are only logged. Paths are shown relative to the
 /// root (`/dev/null` for `<root>/dev/null`), descriptors as the paths they
-/// stand for.
+/// stand for. A test can make chosen calls fail ([`Recorder::fail`]): they
+/// are logged, and not made.
 #[cfg(test)]
 pub mod record {
     use super::*;
@@ -372,17 +373,22 @@ pub mod record {
             set: u64,
             clr: u64,
         },
-        /// One write(2) (or a whole-file write), with its data.
+        /// An existing file opened for writing.
+        Open(PathBuf),
+        /// One write(2) to an opened file, or a whole-file write.
         Write {
             path: PathBuf,
             data: String,
         },
     }
 
+    type Failure = Rc<dyn Fn(&Call) -> Option<rustix::io::Errno>>;
+
     /// Logs calls; see the module's documentation.
     pub struct Recorder {
         root: PathBuf,
         log: Rc<RefCell<Vec<Call>>>,
+        fail: Failure,
     }
 
     impl Recorder {
@@ -391,7 +397,14 @@ pub mod record {
             Recorder {
                 root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
                 log: Rc::default(),
+                fail: Rc::new(|_| None),
             }
+        }
+
+        /// Makes the calls `f` returns an errno for fail with it.
+        pub fn fail(mut self, f: impl Fn(&Call) -> Option<rustix::io::Errno> + 'static) -> Self {
+            self.fail = Rc::new(f);
+            self
         }
 
         /// The calls so far.
@@ -404,18 +417,17 @@ pub mod record {
             std::mem::take(&mut self.log.borrow_mut())
         }
 
-        fn push(&self, c: Call) {
+        /// Logs `c`; its injected failure, if any.
+        fn push(&self, c: Call) -> rustix::io::Result<()> {
+            let r = (self.fail)(&c);
             self.log.borrow_mut().push(c);
+            r.map_or(Ok(()), Err)
         }
 
         /// `p` as shown: through `/proc/self/fd/N` to what it stands for,
         /// then relative to the root.
         pub fn show(&self, p: &Path) -> PathBuf {
-            let real = if p.starts_with("/proc/self/fd") {
-                std::fs::read_link(p).unwrap_or_else(|_| p.to_path_buf())
-            } else {
-                p.to_path_buf()
-            };
+            let real = real_path(p);
             match real.strip_prefix(&self.root) {
                 Ok(rel) => Path::new("/").join(rel),
                 Err(_) => real,
@@ -423,31 +435,37 @@ pub mod record {
         }
 
         fn at(&self, dir: BorrowedFd<'_>, name: impl AsRef<Path>) -> PathBuf {
-            let d = self.show(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())));
-            d.join(name)
+            self.show(&fd_path(dir)).join(name)
         }
 
         /// `p` as shown, after checking that it lies in the root (for a
         /// call made for real).
         fn inside(&self, p: &Path) -> PathBuf {
-            let shown = self.show(p);
-            let real = if p.starts_with("/proc/self/fd") {
-                std::fs::read_link(p).unwrap_or_else(|_| p.to_path_buf())
-            } else {
-                p.to_path_buf()
-            };
+            let real = real_path(p);
             assert!(
                 real.starts_with(&self.root),
                 "recorder: {} is outside the test's root {}",
                 real.display(),
                 self.root.display()
             );
-            shown
+            self.show(p)
         }
 
         fn inside_at(&self, dir: BorrowedFd<'_>, name: impl AsRef<Path>) -> PathBuf {
-            let d = self.inside(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())));
-            d.join(name)
+            self.inside(&fd_path(dir)).join(name)
+        }
+    }
+
+    fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    }
+
+    /// What a `/proc/self/fd/N` path stands for; other paths as they are.
+    fn real_path(p: &Path) -> PathBuf {
+        if p.starts_with("/proc/self/fd") {
+            std::fs::read_link(p).unwrap_or_else(|_| p.to_path_buf())
+        } else {
+            p.to_path_buf()
         }
     }
 
@@ -456,14 +474,20 @@ pub mod record {
         file: std::fs::File,
         path: PathBuf,
         log: Rc<RefCell<Vec<Call>>>,
+        fail: Failure,
     }
 
     impl io::Write for Writer {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.log.borrow_mut().push(Call::Write {
+            let c = Call::Write {
                 path: self.path.clone(),
                 data: String::from_utf8_lossy(buf).into_owned(),
-            });
+            };
+            let failed = (self.fail)(&c);
+            self.log.borrow_mut().push(c);
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             self.file.write_all(buf)?;
             Ok(buf.len())
         }
@@ -477,7 +501,7 @@ pub mod record {
         type Writer = Writer;
 
         fn mkdirat(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: Mode) -> rustix::io::Result<()> {
-            self.push(Call::Mkdir(self.inside_at(dir, name)));
+            self.push(Call::Mkdir(self.inside_at(dir, name)))?;
             Real.mkdirat(dir, name, mode)
         }
 
@@ -487,7 +511,7 @@ pub mod record {
             name: &OsStr,
             mode: Mode,
         ) -> rustix::io::Result<()> {
-            self.push(Call::CreateFile(self.inside_at(dir, name)));
+            self.push(Call::CreateFile(self.inside_at(dir, name)))?;
             Real.create_file_at(dir, name, mode)
         }
 
@@ -500,12 +524,12 @@ pub mod record {
             self.push(Call::Symlink {
                 link: self.inside_at(dir, name),
                 target: target.into(),
-            });
+            })?;
             Real.symlinkat(target, dir, name)
         }
 
         fn unlinkat(&self, dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
-            self.push(Call::Unlink(self.inside_at(dir, name)));
+            self.push(Call::Unlink(self.inside_at(dir, name)))?;
             Real.unlinkat(dir, name)
         }
 
@@ -528,16 +552,14 @@ pub mod record {
                 mode: mode.bits(),
                 major: rustix::fs::major(dev),
                 minor: rustix::fs::minor(dev),
-            });
-            Ok(())
+            })
         }
 
         fn chmodat(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: Mode) -> rustix::io::Result<()> {
             self.push(Call::Chmod {
                 path: self.at(dir, name),
                 mode: mode.bits(),
-            });
-            Ok(())
+            })
         }
 
         fn chownat(
@@ -551,8 +573,7 @@ pub mod record {
                 path: self.at(dir, name),
                 uid,
                 gid,
-            });
-            Ok(())
+            })
         }
 
         fn mount(
@@ -573,8 +594,7 @@ pub mod record {
                 fstype: fstype.into(),
                 flags,
                 data: data.into(),
-            });
-            Ok(())
+            })
         }
 
         fn bind(&self, source: &Path, target: &Path, recursive: bool) -> rustix::io::Result<()> {
@@ -582,16 +602,14 @@ pub mod record {
                 source: source.into(),
                 target: self.show(target),
                 recursive,
-            });
-            Ok(())
+            })
         }
 
         fn propagate(&self, target: &Path, flags: MountPropagationFlags) -> rustix::io::Result<()> {
             self.push(Call::Propagate {
                 target: self.show(target),
                 flags: flags.bits().into(),
-            });
-            Ok(())
+            })
         }
 
         fn mount_setattr(
@@ -601,25 +619,24 @@ pub mod record {
             clr: u64,
         ) -> rustix::io::Result<()> {
             self.push(Call::SetAttr {
-                target: self.at(mount, ""),
+                target: self.show(&fd_path(mount)),
                 set,
                 clr,
-            });
-            Ok(())
+            })
         }
 
         fn mkdir(&self, dir: &Path) -> io::Result<()> {
-            self.push(Call::Mkdir(self.inside(dir)));
+            self.push(Call::Mkdir(self.inside(dir)))?;
             Real.mkdir(dir)
         }
 
         fn mkdir_all(&self, dir: &Path) -> io::Result<()> {
-            self.push(Call::MkdirAll(self.inside(dir)));
+            self.push(Call::MkdirAll(self.inside(dir)))?;
             Real.mkdir_all(dir)
         }
 
         fn remove_dir(&self, dir: &Path) -> io::Result<()> {
-            self.push(Call::RemoveDir(self.inside(dir)));
+            self.push(Call::RemoveDir(self.inside(dir)))?;
             Real.remove_dir(dir)
         }
 
@@ -627,7 +644,7 @@ pub mod record {
             self.push(Call::Symlink {
                 link: self.inside(link),
                 target: target.into(),
-            });
+            })?;
             Real.symlink(target, link)
         }
 
@@ -635,16 +652,18 @@ pub mod record {
             self.push(Call::Write {
                 path: self.inside(path),
                 data: String::from_utf8_lossy(data).into_owned(),
-            });
+            })?;
             Real.write_file(path, data)
         }
 
         fn open_write(&self, path: &Path) -> io::Result<Writer> {
             let shown = self.inside(path);
+            self.push(Call::Open(shown.clone()))?;
             Ok(Writer {
                 file: Real.open_write(path)?,
                 path: shown,
                 log: Rc::clone(&self.log),
+                fail: Rc::clone(&self.fail),
             })
         }
     }

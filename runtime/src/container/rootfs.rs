@@ -1061,6 +1061,9 @@ pub fn open_root(rootfs: &Path) -> Result<OwnedFd> {
 }
 
 #[cfg(test)]
+mod recorded_tests;
+
+#[cfg(test)]
 mod tests {
     use super::super::effects::Real;
     use super::*;

@@ -720,3 +720,6 @@ fn copy_cpuset(fx: &impl Effects, cpuset: &Path, dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod recorded_tests;

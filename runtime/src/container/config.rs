@@ -162,8 +162,7 @@ fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
     if let Some(linux) = spec.linux() {
         if let Some(p) = linux.personality() {
             if let Err(e) = super::init::personality_value(p) {
-                let (field, reason) = e.split_once(": ").unwrap_or(("linux.personality", &e));
-                return Err(invalid(path, field, reason));
+                return Err(invalid(path, &e.field(), e.reason()));
             }
         }
         // Masking and read-only paths are mounts: without a mount namespace

@@ -7,6 +7,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod config;
 pub mod devices;
+pub mod effects;
 pub mod hooks;
 pub mod init;
 pub mod launch;

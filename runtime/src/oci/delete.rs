@@ -14,7 +14,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Ok(s) => s,
         // runc: deleting a missing container with --force is not an error.
         Err(_) if force && state::check_id(id).is_ok() => return Ok(()),
-        Err(e) => return Err(OciError::cause(e)),
+        Err(e) => return Err(e.into()),
     };
     match st.status(root) {
         s @ (Status::Running | Status::Paused) if !force => {

@@ -1,8 +1,11 @@
 //! The errors of the OCI runtime commands. The CLI prints them (as runc
 //! does: one line, or a log entry for the caller) and chooses the status.
 
+use crate::container::caps::CapsError;
+use crate::container::cgroups::CgroupError;
 use crate::container::config::ConfigError;
 use crate::container::launch::LaunchError;
+use crate::container::state::StateError;
 use crate::sys::error::StepError;
 
 /// Why an OCI runtime command failed.
@@ -18,6 +21,15 @@ pub enum OciError {
     /// The container (or the process for `exec`) could not be started.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// The container's state is missing, unreadable, or its id invalid.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A capability name (`exec --cap`) that is not one.
+    #[error(transparent)]
+    Caps(#[from] CapsError),
+    /// The container's cgroups could not be read or changed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     /// A step failed for a cause of another type (an I/O error on a file
     /// or a resource, the engine's cgroups, hooks or state file): what was
     /// being done and why.

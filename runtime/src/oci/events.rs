@@ -253,7 +253,7 @@ fn oom_kills(cg: &Cgroup) -> u64 {
 /// `events`: prints to standard output as it goes.
 pub fn events(root: &Path, o: &EventsOptions) -> Result<()> {
     use std::io::Write;
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     let stopped = |st: &State| st.status(root) == Status::Stopped;
     if stopped(&st) {
         return Err(format!("container {:?} is not running", o.id).into());

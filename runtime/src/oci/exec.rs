@@ -137,13 +137,13 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     if o.process_label.is_some() {
         check_lsm("--process-label", "selinux", host_lsms().as_deref())?;
     }
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     check_status(root, &st, o)?;
     let caps: Vec<String> = o
         .caps
         .iter()
         .map(|c| crate::container::caps::parse(c))
-        .collect::<std::result::Result<_, String>>()?;
+        .collect::<std::result::Result<_, _>>()?;
     let cgroups_path = exec_cgroup(&st, o.cgroup.as_deref())?;
     let mut spec = config::load(&st.bundle)?;
     let mut process = exec_process(&spec, o, &caps)?;

@@ -9,9 +9,9 @@ use std::path::Path;
 
 /// `pause`: freezes a running (or created) container, as runc does.
 pub fn pause(root: &Path, id: &str) -> Result<()> {
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     match st.status(root) {
-        Status::Running | Status::Created => st.cgroup.freeze(true).map_err(OciError::cause),
+        Status::Running | Status::Created => st.cgroup.freeze(true).map_err(OciError::from),
         s => Err(format!(
             "container {id:?} is {}, not running: cannot pause it",
             s.as_str()
@@ -22,9 +22,9 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
 
 /// `resume`: thaws a paused container.
 pub fn resume(root: &Path, id: &str) -> Result<()> {
-    let st = State::load(root, id)?;
+    let st = State::load(root, id).map_err(|e| e.to_string())?;
     match st.status(root) {
-        Status::Paused => st.cgroup.freeze(false).map_err(OciError::cause),
+        Status::Paused => st.cgroup.freeze(false).map_err(OciError::from),
         s => Err(format!(
             "container {id:?} is {}, not paused: cannot resume it",
             s.as_str()

@@ -81,12 +81,12 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
 /// the container unless `keep`.
 fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
     let id = o.create.id.as_str();
-    state::check_id(id)?;
+    state::check_id(id).map_err(|e| e.to_string())?;
     let bundle = std::fs::canonicalize(&o.create.bundle)
         .map_err(|e| OciError::io(format_args!("bundle {}", o.create.bundle.display()), e))?;
     let spec = config::load_bundle(&bundle)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
+    state::ensure_root(root).map_err(|e| e.to_string())?;
     let dir = State::dir(root, id);
     match state::create_dir(root, id) {
         Ok(_) => {}

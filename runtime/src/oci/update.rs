@@ -154,7 +154,7 @@ pub fn current(root: &Path, st: &State) -> Value {
 
 /// `update`.
 pub fn update(root: &Path, o: &UpdateOptions) -> Result<()> {
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     if st.status(root) == Status::Stopped {
         return Err(format!(
             "container {:?} is stopped: cannot update its resources",
@@ -198,7 +198,7 @@ pub fn update(root: &Path, o: &UpdateOptions) -> Result<()> {
     }
     let res = parse_resources("update", &change)?;
     parse_resources("the container's resources after the update", &merged)?;
-    st.cgroup.update(&res)?;
+    st.cgroup.update(&res).map_err(|e| e.to_string())?;
     let data = serde_json::to_vec_pretty(&merged).expect("json");
     crate::image::store::write_private(&saved_path(root, &o.id), &data)
         .map_err(|e| OciError::io(format_args!("saving the resources of {:?}", o.id), e))

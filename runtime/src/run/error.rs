@@ -73,6 +73,12 @@ pub enum RunError {
     /// The image could not be found or read, or the dispatcher refused.
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The runtime spec could not be built from the image and the flags.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// The container's runtime state could not be made or read.
+    #[error(transparent)]
+    State(#[from] crate::container::state::StateError),
     /// The container could not be started (its kind says whether the
     /// command was missing, could not be run, or the setup failed).
     #[error(transparent)]
@@ -156,7 +162,9 @@ mod tests {
             "exec x: executable file not found in $PATH",
         )));
         assert_eq!(setup.failure(), Failure::Amphi);
-        let runtime = RunError::Launch(LaunchError::Runtime("exec fifo /x: gone".into()));
+        let runtime = RunError::Launch(LaunchError::Runtime(
+            crate::container::launch::ParentError::DiedDuringSetup,
+        ));
         assert_eq!(runtime.failure(), Failure::Amphi);
         let text = RunError::Failed("exec x: executable file not found in $PATH".into());
         assert_eq!(text.failure(), Failure::Amphi);

@@ -181,7 +181,7 @@ fn prepare(req: &RunRequest, resolved: ResolvedImage) -> Result<(Prepared, Clean
         .name
         .clone()
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
-    state::ensure_root(&req.state_root).map_err(RunError::cause)?;
+    state::ensure_root(&req.state_root)?;
     let state_dir = state::create_dir(&req.state_root, &id)
         .map_err(|e| RunError::io(State::dir(&req.state_root, &id).display(), e))?;
     let container_dir = records::dir(&req.store_root, &id);
@@ -202,7 +202,7 @@ fn prepare(req: &RunRequest, resolved: ResolvedImage) -> Result<(Prepared, Clean
     for d in [&plan.rootfs, &plan.upper, &plan.work] {
         std::fs::create_dir_all(d).map_err(|e| RunError::io(d.display(), e))?;
     }
-    let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(RunError::cause)?;
+    let (spec, user) = spec::build(&image, &req.flags, &id, &plan)?;
     let config_path = state_dir.join("config.json");
     let config =
         serde_json::to_vec_pretty(&spec).map_err(|e| RunError::step(config_path.display(), e))?;
@@ -445,5 +445,5 @@ pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), RunError>
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
-    state::ensure_root(p).map_err(RunError::cause)
+    Ok(state::ensure_root(p)?)
 }

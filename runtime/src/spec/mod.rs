@@ -31,7 +31,10 @@ pub enum SpecError {
     Overlay(#[from] crate::sys::overlay::OverlayError),
     /// A seccomp profile that cannot be used.
     #[error(transparent)]
-    Seccomp(Box<dyn std::error::Error + Send + Sync>),
+    Seccomp(#[from] crate::container::seccomp::SeccompError),
+    /// A `--cap-add`/`--cap-drop` name that is not a capability.
+    #[error(transparent)]
+    Caps(#[from] crate::container::caps::CapsError),
     /// A file the spec reads or writes.
     #[error("{what}: {source}")]
     Io {
@@ -320,13 +323,11 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, Spec
     let add: Vec<String> = add
         .iter()
         .map(|c| caps::parse(c))
-        .collect::<Result<_, _>>()
-        .map_err(SpecError::Invalid)?;
+        .collect::<Result<_, _>>()?;
     let drop: Vec<String> = drop
         .iter()
         .map(|c| caps::parse(c))
-        .collect::<Result<_, _>>()
-        .map_err(SpecError::Invalid)?;
+        .collect::<Result<_, _>>()?;
     let mut set: Vec<String> = if add.iter().any(|c| c == "CAP_ALL") {
         caps::all_names()
     } else {
@@ -703,10 +704,7 @@ fn linux(
         SeccompChoice::File(p) => {
             let data = std::fs::read(p)
                 .map_err(|e| SpecError::io(format_args!("seccomp profile {}", p.display()), e))?;
-            linux = linux.seccomp(
-                seccomp::parse_profile(&data, &p.display().to_string())
-                    .map_err(|e| SpecError::Seccomp(e.into()))?,
-            );
+            linux = linux.seccomp(seccomp::parse_profile(&data, &p.display().to_string())?);
         }
     }
     linux.build().map_err(SpecError::from)

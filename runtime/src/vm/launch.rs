@@ -225,7 +225,7 @@ pub(super) fn start_request(
         work: "/.amphi/work".into(),
         etc_dir: run_dir.join("etc"),
     };
-    let (spec, user) = spec::build(image, &req.flags, id, &plan).map_err(RunError::cause)?;
+    let (spec, user) = spec::build(image, &req.flags, id, &plan)?;
     let mut spec_json =
         serde_json::to_value(&spec).map_err(|e| RunError::step("the runtime spec", e))?;
     let mut files = BTreeMap::new();

@@ -5,8 +5,8 @@
 use super::cgroups::{Cgroup, CgroupError};
 use super::devices::{DevicesError, Rule};
 use super::hooks::HookError;
-use super::init::{child_main, InitArgs, PayloadError};
 use super::sealed::SealedError;
+use super::setup::{child_main, InitArgs, PayloadError};
 use super::sync::{ChildError, Msg, Sync, SyncError};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -612,7 +612,7 @@ fn setup_stage(
 ) -> Result<(OwnedFd, OwnedFd, Vec<i32>), LaunchError> {
     let sealed = crate::container::sealed::binary()?;
     let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
-    let payload = super::init::StagePayload {
+    let payload = super::setup::StagePayload {
         spec: spec.clone(),
         rootfs: rootfs.to_path_buf(),
         sync_fd: child.as_fd().as_raw_fd(),
@@ -721,7 +721,7 @@ fn child_side(c: ChildSide<'_>) -> ! {
         .map_err(ChildError::stage("user namespace"))
         .and_then(|go| {
             if in_userns {
-                super::init::set_ids(0, 0).map_err(ChildError::stage("user namespace"))?;
+                super::setup::set_ids(0, 0).map_err(ChildError::stage("user namespace"))?;
             }
             Ok(go)
         });
@@ -733,7 +733,7 @@ fn child_side(c: ChildSide<'_>) -> ! {
                 unsafe { libc::_exit(1) }
             }
         };
-        let e = super::init::exec_setup_stage(sealed, payload, keep, go);
+        let e = super::setup::exec_setup_stage(sealed, payload, keep, go);
         child.send_error(&e);
         // SAFETY: leaving the forked child without unwinding.
         unsafe { libc::_exit(1) }

@@ -11,7 +11,7 @@
 //!
 //! So no container process runs the host's binary: right after the clone,
 //! the child executes a sealed copy of amphi as its setup stage
-//! (`container::init`, as `runc init`), while the runtime sets up its
+//! (`container::setup`, as `runc init`), while the runtime sets up its
 //! cgroups; the sealed copy is:
 //!
 //! 1. **A read-only overlayfs clone** (as runc 1.2 does): a detached

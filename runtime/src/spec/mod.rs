@@ -280,9 +280,9 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
-/// What is bind-mounted there (defined by container::init, which
+/// What is bind-mounted there (defined by container::setup, which
 /// recognises it).
-pub use crate::container::init::INIT_SOURCE;
+pub use crate::container::setup::INIT_SOURCE;
 
 /// Where the container's root comes from.
 pub struct RootfsPlan {

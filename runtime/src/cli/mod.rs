@@ -6,6 +6,7 @@ mod images;
 mod kernel;
 mod oci;
 mod run;
+mod tiny_init;
 mod vmm;
 mod workload;
 
@@ -244,7 +245,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     if let Command::Init { command } = &cli.command {
         let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
-        return Ok(crate::run::tiny_init::main(&args).unwrap_or_else(|e| {
+        return Ok(tiny_init::main(&args).unwrap_or_else(|e| {
             eprintln!("{e}");
             EXIT_AMPHI
         }));

@@ -7,7 +7,6 @@ pub mod manage;
 mod pty;
 pub mod records;
 pub mod report;
-pub mod tiny_init;
 
 pub use pty::{hold_slave, wait as pty_wait};
 

@@ -93,7 +93,30 @@ fn lab_boot(what: &str, args: &[&str], vcpus: u32) -> BTreeMap<String, String> {
     assert_eq!(get("amphi-rc"), Some("0"), "{}", show(&out));
     assert_eq!(get("l2-kernel-warnings"), Some("0"), "{}", show(&out));
     assert_eq!(get("result"), Some("PASS"), "{}", show(&out));
+    assert_jailed(get("jail").unwrap_or(""), &show(&out));
     report
+}
+
+/// The `jail:` line of a lab report (level 1's look at the running VMM's
+/// /proc entries): an unprivileged user, no capabilities, seccomp, no new
+/// privileges, an empty root, its own mount and net namespaces.
+fn assert_jailed(jail: &str, context: &str) {
+    let fields: BTreeMap<&str, &str> = jail.split(' ').filter_map(|f| f.split_once('=')).collect();
+    let field = |k: &str| fields.get(k).copied().unwrap_or("missing");
+    let uid: u64 = field("uid").parse().unwrap_or(0);
+    let gid: u64 = field("gid").parse().unwrap_or(0);
+    assert!(
+        uid >= 2_000_000_000 && gid >= 2_000_000_000,
+        "jail: {jail}\n{context}"
+    );
+    for caps in ["capeff", "capprm", "capbnd"] {
+        assert_eq!(field(caps), "0000000000000000", "jail: {jail}\n{context}");
+    }
+    assert_eq!(field("seccomp"), "2", "jail: {jail}\n{context}");
+    assert_eq!(field("nonewprivs"), "1", "jail: {jail}\n{context}");
+    assert_eq!(field("root-entries"), "0", "jail: {jail}\n{context}");
+    assert_eq!(field("mnt"), "own", "jail: {jail}\n{context}");
+    assert_eq!(field("net"), "own", "jail: {jail}\n{context}");
 }
 
 /// A lab boot of Debian's stock level-2 kernel in `kernel` format.
@@ -254,6 +277,7 @@ fn lab_amphi_run(vcpus: u32) {
         show(&out)
     );
     assert_eq!(get("result"), "PASS", "{}", show(&out));
+    assert_jailed(get("jail"), &show(&out));
 }
 
 #[test]

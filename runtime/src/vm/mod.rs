@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod console;
+pub mod jail;
 mod launch;
 pub mod protocol;
 pub mod rundir;
@@ -220,10 +221,7 @@ pub fn run(
     let id = crate::run::new_id();
     let run = RunDir::create(&req.state_root, &id[..16]).map_err(amphi_err)?;
     let run_dir = run.path().to_path_buf();
-    let mut cleanup = Cleanup {
-        run: Some(run),
-        child: None,
-    };
+    let mut cleanup = Cleanup::new(run);
     let sock_path = run_dir.join("chan.sock");
     if sock_path.as_os_str().len() > 100 {
         return Err(amphi_err(format!(
@@ -245,6 +243,7 @@ pub fn run(
         mem_mib,
         vcpus,
         channel: &sock_path,
+        run_dir: &run_dir,
     };
     tracing::info!(
         kernel = %kernel_path.display(), release = %kernel.release(), backend = backend.describe(),
@@ -298,7 +297,13 @@ pub fn run(
     crate::run::pty_unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
-    let result = result.map_err(|e| explained(e, &logs));
+    let result = result.map_err(|e| match jail::violation(&run_dir, cleanup.ended, &logs) {
+        Some(message) => RunError {
+            code: e.code,
+            message,
+        },
+        None => explained(e, &logs),
+    });
     drop(cleanup);
     timing.teardown += t.elapsed();
     timing.report(&result, backend.describe(), prepared.kind);

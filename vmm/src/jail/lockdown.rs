@@ -1,6 +1,7 @@
 //! The process-wide part of the jail, entered once everything the VM needs
 //! is open and created: new mount, ipc, uts and net namespaces, an empty
-//! read-only root, an unprivileged uid and gid with no supplementary
+//! read-only root (`pivot_root`; from an initramfs root, which cannot be
+//! pivoted away, the jail is moved over `/` and chrooted into), an unprivileged uid and gid with no supplementary
 //! groups, no capability in any set (bounding and ambient included),
 //! no_new_privs, not dumpable.
 //!
@@ -136,12 +137,33 @@ fn new_root(root: &Path) -> io::Result<()> {
         check(libc::chdir(root_c.as_ptr()).into())?;
         // pivot_root(".", "."): the old root ends up on top of the new
         // one, and is detached right away.
-        check(libc::syscall(
+        let pivoted = check(libc::syscall(
             libc::SYS_pivot_root,
             dot.as_ptr(),
             dot.as_ptr(),
-        ))?;
-        check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into())?;
+        ));
+        match pivoted {
+            Ok(()) => check(libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into())?,
+            // The root is the initramfs (rootfs), which cannot be pivoted
+            // away (a VMM started from an initramfs, as in the nested
+            // lab): move the jail over "/" and chroot into it, as
+            // switch_root does. What lies beneath is out of reach without
+            // CAP_SYS_CHROOT and the chroot call, both gone below.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                check(
+                    libc::mount(
+                        dot.as_ptr(),
+                        slash.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_MOVE,
+                        std::ptr::null(),
+                    )
+                    .into(),
+                )?;
+                check(libc::chroot(dot.as_ptr()).into())?;
+            }
+            Err(e) => return Err(e),
+        }
         check(libc::chdir(slash.as_ptr()).into())?;
     }
     Ok(())

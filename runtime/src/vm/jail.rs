@@ -99,6 +99,16 @@ fn write(p: &Path, v: &str) -> Result<(), String> {
 /// Creates the VMM's cgroup with its limits and moves the calling process
 /// into it. Fails when the host has no memory or pids controller to give.
 pub fn enter_cgroup(id: &str, memory: u64, pids: u64) -> Result<(), String> {
+    for procs in create_cgroup(id, memory, pids)? {
+        write(&procs, "0")?;
+    }
+    Ok(())
+}
+
+/// Creates the monitor's cgroup `amphi-vmm/<id>` with its limits; returns
+/// its `cgroup.procs` files (one, or v1's memory and pids). Fails when the
+/// host has no memory or pids controller to give.
+pub fn create_cgroup(id: &str, memory: u64, pids: u64) -> Result<Vec<PathBuf>, String> {
     let root = Path::new(CGROUP_ROOT);
     let unified = crate::container::cgroups::mode() == crate::container::cgroups::Mode::Unified;
     if unified {
@@ -132,7 +142,7 @@ pub fn enter_cgroup(id: &str, memory: u64, pids: u64) -> Result<(), String> {
             }
         })?;
         write(&dir.join("pids.max"), &pids.to_string())?;
-        return write(&dir.join("cgroup.procs"), "0");
+        return Ok(vec![dir.join("cgroup.procs")]);
     }
     let dirs = cgroup_dirs(id);
     for (c, d) in ["memory", "pids"].iter().zip(&dirs) {
@@ -146,10 +156,7 @@ pub fn enter_cgroup(id: &str, memory: u64, pids: u64) -> Result<(), String> {
     }
     write(&dirs[0].join("memory.limit_in_bytes"), &memory.to_string())?;
     write(&dirs[1].join("pids.max"), &pids.to_string())?;
-    for d in &dirs {
-        write(&d.join("cgroup.procs"), "0")?;
-    }
-    Ok(())
+    Ok(dirs.iter().map(|d| d.join("cgroup.procs")).collect())
 }
 
 fn mkdir(d: &Path) -> Result<(), String> {
@@ -185,6 +192,49 @@ pub fn remove_cgroup(id: &str) -> Result<(), String> {
     } else {
         Err(format!("removing the VMM's cgroup: {}", errors.join("; ")))
     }
+}
+
+/// Left behind by a monitor's supervisor that was killed (`kill -9`) before
+/// its cleanup, once a minute old: the VMM cgroups with no process, and
+/// the jail directories under [`JAIL_ROOT`] without a cgroup. Returns what
+/// it removed, for `amphi gc` to say.
+pub fn sweep_stale() -> Vec<String> {
+    let old = |p: &Path| {
+        fs::symlink_metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= std::time::Duration::from_secs(60))
+    };
+    let mut removed = Vec::new();
+    let parents: Vec<PathBuf> = match crate::container::cgroups::mode() {
+        crate::container::cgroups::Mode::Unified => {
+            vec![Path::new(CGROUP_ROOT).join(CGROUP_PARENT)]
+        }
+        crate::container::cgroups::Mode::Legacy => ["memory", "pids"]
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(CGROUP_PARENT))
+            .collect(),
+    };
+    for parent in parents {
+        for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let d = e.path();
+            let empty =
+                fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+            if d.is_dir() && empty && old(&d) && fs::remove_dir(&d).is_ok() {
+                removed.push(format!("the stale VMM cgroup {}", d.display()));
+            }
+        }
+    }
+    for e in fs::read_dir(JAIL_ROOT).into_iter().flatten().flatten() {
+        let d = e.path();
+        let id = e.file_name().to_string_lossy().into_owned();
+        let has_cgroup = cgroup_dirs(&id).iter().any(|c| c.exists());
+        if !has_cgroup && old(&d) && fs::remove_dir(&d).is_ok() {
+            removed.push(format!("the stale VMM jail directory {}", d.display()));
+        }
+    }
+    removed
 }
 
 /// The directory a jailed VMM gets as its root: `dir`, or
@@ -367,6 +417,17 @@ fn supervise(pid: libc::pid_t, set: &libc::sigset_t) -> i32 {
     }
 }
 
+/// Whether `$AMPHI_VMM_NO_JAIL` asks for an unjailed monitor (debugging
+/// only; `amphi vmm` reads it as `--no-jail`, the QEMU backend here).
+pub fn unjailed() -> bool {
+    std::env::var("AMPHI_VMM_NO_JAIL").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no" | "off"
+        )
+    })
+}
+
 /// The directory in a run directory that becomes the jailed VMM's root.
 pub const RUN_JAIL_DIR: &str = "jail";
 
@@ -411,6 +472,246 @@ pub fn violation_error(vm: &str, stderr: &str) -> Option<String> {
         "the microVM {vm}: its VMM made system call {} ({name}) on its {} thread, which the VMM's seccomp filter forbids; the VMM was stopped (a guest that broke into the VMM, or a VMM bug)",
         v.syscall, v.thread
     ))
+}
+
+// ---------------------------------------------------------------------------
+// QEMU, the other backend.
+
+/// QEMU's `-sandbox`: its own seccomp filter, installed at startup for
+/// every thread. `elevateprivileges=allow` because QEMU 7.2 installs the
+/// filter before `-runas` changes the user, and `deny` would kill it at
+/// that change; after it QEMU has no capability and no_new_privs, so the
+/// set*id calls can no longer raise anything.
+pub const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
+/// Memory QEMU may use besides guest RAM (MiB), plus 1/64 of guest RAM:
+/// more than amphi's VMM, for QEMU's own heap and, under TCG, its
+/// translation cache.
+pub const QEMU_MEMORY_OVERHEAD_MIB: u64 = 512;
+/// Tasks QEMU's cgroup allows besides one per vCPU (its RCU and I/O
+/// worker threads).
+pub const QEMU_PIDS_SPARE: u64 = 64;
+/// The capabilities QEMU keeps in its bounding set until `-runas` and
+/// `-chroot` (CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT): it does both
+/// itself and cannot empty its bounding set afterwards.
+pub const QEMU_BOUNDING: &[u32] = &[6, 7, 18];
+
+/// QEMU's jail, prepared by amphi before the spawn: the run's user, the
+/// empty `jail/` of its run directory as its `-chroot`, its cgroup
+/// (entered between fork and exec, so that all it allocates is counted),
+/// new pid, mount, ipc, uts and net namespaces, a bounding set of the
+/// three capabilities `-runas`/`-chroot` need, and no_new_privs.
+///
+/// The spawned process forks twice before QEMU is executed: it waits in
+/// the host's pid namespace and passes the status on; its child is the
+/// init (pid 1) of the new pid namespace and waits for QEMU, its own
+/// child (pid 2), to pass the status up. QEMU's `-runas` clears the
+/// parent-death signal amphi gives the backend; the init keeps it, and
+/// when the init dies the kernel kills everything in its namespace, so
+/// QEMU still dies with amphi.
+pub struct QemuJail {
+    /// The uid and gid QEMU changes to (`-runas`).
+    pub uid: u32,
+    pub gid: u32,
+    /// Its root (`-chroot`).
+    pub dir: PathBuf,
+    dir_c: std::ffi::CString,
+    /// Its cgroup's `cgroup.procs`, open for the child to write "0" to.
+    procs: Vec<std::os::fd::OwnedFd>,
+}
+
+impl QemuJail {
+    /// Prepares the jail of the QEMU of the run in `run_dir`: a guest of
+    /// `mem_mib` MiB and `vcpus` vCPUs.
+    pub fn prepare(run_dir: &Path, mem_mib: u64, vcpus: u64) -> Result<QemuJail, String> {
+        let id = run_jail_id(run_dir)
+            .ok_or_else(|| format!("{}: not a run directory name", run_dir.display()))?;
+        let dir = run_dir.join(RUN_JAIL_DIR);
+        make_jail_dir(&dir)?;
+        let memory = (mem_mib + QEMU_MEMORY_OVERHEAD_MIB + mem_mib.div_ceil(64)) << 20;
+        let procs = create_cgroup(&id, memory, vcpus + QEMU_PIDS_SPARE)?
+            .iter()
+            .map(|p| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let uid = default_uid(std::process::id());
+        let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a NUL byte in the path", dir.display()))?;
+        Ok(QemuJail {
+            uid,
+            gid: uid,
+            dir,
+            dir_c,
+            procs,
+        })
+    }
+
+    /// QEMU's own arguments for its part.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        vec![
+            "-sandbox".into(),
+            QEMU_SANDBOX.into(),
+            "-runas".into(),
+            format!("{}:{}", self.uid, self.gid).into(),
+            "-chroot".into(),
+            self.dir.clone().into_os_string(),
+        ]
+    }
+
+    /// What the child does between fork and exec: raw system calls only
+    /// (it is a fork of a threaded process). Returns only in QEMU's
+    /// process (see the type's documentation); the two waiting processes
+    /// end here with QEMU's exit status (128 + N for signal N).
+    pub fn in_child(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let check = |rc: libc::c_int| {
+            if rc == -1 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: raw system calls on descriptors and C strings we own;
+        // nothing allocates. The forks are raw clones: the waiting
+        // processes make raw calls only and never return into std.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWPID))?;
+            // A pipe whose write end the host-side waiter holds: the init
+            // sees end of file if the waiter died before it armed its
+            // parent-death signal.
+            let mut alive = [0; 2];
+            check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC))?;
+            let init = fork_raw()?;
+            if init != 0 {
+                // The waiter in the host's pid namespace. Nothing of amphi's
+                // stays open here (amphi's spawn reads its exec-error pipe
+                // to the end).
+                libc::close(alive[0]);
+                close_above(2, alive[1]);
+                libc::_exit(wait_status(init));
+            }
+            libc::close(alive[1]);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let mut pfd = libc::pollfd {
+                fd: alive[0],
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 0) != 0 {
+                libc::_exit(1);
+            }
+            let qemu = fork_raw()?;
+            if qemu != 0 {
+                // The namespace's init: when it dies, QEMU dies.
+                close_above(2, alive[0]);
+                libc::_exit(wait_status(qemu));
+            }
+            libc::close(alive[0]);
+            for fd in &self.procs {
+                if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::unshare(
+                libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
+            ))?;
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                self.dir_c.as_ptr(),
+                self.dir_c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                std::ptr::null(),
+                self.dir_c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ))?;
+            let name = b"amphi-qemu";
+            check(libc::sethostname(name.as_ptr().cast(), name.len()))?;
+            for cap in 0..64u32 {
+                if QEMU_BOUNDING.contains(&cap) {
+                    continue;
+                }
+                if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) != 0 {
+                    if cap > 0 && *libc::__errno_location() == libc::EINVAL {
+                        break;
+                    }
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        Ok(())
+    }
+}
+
+/// A fork by the raw clone call (no glibc fork handlers): 0 in the child.
+///
+/// # Safety
+/// The child must make raw system calls only, or execute a program.
+unsafe fn fork_raw() -> io::Result<libc::pid_t> {
+    // SAFETY: a fork-like clone (no shared memory, SIGCHLD to the parent).
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid as libc::pid_t)
+    }
+}
+
+/// Closes every descriptor above `low` except `keep`.
+fn close_above(low: libc::c_int, keep: libc::c_int) {
+    let keep = keep as libc::c_uint;
+    let low = low as libc::c_uint;
+    // SAFETY: close_range on descriptors of this process (a fork that
+    // makes raw calls only).
+    unsafe {
+        if keep > low + 1 {
+            libc::syscall(libc::SYS_close_range, low + 1, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+    }
+}
+
+/// Waits for child `pid` (raw calls); its exit status, or 128 + the signal
+/// that killed it.
+fn wait_status(pid: libc::pid_t) -> libc::c_int {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child with a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r == -1 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return 1;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
 }
 
 #[cfg(test)]

@@ -199,6 +199,9 @@ impl Watchdog {
                 return;
             }
             crate::run::restore_terminal();
+            if let Some(id) = super::jail::run_jail_id(&run_dir) {
+                let _ = super::jail::remove_cgroup(&id);
+            }
             let _ = std::fs::remove_dir_all(&run_dir);
             eprintln!(
                 "amphi: error: --timeout: the microVM ran longer than {} s and was stopped",
@@ -311,6 +314,23 @@ pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
 /// bounded rings. The caller has blocked the forwarded signals.
 pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs), RunError> {
     let mut cmd = backend::command(backend, vm).map_err(amphi_err)?;
+    if let Backend::Qemu { .. } = backend {
+        if super::jail::unjailed() {
+            eprintln!(
+                "amphi: warning: QEMU runs UNJAILED ($AMPHI_VMM_NO_JAIL): as root with every \
+                 capability, in the host's namespaces, with no seccomp sandbox; for debugging only"
+            );
+        } else {
+            let jail = super::jail::QemuJail::prepare(vm.run_dir, vm.mem_mib, u64::from(vm.vcpus))
+                .map_err(|e| amphi_err(format!("jailing QEMU: {e}")))?;
+            cmd.args(jail.args());
+            let jail = std::sync::Arc::new(jail);
+            // SAFETY: QemuJail::in_child makes raw system calls only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || jail.in_child());
+            }
+        }
+    }
     // Our copies of the pipes' write ends go with `cmd`.
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)

@@ -46,6 +46,9 @@ pub fn gc_stale_runs(state_root: &Path) {
         }
         Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
     }
+    for what in jail::sweep_stale() {
+        eprintln!("amphi: removed {what}");
+    }
 }
 
 use crate::dispatch::{ResolvedImage, VmPlan};

@@ -46,6 +46,20 @@ const EXIT_TIMEOUT: i32 = 124;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Jailed by default: the process started supervises the VMM, its child in \
+    a new pid namespace and its own cgroup (amphi-vmm/ID: memory = guest RAM + 64 MiB + RAM/64, \
+    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks and console socket, \
+    creates the VM, then enters new mount, ipc, uts and net namespaces, pivots into an empty \
+    read-only root (--jail-dir), runs as an unprivileged uid/gid (default 2000000000 + this \
+    process's pid) with no capabilities, no_new_privs and not dumpable, and puts each thread \
+    (vCPUs, device event loop, control) under its own seccomp filter before the guest runs. \
+    A forbidden system call kills the VMM (SIGSYS): `amphi vmm: seccomp: the vcpu0 thread made \
+    system call N, ...` on stderr and exit status 159. --no-jail (debugging only) runs it as \
+    root and unconfined, and says so on stderr.\n\n\
+    Exit status: 0 when the guest reset or shut down, 1 when it died, 124 after --timeout, \
+    128+N after signal N, 159 after a seccomp violation, 125 when the VM could not be started."
+)]
 pub struct VmmArgs {
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
     #[arg(long, value_name = "PATH")]
@@ -145,6 +159,9 @@ enum StopCause {
 /// Startup milestones for `AMPHI_VMM_TIMING`.
 #[derive(Default)]
 struct Timing {
+    /// The jailed VMM: forked into its pid namespace, in its cgroup.
+    forked: Option<Instant>,
+    cgroup: Option<Instant>,
     created: Option<Instant>,
     loaded: Option<Instant>,
     jailed: Option<Instant>,
@@ -209,7 +226,9 @@ fn timing_line(env: &str, entered: Instant, entered_wall: SystemTime, t: &Timing
         None => "-".into(),
     };
     let milestones = format!(
-        "to VM created {}, to kernel loaded {}, to jailed {}, to first guest exit {}, to end {}",
+        "to forked {}, to cgroup {}, to VM created {}, to kernel loaded {}, to jailed {}, to first guest exit {}, to end {}",
+        ms(t.forked),
+        ms(t.cgroup),
         ms(t.created),
         ms(t.loaded),
         ms(t.jailed),
@@ -312,6 +331,7 @@ fn boot(
     jail: Option<&Jail>,
 ) -> Result<(ExitReason, Option<StopCause>), String> {
     if let Some(j) = jail {
+        timing.forked = Some(Instant::now());
         // Before guest memory exists, so that all of it is charged here.
         vmjail::enter_cgroup(
             &j.id,
@@ -319,6 +339,7 @@ fn boot(
             vmjail::pids_limit(u64::from(args.vcpus)),
         )
         .map_err(|e| format!("jail: {e}"))?;
+        timing.cgroup = Some(Instant::now());
     }
     let config = VmConfig {
         mem_mib: args.mem,
@@ -599,7 +620,7 @@ mod tests {
         assert!(line.contains("to kernel loaded -,"), "{line}");
         let line = timing_line("1", entered, wall, &t);
         assert!(
-            line.starts_with("from amphi vmm (no launch time given): to VM created 2.000 ms"),
+            line.starts_with("from amphi vmm (no launch time given): to forked -, to cgroup -, to VM created 2.000 ms"),
             "{line}"
         );
     }

@@ -992,6 +992,22 @@ fn qemu_runs_jailed() {
         skip("QEMU's jail needs root (namespaces, users, cgroups): not tested");
         return;
     }
+    // What explain says the jail will be.
+    let explain = e
+        .cmd(&["explain", "--isolation", "vm", IMG])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success(), "{explain:?}");
+    for want in [
+        "monitor jail (QEMU microvm",
+        "user: its own uid and gid",
+        "namespaces: its own pid, mount, ipc, uts and net",
+        "seccomp: QEMU's -sandbox on,obsolete=deny,",
+        "cgroup: amphi-vmm/<id>",
+    ] {
+        assert!(text.contains(want), "explain lacks {want:?}:\n{text}");
+    }
     // --init: the shell is not PID 1 of its container, so SIGTERM ends it.
     let args = Env::args(&["--init"], &["sh", "-c", "echo ready; sleep 60"]);
     let running = e.start(&[], &args, Input::Null);
@@ -1067,4 +1083,22 @@ fn qemu_runs_jailed() {
             .join(&id);
         assert!(!d.exists(), "{} is left", d.display());
     }
+
+    // The run report says what jailed the monitor.
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let env = [("AMPHI_RUN_REPORT", report.path().to_str().unwrap())];
+    e.vm_with(&env, &[], &["true"], Input::Null).expect_code(0);
+    let r: Value = serde_json::from_str(&fs::read_to_string(report.path()).unwrap()).unwrap();
+    let lines: Vec<&str> = r["monitor_protections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no monitor_protections: {r}"))
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("seccomp: QEMU's -sandbox")),
+        "{r}"
+    );
 }

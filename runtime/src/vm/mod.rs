@@ -99,7 +99,8 @@ struct Timing {
 impl Timing {
     /// The run report (for compare) of a run that got an exit status, and
     /// with `$AMPHI_VM_TIMING` the phases on stderr.
-    fn report(&self, result: &Result<i32, RunError>, backend: &str, kind: guestfs::RootfsKind) {
+    fn report(&self, result: &Result<i32, RunError>, monitor: &Backend, kind: guestfs::RootfsKind) {
+        let backend = monitor.describe();
         if let Ok(code) = result {
             let ms = crate::run::report::ms;
             crate::run::report::RunReport {
@@ -113,6 +114,7 @@ impl Timing {
                 run_ms: ms(self.workload),
                 total_ms: ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
                 backend: Some(backend.to_string()),
+                monitor_protections: jail::protections(monitor),
             }
             .write();
         }
@@ -309,6 +311,6 @@ pub fn run(
     });
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, backend.describe(), prepared.kind);
+    timing.report(&result, &backend, prepared.kind);
     result
 }

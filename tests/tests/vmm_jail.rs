@@ -363,3 +363,54 @@ fn a_seccomp_violation_kills_the_vmm_and_names_the_call() {
         "{err}"
     );
 }
+
+#[test]
+fn a_killed_supervisor_takes_its_vmm_along_and_gc_sweeps_the_rest() {
+    if !can_run("kill -9 of the supervisor") {
+        return;
+    }
+    let guest = guest_file(HANG);
+    let id = format!("test-kill-{}", std::process::id());
+    let mut vmm = Vmm::start(guest.path(), &["--jail-id", &id]);
+    let pid = vmm.jailed_pid();
+    vmm.child.kill().unwrap();
+    vmm.child.wait().unwrap();
+    // The VMM dies with its supervisor (parent-death signal).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the VMM outlived its supervisor");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // What the supervisor would have removed is left; once a minute old,
+    // amphi gc removes it.
+    let jail = Path::new("/run/amphi/jail").join(&id);
+    let cgroup = cgroup_file(&id, "pids", "");
+    assert!(jail.is_dir() && cgroup.is_dir());
+    let dirs = [jail.clone(), cgroup.clone(), cgroup_file(&id, "memory", "")];
+    for d in &dirs {
+        let touched = Command::new("touch")
+            .args(["-d", "2 minutes ago"])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+    }
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let gc = Command::new(amphi_bin())
+        .arg("gc")
+        .env("AMPHI_ROOT", root.path())
+        .env("AMPHI_STATE", state.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&gc.stderr);
+    assert!(gc.status.success(), "{err}");
+    for d in &dirs {
+        assert!(!d.exists(), "{} is left: {err}", d.display());
+    }
+    assert!(err.contains("the stale VMM cgroup"), "{err}");
+    assert!(
+        err.contains(&format!("the stale VMM jail directory {}", jail.display())),
+        "{err}"
+    );
+}

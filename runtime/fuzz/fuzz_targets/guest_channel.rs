@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
                     let bytes = frame.encode();
                     let limit = guest_payload_limit(bytes[0]).expect("a guest kind");
                     if raw_kind_ok {
-                        assert!(bytes.len() - 5 <= limit, "a frame over its limit got through");
+                        assert!(
+                            bytes.len() - 5 <= limit,
+                            "a frame over its limit got through"
+                        );
                     }
                     if proto.on_frame(frame).is_err() {
                         // A protocol violation: the host stops the VM here.

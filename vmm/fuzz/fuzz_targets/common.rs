@@ -20,7 +20,8 @@ pub fn memory(bytes: &[u8]) -> GuestMemoryMmap {
     let (a, b) = bytes.split_at(bytes.len().min(REGION as usize));
     mem.write_slice(a, GuestAddress(0)).expect("first region");
     let b = &b[..b.len().min(REGION as usize)];
-    mem.write_slice(b, GuestAddress(SECOND)).expect("second region");
+    mem.write_slice(b, GuestAddress(SECOND))
+        .expect("second region");
     mem
 }
 

@@ -55,7 +55,11 @@ fuzz_target!(|data: &[u8]| {
     let mut raw = Vec::new();
     for _ in 0..count {
         let at = u64::from(input.u16());
-        let addr = if at & 0x8000 == 0 { at } else { SECOND + (at & 0x7fff) };
+        let addr = if at & 0x8000 == 0 {
+            at
+        } else {
+            SECOND + (at & 0x7fff)
+        };
         let len = u32::from(input.u16() % 0x2000);
         let writable = input.byte() & 1 == 1;
         raw.push((addr, len, writable));
@@ -80,15 +84,27 @@ fuzz_target!(|data: &[u8]| {
     let disk = if read_only { ro } else { rw };
     let (used, error) = handle(disk, &mem, &chain);
     let writable = chain.writable_len();
-    assert!(u64::from(used) <= writable, "used {used} of {writable} writable bytes");
+    assert!(
+        u64::from(used) <= writable,
+        "used {used} of {writable} writable bytes"
+    );
     if writable == 0 {
         assert_eq!(used, 0);
         return;
     }
     let mut status = [0u8];
     read_stream(&mem, &chain.writable, writable - 1, &mut status).expect("status byte");
-    assert!(status[0] <= 2, "status {} is not OK, IOERR or UNSUPP", status[0]);
-    assert_eq!(status[0] == 0, error.is_none(), "status {} with {error:?}", status[0]);
+    assert!(
+        status[0] <= 2,
+        "status {} is not OK, IOERR or UNSUPP",
+        status[0]
+    );
+    assert_eq!(
+        status[0] == 0,
+        error.is_none(),
+        "status {} with {error:?}",
+        status[0]
+    );
     if let Some(e) = error {
         let _ = e.to_string();
     }
@@ -98,8 +114,13 @@ fuzz_target!(|data: &[u8]| {
     if read_only {
         use std::os::unix::fs::FileExt;
         let mut all = vec![0u8; (SECTORS * SECTOR_SIZE) as usize];
-        disk.file.read_exact_at(&mut all, 0).expect("reading the disk");
-        assert!(all.iter().all(|&b| b == 0), "the read-only disk was written");
+        disk.file
+            .read_exact_at(&mut all, 0)
+            .expect("reading the disk");
+        assert!(
+            all.iter().all(|&b| b == 0),
+            "the read-only disk was written"
+        );
     }
     let _ = REGION;
 });

@@ -45,7 +45,10 @@ fuzz_target!(|data: &[u8]| {
             check(&chain.readable);
             check(&chain.writable);
             let count = chain.readable.len() + chain.writable.len();
-            assert!(count <= usize::from(size), "{count} buffers in a queue of {size}");
+            assert!(
+                count <= usize::from(size),
+                "{count} buffers in a queue of {size}"
+            );
             let total = chain.readable_len() + chain.writable_len();
             assert!(total <= limit, "{total} bytes over the limit {limit}");
             assert!(head < size);
@@ -64,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
             check(&bad.partial.readable);
             check(&bad.partial.writable);
             let total = bad.partial.readable_len() + bad.partial.writable_len();
-            assert!(total <= limit, "a partial chain of {total} bytes over {limit}");
+            assert!(
+                total <= limit,
+                "a partial chain of {total} bytes over {limit}"
+            );
             let _ = bad.error.to_string();
         }
     }

@@ -6,10 +6,10 @@ fn main() {
         amphi::guest::main();
     }
     // A container's setup stage: a container process that executed
-    // amphi's sealed binary (container::init, container::sealed).
+    // amphi's sealed binary (container::setup, container::sealed).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some((fd, go)) = amphi::container::init::setup_stage_args(&args) {
-        amphi::container::init::setup_stage_main(fd, go);
+    if let Some((fd, go)) = amphi::container::setup::setup_stage_args(&args) {
+        amphi::container::setup::setup_stage_main(fd, go);
     }
     let cli = match amphi::cli::Cli::try_parse_from(&args) {
         Ok(c) => c,

@@ -80,6 +80,7 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         command: &a.command,
         entrypoint: a.entrypoint.as_deref(),
         rescan: a.rescan,
+        notify: super::notify,
         ..crate::dispatch::PlanRequest::new(store_root, &a.image)
     }) {
         Ok(p) if a.json => {
@@ -100,7 +101,7 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         }
         Err(e) => {
             eprintln!("amphi: error: {e}");
-            Ok(e.code)
+            Ok(super::EXIT_AMPHI)
         }
     }
 }

@@ -6,6 +6,7 @@ mod images;
 mod kernel;
 mod oci;
 mod run;
+mod tiny_init;
 mod vmm;
 mod workload;
 
@@ -27,6 +28,40 @@ fn native_outcome(o: crate::run::RunOutcome) -> i32 {
             }
             status
         }
+        crate::run::RunOutcome::MonitorEnded { notices } => {
+            for n in notices {
+                eprintln!("{n}");
+            }
+            0
+        }
+    }
+}
+
+/// Where the library's notices for the user go: stderr.
+pub(crate) fn notify(line: &str) {
+    eprintln!("{line}");
+}
+
+/// `amphi gc`'s part for microVM runs: removes the run directories of
+/// clients that are gone (and kills a backend that outlived its client),
+/// saying so on stderr.
+fn gc_stale_runs(state_root: &std::path::Path) {
+    match crate::vm::sweep_stale_runs(state_root) {
+        Ok(s) => {
+            for pid in &s.backends_killed {
+                eprintln!("amphi: killed microVM backend {pid}, whose client was gone");
+            }
+            for d in &s.run_dirs {
+                eprintln!(
+                    "amphi: removed stale microVM run directory {}",
+                    state_root.join("vm").join(d).display()
+                );
+            }
+        }
+        Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
+    }
+    for what in crate::vm::jail::sweep_stale() {
+        eprintln!("amphi: removed {what}");
     }
 }
 
@@ -209,11 +244,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     let root = cli.root.clone();
     if let Command::Gc(_) = &cli.command {
-        crate::vm::gc_stale_runs(&root);
+        gc_stale_runs(&root);
     }
     if let Command::Init { command } = &cli.command {
         let args: Vec<String> = command.iter().skip_while(|a| *a == "--").cloned().collect();
-        return Ok(crate::run::tiny_init::main(&args).unwrap_or_else(|e| {
+        return Ok(tiny_init::main(&args).unwrap_or_else(|e| {
             eprintln!("{e}");
             EXIT_AMPHI
         }));
@@ -223,7 +258,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     if !matches!(cli.command, Command::Features | Command::Spec(_)) {
         if let Err(e) = crate::run::check_roots(&store_root, &root) {
-            return oci_result(&cli, Err(e));
+            return oci_result(&cli, Err(crate::oci::OciError::cause(e)));
         }
     }
     let r = runtime_command(&cli.command, &store_root, &root);
@@ -265,7 +300,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 Ok(code) => Ok(code),
                 Err(e) => {
                     eprintln!("amphi: error: {e}");
-                    Ok(e.code)
+                    Ok(e.failure().exit_status())
                 }
             }
         }
@@ -284,7 +319,18 @@ fn runtime_command(
     command: &Command,
     store_root: &std::path::Path,
     root: &std::path::Path,
-) -> Option<std::result::Result<i32, String>> {
+) -> Option<std::result::Result<i32, crate::oci::OciError>> {
+    lifecycle_command(command, store_root, root)
+        .or_else(|| inspect_command(command, store_root, root))
+}
+
+/// The OCI lifecycle: create, start, state, kill, delete, pause, resume,
+/// checkpoint and restore (refused); None for the others.
+fn lifecycle_command(
+    command: &Command,
+    store_root: &std::path::Path,
+    root: &std::path::Path,
+) -> Option<std::result::Result<i32, crate::oci::OciError>> {
     match command {
         Command::Create(a) => Some(
             crate::oci::create(
@@ -323,22 +369,6 @@ fn runtime_command(
         Command::Delete(a) => Some(crate::oci::delete(root, &a.id, a.force).map(|()| 0)),
         Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),
         Command::Resume(a) => Some(crate::oci::resume(root, &a.id).map(|()| 0)),
-        Command::Update(a) => Some(oci::update(root, a)),
-        Command::Events(a) => Some(oci::parse_duration(&a.interval).and_then(|interval| {
-            crate::oci::events(
-                root,
-                &crate::oci::EventsOptions {
-                    id: a.id.clone(),
-                    stats: a.stats,
-                    interval,
-                },
-            )
-            .map(|()| 0)
-        })),
-        Command::List(a) => Some(crate::oci::list(root, &a.format, a.quiet).map(|s| {
-            print!("{s}");
-            0
-        })),
         Command::Checkpoint(a) => Some(crate::oci::checkpoint(root, &a.id).map(|()| 0)),
         Command::Restore(a) => {
             let r = crate::oci::restore(root, &a.id).map(|()| 0);
@@ -347,6 +377,39 @@ fn runtime_command(
             }
             Some(r)
         }
+        _ => None,
+    }
+}
+
+/// The commands that look at or change containers without running one:
+/// update, events, list, ps, stop, rm, logs, features and spec; None for
+/// the others.
+fn inspect_command(
+    command: &Command,
+    store_root: &std::path::Path,
+    root: &std::path::Path,
+) -> Option<std::result::Result<i32, crate::oci::OciError>> {
+    match command {
+        Command::Update(a) => Some(oci::update(root, a)),
+        Command::Events(a) => Some(
+            oci::parse_duration(&a.interval)
+                .map_err(crate::oci::OciError::from)
+                .and_then(|interval| {
+                    crate::oci::events(
+                        root,
+                        &crate::oci::EventsOptions {
+                            id: a.id.clone(),
+                            stats: a.stats,
+                            interval,
+                        },
+                    )
+                    .map(|()| 0)
+                }),
+        ),
+        Command::List(a) => Some(crate::oci::list(root, &a.format, a.quiet).map(|s| {
+            print!("{s}");
+            0
+        })),
         Command::Ps(a) => Some(match &a.id {
             Some(id) => {
                 let id = crate::run::manage::resolve_id(store_root, root, id);
@@ -369,9 +432,11 @@ fn runtime_command(
         Command::Rm(a) => Some(each(&a.containers, |c| {
             crate::run::manage::rm(store_root, root, c, a.force)
         })),
-        Command::Logs(a) => {
-            Some(crate::run::manage::logs(store_root, root, &a.container, a.follow).map(|()| 0))
-        }
+        Command::Logs(a) => Some(
+            crate::run::manage::logs(store_root, root, &a.container, a.follow)
+                .map(|()| 0)
+                .map_err(crate::oci::OciError::cause),
+        ),
         Command::Features => {
             println!(
                 "{}",
@@ -384,20 +449,25 @@ fn runtime_command(
                 bundle: a.bundle.clone(),
                 rootless: a.rootless,
             })
-            .map(|()| 0),
+            .map(|()| 0)
+            .map_err(crate::oci::OciError::cause),
         ),
         _ => None,
     }
 }
 
 /// `run --bundle DIR ID`: runc's run.
-fn oci_run(root: &std::path::Path, a: &run::RunArgs) -> std::result::Result<i32, String> {
+fn oci_run(
+    root: &std::path::Path,
+    a: &run::RunArgs,
+) -> std::result::Result<i32, crate::oci::OciError> {
     if !a.target.command.is_empty() {
         crate::oci::hang_up(a.console_socket.as_deref());
         return Err(format!(
             "run --bundle takes a container ID only, and was also given {:?}: the process comes from the bundle's config.json",
             a.target.command
-        ));
+        )
+        .into());
     }
     crate::oci::run(
         root,
@@ -418,8 +488,8 @@ fn oci_run(root: &std::path::Path, a: &run::RunArgs) -> std::result::Result<i32,
 /// Applies `f` to each container, printing the names done and the errors.
 fn each(
     items: &[String],
-    f: impl Fn(&str) -> std::result::Result<String, String>,
-) -> std::result::Result<i32, String> {
+    f: impl Fn(&str) -> std::result::Result<String, crate::run::RunError>,
+) -> std::result::Result<i32, crate::oci::OciError> {
     let mut failed = 0;
     for c in items {
         match f(c) {
@@ -431,7 +501,7 @@ fn each(
         }
     }
     if failed > 0 {
-        Err(format!("{failed} of {} containers failed", items.len()))
+        Err(format!("{failed} of {} containers failed", items.len()).into())
     } else {
         Ok(0)
     }
@@ -439,17 +509,17 @@ fn each(
 
 /// Runtime commands exit 1 on error (as runc), and also log the error to
 /// `--log` for callers such as conmon and containerd's shim.
-fn oci_result(cli: &Cli, r: std::result::Result<i32, String>) -> Result<i32> {
+fn oci_result(cli: &Cli, r: std::result::Result<i32, crate::oci::OciError>) -> Result<i32> {
     Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
 }
 
 fn oci_exit(
     log: Option<&std::path::Path>,
     format: &str,
-    r: std::result::Result<i32, String>,
+    r: std::result::Result<i32, crate::oci::OciError>,
 ) -> i32 {
     r.unwrap_or_else(|e| {
-        log_error(log, format, &e);
+        log_error(log, format, &e.to_string());
         eprintln!("amphi: error: {e}");
         1
     })

@@ -184,7 +184,7 @@ fn parse_user(u: &str) -> Result<(u32, u32), String> {
     }
 }
 
-pub fn exec(root: &std::path::Path, a: ExecArgs) -> Result<i32, String> {
+pub fn exec(root: &std::path::Path, a: ExecArgs) -> Result<i32, crate::oci::OciError> {
     oci::exec(
         root,
         oci::ExecOptions {
@@ -268,7 +268,7 @@ pub struct UpdateArgs {
     pub mem_bw_schema: Option<String>,
 }
 
-pub fn update(root: &std::path::Path, a: &UpdateArgs) -> Result<i32, String> {
+pub fn update(root: &std::path::Path, a: &UpdateArgs) -> Result<i32, crate::oci::OciError> {
     if a.l3_cache_schema.is_some() || a.mem_bw_schema.is_some() {
         return Err("--l3-cache-schema and --mem-bw-schema are not supported: amphi does not manage Intel RDT (resctrl)".into());
     }

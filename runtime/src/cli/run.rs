@@ -2,7 +2,7 @@
 
 use crate::dispatch::backend::BackendChoice;
 use crate::dispatch::{IsolationChoice, Plan, Target};
-use crate::run::{RunError, RunRequest, EXIT_AMPHI};
+use crate::run::{RunError, RunRequest};
 use crate::spec::{parse_memory, Network, RunFlags, SeccompChoice, Volume};
 use crate::vm::VmOptions;
 
@@ -98,11 +98,8 @@ pub struct RunArgs {
     pub target: ImageCommand,
 }
 
-fn usage(m: impl Into<String>) -> RunError {
-    RunError {
-        code: EXIT_AMPHI,
-        message: m.into(),
-    }
+fn usage(m: impl std::fmt::Display) -> RunError {
+    RunError::Usage(m.to_string())
 }
 
 fn read_env_file(p: &Path) -> Result<Vec<String>, RunError> {
@@ -138,6 +135,22 @@ pub struct Dispatch {
     pub systemd: String,
 }
 
+/// `--security-opt`s: the seccomp profile and no_new_privileges.
+fn security_opts(opts: &[String]) -> Result<(SeccompChoice, bool), RunError> {
+    let mut seccomp = SeccompChoice::Default;
+    let mut nnp = false;
+    for o in opts {
+        match o.split_once(['=', ':']) {
+            Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
+            Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
+            None if o == "no-new-privileges" => nnp = true,
+            Some(("no-new-privileges", v)) => nnp = v == "true",
+            _ => return Err(usage(format!("--security-opt {o:?}: supported are seccomp=unconfined, seccomp=FILE, no-new-privileges"))),
+        }
+    }
+    Ok((seccomp, nnp))
+}
+
 /// Turns the flags into a request and the dispatch flags.
 pub fn request(
     a: RunArgs,
@@ -167,6 +180,7 @@ pub fn request(
         kernel: w.vm.kernel,
         vm: VmOptions {
             timeout: w.vm.timeout.map(Duration::from_secs_f64),
+            notify: super::notify,
         },
         policy: w.policy,
         verbose: a.verbose,
@@ -185,17 +199,7 @@ pub fn request(
         env.extend(read_env_file(f)?);
     }
     env.extend(w.env);
-    let mut seccomp = SeccompChoice::Default;
-    let mut nnp = false;
-    for o in &w.security_opt {
-        match o.split_once(['=', ':']) {
-            Some(("seccomp", "unconfined")) => seccomp = SeccompChoice::Unconfined,
-            Some(("seccomp", f)) => seccomp = SeccompChoice::File(PathBuf::from(f)),
-            None if o == "no-new-privileges" => nnp = true,
-            Some(("no-new-privileges", v)) => nnp = v == "true",
-            _ => return Err(usage(format!("--security-opt {o:?}: supported are seccomp=unconfined, seccomp=FILE, no-new-privileges"))),
-        }
-    }
+    let (seccomp, nnp) = security_opts(&w.security_opt)?;
     let volumes = a
         .volume
         .iter()
@@ -254,6 +258,7 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
         kernel: d.kernel.as_deref(),
         command: &req.flags.command,
         entrypoint: req.flags.entrypoint.as_deref(),
+        notify: super::notify,
         ..crate::dispatch::PlanRequest::new(&req.store_root, &req.image)
     })?;
     for r in &plan.decision.reasons {

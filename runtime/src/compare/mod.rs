@@ -221,114 +221,166 @@ fn first_line(s: &str) -> String {
     }
 }
 
+/// One row of the table: its name, the container's and the microVM's
+/// value, and whether the two differ.
+struct Row {
+    name: &'static str,
+    container: String,
+    vm: String,
+    differs: bool,
+}
+
+impl Row {
+    fn new(name: &'static str, container: String, vm: String, differs: bool) -> Row {
+        Row {
+            name,
+            container,
+            vm,
+            differs,
+        }
+    }
+}
+
 impl Comparison {
     /// The side-by-side table, with the diffs below it; `color` marks the
     /// rows that differ (for a terminal).
     pub fn render(&self, color: bool) -> String {
+        let backend = self.vm.report.as_ref().and_then(|r| r.backend.as_deref());
+        let mut out = table(&self.rows(), backend, color);
+        for (what, d) in [("stdout", &self.stdout_diff), ("stderr", &self.stderr_diff)] {
+            if let Some(d) = d {
+                out.push_str(&diff_section(what, d, color));
+            }
+        }
+        out.push_str(&self.summary());
+        out
+    }
+
+    /// The rows of the table: what the workload did, then the times and
+    /// the memory of each side.
+    fn rows(&self) -> Vec<Row> {
         let (c, v) = (&self.container, &self.vm);
         let (cr, vr) = (c.report.as_ref(), v.report.as_ref());
-        let rows: Vec<(&str, String, String, bool)> = vec![
-            (
+        vec![
+            Row::new(
                 "exit status",
                 c.exit_code.to_string(),
                 v.exit_code.to_string(),
                 self.differences.iter().any(|d| d == "exit status"),
             ),
-            (
+            Row::new(
                 "kernel",
                 cr.map_or("-".into(), |r| r.kernel.clone()),
                 vr.map_or("-".into(), |r| r.kernel.clone()),
                 self.differences.iter().any(|d| d == "kernel"),
             ),
-            (
+            Row::new(
                 "stdout",
                 first_line(&c.stdout),
                 first_line(&v.stdout),
                 self.stdout_diff.is_some(),
             ),
-            (
+            Row::new(
                 "stderr",
                 first_line(&c.stderr),
                 first_line(&v.stderr),
                 self.stderr_diff.is_some(),
             ),
-            (
+            Row::new(
                 "setup",
                 msf(cr.map(|r| r.setup_ms)),
                 msf(vr.map(|r| r.setup_ms)),
                 false,
             ),
-            ("boot", "-".into(), msf(vr.map(|r| r.boot_ms)), false),
-            (
+            Row::new("boot", "-".into(), msf(vr.map(|r| r.boot_ms)), false),
+            Row::new(
                 "run",
                 msf(cr.map(|r| r.run_ms)),
                 msf(vr.map(|r| r.run_ms)),
                 false,
             ),
-            (
+            Row::new(
                 "total",
                 msf(cr.map(|r| r.total_ms)),
                 msf(vr.map(|r| r.total_ms)),
                 false,
             ),
-            (
+            Row::new(
                 "peak memory",
                 mib(cr.and_then(|r| r.peak_memory)),
                 mib(vr.and_then(|r| r.peak_memory)),
                 false,
             ),
-        ];
-        let w1 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let w2 = rows
-            .iter()
-            .map(|r| r.1.chars().count())
-            .max()
-            .unwrap_or(0)
-            .max(9);
-        let mut out = format!(
-            "{:w1$}  {:w2$}  {}\n",
-            "",
-            "container",
-            match vr.and_then(|r| r.backend.as_deref()) {
-                Some(b) => format!("microVM ({b})"),
-                None => "microVM".into(),
-            }
-        );
-        for (name, a, b, differs) in &rows {
-            let mark = if *differs { "≠" } else { " " };
-            let line = format!("{name:w1$}  {a:w2$}  {b}  {mark}");
-            if *differs && color {
-                out.push_str(&format!("\x1b[1;33m{line}\x1b[0m\n"));
-            } else {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        for (what, d) in [("stdout", &self.stdout_diff), ("stderr", &self.stderr_diff)] {
-            if let Some(d) = d {
-                out.push_str(&format!("\n{what} differs:\n"));
-                for l in d.lines() {
-                    let colored = match l.chars().next() {
-                        Some('-') if color && !l.starts_with("---") => {
-                            format!("\x1b[31m{l}\x1b[0m")
-                        }
-                        Some('+') if color && !l.starts_with("+++") => {
-                            format!("\x1b[32m{l}\x1b[0m")
-                        }
-                        _ => l.to_string(),
-                    };
-                    out.push_str(&colored);
-                    out.push('\n');
-                }
-            }
-        }
-        if self.differences.is_empty() {
-            out.push_str("\nno differences in exit status, kernel or output\n");
-        } else {
-            out.push_str(&format!("\ndiffers: {}\n", self.differences.join(", ")));
-        }
-        out
+        ]
     }
+
+    /// The last line: what differs, or that nothing does.
+    fn summary(&self) -> String {
+        if self.differences.is_empty() {
+            "\nno differences in exit status, kernel or output\n".to_string()
+        } else {
+            format!("\ndiffers: {}\n", self.differences.join(", "))
+        }
+    }
+}
+
+/// The table itself: a header naming the sides (the microVM's with its
+/// `backend`), then one line a row, aligned, the rows that differ marked
+/// (and in colour with `color`).
+fn table(rows: &[Row], backend: Option<&str>, color: bool) -> String {
+    let w1 = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let w2 = rows
+        .iter()
+        .map(|r| r.container.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let mut out = format!(
+        "{:w1$}  {:w2$}  {}\n",
+        "",
+        "container",
+        match backend {
+            Some(b) => format!("microVM ({b})"),
+            None => "microVM".into(),
+        }
+    );
+    for Row {
+        name,
+        container: a,
+        vm: b,
+        differs,
+    } in rows
+    {
+        let mark = if *differs { "≠" } else { " " };
+        let line = format!("{name:w1$}  {a:w2$}  {b}  {mark}");
+        if *differs && color {
+            out.push_str(&format!("\x1b[1;33m{line}\x1b[0m\n"));
+        } else {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The diff `d` of the stream `what`, under a heading; with `color`, its
+/// removed lines red and its added lines green.
+fn diff_section(what: &str, d: &str, color: bool) -> String {
+    let mut out = format!("\n{what} differs:\n");
+    for l in d.lines() {
+        let colored = match l.chars().next() {
+            Some('-') if color && !l.starts_with("---") => {
+                format!("\x1b[31m{l}\x1b[0m")
+            }
+            Some('+') if color && !l.starts_with("+++") => {
+                format!("\x1b[32m{l}\x1b[0m")
+            }
+            _ => l.to_string(),
+        };
+        out.push_str(&colored);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

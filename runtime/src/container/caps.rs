@@ -22,8 +22,35 @@ pub const DOCKER_DEFAULT: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// A capability name or set that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    #[error("unknown capability {0:?}")]
+    Unknown(String),
+    /// A set the kernel refuses (capset: EPERM).
+    #[error("process.capabilities.{set} holds {} outside the {of} set: {source}", caps.join(", "))]
+    OutsideSet {
+        set: &'static str,
+        caps: Vec<String>,
+        of: &'static str,
+        source: std::io::Error,
+    },
+    #[error("reading bounding set: {0}")]
+    ReadBounding(#[source] caps::errors::CapsError),
+    #[error("dropping {cap} from the bounding set: {source}")]
+    DropBounding {
+        cap: Capability,
+        source: caps::errors::CapsError,
+    },
+    #[error("setting {set} caps: {source}")]
+    Set {
+        set: &'static str,
+        source: caps::errors::CapsError,
+    },
+}
+
 /// Parses a capability name, with or without the `CAP_` prefix, any case.
-pub fn parse(name: &str) -> Result<String, String> {
+pub fn parse(name: &str) -> Result<String, CapsError> {
     let up = name.to_ascii_uppercase();
     let full = if up.starts_with("CAP_") {
         up
@@ -35,7 +62,7 @@ pub fn parse(name: &str) -> Result<String, String> {
     }
     Capability::from_str(&full)
         .map(|c| c.to_string())
-        .map_err(|_| format!("unknown capability {name:?}"))
+        .map_err(|_| CapsError::Unknown(name.into()))
 }
 
 /// All capabilities this kernel knows.
@@ -76,22 +103,23 @@ fn set_names(set: &Option<oci_spec::runtime::Capabilities>) -> std::collections:
 /// outside the bounding set is not an error (runc neither): exec drops it.
 /// Checked against the spec's own sets, so that a capability the runtime
 /// itself lacks stays a silent omission (see `to_set`).
-pub fn check_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+pub fn check_sets(spec: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
     let Some(spec) = spec else {
         return Ok(());
     };
     let permitted = set_names(spec.permitted());
     let bounding = set_names(spec.bounding());
-    let refused = |set: &str, held: std::collections::BTreeSet<String>, within, of: &str| {
+    let refused = |set, held: std::collections::BTreeSet<String>, within, of| {
         let outside: Vec<String> = held.difference(within).cloned().collect();
         if outside.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "process.capabilities.{set} holds {} outside the {of} set: {}",
-                outside.join(", "),
-                std::io::Error::from_raw_os_error(libc::EPERM)
-            ))
+            Err(CapsError::OutsideSet {
+                set,
+                caps: outside,
+                of,
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            })
         }
     };
     refused(
@@ -109,22 +137,20 @@ pub fn check_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
 }
 
 /// Step 1, still as root: shrink the bounding set.
-pub fn drop_bounding(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
+pub fn drop_bounding(spec: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
     check_sets(spec)?;
-    let have =
-        caps::read(None, CapSet::Bounding).map_err(|e| format!("reading bounding set: {e}"))?;
+    let have = caps::read(None, CapSet::Bounding).map_err(CapsError::ReadBounding)?;
     let keep = to_set(&spec.and_then(|s| s.bounding().clone()), &have);
     for c in have.difference(&keep) {
         caps::drop(None, CapSet::Bounding, *c)
-            .map_err(|e| format!("dropping {c} from the bounding set: {e}"))?;
+            .map_err(|source| CapsError::DropBounding { cap: *c, source })?;
     }
     Ok(())
 }
 
 /// Step 2, after the uid switch: effective, permitted, inheritable, ambient.
-pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
-    let bounding =
-        caps::read(None, CapSet::Bounding).map_err(|e| format!("reading bounding set: {e}"))?;
+pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), CapsError> {
+    let bounding = caps::read(None, CapSet::Bounding).map_err(CapsError::ReadBounding)?;
     let get = |f: fn(&LinuxCapabilities) -> &Option<oci_spec::runtime::Capabilities>| {
         to_set(&spec.and_then(|s| f(s).clone()), &bounding)
     };
@@ -140,14 +166,23 @@ pub fn apply_sets(spec: Option<&LinuxCapabilities>) -> Result<(), String> {
         .collect();
     // Shrink effective first: capset refuses an effective set larger than
     // the permitted one.
-    caps::set(None, CapSet::Effective, &effective)
-        .map_err(|e| format!("setting effective caps: {e}"))?;
-    caps::set(None, CapSet::Inheritable, &inheritable)
-        .map_err(|e| format!("setting inheritable caps: {e}"))?;
-    caps::set(None, CapSet::Permitted, &permitted)
-        .map_err(|e| format!("setting permitted caps: {e}"))?;
+    caps::set(None, CapSet::Effective, &effective).map_err(|source| CapsError::Set {
+        set: "effective",
+        source,
+    })?;
+    caps::set(None, CapSet::Inheritable, &inheritable).map_err(|source| CapsError::Set {
+        set: "inheritable",
+        source,
+    })?;
+    caps::set(None, CapSet::Permitted, &permitted).map_err(|source| CapsError::Set {
+        set: "permitted",
+        source,
+    })?;
     // Always set: amphi may itself have inherited ambient capabilities.
-    caps::set(None, CapSet::Ambient, &ambient).map_err(|e| format!("setting ambient caps: {e}"))?;
+    caps::set(None, CapSet::Ambient, &ambient).map_err(|source| CapsError::Set {
+        set: "ambient",
+        source,
+    })?;
     Ok(())
 }
 
@@ -179,20 +214,22 @@ mod tests {
             &[],
         )))
         .unwrap_err();
-        assert!(
-            e.contains(
-                "process.capabilities.effective holds CAP_SYS_ADMIN outside the permitted set"
-            ),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "process.capabilities.effective holds CAP_SYS_ADMIN outside the permitted set: {}",
+                std::io::Error::from_raw_os_error(libc::EPERM)
+            )
         );
-        assert!(e.contains("Operation not permitted"), "{e}");
+        assert_eq!(super::super::sync::errno_of(&e), Some(libc::EPERM));
         let e = check_sets(Some(&caps(
             &[],
             &[],
             &["CAP_KILL", "CAP_NET_ADMIN"],
             &["CAP_KILL"],
         )))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("inheritable holds CAP_NET_ADMIN outside the bounding set"),
             "{e}"
@@ -203,7 +240,10 @@ mod tests {
     fn names() {
         assert_eq!(parse("net_admin").unwrap(), "CAP_NET_ADMIN");
         assert_eq!(parse("CAP_CHOWN").unwrap(), "CAP_CHOWN");
-        assert!(parse("CAP_FLY").unwrap_err().contains("CAP_FLY"));
+        assert_eq!(
+            parse("CAP_FLY").unwrap_err().to_string(),
+            "unknown capability \"CAP_FLY\""
+        );
         for c in DOCKER_DEFAULT {
             parse(c).unwrap();
         }

@@ -161,9 +161,8 @@ fn check(spec: &Spec, path: &Path) -> Result<(), ConfigError> {
     }
     if let Some(linux) = spec.linux() {
         if let Some(p) = linux.personality() {
-            if let Err(e) = super::init::personality_value(p) {
-                let (field, reason) = e.split_once(": ").unwrap_or(("linux.personality", &e));
-                return Err(invalid(path, field, reason));
+            if let Err(e) = super::setup::personality_value(p) {
+                return Err(invalid(path, &e.field(), e.reason()));
             }
         }
         // Masking and read-only paths are mounts: without a mount namespace
@@ -292,7 +291,10 @@ mod tests {
             .personality()
             .as_ref()
             .unwrap();
-        assert_eq!(super::super::init::personality_value(p).unwrap(), 0x0040008);
+        assert_eq!(
+            super::super::setup::personality_value(p).unwrap(),
+            0x0040008
+        );
 
         let mut v = base();
         v["ociVersion"] = "2.0.0".into();

@@ -12,10 +12,63 @@
 //! they become a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the
 //! container's cgroup (what runc and crun do), generated here.
 
+use super::effects::Effects;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A device rule that is not valid, or could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DevicesError {
+    #[error("linux.resources.devices[{index}]: {what} {value} is not a device number")]
+    Number {
+        index: usize,
+        what: &'static str,
+        value: i64,
+    },
+    #[error("linux.resources.devices[{index}]: access {access:?}: only r, w and m are allowed")]
+    Access { index: usize, access: String },
+    /// A cgroup v1 devices file could not be opened.
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("device rule {line:?} in {}: {source}", path.display())]
+    Write {
+        line: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "loading the device-control BPF program: {source}{}",
+        verifier_log(verifier)
+    )]
+    Load {
+        source: std::io::Error,
+        /// What the verifier said, if anything.
+        verifier: String,
+    },
+    #[error("cgroup {}: {source}", dir.display())]
+    Cgroup {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("attaching the device-control BPF program to cgroup {}: {source}", dir.display())]
+    Attach {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn verifier_log(v: &str) -> String {
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!(" (verifier: {v})")
+    }
+}
 
 /// `BPF_DEVCG_ACC_*`: the access bits, as the BPF context and our rules use them.
 pub const MKNOD: u8 = 1;
@@ -134,20 +187,23 @@ pub fn default_spec_rules() -> Vec<LinuxDeviceCgroup> {
 
 /// A spec rule, validated. `None` for rules the device controller has no
 /// say over (FIFOs).
-pub fn parse(i: usize, r: &LinuxDeviceCgroup) -> Result<Option<Rule>, String> {
-    let at = |what: String| format!("linux.resources.devices[{i}]: {what}");
+pub fn parse(i: usize, r: &LinuxDeviceCgroup) -> Result<Option<Rule>, DevicesError> {
     let kind = match r.typ().unwrap_or_default() {
         LinuxDeviceType::A => Kind::All,
         LinuxDeviceType::C | LinuxDeviceType::U => Kind::Char,
         LinuxDeviceType::B => Kind::Block,
         LinuxDeviceType::P => return Ok(None),
     };
-    let num = |n: Option<i64>, what: &str| -> Result<Option<u32>, String> {
+    let num = |n: Option<i64>, what| -> Result<Option<u32>, DevicesError> {
         match n {
             None | Some(-1) => Ok(None),
-            Some(v) => u32::try_from(v)
+            Some(value) => u32::try_from(value)
                 .map(Some)
-                .map_err(|_| at(format!("{what} {v} is not a device number"))),
+                .map_err(|_| DevicesError::Number {
+                    index: i,
+                    what,
+                    value,
+                }),
         }
     };
     let access = match r.access().as_deref() {
@@ -159,7 +215,12 @@ pub fn parse(i: usize, r: &LinuxDeviceCgroup) -> Result<Option<Rule>, String> {
                     'r' => READ,
                     'w' => WRITE,
                     'm' => MKNOD,
-                    _ => return Err(at(format!("access {s:?}: only r, w and m are allowed"))),
+                    _ => {
+                        return Err(DevicesError::Access {
+                            index: i,
+                            access: s.into(),
+                        })
+                    }
                 };
             }
             a
@@ -176,7 +237,7 @@ pub fn parse(i: usize, r: &LinuxDeviceCgroup) -> Result<Option<Rule>, String> {
 
 /// What applies to a container whose spec has `spec_rules`: deny all, the
 /// spec's rules, then [`DEFAULT_ALLOWED`].
-pub fn effective(spec_rules: Option<&[LinuxDeviceCgroup]>) -> Result<Vec<Rule>, String> {
+pub fn effective(spec_rules: Option<&[LinuxDeviceCgroup]>) -> Result<Vec<Rule>, DevicesError> {
     let mut out = vec![DENY_ALL];
     for (i, r) in spec_rules.unwrap_or_default().iter().enumerate() {
         if let Some(r) = parse(i, r)? {
@@ -232,7 +293,7 @@ fn matches(r: &Rule, kind: Kind, major: u32, minor: u32, access: u8) -> bool {
 }
 
 /// Applies `rules` to a cgroup v1 `devices` directory.
-pub fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<(), String> {
+pub fn apply_v1(fx: &impl Effects, dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
     use std::io::Write;
     // One descriptor per file, one write per rule (the kernel takes each
     // write as one rule): this is on the path of every container start.
@@ -246,16 +307,18 @@ pub fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<(), String> {
         let file = dir.join(name);
         let f = match slot {
             Some(f) => f,
-            None => slot.insert(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&file)
-                    .map_err(|e| format!("{}: {e}", file.display()))?,
-            ),
+            None => slot.insert(fx.open_write(&file).map_err(|source| DevicesError::Open {
+                path: file.clone(),
+                source,
+            })?),
         };
         let line = r.to_string();
         f.write_all(line.as_bytes())
-            .map_err(|e| format!("device rule {line:?} in {}: {e}", file.display()))?;
+            .map_err(|source| DevicesError::Write {
+                line,
+                path: file,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -385,7 +448,7 @@ struct ProgAttachAttr {
 }
 
 /// Loads the program for `rules`.
-pub fn load(rules: &[Rule]) -> Result<OwnedFd, String> {
+pub fn load(rules: &[Rule]) -> Result<OwnedFd, DevicesError> {
     let prog = program(rules);
     let license = c"Apache-2.0";
     let mut log = vec![0u8; 16 * 1024];
@@ -415,19 +478,12 @@ pub fn load(rules: &[Rule]) -> Result<OwnedFd, String> {
         )
     };
     if fd < 0 {
-        let e = std::io::Error::last_os_error();
+        let source = std::io::Error::last_os_error();
         let verifier = String::from_utf8_lossy(&log)
             .trim_end_matches('\0')
             .trim()
             .to_string();
-        return Err(format!(
-            "loading the device-control BPF program: {e}{}",
-            if verifier.is_empty() {
-                String::new()
-            } else {
-                format!(" (verifier: {verifier})")
-            }
-        ));
+        return Err(DevicesError::Load { source, verifier });
     }
     // SAFETY: BPF_PROG_LOAD succeeded (fd >= 0), so `fd` is a new descriptor
     // that nothing else owns.
@@ -435,9 +491,12 @@ pub fn load(rules: &[Rule]) -> Result<OwnedFd, String> {
 }
 
 /// Attaches the program for `rules` to the cgroup v2 directory `dir`.
-pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<(), String> {
+pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<(), DevicesError> {
     let prog = load(rules)?;
-    let cg = std::fs::File::open(dir).map_err(|e| format!("cgroup {}: {e}", dir.display()))?;
+    let cg = std::fs::File::open(dir).map_err(|source| DevicesError::Cgroup {
+        dir: dir.into(),
+        source,
+    })?;
     let attr = ProgAttachAttr {
         target_fd: cg.as_raw_fd() as u32,
         attach_bpf_fd: prog.as_raw_fd() as u32,
@@ -456,11 +515,10 @@ pub fn apply_v2(dir: &Path, rules: &[Rule]) -> Result<(), String> {
         )
     };
     if r != 0 {
-        return Err(format!(
-            "attaching the device-control BPF program to cgroup {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(DevicesError::Attach {
+            dir: dir.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -2,9 +2,12 @@
 //! put the child in its cgroup, write its id maps, run the runtime hooks,
 //! and wait for it to be ready (or to report why it is not).
 
-use super::cgroups::Cgroup;
-use super::init::{child_main, InitArgs};
-use super::sync::{ChildError, Msg, Sync};
+use super::cgroups::{Cgroup, CgroupError};
+use super::devices::{DevicesError, Rule};
+use super::hooks::HookError;
+use super::sealed::SealedError;
+use super::setup::{child_main, InitArgs, PayloadError};
+use super::sync::{ChildError, Msg, Sync, SyncError};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -56,14 +59,95 @@ pub enum LaunchError {
     },
     /// The runtime's side failed: the cgroup, device rules, console
     /// socket, exec fifo, id maps, runtime hooks, the sync socket.
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Runtime(#[from] ParentError),
 }
 
-impl From<String> for LaunchError {
-    fn from(m: String) -> Self {
-        LaunchError::Runtime(m)
-    }
+/// What failed on the runtime's side of a launch.
+#[derive(Debug, thiserror::Error)]
+pub enum ParentError {
+    #[error("console socket {}: {source}", path.display())]
+    ConsoleSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Devices(#[from] DevicesError),
+    #[error("exec fifo {}: {source}", path.display())]
+    ExecFifo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Sealed(#[from] SealedError),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error("a user namespace needs linux.uidMappings and linux.gidMappings")]
+    NoIdMaps,
+    #[error("writing {file} {content:?}: {source}")]
+    IdMap {
+        file: &'static str,
+        content: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error("the container sent a seccomp listener that was not asked for")]
+    UnaskedListener,
+    #[error("linux.seccomp.listenerPath {}: {source}", path.display())]
+    ListenerConnect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("linux.seccomp.listenerPath {}: {source}", path.display())]
+    ListenerSend { path: PathBuf, source: SyncError },
+    #[error("the container sent a console pty that was not asked for")]
+    UnaskedConsole,
+    #[error("the container process died during setup")]
+    DiedDuringSetup,
+}
+
+/// The runtime's errors reach a launch's caller as [`LaunchError::Runtime`].
+macro_rules! runtime_errors {
+    ($($t:ty),*) => {
+        $(impl From<$t> for LaunchError {
+            fn from(e: $t) -> Self {
+                LaunchError::Runtime(e.into())
+            }
+        })*
+    };
+}
+runtime_errors!(
+    CgroupError,
+    DevicesError,
+    SyncError,
+    SealedError,
+    PayloadError,
+    NamespaceError,
+    HookError
+);
+
+/// A namespace given by path could not be joined.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("namespace {typ} at {}: {source}", path.display())]
+    Open {
+        typ: LinuxNamespaceType,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("joining {typ} namespace {}: {source}", path.display())]
+    Join {
+        typ: LinuxNamespaceType,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A launched container.
@@ -112,23 +196,27 @@ fn ns_flag(t: LinuxNamespaceType) -> i32 {
     }
 }
 
-fn open_ns(path: &Path, t: LinuxNamespaceType) -> Result<std::fs::File, String> {
-    std::fs::File::open(path).map_err(|e| format!("namespace {t} at {}: {e}", path.display()))
+fn open_ns(path: &Path, t: LinuxNamespaceType) -> Result<std::fs::File, NamespaceError> {
+    std::fs::File::open(path).map_err(|source| NamespaceError::Open {
+        typ: t,
+        path: path.into(),
+        source,
+    })
 }
 
-fn set_ns(f: &std::fs::File, path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
+fn set_ns(f: &std::fs::File, path: &Path, t: LinuxNamespaceType) -> Result<(), NamespaceError> {
     // SAFETY: setns takes an fd (`f`, open for the call) and a flag; no memory.
     if unsafe { libc::setns(f.as_raw_fd(), ns_flag(t)) } != 0 {
-        return Err(format!(
-            "joining {t} namespace {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
+        return Err(NamespaceError::Join {
+            typ: t,
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
-fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), String> {
+fn join_ns(path: &Path, t: LinuxNamespaceType) -> Result<(), NamespaceError> {
     set_ns(&open_ns(path, t)?, path, t)
 }
 
@@ -149,7 +237,11 @@ fn host_id(id: u32, maps: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>) -> Op
 /// its root has no rights over host root's files), and opens it O_PATH for
 /// the child: the state directory's path may not be searchable from the
 /// container's user namespace.
-fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, String> {
+fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, ParentError> {
+    let failed = |source| ParentError::ExecFifo {
+        path: p.into(),
+        source,
+    };
     let user = spec.process().as_ref().map(|p| p.user().clone());
     let (uid, gid) = user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0));
     let linux = spec.linux().as_ref();
@@ -159,15 +251,14 @@ fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, 
     };
     // Unmapped ids fail later, with a clear error, when the child switches.
     if let (Some(u), Some(g)) = (host_id(uid, uid_maps), host_id(gid, gid_maps)) {
-        std::os::unix::fs::chown(p, Some(u), Some(g))
-            .map_err(|e| format!("exec fifo {}: {e}", p.display()))?;
+        std::os::unix::fs::chown(p, Some(u), Some(g)).map_err(failed)?;
     }
     rustix::fs::open(
         p,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| format!("exec fifo {}: {e}", p.display()))
+    .map_err(|e| failed(e.into()))
 }
 
 /// The state the create-time hooks (prestart, createRuntime,
@@ -181,7 +272,7 @@ pub(super) fn hook_state(template: &serde_json::Value) -> serde_json::Value {
     state
 }
 
-fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
+fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), ParentError> {
     let linux = spec.linux().as_ref();
     let fmt = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
         m.iter()
@@ -192,12 +283,17 @@ fn write_id_maps(pid: i32, spec: &Spec) -> Result<(), String> {
     let uid = fmt(&linux.and_then(|l| l.uid_mappings().clone()));
     let gid = fmt(&linux.and_then(|l| l.gid_mappings().clone()));
     if uid.is_empty() || gid.is_empty() {
-        return Err("a user namespace needs linux.uidMappings and linux.gidMappings".into());
+        return Err(ParentError::NoIdMaps);
     }
-    std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
-        .map_err(|e| format!("writing uid_map {uid:?}: {e}"))?;
-    std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
-        .map_err(|e| format!("writing gid_map {gid:?}: {e}"))?;
+    for (file, content) in [("uid_map", uid), ("gid_map", gid)] {
+        std::fs::write(format!("/proc/{pid}/{file}"), &content).map_err(|source| {
+            ParentError::IdMap {
+                file,
+                content,
+                source,
+            }
+        })?;
+    }
     Ok(())
 }
 
@@ -238,16 +334,23 @@ impl SeccompListener {
     }
 
     /// Passes the listener on (once; the connection is closed after).
-    fn send(&mut self, fd: &OwnedFd, state: &serde_json::Value) -> Result<(), String> {
+    fn send(&mut self, fd: &OwnedFd, state: &serde_json::Value) -> Result<(), ParentError> {
         self.done = true;
         let Some(path) = &self.path else {
-            return Err("the container sent a seccomp listener that was not asked for".into());
+            return Err(ParentError::UnaskedListener);
         };
-        let what = format!("linux.seccomp.listenerPath {}", path.display());
-        let conn =
-            std::os::unix::net::UnixStream::connect(path).map_err(|e| format!("{what}: {e}"))?;
-        super::sync::send_fd(&OwnedFd::from(conn), fd, &self.message(state).to_string())
-            .map_err(|e| format!("{what}: {e}"))
+        let conn = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
+            ParentError::ListenerConnect {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        super::sync::send_fd(&OwnedFd::from(conn), fd, &self.message(state).to_string()).map_err(
+            |source| ParentError::ListenerSend {
+                path: path.clone(),
+                source,
+            },
+        )
     }
 }
 
@@ -260,17 +363,95 @@ impl Drop for SeccompListener {
     }
 }
 
+/// What the runtime makes before the clone.
+struct Prepared {
+    /// Told (end-of-file) if the launch fails before it is passed on.
+    seccomp_listener: SeccompListener,
+    /// The console socket, connected.
+    console: Option<OwnedFd>,
+    /// The clone's namespace flags.
+    flags: libc::c_int,
+    /// Namespaces joined by path.
+    joins: Vec<(PathBuf, LinuxNamespaceType)>,
+    in_userns: bool,
+    cgroup: Cgroup,
+    device_rules: Vec<Rule>,
+    exec_fifo: Option<OwnedFd>,
+    parent: Sync,
+    child: Sync,
+    /// The sealed setup stage: binary, payload, descriptors it keeps.
+    stage: Option<(OwnedFd, OwnedFd, Vec<i32>)>,
+}
+
 /// Clones the container process. On error nothing is left: the child is
 /// killed and reaped, its cgroup removed.
 pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launched, LaunchError> {
-    // First: whatever fails below, the agent at listenerPath is told.
-    let mut seccomp_listener = SeccompListener::new(spec);
-    // Then the console socket, connected before anything can fail: any
-    // error below drops it, so a caller waiting on it sees end-of-file.
+    let Prepared {
+        mut seccomp_listener,
+        console,
+        flags,
+        joins,
+        in_userns,
+        mut cgroup,
+        device_rules,
+        exec_fifo,
+        parent,
+        child,
+        stage,
+    } = prepare(spec, rootfs, &opts)?;
+    let pid = clone_process(flags)?;
+    if pid == 0 {
+        drop(parent);
+        child_side(ChildSide {
+            spec,
+            rootfs,
+            opts: &opts,
+            child,
+            exec_fifo,
+            console,
+            stage: stage.as_ref(),
+            joins: &joins,
+            flags,
+            in_userns,
+        });
+    }
+    drop(stage);
+    drop(child);
+    drop(console);
+    drop(exec_fifo);
+    let new_userns = in_userns && flags & libc::CLONE_NEWUSER != 0;
+    let devices = opts.owns_cgroup.then_some(device_rules.as_slice());
+    let started = parent_side(spec, &opts, &parent, pid, new_userns, &mut cgroup, devices)
+        .and_then(|()| receive(&parent, &opts, pid, &mut seccomp_listener));
+    match started {
+        Ok((pty, console)) => Ok(Launched {
+            pid,
+            cgroup,
+            pty,
+            console,
+        }),
+        Err(e) => {
+            abort(pid, &cgroup, opts.owns_cgroup);
+            Err(e)
+        }
+    }
+}
+
+/// Everything made before the clone, in the order that leaves nothing
+/// behind on an error: first the seccomp listener's agent and the console
+/// socket (each told by end-of-file if anything below fails), then the
+/// checks, the exec fifo, the sync socket and the setup stage; last, a pid
+/// namespace to join (it applies to children).
+fn prepare(spec: &Spec, rootfs: &Path, opts: &LaunchOptions) -> Result<Prepared, LaunchError> {
+    let seccomp_listener = SeccompListener::new(spec);
     let console = match &opts.console_socket {
         Some(p) => {
-            let s = std::os::unix::net::UnixStream::connect(p)
-                .map_err(|e| format!("console socket {}: {e}", p.display()))?;
+            let s = std::os::unix::net::UnixStream::connect(p).map_err(|source| {
+                ParentError::ConsoleSocket {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
             Some(OwnedFd::from(s))
         }
         None => None,
@@ -283,25 +464,23 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
     let in_userns = namespaces
         .iter()
         .any(|n| n.typ() == LinuxNamespaceType::User);
-    let mut cgroup = Cgroup::new(linux.and_then(|l| l.cgroups_path().as_deref()), &opts.id)?;
+    let cgroup = Cgroup::new(linux.and_then(|l| l.cgroups_path().as_deref()), &opts.id)?;
     // A new container's device rules, checked before anything exists.
     let device_rules = super::devices::effective(
         linux
             .and_then(|l| l.resources().as_ref())
             .and_then(|r| r.devices().as_deref()),
     )?;
-
     let exec_fifo = match &opts.exec_fifo {
         Some(p) => Some(prepare_exec_fifo(p, spec, in_userns)?),
         None => None,
     };
     let (parent, child) = Sync::pair()?;
-
     // The child executes amphi's sealed binary as its setup stage, with
     // its arguments in a memfd: made here, so the child only executes.
     let stage = if opts.sealed {
         Some(setup_stage(
-            spec, rootfs, &opts, &child, &exec_fifo, &console, in_userns,
+            spec, rootfs, opts, &child, &exec_fifo, &console, in_userns,
         )?)
     } else {
         None
@@ -313,7 +492,24 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             join_ns(p, *t)?;
         }
     }
+    Ok(Prepared {
+        seccomp_listener,
+        console,
+        flags,
+        joins,
+        in_userns,
+        cgroup,
+        device_rules,
+        exec_fifo,
+        parent,
+        child,
+        stage,
+    })
+}
 
+/// Clones the container process into new namespaces (`flags`): returns
+/// its pid, and 0 in the child.
+fn clone_process(flags: libc::c_int) -> Result<i32, LaunchError> {
     // Non-dumpable from before the clone until the workload is executed
     // (execve makes a process dumpable again): the container's processes
     // cannot open /proc/PID/exe, /proc/PID/mem or /proc/PID/fd of a process
@@ -340,69 +536,48 @@ pub fn launch(spec: &Spec, rootfs: &Path, opts: LaunchOptions) -> Result<Launche
             source: std::io::Error::last_os_error(),
         });
     }
-    if pid == 0 {
-        drop(parent);
-        child_side(ChildSide {
-            spec,
-            rootfs,
-            opts: &opts,
-            child,
-            exec_fifo,
-            console,
-            stage: stage.as_ref(),
-            joins: &joins,
-            flags,
-            in_userns,
+    Ok(pid as i32)
+}
+
+/// The runtime's part while the child waits for `go`: the id maps of a
+/// new user namespace, the cgroup (with `devices`, a new container's
+/// device rules), the runtime hooks; then `go`.
+fn parent_side(
+    spec: &Spec,
+    opts: &LaunchOptions,
+    parent: &Sync,
+    pid: i32,
+    new_userns: bool,
+    cgroup: &mut Cgroup,
+    devices: Option<&[Rule]>,
+) -> Result<(), LaunchError> {
+    if new_userns {
+        write_id_maps(pid, spec)?;
+    }
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    cgroup.apply(pid, resources, devices)?;
+    run_runtime_hooks(spec, &opts.state_template, pid)?;
+    if let Err(e) = parent.send_go(pid) {
+        // The child may have died with a reason (e.g. joining a namespace).
+        return Err(match parent.recv() {
+            Ok(Msg::Error(m)) => m.into(),
+            _ => e.into(),
         });
     }
-    drop(stage);
-    drop(child);
-    drop(console);
-    drop(exec_fifo);
-    let pid = pid as i32;
-    let owns_cgroup = opts.owns_cgroup;
-    let fail = |e: LaunchError, cgroup: &Cgroup| -> LaunchError {
-        // SAFETY: kill/waitpid on our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        if owns_cgroup {
-            let _ = cgroup.remove();
-        }
-        e
-    };
+    Ok(())
+}
 
-    let ready = |cgroup: &mut Cgroup| -> Result<(), LaunchError> {
-        if in_userns && flags & libc::CLONE_NEWUSER != 0 {
-            write_id_maps(pid, spec)?;
-        }
-        let resources = linux.and_then(|l| l.resources().as_ref());
-        let devices = owns_cgroup.then_some(device_rules.as_slice());
-        cgroup.apply(pid, resources, devices)?;
-        run_runtime_hooks(spec, &opts.state_template, pid)?;
-        if let Err(e) = parent.send_go(pid) {
-            // The child may have died with a reason (e.g. joining a namespace).
-            return Err(match parent.recv() {
-                Ok(Msg::Error(m)) => m.into(),
-                _ => e.into(),
-            });
-        }
-        Ok(())
-    };
-    if let Err(e) = ready(&mut cgroup) {
-        return Err(fail(e, &cgroup));
+/// A launch that failed after the clone: the child is killed and reaped,
+/// its cgroup removed when it is the launch's own.
+fn abort(pid: i32, cgroup: &Cgroup, owns_cgroup: bool) {
+    // SAFETY: kill/waitpid on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
-    let (pty, console) = match receive(&parent, &opts, pid, &mut seccomp_listener) {
-        Ok(r) => r,
-        Err(e) => return Err(fail(e, &cgroup)),
-    };
-    Ok(Launched {
-        pid,
-        cgroup,
-        pty,
-        console,
-    })
+    if owns_cgroup {
+        let _ = cgroup.remove();
+    }
 }
 
 /// The namespaces the clone makes (its flags) and those the child joins
@@ -437,7 +612,7 @@ fn setup_stage(
 ) -> Result<(OwnedFd, OwnedFd, Vec<i32>), LaunchError> {
     let sealed = crate::container::sealed::binary()?;
     let fd = |f: &Option<OwnedFd>| f.as_ref().map(|f| f.as_raw_fd());
-    let payload = super::init::StagePayload {
+    let payload = super::setup::StagePayload {
         spec: spec.clone(),
         rootfs: rootfs.to_path_buf(),
         sync_fd: child.as_fd().as_raw_fd(),
@@ -526,7 +701,7 @@ fn child_side(c: ChildSide<'_>) -> ! {
         .collect::<Result<Vec<_>, _>>()
         .and_then(|fds| fds.iter().try_for_each(|(f, p, t)| set_ns(f, p, *t)));
     if let Err(e) = r {
-        child.send_error(&ChildError::setup("namespaces", e));
+        child.send_error(&ChildError::stage("namespaces")(e));
         // SAFETY: leaving the forked child without unwinding.
         unsafe { libc::_exit(1) }
     }
@@ -543,21 +718,22 @@ fn child_side(c: ChildSide<'_>) -> ! {
         } else {
             Ok(None)
         }
+        .map_err(ChildError::stage("user namespace"))
         .and_then(|go| {
             if in_userns {
-                super::init::set_ids(0, 0)?;
+                super::setup::set_ids(0, 0).map_err(ChildError::stage("user namespace"))?;
             }
             Ok(go)
         });
         let go = match r {
             Ok(go) => go,
             Err(e) => {
-                child.send_error(&ChildError::setup("user namespace", e));
+                child.send_error(&e);
                 // SAFETY: leaving the forked child without unwinding.
                 unsafe { libc::_exit(1) }
             }
         };
-        let e = super::init::exec_setup_stage(sealed, payload, keep, go);
+        let e = super::setup::exec_setup_stage(sealed, payload, keep, go);
         child.send_error(&e);
         // SAFETY: leaving the forked child without unwinding.
         unsafe { libc::_exit(1) }
@@ -597,11 +773,7 @@ fn receive(
                 let slave = pty_peer(&master);
                 console = Some(ConsolePty { master, slave });
             }
-            Ok(Msg::Console(_)) => {
-                return Err(LaunchError::Runtime(
-                    "the container sent a console pty that was not asked for".into(),
-                ))
-            }
+            Ok(Msg::Console(_)) => return Err(ParentError::UnaskedConsole.into()),
             Ok(Msg::Seccomp(fd)) => {
                 let mut st = opts.state_template.clone();
                 st["pid"] = pid.into();
@@ -609,11 +781,7 @@ fn receive(
             }
             Ok(Msg::Ready) => break,
             Ok(Msg::Eof) if opts.exec_fifo.is_none() => break,
-            Ok(Msg::Eof) => {
-                return Err(LaunchError::Runtime(
-                    "the container process died during setup".into(),
-                ))
-            }
+            Ok(Msg::Eof) => return Err(ParentError::DiedDuringSetup.into()),
             Ok(Msg::Error(e)) => return Err(e.into()),
             Err(e) => return Err(e.into()),
         }

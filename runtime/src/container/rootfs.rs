@@ -6,12 +6,13 @@
 //! mounted through `/proc/self/fd/N`, so a symlink planted in the image can
 //! never redirect a mount outside the rootfs.
 
+use super::effects::Effects;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::MountPropagationFlags;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -25,10 +26,124 @@ pub const OVERLAY_UPPER: &str = "io.amphi.rootfs.upper";
 /// Annotation: the overlay's work directory.
 pub const OVERLAY_WORK: &str = "io.amphi.rootfs.work";
 
-type Result<T> = std::result::Result<T, String>;
+type Result<T> = std::result::Result<T, RootfsError>;
 
-fn err(what: impl std::fmt::Display, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+/// A step of building the container's filesystem view failed. Each names
+/// the path (in the container, or the rootfs on the host) and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("path {0:?} contains \"..\"")]
+    DotDot(PathBuf),
+    #[error("path {0:?} is not a Linux path")]
+    NotLinux(PathBuf),
+    #[error("too many levels of symbolic links creating {0:?} in the rootfs")]
+    SymlinkLoop(PathBuf),
+    #[error("opening {path:?} in the rootfs: {source}")]
+    Open { path: PathBuf, source: Errno },
+    #[error("creating {path:?} in the rootfs: {source}")]
+    Create { path: PathBuf, source: Errno },
+    #[error("opening the rootfs: {0}")]
+    OpenRootDir(#[source] Errno),
+    #[error("rootfs {}: {source}", path.display())]
+    Rootfs { path: PathBuf, source: Errno },
+    #[error("linux.rootfsPropagation: unknown value {0:?}")]
+    UnknownRootPropagation(String),
+    #[error("making every mount a slave: {0}")]
+    AllSlaves(#[source] Errno),
+    #[error("the image overlay on {}: {source}", rootfs.display())]
+    OverlayOptions {
+        rootfs: PathBuf,
+        source: crate::sys::overlay::OverlayError,
+    },
+    #[error("mounting the image overlay on {}: {source}", rootfs.display())]
+    Overlay { rootfs: PathBuf, source: Errno },
+    #[error("bind mounting rootfs {}: {source}", rootfs.display())]
+    BindRootfs { rootfs: PathBuf, source: Errno },
+    #[error("making the rootfs private: {0}")]
+    RootfsPrivate(#[source] Errno),
+    #[error("setting linux.rootfsPropagation on /: {0}")]
+    RootPropagation(#[source] Errno),
+    #[error("mount {}: a {fstype} filesystem cannot go on the root", dest.display())]
+    OnTheRoot { dest: PathBuf, fstype: String },
+    #[error("mount {}: opening its parent in the rootfs: {source}", dest.display())]
+    OpenParent { dest: PathBuf, source: Errno },
+    #[error(
+        "mount {}: {} in the rootfs; a {fstype} filesystem must be mounted on an ordinary directory",
+        dest.display(),
+        if *symlink { "a symbolic link" } else { "not a directory" }
+    )]
+    NotOrdinaryDir {
+        dest: PathBuf,
+        symlink: bool,
+        fstype: String,
+    },
+    #[error("mount {}: {source}", dest.display())]
+    Stat { dest: PathBuf, source: Errno },
+    #[error(
+        "mount {}: recursive attributes (mount_setattr set {set:#x} clear {clr:#x}): {source}",
+        dest.display()
+    )]
+    RecursiveAttrs {
+        dest: PathBuf,
+        set: u64,
+        clr: u64,
+        source: Errno,
+    },
+    #[error("mount {}: bind source {}: {source}", dest.display(), from.display())]
+    BindSource {
+        dest: PathBuf,
+        from: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mount {}: bind {}: {source}", dest.display(), from.display())]
+    Bind {
+        dest: PathBuf,
+        from: PathBuf,
+        source: Errno,
+    },
+    #[error("mount {}: remount with flags {flags:#x}: {source}", dest.display())]
+    Remount {
+        dest: PathBuf,
+        flags: libc::c_ulong,
+        source: Errno,
+    },
+    #[error("mount {}: propagation: {source}", dest.display())]
+    Propagation { dest: PathBuf, source: Errno },
+    #[error("mount {}: no type and no bind option", dest.display())]
+    NoType { dest: PathBuf },
+    #[error("mount {} (type {fstype}, options {data:?}): {source}", dest.display())]
+    Mount {
+        dest: PathBuf,
+        fstype: String,
+        data: String,
+        source: Errno,
+    },
+    #[error("device {}: {source}", path.display())]
+    Device { path: PathBuf, source: Errno },
+    #[error("device {}: no file name", path.display())]
+    DeviceName { path: PathBuf },
+    #[error("device {}: bind from host: {source}", path.display())]
+    DeviceBind { path: PathBuf, source: Errno },
+    #[error("/dev: {0}")]
+    Dev(#[source] Errno),
+    #[error("/dev/{link}: {source}")]
+    DevLink { link: &'static str, source: Errno },
+    #[error("chdir {}: {source}", path.display())]
+    Chdir { path: PathBuf, source: Errno },
+    #[error("pivot_root: {0}")]
+    PivotRoot(#[source] Errno),
+    #[error("making the old root a slave: {0}")]
+    OldRootSlave(#[source] Errno),
+    #[error("detaching the old root: {0}")]
+    DetachOldRoot(#[source] Errno),
+    #[error("masking {path}: {source}")]
+    Mask { path: String, source: Errno },
+    #[error("read-only {path}: {source}")]
+    ReadOnly { path: String, source: Errno },
+    #[error("statvfs /: {0}")]
+    StatvfsRoot(#[source] Errno),
+    #[error("remounting / read-only (flags {flags:#x}): {source}")]
+    ReadOnlyRoot { flags: libc::c_ulong, source: Errno },
 }
 
 /// Mount flags and data from fstab-style options.
@@ -165,8 +280,8 @@ fn rel(p: &Path) -> Result<PathBuf> {
         match c {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(n) => out.push(n),
-            Component::ParentDir => return Err(format!("path {p:?} contains \"..\"")),
-            Component::Prefix(_) => return Err(format!("path {p:?} is not a Linux path")),
+            Component::ParentDir => return Err(RootfsError::DotDot(p.into())),
+            Component::Prefix(_) => return Err(RootfsError::NotLinux(p.into())),
         }
     }
     Ok(out)
@@ -176,15 +291,19 @@ const IN_ROOT: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 
 /// Opens (creating as needed) `path` inside `root`: a directory, or an empty
 /// file when `file` is set. Returns an `O_PATH` descriptor to mount on.
-pub fn make_target(root: &OwnedFd, path: &Path, file: bool) -> Result<OwnedFd> {
-    make_target_depth(root, path, file, 0)
+pub fn make_target(fx: &impl Effects, root: &OwnedFd, path: &Path, file: bool) -> Result<OwnedFd> {
+    make_target_depth(fx, root, path, file, 0)
 }
 
-fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Result<OwnedFd> {
+fn make_target_depth(
+    fx: &impl Effects,
+    root: &OwnedFd,
+    path: &Path,
+    file: bool,
+    depth: u32,
+) -> Result<OwnedFd> {
     if depth > 40 {
-        return Err(format!(
-            "too many levels of symbolic links creating {path:?} in the rootfs"
-        ));
+        return Err(RootfsError::SymlinkLoop(path.into()));
     }
     let r = rel(path)?;
     let comps: Vec<_> = r.components().collect();
@@ -202,7 +321,7 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             Ok(fd) if last => return Ok(fd),
             Ok(_) => continue,
             Err(Errno::NOENT) => {}
-            Err(e) => return Err(err(format!("opening {cur:?} in the rootfs"), e)),
+            Err(source) => return Err(RootfsError::Open { path: cur, source }),
         }
         let parent = cur.parent().map(Path::to_path_buf).unwrap_or_default();
         let pfd = crate::sys::io::openat2(
@@ -216,7 +335,10 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             Mode::empty(),
             IN_ROOT,
         )
-        .map_err(|e| err(format!("opening {parent:?} in the rootfs"), e))?;
+        .map_err(|source| RootfsError::Open {
+            path: parent.clone(),
+            source,
+        })?;
         let name = cur.file_name().expect("normal component");
         // A dangling symlink: create what it points to, inside the root.
         if let Ok(target) = rustix::fs::readlinkat(&pfd, name, Vec::new()) {
@@ -229,22 +351,16 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
             for rest in &comps[i + 1..] {
                 resolved.push(rest);
             }
-            return make_target_depth(root, &normalize(&resolved), file, depth + 1);
+            return make_target_depth(fx, root, &normalize(&resolved), file, depth + 1);
         }
         let made = if last && file {
-            rustix::fs::openat(
-                &pfd,
-                name,
-                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::from_raw_mode(0o644),
-            )
-            .map(drop)
+            fx.create_file_at(pfd.as_fd(), name, Mode::from_raw_mode(0o644))
         } else {
-            rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o755))
+            fx.mkdirat(pfd.as_fd(), name, Mode::from_raw_mode(0o755))
         };
         match made {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(err(format!("creating {cur:?} in the rootfs"), e)),
+            Err(source) => return Err(RootfsError::Create { path: cur, source }),
         }
         if last {
             return crate::sys::io::openat2(
@@ -254,12 +370,12 @@ fn make_target_depth(root: &OwnedFd, path: &Path, file: bool, depth: u32) -> Res
                 Mode::empty(),
                 IN_ROOT,
             )
-            .map_err(|e| err(format!("opening {cur:?} in the rootfs"), e));
+            .map_err(|source| RootfsError::Open { path: cur, source });
         }
     }
     // The root itself.
     rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| err("opening the rootfs", e))
+        .map_err(RootfsError::OpenRootDir)
 }
 
 /// Lexically resolves `.` and `..` of an absolute path, clamping at `/`
@@ -282,53 +398,6 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// `s` as a C string; a NUL byte (from a bundle's mount, which would be
-/// cut short there, dropping options) is EINVAL.
-fn c(s: &str) -> rustix::io::Result<CString> {
-    CString::new(s).map_err(|_| rustix::io::Errno::INVAL)
-}
-
-/// mount(2) with raw `MS_*` flags (rustix has no remount-with-flags).
-fn mount_raw(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> rustix::io::Result<()> {
-    let (src, tgt, typ, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
-    let opt = |x: &CString, s: &str| {
-        if s.is_empty() {
-            std::ptr::null()
-        } else {
-            x.as_ptr()
-        }
-    };
-    // SAFETY: all pointers are valid NUL-terminated strings or null.
-    let r = unsafe {
-        libc::mount(
-            opt(&src, source),
-            tgt.as_ptr(),
-            opt(&typ, fstype),
-            flags,
-            opt(&dat, data) as *const libc::c_void,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(rustix::io::Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL),
-        ))
-    }
-}
-
-fn propagate(target: &str, flags: libc::c_ulong) -> rustix::io::Result<()> {
-    mount_raw("", target, "", flags, "")
-}
-
 /// `linux.rootfsPropagation`, as the flags to give the container's root
 /// (recursively) once it is in place; `None` when the spec sets none.
 fn root_propagation(spec: &Spec) -> Result<Option<MountPropagationFlags>> {
@@ -343,7 +412,7 @@ fn root_propagation(spec: &Spec) -> Result<Option<MountPropagationFlags>> {
         Some("private") | Some("rprivate") => MountPropagationFlags::PRIVATE,
         Some("unbindable") | Some("runbindable") => MountPropagationFlags::UNBINDABLE,
         Some("slave") | Some("rslave") => MountPropagationFlags::DOWNSTREAM,
-        Some(other) => return Err(format!("linux.rootfsPropagation: unknown value {other:?}")),
+        Some(other) => return Err(RootfsError::UnknownRootPropagation(other.into())),
     };
     Ok(Some(flags))
 }
@@ -355,13 +424,13 @@ fn root_propagation(spec: &Spec) -> Result<Option<MountPropagationFlags>> {
 /// `rootfsPropagation` is applied after pivot_root ([`apply_root_propagation`]):
 /// applied here, "unbindable" would forbid the rootfs bind itself and
 /// "shared" would make the rootfs bind a peer of the host's mounts.
-pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
+pub fn prepare_root(fx: &impl Effects, spec: &Spec, rootfs: &Path) -> Result<()> {
     let configured = root_propagation(spec)?;
-    rustix::mount::mount_change(
-        "/",
+    fx.propagate(
+        Path::new("/"),
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
     )
-    .map_err(|e| err("making every mount a slave", e))?;
+    .map_err(RootfsError::AllSlaves)?;
     let ann = spec.annotations().clone().unwrap_or_default();
     match (
         ann.get(OVERLAY_LOWER),
@@ -371,25 +440,32 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
         (Some(lower), Some(upper), Some(work)) => {
             let lowers = crate::sys::overlay::split_lowerdir(lower);
             let upper_work = (Path::new(upper), Path::new(work));
-            let opts = crate::sys::overlay::options(&lowers, Some(upper_work))
-                .map_err(|e| err(format!("the image overlay on {}", rootfs.display()), e))?;
-            mount_raw("overlay", &rootfs.to_string_lossy(), "overlay", 0, &opts).map_err(|e| {
-                err(
-                    format!("mounting the image overlay on {}", rootfs.display()),
-                    e,
-                )
-            })?;
+            let opts =
+                crate::sys::overlay::options(&lowers, Some(upper_work)).map_err(|source| {
+                    RootfsError::OverlayOptions {
+                        rootfs: rootfs.into(),
+                        source,
+                    }
+                })?;
+            fx.mount("overlay", &rootfs.to_string_lossy(), "overlay", 0, &opts)
+                .map_err(|source| RootfsError::Overlay {
+                    rootfs: rootfs.into(),
+                    source,
+                })?;
         }
         _ => {
-            rustix::mount::mount_bind_recursive(rootfs, rootfs)
-                .map_err(|e| err(format!("bind mounting rootfs {}", rootfs.display()), e))?;
+            fx.bind(rootfs, rootfs, true)
+                .map_err(|source| RootfsError::BindRootfs {
+                    rootfs: rootfs.into(),
+                    source,
+                })?;
         }
     }
     if configured.is_none() {
         // Without a rootfsPropagation, not even the host's later mounts
         // reach the container's root.
-        rustix::mount::mount_change(rootfs, MountPropagationFlags::PRIVATE)
-            .map_err(|e| err("making the rootfs private", e))?;
+        fx.propagate(rootfs, MountPropagationFlags::PRIVATE)
+            .map_err(RootfsError::RootfsPrivate)?;
     }
     Ok(())
 }
@@ -397,10 +473,10 @@ pub fn prepare_root(spec: &Spec, rootfs: &Path) -> Result<()> {
 /// After pivot_root: gives the container's mounts the spec's
 /// `rootfsPropagation`, recursively from "/". "shared" makes them a peer
 /// group of their own (still slaves of the host's: nothing goes back).
-pub fn apply_root_propagation(spec: &Spec) -> Result<()> {
+pub fn apply_root_propagation(fx: &impl Effects, spec: &Spec) -> Result<()> {
     if let Some(flags) = root_propagation(spec)? {
-        rustix::mount::mount_change("/", flags | MountPropagationFlags::REC)
-            .map_err(|e| err("setting linux.rootfsPropagation on /", e))?;
+        fx.propagate(Path::new("/"), flags | MountPropagationFlags::REC)
+            .map_err(RootfsError::RootPropagation)?;
     }
     Ok(())
 }
@@ -454,23 +530,23 @@ fn host_cgroup_hierarchies() -> Vec<(String, String, String)> {
 /// tmpfs at `target`, with the host's symlinks (`cpu -> cpu,cpuacct`).
 /// Best effort: a hierarchy that cannot be mounted (e.g. in a user
 /// namespace) is left out.
-fn mount_v1_hierarchies(target: &str, flags: libc::c_ulong) {
+fn mount_v1_hierarchies(fx: &impl Effects, target: &str, flags: libc::c_ulong) {
     let ro = flags | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     for (name, fstype, opts) in host_cgroup_hierarchies() {
         let dir = format!("{target}/{name}");
-        if std::fs::create_dir(&dir).is_err() {
+        if fx.mkdir(Path::new(&dir)).is_err() {
             continue;
         }
-        if mount_raw("cgroup", &dir, &fstype, ro, &opts).is_err() {
-            let _ = std::fs::remove_dir(&dir);
+        if fx.mount("cgroup", &dir, &fstype, ro, &opts).is_err() {
+            let _ = fx.remove_dir(Path::new(&dir));
         }
     }
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
         for e in rd.flatten() {
             if let Ok(link) = std::fs::read_link(e.path()) {
-                let _ = std::os::unix::fs::symlink(
-                    link,
-                    format!("{target}/{}", e.file_name().to_string_lossy()),
+                let _ = fx.symlink(
+                    &link,
+                    Path::new(&format!("{target}/{}", e.file_name().to_string_lossy())),
                 );
             }
         }
@@ -512,49 +588,6 @@ pub fn locked_flags(st: rustix::fs::StatVfsMountFlags, wanted: libc::c_ulong) ->
     keep
 }
 
-/// The kernel's `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// mount_setattr(2) with `AT_RECURSIVE` on the mount `fd` is the root of
-/// (an `O_PATH` descriptor): sets and clears `MOUNT_ATTR_*` bits on it and
-/// on every mount below it.
-fn mount_setattr_recursive(fd: &OwnedFd, set: u64, clr: u64) -> rustix::io::Result<()> {
-    let a = MountAttr {
-        attr_set: set,
-        attr_clr: clr,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a
-    // valid, initialised struct of the kernel's layout; the path is an
-    // empty C string and `fd` an open descriptor (AT_EMPTY_PATH).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
-            &a as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EINVAL),
-        ))
-    }
-}
-
 /// proc and sysfs go on an ordinary directory only: a symlink (or any
 /// other non-directory) in the rootfs at `dest` is refused, as runc
 /// refuses it (the CVE-2019-19921 class: a mount redirected through a
@@ -562,10 +595,10 @@ fn mount_setattr_recursive(fd: &OwnedFd, set: u64, clr: u64) -> rustix::io::Resu
 fn check_ordinary_dir(root: &OwnedFd, dest: &Path, typ: &str) -> Result<()> {
     let r = rel(dest)?;
     let (Some(parent), Some(name)) = (r.parent(), r.file_name()) else {
-        return Err(format!(
-            "mount {}: a {typ} filesystem cannot go on the root",
-            dest.display()
-        ));
+        return Err(RootfsError::OnTheRoot {
+            dest: dest.into(),
+            fstype: typ.into(),
+        });
     };
     let parent = if parent.as_os_str().is_empty() {
         Path::new(".")
@@ -581,11 +614,11 @@ fn check_ordinary_dir(root: &OwnedFd, dest: &Path, typ: &str) -> Result<()> {
     ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(()),
-        Err(e) => {
-            return Err(err(
-                format!("mount {}: opening its parent in the rootfs", dest.display()),
-                e,
-            ))
+        Err(source) => {
+            return Err(RootfsError::OpenParent {
+                dest: dest.into(),
+                source,
+            })
         }
     };
     match rustix::fs::statat(&pfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
@@ -594,146 +627,187 @@ fn check_ordinary_dir(root: &OwnedFd, dest: &Path, typ: &str) -> Result<()> {
             if t == rustix::fs::FileType::Directory {
                 Ok(())
             } else {
-                let what = if t == rustix::fs::FileType::Symlink {
-                    "a symbolic link"
-                } else {
-                    "not a directory"
-                };
-                Err(format!(
-                    "mount {}: {what} in the rootfs; a {typ} filesystem must be mounted on an ordinary directory",
-                    dest.display()
-                ))
+                Err(RootfsError::NotOrdinaryDir {
+                    dest: dest.into(),
+                    symlink: t == rustix::fs::FileType::Symlink,
+                    fstype: typ.into(),
+                })
             }
         }
         Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(err(format!("mount {}", dest.display()), e)),
+        Err(source) => Err(RootfsError::Stat {
+            dest: dest.into(),
+            source,
+        }),
     }
 }
 
 /// Applies the mount's recursive attributes (`rro`, `rnoexec`, ...) to
 /// the mount now at `dest` and every mount below it.
-fn apply_rec_attrs(root: &OwnedFd, dest: &Path, opts: &MountOptions, file: bool) -> Result<()> {
+fn apply_rec_attrs(
+    fx: &impl Effects,
+    root: &OwnedFd,
+    dest: &Path,
+    opts: &MountOptions,
+    file: bool,
+) -> Result<()> {
     if !opts.has_rec_attrs() {
         return Ok(());
     }
     // Re-open: the mount's root, not the directory under it.
-    let target = make_target(root, dest, file)?;
-    mount_setattr_recursive(&target, opts.attr_set, opts.attr_clr).map_err(|e| {
-        err(
-            format!(
-                "mount {}: recursive attributes (mount_setattr set {:#x} clear {:#x})",
-                dest.display(),
-                opts.attr_set,
-                opts.attr_clr
-            ),
-            e,
-        )
-    })
+    let target = make_target(fx, root, dest, file)?;
+    fx.mount_setattr(target.as_fd(), opts.attr_set, opts.attr_clr)
+        .map_err(|source| RootfsError::RecursiveAttrs {
+            dest: dest.into(),
+            set: opts.attr_set,
+            clr: opts.attr_clr,
+            source,
+        })
 }
 
 /// Mounts one spec mount inside the rootfs.
-pub fn do_mount(root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
+pub fn do_mount(fx: &impl Effects, root: &OwnedFd, m: &Mount, in_userns: bool) -> Result<()> {
     let dest = m.destination();
-    let what = format!("mount {}", dest.display());
-    let typ = m.typ().clone().unwrap_or_default();
+    let typ = m.typ().as_deref().unwrap_or("");
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-    let source = m.source().clone().unwrap_or_default();
+    let source = m.source().as_deref().unwrap_or(Path::new(""));
     if opts.bind || typ == "bind" {
-        let meta = std::fs::metadata(&source)
-            .map_err(|e| err(format!("{what}: bind source {}", source.display()), e))?;
-        let target = make_target(root, dest, !meta.is_dir())?;
-        let tpath = fd_path(&target);
-        let r = if opts.recursive {
-            rustix::mount::mount_bind_recursive(&source, tpath.as_str())
-        } else {
-            rustix::mount::mount_bind(&source, tpath.as_str())
-        };
-        r.map_err(|e| err(format!("{what}: bind {}", source.display()), e))?;
-        // Re-open: the fd now refers to the mount's root.
-        let target = make_target(root, dest, !meta.is_dir())?;
-        let tpath = fd_path(&target);
-        // A bind mount takes its flags (ro, nosuid, noatime, nosymfollow,
-        // ...) only from a remount, of its top mount alone.
-        if opts.flags != 0 {
-            let mut flags = libc::MS_BIND | libc::MS_REMOUNT | opts.flags;
-            // Keep locked flags of the source mount (userns) to not get EPERM.
-            if in_userns {
-                if let Ok(st) = rustix::fs::fstatvfs(&target) {
-                    flags |= locked_flags(st.f_flag, opts.flags);
-                }
-            }
-            mount_raw("", &tpath, "", flags, "")
-                .map_err(|e| err(format!("{what}: remount with flags {flags:#x}"), e))?;
-        }
-        if opts.propagation != 0 {
-            propagate(&tpath, opts.propagation)
-                .map_err(|e| err(format!("{what}: propagation"), e))?;
-        }
-        return apply_rec_attrs(root, dest, &opts, !meta.is_dir());
+        return bind_mount(fx, root, dest, source, &opts, in_userns);
     }
-    if matches!(typ.as_str(), "proc" | "sysfs") {
-        check_ordinary_dir(root, dest, &typ)?;
+    if typ.is_empty() {
+        return Err(RootfsError::NoType { dest: dest.into() });
     }
-    let target = make_target(root, dest, false)?;
+    if matches!(typ, "proc" | "sysfs") {
+        check_ordinary_dir(root, dest, typ)?;
+    }
+    let target = make_target(fx, root, dest, false)?;
     let tpath = fd_path(&target);
     let data = opts.data.join(",");
-    let r = match typ.as_str() {
-        "cgroup" | "cgroup2" => {
-            // `cgroup2` asks for the unified hierarchy, which a hybrid host
-            // has too (with no controllers; the runtime gave the container
-            // its own cgroup there, the root of its cgroup namespace).
-            if host_cgroup2_only() || (typ == "cgroup2" && host_has_unified()) {
-                mount_raw("cgroup2", &tpath, "cgroup2", opts.flags, "")
-            } else {
-                // Hybrid/v1 hosts: a tmpfs holding each of the host's
-                // hierarchies, mounted read-only (as runc does); inside the
-                // container's cgroup namespace each shows its own cgroup.
-                let rw = opts.flags & !libc::MS_RDONLY;
-                mount_raw("cgroup", &tpath, "tmpfs", rw, "mode=755").map(|()| {
-                    // Re-open: the old descriptor is the directory under
-                    // the new mount.
-                    if let Ok(tmpfs) = make_target(root, dest, false) {
-                        let tmpfs = fd_path(&tmpfs);
-                        mount_v1_hierarchies(&tmpfs, opts.flags);
-                        let _ = mount_raw(
-                            "",
-                            &tmpfs,
-                            "",
-                            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | rw,
-                            "",
-                        );
-                    }
-                })
-            }
-        }
-        "sysfs" if in_userns => {
-            // sysfs cannot be mounted in a user namespace without a net ns of its own.
-            mount_raw("sysfs", &tpath, "sysfs", opts.flags, &data)
-                .or_else(|_| rustix::mount::mount_bind_recursive("/sys", tpath.as_str()))
-        }
-        "" => return Err(format!("{what}: no type and no bind option")),
-        t => {
-            let src = if source.as_os_str().is_empty() {
-                t.to_string()
-            } else {
-                source.to_string_lossy().into_owned()
-            };
-            mount_raw(&src, &tpath, t, opts.flags, &data)
-        }
+    let r = match typ {
+        "cgroup" | "cgroup2" => mount_cgroup(fx, root, dest, &tpath, typ, opts.flags),
+        // sysfs cannot be mounted in a user namespace without a net ns of its own.
+        "sysfs" if in_userns => fx
+            .mount("sysfs", &tpath, "sysfs", opts.flags, &data)
+            .or_else(|_| fx.bind(Path::new("/sys"), Path::new(&tpath), true)),
+        t if source.as_os_str().is_empty() => fx.mount(t, &tpath, t, opts.flags, &data),
+        t => fx.mount(&source.to_string_lossy(), &tpath, t, opts.flags, &data),
     };
     match r {
         Ok(()) => {}
         // mqueue needs an ipc namespace we own; skip quietly in user namespaces.
         Err(Errno::PERM) if in_userns && typ == "mqueue" => return Ok(()),
-        Err(e) => return Err(err(format!("{what} (type {typ}, options {data:?})"), e)),
+        Err(source) => {
+            return Err(RootfsError::Mount {
+                dest: dest.into(),
+                fstype: typ.into(),
+                data,
+                source,
+            })
+        }
     }
     if opts.propagation != 0 {
         // Re-open: the old descriptor is the directory under the new mount.
-        let target = make_target(root, dest, false)?;
-        propagate(&fd_path(&target), opts.propagation)
-            .map_err(|e| err(format!("{what}: propagation"), e))?;
+        let target = make_target(fx, root, dest, false)?;
+        fx.propagate(Path::new(&fd_path(&target)), propagation(&opts))
+            .map_err(|source| RootfsError::Propagation {
+                dest: dest.into(),
+                source,
+            })?;
     }
-    apply_rec_attrs(root, dest, &opts, false)
+    apply_rec_attrs(fx, root, dest, &opts, false)
+}
+
+/// The mount options' propagation (`rprivate`, `shared`, ...) as flags.
+fn propagation(opts: &MountOptions) -> MountPropagationFlags {
+    MountPropagationFlags::from_bits_retain(opts.propagation as libc::c_uint)
+}
+
+/// A bind mount (`bind`, `rbind`, or type "bind") of `source` at `dest`:
+/// then its flags (a remount), propagation and recursive attributes.
+fn bind_mount(
+    fx: &impl Effects,
+    root: &OwnedFd,
+    dest: &Path,
+    source: &Path,
+    opts: &MountOptions,
+    in_userns: bool,
+) -> Result<()> {
+    let meta = std::fs::metadata(source).map_err(|e| RootfsError::BindSource {
+        dest: dest.into(),
+        from: source.into(),
+        source: e,
+    })?;
+    let file = !meta.is_dir();
+    let target = make_target(fx, root, dest, file)?;
+    fx.bind(source, Path::new(&fd_path(&target)), opts.recursive)
+        .map_err(|e| RootfsError::Bind {
+            dest: dest.into(),
+            from: source.into(),
+            source: e,
+        })?;
+    // Re-open: the fd now refers to the mount's root.
+    let target = make_target(fx, root, dest, file)?;
+    let tpath = fd_path(&target);
+    // A bind mount takes its flags (ro, nosuid, noatime, nosymfollow,
+    // ...) only from a remount, of its top mount alone.
+    if opts.flags != 0 {
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | opts.flags;
+        // Keep locked flags of the source mount (userns) to not get EPERM.
+        if in_userns {
+            if let Ok(st) = rustix::fs::fstatvfs(&target) {
+                flags |= locked_flags(st.f_flag, opts.flags);
+            }
+        }
+        fx.mount("", &tpath, "", flags, "")
+            .map_err(|source| RootfsError::Remount {
+                dest: dest.into(),
+                flags,
+                source,
+            })?;
+    }
+    if opts.propagation != 0 {
+        fx.propagate(Path::new(&tpath), propagation(opts))
+            .map_err(|source| RootfsError::Propagation {
+                dest: dest.into(),
+                source,
+            })?;
+    }
+    apply_rec_attrs(fx, root, dest, opts, file)
+}
+
+/// A cgroup filesystem at `tpath` (the descriptor path of `dest`).
+/// `cgroup2` asks for the unified hierarchy, which a hybrid host has too
+/// (with no controllers; the runtime gave the container its own cgroup
+/// there, the root of its cgroup namespace). Otherwise, on hybrid and v1
+/// hosts: a tmpfs holding each of the host's hierarchies, mounted
+/// read-only (as runc does); inside the container's cgroup namespace each
+/// shows its own cgroup.
+fn mount_cgroup(
+    fx: &impl Effects,
+    root: &OwnedFd,
+    dest: &Path,
+    tpath: &str,
+    typ: &str,
+    flags: libc::c_ulong,
+) -> rustix::io::Result<()> {
+    if host_cgroup2_only() || (typ == "cgroup2" && host_has_unified()) {
+        return fx.mount("cgroup2", tpath, "cgroup2", flags, "");
+    }
+    let rw = flags & !libc::MS_RDONLY;
+    fx.mount("cgroup", tpath, "tmpfs", rw, "mode=755")?;
+    // Re-open: the old descriptor is the directory under the new mount.
+    if let Ok(tmpfs) = make_target(fx, root, dest, false) {
+        let tmpfs = fd_path(&tmpfs);
+        mount_v1_hierarchies(fx, &tmpfs, flags);
+        let _ = fx.mount(
+            "",
+            &tmpfs,
+            "",
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | rw,
+            "",
+        );
+    }
+    Ok(())
 }
 
 /// The devices every container gets (runc's list).
@@ -748,8 +822,6 @@ pub fn default_devices() -> Vec<(&'static str, u32, u32)> {
     ]
 }
 
-/// Creates a character device inside the rootfs (mknod, or a bind mount
-/// of the host's node in a user namespace).
 /// A device node to create.
 pub struct Device<'a> {
     pub path: &'a Path,
@@ -761,7 +833,14 @@ pub struct Device<'a> {
     pub gid: u32,
 }
 
-pub fn make_device(root: &OwnedFd, d: &Device<'_>, in_userns: bool) -> Result<()> {
+/// Creates a device node inside the rootfs (mknod, or a bind mount of the
+/// host's node in a user namespace).
+pub fn make_device(
+    fx: &impl Effects,
+    root: &OwnedFd,
+    d: &Device<'_>,
+    in_userns: bool,
+) -> Result<()> {
     let Device {
         path,
         kind,
@@ -771,53 +850,54 @@ pub fn make_device(root: &OwnedFd, d: &Device<'_>, in_userns: bool) -> Result<()
         uid,
         gid,
     } = *d;
-    let what = format!("device {}", path.display());
+    let failed = |source| RootfsError::Device {
+        path: path.into(),
+        source,
+    };
     let r = rel(path)?;
     let parent = r.parent().map(Path::to_path_buf).unwrap_or_default();
-    let pfd = make_target(root, &Path::new("/").join(&parent), false)?;
+    let pfd = make_target(fx, root, &Path::new("/").join(&parent), false)?;
     let pfd = rustix::fs::openat(
         &pfd,
         ".",
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| err(&what, e))?;
+    .map_err(failed)?;
     let name = r
         .file_name()
-        .ok_or_else(|| format!("{what}: no file name"))?;
+        .ok_or_else(|| RootfsError::DeviceName { path: path.into() })?;
     if in_userns {
-        let t = make_target(root, path, true)?;
-        return rustix::mount::mount_bind(path, fd_path(&t).as_str())
-            .map_err(|e| err(format!("{what}: bind from host"), e));
+        let t = make_target(fx, root, path, true)?;
+        return fx
+            .bind(path, Path::new(&fd_path(&t)), false)
+            .map_err(|source| RootfsError::DeviceBind {
+                path: path.into(),
+                source,
+            });
     }
     let ft = match kind {
         LinuxDeviceType::B => rustix::fs::FileType::BlockDevice,
         LinuxDeviceType::P => rustix::fs::FileType::Fifo,
         _ => rustix::fs::FileType::CharacterDevice,
     };
-    let _ = rustix::fs::unlinkat(&pfd, name, rustix::fs::AtFlags::empty());
+    let _ = fx.unlinkat(pfd.as_fd(), name);
     let dev = rustix::fs::makedev(major as u32, minor as u32);
-    rustix::fs::mknodat(&pfd, name, ft, Mode::from_raw_mode(mode & 0o777), dev)
-        .map_err(|e| err(&what, e))?;
-    rustix::fs::chmodat(
-        &pfd,
+    fx.mknodat(
+        pfd.as_fd(),
         name,
-        Mode::from_raw_mode(mode & 0o7777),
-        rustix::fs::AtFlags::empty(),
+        ft,
+        Mode::from_raw_mode(mode & 0o777),
+        dev,
     )
-    .map_err(|e| err(&what, e))?;
-    rustix::fs::chownat(
-        &pfd,
-        name,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| err(&what, e))
+    .map_err(failed)?;
+    fx.chmodat(pfd.as_fd(), name, Mode::from_raw_mode(mode & 0o7777))
+        .map_err(failed)?;
+    fx.chownat(pfd.as_fd(), name, uid, gid).map_err(failed)
 }
 
 /// /dev contents: default and spec devices, the standard symlinks.
-pub fn setup_dev(root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
+pub fn setup_dev(fx: &impl Effects, root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
     let spec_devices: Vec<LinuxDevice> = spec
         .linux()
         .as_ref()
@@ -836,7 +916,7 @@ pub fn setup_dev(root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
             uid: 0,
             gid: 0,
         };
-        make_device(root, &dev, in_userns)?;
+        make_device(fx, root, &dev, in_userns)?;
     }
     for d in &spec_devices {
         let dev = Device {
@@ -848,16 +928,16 @@ pub fn setup_dev(root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
             uid: d.uid().unwrap_or(0),
             gid: d.gid().unwrap_or(0),
         };
-        make_device(root, &dev, in_userns)?;
+        make_device(fx, root, &dev, in_userns)?;
     }
-    let dev = make_target(root, Path::new("/dev"), false)?;
+    let dev = make_target(fx, root, Path::new("/dev"), false)?;
     let dev = rustix::fs::openat(
         &dev,
         ".",
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| err("/dev", e))?;
+    .map_err(RootfsError::Dev)?;
     for (link, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -865,57 +945,72 @@ pub fn setup_dev(root: &OwnedFd, spec: &Spec, in_userns: bool) -> Result<()> {
         ("stderr", "/proc/self/fd/2"),
         ("core", "/proc/kcore"),
     ] {
-        match rustix::fs::symlinkat(target, &dev, link) {
+        match fx.symlinkat(target, dev.as_fd(), link) {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(err(format!("/dev/{link}"), e)),
+            Err(source) => return Err(RootfsError::DevLink { link, source }),
         }
     }
     // /dev/ptmx -> pts/ptmx when devpts is mounted with its own instance.
     if rustix::fs::statat(&dev, "pts/ptmx", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-        let _ = rustix::fs::unlinkat(&dev, "ptmx", rustix::fs::AtFlags::empty());
-        let _ = rustix::fs::symlinkat("pts/ptmx", &dev, "ptmx");
+        let _ = fx.unlinkat(dev.as_fd(), OsStr::new("ptmx"));
+        let _ = fx.symlinkat("pts/ptmx", dev.as_fd(), "ptmx");
     }
     Ok(())
 }
 
 /// pivot_root into `rootfs` and detach the old root.
 pub fn pivot(rootfs: &Path) -> Result<()> {
-    rustix::process::chdir(rootfs).map_err(|e| err(format!("chdir {}", rootfs.display()), e))?;
-    rustix::process::pivot_root(".", ".").map_err(|e| err("pivot_root", e))?;
+    let chdir = |path: &Path| {
+        rustix::process::chdir(path).map_err(|source| RootfsError::Chdir {
+            path: path.into(),
+            source,
+        })
+    };
+    chdir(rootfs)?;
+    rustix::process::pivot_root(".", ".").map_err(RootfsError::PivotRoot)?;
     // The old root is stacked on "."; make it private before detaching so
     // the unmount does not propagate to the host.
-    propagate(".", libc::MS_SLAVE | libc::MS_REC)
-        .map_err(|e| err("making the old root a slave", e))?;
+    rustix::mount::mount_change(
+        ".",
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )
+    .map_err(RootfsError::OldRootSlave)?;
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
-        .map_err(|e| err("detaching the old root", e))?;
-    rustix::process::chdir("/").map_err(|e| err("chdir /", e))
+        .map_err(RootfsError::DetachOldRoot)?;
+    chdir(Path::new("/"))
 }
 
 /// Masks paths (after pivot_root): /dev/null over files, an empty read-only
 /// tmpfs over directories. Missing paths are fine.
-pub fn mask_paths(paths: &[String]) -> Result<()> {
+pub fn mask_paths(fx: &impl Effects, paths: &[String]) -> Result<()> {
     for p in paths {
         match std::fs::symlink_metadata(p) {
             Err(_) => continue,
             Ok(m) if m.is_dir() => {
-                mount_raw("tmpfs", p, "tmpfs", libc::MS_RDONLY, "size=0k,mode=755")
+                fx.mount("tmpfs", p, "tmpfs", libc::MS_RDONLY, "size=0k,mode=755")
             }
-            Ok(_) => rustix::mount::mount_bind("/dev/null", p.as_str()),
+            Ok(_) => fx.bind(Path::new("/dev/null"), Path::new(p), false),
         }
-        .map_err(|e| err(format!("masking {p}"), e))?;
+        .map_err(|source| RootfsError::Mask {
+            path: p.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// Makes paths read-only (after pivot_root). Missing paths are fine.
-pub fn readonly_paths(paths: &[String]) -> Result<()> {
+pub fn readonly_paths(fx: &impl Effects, paths: &[String]) -> Result<()> {
     for p in paths {
         if std::fs::symlink_metadata(p).is_err() {
             continue;
         }
-        rustix::mount::mount_bind_recursive(p.as_str(), p.as_str())
-            .map_err(|e| err(format!("read-only {p}"), e))?;
-        mount_raw(
+        let failed = |source| RootfsError::ReadOnly {
+            path: p.clone(),
+            source,
+        };
+        fx.bind(Path::new(p), Path::new(p), true).map_err(failed)?;
+        fx.mount(
             "",
             p,
             "",
@@ -928,7 +1023,7 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
             "",
         )
         .or_else(|_| {
-            mount_raw(
+            fx.mount(
                 "",
                 p,
                 "",
@@ -936,7 +1031,7 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
                 "",
             )
         })
-        .map_err(|e| err(format!("read-only {p}"), e))?;
+        .map_err(failed)?;
     }
     Ok(())
 }
@@ -945,11 +1040,11 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
 /// noexec and access-time mode: in a user namespace those are locked when
 /// the rootfs lies on such a mount of the host's (a remount that dropped
 /// them would be EPERM), and runc keeps them too.
-pub fn readonly_root() -> Result<()> {
-    let st = rustix::fs::statvfs("/").map_err(|e| err("statvfs /", e))?;
+pub fn readonly_root(fx: &impl Effects) -> Result<()> {
+    let st = rustix::fs::statvfs("/").map_err(RootfsError::StatvfsRoot)?;
     let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(st.f_flag, 0);
-    mount_raw("", "/", "", flags, "")
-        .map_err(|e| err(format!("remounting / read-only (flags {flags:#x})"), e))
+    fx.mount("", "/", "", flags, "")
+        .map_err(|source| RootfsError::ReadOnlyRoot { flags, source })
 }
 
 /// Opens the rootfs directory.
@@ -959,11 +1054,18 @@ pub fn open_root(rootfs: &Path) -> Result<OwnedFd> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| err(format!("rootfs {}", rootfs.display()), e))
+    .map_err(|source| RootfsError::Rootfs {
+        path: rootfs.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
+mod recorded_tests;
+
+#[cfg(test)]
 mod tests {
+    use super::super::effects::Real;
     use super::*;
 
     /// A NUL byte would cut the string short at mount(2) (dropping options,
@@ -981,7 +1083,7 @@ mod tests {
             ("tmpfs", target, "tmp\0fs", ""),
         ] {
             assert_eq!(
-                mount_raw(source, target, fstype, libc::MS_NODEV, data),
+                Real.mount(source, target, fstype, libc::MS_NODEV, data),
                 Err(rustix::io::Errno::INVAL),
                 "{source:?} {target:?} {fstype:?} {data:?}"
             );
@@ -1084,15 +1186,15 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
         let root = open_root(dir.path()).unwrap();
-        make_target(&root, Path::new("/evil/sub/dir"), false).unwrap();
+        make_target(&Real, &root, Path::new("/evil/sub/dir"), false).unwrap();
         assert!(dir
             .path()
             .join(outside.path().strip_prefix("/").unwrap())
             .join("sub/dir")
             .is_dir());
         assert!(!outside.path().join("sub").exists());
-        make_target(&root, Path::new("/etc/resolv.conf"), true).unwrap();
+        make_target(&Real, &root, Path::new("/etc/resolv.conf"), true).unwrap();
         assert!(dir.path().join("etc/resolv.conf").is_file());
-        assert!(make_target(&root, Path::new("/a/../../b"), false).is_err());
+        assert!(make_target(&Real, &root, Path::new("/a/../../b"), false).is_err());
     }
 }

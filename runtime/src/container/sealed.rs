@@ -11,7 +11,7 @@
 //!
 //! So no container process runs the host's binary: right after the clone,
 //! the child executes a sealed copy of amphi as its setup stage
-//! (`container::init`, as `runc init`), while the runtime sets up its
+//! (`container::setup`, as `runc init`), while the runtime sets up its
 //! cgroups; the sealed copy is:
 //!
 //! 1. **A read-only overlayfs clone** (as runc 1.2 does): a detached
@@ -32,9 +32,78 @@
 //! the same sealed copy.
 
 use rustix::fs::{Mode, OFlags, SealFlags};
+use rustix::io::Errno;
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// No sealed copy of amphi's binary could be made (or a kept one is not
+/// what it must be).
+#[derive(Debug, thiserror::Error)]
+pub enum SealedError {
+    #[error("opening amphi's own binary (/proc/self/exe): {0}")]
+    OpenSelf(#[source] Errno),
+    #[error("/proc/self/exe: {0}")]
+    ReadLink(#[source] std::io::Error),
+    #[error("stat of amphi's binary: {0}")]
+    StatSelf(#[source] Errno),
+    #[error("{}: no file name", .0.display())]
+    NoFileName(PathBuf),
+    #[error("{}: no directory", .0.display())]
+    NoDirectory(PathBuf),
+    #[error("{} was deleted", .0.display())]
+    Deleted(PathBuf),
+    /// A path of the cache ([`CACHE_DIR`]) could not be opened or made.
+    #[error("{}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A kept clone's stat.
+    #[error("{0}")]
+    Stat(#[source] Errno),
+    #[error("{} is not a read-only clone of amphi's binary", .0.display())]
+    NotAClone(PathBuf),
+    #[error("{} is not a directory private to root", .0.display())]
+    CacheNotPrivate(PathBuf),
+    #[error("{} is not a directory owned by root and writable only by it", .0.display())]
+    EmptyNotRoots(PathBuf),
+    #[error("{} is not empty", .0.display())]
+    EmptyNotEmpty(PathBuf),
+    #[error(transparent)]
+    Lowerdir(#[from] crate::sys::overlay::OverlayError),
+    #[error("fsopen overlay: {0}")]
+    Fsopen(#[source] Errno),
+    #[error("overlay lowerdir={lower}: {source}")]
+    LowerdirConfig { lower: String, source: Errno },
+    #[error("creating the overlay: {0}")]
+    FsCreate(#[source] Errno),
+    #[error("fsmount overlay: {0}")]
+    Fsmount(#[source] Errno),
+    #[error("opening {name} in the overlay: {source}")]
+    OpenInOverlay { name: String, source: Errno },
+    #[error("the overlay clone is not read-only")]
+    OverlayWritable,
+    #[error("memfd_create: {0}")]
+    MemfdCreate(#[source] Errno),
+    #[error("stat of the binary: {0}")]
+    StatBinary(#[source] Errno),
+    #[error("copying the binary into the memfd: {0}")]
+    Copy(#[source] Errno),
+    #[error("the binary shrank while being copied")]
+    Shrank,
+    #[error("sealing the memfd: {0}")]
+    Seal(#[source] Errno),
+    #[error(
+        "cannot make a sealed copy of amphi's binary to start containers from \
+         (read-only overlayfs: {overlay}; sealed memfd: {memfd})"
+    )]
+    NoCopy {
+        overlay: Box<SealedError>,
+        #[source]
+        memfd: Box<SealedError>,
+    },
+}
 
 /// amphi's binary as a path on the host, for what runs outside containers
 /// (the VMM process, the guest's init, `compare`'s runs).
@@ -74,7 +143,7 @@ pub fn protection(fd: impl AsFd) -> Option<Protection> {
 /// A sealed copy of amphi's binary to execute container processes from:
 /// the running binary itself when it is sealed already, else an overlayfs
 /// clone, else a memfd copy.
-pub fn binary() -> Result<OwnedFd, String> {
+pub fn binary() -> Result<OwnedFd, SealedError> {
     let exe = Exe::open()?;
     if protection(&exe.fd).is_some() {
         return Ok(exe.fd);
@@ -86,11 +155,9 @@ pub fn binary() -> Result<OwnedFd, String> {
     }
     match overlay_clone(&exe, true) {
         Ok(fd) => Ok(fd),
-        Err(overlay_err) => memfd_clone(&exe.fd).map_err(|e| {
-            format!(
-                "cannot make a sealed copy of amphi's binary to start containers from \
-                 (read-only overlayfs: {overlay_err}; sealed memfd: {e})"
-            )
+        Err(overlay) => memfd_clone(&exe.fd).map_err(|memfd| SealedError::NoCopy {
+            overlay: Box::new(overlay),
+            memfd: Box::new(memfd),
         }),
     }
 }
@@ -104,16 +171,15 @@ struct Exe {
 }
 
 impl Exe {
-    fn open() -> Result<Exe, String> {
+    fn open() -> Result<Exe, SealedError> {
         let fd = rustix::fs::open(
             "/proc/self/exe",
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| format!("opening amphi's own binary (/proc/self/exe): {e}"))?;
-        let path =
-            std::fs::read_link("/proc/self/exe").map_err(|e| format!("/proc/self/exe: {e}"))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| format!("stat of amphi's binary: {e}"))?;
+        .map_err(SealedError::OpenSelf)?;
+        let path = std::fs::read_link("/proc/self/exe").map_err(SealedError::ReadLink)?;
+        let st = rustix::fs::fstat(&fd).map_err(SealedError::StatSelf)?;
         let key = format!(
             "{:x}-{:x}-{:x}-{}.{}",
             st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec
@@ -121,10 +187,10 @@ impl Exe {
         Ok(Exe { fd, path, key })
     }
 
-    fn name(&self) -> Result<&std::ffi::OsStr, String> {
+    fn name(&self) -> Result<&std::ffi::OsStr, SealedError> {
         self.path
             .file_name()
-            .ok_or_else(|| format!("{}: no file name", self.path.display()))
+            .ok_or_else(|| SealedError::NoFileName(self.path.clone()))
     }
 }
 
@@ -137,7 +203,7 @@ impl Exe {
 pub const CACHE_DIR: &str = "/run/amphi-sealed";
 
 /// The kept clone of `exe`, if there is one and it is what it must be.
-fn cached(exe: &Exe) -> Result<Option<OwnedFd>, String> {
+fn cached(exe: &Exe) -> Result<Option<OwnedFd>, SealedError> {
     let p = Path::new(CACHE_DIR).join(&exe.key).join(exe.name()?);
     let fd = match rustix::fs::open(
         &p,
@@ -146,21 +212,23 @@ fn cached(exe: &Exe) -> Result<Option<OwnedFd>, String> {
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
+        Err(e) => {
+            return Err(SealedError::Cache {
+                path: p,
+                source: e.into(),
+            })
+        }
     };
     let (a, b) = (
-        rustix::fs::fstat(&exe.fd).map_err(|e| e.to_string())?,
-        rustix::fs::fstat(&fd).map_err(|e| e.to_string())?,
+        rustix::fs::fstat(&exe.fd).map_err(SealedError::Stat)?,
+        rustix::fs::fstat(&fd).map_err(SealedError::Stat)?,
     );
     let same =
         a.st_size == b.st_size && a.st_mtime == b.st_mtime && a.st_mtime_nsec == b.st_mtime_nsec;
     if protection(&fd) == Some(Protection::Overlay) && same {
         Ok(Some(fd))
     } else {
-        Err(format!(
-            "{} is not a read-only clone of amphi's binary",
-            p.display()
-        ))
+        Err(SealedError::NotAClone(p))
     }
 }
 
@@ -188,21 +256,25 @@ pub fn sweep() -> Vec<std::path::PathBuf> {
 
 /// A read-only overlayfs over the binary's directory (kept mounted in
 /// [`CACHE_DIR`] when `keep`); returns the binary opened through it.
-fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
+fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, SealedError> {
     let path = &exe.path;
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(format!("{}: no directory", path.display()));
+        return Err(SealedError::NoDirectory(path.clone()));
     };
     if path.to_string_lossy().ends_with(" (deleted)") {
-        return Err(format!("{} was deleted", path.display()));
+        return Err(SealedError::Deleted(path.clone()));
     }
     let empty = empty_dir()?;
-    let lower = crate::sys::overlay::lowerdir(&[dir, &empty]).map_err(|e| e.to_string())?;
+    let lower = crate::sys::overlay::lowerdir(&[dir, &empty])?;
     let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)
-        .map_err(|e| format!("fsopen overlay: {e}"))?;
-    rustix::mount::fsconfig_set_string(&fs, "lowerdir", lower.as_str())
-        .map_err(|e| format!("overlay lowerdir={lower}: {e}"))?;
-    rustix::mount::fsconfig_create(&fs).map_err(|e| format!("creating the overlay: {e}"))?;
+        .map_err(SealedError::Fsopen)?;
+    rustix::mount::fsconfig_set_string(&fs, "lowerdir", lower.as_str()).map_err(|source| {
+        SealedError::LowerdirConfig {
+            lower: lower.clone(),
+            source,
+        }
+    })?;
+    rustix::mount::fsconfig_create(&fs).map_err(SealedError::FsCreate)?;
     let mnt = rustix::mount::fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
@@ -210,16 +282,19 @@ fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
             | MountAttrFlags::MOUNT_ATTR_NODEV
             | MountAttrFlags::MOUNT_ATTR_NOSUID,
     )
-    .map_err(|e| format!("fsmount overlay: {e}"))?;
+    .map_err(SealedError::Fsmount)?;
     let fd = rustix::fs::openat(
         &mnt,
         name,
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
     )
-    .map_err(|e| format!("opening {} in the overlay: {e}", name.to_string_lossy()))?;
+    .map_err(|source| SealedError::OpenInOverlay {
+        name: name.to_string_lossy().into_owned(),
+        source,
+    })?;
     if protection(&fd) != Some(Protection::Overlay) {
-        return Err("the overlay clone is not read-only".into());
+        return Err(SealedError::OverlayWritable);
     }
     if keep {
         // Best effort: a concurrent amphi may be keeping one too (the
@@ -227,7 +302,7 @@ fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
         // harmless, and `amphi gc` unmounts what is not current.
         let target = Path::new(CACHE_DIR).join(&exe.key);
         let r = match std::fs::create_dir(&target) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e.to_string()),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
             _ => rustix::mount::move_mount(
                 &mnt,
                 "",
@@ -235,7 +310,7 @@ fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
                 &target,
                 rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
             )
-            .map_err(|e| e.to_string()),
+            .map_err(std::io::Error::from),
         };
         if let Err(e) = r {
             tracing::debug!("not keeping the sealed copy at {}: {e}", target.display());
@@ -245,65 +320,59 @@ fn overlay_clone(exe: &Exe, keep: bool) -> Result<OwnedFd, String> {
 }
 
 /// An empty directory only root can change, the overlay's second layer.
-fn empty_dir() -> Result<std::path::PathBuf, String> {
+fn empty_dir() -> Result<std::path::PathBuf, SealedError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    fn at(path: &Path) -> impl Fn(std::io::Error) -> SealedError + '_ {
+        move |source| SealedError::Cache {
+            path: path.into(),
+            source,
+        }
+    }
     let cache = Path::new(CACHE_DIR);
     match std::fs::DirBuilder::new().mode(0o700).create(cache) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{}: {e}", cache.display())),
+        Err(e) => return Err(at(cache)(e)),
     }
-    let m = std::fs::symlink_metadata(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    let m = std::fs::symlink_metadata(cache).map_err(at(cache))?;
     if !m.is_dir() || m.uid() != 0 || m.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is not a directory private to root",
-            cache.display()
-        ));
+        return Err(SealedError::CacheNotPrivate(cache.into()));
     }
     let dir = &cache.join("empty");
     match std::fs::DirBuilder::new().mode(0o555).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(at(dir)(e)),
     }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(dir).map_err(at(dir))?;
     if !m.is_dir() || m.uid() != 0 || m.permissions().mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is not a directory owned by root and writable only by it",
-            dir.display()
-        ));
+        return Err(SealedError::EmptyNotRoots(dir.clone()));
     }
-    if std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .next()
-        .is_some()
-    {
-        return Err(format!("{} is not empty", dir.display()));
+    if std::fs::read_dir(dir).map_err(at(dir))?.next().is_some() {
+        return Err(SealedError::EmptyNotEmpty(dir.clone()));
     }
     Ok(dir.clone())
 }
 
 /// A sealed memfd holding a copy of the binary.
-fn memfd_clone(exe: &OwnedFd) -> Result<OwnedFd, String> {
+fn memfd_clone(exe: &OwnedFd) -> Result<OwnedFd, SealedError> {
     let mfd = rustix::fs::memfd_create(
         "amphi",
         rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
     )
-    .map_err(|e| format!("memfd_create: {e}"))?;
+    .map_err(SealedError::MemfdCreate)?;
     let size = rustix::fs::fstat(exe)
-        .map_err(|e| format!("stat of the binary: {e}"))?
+        .map_err(SealedError::StatBinary)?
         .st_size as u64;
     let mut left = size;
     while left > 0 {
-        let n = rustix::fs::sendfile(&mfd, exe, None, left as usize)
-            .map_err(|e| format!("copying the binary into the memfd: {e}"))?;
+        let n = rustix::fs::sendfile(&mfd, exe, None, left as usize).map_err(SealedError::Copy)?;
         if n == 0 {
-            return Err("the binary shrank while being copied".into());
+            return Err(SealedError::Shrank);
         }
         left -= n as u64;
     }
-    rustix::fs::fcntl_add_seals(&mfd, all_seals())
-        .map_err(|e| format!("sealing the memfd: {e}"))?;
+    rustix::fs::fcntl_add_seals(&mfd, all_seals()).map_err(SealedError::Seal)?;
     Ok(mfd)
 }
 

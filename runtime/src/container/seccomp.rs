@@ -10,6 +10,48 @@ use oci_spec::runtime::{
 };
 use std::os::fd::{FromRawFd, OwnedFd};
 
+/// A seccomp profile that cannot be compiled or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("seccomp rule too large for a BPF jump")]
+    JumpTooFar,
+    #[error("seccomp program has {0} instructions (max 4096)")]
+    TooLong(usize),
+    #[error("seccomp argument index {0} out of range (0-5)")]
+    ArgIndex(usize),
+    #[error(
+        "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action \
+         (the runtime's own calls would wait for the listener)"
+    )]
+    NotifyDefault,
+    #[error(
+        "linux.seccomp.syscalls[{0}].action: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath"
+    )]
+    NotifyWithoutListener(usize),
+    #[error(
+        "linux.seccomp.syscalls[{index}]: SCMP_ACT_NOTIFY cannot be used for {name:?}, \
+         which passes the listener to the runtime"
+    )]
+    NotifyOnSetupCall { index: usize, name: String },
+    #[error("linux.seccomp.flags: unsupported flag {0}")]
+    Flag(String),
+    #[error("no_new_privs: {0}")]
+    NoNewPrivs(#[source] rustix::io::Errno),
+    #[error("installing the seccomp filter: {0}")]
+    Install(#[source] std::io::Error),
+    #[error("{origin}: {source}")]
+    Profile {
+        origin: String,
+        source: serde_path_to_error::Error<serde_json::Error>,
+    },
+    #[error("{origin}: invalid profile at `{path}`: {source}")]
+    InvalidProfile {
+        origin: String,
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
@@ -63,7 +105,7 @@ impl Asm {
         self.ins.push(Ins::Label(l));
     }
     /// Resolves labels into relative offsets (0 = next instruction).
-    fn finish(self) -> Result<Vec<libc::sock_filter>, String> {
+    fn finish(self) -> Result<Vec<libc::sock_filter>, SeccompError> {
         let mut pos = std::collections::HashMap::new();
         let mut n = 0usize;
         for i in &self.ins {
@@ -86,10 +128,9 @@ impl Asm {
                 }),
                 Ins::Jump { code, k, jt, jf } => {
                     let here = out.len() + 1;
-                    let rel = |l: usize| -> Result<u8, String> {
+                    let rel = |l: usize| -> Result<u8, SeccompError> {
                         let t = if l == 0 { here } else { pos[&l] };
-                        u8::try_from(t - here)
-                            .map_err(|_| "seccomp rule too large for a BPF jump".to_string())
+                        u8::try_from(t - here).map_err(|_| SeccompError::JumpTooFar)
                     };
                     out.push(libc::sock_filter {
                         code,
@@ -101,10 +142,7 @@ impl Asm {
             }
         }
         if out.len() > 4096 {
-            return Err(format!(
-                "seccomp program has {} instructions (max 4096)",
-                out.len()
-            ));
+            return Err(SeccompError::TooLong(out.len()));
         }
         Ok(out)
     }
@@ -127,12 +165,9 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> u32 {
     }
 }
 
-fn arg_check(asm: &mut Asm, a: &LinuxSeccompArg, fail: usize) -> Result<(), String> {
+fn arg_check(asm: &mut Asm, a: &LinuxSeccompArg, fail: usize) -> Result<(), SeccompError> {
     if a.index() > 5 {
-        return Err(format!(
-            "seccomp argument index {} out of range (0-5)",
-            a.index()
-        ));
+        return Err(SeccompError::ArgIndex(a.index()));
     }
     let lo_off = 16 + 8 * a.index() as u32;
     let hi_off = lo_off + 4;
@@ -189,40 +224,34 @@ const SETUP_AFTER_FILTER: &[&str] = &["sendmsg"];
 
 /// SCMP_ACT_NOTIFY needs a listener (`listenerPath`) to be answered, and
 /// must not catch the call that hands that listener over.
-fn check_notify(s: &LinuxSeccomp) -> Result<(), String> {
+fn check_notify(s: &LinuxSeccomp) -> Result<(), SeccompError> {
     let notify = |a| a == LinuxSeccompAction::ScmpActNotify;
     if notify(s.default_action()) {
-        return Err(
-            "linux.seccomp.defaultAction: SCMP_ACT_NOTIFY cannot be the default action \
-             (the runtime's own calls would wait for the listener)"
-                .into(),
-        );
+        return Err(SeccompError::NotifyDefault);
     }
     for (i, rule) in s.syscalls().iter().flatten().enumerate() {
         if !notify(rule.action()) {
             continue;
         }
         if s.listener_path().is_none() {
-            return Err(format!(
-                "linux.seccomp.syscalls[{i}].action: SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath"
-            ));
+            return Err(SeccompError::NotifyWithoutListener(i));
         }
         if let Some(name) = rule
             .names()
             .iter()
             .find(|n| SETUP_AFTER_FILTER.contains(&n.as_str()))
         {
-            return Err(format!(
-                "linux.seccomp.syscalls[{i}]: SCMP_ACT_NOTIFY cannot be used for {name:?}, \
-                 which passes the listener to the runtime"
-            ));
+            return Err(SeccompError::NotifyOnSetupCall {
+                index: i,
+                name: name.clone(),
+            });
         }
     }
     Ok(())
 }
 
 /// Compiles a profile for x86_64.
-pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
+pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, SeccompError> {
     check_notify(s)?;
     let default = action(s.default_action(), s.default_errno_ret());
     // Foreign architectures (i386 via int 0x80, x32) have other numbers:
@@ -283,7 +312,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<libc::sock_filter>, String> {
 ///
 /// With `listenerPath`, the filter gets a user-notification listener
 /// (`SECCOMP_FILTER_FLAG_NEW_LISTENER`), returned for the runtime to pass on.
-pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, String> {
+pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, SeccompError> {
     let prog = compile(s)?;
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
@@ -299,7 +328,7 @@ pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, String> {
             "SECCOMP_FILTER_FLAG_TSYNC" => 1,
             "SECCOMP_FILTER_FLAG_LOG" => 2,
             "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => 4,
-            other => return Err(format!("linux.seccomp.flags: unsupported flag {other}")),
+            other => return Err(SeccompError::Flag(other.into())),
         };
     }
     let listener = s.listener_path().is_some();
@@ -327,7 +356,7 @@ pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, String> {
     if r < 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EACCES) {
-            rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+            rustix::thread::set_no_new_privs(true).map_err(SeccompError::NoNewPrivs)?;
             // SAFETY: as above: the same program, alive for the call.
             let r = unsafe {
                 libc::syscall(
@@ -341,20 +370,20 @@ pub fn install(s: &LinuxSeccomp) -> Result<Option<OwnedFd>, String> {
                 return Ok(done(r));
             }
         }
-        return Err(format!(
-            "installing the seccomp filter: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(SeccompError::Install(std::io::Error::last_os_error()));
     }
     Ok(done(r))
 }
 
 /// Parses a docker/OCI seccomp JSON profile (docker's format: `defaultAction`,
 /// `syscalls[].names/action/args`, `archMap` ignored).
-pub fn parse_profile(data: &[u8], origin: &str) -> Result<LinuxSeccomp, String> {
+pub fn parse_profile(data: &[u8], origin: &str) -> Result<LinuxSeccomp, SeccompError> {
     let de = &mut serde_json::Deserializer::from_slice(data);
     let v: serde_json::Value =
-        serde_path_to_error::deserialize(de).map_err(|e| format!("{origin}: {e}"))?;
+        serde_path_to_error::deserialize(de).map_err(|source| SeccompError::Profile {
+            origin: origin.into(),
+            source,
+        })?;
     // docker profiles carry extra keys (archMap, includes/excludes): keep
     // only what the OCI format has, honouring docker's minKernel/caps
     // filters by dropping conditional rules amphi cannot evaluate.
@@ -378,8 +407,13 @@ pub fn parse_profile(data: &[u8], origin: &str) -> Result<LinuxSeccomp, String> 
         }
     }
     let de = serde_json::Value::Object(oci);
-    serde_path_to_error::deserialize(de)
-        .map_err(|e| format!("{origin}: invalid profile at `{}`: {}", e.path(), e.inner()))
+    serde_path_to_error::deserialize(de).map_err(
+        |e: serde_path_to_error::Error<serde_json::Error>| SeccompError::InvalidProfile {
+            origin: origin.into(),
+            path: e.path().to_string(),
+            source: e.into_inner(),
+        },
+    )
 }
 
 /// System calls docker's default profile refuses unless a capability
@@ -762,8 +796,11 @@ mod tests {
         let prog = compile(&p).unwrap();
         assert_eq!(eval(&prog, nr("mkdirat"), [0; 6]), RET_ERRNO | 13);
         let bad = br#"{"defaultAction":"SCMP_ACT_NOPE"}"#;
-        let e = parse_profile(bad, "profile.json").unwrap_err();
-        assert!(e.contains("defaultAction"), "{e}");
+        let e = parse_profile(bad, "profile.json").unwrap_err().to_string();
+        assert!(
+            e.starts_with("profile.json: invalid profile at `defaultAction`: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -782,7 +819,7 @@ mod tests {
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}],
         }));
-        let e = compile(&without).unwrap_err();
+        let e = compile(&without).unwrap_err().to_string();
         assert!(
             e.contains("syscalls[0].action") && e.contains("listenerPath"),
             "{e}"
@@ -796,7 +833,7 @@ mod tests {
                 {"names": ["write", "sendmsg"], "action": "SCMP_ACT_NOTIFY"},
             ],
         }));
-        let e = compile(&handover).unwrap_err();
+        let e = compile(&handover).unwrap_err().to_string();
         assert!(
             e.contains("syscalls[1]") && e.contains("\"sendmsg\""),
             "{e}"
@@ -806,6 +843,9 @@ mod tests {
             "defaultAction": "SCMP_ACT_NOTIFY",
             "listenerPath": "/run/agent.sock",
         }));
-        assert!(compile(&default).unwrap_err().contains("defaultAction"));
+        assert!(matches!(
+            compile(&default).unwrap_err(),
+            SeccompError::NotifyDefault
+        ));
     }
 }

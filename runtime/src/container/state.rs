@@ -8,6 +8,34 @@ use std::path::{Path, PathBuf};
 
 pub use crate::sys::time::now_rfc3339;
 
+/// The state root or a container's state could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Root(#[from] crate::image::store::StoreError),
+    #[error("invalid container id {0:?}: must be 1-1024 characters")]
+    IdLength(String),
+    #[error("invalid container id {0:?}: only letters, digits and _ . - + are allowed")]
+    IdCharacters(String),
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: corrupt state: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the state of container {id:?}: {source}")]
+    Encode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
 /// Default state root, like runc's /run/runc.
 pub const DEFAULT_ROOT: &str = "/run/amphi";
 
@@ -15,8 +43,8 @@ pub const DEFAULT_ROOT: &str = "/run/amphi";
 /// 0700, owned by us (or root), no parent another user can change (see
 /// [`crate::image::store::secure_root`]). Each container's directory in it
 /// is 0700 and the files holding its config and state 0600.
-pub fn ensure_root(root: &Path) -> Result<(), String> {
-    crate::image::store::secure_root(root, "state root", true).map_err(|e| e.to_string())
+pub fn ensure_root(root: &Path) -> Result<(), StateError> {
+    Ok(crate::image::store::secure_root(root, "state root", true)?)
 }
 
 /// Creates the directory of container `id` in the state root, mode 0700
@@ -74,11 +102,9 @@ impl Status {
 }
 
 /// Validates a container id: no path characters, sane length.
-pub fn check_id(id: &str) -> Result<(), String> {
+pub fn check_id(id: &str) -> Result<(), StateError> {
     if id.is_empty() || id.len() > 1024 {
-        return Err(format!(
-            "invalid container id {id:?}: must be 1-1024 characters"
-        ));
+        return Err(StateError::IdLength(id.into()));
     }
     if id == "."
         || id == ".."
@@ -86,9 +112,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-+".contains(&b))
     {
-        return Err(format!(
-            "invalid container id {id:?}: only letters, digits and _ . - + are allowed"
-        ));
+        return Err(StateError::IdCharacters(id.into()));
     }
     Ok(())
 }
@@ -123,26 +147,35 @@ impl State {
         root.join(id)
     }
 
-    pub fn load(root: &Path, id: &str) -> Result<State, String> {
+    pub fn load(root: &Path, id: &str) -> Result<State, StateError> {
         check_id(id)?;
         let p = Self::dir(root, id).join("state.json");
         let data = std::fs::read(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                format!("container {id:?} does not exist")
+                StateError::NotFound(id.into())
             } else {
-                format!("{}: {e}", p.display())
+                StateError::Io {
+                    path: p.clone(),
+                    source: e,
+                }
             }
         })?;
-        serde_json::from_slice(&data).map_err(|e| format!("{}: corrupt state: {e}", p.display()))
+        serde_json::from_slice(&data).map_err(|source| StateError::Corrupt { path: p, source })
     }
 
-    pub fn save(&self, root: &Path) -> Result<(), String> {
+    pub fn save(&self, root: &Path) -> Result<(), StateError> {
         let dir = Self::dir(root, &self.id);
         let tmp = dir.join("state.json.tmp");
-        let data = serde_json::to_vec_pretty(self).expect("state serialises");
-        crate::image::store::write_private(&tmp, &data)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join("state.json")).map_err(|e| format!("{}: {e}", dir.display()))
+        let data = serde_json::to_vec_pretty(self).map_err(|source| StateError::Encode {
+            id: self.id.clone(),
+            source,
+        })?;
+        crate::image::store::write_private(&tmp, &data).map_err(|source| StateError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, dir.join("state.json"))
+            .map_err(|source| StateError::Io { path: dir, source })
     }
 
     /// Whether the recorded process is still the one we started.
@@ -205,6 +238,10 @@ mod tests {
         for bad in ["", "a/b", "..", "a b", "../x"] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            check_id("a/b").unwrap_err().to_string(),
+            "invalid container id \"a/b\": only letters, digits and _ . - + are allowed"
+        );
     }
 
     #[test]

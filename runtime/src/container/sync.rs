@@ -9,6 +9,7 @@
 //! of file from the child before `ready` means it exec'd (the socket is
 //! close-on-exec) in run mode.
 
+use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -16,6 +17,29 @@ use rustix::net::{
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+/// The sync channel (or a console socket) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("socketpair: {0}")]
+    Socketpair(#[source] Errno),
+    #[error("sync send: {0}")]
+    Send(#[source] Errno),
+    #[error("sync wait: {0}")]
+    Wait(#[source] Errno),
+    #[error("malformed go message from the runtime")]
+    MalformedGo,
+    #[error("the runtime went away before the container started")]
+    RuntimeGone,
+    #[error("sync recv: {0}")]
+    Recv(#[source] Errno),
+    #[error("sending a file descriptor: {0}")]
+    SendFd(#[source] Errno),
+    #[error("receiving a file descriptor: {0}")]
+    RecvFd(#[source] Errno),
+    #[error("no file descriptor received")]
+    NoFd,
+}
 
 /// One end of the sync channel.
 pub struct Sync {
@@ -92,9 +116,11 @@ impl ChildError {
         }
     }
 
-    /// A step of the setup that has no finer kind yet.
-    pub fn stage(stage: &'static str) -> impl Fn(String) -> ChildError {
-        move |m| ChildError::setup(stage, m)
+    /// A failed step of the setup, named `stage`: the error's text is
+    /// what the user reads, its errno (the first in its chain of causes)
+    /// goes along.
+    pub fn stage<E: std::error::Error + 'static>(stage: &'static str) -> impl Fn(E) -> ChildError {
+        move |e| ChildError::setup_errno(stage, e.to_string(), errno_of(&e))
     }
 
     /// The wire form: `error:` and the JSON (also what the exec fifo
@@ -125,18 +151,23 @@ impl ChildError {
     }
 }
 
-/// Setup steps whose helpers still report text: kept as what the user
-/// reads, in the generic stage.
-impl From<String> for ChildError {
-    fn from(m: String) -> Self {
-        ChildError::setup("setup", m)
+/// The errno of the first system call error in `e`'s chain of causes
+/// (`e` itself first): an `io::Error` from the OS or a rustix `Errno`.
+pub fn errno_of(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(n) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(n);
+        }
+        if let Some(n) = e.downcast_ref::<Errno>() {
+            return Some(n.raw_os_error());
+        }
+        cur = e.source();
     }
-}
-
-impl From<&str> for ChildError {
-    fn from(m: &str) -> Self {
-        ChildError::setup("setup", m)
-    }
+    None
 }
 
 /// What the child said.
@@ -154,14 +185,14 @@ pub enum Msg {
 
 impl Sync {
     /// A connected pair: (parent end, child end), both close-on-exec.
-    pub fn pair() -> Result<(Sync, Sync), String> {
+    pub fn pair() -> Result<(Sync, Sync), SyncError> {
         let (a, b) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
             SocketFlags::CLOEXEC,
             None,
         )
-        .map_err(|e| format!("socketpair: {e}"))?;
+        .map_err(SyncError::Socketpair)?;
         Ok((Sync { fd: a }, Sync { fd: b }))
     }
 
@@ -170,34 +201,34 @@ impl Sync {
         Sync { fd }
     }
 
-    fn send(&self, data: &[u8]) -> Result<(), String> {
+    fn send(&self, data: &[u8]) -> Result<(), SyncError> {
         rustix::net::send(&self.fd, data, SendFlags::NOSIGNAL)
             .map(drop)
-            .map_err(|e| format!("sync send: {e}"))
+            .map_err(SyncError::Send)
     }
 
     /// Parent: let the child continue, telling it its pid as the runtime
     /// sees it (for the state its createContainer and startContainer hooks
     /// get; inside a new pid namespace the child only knows itself as 1).
-    pub fn send_go(&self, pid: i32) -> Result<(), String> {
+    pub fn send_go(&self, pid: i32) -> Result<(), SyncError> {
         self.send(format!("go{pid}").as_bytes())
     }
 
     /// Child: wait for `go`; returns the pid that came with it.
-    pub fn wait_go(&self) -> Result<i32, String> {
+    pub fn wait_go(&self) -> Result<i32, SyncError> {
         let mut buf = [0u8; 32];
         match rustix::net::recv(&self.fd, &mut buf, RecvFlags::empty()) {
             Ok((n, _)) if n > 2 && &buf[..2] == b"go" => std::str::from_utf8(&buf[2..n])
                 .ok()
                 .and_then(|p| p.parse().ok())
-                .ok_or_else(|| "malformed go message from the runtime".to_string()),
-            Ok(_) => Err("the runtime went away before the container started".into()),
-            Err(e) => Err(format!("sync wait: {e}")),
+                .ok_or(SyncError::MalformedGo),
+            Ok(_) => Err(SyncError::RuntimeGone),
+            Err(e) => Err(SyncError::Wait(e)),
         }
     }
 
     /// Child: all set up.
-    pub fn send_ready(&self) -> Result<(), String> {
+    pub fn send_ready(&self) -> Result<(), SyncError> {
         self.send(b"ready")
     }
 
@@ -208,22 +239,22 @@ impl Sync {
     }
 
     /// Child: pass a file descriptor to the parent.
-    pub fn send_fd(&self, fd: &OwnedFd) -> Result<(), String> {
+    pub fn send_fd(&self, fd: &OwnedFd) -> Result<(), SyncError> {
         send_fd_with(self.fd.as_fd(), fd, b"fd")
     }
 
     /// Child: pass the master of the console-only pty to the parent.
-    pub fn send_console_fd(&self, fd: &OwnedFd) -> Result<(), String> {
+    pub fn send_console_fd(&self, fd: &OwnedFd) -> Result<(), SyncError> {
         send_fd_with(self.fd.as_fd(), fd, b"console")
     }
 
     /// Child: pass the seccomp notification listener to the parent.
-    pub fn send_seccomp_fd(&self, fd: &OwnedFd) -> Result<(), String> {
+    pub fn send_seccomp_fd(&self, fd: &OwnedFd) -> Result<(), SyncError> {
         send_fd_with(self.fd.as_fd(), fd, b"seccomp")
     }
 
     /// Parent: the next message.
-    pub fn recv(&self) -> Result<Msg, String> {
+    pub fn recv(&self) -> Result<Msg, SyncError> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -232,7 +263,7 @@ impl Sync {
             match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
                 Ok(m) => break m.bytes,
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(format!("sync recv: {e}")),
+                Err(e) => return Err(SyncError::Recv(e)),
             }
         };
         let mut received = None;
@@ -265,7 +296,7 @@ impl Sync {
     }
 }
 
-fn send_fd_with(sock: BorrowedFd<'_>, fd: &OwnedFd, data: &[u8]) -> Result<(), String> {
+fn send_fd_with(sock: BorrowedFd<'_>, fd: &OwnedFd, data: &[u8]) -> Result<(), SyncError> {
     let fds = [fd.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -277,22 +308,22 @@ fn send_fd_with(sock: BorrowedFd<'_>, fd: &OwnedFd, data: &[u8]) -> Result<(), S
         SendFlags::NOSIGNAL,
     )
     .map(drop)
-    .map_err(|e| format!("sending a file descriptor: {e}"))
+    .map_err(SyncError::SendFd)
 }
 
 /// Sends `fd` over a connected console socket (runc's --console-socket).
-pub fn send_fd(sock: &OwnedFd, fd: &OwnedFd, tag: &str) -> Result<(), String> {
+pub fn send_fd(sock: &OwnedFd, fd: &OwnedFd, tag: &str) -> Result<(), SyncError> {
     send_fd_with(sock.as_fd(), fd, tag.as_bytes())
 }
 
 /// Receives one fd from a unix socket (the other side of a console socket).
-pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd, SyncError> {
     let mut buf = [0u8; 256];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(&mut buf)];
     rustix::net::recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
-        .map_err(|e| format!("receiving a file descriptor: {e}"))?;
+        .map_err(SyncError::RecvFd)?;
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(mut fds) = m {
             if let Some(fd) = fds.next() {
@@ -300,7 +331,7 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<OwnedFd, String> {
             }
         }
     }
-    Err("no file descriptor received".into())
+    Err(SyncError::NoFd)
 }
 
 #[cfg(test)]
@@ -358,6 +389,32 @@ mod tests {
         child.send_console_fd(&r).expect("send console");
         assert!(matches!(parent.recv().expect("recv"), Msg::Fd(_)));
         assert!(matches!(parent.recv().expect("recv"), Msg::Console(_)));
+    }
+
+    /// A typed step error reaches the runtime with its text and the errno
+    /// of its first system call cause, however deep.
+    #[test]
+    fn a_stage_error_carries_text_and_errno() {
+        let e = super::super::rootfs::RootfsError::Mask {
+            path: "/proc/kcore".into(),
+            source: Errno::ACCESS,
+        };
+        let text = e.to_string();
+        let c = ChildError::stage("masked paths")(e);
+        assert_eq!(
+            c,
+            ChildError::Setup {
+                stage: "masked paths".into(),
+                message: text.clone(),
+                errno: Some(libc::EACCES),
+            }
+        );
+        assert_eq!(text, "masking /proc/kcore: Permission denied (os error 13)");
+        // Through a transparent wrapper, to an io::Error.
+        let e = super::super::launch::ParentError::Sync(SyncError::Send(Errno::PIPE));
+        assert_eq!(errno_of(&e), Some(libc::EPIPE));
+        // Nothing from the system: no errno.
+        assert_eq!(errno_of(&SyncError::MalformedGo), None);
     }
 
     /// Whatever is not a well-formed error names what came.

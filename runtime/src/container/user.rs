@@ -10,9 +10,22 @@ pub struct ResolvedUser {
     pub groups: Vec<u32>,
 }
 
+/// A user or group the container's files do not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("bad uid in /etc/passwd for {0}")]
+    BadUid(String),
+    #[error("bad gid in /etc/passwd for {0}")]
+    BadGid(String),
+    #[error("unable to find user {0}: no matching entries in passwd file")]
+    UnknownUser(String),
+    #[error("unable to find group {0}: no matching entries in group file")]
+    UnknownGroup(String),
+}
+
 /// Resolves docker's `-u` syntax (`NAME`, `UID`, `NAME:GROUP`, `UID:GID`)
 /// against passwd and group contents.
-pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, String> {
+pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, UserError> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -33,9 +46,9 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, St
     let (uid, mut gid, home, name) = match (u.parse::<u32>(), by_name) {
         (_, Some(f)) => (
             f[2].parse::<u32>()
-                .map_err(|_| format!("bad uid in /etc/passwd for {u}"))?,
+                .map_err(|_| UserError::BadUid(u.into()))?,
             f[3].parse::<u32>()
-                .map_err(|_| format!("bad gid in /etc/passwd for {u}"))?,
+                .map_err(|_| UserError::BadGid(u.into()))?,
             f[5].to_string(),
             Some(f[0]),
         ),
@@ -43,11 +56,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, St
             Some(f) => (uid, f[3].parse().unwrap_or(0), f[5].to_string(), Some(f[0])),
             None => (uid, 0, "/".to_string(), None),
         },
-        (Err(_), None) => {
-            return Err(format!(
-                "unable to find user {u}: no matching entries in passwd file"
-            ))
-        }
+        (Err(_), None) => return Err(UserError::UnknownUser(u.into())),
     };
     if let Some(g) = g {
         gid = match g.parse::<u32>() {
@@ -56,9 +65,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, St
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| {
-                    format!("unable to find group {g}: no matching entries in group file")
-                })?,
+                .ok_or_else(|| UserError::UnknownGroup(g.into()))?,
         };
     }
     let mut extra = Vec::new();
@@ -103,11 +110,15 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert!(resolve("nobody-here", PASSWD, GROUP)
-            .unwrap_err()
-            .contains("nobody-here"));
-        assert!(resolve("amphi:nogroup", PASSWD, GROUP)
-            .unwrap_err()
-            .contains("nogroup"));
+        assert_eq!(
+            resolve("nobody-here", PASSWD, GROUP)
+                .unwrap_err()
+                .to_string(),
+            "unable to find user nobody-here: no matching entries in passwd file"
+        );
+        assert_eq!(
+            resolve("amphi:nogroup", PASSWD, GROUP).unwrap_err(),
+            UserError::UnknownGroup("nogroup".into())
+        );
     }
 }

@@ -42,7 +42,9 @@ pub use decide::{
     decide, CandidateKernel, ChosenKernel, DecideInput, Decision, Outcome, Reason, BUILDABLE_SERIES,
 };
 pub use facts::{command_facts, image_scan};
-pub use plan::{plan, GuestKernel, HostSummary, Plan, PlanRequest, ScanReport, Target, VmPlan};
+pub use plan::{
+    plan, GuestKernel, HostSummary, Plan, PlanError, PlanRequest, ScanReport, Target, VmPlan,
+};
 pub use policy::{
     glob_match, normalize_reference, reference_matches, ImageRule, Policy, TrustRule,
     DEFAULT_POLICY_PATH,

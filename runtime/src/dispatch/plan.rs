@@ -16,7 +16,6 @@ use crate::host::HostInfo;
 use crate::image::scan::CommandFacts;
 use crate::image::{ImageRecord, Reference};
 use crate::kernel::KernelEntry;
-use crate::sys::exit::{amphi_err, RunError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -96,16 +95,17 @@ impl GuestKernel {
     }
 
     /// The file to boot: a catalog kernel's vmlinux, else its bzImage.
-    pub fn boot_file(&self) -> Result<PathBuf, RunError> {
+    pub fn boot_file(&self) -> Result<PathBuf, PlanError> {
         match self {
             GuestKernel::File { path, .. } => Ok(path.clone()),
-            GuestKernel::Catalog(e) => e.vmlinux().or_else(|| e.bzimage()).ok_or_else(|| {
-                amphi_err(format!(
-                    "guest kernel {} has no kernel file in {}",
-                    e.id,
-                    e.dir.display()
-                ))
-            }),
+            GuestKernel::Catalog(e) => {
+                e.vmlinux()
+                    .or_else(|| e.bzimage())
+                    .ok_or_else(|| PlanError::NoKernelFile {
+                        id: e.id.clone(),
+                        dir: e.dir.clone(),
+                    })
+            }
         }
     }
 }
@@ -143,8 +143,50 @@ fn serde_name<T: Serialize>(v: &T) -> String {
     }
 }
 
-/// The error for a failed decision: its message and every rule checked.
-fn dispatch_err(e: DispatchError) -> RunError {
+/// Why a run could not be planned: the image could not be found or read,
+/// `--kernel` could not be used, or the dispatcher refused the run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The dispatcher refused: its message, then every rule it checked.
+    #[error("{}", with_rules_checked(.0))]
+    Decision(#[source] DispatchError),
+    #[error(transparent)]
+    Store(#[from] crate::image::store::StoreError),
+    #[error(transparent)]
+    Lookup(#[from] crate::image::index::LookupError),
+    #[error(transparent)]
+    Reference(#[from] crate::image::reference::ReferenceError),
+    #[error("image config {digest}: {source}")]
+    ImageConfig {
+        digest: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image {image} is not in the store and pulling it failed: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: crate::image::ImageError,
+    },
+    #[error("--kernel: {0}")]
+    Kernel(#[source] crate::kernel::KernelError),
+    #[error("guest kernel {id} has no kernel file in {}", dir.display())]
+    NoKernelFile { id: String, dir: PathBuf },
+    #[error("image {image}: the dispatcher chose a microVM without one of the candidate guest kernels ({chosen:?})")]
+    NoCandidateKernel {
+        image: String,
+        chosen: Option<String>,
+    },
+}
+
+impl From<DispatchError> for PlanError {
+    fn from(e: DispatchError) -> Self {
+        PlanError::Decision(e)
+    }
+}
+
+/// A refusal's message and every rule checked.
+fn with_rules_checked(e: &DispatchError) -> String {
     let mut m = e.to_string();
     let reasons = e.reasons();
     if !reasons.is_empty() {
@@ -153,7 +195,7 @@ fn dispatch_err(e: DispatchError) -> RunError {
             m.push_str(&format!("\n  {r}"));
         }
     }
-    amphi_err(m)
+    m
 }
 
 /// What a plan is asked for: `run`'s and `explain`'s arguments.
@@ -175,6 +217,9 @@ pub struct PlanRequest<'a> {
     pub entrypoint: Option<&'a str>,
     /// Scan the image again even when a stored scan exists.
     pub rescan: bool,
+    /// Where notices for the user go (an image being pulled): the CLI's
+    /// stderr; nowhere by default.
+    pub notify: fn(&str),
 }
 
 impl<'a> PlanRequest<'a> {
@@ -190,6 +235,7 @@ impl<'a> PlanRequest<'a> {
             command: &[],
             entrypoint: None,
             rescan: false,
+            notify: |_| {},
         }
     }
 }
@@ -216,13 +262,12 @@ pub struct ScanReport {
 }
 
 /// Decides how `image` runs here (pulling it first if it is missing).
-pub fn plan(req: &PlanRequest) -> Result<Plan, RunError> {
+pub fn plan(req: &PlanRequest) -> Result<Plan, PlanError> {
     let store_root = req.store_root;
     let image = req.image;
-    let resolved = super::resolve_image(store_root, image)?;
-    let requirements = image_requirements(&resolved.store, &resolved.record, &resolved.config)
-        .map_err(dispatch_err)?;
-    let policy = Policy::load(req.policy).map_err(dispatch_err)?;
+    let resolved = super::resolve_image(store_root, image, req.notify)?;
+    let requirements = image_requirements(&resolved.store, &resolved.record, &resolved.config)?;
+    let policy = Policy::load(req.policy)?;
     let host = crate::host::probe();
     // The image's own files, as the stored scan saw them (scanned now on
     // first use). A scan that cannot be made leaves no facts: inference
@@ -292,7 +337,7 @@ pub fn plan(req: &PlanRequest) -> Result<Plan, RunError> {
         (kernels, decided)
     };
     let (reference, decision) = decided;
-    let decision = decision.map_err(dispatch_err)?;
+    let decision = decision?;
     finish(
         reference,
         decision,
@@ -358,10 +403,9 @@ fn decide_strictest(
 /// (probed; its embedded config, if any, is what config requirements are
 /// checked against) or a catalog kernel (by ID, version, series or ID
 /// prefix). The one lookup of `--kernel`: the backend boots what it finds.
-fn given_kernel(store_root: &Path, k: &str) -> Result<(CandidateKernel, GuestKernel), RunError> {
+fn given_kernel(store_root: &Path, k: &str) -> Result<(CandidateKernel, GuestKernel), PlanError> {
     if k.contains('/') {
-        let (img, _) = crate::kernel::probe::probe(Path::new(k))
-            .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
+        let (img, _) = crate::kernel::probe::probe(Path::new(k)).map_err(PlanError::Kernel)?;
         let seen = CandidateKernel {
             id: k.to_string(),
             release: img.release.clone(),
@@ -382,9 +426,7 @@ fn given_kernel(store_root: &Path, k: &str) -> Result<(CandidateKernel, GuestKer
     if catalog.list().map(|l| l.is_empty()).unwrap_or(true) {
         crate::kernel::register_builtins(store_root);
     }
-    let e = catalog
-        .get(k)
-        .map_err(|e| amphi_err(format!("--kernel: {e}")))?;
+    let e = catalog.get(k).map_err(PlanError::Kernel)?;
     Ok((CandidateKernel::from_entry(&e), GuestKernel::Catalog(e)))
 }
 
@@ -398,18 +440,16 @@ fn finish(
     kernels: Vec<GuestKernel>,
     vm_backend: BackendChoice,
     host: &HostInfo,
-) -> Result<Plan, RunError> {
+) -> Result<Plan, PlanError> {
     let target = match (&decision.isolation, &decision.kernel) {
         (Isolation::Container, _) => Target::Container,
         (Isolation::Vm, chosen) => {
             let kernel = chosen
                 .as_ref()
                 .and_then(|c| kernels.into_iter().find(|k| k.id() == c.id))
-                .ok_or_else(|| {
-                    amphi_err(format!(
-                        "image {reference}: the dispatcher chose a microVM without one of the candidate guest kernels ({:?})",
-                        decision.kernel.as_ref().map(|k| &k.id)
-                    ))
+                .ok_or_else(|| PlanError::NoCandidateKernel {
+                    image: reference.clone(),
+                    chosen: decision.kernel.as_ref().map(|k| k.id.clone()),
                 })?;
             let (backend, notice) = backend::choose(
                 vm_backend,
@@ -558,9 +598,9 @@ mod tests {
         assert!(!bz.pvm());
         let none = GuestKernel::Catalog(entry(dir, vec![], false));
         let e = none.boot_file().unwrap_err();
-        assert_eq!(e.code, crate::sys::exit::EXIT_AMPHI);
+        assert!(matches!(e, PlanError::NoKernelFile { .. }), "{e:?}");
         assert_eq!(
-            e.message,
+            e.to_string(),
             "guest kernel 6.12.57-0123456789ab has no kernel file in /kernels/k"
         );
     }

@@ -1,8 +1,8 @@
 //! The image a run names: from the store, or pulled first when missing.
 
+use super::plan::PlanError;
 use crate::image::manifest::ImageConfig;
 use crate::image::{Access, ImageRecord, Store};
-use crate::sys::exit::{amphi_err, RunError};
 use std::path::Path;
 
 /// An image as a run names it, found (or pulled) once: the store it is in,
@@ -27,24 +27,29 @@ impl std::fmt::Debug for ResolvedImage {
 
 /// The image of a run: found in the store, or pulled when it is not there
 /// (like docker), with its config.
-pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, RunError> {
-    let store = Store::open(store_root, Access::Read).map_err(|e| amphi_err(e.to_string()))?;
-    let idx = store.index().map_err(|e| amphi_err(e.to_string()))?;
+pub fn resolve_image(
+    store_root: &Path,
+    image: &str,
+    notify: fn(&str),
+) -> Result<ResolvedImage, PlanError> {
+    let store = Store::open(store_root, Access::Read)?;
+    let idx = store.index()?;
     let rec = match idx.find(image) {
         Ok(r) => r.clone(),
         // Like docker: an image that is not here yet is pulled first.
         Err(crate::image::index::LookupError::NotFound(_))
             if crate::image::Reference::parse(image).is_ok() =>
         {
-            pull_missing(store_root, image)?
+            pull_missing(store_root, image, notify)?
         }
-        Err(e) => return Err(amphi_err(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
-    let cfg_bytes = store
-        .read_blob(&rec.config)
-        .map_err(|e| amphi_err(e.to_string()))?;
-    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
-        .map_err(|e| amphi_err(format!("image config {}: {e}", rec.config)))?;
+    let cfg_bytes = store.read_blob(&rec.config)?;
+    let config: ImageConfig =
+        serde_json::from_slice(&cfg_bytes).map_err(|source| PlanError::ImageConfig {
+            digest: rec.config.to_string(),
+            source,
+        })?;
     Ok(ResolvedImage {
         store,
         record: rec,
@@ -52,20 +57,24 @@ pub fn resolve_image(store_root: &Path, image: &str) -> Result<ResolvedImage, Ru
     })
 }
 
-fn pull_missing(store_root: &Path, image: &str) -> Result<ImageRecord, RunError> {
-    let reference = crate::image::Reference::parse(image).map_err(|e| amphi_err(e.to_string()))?;
-    eprintln!("Unable to find image {reference} locally, pulling it");
-    let store = Store::open(store_root, Access::Write).map_err(|e| amphi_err(e.to_string()))?;
+fn pull_missing(
+    store_root: &Path,
+    image: &str,
+    notify: fn(&str),
+) -> Result<ImageRecord, PlanError> {
+    let reference = crate::image::Reference::parse(image)?;
+    notify(&format!(
+        "Unable to find image {reference} locally, pulling it"
+    ));
+    let store = Store::open(store_root, Access::Write)?;
     let opts = crate::image::pull::PullOptions {
         platform: crate::image::manifest::Platform::host(),
         insecure: false,
         creds: None,
         progress: crate::image::progress::Progress::new(false),
     };
-    crate::image::pull::pull(&store, &reference, &opts).map_err(|e| {
-        amphi_err(format!(
-            "image {} is not in the store and pulling it failed: {e}",
-            image
-        ))
+    crate::image::pull::pull(&store, &reference, &opts).map_err(|source| PlanError::Pull {
+        image: image.to_string(),
+        source,
     })
 }

@@ -25,7 +25,8 @@
 //! Anything that fails is sent as [`Frame::Error`] when the channel is
 //! open, and printed on the console either way.
 
-use crate::container::launch::{launch, LaunchOptions};
+use crate::container::cgroups::Cgroup;
+use crate::container::launch::{launch, ConsolePty, LaunchOptions};
 use crate::proto::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready, StartRequest};
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -149,11 +150,26 @@ fn root_kind() -> String {
 
 /// Step 1 and 2: the root filesystem and the basic mounts.
 fn setup_root() -> Result<(), GuestError> {
-    // The console the kernel gave us as fd 2; without it the init only
-    // loses its own messages, as before.
+    keep_console();
+    mount_kernel_filesystems()?;
+    build_newroot()?;
+    switch_root()?;
+    mount_cgroups()?;
+    mkdir("/tmp")?;
+    Ok(())
+}
+
+/// Keeps a duplicate of the console the kernel gave us as fd 2 (see
+/// [`CONSOLE`]); without it the init only loses its own messages, as
+/// before.
+fn keep_console() {
     if let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(std::io::stderr(), CONSOLE_FD) {
         let _ = CONSOLE.set(File::from(fd));
     }
+}
+
+/// /dev, /proc and /sys in the initramfs.
+fn mount_kernel_filesystems() -> Result<(), GuestError> {
     for d in ["/dev", "/proc", "/sys"] {
         mkdir(d)?;
     }
@@ -173,8 +189,13 @@ fn setup_root() -> Result<(), GuestError> {
         "sysfs",
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         "",
-    )?;
+    )
+}
 
+/// The new root at [`NEWROOT`]: a tmpfs with the directories the container
+/// engine needs, the image as the overlay's lower layer, and the init
+/// binary.
+fn build_newroot() -> Result<(), GuestError> {
     mkdir(NEWROOT)?;
     mount("tmpfs", NEWROOT, "tmpfs", 0, "mode=0755")?;
     for d in [
@@ -189,25 +210,36 @@ fn setup_root() -> Result<(), GuestError> {
     ] {
         mkdir(&format!("{NEWROOT}/{d}"))?;
     }
-    let lower = format!("{NEWROOT}/.amphi/lower");
-    match root_kind().as_str() {
-        "initramfs" => mount(
-            "/.amphi/rootfs",
-            &lower,
-            "",
-            libc::MS_BIND | libc::MS_REC,
-            "",
-        )?,
-        dev => {
-            let path = format!("/dev/{dev}");
-            mount(&path, &lower, "ext4", libc::MS_RDONLY, "")
-                .or_else(|_| mount(&path, &lower, "erofs", libc::MS_RDONLY, ""))?
-        }
-    }
+    mount_image(&format!("{NEWROOT}/.amphi/lower"))?;
     // The init binary, for `--init` (bind-mounted into the container).
     let init = format!("{NEWROOT}{INIT}");
     File::create(&init).map_err(|e| gerr(format!("{init}: {e}")))?;
-    mount(INIT, &init, "", libc::MS_BIND, "")?;
+    mount(INIT, &init, "", libc::MS_BIND, "")
+}
+
+/// The image on `lower`, as `amphi.root=` says: the initramfs copy under
+/// `/.amphi/rootfs`, or a read-only ext4 (or erofs) device.
+fn mount_image(lower: &str) -> Result<(), GuestError> {
+    match root_kind().as_str() {
+        "initramfs" => mount(
+            "/.amphi/rootfs",
+            lower,
+            "",
+            libc::MS_BIND | libc::MS_REC,
+            "",
+        ),
+        dev => {
+            let path = format!("/dev/{dev}");
+            mount(&path, lower, "ext4", libc::MS_RDONLY, "")
+                .or_else(|_| mount(&path, lower, "erofs", libc::MS_RDONLY, ""))
+        }
+    }
+}
+
+/// Moves /dev, /proc and /sys into [`NEWROOT`], then [`NEWROOT`] onto `/`
+/// and makes it the root (pivot_root cannot leave an initramfs, so this is
+/// a switch_root without deleting anything).
+fn switch_root() -> Result<(), GuestError> {
     for d in ["dev", "proc", "sys"] {
         mount(
             &format!("/{d}"),
@@ -223,7 +255,12 @@ fn setup_root() -> Result<(), GuestError> {
     if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
         return Err(gerr(format!("chroot: {}", std::io::Error::last_os_error())));
     }
-    std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))?;
+    std::env::set_current_dir("/").map_err(|e| gerr(format!("chdir /: {e}")))
+}
+
+/// The cgroup filesystems at /sys/fs/cgroup: cgroup2 with nsdelegate, or
+/// a v1 layout when the command line asks for one.
+fn mount_cgroups() -> Result<(), GuestError> {
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if cmdline
         .split_whitespace()
@@ -231,7 +268,7 @@ fn setup_root() -> Result<(), GuestError> {
     {
         // The dispatcher's inference asks for cgroup v1 hierarchies (an
         // init older than systemd 230): a legacy layout.
-        mount_cgroup_v1()?;
+        mount_cgroup_v1()
     } else {
         // nsdelegate: a container in systemd mode gets its cgroup writable
         // at its /sys/fs/cgroup, and the kernel then refuses, from inside
@@ -244,10 +281,8 @@ fn setup_root() -> Result<(), GuestError> {
             "cgroup2",
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             "nsdelegate",
-        )?;
+        )
     }
-    mkdir("/tmp")?;
-    Ok(())
 }
 
 /// The legacy cgroup layout: a tmpfs at /sys/fs/cgroup with one v1
@@ -336,14 +371,7 @@ fn wait_shutdown(c: &mut File) {
     let mut buf = [0u8; 4096];
     let mut dec = Decoder::new();
     while Instant::now() < deadline {
-        let mut p = libc::pollfd {
-            fd: c.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `p` is one initialised pollfd on the stack; poll writes
-        // only its `revents`.
-        if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
+        if !crate::sys::poll::wait_readable(c.as_raw_fd(), Duration::from_millis(200)) {
             continue;
         }
         match c.read(&mut buf) {
@@ -413,8 +441,52 @@ fn stdin_writer(input: Input) -> mpsc::Sender<Option<Vec<u8>>> {
     tx
 }
 
+/// Step 4 and 5: runs the workload of `req` and relays its stdio, signals
+/// and window size over the channel `c` (`dec` holds what was read of it
+/// past the start request) until it exits; returns its status.
 fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitStatus, GuestError> {
     apply_host_state(&req)?;
+    let (spec, rootfs, terminal) = workload_spec(&req)?;
+
+    // The workload's stdio: pipes (or the pty the engine makes with -t).
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| gerr(format!("/dev/null: {e}")))?;
+    let (mut outputs, stdin_pipe) = workload_stdio(&null, terminal, req.stdin)?;
+    let sigs = crate::sys::signal::block_forwarded();
+    let launched = launch(&spec, &rootfs, launch_options(&req));
+    // Our own stdio back to nothing: the pipes' write ends live only in
+    // the workload now, so its exit ends them.
+    dup2(null.as_raw_fd(), 0);
+    dup2(null.as_raw_fd(), 1);
+    dup2(null.as_raw_fd(), 2);
+    let launched = launched.map_err(|e| GuestError {
+        message: e.to_string(),
+        code: crate::run::RunError::Launch(e).failure().exit_status(),
+    })?;
+    let pid = launched.pid;
+    let pty = launched.pty;
+    let slaves = terminal_outputs(pty.as_ref(), launched.console, &mut outputs)?;
+    let stdin_tx = workload_input(pty.as_ref(), stdin_pipe)?.map(stdin_writer);
+    let pty_fd = pty.as_ref().map(|m| m.as_raw_fd());
+
+    // Frames from the host, read in their own thread.
+    let reader = c
+        .try_clone()
+        .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    read_host_frames(reader, dec, stdin_tx, pid, pty_fd);
+
+    let code = relay(c, pid, &mut outputs, &sigs, slaves);
+    Ok(exit_status(&launched.cgroup, code))
+}
+
+/// The runtime spec of the start request, the path of its rootfs and
+/// whether its process has a terminal.
+fn workload_spec(
+    req: &StartRequest,
+) -> Result<(oci_spec::runtime::Spec, std::path::PathBuf, bool), GuestError> {
     let spec: oci_spec::runtime::Spec = serde_json::from_value(req.spec.clone())
         .map_err(|e| gerr(format!("the runtime spec from the host: {e}")))?;
     let rootfs = spec
@@ -426,89 +498,80 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         .process()
         .as_ref()
         .is_some_and(|p| p.terminal().unwrap_or(false));
+    Ok((spec, rootfs, terminal))
+}
 
-    // The workload's stdio: pipes (or the pty the engine makes with -t).
-    let null = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| gerr(format!("/dev/null: {e}")))?;
-    let (mut outputs, stdin_pipe) = workload_stdio(&null, terminal, req.stdin)?;
-    let sigs = crate::run::pty_signals();
-    let launched = launch(
-        &spec,
-        &rootfs,
-        LaunchOptions {
-            id: req.id.clone(),
-            exec_fifo: None,
-            console_socket: None,
-            user_lookup: req.user_lookup.clone(),
-            preserve_fds: 0,
-            state_template: serde_json::json!({
-                "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
-            }),
-            owns_cgroup: true,
-            sealed: false,
-            console_pty: req.console,
-        },
-    );
-    // Our own stdio back to nothing: the pipes' write ends live only in
-    // the workload now, so its exit ends them.
-    dup2(null.as_raw_fd(), 0);
-    dup2(null.as_raw_fd(), 1);
-    dup2(null.as_raw_fd(), 2);
-    let launched = launched.map_err(|e| GuestError {
-        code: crate::run::launch_error_code(&e),
-        message: e.to_string(),
-    })?;
-    let pid = launched.pid;
-    let pty = launched.pty;
-    if let Some(m) = &pty {
+/// How the container engine launches the workload of `req` in the guest.
+fn launch_options(req: &StartRequest) -> LaunchOptions {
+    LaunchOptions {
+        id: req.id.clone(),
+        exec_fifo: None,
+        console_socket: None,
+        user_lookup: req.user_lookup.clone(),
+        preserve_fds: 0,
+        state_template: serde_json::json!({
+            "ociVersion": "1.2.0", "id": req.id, "status": "creating", "bundle": "/",
+        }),
+        owns_cgroup: true,
+        sealed: false,
+        console_pty: req.console,
+    }
+}
+
+/// Adds the workload's ptys to the outputs to relay: the pty master (with
+/// `-t`) and the console-only pty. Returns their slaves, to hold until the
+/// workload exits (see `run::hold_slave`): the pty's, and the console-only
+/// pty's, taken by launch when its master came.
+fn terminal_outputs(
+    pty: Option<&OwnedFd>,
+    console: Option<ConsolePty>,
+    outputs: &mut Vec<Output>,
+) -> Result<Vec<OwnedFd>, GuestError> {
+    if let Some(m) = pty {
         let m = m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?;
         outputs.push(Output::new(m, Stream::Stdout));
     }
-    // Held until the workload exits (see run::hold_slave): the pty's, and
-    // the console-only pty's, taken by launch when its master came.
-    let mut slaves: Vec<OwnedFd> = pty
-        .as_ref()
-        .and_then(crate::run::hold_slave)
-        .into_iter()
-        .collect();
-    if let Some(console) = launched.console {
+    let mut slaves: Vec<OwnedFd> = pty.and_then(crate::run::hold_slave).into_iter().collect();
+    if let Some(console) = console {
         outputs.push(Output::new(
             console.master,
-            Stream::Console(crate::run::CrLf::default()),
+            Stream::Console(crate::sys::term::CrLf::default()),
         ));
         slaves.extend(console.slave);
     }
-    let input = match (&pty, stdin_pipe) {
+    Ok(slaves)
+}
+
+/// Where the host's stdin goes: the pty master (a duplicate) with `-t`,
+/// else the stdin pipe when the host sends stdin, else nowhere.
+fn workload_input(
+    pty: Option<&OwnedFd>,
+    stdin_pipe: Option<OwnedFd>,
+) -> Result<Option<Input>, GuestError> {
+    Ok(match (pty, stdin_pipe) {
         (Some(m), _) => Some(Input::Pty(
             m.try_clone().map_err(|e| gerr(format!("pty: {e}")))?,
         )),
         (None, Some(p)) => Some(Input::Pipe(p)),
         (None, None) => None,
-    };
-    let stdin_tx = input.map(stdin_writer);
-    let pty_fd = pty.as_ref().map(|m| m.as_raw_fd());
+    })
+}
 
-    // Frames from the host, read in their own thread.
-    let reader = c
-        .try_clone()
-        .map_err(|e| gerr(format!("guest channel: {e}")))?;
-    read_host_frames(reader, dec, stdin_tx, pid, pty_fd);
-
-    let mut code = relay(c, pid, &mut outputs, &sigs, slaves);
-    let oom_killed = launched.cgroup.oom_killed();
+/// The status sent to the host for a workload that exited with `code`:
+/// 137 when the OOM killer acted in its cgroup, with its peak memory. The
+/// cgroup is removed.
+fn exit_status(cgroup: &Cgroup, mut code: i32) -> ExitStatus {
+    let oom_killed = cgroup.oom_killed();
     if oom_killed {
         code = 137;
     }
-    let peak_memory = launched.cgroup.memory_peak();
-    let _ = launched.cgroup.remove();
-    Ok(ExitStatus {
+    let peak_memory = cgroup.memory_peak();
+    let _ = cgroup.remove();
+    ExitStatus {
         code,
         oom_killed,
         peak_memory,
-    })
+    }
 }
 
 /// The host's clock and the files of the start request (the /etc files).
@@ -620,7 +683,7 @@ enum Stream {
     Stdout,
     Stderr,
     /// The console-only pty: to stdout, `\r\n` as `\n`.
-    Console(crate::run::CrLf),
+    Console(crate::sys::term::CrLf),
 }
 
 /// One output of the workload the relay reads.
@@ -664,7 +727,7 @@ fn relay(
     c: &mut File,
     pid: i32,
     outputs: &mut Vec<Output>,
-    sigs: &crate::run::Signals,
+    sigs: &crate::sys::signal::Signals,
     mut slaves: Vec<OwnedFd>,
 ) -> i32 {
     let mut buf = vec![0u8; channel::CHUNK];
@@ -676,69 +739,68 @@ fn relay(
                 break;
             }
         }
-        let mut fds: Vec<libc::pollfd> = outputs
-            .iter()
-            .map(|o| libc::pollfd {
-                fd: o.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        let sfd = sigs.raw_fd();
-        fds.push(libc::pollfd {
-            fd: sfd,
-            events: libc::POLLIN,
-            revents: 0,
-        });
         let timeout = if drain_until.is_some() { 100 } else { 1000 };
-        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
-        // poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            continue;
-        }
-        let mut closed = Vec::new();
-        for (i, o) in outputs.iter_mut().enumerate() {
-            if fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
-                continue;
-            }
-            match rustix::io::read(&o.fd, &mut buf) {
-                Ok(n) if n > 0 => {
-                    if let Some(f) = o.frame(&buf[..n]) {
-                        let _ = f.write_to(c);
-                    }
-                }
-                Ok(_) => closed.push(i),
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            if let Some(f) = outputs.remove(i).finish() {
-                let _ = f.write_to(c);
-            }
-        }
-        if fds[fds.len() - 1].revents & libc::POLLIN != 0 {
+        let (set, signals) = poll_outputs(outputs, sigs, Duration::from_millis(timeout));
+        forward_outputs(c, outputs, &set, &mut buf);
+        if set.has_input(signals) {
             sigs.drain();
         }
-        // PID 1 reaps everything; only the workload's status counts.
-        loop {
-            let mut st = 0;
-            // SAFETY: waitpid with a valid pointer.
-            let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if r <= 0 {
-                break;
-            }
-            if r == pid {
-                status = Some(crate::run::decode_status(st));
-                // The ptys end once what the workload wrote is read.
-                slaves.clear();
-                drain_until = Some(Instant::now() + DRAIN);
-            }
+        if let Some(st) = crate::sys::exit::reap_all(pid) {
+            status = Some(st);
+            // The ptys end once what the workload wrote is read.
+            slaves.clear();
+            drain_until = Some(Instant::now() + DRAIN);
         }
         if status.is_some() && drain_until.is_none() {
             drain_until = Some(Instant::now() + DRAIN);
         }
     }
     status.unwrap_or(crate::run::EXIT_AMPHI)
+}
+
+/// Polls the outputs (output i at index i) and the signalfd for up to
+/// `timeout`; returns the set and the signalfd's index.
+fn poll_outputs(
+    outputs: &[Output],
+    sigs: &crate::sys::signal::Signals,
+    timeout: Duration,
+) -> (crate::sys::poll::PollSet, usize) {
+    let mut set = crate::sys::poll::PollSet::new();
+    for o in outputs {
+        set.add(o.fd.as_raw_fd());
+    }
+    let signals = set.add(sigs.raw_fd());
+    set.wait(Some(timeout));
+    (set, signals)
+}
+
+/// Sends what the outputs that `set` found ready hold to the host, and
+/// drops the outputs that ended (after sending what they held back).
+fn forward_outputs(
+    c: &mut File,
+    outputs: &mut Vec<Output>,
+    set: &crate::sys::poll::PollSet,
+    buf: &mut [u8],
+) {
+    let mut closed = Vec::new();
+    for (i, o) in outputs.iter_mut().enumerate() {
+        if !set.readable(i) {
+            continue;
+        }
+        match rustix::io::read(&o.fd, &mut *buf) {
+            Ok(n) if n > 0 => {
+                if let Some(f) = o.frame(&buf[..n]) {
+                    let _ = f.write_to(c);
+                }
+            }
+            Ok(_) => closed.push(i),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => closed.push(i),
+        }
+    }
+    for i in closed.into_iter().rev() {
+        if let Some(f) = outputs.remove(i).finish() {
+            let _ = f.write_to(c);
+        }
+    }
 }

@@ -42,7 +42,7 @@
 
 mod block;
 pub mod cpio;
-mod init;
+mod guest_binary;
 mod initramfs;
 mod tools;
 mod tree;
@@ -438,7 +438,7 @@ fn prepare_with(
         }
     }
     let cache = Cache::open(&root)?;
-    let bin = init::digest(&opts.amphi_bin, &cache.dir.join("binsum"), || {
+    let bin = guest_binary::digest(&opts.amphi_bin, &cache.dir.join("binsum"), || {
         w.temp_path("binsum")
     })?;
 
@@ -538,9 +538,9 @@ fn ensure_init(
     if dst.is_file() {
         return Ok((false, Vec::new()));
     }
-    init::check_static(bin)?;
+    guest_binary::check_static(bin)?;
     let stripped = Temp::new(w, "vm-init-bin");
-    let warnings = init::strip(tools, bin, stripped.path())?;
+    let warnings = guest_binary::strip(tools, bin, stripped.path())?;
     let out = Temp::new(w, "vm-init");
     initramfs::write_init(stripped.path(), out.path())?;
     out.commit(&dst)?;
@@ -607,7 +607,7 @@ pub fn sweep(store: &Store, tops: &HashSet<Digest>) -> Result<Swept, StoreError>
     }
     // This binary's digest, from the memo (never hashing here); unknown
     // means every binary's init parts stay.
-    let current: Option<Digest> = init::stat_key(&crate::container::sealed::host_binary())
+    let current: Option<Digest> = guest_binary::stat_key(&crate::container::sealed::host_binary())
         .ok()
         .and_then(|k| fs::read_to_string(dir.join("binsum").join(k)).ok())
         .and_then(|s| Digest::parse(s.trim()).ok());

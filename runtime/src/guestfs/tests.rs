@@ -508,7 +508,7 @@ fn initramfs_of_a_layered_image() {
     // The initrd is the init part followed by the rootfs part.
     let cache = Cache::open(&t.path().canonicalize().unwrap()).unwrap();
     let key = rec.layers.last().unwrap();
-    let bin = init::hash_file(&test_opts(None).amphi_bin).unwrap();
+    let bin = guest_binary::hash_file(&test_opts(None).amphi_bin).unwrap();
     let init_part = fs::read(cache.init(&bin)).unwrap();
     let rootfs_part = fs::read(cache.rootfs(key, RootfsKind::Initramfs)).unwrap();
     let initrd = fs::read(&p.initrd).unwrap();

@@ -194,102 +194,15 @@ pub fn walk(root: &Path) -> Result<Tree, GuestfsError> {
     while let Some(rel) = stack.pop() {
         let path = join(root, &rel);
         let md = fs::symlink_metadata(&path).at(&path)?;
-        let ft = md.file_type();
-        let facts = &mut tree.facts;
-        let kind = if ft.is_dir() {
-            facts.alloc_bytes += 4096;
-            let mut children: Vec<Vec<u8>> = Vec::new();
-            for e in fs::read_dir(&path).at(&path)? {
-                let e = e.at(&path)?;
-                let mut c = rel.clone();
-                if !c.is_empty() {
-                    c.push(b'/');
-                }
-                c.extend_from_slice(e.file_name().as_bytes());
-                children.push(c);
-            }
-            children.sort_unstable();
-            stack.extend(children.into_iter().rev());
-            if rel == b"lost+found" {
-                facts.has_lost_found = true;
-            }
-            Kind::Dir
-        } else if ft.is_file() {
-            let size = md.len();
-            Kind::File { size }
-        } else if ft.is_symlink() {
-            let t = fs::read_link(&path).at(&path)?;
-            let t = t.into_os_string().into_vec();
-            if t.len() > 59 {
-                facts.alloc_bytes += 4096;
-            }
-            Kind::Symlink(t)
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            if ft.is_fifo() {
-                Kind::Fifo
-            } else {
-                facts.skipped_count += 1;
-                if facts.skipped.len() >= 10 {
-                    continue;
-                }
-                facts.skipped.push(format!(
-                    "/{} ({})",
-                    String::from_utf8_lossy(&rel),
-                    if ft.is_socket() {
-                        "socket"
-                    } else {
-                        "device node"
-                    }
-                ));
-                continue;
-            }
+        let Some(kind) = classify(&rel, &path, &md, &mut tree.facts, &mut stack)? else {
+            continue;
         };
-        facts.entries += 1;
-        let mut link = None;
-        if let Kind::File { size } = kind {
-            let first_name = if md.nlink() > 1 {
-                let idx = tree.nodes.len();
-                match by_inode.get(&(md.dev(), md.ino())) {
-                    Some(&g) => {
-                        tree.links[g].names += 1;
-                        tree.links[g].last = idx;
-                        link = Some(g);
-                        false
-                    }
-                    None => {
-                        let g = tree.links.len();
-                        tree.links.push(LinkGroup {
-                            names: 1,
-                            last: idx,
-                        });
-                        by_inode.insert((md.dev(), md.ino()), g);
-                        link = Some(g);
-                        true
-                    }
-                }
-            } else {
-                true
-            };
-            if first_name {
-                facts.content_bytes += size;
-                facts.alloc_bytes += round_block(size);
-                facts.largest_file = facts.largest_file.max(size);
-            }
-        }
-        // Extended attributes. overlayfs hides its own from the list, but
-        // not from the size query, so the names are always read.
-        let names = xattr_names(&path, &mut xattr_buf)?;
-        if !names.is_empty() {
-            facts.xattr_entries += 1;
-            if facts.xattr_example.is_none() {
-                facts.xattr_example = Some(format!(
-                    "/{} ({})",
-                    String::from_utf8_lossy(&rel),
-                    names.join(", ")
-                ));
-            }
-        }
+        tree.facts.entries += 1;
+        let link = match kind {
+            Kind::File { size } => count_file(&mut tree, &mut by_inode, &md, size),
+            _ => None,
+        };
+        note_xattrs(&rel, &path, &mut tree.facts, &mut xattr_buf)?;
         tree.nodes.push(Node {
             path: rel,
             kind,
@@ -301,6 +214,142 @@ pub fn walk(root: &Path) -> Result<Tree, GuestfsError> {
         });
     }
     Ok(tree)
+}
+
+/// What the entry `rel` (at `path`, with metadata `md`) is, its space
+/// counted in `facts`. A directory's children go on `stack` so that they
+/// pop in name order. Sockets and device nodes are left out: `None`, and
+/// noted in `facts`.
+fn classify(
+    rel: &[u8],
+    path: &Path,
+    md: &fs::Metadata,
+    facts: &mut Facts,
+    stack: &mut Vec<Vec<u8>>,
+) -> Result<Option<Kind>, GuestfsError> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        facts.alloc_bytes += 4096;
+        stack.extend(sorted_children(rel, path)?.into_iter().rev());
+        if rel == b"lost+found" {
+            facts.has_lost_found = true;
+        }
+        Kind::Dir
+    } else if ft.is_file() {
+        let size = md.len();
+        Kind::File { size }
+    } else if ft.is_symlink() {
+        let t = fs::read_link(path).at(path)?;
+        let t = t.into_os_string().into_vec();
+        if t.len() > 59 {
+            facts.alloc_bytes += 4096;
+        }
+        Kind::Symlink(t)
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else {
+        note_skipped(rel, ft.is_socket(), facts);
+        return Ok(None);
+    };
+    Ok(Some(kind))
+}
+
+/// The relative paths of the entries of the directory `rel` (at `path`),
+/// sorted by name.
+fn sorted_children(rel: &[u8], path: &Path) -> Result<Vec<Vec<u8>>, GuestfsError> {
+    let mut children: Vec<Vec<u8>> = Vec::new();
+    for e in fs::read_dir(path).at(path)? {
+        let e = e.at(path)?;
+        let mut c = rel.to_vec();
+        if !c.is_empty() {
+            c.push(b'/');
+        }
+        c.extend_from_slice(e.file_name().as_bytes());
+        children.push(c);
+    }
+    children.sort_unstable();
+    Ok(children)
+}
+
+/// Counts a socket or device node `rel` as skipped, and names the first
+/// ten of them.
+fn note_skipped(rel: &[u8], socket: bool, facts: &mut Facts) {
+    facts.skipped_count += 1;
+    if facts.skipped.len() >= 10 {
+        return;
+    }
+    facts.skipped.push(format!(
+        "/{} ({})",
+        String::from_utf8_lossy(rel),
+        if socket { "socket" } else { "device node" }
+    ));
+}
+
+/// Counts the regular file of `size` bytes about to become the next node:
+/// its content once, however many names it has. Returns its link group
+/// when it has several names.
+fn count_file(
+    tree: &mut Tree,
+    by_inode: &mut HashMap<(u64, u64), usize>,
+    md: &fs::Metadata,
+    size: u64,
+) -> Option<usize> {
+    let mut link = None;
+    let first_name = if md.nlink() > 1 {
+        let idx = tree.nodes.len();
+        match by_inode.get(&(md.dev(), md.ino())) {
+            Some(&g) => {
+                tree.links[g].names += 1;
+                tree.links[g].last = idx;
+                link = Some(g);
+                false
+            }
+            None => {
+                let g = tree.links.len();
+                tree.links.push(LinkGroup {
+                    names: 1,
+                    last: idx,
+                });
+                by_inode.insert((md.dev(), md.ino()), g);
+                link = Some(g);
+                true
+            }
+        }
+    } else {
+        true
+    };
+    if first_name {
+        let facts = &mut tree.facts;
+        facts.content_bytes += size;
+        facts.alloc_bytes += round_block(size);
+        facts.largest_file = facts.largest_file.max(size);
+    }
+    link
+}
+
+/// Counts the entry `rel` (at `path`) if it has extended attributes, and
+/// keeps the first such entry as the example.
+fn note_xattrs(
+    rel: &[u8],
+    path: &Path,
+    facts: &mut Facts,
+    buf: &mut Vec<u8>,
+) -> Result<(), GuestfsError> {
+    // overlayfs hides its own from the list, but not from the size query,
+    // so the names are always read.
+    let names = xattr_names(path, buf)?;
+    if !names.is_empty() {
+        facts.xattr_entries += 1;
+        if facts.xattr_example.is_none() {
+            facts.xattr_example = Some(format!(
+                "/{} ({})",
+                String::from_utf8_lossy(rel),
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The extended attribute names of `path` (not following a symlink),

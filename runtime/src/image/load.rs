@@ -374,6 +374,8 @@ fn the_tag(
     Ok(opts.tag.as_deref().map(Reference::parse).transpose()?)
 }
 
+/// Loads a docker save archive's images (`manifest.json`, unpacked in
+/// `dir`), each with its config, its layers and a manifest made for it.
 fn load_docker(
     store: &Store,
     dir: &Path,
@@ -389,80 +391,18 @@ fn load_docker(
     let tag = the_tag(opts, input, entries.len())?;
     let mut out = Vec::new();
     for e in entries {
-        let cfg_path = inside(dir, &e.config, input)?;
-        let cfg_bytes = fs::read(&cfg_path)
-            .map_err(|err| archive_err(input, format!("config {:?}: {err}", e.config)))?;
-        let cfg_digest = Digest::of(&cfg_bytes);
-        // The config file name, when it is a digest, must be the truth.
-        let stem = Path::new(&e.config)
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .trim_end_matches(".json")
-            .to_string();
-        if stem.len() == 64
-            && stem.bytes().all(|b| b.is_ascii_hexdigit())
-            && stem != cfg_digest.hex()
-        {
-            return Err(super::store::StoreError::DigestMismatch {
-                expected: Digest::parse(&format!("sha256:{stem}"))
-                    .map_err(|_| archive_err(input, format!("config name {stem:?}")))?,
-                actual: cfg_digest,
-            }
-            .into());
-        }
-        let added = store.put_blob(&cfg_digest, None, &mut &cfg_bytes[..])?;
-        new.add(added, &cfg_digest);
+        let config = docker_config(store, dir, input, &e.config, new)?;
         let mut layers = Vec::new();
         for l in &e.layers {
-            let p = inside(dir, l, input)?;
-            let f =
-                File::open(&p).map_err(|err| archive_err(input, format!("layer {l:?}: {err}")))?;
-            let size = f.metadata().at(&p)?.len();
-            let mut magic = [0u8; 4];
-            let n = (&f).read(&mut magic).at(&p)?;
-            let media_type = match sniff(&magic[..n]) {
-                super::manifest::Compression::Gzip => {
-                    "application/vnd.docker.image.rootfs.diff.tar.gzip"
-                }
-                super::manifest::Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-                super::manifest::Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            };
-            let (digest, _) = HashingReader::new(io::BufReader::new(File::open(&p).at(&p)?))
-                .finish()
-                .at(&p)?;
-            import_file(store, &p, &digest, Some(size), take, new)?;
-            layers.push(Descriptor {
-                media_type: media_type.to_string(),
-                digest,
-                size: size as i64,
-                platform: None,
-                annotations: None,
-            });
+            layers.push(docker_layer(store, dir, input, l, take, new)?);
         }
         let manifest = Manifest {
             media_type: Some(DOCKER_MANIFEST.to_string()),
-            config: Descriptor {
-                media_type: DOCKER_CONFIG.to_string(),
-                digest: cfg_digest.clone(),
-                size: cfg_bytes.len() as i64,
-                platform: None,
-                annotations: None,
-            },
+            config,
             layers,
             annotations: None,
         };
-        let mut mbytes = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": manifest.config,
-            "layers": manifest.layers,
-        }))
-        .expect("manifest serialises");
-        mbytes.push(b'\n');
-        let mdigest = Digest::of(&mbytes);
-        let added = store.put_blob(&mdigest, None, &mut &mbytes[..])?;
-        new.add(added, &mdigest);
+        let mdigest = put_docker_manifest(store, &manifest, new)?;
         let names = match &tag {
             Some(t) => vec![t.to_string()],
             None => e
@@ -475,4 +415,155 @@ fn load_docker(
         out.push(register(store, names, &mdigest, &manifest, &opts.progress)?);
     }
     Ok(out)
+}
+
+/// Imports the image config `name` (a path in the archive, refused if it
+/// leaves it) and returns its descriptor. A config named after a digest
+/// must have that digest.
+fn docker_config(
+    store: &Store,
+    dir: &Path,
+    input: &Path,
+    name: &str,
+    new: &mut NewBlobs,
+) -> Result<Descriptor, ImageError> {
+    let cfg_path = inside(dir, name, input)?;
+    let cfg_bytes =
+        fs::read(&cfg_path).map_err(|err| archive_err(input, format!("config {name:?}: {err}")))?;
+    let cfg_digest = Digest::of(&cfg_bytes);
+    // The config file name, when it is a digest, must be the truth.
+    let stem = Path::new(name)
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_end_matches(".json")
+        .to_string();
+    if stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit()) && stem != cfg_digest.hex() {
+        return Err(super::store::StoreError::DigestMismatch {
+            expected: Digest::parse(&format!("sha256:{stem}"))
+                .map_err(|_| archive_err(input, format!("config name {stem:?}")))?,
+            actual: cfg_digest,
+        }
+        .into());
+    }
+    let added = store.put_blob(&cfg_digest, None, &mut &cfg_bytes[..])?;
+    new.add(added, &cfg_digest);
+    Ok(Descriptor {
+        media_type: DOCKER_CONFIG.to_string(),
+        digest: cfg_digest,
+        size: cfg_bytes.len() as i64,
+        platform: None,
+        annotations: None,
+    })
+}
+
+/// Imports the layer `name` (a path in the archive, refused if it leaves
+/// it) and returns its descriptor: its digest computed here, its media
+/// type from its compression.
+fn docker_layer(
+    store: &Store,
+    dir: &Path,
+    input: &Path,
+    name: &str,
+    take: bool,
+    new: &mut NewBlobs,
+) -> Result<Descriptor, ImageError> {
+    let p = inside(dir, name, input)?;
+    let f = File::open(&p).map_err(|err| archive_err(input, format!("layer {name:?}: {err}")))?;
+    let size = f.metadata().at(&p)?.len();
+    let mut magic = [0u8; 4];
+    let n = (&f).read(&mut magic).at(&p)?;
+    let media_type = match sniff(&magic[..n]) {
+        super::manifest::Compression::Gzip => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        super::manifest::Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        super::manifest::Compression::None => "application/vnd.oci.image.layer.v1.tar",
+    };
+    let (digest, _) = HashingReader::new(io::BufReader::new(File::open(&p).at(&p)?))
+        .finish()
+        .at(&p)?;
+    import_file(store, &p, &digest, Some(size), take, new)?;
+    Ok(Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size: size as i64,
+        platform: None,
+        annotations: None,
+    })
+}
+
+/// Stores the docker manifest `manifest` (made for an archive's image, as
+/// docker would have pushed it) and returns its digest.
+fn put_docker_manifest(
+    store: &Store,
+    manifest: &Manifest,
+    new: &mut NewBlobs,
+) -> Result<Digest, ImageError> {
+    let mut mbytes = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": manifest.config,
+        "layers": manifest.layers,
+    }))
+    .expect("manifest serialises");
+    mbytes.push(b'\n');
+    let mdigest = Digest::of(&mbytes);
+    let added = store.put_blob(&mdigest, None, &mut &mbytes[..])?;
+    new.add(added, &mdigest);
+    Ok(mdigest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::store::Access;
+
+    /// A docker save directory whose manifest.json names `config` and
+    /// `layers`; `files` are written in it.
+    fn docker_dir(config: &str, layers: &[&str], files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!([{
+            "Config": config, "RepoTags": ["example.com/t:1"], "Layers": layers,
+        }]);
+        fs::write(d.path().join("manifest.json"), manifest.to_string()).unwrap();
+        for (name, data) in files {
+            fs::write(d.path().join(name), data).unwrap();
+        }
+        d
+    }
+
+    fn load_err(dir: &Path) -> String {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&store_dir.path().join("s"), Access::Write).unwrap();
+        let opts = LoadOptions {
+            tag: None,
+            platform: Platform::host(),
+            progress: Progress::new(true),
+        };
+        match load(&store, dir, &opts) {
+            Ok(_) => panic!("{} loaded", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn docker_paths_that_leave_the_archive_are_refused() {
+        let d = docker_dir("../config.json", &[], &[]);
+        let e = load_err(d.path());
+        assert!(e.contains("\"../config.json\" leaves the archive"), "{e}");
+        let d = docker_dir("c.json", &["/etc/passwd"], &[("c.json", b"{}")]);
+        let e = load_err(d.path());
+        assert!(e.contains("\"/etc/passwd\" leaves the archive"), "{e}");
+        let d = docker_dir("c.json", &["l/../../x.tar"], &[("c.json", b"{}")]);
+        let e = load_err(d.path());
+        assert!(e.contains("leaves the archive"), "{e}");
+    }
+
+    #[test]
+    fn docker_config_named_after_another_digest_is_refused() {
+        let name = format!("{}.json", "ab".repeat(32));
+        let d = docker_dir(&name, &[], &[(&name, b"{}")]);
+        let e = load_err(d.path());
+        assert!(e.contains("digest mismatch"), "{e}");
+        assert!(e.contains(&"ab".repeat(32)), "{e}");
+    }
 }

@@ -42,10 +42,10 @@ fn refuse(verb: &str) -> String {
 /// exist, as for runc.
 pub fn checkpoint(root: &Path, id: &str) -> Result<()> {
     State::load(root, id)?;
-    Err(refuse("checkpoint"))
+    Err(refuse("checkpoint").into())
 }
 
 /// `restore ID`: refused (see the module's note).
 pub fn restore(_root: &Path, _id: &str) -> Result<()> {
-    Err(refuse("restore"))
+    Err(refuse("restore").into())
 }

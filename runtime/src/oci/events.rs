@@ -6,6 +6,7 @@
 //! memory.oom_control and v2's memory.events, at every interval and every
 //! 100ms in between), until the container stops.
 
+use super::OciError;
 use super::Result;
 use crate::container::cgroups::{Cgroup, Mode};
 use crate::container::state::{State, Status};
@@ -114,105 +115,130 @@ fn hugepage_sizes() -> Vec<String> {
 
 /// The stats of a container's cgroup, in runc's `data` shape.
 pub fn stats(cg: &Cgroup) -> Value {
-    let r = |c: &str, f: &str| cg.read(c, f);
-    let mut data = Map::new();
-    let mut hugetlb = Map::new();
-    match cg.mode {
-        Mode::Legacy => {
-            let percpu: Vec<u64> = r("cpuacct", "cpuacct.usage_percpu")
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            let st = flat_keyed(&r("cpuacct", "cpuacct.stat").unwrap_or_default());
-            // cpuacct.stat counts USER_HZ ticks (100 a second).
-            let tick = 10_000_000u64;
-            let thr = flat_keyed(&r("cpu", "cpu.stat").unwrap_or_default());
-            data.insert("cpu".into(), json!({
-                "usage": {"total": num(r("cpuacct", "cpuacct.usage")).unwrap_or(0), "percpu": percpu,
-                    "kernel": key(&st, "system") * tick, "user": key(&st, "user") * tick},
-                "throttling": {"periods": key(&thr, "nr_periods"),
-                    "throttled_periods": key(&thr, "nr_throttled"), "throttled_time": key(&thr, "throttled_time")},
-            }));
-            let mem = |prefix: &str| {
-                json!({
-                    "limit": num(r("memory", &format!("{prefix}.limit_in_bytes"))).unwrap_or(0),
-                    "usage": num(r("memory", &format!("{prefix}.usage_in_bytes"))).unwrap_or(0),
-                    "max": num(r("memory", &format!("{prefix}.max_usage_in_bytes"))).unwrap_or(0),
-                    "failcnt": num(r("memory", &format!("{prefix}.failcnt"))).unwrap_or(0),
-                })
-            };
-            let raw = flat_keyed(&r("memory", "memory.stat").unwrap_or_default());
-            data.insert("memory".into(), json!({
-                "cache": key(&raw, "total_cache"),
-                "usage": mem("memory"), "swap": mem("memory.memsw"),
-                "kernel": mem("memory.kmem"), "kernelTCP": mem("memory.kmem.tcp"),
-                "raw": raw.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<Map<String, Value>>(),
-            }));
-            data.insert(
-                "pids".into(),
-                json!({
-                    "current": num(r("pids", "pids.current")).unwrap_or(0),
-                    "limit": num(r("pids", "pids.max")).unwrap_or(0),
-                }),
-            );
-            data.insert("blkio".into(), json!({
-                "ioServiceBytesRecursive": blkio_v1(&r("blkio", "blkio.throttle.io_service_bytes_recursive").unwrap_or_default()),
-                "ioServicedRecursive": blkio_v1(&r("blkio", "blkio.throttle.io_serviced_recursive").unwrap_or_default()),
-            }));
-            for size in hugepage_sizes() {
-                let f = |x: &str| num(r("hugetlb", &format!("hugetlb.{size}.{x}"))).unwrap_or(0);
-                hugetlb.insert(
-                    size.clone(),
-                    json!({"usage": f("usage_in_bytes"),
-                    "max": f("max_usage_in_bytes"), "failcnt": f("failcnt")}),
-                );
-            }
-        }
-        Mode::Unified => {
-            let st = flat_keyed(&r("", "cpu.stat").unwrap_or_default());
-            data.insert("cpu".into(), json!({
-                "usage": {"total": key(&st, "usage_usec") * 1000, "kernel": key(&st, "system_usec") * 1000,
-                    "user": key(&st, "user_usec") * 1000},
-                "throttling": {"periods": key(&st, "nr_periods"), "throttled_periods": key(&st, "nr_throttled"),
-                    "throttled_time": key(&st, "throttled_usec") * 1000},
-            }));
-            let raw = flat_keyed(&r("", "memory.stat").unwrap_or_default());
-            let events = flat_keyed(&r("", "memory.events").unwrap_or_default());
-            data.insert("memory".into(), json!({
-                "cache": key(&raw, "file"),
-                "usage": {"usage": num(r("", "memory.current")).unwrap_or(0),
-                    "limit": num(r("", "memory.max")).unwrap_or(u64::MAX),
-                    "max": num(r("", "memory.peak")).unwrap_or(0), "failcnt": key(&events, "max")},
-                "swap": {"usage": num(r("", "memory.swap.current")).unwrap_or(0),
-                    "limit": num(r("", "memory.swap.max")).unwrap_or(u64::MAX)},
-                "raw": raw.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<Map<String, Value>>(),
-            }));
-            data.insert(
-                "pids".into(),
-                json!({
-                    "current": num(r("", "pids.current")).unwrap_or(0),
-                    "limit": num(r("", "pids.max")).unwrap_or(0),
-                }),
-            );
-            let (bytes, ios) = blkio_v2(&r("", "io.stat").unwrap_or_default());
-            data.insert(
-                "blkio".into(),
-                json!({"ioServiceBytesRecursive": bytes, "ioServicedRecursive": ios}),
-            );
-            for size in hugepage_sizes() {
-                let ev = flat_keyed(&r("", &format!("hugetlb.{size}.events")).unwrap_or_default());
-                hugetlb.insert(
-                    size.clone(),
-                    json!({
-                    "usage": num(r("", &format!("hugetlb.{size}.current"))).unwrap_or(0),
-                    "failcnt": key(&ev, "max")}),
-                );
-            }
-        }
-    }
+    let (mut data, hugetlb) = match cg.mode {
+        Mode::Legacy => (legacy_stats(cg), legacy_hugetlb(cg)),
+        Mode::Unified => (unified_stats(cg), unified_hugetlb(cg)),
+    };
     data.insert("hugetlb".into(), hugetlb.into());
     data.into()
+}
+
+/// The `cpu`, `memory`, `pids` and `blkio` stats of a cgroup v1 container,
+/// from its cpuacct, cpu, memory, pids and blkio hierarchies.
+fn legacy_stats(cg: &Cgroup) -> Map<String, Value> {
+    let r = |c: &str, f: &str| cg.read(c, f);
+    let mut data = Map::new();
+    let percpu: Vec<u64> = r("cpuacct", "cpuacct.usage_percpu")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let st = flat_keyed(&r("cpuacct", "cpuacct.stat").unwrap_or_default());
+    // cpuacct.stat counts USER_HZ ticks (100 a second).
+    let tick = 10_000_000u64;
+    let thr = flat_keyed(&r("cpu", "cpu.stat").unwrap_or_default());
+    data.insert("cpu".into(), json!({
+        "usage": {"total": num(r("cpuacct", "cpuacct.usage")).unwrap_or(0), "percpu": percpu,
+            "kernel": key(&st, "system") * tick, "user": key(&st, "user") * tick},
+        "throttling": {"periods": key(&thr, "nr_periods"),
+            "throttled_periods": key(&thr, "nr_throttled"), "throttled_time": key(&thr, "throttled_time")},
+    }));
+    let mem = |prefix: &str| {
+        json!({
+            "limit": num(r("memory", &format!("{prefix}.limit_in_bytes"))).unwrap_or(0),
+            "usage": num(r("memory", &format!("{prefix}.usage_in_bytes"))).unwrap_or(0),
+            "max": num(r("memory", &format!("{prefix}.max_usage_in_bytes"))).unwrap_or(0),
+            "failcnt": num(r("memory", &format!("{prefix}.failcnt"))).unwrap_or(0),
+        })
+    };
+    let raw = flat_keyed(&r("memory", "memory.stat").unwrap_or_default());
+    data.insert("memory".into(), json!({
+        "cache": key(&raw, "total_cache"),
+        "usage": mem("memory"), "swap": mem("memory.memsw"),
+        "kernel": mem("memory.kmem"), "kernelTCP": mem("memory.kmem.tcp"),
+        "raw": raw.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<Map<String, Value>>(),
+    }));
+    data.insert(
+        "pids".into(),
+        json!({
+            "current": num(r("pids", "pids.current")).unwrap_or(0),
+            "limit": num(r("pids", "pids.max")).unwrap_or(0),
+        }),
+    );
+    data.insert("blkio".into(), json!({
+        "ioServiceBytesRecursive": blkio_v1(&r("blkio", "blkio.throttle.io_service_bytes_recursive").unwrap_or_default()),
+        "ioServicedRecursive": blkio_v1(&r("blkio", "blkio.throttle.io_serviced_recursive").unwrap_or_default()),
+    }));
+    data
+}
+
+/// The `hugetlb` stats of a cgroup v1 container, a page size each.
+fn legacy_hugetlb(cg: &Cgroup) -> Map<String, Value> {
+    let r = |c: &str, f: &str| cg.read(c, f);
+    let mut hugetlb = Map::new();
+    for size in hugepage_sizes() {
+        let f = |x: &str| num(r("hugetlb", &format!("hugetlb.{size}.{x}"))).unwrap_or(0);
+        hugetlb.insert(
+            size.clone(),
+            json!({"usage": f("usage_in_bytes"),
+            "max": f("max_usage_in_bytes"), "failcnt": f("failcnt")}),
+        );
+    }
+    hugetlb
+}
+
+/// The `cpu`, `memory`, `pids` and `blkio` stats of a cgroup v2 container,
+/// from the files of its one cgroup.
+fn unified_stats(cg: &Cgroup) -> Map<String, Value> {
+    let r = |c: &str, f: &str| cg.read(c, f);
+    let mut data = Map::new();
+    let st = flat_keyed(&r("", "cpu.stat").unwrap_or_default());
+    data.insert("cpu".into(), json!({
+        "usage": {"total": key(&st, "usage_usec") * 1000, "kernel": key(&st, "system_usec") * 1000,
+            "user": key(&st, "user_usec") * 1000},
+        "throttling": {"periods": key(&st, "nr_periods"), "throttled_periods": key(&st, "nr_throttled"),
+            "throttled_time": key(&st, "throttled_usec") * 1000},
+    }));
+    let raw = flat_keyed(&r("", "memory.stat").unwrap_or_default());
+    let events = flat_keyed(&r("", "memory.events").unwrap_or_default());
+    data.insert("memory".into(), json!({
+        "cache": key(&raw, "file"),
+        "usage": {"usage": num(r("", "memory.current")).unwrap_or(0),
+            "limit": num(r("", "memory.max")).unwrap_or(u64::MAX),
+            "max": num(r("", "memory.peak")).unwrap_or(0), "failcnt": key(&events, "max")},
+        "swap": {"usage": num(r("", "memory.swap.current")).unwrap_or(0),
+            "limit": num(r("", "memory.swap.max")).unwrap_or(u64::MAX)},
+        "raw": raw.into_iter().map(|(k, v)| (k, Value::from(v))).collect::<Map<String, Value>>(),
+    }));
+    data.insert(
+        "pids".into(),
+        json!({
+            "current": num(r("", "pids.current")).unwrap_or(0),
+            "limit": num(r("", "pids.max")).unwrap_or(0),
+        }),
+    );
+    let (bytes, ios) = blkio_v2(&r("", "io.stat").unwrap_or_default());
+    data.insert(
+        "blkio".into(),
+        json!({"ioServiceBytesRecursive": bytes, "ioServicedRecursive": ios}),
+    );
+    data
+}
+
+/// The `hugetlb` stats of a cgroup v2 container, a page size each.
+fn unified_hugetlb(cg: &Cgroup) -> Map<String, Value> {
+    let r = |c: &str, f: &str| cg.read(c, f);
+    let mut hugetlb = Map::new();
+    for size in hugepage_sizes() {
+        let ev = flat_keyed(&r("", &format!("hugetlb.{size}.events")).unwrap_or_default());
+        hugetlb.insert(
+            size.clone(),
+            json!({
+            "usage": num(r("", &format!("hugetlb.{size}.current"))).unwrap_or(0),
+            "failcnt": key(&ev, "max")}),
+        );
+    }
+    hugetlb
 }
 
 /// The count of OOM kills in the container's cgroup so far.
@@ -227,16 +253,16 @@ fn oom_kills(cg: &Cgroup) -> u64 {
 /// `events`: prints to standard output as it goes.
 pub fn events(root: &Path, o: &EventsOptions) -> Result<()> {
     use std::io::Write;
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     let stopped = |st: &State| st.status(root) == Status::Stopped;
     if stopped(&st) {
-        return Err(format!("container {:?} is not running", o.id));
+        return Err(format!("container {:?} is not running", o.id).into());
     }
     let line = |v: Value| -> Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{v}")
             .and_then(|()| out.flush())
-            .map_err(|e| format!("writing events: {e}"))
+            .map_err(|e| OciError::io("writing events", e))
     };
     let stats_event = || json!({"type": "stats", "id": o.id, "data": stats(&st.cgroup)});
     if o.stats {

@@ -1,7 +1,7 @@
 //! `exec`: run another process in a running container, joining its
 //! namespaces and cgroup, with runc's flags.
 
-use super::{hang_up, write_pid_file, Result};
+use super::{hang_up, write_pid_file, OciError, Result};
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
 use crate::container::state::{State, Status};
@@ -61,7 +61,7 @@ pub fn check_lsm(flag: &str, lsm: &str, lsms: Option<&[String]>) -> Result<()> {
         }
         Some(_) => format!("amphi does not apply {lsm} labels"),
     };
-    Err(format!("{flag} is not supported: {why}"))
+    Err(format!("{flag} is not supported: {why}").into())
 }
 
 /// `exec --cap`: adds `caps` (canonical names) to the process's bounding,
@@ -72,8 +72,9 @@ fn add_caps(p: &mut oci_spec::runtime::Process, caps: &[String]) -> Result<()> {
     let parsed: Vec<Capability> = caps
         .iter()
         .map(|c| {
-            serde_json::from_value(serde_json::Value::from(c.as_str()))
-                .map_err(|_| format!("--cap {c}: not a capability this runtime knows"))
+            serde_json::from_value(serde_json::Value::from(c.as_str())).map_err(|_| {
+                OciError::from(format!("--cap {c}: not a capability this runtime knows"))
+            })
         })
         .collect::<Result<_>>()?;
     let mut set = p.capabilities().clone().unwrap_or_default();
@@ -119,18 +120,12 @@ pub fn exec(root: &Path, o: ExecOptions) -> Result<i32> {
 
 enum ExecError {
     /// Before launch connected the console socket.
-    BeforeLaunch(String),
-    Launch(String),
+    BeforeLaunch(OciError),
+    Launch(OciError),
 }
 
-impl From<String> for ExecError {
-    fn from(e: String) -> Self {
-        ExecError::BeforeLaunch(e)
-    }
-}
-
-impl From<&str> for ExecError {
-    fn from(e: &str) -> Self {
+impl<E: Into<OciError>> From<E> for ExecError {
+    fn from(e: E) -> Self {
         ExecError::BeforeLaunch(e.into())
     }
 }
@@ -142,15 +137,15 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     if o.process_label.is_some() {
         check_lsm("--process-label", "selinux", host_lsms().as_deref())?;
     }
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     check_status(root, &st, o)?;
     let caps: Vec<String> = o
         .caps
         .iter()
         .map(|c| crate::container::caps::parse(c))
-        .collect::<Result<_>>()?;
+        .collect::<std::result::Result<_, _>>()?;
     let cgroups_path = exec_cgroup(&st, o.cgroup.as_deref())?;
-    let mut spec = config::load(&st.bundle).map_err(|e| e.to_string())?;
+    let mut spec = config::load(&st.bundle)?;
     let mut process = exec_process(&spec, o, &caps)?;
     if o.tty {
         process.set_terminal(Some(true));
@@ -173,7 +168,7 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     };
     let template = serde_json::json!({"ociVersion": "1.2.0", "id": o.id, "status": "running", "bundle": st.bundle});
     let exec_id = format!("{}-exec-{}", o.id, std::process::id());
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let l = launch(
         &spec,
         Path::new("/"),
@@ -192,19 +187,19 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     let l = match l {
         Ok(l) => l,
         Err(e) => {
-            crate::run::pty_unblock(&sigs);
-            return Err(ExecError::Launch(e.to_string()));
+            crate::sys::signal::unblock(&sigs);
+            return Err(ExecError::Launch(e.into()));
         }
     };
     if let Some(p) = &o.pid_file {
         write_pid_file(p, l.pid).map_err(ExecError::Launch)?;
     }
     if o.detach {
-        crate::run::pty_unblock(&sigs);
+        crate::sys::signal::unblock(&sigs);
         return Ok(0);
     }
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     Ok(code)
 }
 
@@ -263,7 +258,8 @@ fn exec_process(
 ) -> std::result::Result<oci_spec::runtime::Process, ExecError> {
     Ok(match &o.process {
         Some(p) => {
-            let data = std::fs::read(p).map_err(|e| format!("--process {}: {e}", p.display()))?;
+            let data = std::fs::read(p)
+                .map_err(|e| OciError::io(format_args!("--process {}", p.display()), e))?;
             let de = &mut serde_json::Deserializer::from_slice(&data);
             serde_path_to_error::deserialize::<_, oci_spec::runtime::Process>(de).map_err(|e| {
                 format!(
@@ -379,16 +375,22 @@ mod tests {
 
     #[test]
     fn lsm_flags_refused_with_the_reason() {
-        let e = check_lsm("--apparmor", "apparmor", None).unwrap_err();
+        let e = check_lsm("--apparmor", "apparmor", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/sys/kernel/security/lsm is missing"), "{e}");
         let l = ["lockdown".to_string(), "capability".into()];
-        let e = check_lsm("--process-label", "selinux", Some(&l)).unwrap_err();
+        let e = check_lsm("--process-label", "selinux", Some(&l))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("does not run selinux") && e.contains("lockdown,capability"),
             "{e}"
         );
         let l = ["apparmor".to_string()];
-        let e = check_lsm("--apparmor", "apparmor", Some(&l)).unwrap_err();
+        let e = check_lsm("--apparmor", "apparmor", Some(&l))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("amphi does not apply apparmor"), "{e}");
     }
 }

@@ -117,7 +117,7 @@ pub fn list(root: &Path, format: &str, quiet: bool) -> Result<String> {
                 .collect();
             Ok(format!("{}\n", serde_json::Value::from(v)))
         }
-        f => Err(format!("list --format {f:?}: expected table or json")),
+        f => Err(format!("list --format {f:?}: expected table or json").into()),
     }
 }
 

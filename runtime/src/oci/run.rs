@@ -2,8 +2,10 @@
 //! in the foreground (wait for its process, then delete it unless
 //! `--keep`) or detached (`-d`: return once it runs, as `create` + `start`).
 
+use super::OciError;
 use super::{
-    bundle_rootfs, creating_state, hang_up, run_poststop, write_pid_file, CreateOptions, Result,
+    create::{bundle_rootfs, creating_state, run_poststop},
+    hang_up, write_pid_file, CreateOptions, Result,
 };
 use crate::container::config;
 use crate::container::launch::{launch, LaunchOptions};
@@ -35,7 +37,7 @@ pub fn check_terminal(detach: bool, terminal: bool, console_socket: bool) -> Res
             "--console-socket is only used for a detached container whose process.terminal is set (here: {}, terminal {})",
             if detach { "detached" } else { "in the foreground" },
             terminal
-        ));
+        ).into());
     }
     Ok(())
 }
@@ -43,7 +45,7 @@ pub fn check_terminal(detach: bool, terminal: bool, console_socket: bool) -> Res
 /// `run`: returns the process's exit status (0 when detached).
 pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
     let checked = (|| {
-        let spec = config::load_bundle(&o.create.bundle).map_err(|e| e.to_string())?;
+        let spec = config::load_bundle(&o.create.bundle)?;
         let terminal = spec
             .process()
             .as_ref()
@@ -79,21 +81,21 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
 /// the container unless `keep`.
 fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
     let id = o.create.id.as_str();
-    state::check_id(id)?;
+    state::check_id(id).map_err(|e| e.to_string())?;
     let bundle = std::fs::canonicalize(&o.create.bundle)
-        .map_err(|e| format!("bundle {}: {e}", o.create.bundle.display()))?;
-    let spec = config::load_bundle(&bundle).map_err(|e| e.to_string())?;
+        .map_err(|e| OciError::io(format_args!("bundle {}", o.create.bundle.display()), e))?;
+    let spec = config::load_bundle(&bundle)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
+    state::ensure_root(root).map_err(|e| e.to_string())?;
     let dir = State::dir(root, id);
     match state::create_dir(root, id) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {id:?} is already in use"))
+            return Err(format!("container id {id:?} is already in use").into())
         }
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
     }
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let (annotations, template) = creating_state(&spec, id, &bundle);
     let l = launch(
         &spec,
@@ -113,14 +115,14 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
     let l = match l {
         Ok(l) => l,
         Err(e) => {
-            crate::run::pty_unblock(&sigs);
+            crate::sys::signal::unblock(&sigs);
             // As for create: a failed start continues with poststop.
             let mut st = template;
             st["status"] = "stopped".into();
             st["pid"] = 0.into();
             run_poststop(&spec, &st.to_string());
             let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     let st = State {
@@ -141,7 +143,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
         }
     }
     let code = crate::run::pty_wait(l.pid, l.pty, &sigs);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     if o.keep {
         // Left stopped, for `state` and `delete` (which runs poststop).
         let mut st = st;

@@ -5,6 +5,7 @@
 //! the change are kept in its state directory (`resources.json`), so a
 //! later `update` starts from them.
 
+use super::OciError;
 use super::Result;
 use crate::container::config;
 use crate::container::state::{State, Status};
@@ -57,7 +58,7 @@ pub fn parse_size(flag: &str, s: &str) -> Result<i64> {
         .parse()
         .map_err(|_| format!("--{flag} {s:?}: expected a size (bytes, or e.g. 512m, 2g)"))?;
     if !(0.0..9.2e18).contains(&(v * mult as f64)) {
-        return Err(format!("--{flag} {s:?}: out of range"));
+        return Err(format!("--{flag} {s:?}: out of range").into());
     }
     Ok((v * mult as f64) as i64)
 }
@@ -128,7 +129,7 @@ pub fn merge(base: &mut Value, change: &Value) {
 
 fn parse_resources(what: &str, v: &Value) -> Result<LinuxResources> {
     serde_path_to_error::deserialize::<_, LinuxResources>(v)
-        .map_err(|e| format!("{what}: invalid at `{}`: {}", e.path(), e.inner()))
+        .map_err(|e| format!("{what}: invalid at `{}`: {}", e.path(), e.inner()).into())
 }
 
 /// The file holding a container's resources after updates.
@@ -153,25 +154,30 @@ pub fn current(root: &Path, st: &State) -> Value {
 
 /// `update`.
 pub fn update(root: &Path, o: &UpdateOptions) -> Result<()> {
-    let st = State::load(root, &o.id)?;
+    let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
     if st.status(root) == Status::Stopped {
         return Err(format!(
             "container {:?} is stopped: cannot update its resources",
             o.id
-        ));
+        )
+        .into());
     }
     let mut change = match &o.resources {
         Some(p) => {
             let data = if p == Path::new("-") {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-                    .map_err(|e| format!("-r -: reading standard input: {e}"))?;
+                    .map_err(|e| OciError::io("-r -: reading standard input", e))?;
                 b
             } else {
-                std::fs::read(p).map_err(|e| format!("-r {}: {e}", p.display()))?
+                std::fs::read(p).map_err(|e| OciError::io(format_args!("-r {}", p.display()), e))?
             };
-            let v: Value = serde_json::from_slice(&data)
-                .map_err(|e| format!("-r {}: not JSON: {e}", p.display()))?;
+            let v: Value = serde_json::from_slice(&data).map_err(|e| {
+                OciError::io(
+                    format_args!("-r {}: not JSON", p.display()),
+                    std::io::Error::from(e),
+                )
+            })?;
             // Checked as linux.resources before anything is written.
             parse_resources(&format!("-r {}", p.display()), &v)?;
             v
@@ -192,10 +198,10 @@ pub fn update(root: &Path, o: &UpdateOptions) -> Result<()> {
     }
     let res = parse_resources("update", &change)?;
     parse_resources("the container's resources after the update", &merged)?;
-    st.cgroup.update(&res)?;
+    st.cgroup.update(&res).map_err(|e| e.to_string())?;
     let data = serde_json::to_vec_pretty(&merged).expect("json");
     crate::image::store::write_private(&saved_path(root, &o.id), &data)
-        .map_err(|e| format!("saving the resources of {:?}: {e}", o.id))
+        .map_err(|e| OciError::io(format_args!("saving the resources of {:?}", o.id), e))
 }
 
 #[cfg(test)]

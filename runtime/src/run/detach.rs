@@ -2,7 +2,7 @@
 //! (waits for it, records its exit, cleans up), with stdio going to the
 //! container's log file; the caller returns once the container started.
 
-use super::{amphi_err, RunError};
+use super::{Failure, RunError};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -19,16 +19,13 @@ pub enum Side {
 pub fn fork_monitor(log: &Path) -> Result<Side, RunError> {
     // The log holds what the container printed: its owner's only (0600).
     let logf = crate::image::store::open_private(log, true)
-        .map_err(|e| amphi_err(format!("container log {}: {e}", log.display())))?;
+        .map_err(|e| RunError::io(format_args!("container log {}", log.display()), e))?;
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| amphi_err(format!("pipe: {e}")))?;
+        .map_err(|e| RunError::io("pipe", e.into()))?;
     // SAFETY: amphi is single-threaded here; the child only runs our code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(amphi_err(format!(
-            "fork: {}",
-            std::io::Error::last_os_error()
-        )));
+        return Err(RunError::io("fork", std::io::Error::last_os_error()));
     }
     if pid > 0 {
         drop(w);
@@ -51,24 +48,10 @@ pub fn fork_monitor(log: &Path) -> Result<Side, RunError> {
 pub fn report(tx: OwnedFd, r: Result<(), &RunError>) {
     let msg = match r {
         Ok(()) => "ok".to_string(),
-        Err(e) => format!("err:{}:{}", e.code, e.message),
+        Err(e) => format!("err:{}:{e}", e.failure().token()),
     };
     let mut f = std::fs::File::from(tx);
     let _ = f.write_all(msg.as_bytes());
-}
-
-/// Monitor: the end of the monitor process, with `code`. The monitor is
-/// a forked copy of the `amphi run -d` caller, which has already returned
-/// the container's id to its user: returning from here would run the
-/// caller's CLI a second time (print again, exit with the container's
-/// status). So it ends here, as conmon does, after writing `notices` to
-/// its stderr, which is the container's log (the user reads them with
-/// `amphi logs`).
-pub fn monitor_exit(code: i32, notices: &[String]) -> ! {
-    for n in notices {
-        eprintln!("{n}");
-    }
-    std::process::exit(code)
 }
 
 /// Caller: wait for the monitor's report.
@@ -80,14 +63,14 @@ pub fn wait_started(rx: OwnedFd) -> Result<(), RunError> {
         return Ok(());
     }
     if let Some(rest) = s.strip_prefix("err:") {
-        let (code, msg) = rest.split_once(':').unwrap_or(("125", rest));
-        return Err(RunError {
-            code: code.parse().unwrap_or(125),
+        let (kind, msg) = rest.split_once(':').unwrap_or(("amphi", rest));
+        return Err(RunError::Reported {
+            failure: Failure::from_token(kind),
             message: msg.to_string(),
         });
     }
-    Err(amphi_err(
-        "the container monitor exited before the container started",
+    Err(RunError::Failed(
+        "the container monitor exited before the container started".into(),
     ))
 }
 

@@ -2,6 +2,7 @@
 //! `logs`, and name resolution for the runtime commands.
 
 use super::records::{self, Life, Record};
+use super::RunError;
 use crate::container::cgroups::Cgroup;
 use crate::container::state::State;
 use std::io::{Read, Seek, Write};
@@ -86,12 +87,18 @@ fn wait_gone(st: &State, state_root: &Path, t: Duration) -> bool {
 }
 
 /// `amphi stop`: the image's stop signal (default TERM), then KILL.
-pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Result<String, String> {
+pub fn stop(
+    store_root: &Path,
+    state_root: &Path,
+    arg: &str,
+    secs: u64,
+) -> Result<String, RunError> {
     let r = records::find(store_root, arg)?;
     let Some(st) = r.running(state_root) else {
         return Ok(r.name);
     };
-    let sig = crate::sys::signal::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))?;
+    let sig = crate::sys::signal::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))
+        .map_err(RunError::Failed)?;
     // SAFETY: signalling the container's process.
     unsafe { libc::kill(st.pid, sig) };
     if !wait_gone(&st, state_root, Duration::from_secs(secs)) {
@@ -106,31 +113,37 @@ pub fn stop(store_root: &Path, state_root: &Path, arg: &str, secs: u64) -> Resul
 /// `amphi rm`: remove a stopped or stale container (with force, kill a
 /// running one first): its record, writable layer, runtime state and every
 /// cgroup it had.
-pub fn rm(store_root: &Path, state_root: &Path, arg: &str, force: bool) -> Result<String, String> {
+pub fn rm(
+    store_root: &Path,
+    state_root: &Path,
+    arg: &str,
+    force: bool,
+) -> Result<String, RunError> {
     let r: Record = records::find(store_root, arg)?;
     match r.life(state_root) {
         Life::Up(st) => {
             if !force {
-                return Err(format!(
+                return Err(RunError::Usage(format!(
                     "container {} is running: stop it first or use rm -f",
                     r.name
-                ));
+                )));
             }
             kill_all(&st.cgroup, Some(&st));
             // Its monitor records the exit and cleans the runtime state.
             wait_gone(&st, state_root, Duration::from_secs(10));
         }
         Life::Created if !force => {
-            return Err(format!(
+            return Err(RunError::Usage(format!(
                 "container {} is being started: wait, or use rm -f",
                 r.name
-            ))
+            )))
         }
         Life::Created | Life::Exited | Life::Stale { .. } => {}
     }
     remove_leftovers(state_root, &r.id)?;
     let d = records::dir(store_root, &r.id);
-    crate::image::store::remove_path(&d).map_err(|e| format!("removing {}: {e}", d.display()))?;
+    crate::image::store::remove_path(&d)
+        .map_err(|e| RunError::step(format_args!("removing {}", d.display()), e))?;
     Ok(r.name)
 }
 
@@ -154,19 +167,19 @@ fn kill_all(cgroup: &Cgroup, st: Option<&State>) -> usize {
 /// Kills what is left of container `id` and removes its runtime state
 /// and its cgroups (of the state, or amphi's default `amphi/<id>` when the
 /// state is gone). Each failure names what could not be removed.
-pub fn remove_leftovers(state_root: &Path, id: &str) -> Result<(), String> {
+pub fn remove_leftovers(state_root: &Path, id: &str) -> Result<(), RunError> {
     let st = State::load(state_root, id).ok();
     let cgroup = match &st {
         Some(s) => s.cgroup.clone(),
-        None => Cgroup::new(None, id)?,
+        None => Cgroup::new(None, id).map_err(RunError::cause)?,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while kill_all(&cgroup, st.as_ref()) > 0 {
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(RunError::Failed(format!(
                 "container {id}: its processes survive SIGKILL (pids {:?})",
                 cgroup.pids()
-            ));
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -177,13 +190,14 @@ pub fn remove_leftovers(state_root: &Path, id: &str) -> Result<(), String> {
             .filter(|d| d.exists())
             .map(|d| d.display().to_string())
             .collect();
-        format!(
-            "container {id}: removing its cgroups ({}): {e}",
-            dirs.join(", ")
+        RunError::step(
+            format_args!("container {id}: removing its cgroups ({})", dirs.join(", ")),
+            e,
         )
     })?;
     let d = State::dir(state_root, id);
-    crate::image::store::remove_path(&d).map_err(|e| format!("container {id}: {e}"))
+    crate::image::store::remove_path(&d)
+        .map_err(|e| RunError::step(format_args!("container {id}"), e))
 }
 
 /// What `amphi gc` did to containers.
@@ -207,7 +221,7 @@ pub fn gc(store_root: &Path, state_root: &Path) -> GcContainers {
             Life::Stale { .. } => {
                 let res = remove_leftovers(state_root, &r.id).and_then(|()| {
                     let d = records::dir(store_root, &r.id);
-                    crate::image::store::remove_path(&d).map_err(|e| e.to_string())
+                    crate::image::store::remove_path(&d).map_err(RunError::cause)
                 });
                 match res {
                     Ok(()) => out.removed.push(r.name),
@@ -229,33 +243,37 @@ pub fn gc(store_root: &Path, state_root: &Path) -> GcContainers {
 }
 
 /// `amphi logs`: the output of a detached container.
-pub fn logs(store_root: &Path, state_root: &Path, arg: &str, follow: bool) -> Result<(), String> {
+pub fn logs(store_root: &Path, state_root: &Path, arg: &str, follow: bool) -> Result<(), RunError> {
     let r = records::find(store_root, arg)?;
     let p = records::dir(store_root, &r.id).join("log");
     let mut f = match std::fs::File::open(&p) {
         Ok(f) => f,
         Err(_) if !r.detached => {
-            return Err(format!(
+            return Err(RunError::Usage(format!(
             "container {} ran in the foreground: its output went to the terminal, no log was kept",
             r.name
-        ))
+        )))
         }
-        Err(e) => return Err(format!("{}: {e}", p.display())),
+        Err(e) => return Err(RunError::io(p.display(), e)),
     };
     let mut out = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| RunError::io("container log", e))?;
         if n > 0 {
-            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            out.write_all(&buf[..n])
+                .map_err(|e| RunError::io("container log", e))?;
             continue;
         }
-        out.flush().map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| RunError::io("container log", e))?;
         if !follow || r.running(state_root).is_none() {
             // One last read after the container stopped.
             let _ = f.stream_position();
             let n = f.read(&mut buf).unwrap_or(0);
-            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            out.write_all(&buf[..n])
+                .map_err(|e| RunError::io("container log", e))?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

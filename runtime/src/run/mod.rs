@@ -2,20 +2,16 @@
 //! wait (forwarding signals, relaying a pty) → clean up.
 
 mod detach;
+mod error;
 pub mod manage;
 mod pty;
 pub mod records;
 pub mod report;
-pub mod tiny_init;
 
-pub use pty::{
-    block_signals as pty_signals, decode as decode_status, hold_slave, restore_terminal,
-    unblock_signals as pty_unblock, wait as pty_wait, CrLf, RawMode, Signals,
-};
+pub use pty::{hold_slave, wait as pty_wait};
 
 use crate::container::launch::{launch, LaunchError, LaunchOptions};
 use crate::container::state::{self, State};
-use crate::container::sync::ChildError;
 use crate::dispatch::ResolvedImage;
 use crate::image::index::ImageRecord;
 use crate::image::manifest::ImageConfig;
@@ -24,8 +20,8 @@ use crate::spec::{self, RootfsPlan, RunFlags};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-pub(crate) use crate::sys::exit::amphi_err;
-pub use crate::sys::exit::{RunError, EXIT_AMPHI, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+pub use crate::sys::exit::{EXIT_AMPHI, EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND};
+pub use error::{Failure, RunError, EXIT_TIMEOUT};
 
 /// A run request.
 pub struct RunRequest {
@@ -83,6 +79,13 @@ pub enum RunOutcome {
     Exited { status: i32, notices: Vec<String> },
     /// `-d`: the container runs under its monitor; the CLI prints its id.
     Detached { id: String },
+    /// `-d`, in the monitor (a forked copy of the `amphi run -d` caller,
+    /// which has already returned the container's id to its user): the
+    /// container has ended and its exit is recorded. The CLI writes
+    /// `notices` to stderr, which is the container's log (the user reads
+    /// them with `amphi logs`), and ends the monitor with status 0, as
+    /// conmon does, without printing anything else.
+    MonitorEnded { notices: Vec<String> },
 }
 
 /// Runs `resolved` (the image the dispatcher planned for `req.image`, its
@@ -90,35 +93,104 @@ pub enum RunOutcome {
 /// monitor.
 pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunError> {
     let t0 = std::time::Instant::now();
+    let (mut c, mut cleanup) = prepare(&req, resolved)?;
+    // Detached: a monitor process (like conmon) becomes the container's
+    // parent, waits for it and records its exit; the caller returns its id.
+    let report = if req.detach {
+        match detach_stage(&req, &mut c)? {
+            Role::Caller(outcome) => {
+                std::mem::forget(cleanup);
+                return outcome;
+            }
+            Role::Monitor(tx) => Some(tx),
+        }
+    } else {
+        if !req.interactive {
+            stdin_from_null();
+        }
+        None
+    };
+    let sigs = crate::sys::signal::block_forwarded();
+    let launched = match launch_native(&req, &c.id, &c.spec, &c.plan, &c.state_dir, c.user.take()) {
+        Ok(l) => l,
+        Err(e) => {
+            crate::sys::signal::unblock(&sigs);
+            let err = RunError::Launch(e);
+            if let Some(tx) = report {
+                detach::report(tx, Err(&err));
+            }
+            return Err(err);
+        }
+    };
+    cleanup.cgroup = Some(launched.cgroup.clone());
+    cleanup.remove_layer = req.rm;
+    save_state(&req, &c, &launched);
+    let watchdog = watchdog(&req, &c.id);
+    if let Some(tx) = report {
+        detach::report(tx, Ok(()));
+    }
+
+    let t_started = std::time::Instant::now();
+    let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
+    crate::sys::signal::unblock(&sigs);
+    let (status, oom, notices) = ended(&c.id, &launched.cgroup, status, t0, t_started);
+    if !req.rm {
+        c.record.exit_code = Some(status);
+        c.record.oom_killed = oom;
+        c.record.finished = Some(state::now_rfc3339());
+        let _ = c.record.save(&req.store_root);
+    }
+    drop(cleanup);
+    if let Some(w) = watchdog {
+        w.dismiss();
+    }
+    if req.detach {
+        return Ok(RunOutcome::MonitorEnded { notices });
+    }
+    Ok(RunOutcome::Exited { status, notices })
+}
+
+/// A container made ready to launch: its directories, spec and record.
+struct Prepared {
+    id: String,
+    state_dir: PathBuf,
+    container_dir: PathBuf,
+    plan: RootfsPlan,
+    spec: oci_spec::runtime::Spec,
+    /// The user to resolve in the container at start, if by name.
+    user: Option<String>,
+    record: records::Record,
+}
+
+/// Stage 1: the container's id, its runtime state directory and its
+/// record's (with the writable layer), the rootfs plan over the image's
+/// layers, and the spec written where `exec` finds it. Private: 0700 directories, 0600
+/// files (the config holds the -e values, the log what the container
+/// printed). The cleanup removes them again if the run goes no further.
+fn prepare(req: &RunRequest, resolved: ResolvedImage) -> Result<(Prepared, Cleanup), RunError> {
     let ResolvedImage {
         store,
         record: rec,
         config: image,
     } = resolved;
     let lowers = layer_dirs(&store, &rec, &req.image)?;
-    check_name(&req)?;
+    check_name(req)?;
     let id = new_id();
     let name = req
         .name
         .clone()
         .unwrap_or_else(|| format!("amphi-{}", &id[..12]));
-    // Private: 0700 directories, 0600 files (the config holds the -e
-    // values, the log what the container printed).
-    state::ensure_root(&req.state_root).map_err(amphi_err)?;
-    let state_dir = state::create_dir(&req.state_root, &id).map_err(|e| {
-        amphi_err(format!(
-            "{}: {e}",
-            State::dir(&req.state_root, &id).display()
-        ))
-    })?;
+    state::ensure_root(&req.state_root)?;
+    let state_dir = state::create_dir(&req.state_root, &id)
+        .map_err(|e| RunError::io(State::dir(&req.state_root, &id).display(), e))?;
     let container_dir = records::dir(&req.store_root, &id);
-    let mut cleanup = Cleanup {
+    let cleanup = Cleanup {
         state_dir: state_dir.clone(),
         container_dir: container_dir.clone(),
         cgroup: None,
         remove_layer: true,
     };
-    records::create_dir(&req.store_root, &id).map_err(amphi_err)?;
+    records::create_dir(&req.store_root, &id)?;
     let plan = RootfsPlan {
         rootfs: state_dir.join("rootfs"),
         lowers,
@@ -127,95 +199,72 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         etc_dir: container_dir.join("etc"),
     };
     for d in [&plan.rootfs, &plan.upper, &plan.work] {
-        std::fs::create_dir_all(d).map_err(|e| amphi_err(format!("{}: {e}", d.display())))?;
+        std::fs::create_dir_all(d).map_err(|e| RunError::io(d.display(), e))?;
     }
-    let (spec, user) = spec::build(&image, &req.flags, &id, &plan).map_err(amphi_err)?;
+    let (spec, user) = spec::build(&image, &req.flags, &id, &plan)?;
     let config_path = state_dir.join("config.json");
-    let config = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
+    let config =
+        serde_json::to_vec_pretty(&spec).map_err(|e| RunError::step(config_path.display(), e))?;
     crate::image::store::write_private(&config_path, &config)
-        .map_err(|e| amphi_err(format!("{}: {e}", config_path.display())))?;
-    let mut record = new_record(&req, &id, name, &spec, &image)?;
-
-    // Detached: a monitor process (like conmon) becomes the container's
-    // parent, waits for it and records its exit; we return its id.
-    let mut report = None;
-    if req.detach {
-        match detach::fork_monitor(&container_dir.join("log"))? {
-            detach::Side::Caller(rx) => {
-                std::mem::forget(cleanup);
-                return detach::wait_started(rx).map(|()| RunOutcome::Detached { id });
-            }
-            detach::Side::Monitor(tx) => {
-                // The monitor waits for the container from now on.
-                record.monitor = Some(records::Proc::current());
-                if let Err(e) = record.save(&req.store_root) {
-                    let err = amphi_err(e);
-                    detach::report(tx, Err(&err));
-                    drop(cleanup);
-                    detach::monitor_exit(err.code, &[]);
-                }
-                report = Some(tx);
-            }
-        }
-    } else if !req.interactive {
-        stdin_from_null();
-    }
-    let sigs = pty::block_signals();
-    let launched = match launch_native(&req, &id, &spec, &plan, &state_dir, user) {
-        Ok(l) => l,
-        Err(e) => {
-            pty::unblock_signals(&sigs);
-            let code = launch_error_code(&e);
-            let err = RunError {
-                code,
-                message: e.to_string(),
-            };
-            if let Some(tx) = report {
-                detach::report(tx, Err(&err));
-                drop(cleanup);
-                detach::monitor_exit(code, &[]);
-            }
-            return Err(err);
-        }
+        .map_err(|e| RunError::step(config_path.display(), e))?;
+    let record = new_record(req, &id, name, &spec, &image)?;
+    let prepared = Prepared {
+        id,
+        state_dir,
+        container_dir,
+        plan,
+        spec,
+        user,
+        record,
     };
-    cleanup.cgroup = Some(launched.cgroup.clone());
-    cleanup.remove_layer = req.rm;
+    Ok((prepared, cleanup))
+}
+
+/// Which side of a detached run's fork this is.
+enum Role {
+    /// `amphi run -d`: what to return once the monitor said how the start
+    /// went (the id, or its error).
+    Caller(Result<RunOutcome, RunError>),
+    /// The monitor, which runs the container and reports its start here.
+    Monitor(std::os::fd::OwnedFd),
+}
+
+/// Stage 2 (-d): forks the monitor, which records itself as the container's.
+fn detach_stage(req: &RunRequest, c: &mut Prepared) -> Result<Role, RunError> {
+    match detach::fork_monitor(&c.container_dir.join("log"))? {
+        detach::Side::Caller(rx) => {
+            let id = c.id.clone();
+            Ok(Role::Caller(
+                detach::wait_started(rx).map(|()| RunOutcome::Detached { id }),
+            ))
+        }
+        detach::Side::Monitor(tx) => {
+            // The monitor waits for the container from now on.
+            c.record.monitor = Some(records::Proc::current());
+            if let Err(err) = c.record.save(&req.store_root) {
+                // The caller reports it; the monitor ends with it.
+                detach::report(tx, Err(&err));
+                return Err(err);
+            }
+            Ok(Role::Monitor(tx))
+        }
+    }
+}
+
+/// Stage 3: the launched container's runtime state (for `amphi exec`, `ps`).
+fn save_state(req: &RunRequest, c: &Prepared, launched: &crate::container::launch::Launched) {
     let st = State {
-        created: record.created.clone(),
-        run: Some(serde_json::json!({"name": record.name})),
+        created: c.record.created.clone(),
+        run: Some(serde_json::json!({"name": c.record.name})),
         ..State::launched(
-            &id,
+            &c.id,
             launched.pid,
-            state_dir.clone(),
-            plan.rootfs.clone(),
+            c.state_dir.clone(),
+            c.plan.rootfs.clone(),
             launched.cgroup.clone(),
         )
     };
     let _ = st.save(&req.state_root);
-    let watchdog = watchdog(&req, &id);
-    if let Some(tx) = report.take() {
-        detach::report(tx, Ok(()));
-    }
-
-    let t_started = std::time::Instant::now();
-    let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
-    pty::unblock_signals(&sigs);
-    let (status, oom, notices) = ended(&id, &launched.cgroup, status, t0, t_started);
-    if !req.rm {
-        record.exit_code = Some(status);
-        record.oom_killed = oom;
-        record.finished = Some(state::now_rfc3339());
-        let _ = record.save(&req.store_root);
-    }
-    drop(cleanup);
-    if let Some(w) = watchdog {
-        w.dismiss();
-    }
-    if req.detach {
-        detach::monitor_exit(0, &notices);
-    }
-    Ok(RunOutcome::Exited { status, notices })
 }
 
 /// Without -i the container gets no stdin, like docker.
@@ -245,7 +294,7 @@ fn layer_dirs(store: &Store, rec: &ImageRecord, image: &str) -> Result<Vec<PathB
     let lowers: Vec<PathBuf> = rec.layers.iter().map(|l| store.layer_diff(l)).collect();
     for l in &lowers {
         if !l.is_dir() {
-            return Err(amphi_err(format!(
+            return Err(RunError::Failed(format!(
                 "layer {} of {} is missing from the store; pull the image again",
                 l.display(),
                 image
@@ -262,7 +311,7 @@ fn check_name(req: &RunRequest) -> Result<(), RunError> {
     if let Some(n) = &req.name {
         records::check_name(n)?;
         if names.iter().any(|r| r.name == *n) {
-            return Err(amphi_err(format!(
+            return Err(RunError::Usage(format!(
                 "the container name {n:?} is already in use: remove that container (amphi rm {n}) or choose another name"
             )));
         }
@@ -296,7 +345,7 @@ fn new_record(
         stop_signal: spec::stop_signal(image, &req.flags),
         monitor: Some(records::Proc::current()),
     };
-    record.save(&req.store_root).map_err(amphi_err)?;
+    record.save(&req.store_root)?;
     Ok(record)
 }
 
@@ -380,18 +429,6 @@ pub fn console_pty(flags: &RunFlags) -> bool {
     flags.systemd && !flags.tty
 }
 
-/// The exit status for a launch error, as docker uses them: 127 when the
-/// command was not found, 126 when it could not be run, else 125.
-pub fn launch_error_code(e: &LaunchError) -> i32 {
-    match e {
-        LaunchError::Child(ChildError::NotFound { .. }) => EXIT_NOT_FOUND,
-        LaunchError::Child(ChildError::NotExecutable { .. }) => EXIT_CANNOT_INVOKE,
-        LaunchError::Child(ChildError::Setup { .. })
-        | LaunchError::Clone { .. }
-        | LaunchError::Runtime(_) => EXIT_AMPHI,
-    }
-}
-
 /// Checks amphi's roots at start, if they exist: the store and the state
 /// root must be private (they are tightened to 0700 with a warning, or
 /// refused when another user could change them: see
@@ -400,37 +437,13 @@ pub fn launch_error_code(e: &LaunchError) -> i32 {
 /// As root the state root is also created here (0700), before anything else
 /// (the host probe's cache, a microVM's run directory) could create it with
 /// the umask's mode.
-pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), String> {
-    crate::image::store::secure_root(store_root, "store", false).map_err(|e| e.to_string())?;
+pub fn check_roots(store_root: &Path, state_root: &Path) -> Result<(), RunError> {
+    crate::image::store::secure_root(store_root, "store", false).map_err(RunError::cause)?;
     let create = rustix::process::geteuid().is_root();
-    crate::image::store::secure_root(state_root, "state root", create).map_err(|e| e.to_string())
+    crate::image::store::secure_root(state_root, "state root", create).map_err(RunError::cause)
 }
 
 /// Creates the state root if needed, private (see [`state::ensure_root`]).
 pub fn ensure_dir(p: &Path) -> Result<(), RunError> {
-    state::ensure_root(p).map_err(amphi_err)
-}
-
-#[cfg(test)]
-mod launch_code_tests {
-    use super::*;
-
-    #[test]
-    fn exit_status_comes_from_the_kind_not_the_text() {
-        let not_found = LaunchError::Child(ChildError::NotFound {
-            program: "x".into(),
-            searched_path: true,
-        });
-        assert_eq!(launch_error_code(&not_found), EXIT_NOT_FOUND);
-        let denied = LaunchError::Child(ChildError::exec("/x", libc::EACCES));
-        assert_eq!(launch_error_code(&denied), EXIT_CANNOT_INVOKE);
-        // A setup failure whose text looks like a missing program is still 125.
-        let setup = LaunchError::Child(ChildError::setup(
-            "mounts",
-            "exec x: executable file not found in $PATH",
-        ));
-        assert_eq!(launch_error_code(&setup), EXIT_AMPHI);
-        let runtime = LaunchError::Runtime("exec fifo /x: gone".into());
-        assert_eq!(launch_error_code(&runtime), EXIT_AMPHI);
-    }
+    Ok(state::ensure_root(p)?)
 }

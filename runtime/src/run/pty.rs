@@ -3,260 +3,12 @@
 //! relayed to our terminal in raw mode, window size changes follow.
 
 use crate::container::launch::ConsolePty;
+use crate::sys::exit::{decode, try_reap};
+use crate::sys::poll::PollSet;
+use crate::sys::signal::{read_signal, Signals};
+use crate::sys::term::{copy_winsize, CrLf, RawMode};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-
-/// Signals blocked in amphi and read from a signalfd while the container runs.
-pub struct Signals {
-    old: libc::sigset_t,
-    fd: Option<OwnedFd>,
-}
-
-const FORWARDED: &[i32] = &[
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGCHLD,
-];
-
-/// Blocks the forwarded signals (the container's init unblocks them).
-pub fn block_signals() -> Signals {
-    // SAFETY: sigset manipulation on locals; sigprocmask/signalfd with
-    // valid pointers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, *s);
-        }
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-        Signals {
-            old,
-            fd: (fd >= 0).then(|| OwnedFd::from_raw_fd(fd)),
-        }
-    }
-}
-
-impl Signals {
-    /// The signalfd (-1 when it could not be made).
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
-    }
-
-    /// Reads the pending signals off the signalfd; returns their numbers.
-    pub fn drain(&self) -> Vec<i32> {
-        let mut got = Vec::new();
-        let Some(fd) = &self.fd else { return got };
-        let _ = rustix::io::ioctl_fionbio(fd, true);
-        while let Some(signo) = read_signal(fd) {
-            got.push(signo);
-        }
-        let _ = rustix::io::ioctl_fionbio(fd, false);
-        got
-    }
-}
-
-/// Restores the signal mask.
-pub fn unblock_signals(s: &Signals) {
-    // SAFETY: restoring a mask we saved.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &s.old, std::ptr::null_mut()) };
-}
-
-/// Exit status as a shell reports it: the code, or 128 + signal.
-pub fn decode(status: i32) -> i32 {
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else if libc::WIFSIGNALED(status) {
-        128 + libc::WTERMSIG(status)
-    } else {
-        EXIT_UNKNOWN
-    }
-}
-
-const EXIT_UNKNOWN: i32 = 125;
-
-fn try_reap(pid: i32) -> Option<i32> {
-    let mut status = 0;
-    // SAFETY: waitpid on our child with a valid pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    if r == pid {
-        Some(decode(status))
-    } else if r < 0 {
-        Some(EXIT_UNKNOWN)
-    } else {
-        None
-    }
-}
-
-fn copy_winsize(from: i32, to: i32) {
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a valid winsize.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(from, libc::TIOCGWINSZ, &mut ws) == 0 {
-            libc::ioctl(to, libc::TIOCSWINSZ, &ws);
-        }
-    }
-}
-
-/// The terminal settings from before the first [`RawMode::enter`], and how
-/// many guards are live. One saved state for the whole process: a nested
-/// or repeated enter never saves the raw state as the one to restore.
-static TERMINAL: std::sync::Mutex<(usize, Option<rustix::termios::Termios>)> =
-    std::sync::Mutex::new((0, None));
-
-/// The saved settings again, for the fatal-signal handler (no lock there).
-struct SignalSafeTermios {
-    ready: std::sync::atomic::AtomicBool,
-    t: std::cell::UnsafeCell<std::mem::MaybeUninit<libc::termios>>,
-}
-
-// SAFETY: `t` is written only while `ready` is false (by the thread that
-// holds TERMINAL) and read only after `ready` is seen true.
-unsafe impl Sync for SignalSafeTermios {}
-
-static SIGNAL_SAFE: SignalSafeTermios = SignalSafeTermios {
-    ready: std::sync::atomic::AtomicBool::new(false),
-    t: std::cell::UnsafeCell::new(std::mem::MaybeUninit::uninit()),
-};
-
-/// Signals whose default action ends amphi and that amphi neither blocks
-/// (see [`block_signals`]) nor handles otherwise: while the terminal is raw,
-/// a handler restores it and re-raises. (SIGSEGV and SIGBUS keep Rust's
-/// stack-overflow handler; SIGKILL cannot be caught.)
-const FATAL: &[i32] = &[
-    libc::SIGALRM,
-    libc::SIGVTALRM,
-    libc::SIGPROF,
-    libc::SIGXCPU,
-    libc::SIGXFSZ,
-    libc::SIGPWR,
-    libc::SIGIO,
-    libc::SIGSTKFLT,
-    libc::SIGSYS,
-    libc::SIGABRT,
-    libc::SIGFPE,
-    libc::SIGILL,
-    libc::SIGTRAP,
-];
-
-extern "C" fn restore_and_reraise(sig: libc::c_int) {
-    use std::sync::atomic::Ordering;
-    // SAFETY: tcsetattr, signal and raise are async-signal-safe; `t` is
-    // initialised once `ready` is true.
-    unsafe {
-        if SIGNAL_SAFE.ready.load(Ordering::Acquire) {
-            libc::tcsetattr(0, libc::TCSANOW, (*SIGNAL_SAFE.t.get()).as_ptr());
-        }
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-    }
-}
-
-fn install_fatal_handlers() {
-    for &sig in FATAL {
-        // SAFETY: querying and setting a disposition; only a default one
-        // is replaced.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
-                || old.sa_sigaction != libc::SIG_DFL
-            {
-                continue;
-            }
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = restore_and_reraise as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Puts our terminal in raw mode for the relay; the last guard to drop
-/// restores it. A panic (in any thread) restores it too, and
-/// [`restore_terminal`] does for exits that skip destructors.
-pub struct RawMode {
-    _private: (),
-}
-
-impl RawMode {
-    pub fn enter() -> RawMode {
-        static HOOK: std::sync::Once = std::sync::Once::new();
-        HOOK.call_once(|| {
-            let prev = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                restore_terminal();
-                prev(info);
-            }));
-            install_fatal_handlers();
-        });
-        let mut g = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 == 0 {
-            let stdin = std::io::stdin();
-            g.1 = rustix::termios::tcgetattr(stdin.as_fd()).ok();
-            if g.1.is_some() {
-                use std::sync::atomic::Ordering;
-                SIGNAL_SAFE.ready.store(false, Ordering::Release);
-                // SAFETY: tcgetattr into our static while `ready` is false.
-                let ok = unsafe { libc::tcgetattr(0, (*SIGNAL_SAFE.t.get()).as_mut_ptr()) == 0 };
-                SIGNAL_SAFE.ready.store(ok, Ordering::Release);
-            }
-            if let Some(t) = &g.1 {
-                let mut raw = t.clone();
-                raw.make_raw();
-                let _ = rustix::termios::tcsetattr(
-                    stdin.as_fd(),
-                    rustix::termios::OptionalActions::Now,
-                    &raw,
-                );
-            }
-        }
-        g.0 += 1;
-        RawMode { _private: () }
-    }
-}
-
-/// Puts the terminal back as it was before raw mode, if amphi changed it
-/// (safe to call at any time, and more than once).
-pub fn restore_terminal() {
-    // try_lock: a panic while the lock is held must not deadlock here.
-    let g = match TERMINAL.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return,
-    };
-    if let Some(t) = &g.1 {
-        let _ = rustix::termios::tcsetattr(
-            std::io::stdin().as_fd(),
-            rustix::termios::OptionalActions::Now,
-            t,
-        );
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let mut g = TERMINAL.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = g.0.saturating_sub(1);
-        if g.0 == 0 {
-            SIGNAL_SAFE
-                .ready
-                .store(false, std::sync::atomic::Ordering::Release);
-            if let Some(t) = g.1.take() {
-                let _ = rustix::termios::tcsetattr(
-                    std::io::stdin().as_fd(),
-                    rustix::termios::OptionalActions::Now,
-                    &t,
-                );
-            }
-        }
-    }
-}
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// A descriptor of the slave side of the pty `master` (`TIOCGPTPEER`: no
 /// path is looked up), for the relay to hold while the workload runs. A
@@ -266,42 +18,6 @@ impl Drop for RawMode {
 /// of its output; the relay learns of the exit from SIGCHLD instead.
 pub fn hold_slave(master: &impl AsFd) -> Option<OwnedFd> {
     crate::container::launch::pty_peer(master)
-}
-
-/// Turns the `\r\n` line ends of a terminal's output into `\n`, across
-/// chunk boundaries (a `\r` that ends a chunk waits for the next one). For
-/// the console-only pty, whose output goes to a file or a pipe: the setup
-/// stage clears ONLCR, but the workload may set it again (systemd resets
-/// its console's settings). A lone `\r` is kept.
-#[derive(Default)]
-pub struct CrLf {
-    pending_cr: bool,
-}
-
-impl CrLf {
-    /// `input` converted, appended to `out`.
-    pub fn convert(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if b != b'\n' {
-                    out.push(b'\r');
-                }
-            }
-            if b == b'\r' {
-                self.pending_cr = true;
-            } else {
-                out.push(b);
-            }
-        }
-    }
-
-    /// What is held back at the end of the output (a last lone `\r`).
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if std::mem::take(&mut self.pending_cr) {
-            out.push(b'\r');
-        }
-    }
 }
 
 /// Waits for `pid`, forwarding signals and relaying `pty`; returns its
@@ -320,7 +36,7 @@ pub fn wait_with_console(
     console: Option<ConsolePty>,
     sigs: &Signals,
 ) -> i32 {
-    let Some(sfd) = &sigs.fd else {
+    let Some(sfd) = sigs.fd() else {
         let mut status = 0;
         // SAFETY: blocking waitpid on our child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -340,22 +56,17 @@ pub fn wait_with_console(
         None => (None, None),
     };
     loop {
-        let (mut fds, base) = poll_set(sfd, console.as_ref(), pty.as_ref(), stdin_open);
-        // SAFETY: `fds` is a live Vec of fds.len() initialised pollfds;
-        // poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
+        let (mut set, base) = poll_set(sfd, console.as_ref(), pty.as_ref(), stdin_open);
+        if !set.wait(None) {
             continue;
         }
-        if fds[0].revents & libc::POLLIN != 0 {
+        if set.has_input(0) {
             if let Some(code) = on_signal(sfd, pid, pty.as_ref(), console.as_mut(), &mut buf) {
                 return code;
             }
         }
         if let Some(c) = &mut console {
-            if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                && !c.copy(&mut buf)
-            {
+            if set.readable(1) && !c.copy(&mut buf) {
                 // Unreadable (no slave could be held and the workload
                 // closed its own): stop watching it; the exit comes as
                 // SIGCHLD.
@@ -363,7 +74,7 @@ pub fn wait_with_console(
             }
         }
         if let Some(m) = &pty {
-            if let Some(code) = on_pty(m, &fds, base, &mut stdin_open, &mut buf, pid) {
+            if let Some(code) = on_pty(m, &set, base, &mut stdin_open, &mut buf, pid) {
                 return code;
             }
         }
@@ -378,36 +89,21 @@ fn poll_set(
     console: Option<&Console>,
     pty: Option<&std::fs::File>,
     stdin_open: bool,
-) -> (Vec<libc::pollfd>, usize) {
-    let mut fds = vec![libc::pollfd {
-        fd: sfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
+) -> (PollSet, usize) {
+    let mut set = PollSet::new();
+    set.add(sfd.as_raw_fd());
     // The console-only pty, when there is one, is polled second.
     if let Some(c) = console {
-        fds.push(libc::pollfd {
-            fd: c.master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        set.add(c.master.as_raw_fd());
     }
-    let base = fds.len();
+    let mut base = usize::MAX;
     if let Some(m) = pty {
-        fds.push(libc::pollfd {
-            fd: m.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        base = set.add(m.as_raw_fd());
         if stdin_open {
-            fds.push(libc::pollfd {
-                fd: 0,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            set.add(0);
         }
     }
-    (fds, base)
+    (set, base)
 }
 
 /// One signal from the signalfd: the child's exit status once it is
@@ -450,13 +146,13 @@ fn on_signal(
 /// child's exit status when the pty's slave closed.
 fn on_pty(
     m: &std::fs::File,
-    fds: &[libc::pollfd],
+    set: &PollSet,
     base: usize,
     stdin_open: &mut bool,
     buf: &mut [u8],
     pid: i32,
 ) -> Option<i32> {
-    if fds[base].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+    if set.readable(base) {
         match (&mut &*m).read(buf) {
             Ok(n) if n > 0 => {
                 let mut out = std::io::stdout().lock();
@@ -472,10 +168,7 @@ fn on_pty(
             }
         }
     }
-    if *stdin_open
-        && fds.len() > base + 1
-        && fds[base + 1].revents & (libc::POLLIN | libc::POLLHUP) != 0
-    {
+    if *stdin_open && set.readable(base + 1) {
         match std::io::stdin().lock().read(buf) {
             Ok(n) if n > 0 => {
                 let _ = (&mut &*m).write_all(&buf[..n]);
@@ -488,19 +181,6 @@ fn on_pty(
         }
     }
     None
-}
-
-/// Reads one signal off a signalfd: its number, or None when none is
-/// pending (non-blocking fd) or the read fails.
-fn read_signal(fd: impl AsFd) -> Option<i32> {
-    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-    match rustix::io::read(fd, &mut info) {
-        // ssi_signo, a u32, is the first field of struct signalfd_siginfo.
-        Ok(n) if n == info.len() => {
-            Some(u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
-        }
-        _ => None,
-    }
 }
 
 /// The console-only pty's master, copied to stdout.
@@ -564,31 +244,6 @@ fn drain(mut f: &std::fs::File, buf: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn convert_in_chunks(input: &[u8], chunk: usize) -> Vec<u8> {
-        let mut c = CrLf::default();
-        let mut out = Vec::new();
-        for part in input.chunks(chunk) {
-            c.convert(part, &mut out);
-        }
-        c.finish(&mut out);
-        out
-    }
-
-    /// `\r\n` becomes `\n` wherever the chunks split it; a lone `\r` (a
-    /// status line redrawn in place) and a `\r` at the very end are kept.
-    #[test]
-    fn crlf_becomes_lf_across_chunks() {
-        let input = b"a\r\nb\rc\r\r\nd\n\r";
-        for chunk in 1..=input.len() {
-            assert_eq!(
-                convert_in_chunks(input, chunk),
-                b"a\nb\rc\r\nd\n\r",
-                "chunks of {chunk}"
-            );
-        }
-        assert_eq!(convert_in_chunks(b"", 1), b"");
-    }
 
     /// The console-only pty end to end: what the slave side writes with
     /// ONLCR on arrives on stdout's side as plain lines, also after the

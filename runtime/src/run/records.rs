@@ -87,22 +87,23 @@ pub fn dir(store_root: &Path, id: &str) -> PathBuf {
 
 /// Creates the container directory of `id` (mode 0700: its record, log
 /// and writable layer are the container's business only).
-pub fn create_dir(store_root: &Path, id: &str) -> Result<PathBuf, String> {
+pub fn create_dir(store_root: &Path, id: &str) -> Result<PathBuf, super::RunError> {
     let d = dir(store_root, id);
-    crate::image::store::create_private_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    crate::image::store::create_private_dir(&d).map_err(|e| super::RunError::io(d.display(), e))?;
     Ok(d)
 }
 
 impl Record {
-    pub fn save(&self, store_root: &Path) -> Result<(), String> {
+    pub fn save(&self, store_root: &Path) -> Result<(), super::RunError> {
         let d = create_dir(store_root, &self.id)?;
         let tmp = d.join("container.json.tmp");
         crate::image::store::write_private(
             &tmp,
             &serde_json::to_vec_pretty(self).expect("record serialises"),
         )
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, d.join("container.json")).map_err(|e| format!("{}: {e}", d.display()))
+        .map_err(|e| super::RunError::io(tmp.display(), e))?;
+        std::fs::rename(&tmp, d.join("container.json"))
+            .map_err(|e| super::RunError::io(d.display(), e))
     }
 
     /// The live runtime state, if the container is running.
@@ -175,14 +176,14 @@ pub fn check_name(n: &str) -> Result<(), super::RunError> {
     if ok {
         Ok(())
     } else {
-        Err(super::amphi_err(format!(
+        Err(super::RunError::Usage(format!(
             "invalid container name {n:?}: use letters, digits and _ . - (starting with a letter or digit)"
         )))
     }
 }
 
 /// Finds a container by name, full ID or unique ID prefix.
-pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
+pub fn find(store_root: &Path, arg: &str) -> Result<Record, super::RunError> {
     let all = list(store_root);
     if let Some(r) = all.iter().find(|r| r.name == arg || r.id == arg) {
         return Ok(r.clone());
@@ -193,8 +194,12 @@ pub fn find(store_root: &Path, arg: &str) -> Result<Record, String> {
         .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(format!("no such container: {arg} (see amphi ps -a)")),
-        _ => Err(format!("container ID prefix {arg:?} is ambiguous")),
+        [] => Err(super::RunError::Usage(format!(
+            "no such container: {arg} (see amphi ps -a)"
+        ))),
+        _ => Err(super::RunError::Usage(format!(
+            "container ID prefix {arg:?} is ambiguous"
+        ))),
     }
 }
 

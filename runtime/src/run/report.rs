@@ -51,15 +51,6 @@ pub fn target() -> Option<PathBuf> {
 }
 
 impl RunReport {
-    /// Writes the report where `$AMPHI_RUN_REPORT` says (if it does),
-    /// printing a warning when it cannot. (Transitional, for `vm::run`:
-    /// new callers use [`RunReport::try_write`] and let the CLI print.)
-    pub fn write(&self) {
-        if let Err(warning) = self.try_write() {
-            eprintln!("{warning}");
-        }
-    }
-
     /// Writes the report where `$AMPHI_RUN_REPORT` says (if it does); the
     /// error is the warning for the user, who still gets the run's status.
     pub fn try_write(&self) -> Result<(), String> {

@@ -14,6 +14,45 @@ use oci_spec::runtime::{
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Why a runtime spec could not be built from the image and the run's flags.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A flag's or the image's value cannot be used; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// A value oci-spec refused.
+    #[error(transparent)]
+    Builder(#[from] oci_spec::OciSpecError),
+    /// An argument or environment value with a NUL byte.
+    #[error(transparent)]
+    Nul(#[from] crate::sys::cstr::NulByte),
+    /// The overlay's layer list cannot be written as mount options.
+    #[error(transparent)]
+    Overlay(#[from] crate::sys::overlay::OverlayError),
+    /// A seccomp profile that cannot be used.
+    #[error(transparent)]
+    Seccomp(#[from] crate::container::seccomp::SeccompError),
+    /// A `--cap-add`/`--cap-drop` name that is not a capability.
+    #[error(transparent)]
+    Caps(#[from] crate::container::caps::CapsError),
+    /// A file the spec reads or writes.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SpecError {
+    fn io(what: impl std::fmt::Display, source: std::io::Error) -> SpecError {
+        SpecError::Io {
+            what: what.to_string(),
+            source,
+        }
+    }
+}
+
 /// How the container's network is set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {
@@ -41,29 +80,33 @@ pub struct Volume {
 
 impl Volume {
     /// Parses `HOST:CTR[:ro|rw]`.
-    pub fn parse(s: &str) -> Result<Volume, String> {
+    pub fn parse(s: &str) -> Result<Volume, SpecError> {
         let parts: Vec<&str> = s.split(':').collect();
         let (h, c, ro) = match parts.as_slice() {
             [h, c] => (*h, *c, false),
             [h, c, "ro"] => (*h, *c, true),
             [h, c, "rw"] => (*h, *c, false),
             _ => {
-                return Err(format!(
+                return Err(SpecError::Invalid(format!(
                     "invalid volume {s:?}: expected HOST:CONTAINER[:ro]"
-                ))
+                )))
             }
         };
         let host = PathBuf::from(h);
         if !host.is_absolute() {
-            return Err(format!("invalid volume {s:?}: the host path must be absolute (named volumes are not supported)"));
+            return Err(SpecError::Invalid(format!("invalid volume {s:?}: the host path must be absolute (named volumes are not supported)")));
         }
         if !Path::new(c).is_absolute() {
-            return Err(format!(
+            return Err(SpecError::Invalid(format!(
                 "invalid volume {s:?}: the container path must be absolute"
-            ));
+            )));
         }
-        let host = std::fs::canonicalize(&host)
-            .map_err(|e| format!("volume {s:?}: host path {}: {e}", host.display()))?;
+        let host = std::fs::canonicalize(&host).map_err(|e| {
+            SpecError::io(
+                format_args!("volume {s:?}: host path {}", host.display()),
+                e,
+            )
+        })?;
         Ok(Volume {
             host,
             container: PathBuf::from(c),
@@ -171,7 +214,7 @@ pub fn stop_signal(image: &ImageConfig, flags: &RunFlags) -> Option<String> {
 /// cgroup, writable, at /sys/fs/cgroup. The type `cgroup2` asks for the
 /// unified hierarchy also on a hybrid host (where its cgroup is empty of
 /// controllers), since systemd 256 and later refuse cgroup v1.
-fn systemd_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
+fn systemd_mounts() -> Result<Vec<oci_spec::runtime::Mount>, SpecError> {
     let mut mounts = Vec::new();
     for (dest, mode) in SYSTEMD_TMPFS {
         let mut options: Vec<String> = ["rw", "nosuid", "nodev", mode]
@@ -187,8 +230,7 @@ fn systemd_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
                 .typ("tmpfs")
                 .source("tmpfs")
                 .options(options)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     mounts.push(
@@ -202,8 +244,7 @@ fn systemd_mounts() -> Result<Vec<oci_spec::runtime::Mount>, String> {
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>(),
             )
-            .build()
-            .map_err(|e| e.to_string())?,
+            .build()?,
     );
     Ok(mounts)
 }
@@ -239,9 +280,9 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
-/// What is bind-mounted there (defined by container::init, which
+/// What is bind-mounted there (defined by container::setup, which
 /// recognises it).
-pub use crate::container::init::INIT_SOURCE;
+pub use crate::container::setup::INIT_SOURCE;
 
 /// Where the container's root comes from.
 pub struct RootfsPlan {
@@ -256,7 +297,7 @@ pub struct RootfsPlan {
 }
 
 /// Parses docker's memory sizes: `512m`, `1g`, `1048576`, `100k`, `1.5g`.
-pub fn parse_memory(s: &str) -> Result<i64, String> {
+pub fn parse_memory(s: &str) -> Result<i64, SpecError> {
     let t = s.trim().to_ascii_lowercase();
     let (num, mult) = match t.trim_end_matches('b').chars().last() {
         Some('k') => (&t[..t.trim_end_matches('b').len() - 1], 1i64 << 10),
@@ -265,18 +306,20 @@ pub fn parse_memory(s: &str) -> Result<i64, String> {
         Some('t') => (&t[..t.trim_end_matches('b').len() - 1], 1 << 40),
         _ => (t.trim_end_matches('b'), 1),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid memory size {s:?}: use e.g. 512m or 2g"))?;
+    let v: f64 = num.parse().map_err(|_| {
+        SpecError::Invalid(format!("invalid memory size {s:?}: use e.g. 512m or 2g"))
+    })?;
     let bytes = (v * mult as f64) as i64;
     if bytes < 6 * 1024 * 1024 {
-        return Err(format!("memory limit {s:?} is below the minimum of 6m"));
+        return Err(SpecError::Invalid(format!(
+            "memory limit {s:?} is below the minimum of 6m"
+        )));
     }
     Ok(bytes)
 }
 
 /// Capabilities after `--cap-add`/`--cap-drop` (both take `ALL`).
-pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, SpecError> {
     let add: Vec<String> = add
         .iter()
         .map(|c| caps::parse(c))
@@ -335,7 +378,7 @@ fn merge_env(image: &[String], flags: &[String]) -> Vec<String> {
 }
 
 /// The process arguments: entrypoint + command, with docker's override rules.
-pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>, String> {
+pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>, SpecError> {
     let cfg = image.config.clone().unwrap_or_default();
     let entry: Vec<String> = match &flags.entrypoint {
         Some(e) if e.is_empty() => vec![],
@@ -351,9 +394,9 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
     };
     let args: Vec<String> = entry.into_iter().chain(cmd).collect();
     if args.is_empty() {
-        return Err(
+        return Err(SpecError::Invalid(
             "no command: the image has no Entrypoint or Cmd, give one after the image name".into(),
-        );
+        ));
     }
     Ok(args)
 }
@@ -379,7 +422,7 @@ pub fn build(
     flags: &RunFlags,
     id: &str,
     plan: &RootfsPlan,
-) -> Result<(Spec, Option<String>), String> {
+) -> Result<(Spec, Option<String>), SpecError> {
     let hostname = hostname(flags, id);
     let (process, user, capset) = process(image, flags, &hostname)?;
     let mounts = mounts(flags, plan, &hostname)?;
@@ -391,16 +434,14 @@ pub fn build(
             RootBuilder::default()
                 .path(plan.rootfs.clone())
                 .readonly(flags.read_only)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         )
         .hostname(hostname)
         .process(process)
         .mounts(mounts)
         .linux(linux)
         .annotations(annotations)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     Ok((spec, user))
 }
 
@@ -419,14 +460,14 @@ fn process(
     image: &ImageConfig,
     flags: &RunFlags,
     hostname: &str,
-) -> Result<(oci_spec::runtime::Process, Option<String>, Vec<String>), String> {
+) -> Result<(oci_spec::runtime::Process, Option<String>, Vec<String>), SpecError> {
     let cfg = image.config.clone().unwrap_or_default();
     let mut args = process_args(image, flags)?;
     if flags.init && flags.systemd {
-        return Err(format!(
+        return Err(SpecError::Invalid(format!(
             "--init and systemd mode both want PID 1 for themselves (the command is {:?}): drop --init, or give --systemd=false",
             args.join(" ")
-        ));
+        )));
     }
     if flags.init {
         let mut with_init = vec![INIT_PATH.to_string(), "init".to_string(), "--".to_string()];
@@ -435,15 +476,17 @@ fn process(
     }
     let env = merge_env(&cfg.env.clone().unwrap_or_default(), &flags.env);
     // Refused here, before anything is created, rather than cut short at exec.
-    crate::sys::cstr::check_args(&args).map_err(|e| e.to_string())?;
-    crate::sys::cstr::check_env(&env).map_err(|e| e.to_string())?;
+    crate::sys::cstr::check_args(&args)?;
+    crate::sys::cstr::check_env(&env)?;
     let cwd = flags
         .workdir
         .clone()
         .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
-        return Err(format!("working directory {cwd:?} is not an absolute path"));
+        return Err(SpecError::Invalid(format!(
+            "working directory {cwd:?} is not an absolute path"
+        )));
     }
     let user = flags
         .user
@@ -470,8 +513,7 @@ fn process(
                 oci_spec::runtime::BoxBuilder::default()
                     .height(rows)
                     .width(cols)
-                    .build()
-                    .map_err(|e| e.to_string())?,
+                    .build()?,
             );
         }
     }
@@ -480,13 +522,7 @@ fn process(
         .args(args)
         .env(env)
         .cwd(PathBuf::from(&cwd))
-        .user(
-            UserBuilder::default()
-                .uid(0u32)
-                .gid(0u32)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
         .capabilities(
             LinuxCapabilitiesBuilder::default()
                 .bounding(caps.clone())
@@ -496,8 +532,7 @@ fn process(
                 // inheritable capabilities must not be granted on exec.
                 .inheritable(oci_spec::runtime::Capabilities::new())
                 .ambient(oci_spec::runtime::Capabilities::new())
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         )
         // no_new_privs: as asked (`--security-opt no-new-privileges`), and
         // whenever a seccomp filter applies and CAP_SYS_ADMIN is not kept:
@@ -510,8 +545,7 @@ fn process(
                     && !capset.iter().any(|c| c == "CAP_SYS_ADMIN")),
         )
         .rlimits(vec![])
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
 
     Ok((process, user, capset))
 }
@@ -523,7 +557,7 @@ fn mounts(
     flags: &RunFlags,
     plan: &RootfsPlan,
     hostname: &str,
-) -> Result<Vec<oci_spec::runtime::Mount>, String> {
+) -> Result<Vec<oci_spec::runtime::Mount>, SpecError> {
     let mut mounts = get_default_mounts();
     // /proc without setuid, device or executable files (as docker).
     for m in mounts.iter_mut() {
@@ -536,8 +570,7 @@ fn mounts(
         }
     }
     // Files docker generates for every container.
-    std::fs::create_dir_all(&plan.etc_dir)
-        .map_err(|e| format!("{}: {e}", plan.etc_dir.display()))?;
+    std::fs::create_dir_all(&plan.etc_dir).map_err(|e| SpecError::io(plan.etc_dir.display(), e))?;
     let hosts = match flags.network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         Network::None => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
@@ -549,15 +582,14 @@ fn mounts(
         ("resolv.conf", resolv),
     ] {
         let p = plan.etc_dir.join(name);
-        std::fs::write(&p, content).map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(&p, content).map_err(|e| SpecError::io(p.display(), e))?;
         mounts.push(
             MountBuilder::default()
                 .destination(PathBuf::from("/etc").join(name))
                 .typ("bind")
                 .source(p)
                 .options(vec!["rbind".to_string(), "rprivate".to_string()])
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     if flags.systemd {
@@ -579,8 +611,7 @@ fn mounts(
                     "ro".to_string(),
                     "nosuid".to_string(),
                 ])
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     for v in &flags.volumes {
@@ -594,8 +625,7 @@ fn mounts(
                 .typ("bind")
                 .source(v.host.clone())
                 .options(opts)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     Ok(mounts)
@@ -607,7 +637,7 @@ fn linux(
     flags: &RunFlags,
     id: &str,
     capset: &[String],
-) -> Result<oci_spec::runtime::Linux, String> {
+) -> Result<oci_spec::runtime::Linux, SpecError> {
     let mut nss = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -624,7 +654,7 @@ fn linux(
             LinuxNamespaceBuilder::default()
                 .typ(t)
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(SpecError::from)
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -633,37 +663,28 @@ fn linux(
     let mut res =
         LinuxResourcesBuilder::default().devices(crate::container::devices::default_spec_rules());
     if let Some(m) = flags.memory {
-        res = res.memory(
-            LinuxMemoryBuilder::default()
-                .limit(m)
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+        res = res.memory(LinuxMemoryBuilder::default().limit(m).build()?);
     }
     if let Some(c) = flags.cpus {
         if c <= 0.0 {
-            return Err(format!("--cpus {c}: must be more than 0"));
+            return Err(SpecError::Invalid(format!(
+                "--cpus {c}: must be more than 0"
+            )));
         }
         let period = 100_000u64;
         res = res.cpu(
             LinuxCpuBuilder::default()
                 .period(period)
                 .quota((c * period as f64) as i64)
-                .build()
-                .map_err(|e| e.to_string())?,
+                .build()?,
         );
     }
     if let Some(p) = flags.pids_limit {
-        res = res.pids(
-            LinuxPidsBuilder::default()
-                .limit(p)
-                .build()
-                .map_err(|e| e.to_string())?,
-        );
+        res = res.pids(LinuxPidsBuilder::default().limit(p).build()?);
     }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .resources(res.build().map_err(|e| e.to_string())?)
+        .resources(res.build()?)
         .masked_paths(
             MASKED_PATHS
                 .iter()
@@ -681,20 +702,23 @@ fn linux(
         SeccompChoice::Default => linux = linux.seccomp(seccomp::docker_default(capset)),
         SeccompChoice::Unconfined => {}
         SeccompChoice::File(p) => {
-            let data =
-                std::fs::read(p).map_err(|e| format!("seccomp profile {}: {e}", p.display()))?;
+            let data = std::fs::read(p)
+                .map_err(|e| SpecError::io(format_args!("seccomp profile {}", p.display()), e))?;
             linux = linux.seccomp(seccomp::parse_profile(&data, &p.display().to_string())?);
         }
     }
-    linux.build().map_err(|e| e.to_string())
+    linux.build().map_err(SpecError::from)
 }
 
 /// The image overlay's layers and the user `amphi exec` runs as.
-fn annotations(plan: &RootfsPlan, user: Option<&str>) -> Result<HashMap<String, String>, String> {
+fn annotations(
+    plan: &RootfsPlan,
+    user: Option<&str>,
+) -> Result<HashMap<String, String>, SpecError> {
     let mut annotations = HashMap::new();
     if !plan.lowers.is_empty() {
         let top_first: Vec<&PathBuf> = plan.lowers.iter().rev().collect();
-        let lower = crate::sys::overlay::lowerdir(&top_first).map_err(|e| e.to_string())?;
+        let lower = crate::sys::overlay::lowerdir(&top_first)?;
         annotations.insert(OVERLAY_LOWER.to_string(), lower);
         annotations.insert(
             OVERLAY_UPPER.to_string(),
@@ -768,14 +792,14 @@ mod tests {
         let flags = RunFlags::default();
         // The image's Cmd, after its Entrypoint: argument 2.
         let bad_cmd = image(Some(vec!["/bin/sh", "-c"]), Some(vec!["echo a\0b"]));
-        let e = build(&bad_cmd, &flags, id, &plan).unwrap_err();
+        let e = build(&bad_cmd, &flags, id, &plan).unwrap_err().to_string();
         assert_eq!(e, r#"process argument 2 ("echo a\0b") contains a NUL byte"#);
         // An image variable.
         let mut bad_env = image(Some(vec!["/bin/true"]), None);
         if let Some(c) = bad_env.config.as_mut() {
             c.env = Some(vec!["PATH=/bin".into(), "TOKEN=x\0y".into()]);
         }
-        let e = build(&bad_env, &flags, id, &plan).unwrap_err();
+        let e = build(&bad_env, &flags, id, &plan).unwrap_err().to_string();
         assert_eq!(
             e,
             r#"environment variable "TOKEN" (entry 1) contains a NUL byte"#
@@ -785,7 +809,9 @@ mod tests {
             env: vec!["B=1\0".into()],
             ..Default::default()
         };
-        let e = build(&image(Some(vec!["/bin/true"]), None), &flags, id, &plan).unwrap_err();
+        let e = build(&image(Some(vec!["/bin/true"]), None), &flags, id, &plan)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             r#"environment variable "B" (entry 2) contains a NUL byte"#

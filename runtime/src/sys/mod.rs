@@ -4,8 +4,11 @@
 //! mount options.
 
 pub mod cstr;
+pub mod error;
 pub mod exit;
 pub mod io;
 pub mod overlay;
+pub mod poll;
 pub mod signal;
+pub mod term;
 pub mod time;

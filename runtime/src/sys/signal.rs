@@ -1,4 +1,7 @@
-//! Signal names as users and OCI callers write them.
+//! Signal names as users and OCI callers write them, and the signals a
+//! foreground run forwards (blocked, read from a signalfd).
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// Parses `TERM`, `SIGTERM`, `15`.
 pub fn parse_signal(s: &str) -> Result<i32, String> {
@@ -66,6 +69,86 @@ fn realtime(name: &str) -> Option<i32> {
         return None;
     };
     (min..=max).contains(&n).then_some(n)
+}
+
+/// Signals blocked in amphi and read from a signalfd while the container runs.
+pub struct Signals {
+    old: libc::sigset_t,
+    fd: Option<OwnedFd>,
+}
+
+const FORWARDED: &[i32] = &[
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCHLD,
+];
+
+/// Blocks the forwarded signals (the container's init unblocks them).
+pub fn block_forwarded() -> Signals {
+    // SAFETY: sigset manipulation on locals; sigprocmask/signalfd with
+    // valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, *s);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
+        Signals {
+            old,
+            fd: (fd >= 0).then(|| OwnedFd::from_raw_fd(fd)),
+        }
+    }
+}
+
+impl Signals {
+    /// The signalfd, when it could be made.
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        self.fd.as_ref()
+    }
+
+    /// The signalfd (-1 when it could not be made).
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    /// Reads the pending signals off the signalfd; returns their numbers.
+    pub fn drain(&self) -> Vec<i32> {
+        let mut got = Vec::new();
+        let Some(fd) = &self.fd else { return got };
+        let _ = rustix::io::ioctl_fionbio(fd, true);
+        while let Some(signo) = read_signal(fd) {
+            got.push(signo);
+        }
+        let _ = rustix::io::ioctl_fionbio(fd, false);
+        got
+    }
+}
+
+/// Restores the signal mask.
+pub fn unblock(s: &Signals) {
+    // SAFETY: restoring a mask we saved.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &s.old, std::ptr::null_mut()) };
+}
+
+/// Reads one signal off a signalfd: its number, or None when none is
+/// pending (non-blocking fd) or the read fails.
+pub fn read_signal(fd: impl AsFd) -> Option<i32> {
+    let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+    match rustix::io::read(fd, &mut info) {
+        // ssi_signo, a u32, is the first field of struct signalfd_siginfo.
+        Ok(n) if n == info.len() => {
+            Some(u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

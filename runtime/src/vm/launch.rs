@@ -6,9 +6,9 @@
 use super::backend::{self, Backend, VmSpec};
 use super::console::{self, Capture};
 use super::rundir::RunDir;
-use super::EXIT_TIMEOUT;
 use crate::proto::channel::{StartRequest, StartRequestJson};
-use crate::run::{amphi_err, RunError, RunRequest};
+use crate::run::EXIT_TIMEOUT;
+use crate::run::{RunError, RunRequest};
 use crate::spec::{self, RootfsPlan};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -198,7 +198,7 @@ impl Watchdog {
             if wait_until(Instant::now() + WATCHDOG_GRACE) {
                 return;
             }
-            crate::run::restore_terminal();
+            crate::sys::term::restore_terminal();
             if let Some(id) = super::jail::run_jail_id(&run_dir) {
                 let _ = super::jail::remove_cgroup(&id);
             }
@@ -227,7 +227,7 @@ pub(super) fn which(prog: &Path) -> Result<(), RunError> {
         return if prog.is_file() {
             Ok(())
         } else {
-            Err(amphi_err(format!(
+            Err(RunError::Failed(format!(
                 "QEMU binary {} does not exist",
                 prog.display()
             )))
@@ -236,7 +236,7 @@ pub(super) fn which(prog: &Path) -> Result<(), RunError> {
     if crate::guestfs::find_program(&prog.to_string_lossy()).is_some() {
         Ok(())
     } else {
-        Err(amphi_err(format!(
+        Err(RunError::Failed(format!(
             "{} is not installed: the QEMU backend needs it (apt-get install qemu-system-x86, or run scripts/setup)",
             prog.display()
         )))
@@ -259,9 +259,9 @@ pub(super) fn start_request(
         work: "/.amphi/work".into(),
         etc_dir: run_dir.join("etc"),
     };
-    let (spec, user) = spec::build(image, &req.flags, id, &plan).map_err(amphi_err)?;
+    let (spec, user) = spec::build(image, &req.flags, id, &plan)?;
     let mut spec_json =
-        serde_json::to_value(&spec).map_err(|e| amphi_err(format!("the runtime spec: {e}")))?;
+        serde_json::to_value(&spec).map_err(|e| RunError::step("the runtime spec", e))?;
     let mut files = BTreeMap::new();
     if let Some(mounts) = spec_json.get_mut("mounts").and_then(|m| m.as_array_mut()) {
         for m in mounts {
@@ -270,8 +270,8 @@ pub(super) fn start_request(
             };
             if let Ok(name) = src.strip_prefix(&plan.etc_dir) {
                 let guest = Path::new("/.amphi/etc").join(name);
-                let content = std::fs::read_to_string(&src)
-                    .map_err(|e| amphi_err(format!("{}: {e}", src.display())))?;
+                let content =
+                    std::fs::read_to_string(&src).map_err(|e| RunError::io(src.display(), e))?;
                 files.insert(guest.display().to_string(), content);
                 m["source"] = guest.display().to_string().into();
             } else if src == Path::new(crate::spec::INIT_SOURCE) {
@@ -313,7 +313,7 @@ pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
 /// Starts the backend for `vm`, its serial console and stderr going to
 /// bounded rings. The caller has blocked the forwarded signals.
 pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs), RunError> {
-    let mut cmd = backend::command(backend, vm).map_err(amphi_err)?;
+    let mut cmd = backend::command(backend, vm).map_err(RunError::cause)?;
     if let Backend::Qemu { .. } = backend {
         if super::jail::unjailed() {
             eprintln!(
@@ -322,7 +322,7 @@ pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs),
             );
         } else {
             let jail = super::jail::QemuJail::prepare(vm.run_dir, vm.mem_mib, u64::from(vm.vcpus))
-                .map_err(|e| amphi_err(format!("jailing QEMU: {e}")))?;
+                .map_err(|e| RunError::Failed(format!("jailing QEMU: {e}")))?;
             cmd.args(jail.args());
             let jail = std::sync::Arc::new(jail);
             // SAFETY: QemuJail::in_child makes raw system calls only.
@@ -334,7 +334,7 @@ pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs),
     // Our copies of the pipes' write ends go with `cmd`.
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| amphi_err(format!("pipe: {e}")))
+            .map_err(|e| RunError::io("pipe", e.into()))
     };
     let (console_r, console_w) = pipe()?;
     let (backend_r, backend_w) = pipe()?;
@@ -347,10 +347,10 @@ pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs),
     let program = cmd.get_program().to_owned();
     drop(cmd);
     let child = child.map_err(|e| {
-        amphi_err(format!(
-            "starting {} ({program:?}): {e}",
-            backend.describe(),
-        ))
+        RunError::io(
+            format_args!("starting {} ({program:?})", backend.describe()),
+            e,
+        )
     })?;
     Ok((child, logs))
 }

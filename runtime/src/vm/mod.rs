@@ -28,42 +28,17 @@ mod session;
 
 pub use rundir::sweep_stale_runs;
 
-/// `amphi gc`'s part for microVM runs: removes the run directories of
-/// clients that are gone (and kills a backend that outlived its client),
-/// saying so on stderr.
-pub fn gc_stale_runs(state_root: &Path) {
-    match sweep_stale_runs(state_root) {
-        Ok(s) => {
-            for pid in &s.backends_killed {
-                eprintln!("amphi: killed microVM backend {pid}, whose client was gone");
-            }
-            for d in &s.run_dirs {
-                eprintln!(
-                    "amphi: removed stale microVM run directory {}",
-                    state_root.join("vm").join(d).display()
-                );
-            }
-        }
-        Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
-    }
-    for what in jail::sweep_stale() {
-        eprintln!("amphi: removed {what}");
-    }
-}
-
 use crate::dispatch::{ResolvedImage, VmPlan};
 use crate::guestfs;
-use crate::run::{amphi_err, RunError, RunRequest};
+use crate::run::{RunError, RunRequest};
 use backend::{Backend, VmSpec};
 use launch::{which, with_logs, Cleanup, Watchdog};
 use rundir::RunDir;
 use session::Session;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Exit status when `--timeout` stopped the workload (as timeout(1)).
-pub const EXIT_TIMEOUT: i32 = 124;
 /// How long the guest gets to boot and report, unless
 /// `$AMPHI_VM_BOOT_TIMEOUT` (seconds) says otherwise.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,6 +51,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct VmOptions {
     /// `--timeout`: stop the workload after this long.
     pub timeout: Option<Duration>,
+    /// Where notices for the user go (warnings, the OOM killer, the
+    /// backend's notice): the library does not print.
+    pub notify: fn(&str),
 }
 
 /// Phases of a run, for `$AMPHI_VM_TIMING` and the bench.
@@ -99,7 +77,13 @@ struct Timing {
 impl Timing {
     /// The run report (for compare) of a run that got an exit status, and
     /// with `$AMPHI_VM_TIMING` the phases on stderr.
-    fn report(&self, result: &Result<i32, RunError>, monitor: &Backend, kind: guestfs::RootfsKind) {
+    fn report(
+        &self,
+        result: &Result<i32, RunError>,
+        monitor: &Backend,
+        kind: guestfs::RootfsKind,
+        notify: fn(&str),
+    ) {
         let backend = monitor.describe();
         if let Ok(code) = result {
             let ms = crate::run::report::ms;
@@ -116,11 +100,12 @@ impl Timing {
                 backend: Some(backend.to_string()),
                 monitor_protections: jail::protections(monitor),
             }
-            .write();
+            .try_write()
+            .unwrap_or_else(|w| notify(&w));
         }
         if std::env::var_os("AMPHI_VM_TIMING").is_some() {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            eprintln!(
+            notify(&format!(
             "amphi: vm timing: rootfs={:.1}ms{} vm-start={:.1}ms boot={:.1}ms workload={:.1}ms teardown={:.1}ms total={:.1}ms backend={:?} rootfs-kind={}",
             ms(self.rootfs),
             if self.rootfs_cached { "(cached)" } else { "(built)" },
@@ -131,7 +116,7 @@ impl Timing {
             ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
             backend,
             kind,
-        );
+        ));
         }
     }
 }
@@ -152,15 +137,16 @@ fn guest_rootfs(
     rec: &crate::image::index::ImageRecord,
     image: &str,
     timing: &mut Timing,
+    notify: fn(&str),
 ) -> Result<guestfs::Prepared, RunError> {
     let t = Instant::now();
-    let gopts = guestfs::Options::from_env().map_err(|e| amphi_err(e.to_string()))?;
+    let gopts = guestfs::Options::from_env().map_err(RunError::cause)?;
     let prepared = guestfs::prepare(store, rec, &gopts)
-        .map_err(|e| amphi_err(format!("guest rootfs of {image}: {e}")))?;
+        .map_err(|e| RunError::step(format_args!("guest rootfs of {image}"), e))?;
     timing.rootfs = t.elapsed();
     timing.rootfs_cached = prepared.cached;
     for w in &prepared.warnings {
-        eprintln!("amphi: warning: {w}");
+        notify(&format!("amphi: warning: {w}"));
     }
     Ok(prepared)
 }
@@ -180,15 +166,9 @@ fn extra_cmdline(plan: &[String]) -> String {
 /// The console tells why a VM died; a timeout or the workload's own error
 /// needs no kernel log.
 fn explained(e: RunError, logs: &launch::Logs) -> RunError {
-    match e.code {
-        EXIT_TIMEOUT => e,
-        _ if e.message.starts_with("the microVM") || e.message.starts_with("the guest") => {
-            RunError {
-                code: e.code,
-                message: with_logs(e.message, logs),
-            }
-        }
-        _ => e,
+    match e {
+        RunError::Vm(m) => RunError::Vm(with_logs(m, logs)),
+        e => e,
     }
 }
 
@@ -221,19 +201,10 @@ pub fn run(
         which(&backend::qemu_binary())?;
     }
 
-    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing)?;
+    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing, opts.notify)?;
 
     let id = crate::run::new_id();
-    let run = RunDir::create(&req.state_root, &id[..16]).map_err(amphi_err)?;
-    let run_dir = run.path().to_path_buf();
-    let mut cleanup = Cleanup::new(run);
-    let sock_path = run_dir.join("chan.sock");
-    if sock_path.as_os_str().len() > 100 {
-        return Err(amphi_err(format!(
-            "the state root {} is too deep for a unix socket path; use a shorter --root",
-            req.state_root.display()
-        )));
-    }
+    let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req, &id)?;
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
     let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
     let vm = VmSpec {
@@ -255,33 +226,20 @@ pub fn run(
         rootfs = %prepared.kind, mem_mib, vcpus, cmdline = %vm.cmdline, "starting microVM"
     );
     if let Some(n) = notice {
-        eprintln!("{n}");
+        (opts.notify)(&n);
     }
-    let listener = UnixListener::bind(&sock_path)
-        .map_err(|e| amphi_err(format!("{}: {e}", sock_path.display())))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| amphi_err(e.to_string()))?;
     // Blocked before any thread starts: threads inherit the mask, so the
     // forwarded signals reach the signalfd, never a thread's default action.
-    let sigs = crate::run::pty_signals();
+    let sigs = crate::sys::signal::block_forwarded();
     let t = Instant::now();
-    let launch = Instant::now();
-    let (child, logs) = match launch::spawn(&backend, &vm) {
-        Ok(c) => c,
-        Err(e) => {
-            crate::run::pty_unblock(&sigs);
-            return Err(e);
-        }
-    };
-    let pidfd = launch::pidfd_open(child.id());
-    if let Some(r) = cleanup.run.as_mut() {
-        r.record_backend(child.id() as i32);
-    }
-    cleanup.child = Some(child);
-    // --timeout: an absolute deadline from the VM's start.
-    let deadline = opts.timeout.map(|t| (launch + t, t));
-    let _watchdog = deadline.map(|(d, limit)| Watchdog::start(d, limit, pidfd, run_dir.clone()));
+    let (logs, _watchdog, deadline) =
+        match start_backend(&backend, &vm, &mut cleanup, opts.timeout, &run_dir) {
+            Ok(started) => started,
+            Err(e) => {
+                crate::sys::signal::unblock(&sigs);
+                return Err(e);
+            }
+        };
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
@@ -296,21 +254,69 @@ pub fn run(
         timing: &mut timing,
         kernel_release: kernel.release(),
         kind: prepared.kind,
+        notify: opts.notify,
     }
     .run(&listener);
     drop(_watchdog);
-    crate::run::pty_unblock(&sigs);
+    crate::sys::signal::unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
     let result = result.map_err(|e| match jail::violation(&run_dir, cleanup.ended, &logs) {
-        Some(message) => RunError {
-            code: e.code,
-            message,
-        },
+        Some(message) => RunError::Vm(message),
         None => explained(e, &logs),
     });
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, &backend, prepared.kind);
+    timing.report(&result, &backend, prepared.kind, opts.notify);
     result
+}
+
+/// The run's directory (removed with the cleanup), and the guest channel's
+/// socket listening in it.
+fn open_run_dir(
+    req: &RunRequest,
+    id: &str,
+) -> Result<(Cleanup, PathBuf, PathBuf, UnixListener), RunError> {
+    let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
+    let run_dir = run.path().to_path_buf();
+    let cleanup = Cleanup::new(run);
+    let sock_path = run_dir.join("chan.sock");
+    if sock_path.as_os_str().len() > 100 {
+        return Err(RunError::Usage(format!(
+            "the state root {} is too deep for a unix socket path; use a shorter --root",
+            req.state_root.display()
+        )));
+    }
+    let listener =
+        UnixListener::bind(&sock_path).map_err(|e| RunError::io(sock_path.display(), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| RunError::io(sock_path.display(), e))?;
+    Ok((cleanup, run_dir, sock_path, listener))
+}
+
+/// The `--timeout` deadline: when, and the limit it came from.
+type Deadline = Option<(Instant, Duration)>;
+
+/// Starts the backend (the caller has blocked the forwarded signals): its
+/// logs captured, its pid recorded in the run directory and owned by the
+/// cleanup, and `--timeout`'s watchdog armed from this moment.
+fn start_backend(
+    backend: &Backend,
+    vm: &VmSpec<'_>,
+    cleanup: &mut Cleanup,
+    timeout: Option<Duration>,
+    run_dir: &Path,
+) -> Result<(launch::Logs, Option<Watchdog>, Deadline), RunError> {
+    let launch = Instant::now();
+    let (child, logs) = launch::spawn(backend, vm)?;
+    let pidfd = launch::pidfd_open(child.id());
+    if let Some(r) = cleanup.run.as_mut() {
+        r.record_backend(child.id() as i32);
+    }
+    cleanup.child = Some(child);
+    let deadline = timeout.map(|t| (launch + t, t));
+    let watchdog =
+        deadline.map(|(d, limit)| Watchdog::start(d, limit, pidfd, run_dir.to_path_buf()));
+    Ok((logs, watchdog, deadline))
 }

@@ -1,8 +1,8 @@
 //! The host's side of the guest channel protocol, as an explicit state
 //! machine. Everything the guest sends is hostile input: a frame that is
 //! not legal in the current state, or that carries values out of range, is
-//! a protocol violation, and the run ends (the VM is stopped, exit status
-//! [`EXIT_PROTOCOL`]).
+//! a protocol violation, and the run ends (the VM is stopped; the run
+//! fails as amphi's own error, `RunError::Protocol`).
 //!
 //! | state     | legal guest frames                          | next state |
 //! |-----------|---------------------------------------------|------------|
@@ -18,10 +18,6 @@
 //! as are unknown kinds and lengths over each kind's limit.
 
 use crate::proto::channel::{ExitStatus, Frame, GuestError, Ready};
-
-/// The exit status of a run whose guest broke the protocol (amphi's own
-/// error status).
-pub const EXIT_PROTOCOL: i32 = crate::run::EXIT_AMPHI;
 
 /// Where the conversation with the guest is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

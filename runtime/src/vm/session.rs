@@ -8,11 +8,11 @@
 //! the boot watchdog holds until the ready frame.
 
 use super::launch::Cleanup;
-use super::protocol::{self, Event, Protocol, EXIT_PROTOCOL};
-use super::{env_duration, Timing, BOOT_TIMEOUT, EXIT_TIMEOUT, SHUTDOWN_GRACE};
+use super::protocol::{self, Event, Protocol};
+use super::{env_duration, Timing, BOOT_TIMEOUT, SHUTDOWN_GRACE};
 use crate::guestfs::RootfsKind;
 use crate::proto::channel::{self, Decoder, Frame, StartRequestJson};
-use crate::run::{amphi_err, RunError};
+use crate::run::{Failure, RunError};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -38,10 +38,12 @@ pub(super) struct Session<'a> {
     pub deadline: Option<(Instant, Duration)>,
     /// Set by the `--timeout` watchdog when it fired.
     pub fired: Option<&'a AtomicBool>,
-    pub sigs: &'a crate::run::Signals,
+    pub sigs: &'a crate::sys::signal::Signals,
     pub timing: &'a mut Timing,
     pub kernel_release: &'a str,
     pub kind: RootfsKind,
+    /// Where notices for the user go (the CLI's stderr).
+    pub notify: fn(&str),
 }
 
 /// The connected guest channel and the protocol's state.
@@ -51,7 +53,7 @@ struct Channel {
     dec: Decoder,
     proto: Protocol,
     buf: Vec<u8>,
-    raw: Option<crate::run::RawMode>,
+    raw: Option<crate::sys::term::RawMode>,
     end_requests: u32,
 }
 
@@ -78,23 +80,7 @@ fn winsize() -> Option<(u16, u16)> {
 }
 
 fn violation(v: &str) -> RunError {
-    RunError {
-        code: EXIT_PROTOCOL,
-        message: format!(
-            "guest protocol violation: {}; the microVM was stopped",
-            v.trim_start_matches("guest channel: ")
-        ),
-    }
-}
-
-fn timed_out(limit: Duration) -> RunError {
-    RunError {
-        code: EXIT_TIMEOUT,
-        message: format!(
-            "--timeout: the microVM ran longer than {} s and was stopped",
-            limit.as_secs_f64()
-        ),
-    }
+    RunError::Protocol(v.trim_start_matches("guest channel: ").to_string())
 }
 
 impl Session<'_> {
@@ -116,7 +102,7 @@ impl Session<'_> {
             }
             let booting = ch.proto.state() == protocol::State::Booting;
             if booting && Instant::now() >= boot_deadline {
-                return Err(amphi_err(format!(
+                return Err(RunError::Vm(format!(
                     "the guest did not come up within {} s (boot watchdog; $AMPHI_VM_BOOT_TIMEOUT sets it)",
                     (boot_deadline - boot_start).as_secs()
                 )));
@@ -142,14 +128,14 @@ impl Session<'_> {
     }
 
     fn timeout_err(&self) -> RunError {
-        timed_out(self.deadline.map(|d| d.1).unwrap_or_default())
+        RunError::TimedOut(self.deadline.map(|d| d.1).unwrap_or_default())
     }
 
     /// The backend's end, if it has ended: an error saying `what`.
     fn died(&mut self, what: &str) -> Option<RunError> {
         let st = self.cleanup.child.as_mut()?.try_wait().ok()??;
         self.cleanup.ended(st);
-        Some(amphi_err(format!(
+        Some(RunError::Vm(format!(
             "the microVM ({} kernel {}) {what} ({st})",
             self.kind, self.kernel_release
         )))
@@ -168,14 +154,14 @@ impl Session<'_> {
             match listener.accept() {
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(amphi_err(format!("guest channel: {e}"))),
+                Err(e) => return Err(RunError::io("guest channel", e)),
             }
             if let Some(e) = self.died("ended before it connected the guest channel") {
                 return Err(e);
             }
             if Instant::now() >= boot_deadline {
-                return Err(amphi_err(
-                    "the microVM did not connect the guest channel in time",
+                return Err(RunError::Vm(
+                    "the microVM did not connect the guest channel in time".into(),
                 ));
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -183,9 +169,11 @@ impl Session<'_> {
         stream
             .set_nonblocking(false)
             .and_then(|()| stream.set_write_timeout(Some(CHANNEL_WRITE_TIMEOUT)))
-            .map_err(|e| amphi_err(format!("guest channel: {e}")))?;
+            .map_err(|e| RunError::io("guest channel", e))?;
         let writer = Arc::new(Mutex::new(
-            stream.try_clone().map_err(|e| amphi_err(e.to_string()))?,
+            stream
+                .try_clone()
+                .map_err(|e| RunError::io("guest channel", e))?,
         ));
         Ok(Channel {
             writer,
@@ -218,7 +206,7 @@ impl Session<'_> {
                     self.timing.guest_kernel = r.kernel.clone();
                     ch.send(&Frame::Start(Box::new(self.start.with_time())), "start")?;
                     if self.tty {
-                        ch.raw = Some(crate::run::RawMode::enter());
+                        ch.raw = Some(crate::sys::term::RawMode::enter());
                         if let Some((rows, cols)) = winsize() {
                             ch.send(&Frame::Resize { rows, cols }, "resize")?;
                         }
@@ -253,10 +241,7 @@ impl Session<'_> {
                     self.timing.teardown = t.elapsed();
                     if e.oom_killed {
                         // The one wording of the notice (native runs too).
-                        eprintln!(
-                            "{}",
-                            crate::sys::exit::oom_notice("the workload in the microVM")
-                        );
+                        (self.notify)(&crate::sys::exit::oom_notice("the workload in the microVM"));
                     }
                     return Ok(Some(e.code));
                 }
@@ -264,8 +249,15 @@ impl Session<'_> {
                     drop(ch.raw.take());
                     let _ = send(&ch.writer, &Frame::Shutdown);
                     self.cleanup.stop_backend(Duration::from_secs(3));
-                    return Err(RunError {
-                        code: e.code,
+                    // The guest's init could not start the workload: its
+                    // status says why (protocol-checked: 125..=127).
+                    let failure = match e.code {
+                        crate::run::EXIT_NOT_FOUND => Failure::NotFound,
+                        crate::run::EXIT_CANNOT_INVOKE => Failure::CannotInvoke,
+                        _ => Failure::Amphi,
+                    };
+                    return Err(RunError::Reported {
+                        failure,
                         message: e.message,
                     });
                 }
@@ -284,29 +276,14 @@ impl Session<'_> {
         if let Some((d, _)) = self.deadline {
             wait = wait.min(d.saturating_duration_since(now));
         }
-        let wait_ms = wait.as_millis().clamp(1, 1000) as i32;
-        let mut fds = [
-            libc::pollfd {
-                fd: ch.reader.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.sigs.raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a live array of two initialised pollfds (the
-        // length passed); poll writes only their `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait_ms) };
-        if n < 0 {
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let mut set = crate::sys::poll::PollSet::new();
+        let channel = set.add(ch.reader.as_raw_fd());
+        let signals = set.add(self.sigs.raw_fd());
+        if !set.wait(Some(wait)) {
             return (false, false);
         }
-        (
-            fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0,
-            fds[1].revents & libc::POLLIN != 0,
-        )
+        (set.readable(channel), set.has_input(signals))
     }
 
     /// Forwards the signals amphi received: window size changes, and the
@@ -328,8 +305,8 @@ impl Session<'_> {
                     if [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT].contains(&s) {
                         ch.end_requests += 1;
                         if ch.end_requests >= ENDING_SIGNALS {
-                            return Err(RunError {
-                                code: 128 + s,
+                            return Err(RunError::Signalled {
+                                signal: s,
                                 message: format!(
                                     "the workload did not end after {ENDING_SIGNALS} signals (the last: {s}); the microVM was stopped"
                                 ),
@@ -339,8 +316,8 @@ impl Session<'_> {
                     ch.send(&Frame::Signal(s), "signal")?;
                 }
                 s => {
-                    return Err(RunError {
-                        code: 128 + s,
+                    return Err(RunError::Signalled {
+                        signal: s,
                         message: format!("interrupted by signal {s} while the microVM booted"),
                     })
                 }
@@ -364,7 +341,7 @@ impl Session<'_> {
                 } else {
                     "stopped before the workload finished"
                 };
-                Err(amphi_err(format!(
+                Err(RunError::Vm(format!(
                     "the microVM (kernel {}) {what}{}",
                     self.kernel_release,
                     st.map(|s| format!(" ({s})")).unwrap_or_default()

@@ -4,8 +4,10 @@
 
 pub mod resources;
 
-use super::devices::Rule;
+use super::devices::{DevicesError, Rule};
+use super::effects::{Effects, Real};
 use oci_spec::runtime::LinuxResources;
+use resources::ResourcesError;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,80 @@ fn v1_hierarchies() -> &'static [PathBuf] {
     })
 }
 
+/// A cgroup could not be named, made, limited or frozen.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("linux.cgroupsPath {0:?} is a systemd slice path; amphi manages cgroups directly (drop --systemd-cgroup)")]
+    SystemdPath(String),
+    #[error("linux.cgroupsPath {0:?} contains \"..\"")]
+    DotDot(String),
+    #[error("linux.cgroupsPath is the root cgroup")]
+    RootCgroup,
+    #[error("creating cgroup {}: {source}", dir.display())]
+    Create { dir: PathBuf, source: io::Error },
+    #[error("writing {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Resources(#[from] ResourcesError),
+    #[error("{field} needs the cgroup v1 {controller} controller, which this host does not mount ({} is missing)", hierarchy.display())]
+    NoController {
+        field: &'static str,
+        controller: &'static str,
+        hierarchy: PathBuf,
+    },
+    #[error("{field} cannot be applied: this host's cgroups have no {file} ({} is missing)", path.display())]
+    NoFile {
+        field: &'static str,
+        file: String,
+        path: PathBuf,
+    },
+    #[error("{field}: writing {value:?} to {}: {source}", path.display())]
+    Setting {
+        field: &'static str,
+        value: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the cgroup v1 devices controller is not mounted ({} is missing): amphi cannot restrict the container's devices", hierarchy.display())]
+    NoDevicesController { hierarchy: PathBuf },
+    #[error(transparent)]
+    Devices(#[from] DevicesError),
+    #[error(
+        "cannot {} the container: its cgroup has no freezer ({} is missing{})",
+        if *pause { "pause" } else { "resume" },
+        file.display(),
+        if *legacy { "; is the v1 freezer controller mounted?" } else { "" }
+    )]
+    NoFreezer {
+        pause: bool,
+        file: PathBuf,
+        legacy: bool,
+    },
+    #[error("{}: the cgroup did not become {want} within 10s", file.display())]
+    FreezeTimeout { file: PathBuf, want: &'static str },
+}
+
+/// Where the cgroup hierarchies are: the host's (`/sys/fs/cgroup` and the
+/// v1 hierarchies it mounts), or a test's tree.
+struct Layout<'a> {
+    root: &'a Path,
+    /// The v1 hierarchies (see [`v1_hierarchies`]).
+    v1: &'a [PathBuf],
+}
+
+impl Layout<'static> {
+    fn host() -> Self {
+        Layout {
+            root: Path::new(ROOT),
+            v1: v1_hierarchies(),
+        }
+    }
+}
+
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -93,42 +169,48 @@ pub struct Cgroup {
 /// container's removal takes the shared `amphi/` parent away once it is
 /// empty, which can happen between our creating it and creating our
 /// directory in it.
-fn create_dir(d: &Path) -> Result<(), String> {
-    let mut r = fs::create_dir_all(d);
+fn create_dir(fx: &impl Effects, d: &Path) -> Result<(), CgroupError> {
+    let mut r = fx.mkdir_all(d);
     for _ in 0..20 {
         match &r {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => r = fs::create_dir_all(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => r = fx.mkdir_all(d),
             _ => break,
         }
     }
-    r.map_err(|e| format!("creating cgroup {}: {e}", d.display()))
+    r.map_err(|source| CgroupError::Create {
+        dir: d.into(),
+        source,
+    })
 }
 
-fn write(p: &Path, v: &str) -> Result<(), String> {
-    fs::write(p, v).map_err(|e| format!("writing {v:?} to {}: {e}", p.display()))
+fn write(fx: &impl Effects, p: &Path, v: &str) -> Result<(), CgroupError> {
+    fx.write_file(p, v.as_bytes())
+        .map_err(|source| CgroupError::Write {
+            path: p.into(),
+            value: v.into(),
+            source,
+        })
 }
 
 impl Cgroup {
     /// The cgroup for `cgroups_path` (the spec's `linux.cgroupsPath`) or the
     /// default `amphi/<id>`.
-    pub fn new(cgroups_path: Option<&Path>, id: &str) -> Result<Self, String> {
+    pub fn new(cgroups_path: Option<&Path>, id: &str) -> Result<Self, CgroupError> {
         let path = match cgroups_path {
             Some(p) => {
                 let s = p.to_string_lossy();
                 if s.contains(':') {
-                    return Err(format!(
-                        "linux.cgroupsPath {s:?} is a systemd slice path; amphi manages cgroups directly (drop --systemd-cgroup)"
-                    ));
+                    return Err(CgroupError::SystemdPath(s.into()));
                 }
                 if s.split('/').any(|c| c == "..") {
-                    return Err(format!("linux.cgroupsPath {s:?} contains \"..\""));
+                    return Err(CgroupError::DotDot(s.into()));
                 }
                 s.trim_start_matches('/').to_string()
             }
             None => format!("amphi/{id}"),
         };
         if path.is_empty() {
-            return Err("linux.cgroupsPath is the root cgroup".into());
+            return Err(CgroupError::RootCgroup);
         }
         Ok(Cgroup {
             mode: mode(),
@@ -139,17 +221,21 @@ impl Cgroup {
 
     /// The directories of this cgroup, one per hierarchy.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        self.hierarchies()
+        self.dirs_in(&Layout::host())
+    }
+
+    fn dirs_in(&self, layout: &Layout<'_>) -> Vec<PathBuf> {
+        self.hierarchies(layout)
             .into_iter()
             .map(|h| h.join(&self.path))
             .collect()
     }
 
     /// The roots of the hierarchies this cgroup has a directory in.
-    fn hierarchies(&self) -> Vec<PathBuf> {
+    fn hierarchies(&self, layout: &Layout<'_>) -> Vec<PathBuf> {
         match self.mode {
-            Mode::Unified => vec![PathBuf::from(ROOT)],
-            Mode::Legacy => v1_hierarchies().to_vec(),
+            Mode::Unified => vec![layout.root.to_path_buf()],
+            Mode::Legacy => layout.v1.to_vec(),
         }
     }
 
@@ -161,21 +247,32 @@ impl Cgroup {
         pid: i32,
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CgroupError> {
+        self.apply_in(&Real, &Layout::host(), pid, res, devices)
+    }
+
+    fn apply_in(
+        &mut self,
+        fx: &impl Effects,
+        layout: &Layout<'_>,
+        pid: i32,
+        res: Option<&LinuxResources>,
+        devices: Option<&[Rule]>,
+    ) -> Result<(), CgroupError> {
         if devices.is_some() {
             // A new cgroup (an exec joining one passes no device rules).
-            self.created_parent = self.missing_parent();
+            self.created_parent = self.missing_parent(layout);
         }
         match self.mode {
-            Mode::Unified => self.apply_v2(pid, res, devices),
-            Mode::Legacy => self.apply_v1(pid, res, devices),
+            Mode::Unified => self.apply_v2(fx, layout.root, pid, res, devices),
+            Mode::Legacy => self.apply_v1(fx, layout, pid, res, devices),
         }
     }
 
     /// The shallowest proper parent of `path` missing from the first
     /// hierarchy, unless it is the shared `amphi/`.
-    fn missing_parent(&self) -> Option<String> {
-        let base = self.hierarchies().into_iter().next()?;
+    fn missing_parent(&self, layout: &Layout<'_>) -> Option<String> {
+        let base = self.hierarchies(layout).into_iter().next()?;
         let mut cur = PathBuf::new();
         let comps: Vec<_> = Path::new(&self.path).components().collect();
         for c in comps.iter().take(comps.len().saturating_sub(1)) {
@@ -190,68 +287,69 @@ impl Cgroup {
 
     fn apply_v2(
         &self,
+        fx: &impl Effects,
+        root: &Path,
         pid: i32,
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CgroupError> {
         let settings = planned(res, resources::v2)?;
-        let dir = Path::new(ROOT).join(&self.path);
-        self.descend_v2(&resources::v2_controllers(&settings), true)?;
+        let dir = root.join(&self.path);
+        self.descend_v2(fx, root, &resources::v2_controllers(&settings), true)?;
         for s in &settings {
-            apply_setting(&dir.join(&s.file), s)?;
+            apply_setting(fx, &dir.join(&s.file), s)?;
         }
         if let Some(rules) = devices {
             super::devices::apply_v2(&dir, rules)?;
         }
-        write(&dir.join("cgroup.procs"), &pid.to_string())
+        write(fx, &dir.join("cgroup.procs"), &pid.to_string())
     }
 
     fn apply_v1(
         &self,
+        fx: &impl Effects,
+        layout: &Layout<'_>,
         pid: i32,
         res: Option<&LinuxResources>,
         devices: Option<&[Rule]>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CgroupError> {
+        let root = layout.root;
         let settings = planned(res, resources::v1)?;
         // Every controller a limit needs is mounted, before anything is made.
         for s in settings.iter().filter(|s| !s.optional) {
-            let h = Path::new(ROOT).join(s.controller);
+            let h = root.join(s.controller);
             if !h.is_dir() {
-                return Err(format!(
-                    "{} needs the cgroup v1 {} controller, which this host does not mount ({} is missing)",
-                    s.field,
-                    s.controller,
-                    h.display()
-                ));
+                return Err(CgroupError::NoController {
+                    field: s.field,
+                    controller: s.controller,
+                    hierarchy: h,
+                });
             }
         }
-        let dirs = self.dirs();
+        let dirs = self.dirs_in(layout);
+        let cpuset = root.join("cpuset");
         for d in &dirs {
-            create_dir(d)?;
+            create_dir(fx, d)?;
             // cpuset needs its parents' cpus and mems copied down.
-            if d.starts_with(Path::new(ROOT).join("cpuset")) {
-                copy_cpuset(d);
+            if d.starts_with(&cpuset) {
+                copy_cpuset(fx, &cpuset, d);
             }
         }
         for s in &settings {
-            let file = Path::new(ROOT)
-                .join(s.controller)
-                .join(&self.path)
-                .join(&s.file);
-            apply_setting(&file, s)?;
+            let file = root.join(s.controller).join(&self.path).join(&s.file);
+            apply_setting(fx, &file, s)?;
         }
         if let Some(rules) = devices {
-            let d = Path::new(ROOT).join("devices").join(&self.path);
+            let d = root.join("devices").join(&self.path);
             if !d.is_dir() {
-                return Err(format!(
-                    "the cgroup v1 devices controller is not mounted ({} is missing): amphi cannot restrict the container's devices",
-                    Path::new(ROOT).join("devices").display()
-                ));
+                return Err(CgroupError::NoDevicesController {
+                    hierarchy: root.join("devices"),
+                });
             }
-            super::devices::apply_v1(&d, rules)?;
+            super::devices::apply_v1(fx, &d, rules)?;
         }
         for d in &dirs {
-            write(&d.join("cgroup.procs"), &pid.to_string())?;
+            write(fx, &d.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
     }
@@ -261,41 +359,46 @@ impl Cgroup {
     /// below the limit) are written in one order, and if the kernel refuses
     /// (EINVAL: raising both, the new limit is above the old memsw), in the
     /// other, as runc does.
-    pub fn update(&self, res: &LinuxResources) -> Result<(), String> {
+    pub fn update(&self, res: &LinuxResources) -> Result<(), CgroupError> {
+        self.update_in(&Real, Path::new(ROOT), res)
+    }
+
+    fn update_in(
+        &self,
+        fx: &impl Effects,
+        root: &Path,
+        res: &LinuxResources,
+    ) -> Result<(), CgroupError> {
         let host = resources::Host::for_resources(res);
         match self.mode {
             Mode::Unified => {
                 let settings = resources::v2(res, &host)?;
-                self.descend_v2(&resources::v2_controllers(&settings), false)?;
-                let dir = Path::new(ROOT).join(&self.path);
+                self.descend_v2(fx, root, &resources::v2_controllers(&settings), false)?;
+                let dir = root.join(&self.path);
                 for s in &settings {
-                    apply_setting(&dir.join(&s.file), s)?;
+                    apply_setting(fx, &dir.join(&s.file), s)?;
                 }
                 Ok(())
             }
             Mode::Legacy => {
                 let settings = resources::v1(res, &host)?;
-                let file = |s: &resources::Setting| {
-                    Path::new(ROOT)
-                        .join(s.controller)
-                        .join(&self.path)
-                        .join(&s.file)
-                };
+                let file =
+                    |s: &resources::Setting| root.join(s.controller).join(&self.path).join(&s.file);
                 let is_mem = |s: &resources::Setting| {
                     s.file == "memory.limit_in_bytes" || s.file == "memory.memsw.limit_in_bytes"
                 };
                 let mem: Vec<&resources::Setting> = settings.iter().filter(|s| is_mem(s)).collect();
-                let first = mem.iter().try_for_each(|s| apply_setting(&file(s), s));
+                let first = mem.iter().try_for_each(|s| apply_setting(fx, &file(s), s));
                 if let Err(e) = first {
                     if mem.len() < 2 {
                         return Err(e);
                     }
                     mem.iter()
                         .rev()
-                        .try_for_each(|s| apply_setting(&file(s), s))?;
+                        .try_for_each(|s| apply_setting(fx, &file(s), s))?;
                 }
                 for s in settings.iter().filter(|s| !is_mem(s)) {
-                    apply_setting(&file(s), s)?;
+                    apply_setting(fx, &file(s), s)?;
                 }
                 Ok(())
             }
@@ -304,8 +407,14 @@ impl Cgroup {
 
     /// Enables the `want`ed controllers (those available) on the way down
     /// to this (v2) cgroup, creating each directory when `create`.
-    fn descend_v2(&self, want: &[String], create: bool) -> Result<(), String> {
-        let mut cur = PathBuf::from(ROOT);
+    fn descend_v2(
+        &self,
+        fx: &impl Effects,
+        root: &Path,
+        want: &[String],
+        create: bool,
+    ) -> Result<(), CgroupError> {
+        let mut cur = root.to_path_buf();
         for comp in Path::new(&self.path).components() {
             let avail = fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
             let enable: Vec<String> = want
@@ -314,11 +423,14 @@ impl Cgroup {
                 .map(|c| format!("+{c}"))
                 .collect();
             if !enable.is_empty() {
-                let _ = fs::write(cur.join("cgroup.subtree_control"), enable.join(" "));
+                let _ = fx.write_file(
+                    &cur.join("cgroup.subtree_control"),
+                    enable.join(" ").as_bytes(),
+                );
             }
             cur.push(comp);
             if create {
-                create_dir(&cur)?;
+                create_dir(fx, &cur)?;
             }
         }
         Ok(())
@@ -364,25 +476,20 @@ impl Cgroup {
     /// (FREEZING while tasks are still being stopped: the write is
     /// repeated, as the kernel documentation says), v2's cgroup.events
     /// says `frozen 1` (or `frozen 0`).
-    pub fn freeze(&self, on: bool) -> Result<(), String> {
+    pub fn freeze(&self, on: bool) -> Result<(), CgroupError> {
         let (file, frozen, thawed) = self.freezer();
         let want = if on { frozen } else { thawed };
         if !file.exists() {
-            return Err(format!(
-                "cannot {} the container: its cgroup has no freezer ({} is missing{})",
-                if on { "pause" } else { "resume" },
-                file.display(),
-                if self.mode == Mode::Legacy {
-                    "; is the v1 freezer controller mounted?"
-                } else {
-                    ""
-                }
-            ));
+            return Err(CgroupError::NoFreezer {
+                pause: on,
+                file,
+                legacy: self.mode == Mode::Legacy,
+            });
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let events = Path::new(ROOT).join(&self.path).join("cgroup.events");
         loop {
-            write(&file, want)?;
+            write(&Real, &file, want)?;
             let done = match self.mode {
                 Mode::Legacy => fs::read_to_string(&file).is_ok_and(|s| s.trim() == want),
                 Mode::Unified => fs::read_to_string(&events).is_ok_and(|s| {
@@ -396,12 +503,9 @@ impl Cgroup {
             if std::time::Instant::now() > deadline {
                 if on {
                     // Not left half frozen.
-                    let _ = write(&file, thawed);
+                    let _ = write(&Real, &file, thawed);
                 }
-                return Err(format!(
-                    "{}: the cgroup did not become {want} within 10s",
-                    file.display()
-                ));
+                return Err(CgroupError::FreezeTimeout { file, want });
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -470,7 +574,7 @@ impl Cgroup {
     /// process is reaped.
     pub fn remove(&self) -> io::Result<()> {
         let mut last = Ok(());
-        for h in self.hierarchies() {
+        for h in self.hierarchies(&Layout::host()) {
             let d = h.join(&self.path);
             if !d.exists() {
                 continue;
@@ -555,50 +659,50 @@ fn remove_tree(d: &Path, depth: u32) -> io::Result<()> {
 /// The writes `plan` (resources::v1 or v2) makes of `res` on this host.
 fn planned(
     res: Option<&LinuxResources>,
-    plan: fn(&LinuxResources, &resources::Host) -> Result<Vec<resources::Setting>, String>,
-) -> Result<Vec<resources::Setting>, String> {
+    plan: fn(&LinuxResources, &resources::Host) -> Result<Vec<resources::Setting>, ResourcesError>,
+) -> Result<Vec<resources::Setting>, ResourcesError> {
     res.map_or(Ok(Vec::new()), |r| {
         plan(r, &resources::Host::for_resources(r))
     })
 }
 
 /// Writes one setting, naming the spec's field when it fails.
-fn apply_setting(file: &Path, s: &resources::Setting) -> Result<(), String> {
+fn apply_setting(
+    fx: &impl Effects,
+    file: &Path,
+    s: &resources::Setting,
+) -> Result<(), CgroupError> {
     // Checked first: cgroupfs answers EACCES, not ENOENT, for a file it
     // does not have (write would try to create it).
     if !file.exists() {
         if s.optional {
             return Ok(());
         }
-        return Err(format!(
-            "{} cannot be applied: this host's cgroups have no {} ({} is missing)",
-            s.field,
-            s.file,
-            file.display()
-        ));
+        return Err(CgroupError::NoFile {
+            field: s.field,
+            file: s.file.clone(),
+            path: file.into(),
+        });
     }
     // Not created: a file that went away meanwhile is an error too.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(file)
+    fx.open_write(file)
         .and_then(|mut f| io::Write::write_all(&mut f, s.value.as_bytes()))
-        .map_err(|e| {
-            format!(
-                "{}: writing {:?} to {}: {e}",
-                s.field,
-                s.value,
-                file.display()
-            )
+        .map_err(|source| CgroupError::Setting {
+            field: s.field,
+            value: s.value.clone(),
+            path: file.into(),
+            source,
         })
 }
 
-fn copy_cpuset(dir: &Path) {
+/// Copies `cpuset.cpus` and `cpuset.mems` down from the first parent that
+/// has them to each new cgroup on the way to `dir` in the cpuset
+/// hierarchy (at `cpuset`), whose own are empty at first.
+fn copy_cpuset(fx: &impl Effects, cpuset: &Path, dir: &Path) {
     for f in ["cpuset.cpus", "cpuset.mems"] {
         let mut chain = Vec::new();
         let mut cur = dir.to_path_buf();
-        while cur.starts_with(Path::new(ROOT).join("cpuset"))
-            && cur != Path::new(ROOT).join("cpuset")
-        {
+        while cur.starts_with(cpuset) && cur != cpuset {
             chain.push(cur.clone());
             cur.pop();
         }
@@ -609,10 +713,13 @@ fn copy_cpuset(dir: &Path) {
             if empty {
                 if let Some(parent) = d.parent() {
                     if let Ok(v) = fs::read_to_string(parent.join(f)) {
-                        let _ = fs::write(d.join(f), v.trim());
+                        let _ = fx.write_file(&d.join(f), v.trim().as_bytes());
                     }
                 }
             }
         }
     }
 }
+
+#[cfg(test)]
+mod recorded_tests;

@@ -10,6 +10,29 @@
 
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxNetwork, LinuxResources};
 
+/// A `linux.resources` field this host's cgroups cannot take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourcesError {
+    #[error("linux.resources.hugepageLimits: page size {0:?}: this host has no huge pages")]
+    NoHugePages(String),
+    #[error(
+        "linux.resources.hugepageLimits: page size {size:?} is not one of this host's ({})",
+        sizes.join(", ")
+    )]
+    HugePageSize { size: String, sizes: Vec<String> },
+    #[error("{field} cannot be applied: {why}")]
+    Unsupported {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("linux.resources.network.priorities: bad interface name {0:?}")]
+    InterfaceName(String),
+    #[error("linux.resources.unified: bad file name {0:?}")]
+    UnifiedFile(String),
+    #[error("linux.resources.memory.swap needs linux.resources.memory.limit on cgroup v2")]
+    SwapWithoutLimit,
+}
+
 /// One write: `value` into `file` of the cgroup's directory in
 /// `controller`'s hierarchy (v1: the directory name under /sys/fs/cgroup;
 /// v2: always "").
@@ -95,27 +118,25 @@ pub fn page_size_name(kb: u64) -> String {
     }
 }
 
-fn hugepage_size<'a>(size: &'a str, host: &Host) -> Result<&'a str, String> {
+fn hugepage_size<'a>(size: &'a str, host: &Host) -> Result<&'a str, ResourcesError> {
     if host.hugepage_sizes.iter().any(|s| s == size) {
         Ok(size)
     } else if host.hugepage_sizes.is_empty() {
-        Err(format!(
-            "linux.resources.hugepageLimits: page size {size:?}: this host has no huge pages"
-        ))
+        Err(ResourcesError::NoHugePages(size.into()))
     } else {
-        Err(format!(
-            "linux.resources.hugepageLimits: page size {size:?} is not one of this host's ({})",
-            host.hugepage_sizes.join(", ")
-        ))
+        Err(ResourcesError::HugePageSize {
+            size: size.into(),
+            sizes: host.hugepage_sizes.clone(),
+        })
     }
 }
 
-fn unsupported(field: &str, why: &str) -> String {
-    format!("{field} cannot be applied: {why}")
+fn unsupported(field: &'static str, why: &'static str) -> ResourcesError {
+    ResourcesError::Unsupported { field, why }
 }
 
 /// The writes for a v1 (or hybrid) host, in the order to apply them.
-pub fn v1(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
+pub fn v1(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, ResourcesError> {
     let mut out = Vec::new();
     if let Some(m) = res.memory() {
         v1_memory(m, &mut out);
@@ -229,7 +250,11 @@ fn v1_blkio(b: &LinuxBlockIo, out: &mut Vec<Setting>) {
     }
 }
 
-fn v1_hugetlb(res: &LinuxResources, host: &Host, out: &mut Vec<Setting>) -> Result<(), String> {
+fn v1_hugetlb(
+    res: &LinuxResources,
+    host: &Host,
+    out: &mut Vec<Setting>,
+) -> Result<(), ResourcesError> {
     for h in res.hugepage_limits().iter().flatten() {
         let size = hugepage_size(h.page_size(), host)?;
         out.push(set(
@@ -250,7 +275,7 @@ fn v1_hugetlb(res: &LinuxResources, host: &Host, out: &mut Vec<Setting>) -> Resu
     Ok(())
 }
 
-fn v1_network(n: &LinuxNetwork, out: &mut Vec<Setting>) -> Result<(), String> {
+fn v1_network(n: &LinuxNetwork, out: &mut Vec<Setting>) -> Result<(), ResourcesError> {
     if let Some(id) = n.class_id() {
         out.push(set(
             "net_cls",
@@ -261,10 +286,7 @@ fn v1_network(n: &LinuxNetwork, out: &mut Vec<Setting>) -> Result<(), String> {
     }
     for p in n.priorities().iter().flatten() {
         if p.name().is_empty() || p.name().contains(char::is_whitespace) {
-            return Err(format!(
-                "linux.resources.network.priorities: bad interface name {:?}",
-                p.name()
-            ));
+            return Err(ResourcesError::InterfaceName(p.name().clone()));
         }
         out.push(set(
             "net_prio",
@@ -434,7 +456,7 @@ fn blkio_to_io_weight(w: u16) -> u64 {
 
 /// The writes for a cgroup v2 host, in the order to apply them, and the
 /// controllers they need enabled in the parents' subtree_control.
-pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
+pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, ResourcesError> {
     let mut out = Vec::new();
     if let Some(m) = res.memory() {
         v2_memory(m, &mut out)?;
@@ -485,14 +507,14 @@ pub fn v2(res: &LinuxResources, host: &Host) -> Result<Vec<Setting>, String> {
     for (k, v) in res.unified().iter().flatten() {
         // A file of this cgroup's directory: one name, no way out of it.
         if k.is_empty() || k.contains('/') || k.starts_with('.') || k.contains('\0') {
-            return Err(format!("linux.resources.unified: bad file name {k:?}"));
+            return Err(ResourcesError::UnifiedFile(k.clone()));
         }
         out.push(set("", k, v, "linux.resources.unified"));
     }
     Ok(out)
 }
 
-fn v2_memory(m: &LinuxMemory, out: &mut Vec<Setting>) -> Result<(), String> {
+fn v2_memory(m: &LinuxMemory, out: &mut Vec<Setting>) -> Result<(), ResourcesError> {
     if let Some(l) = m.limit() {
         out.push(set(
             "",
@@ -511,15 +533,11 @@ fn v2_memory(m: &LinuxMemory, out: &mut Vec<Setting>) -> Result<(), String> {
     }
     if let Some(s) = m.swap() {
         // v2's swap.max is swap alone; the spec's is memory plus swap.
-        let v =
-            match m.limit() {
-                _ if s < 0 => "max".to_string(),
-                Some(l) if l >= 0 => (s - l).max(0).to_string(),
-                _ => return Err(
-                    "linux.resources.memory.swap needs linux.resources.memory.limit on cgroup v2"
-                        .into(),
-                ),
-            };
+        let v = match m.limit() {
+            _ if s < 0 => "max".to_string(),
+            Some(l) if l >= 0 => (s - l).max(0).to_string(),
+            _ => return Err(ResourcesError::SwapWithoutLimit),
+        };
         out.push(optional(set(
             "",
             "memory.swap.max",
@@ -538,7 +556,7 @@ fn v2_memory(m: &LinuxMemory, out: &mut Vec<Setting>) -> Result<(), String> {
     Ok(())
 }
 
-fn v2_cpu(c: &LinuxCpu, out: &mut Vec<Setting>) -> Result<(), String> {
+fn v2_cpu(c: &LinuxCpu, out: &mut Vec<Setting>) -> Result<(), ResourcesError> {
     if let Some(s) = c.shares() {
         out.push(set(
             "",
@@ -578,7 +596,7 @@ fn v2_cpu(c: &LinuxCpu, out: &mut Vec<Setting>) -> Result<(), String> {
     Ok(())
 }
 
-fn v2_io(b: &LinuxBlockIo, out: &mut Vec<Setting>) -> Result<(), String> {
+fn v2_io(b: &LinuxBlockIo, out: &mut Vec<Setting>) -> Result<(), ResourcesError> {
     if let Some(w) = b.weight() {
         out.push(optional(set(
             "",

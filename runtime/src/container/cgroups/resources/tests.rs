@@ -105,21 +105,29 @@ fn v1_blkio_hugetlb_and_network() {
 #[test]
 fn a_page_size_the_host_lacks_is_refused_by_name() {
     let r = res(r#"{"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]}"#);
-    let e = v1(&r, &host()).unwrap_err();
+    let e = v1(&r, &host()).unwrap_err().to_string();
     assert!(e.contains("\"3MB\"") && e.contains("1GB, 2MB"), "{e}");
-    let e = v2(&r, &Host::default()).unwrap_err();
+    let e = v2(&r, &Host::default()).unwrap_err().to_string();
     assert!(e.contains("no huge pages"), "{e}");
 }
 
 #[test]
 fn v2_only_fields_are_refused_on_v1_and_v1_only_ones_on_v2() {
-    let e = v1(&res(r#"{"unified": {"memory.high": "1G"}}"#), &host()).unwrap_err();
+    let e = v1(&res(r#"{"unified": {"memory.high": "1G"}}"#), &host())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("linux.resources.unified"), "{e}");
-    let e = v2(&res(r#"{"network": {"classID": 1}}"#), &host()).unwrap_err();
+    let e = v2(&res(r#"{"network": {"classID": 1}}"#), &host())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("linux.resources.network"), "{e}");
-    let e = v2(&res(r#"{"memory": {"disableOOMKiller": true}}"#), &host()).unwrap_err();
+    let e = v2(&res(r#"{"memory": {"disableOOMKiller": true}}"#), &host())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("disableOOMKiller"), "{e}");
-    let e = v2(&res(r#"{"cpu": {"realtimeRuntime": 1}}"#), &host()).unwrap_err();
+    let e = v2(&res(r#"{"cpu": {"realtimeRuntime": 1}}"#), &host())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("realtime"), "{e}");
 }
 

@@ -72,17 +72,9 @@ pub fn main(args: &[String]) -> Result<i32, String> {
             unsafe { libc::kill(child, sig) };
             continue;
         }
-        // Reap everything that is done; note the workload's status.
-        loop {
-            let mut status = 0;
-            // SAFETY: reaping any child without blocking.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
-            }
-            if pid == child {
-                return Ok(super::pty::decode(status));
-            }
+        // Reap everything that is done; end with the workload.
+        if let Some(status) = crate::sys::exit::reap_all(child) {
+            return Ok(status);
         }
     }
 }

@@ -2,12 +2,188 @@
 //! Nothing here forks a helper; every step either succeeds or reports one
 //! clear error line to the parent through the sync socket and exits.
 
+use super::effects::Real;
+use super::hooks::HookError;
 use super::rootfs;
-use super::sync::{ChildError, Sync};
+use super::sync::{ChildError, Sync, SyncError};
 use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+use rustix::io::Errno;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// A step of the container process's setup failed (those not already
+/// reported by rootfs, caps, seccomp, ... with their own errors).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("no process")]
+    NoProcess,
+    #[error("working directory {}: {source}", path.display())]
+    Cwd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("chdir to working directory {}: {source}", path.display())]
+    Chdir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no_new_privs: {0}")]
+    NoNewPrivs(#[source] Errno),
+    #[error("exec fifo: {0}")]
+    ExecFifo(#[source] std::io::Error),
+    #[error("setsid: {0}")]
+    Setsid(#[source] Errno),
+    #[error("--init: opening amphi's own binary: {0}")]
+    SelfExe(#[source] Errno),
+    #[error("/proc/self: {0}")]
+    ProcSelf(#[source] Errno),
+    #[error("chroot: {0}")]
+    Chroot(#[source] Errno),
+    #[error("chdir /: {0}")]
+    ChdirRoot(#[source] Errno),
+    #[error("sethostname {name:?}: {source}")]
+    Hostname { name: String, source: Errno },
+    #[error("setdomainname {name:?}: {source}")]
+    Domainname { name: String, source: Errno },
+    #[error("sysctl {key}={value}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("oomScoreAdj {adj}: {source}")]
+    OomScoreAdj { adj: i32, source: std::io::Error },
+    /// The capability sets of a user without capabilities.
+    #[error("{0}")]
+    NoCaps(#[source] oci_spec::OciSpecError),
+    #[error("PR_SET_KEEPCAPS: {0}")]
+    KeepCaps(#[source] Errno),
+    #[error(transparent)]
+    Nul(#[from] crate::sys::cstr::NulByte),
+    #[error("program path has a NUL byte")]
+    ProgramNul,
+    #[error("setresgid {gid}: {source}")]
+    SetGid { gid: u32, source: std::io::Error },
+    #[error("setresuid {uid}: {source}")]
+    SetUid { uid: u32, source: std::io::Error },
+    #[error("rlimit {name} soft={soft} hard={hard}: {source} (this host allows at most hard={max}; raising it needs CAP_SYS_RESOURCE)")]
+    Rlimit {
+        name: String,
+        soft: u64,
+        hard: u64,
+        max: u64,
+        source: std::io::Error,
+    },
+    #[error("opening /dev/ptmx: {0}")]
+    Ptmx(#[source] Errno),
+    #[error("grantpt: {0}")]
+    Grantpt(#[source] Errno),
+    #[error("unlockpt: {0}")]
+    Unlockpt(#[source] Errno),
+    #[error("ptsname: {0}")]
+    Ptsname(#[source] Errno),
+    #[error("opening the pty slave: {0}")]
+    PtySlave(#[source] Errno),
+    #[error("TIOCSCTTY: {0}")]
+    Ctty(#[source] std::io::Error),
+    #[error("dup2 pty: {0}")]
+    Dup2(#[source] std::io::Error),
+    #[error("removing {path} (a {kind:?}): {source}")]
+    ConsoleRemove {
+        path: &'static str,
+        kind: rustix::fs::FileType,
+        source: Errno,
+    },
+    #[error("{path}: {source}")]
+    ConsoleStat { path: &'static str, source: Errno },
+    #[error("creating {path}: {source}")]
+    ConsoleCreate { path: &'static str, source: Errno },
+    #[error("binding the pty onto {path}: {source}")]
+    ConsoleBind { path: &'static str, source: Errno },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+}
+
+impl InitError {
+    /// The setup step it belongs to, as the runtime is told.
+    fn stage(&self) -> &'static str {
+        use InitError as E;
+        match self {
+            E::NoProcess | E::Nul(_) => "config",
+            E::Cwd { .. } | E::Chdir { .. } => "working directory",
+            E::NoNewPrivs(_) => "no_new_privs",
+            E::ExecFifo(_) => "exec fifo",
+            E::Setsid(_) => "session",
+            E::SelfExe(_) => "init",
+            E::ProcSelf(_) | E::Chroot(_) | E::ChdirRoot(_) => "rootfs",
+            E::Hostname { .. } | E::Domainname { .. } => "hostname",
+            E::Sysctl { .. } => "sysctl",
+            E::OomScoreAdj { .. } => "oom score",
+            E::NoCaps(_) | E::KeepCaps(_) => "capabilities",
+            E::ProgramNul => "exec",
+            E::SetGid { .. } | E::SetUid { .. } => "user",
+            E::Rlimit { .. } => "rlimits",
+            E::Ptmx(_)
+            | E::Grantpt(_)
+            | E::Unlockpt(_)
+            | E::Ptsname(_)
+            | E::PtySlave(_)
+            | E::Ctty(_)
+            | E::Dup2(_)
+            | E::ConsoleRemove { .. }
+            | E::ConsoleStat { .. }
+            | E::ConsoleCreate { .. }
+            | E::ConsoleBind { .. }
+            | E::Sync(_) => "terminal",
+            E::Hook(_) => "hooks",
+        }
+    }
+}
+
+impl From<InitError> for ChildError {
+    fn from(e: InitError) -> Self {
+        ChildError::stage(e.stage())(e)
+    }
+}
+
+/// The setup stage's payload could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the setup stage's payload: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("memfd_create: {0}")]
+    Memfd(#[source] Errno),
+    #[error("the setup stage's payload: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("reading the setup stage's payload: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the setup stage's payload: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
+/// An unknown `linux.personality` flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", self.field(), self.reason())]
+pub struct PersonalityError {
+    pub index: usize,
+    pub flag: String,
+}
+
+impl PersonalityError {
+    /// The spec's field: `linux.personality.flags[N]`.
+    pub fn field(&self) -> String {
+        format!("linux.personality.flags[{}]", self.index)
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> String {
+        let known: Vec<&str> = PERSONALITY_FLAGS.iter().map(|(n, _)| *n).collect();
+        format!("unknown flag {:?} (known: {})", self.flag, known.join(", "))
+    }
+}
 
 /// What the child needs besides the spec.
 pub struct InitArgs<'a> {
@@ -68,14 +244,12 @@ pub struct StagePayload {
 impl StagePayload {
     /// Writes the payload into a memfd, made before the clone (the child
     /// only executes).
-    pub fn to_memfd(&self) -> Result<OwnedFd, String> {
-        let data =
-            serde_json::to_vec(self).map_err(|e| format!("the setup stage's payload: {e}"))?;
+    pub fn to_memfd(&self) -> Result<OwnedFd, PayloadError> {
+        let data = serde_json::to_vec(self).map_err(PayloadError::Encode)?;
         let fd = rustix::fs::memfd_create("amphi-setup", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|e| format!("memfd_create: {e}"))?;
+            .map_err(PayloadError::Memfd)?;
         let mut f = std::fs::File::from(fd);
-        std::io::Write::write_all(&mut f, &data)
-            .map_err(|e| format!("the setup stage's payload: {e}"))?;
+        std::io::Write::write_all(&mut f, &data).map_err(PayloadError::Write)?;
         Ok(OwnedFd::from(f))
     }
 }
@@ -140,16 +314,14 @@ pub fn setup_stage_main(payload_fd: i32, go: Option<i32>) -> ! {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     // SAFETY: the descriptor was handed to us by the runtime for this.
     let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(payload_fd) });
-    let payload: Result<StagePayload, String> = {
+    let payload: Result<StagePayload, PayloadError> = {
         use std::io::{Read, Seek};
         let mut data = Vec::new();
         let mut f = f;
         f.rewind()
             .and_then(|_| f.read_to_end(&mut data))
-            .map_err(|e| format!("reading the setup stage's payload: {e}"))
-            .and_then(|_| {
-                serde_json::from_slice(&data).map_err(|e| format!("the setup stage's payload: {e}"))
-            })
+            .map_err(PayloadError::Read)
+            .and_then(|_| serde_json::from_slice(&data).map_err(PayloadError::Decode))
     };
     let p = match payload {
         Ok(p) => p,
@@ -214,7 +386,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     use ChildError as E;
     let spec = a.spec;
     let mut state = join(a)?;
-    let process = spec.process().as_ref().ok_or("no process")?;
+    let process = spec.process().as_ref().ok_or(InitError::NoProcess)?;
     // The exec fifo lives on the host: it is reopened through
     // /proc/self/fd after pivot_root.
     let fifo_fd = a.exec_fifo.take();
@@ -230,17 +402,21 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
     // The working directory exists (docker creates it).
     let cwd = process.cwd();
     if std::fs::metadata(cwd).is_err() {
-        std::fs::create_dir_all(cwd)
-            .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+        std::fs::create_dir_all(cwd).map_err(|source| InitError::Cwd {
+            path: cwd.into(),
+            source,
+        })?;
         let _ = std::os::unix::fs::chown(cwd, Some(who.uid), Some(who.gid));
     }
     let no_new_privs = process.no_new_privileges().unwrap_or(false);
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     become_user(a, process, &who, seccomp)?;
-    std::env::set_current_dir(cwd)
-        .map_err(|e| format!("chdir to working directory {}: {e}", cwd.display()))?;
+    std::env::set_current_dir(cwd).map_err(|source| InitError::Chdir {
+        path: cwd.into(),
+        source,
+    })?;
     if no_new_privs {
-        rustix::thread::set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
+        rustix::thread::set_no_new_privs(true).map_err(InitError::NoNewPrivs)?;
     }
     let program = Program::new(process, who.home, sealed_init)?;
     if let (true, Some(seccomp)) = (no_new_privs, seccomp) {
@@ -258,7 +434,7 @@ fn setup(a: &mut InitArgs<'_>) -> Result<Never, ChildError> {
             a.sync.send_ready().map_err(E::stage("sync"))?;
             // Blocks until `amphi start` opens the other end.
             let f = open_proc_self(proc_self.as_ref(), &format!("fd/{}", fifo.as_raw_fd()))
-                .map_err(|e| format!("exec fifo: {e}"))?;
+                .map_err(InitError::ExecFifo)?;
             drop(proc_self.take());
             Some(f)
         }
@@ -332,7 +508,7 @@ fn join(a: &InitArgs<'_>) -> Result<serde_json::Value, ChildError> {
             e.raw_os_error(),
         ));
     }
-    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
+    rustix::process::setsid().map_err(InitError::Setsid)?;
     Ok(state)
 }
 
@@ -350,7 +526,7 @@ fn enter_root(
     let mut sealed_init = None;
     let proc_self = if has_ns(spec, LinuxNamespaceType::Mount) {
         let rootfs_err = E::stage("rootfs");
-        rootfs::prepare_root(spec, &a.rootfs).map_err(&rootfs_err)?;
+        rootfs::prepare_root(&Real, spec, &a.rootfs).map_err(&rootfs_err)?;
         let root = rootfs::open_root(&a.rootfs).map_err(&rootfs_err)?;
         for m in spec.mounts().iter().flatten() {
             if m.source().as_deref() == Some(Path::new(INIT_SOURCE)) {
@@ -360,7 +536,7 @@ fn enter_root(
                 sealed_init = Some((m.destination().clone(), open_self_exe()?));
                 continue;
             }
-            rootfs::do_mount(&root, m, a.in_userns).map_err(E::stage("mounts"))?;
+            rootfs::do_mount(&Real, &root, m, a.in_userns).map_err(E::stage("mounts"))?;
         }
         let dev_is_tmpfs = spec
             .mounts()
@@ -368,7 +544,7 @@ fn enter_root(
             .flatten()
             .any(|m| m.destination() == Path::new("/dev"));
         if dev_is_tmpfs {
-            rootfs::setup_dev(&root, spec, a.in_userns).map_err(E::stage("dev"))?;
+            rootfs::setup_dev(&Real, &root, spec, a.in_userns).map_err(E::stage("dev"))?;
         }
         run_hooks(
             spec.hooks()
@@ -392,9 +568,9 @@ fn enter_root(
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )
-        .map_err(|e| format!("/proc/self: {e}"))?;
-        rustix::process::chroot(&a.rootfs).map_err(|e| format!("chroot: {e}"))?;
-        rustix::process::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+        .map_err(InitError::ProcSelf)?;
+        rustix::process::chroot(&a.rootfs).map_err(InitError::Chroot)?;
+        rustix::process::chdir("/").map_err(InitError::ChdirRoot)?;
         Some(proc_self)
     };
     Ok((proc_self, sealed_init))
@@ -425,12 +601,18 @@ fn namespaced_settings(spec: &Spec, mount_ns: bool) -> Result<(), ChildError> {
     use ChildError as E;
     if has_ns(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname() {
-            rustix::system::sethostname(h.as_bytes())
-                .map_err(|e| format!("sethostname {h:?}: {e}"))?;
+            rustix::system::sethostname(h.as_bytes()).map_err(|source| InitError::Hostname {
+                name: h.clone(),
+                source,
+            })?;
         }
         if let Some(d) = spec.domainname() {
-            rustix::system::setdomainname(d.as_bytes())
-                .map_err(|e| format!("setdomainname {d:?}: {e}"))?;
+            rustix::system::setdomainname(d.as_bytes()).map_err(|source| {
+                InitError::Domainname {
+                    name: d.clone(),
+                    source,
+                }
+            })?;
         }
     }
     if has_ns(spec, LinuxNamespaceType::Network) {
@@ -439,12 +621,16 @@ fn namespaced_settings(spec: &Spec, mount_ns: bool) -> Result<(), ChildError> {
     if let Some(linux) = spec.linux() {
         for (k, v) in linux.sysctl().iter().flatten() {
             let p = format!("/proc/sys/{}", k.replace('.', "/"));
-            std::fs::write(&p, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+            std::fs::write(&p, v).map_err(|source| InitError::Sysctl {
+                key: k.clone(),
+                value: v.clone(),
+                source,
+            })?;
         }
         if mount_ns {
-            rootfs::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))
+            rootfs::mask_paths(&Real, linux.masked_paths().as_deref().unwrap_or(&[]))
                 .map_err(E::stage("masked paths"))?;
-            rootfs::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))
+            rootfs::readonly_paths(&Real, linux.readonly_paths().as_deref().unwrap_or(&[]))
                 .map_err(E::stage("read-only paths"))?;
         }
     }
@@ -455,11 +641,11 @@ fn namespaced_settings(spec: &Spec, mount_ns: bool) -> Result<(), ChildError> {
             .and_then(|r| r.readonly())
             .unwrap_or(false)
     {
-        rootfs::readonly_root().map_err(E::stage("read-only root"))?;
+        rootfs::readonly_root(&Real).map_err(E::stage("read-only root"))?;
     }
     if mount_ns {
         // Last of the mounts: "unbindable" forbids the binds above.
-        rootfs::apply_root_propagation(spec).map_err(E::stage("rootfs propagation"))?;
+        rootfs::apply_root_propagation(&Real, spec).map_err(E::stage("rootfs propagation"))?;
     }
     Ok(())
 }
@@ -492,10 +678,9 @@ fn process_settings(
         set_rlimit(r.typ(), r.soft(), r.hard()).map_err(E::stage("rlimits"))?;
     }
     if let Some(adj) = process.oom_score_adj() {
-        let mut f = open_proc_self(proc_self, "oom_score_adj")
-            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
-        std::io::Write::write_all(&mut f, adj.to_string().as_bytes())
-            .map_err(|e| format!("oomScoreAdj {adj}: {e}"))?;
+        let failed = |source| InitError::OomScoreAdj { adj, source };
+        let mut f = open_proc_self(proc_self, "oom_score_adj").map_err(failed)?;
+        std::io::Write::write_all(&mut f, adj.to_string().as_bytes()).map_err(failed)?;
     }
     Ok(())
 }
@@ -567,7 +752,7 @@ fn become_user(
             .inheritable(oci_spec::runtime::Capabilities::new())
             .ambient(oci_spec::runtime::Capabilities::new())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(InitError::NoCaps)?;
         Some(&no_caps)
     } else {
         process.capabilities().as_ref()
@@ -584,7 +769,7 @@ fn become_user(
     let caps_err = E::stage("capabilities");
     super::caps::drop_bounding(caps).map_err(&caps_err)?;
     // Keep capabilities across the uid switch, then set them explicitly.
-    rustix::thread::set_keep_capabilities(true).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+    rustix::thread::set_keep_capabilities(true).map_err(InitError::KeepCaps)?;
     if !a.in_userns || rustix::process::getuid().is_root() {
         let gids: Vec<libc::gid_t> = groups.to_vec();
         // SAFETY: plain syscall with a valid slice.
@@ -600,7 +785,7 @@ fn become_user(
         }
     }
     set_ids(uid, gid).map_err(E::stage("user"))?;
-    rustix::thread::set_keep_capabilities(false).map_err(|e| format!("PR_SET_KEEPCAPS: {e}"))?;
+    rustix::thread::set_keep_capabilities(false).map_err(InitError::KeepCaps)?;
     super::caps::apply_sets(caps).map_err(&caps_err)?;
 
     Ok(())
@@ -631,8 +816,8 @@ impl Program {
         let args = process.args().clone().unwrap_or_default();
         // The config check refuses these already; an exec'd process (`exec
         // --process`) or a HOME from /etc/passwd is checked here.
-        let cargs = crate::sys::cstr::args(&args).map_err(|e| e.to_string())?;
-        let cenv = crate::sys::cstr::env(&env).map_err(|e| e.to_string())?;
+        let cargs = crate::sys::cstr::args(&args).map_err(InitError::Nul)?;
+        let cenv = crate::sys::cstr::env(&env).map_err(InitError::Nul)?;
         let path_var = env
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
@@ -666,7 +851,7 @@ impl Program {
             &self.sealed_init,
         );
         let Ok(cprog) = CString::new(program.as_os_str().as_encoded_bytes()) else {
-            return "program path has a NUL byte".into();
+            return InitError::ProgramNul.into();
         };
         let mut argv: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -741,13 +926,13 @@ fn open_proc_self(proc_self: Option<&OwnedFd>, path: &str) -> std::io::Result<st
 }
 
 /// This process's binary (amphi's sealed copy), as an O_PATH descriptor.
-fn open_self_exe() -> Result<OwnedFd, String> {
+fn open_self_exe() -> Result<OwnedFd, InitError> {
     rustix::fs::open(
         "/proc/self/exe",
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| format!("--init: opening amphi's own binary: {e}"))
+    .map_err(InitError::SelfExe)
 }
 
 /// personality(2)'s flag names (linux/personality.h) and their bits.
@@ -769,7 +954,9 @@ const PERSONALITY_FLAGS: &[(&str, libc::c_ulong)] = &[
 /// LINUX32 8) with the flags, named as in linux/personality.h. An unknown
 /// flag is an error naming it (the config check refuses it before
 /// anything starts).
-pub fn personality_value(p: &oci_spec::runtime::LinuxPersonality) -> Result<libc::c_ulong, String> {
+pub fn personality_value(
+    p: &oci_spec::runtime::LinuxPersonality,
+) -> Result<libc::c_ulong, PersonalityError> {
     let mut v: libc::c_ulong = match p.domain() {
         oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0,
         oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
@@ -779,12 +966,9 @@ pub fn personality_value(p: &oci_spec::runtime::LinuxPersonality) -> Result<libc
             .iter()
             .find(|(name, _)| name == f)
             .map(|(_, bit)| *bit)
-            .ok_or_else(|| {
-                let known: Vec<&str> = PERSONALITY_FLAGS.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "linux.personality.flags[{i}]: unknown flag {f:?} (known: {})",
-                    known.join(", ")
-                )
+            .ok_or_else(|| PersonalityError {
+                index: i,
+                flag: f.clone(),
             })?;
         v |= bit;
     }
@@ -837,21 +1021,21 @@ fn tell_start(f: &std::fs::File, msg: &[u8]) {
     let _ = (&*f).write_all(msg);
 }
 
-pub(super) fn set_ids(uid: u32, gid: u32) -> Result<(), String> {
+pub(super) fn set_ids(uid: u32, gid: u32) -> Result<(), InitError> {
     // SAFETY: plain syscalls (raw, so only this thread changes: we are the
     // only thread of the cloned child).
     unsafe {
         if libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0 {
-            return Err(format!(
-                "setresgid {gid}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(InitError::SetGid {
+                gid,
+                source: std::io::Error::last_os_error(),
+            });
         }
         if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
-            return Err(format!(
-                "setresuid {uid}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(InitError::SetUid {
+                uid,
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(())
@@ -882,7 +1066,7 @@ fn find_program(arg0: &str, path: &str) -> Result<PathBuf, ChildError> {
     })
 }
 
-fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), String> {
+fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), InitError> {
     let name = serde_json::to_value(t)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -911,17 +1095,20 @@ fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), String> {
     };
     // SAFETY: valid pointer to a local rlimit.
     if unsafe { libc::setrlimit(res, &lim) } != 0 {
-        let e = std::io::Error::last_os_error();
+        let source = std::io::Error::last_os_error();
         let mut cur = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
         // SAFETY: valid pointer to a local rlimit.
         unsafe { libc::getrlimit(res, &mut cur) };
-        return Err(format!(
-            "rlimit {name} soft={soft} hard={hard}: {e} (this host allows at most hard={}; raising it needs CAP_SYS_RESOURCE)",
-            cur.rlim_max
-        ));
+        return Err(InitError::Rlimit {
+            name,
+            soft,
+            hard,
+            max: cur.rlim_max,
+            source,
+        });
     }
     Ok(())
 }
@@ -969,7 +1156,7 @@ fn loopback_up() {
 /// terminal and, in a mount namespace of its own, is bound onto
 /// /dev/console (as the runtime spec asks of `process.terminal`); the
 /// master goes to the console socket (or the parent).
-fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
+fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), InitError> {
     let (master, slave, name) = open_pty()?;
     if mount_ns {
         bind_console(&name)?;
@@ -992,11 +1179,11 @@ fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
     // SAFETY: TIOCSCTTY on our own new session; dup2 onto stdio.
     unsafe {
         if libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) != 0 {
-            return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));
+            return Err(InitError::Ctty(std::io::Error::last_os_error()));
         }
         for fd in 0..3 {
             if libc::dup2(slave.as_raw_fd(), fd) < 0 {
-                return Err(format!("dup2 pty: {}", std::io::Error::last_os_error()));
+                return Err(InitError::Dup2(std::io::Error::last_os_error()));
             }
         }
     }
@@ -1006,23 +1193,23 @@ fn setup_terminal(a: &mut InitArgs<'_>, mount_ns: bool) -> Result<(), String> {
 /// Opens a new pty (in the container's devpts) and its slave, close-on-exec
 /// and without making it a controlling terminal: (master, slave, the
 /// slave's path).
-fn open_pty() -> Result<(OwnedFd, OwnedFd, std::ffi::OsString), String> {
+fn open_pty() -> Result<(OwnedFd, OwnedFd, std::ffi::OsString), InitError> {
     let master = rustix::pty::openpt(
         rustix::pty::OpenptFlags::RDWR
             | rustix::pty::OpenptFlags::NOCTTY
             | rustix::pty::OpenptFlags::CLOEXEC,
     )
-    .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
-    rustix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
-    rustix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| format!("ptsname: {e}"))?;
+    .map_err(InitError::Ptmx)?;
+    rustix::pty::grantpt(&master).map_err(InitError::Grantpt)?;
+    rustix::pty::unlockpt(&master).map_err(InitError::Unlockpt)?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(InitError::Ptsname)?;
     let name = std::ffi::OsStr::from_bytes_ext(name.to_bytes()).to_os_string();
     let slave = rustix::fs::open(
         Path::new(&name),
         rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| format!("opening the pty slave: {e}"))?;
+    .map_err(InitError::PtySlave)?;
     Ok((master, slave, name))
 }
 
@@ -1032,7 +1219,7 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd, std::ffi::OsString), String> {
 /// is written there to the run's output. Output post-processing is off
 /// (no `\n` → `\r\n`), since that output goes to a file or pipe rather than a
 /// terminal. Returns the slave, for the caller to keep open until exec.
-fn setup_console_pty(a: &InitArgs<'_>) -> Result<OwnedFd, String> {
+fn setup_console_pty(a: &InitArgs<'_>) -> Result<OwnedFd, InitError> {
     let (master, slave, name) = open_pty()?;
     if let Ok(mut t) = rustix::termios::tcgetattr(&slave) {
         t.output_modes.remove(rustix::termios::OutputModes::ONLCR);
@@ -1046,19 +1233,24 @@ fn setup_console_pty(a: &InitArgs<'_>) -> Result<OwnedFd, String> {
 /// Binds the pty slave onto /dev/console, which is made an empty regular
 /// file first unless it is one or a device node already (a symlink, from
 /// an image or a bundle, is replaced: the bind must not follow it).
-fn bind_console(slave: &std::ffi::OsStr) -> Result<(), String> {
+fn bind_console(slave: &std::ffi::OsStr) -> Result<(), InitError> {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
     let path = "/dev/console";
     match rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => {
             let t = FileType::from_raw_mode(st.st_mode);
             if !matches!(t, FileType::RegularFile | FileType::CharacterDevice) {
-                rustix::fs::unlinkat(CWD, path, AtFlags::empty())
-                    .map_err(|e| format!("removing {path} (a {t:?}): {e}"))?;
+                rustix::fs::unlinkat(CWD, path, AtFlags::empty()).map_err(|source| {
+                    InitError::ConsoleRemove {
+                        path,
+                        kind: t,
+                        source,
+                    }
+                })?;
             }
         }
         Err(rustix::io::Errno::NOENT) => {}
-        Err(e) => return Err(format!("{path}: {e}")),
+        Err(source) => return Err(InitError::ConsoleStat { path, source }),
     }
     let as_path = || {
         rustix::fs::open(
@@ -1077,10 +1269,10 @@ fn bind_console(slave: &std::ffi::OsStr) -> Result<(), String> {
             )?;
             as_path()
         })
-        .map_err(|e| format!("creating {path}: {e}"))?;
+        .map_err(|source| InitError::ConsoleCreate { path, source })?;
     let dest = format!("/proc/self/fd/{}", target.as_raw_fd());
     rustix::mount::mount_bind(slave, dest.as_str())
-        .map_err(|e| format!("binding the pty onto {path}: {e}"))
+        .map_err(|source| InitError::ConsoleBind { path, source })
 }
 
 trait OsStrExt2 {
@@ -1098,7 +1290,7 @@ pub fn run_hooks(
     hooks: Option<Vec<oci_spec::runtime::Hook>>,
     stage: &str,
     state: &str,
-) -> Result<(), String> {
+) -> Result<(), HookError> {
     for h in hooks.unwrap_or_default() {
         super::hooks::run(&h, stage, Some(state))?;
     }

@@ -1,0 +1,177 @@
+//! `create`: a bundle's container set up, its process waiting for `start`.
+
+use super::{hang_up, hang_up_listener, write_pid_file, OciError, Result};
+use crate::container::config;
+use crate::container::launch::{launch, LaunchOptions};
+use crate::container::state::{self, State};
+use oci_spec::runtime::Spec;
+use std::path::{Path, PathBuf};
+
+/// `create` options.
+#[derive(Clone)]
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub preserve_fds: i32,
+}
+
+/// The spec's annotations, and the state document hooks see while the
+/// container is being created.
+pub(super) fn creating_state(
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    serde_json::Value,
+) {
+    let annotations: std::collections::BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let template = serde_json::json!({
+        "ociVersion": "1.2.0", "id": id, "status": "creating", "bundle": bundle, "annotations": annotations,
+    });
+    (annotations, template)
+}
+
+pub(super) fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or("config.json: `root` is missing")?;
+    let p = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(p),
+        Ok(_) => Err(format!("rootfs {} is not a directory", p.display()).into()),
+        Err(e) => Err(format!("rootfs {} does not exist: {e}", p.display()).into()),
+    }
+}
+
+/// `create`: set the container up; its process waits for `start`.
+pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
+    let r = create_checked(root, &o);
+    if r.is_err() {
+        // Launch connects the console socket first and closes it on its
+        // own errors; a second connection after that is never accepted.
+        hang_up(o.console_socket.as_deref());
+        hang_up_listener(&o.bundle);
+    }
+    r
+}
+
+fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
+    state::check_id(&o.id)?;
+    let bundle = std::fs::canonicalize(&o.bundle)
+        .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
+    let spec = config::load_bundle(&bundle)?;
+    let rootfs = bundle_rootfs(&spec, &bundle)?;
+    state::ensure_root(root)?;
+    let dir = State::dir(root, &o.id);
+    match state::create_dir(root, &o.id) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("container id {:?} is already in use", o.id).into())
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
+    }
+    let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
+}
+
+fn create_in(
+    root: &Path,
+    dir: &Path,
+    bundle: &Path,
+    rootfs: &Path,
+    spec: &Spec,
+    o: &CreateOptions,
+) -> Result<()> {
+    let fifo = dir.join("exec.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| OciError::io(format_args!("exec fifo {}", fifo.display()), e))?;
+    let (annotations, template) = creating_state(spec, &o.id, bundle);
+    // The runtime spec: when create fails (a hook, or anything after the
+    // container began to exist), the container is destroyed and the
+    // poststop hooks run.
+    let failed = |e: OciError| -> OciError {
+        let mut st = template.clone();
+        st["status"] = "stopped".into();
+        st["pid"] = 0.into();
+        run_poststop(spec, &st.to_string());
+        e
+    };
+    let l = launch(
+        spec,
+        rootfs,
+        LaunchOptions {
+            id: o.id.clone(),
+            exec_fifo: Some(fifo),
+            console_socket: o.console_socket.clone(),
+            user_lookup: None,
+            preserve_fds: o.preserve_fds,
+            state_template: template.clone(),
+            owns_cgroup: true,
+            sealed: true,
+            console_pty: false,
+        },
+    )
+    .map_err(|e| failed(e.into()))?;
+    let st = State {
+        annotations,
+        ..State::launched(
+            &o.id,
+            l.pid,
+            bundle.to_path_buf(),
+            rootfs.to_path_buf(),
+            l.cgroup.clone(),
+        )
+    };
+    let saved = st
+        .save(root)
+        .map_err(OciError::cause)
+        .and_then(|()| match &o.pid_file {
+            Some(p) => write_pid_file(p, l.pid),
+            None => Ok(()),
+        });
+    if let Err(e) = saved {
+        kill_and_reap(l.pid);
+        let _ = l.cgroup.remove();
+        return Err(failed(e));
+    }
+    Ok(())
+}
+
+/// Runs the poststop hooks; their failures are only warnings (runtime spec).
+pub(super) fn run_poststop(spec: &Spec, state: &str) {
+    if let Some(h) = spec.hooks() {
+        if let Err(e) = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", state) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+pub(super) fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling / reaping a pid we own.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+    }
+}

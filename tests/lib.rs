@@ -3,6 +3,7 @@
 
 mod layout;
 pub mod parity;
+pub mod tiny_guest;
 mod token;
 
 pub use layout::{raw_tar, sha256_digest, BuiltLayout, Compression, LayoutBuilder, TarEntry};

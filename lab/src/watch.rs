@@ -44,6 +44,40 @@ pub struct Mem {
     pub guest_anon: u64,
 }
 
+/// The smaps of process `pid` and of its descendants, one after the
+/// other: a jailed `amphi vmm` is a supervisor whose child (in its own pid
+/// namespace) holds the VM, and both count.
+fn tree_smaps(pid: u32) -> std::io::Result<String> {
+    let mut text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // The parent pid is the second field after the ")" that ends the name.
+            let ppid = stat
+                .rfind(')')
+                .and_then(|at| stat[at + 1..].split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                if let Ok(more) = std::fs::read_to_string(format!("/proc/{p}/smaps")) {
+                    text.push_str(&more);
+                }
+                parents.push(p);
+            }
+        }
+    }
+    Ok(text)
+}
+
 /// Adds up a smaps file. A line that does not start with a capital is a
 /// mapping's header; the fields that follow it belong to that mapping.
 pub fn parse_smaps(text: &str, guest_kb: u64) -> Mem {
@@ -199,7 +233,7 @@ fn follow(
         let now = ms_since(t0);
         if let (Some(at), None) = (marked, &mem) {
             if now >= at.duration_since(t0).as_secs_f64() * 1e3 + w.settle_ms {
-                match std::fs::read_to_string(&smaps) {
+                match tree_smaps(child.id()) {
                     Ok(text) => mem = Some(parse_smaps(&text, w.guest_kb)),
                     Err(e) if !smaps_failed => {
                         eprintln!("amphi-lab: reading {smaps} failed: {e}");

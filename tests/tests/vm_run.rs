@@ -965,3 +965,140 @@ fn kill_9_of_the_client_leaves_nothing_after_gc() {
     );
     e.assert_clean("run (client killed) + gc");
 }
+
+// --- the monitor's jail (QEMU here; amphi's VMM: tests/vmm_jail.rs) ---
+
+/// `/proc/<pid>/status` as name → value.
+fn proc_status(pid: u32) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// While a workload runs, QEMU is what its jail makes it: the run's own
+/// user, no effective or permitted capability (its bounding set keeps only
+/// what `-runas` and `-chroot` needed), QEMU's seccomp sandbox on every
+/// thread, no_new_privs, the run's empty `jail/` as its root, mount and
+/// net namespaces of its own, and its own cgroup; afterwards the cgroup is
+/// gone with the rest.
+#[test]
+fn qemu_runs_jailed() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(e) = Env::new() else { return };
+    if !amphi_tests::is_root() {
+        skip("QEMU's jail needs root (namespaces, users, cgroups): not tested");
+        return;
+    }
+    // What explain says the jail will be.
+    let explain = e
+        .cmd(&["explain", "--isolation", "vm", IMG])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success(), "{explain:?}");
+    for want in [
+        "monitor jail (QEMU microvm",
+        "user: its own uid and gid",
+        "namespaces: its own pid, mount, ipc, uts and net",
+        "seccomp: QEMU's -sandbox on,obsolete=deny,",
+        "cgroup: amphi-vmm/<id>",
+    ] {
+        assert!(text.contains(want), "explain lacks {want:?}:\n{text}");
+    }
+    // --init: the shell is not PID 1 of its container, so SIGTERM ends it.
+    let args = Env::args(&["--init"], &["sh", "-c", "echo ready; sleep 60"]);
+    let running = e.start(&[], &args, Input::Null);
+    let backend = e.wait_for_backend(&running);
+    assert!(backend.contains("qemu-system"), "{backend}");
+    let pid: u32 = backend.split(':').next().unwrap().trim().parse().unwrap();
+    // The user changes just before the guest starts.
+    let deadline = Instant::now() + RUN_LIMIT;
+    let st = loop {
+        let st = proc_status(pid);
+        if st.get("Uid").is_some_and(|u| !u.starts_with("0\t")) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "QEMU never left root: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for k in ["Uid", "Gid"] {
+        for id in st[k].split_whitespace() {
+            let id: u64 = id.parse().unwrap();
+            assert!(id >= 2_000_000_000, "{k} {}", st[k]);
+        }
+    }
+    for k in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(st[k], "0000000000000000", "{k}");
+    }
+    // CAP_SETGID, CAP_SETUID, CAP_SYS_CHROOT: bits 6, 7 and 18.
+    assert_eq!(st["CapBnd"], "00000000000400c0");
+    assert_eq!(st["NoNewPrivs"], "1");
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = fs::read_to_string(t.join("comm")).unwrap();
+        if name.starts_with("kvm-") {
+            continue;
+        }
+        let ts = fs::read_to_string(t.join("status")).unwrap();
+        assert!(ts.contains("\nSeccomp:\t2\n"), "thread {name}: {ts}");
+    }
+    let run_dir = e
+        .state
+        .path()
+        .join("vm")
+        .join(&dir_names(&e.state.path().join("vm"))[0]);
+    let jail = run_dir.join("jail");
+    let root = fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let dir = fs::metadata(&jail).unwrap();
+    assert_eq!(
+        (root.dev(), root.ino()),
+        (dir.dev(), dir.ino()),
+        "QEMU's root is {}",
+        jail.display()
+    );
+    assert_eq!(
+        fs::read_dir(format!("/proc/{pid}/root/")).unwrap().count(),
+        0
+    );
+    for ns in ["mnt", "net", "ipc", "uts"] {
+        let theirs = fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        let ours = fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(theirs, ours, "QEMU shares the host's {ns} namespace");
+    }
+    let id = run_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(cgroup.contains(&format!("/amphi-vmm/{id}")), "{cgroup}");
+
+    // SAFETY: signalling our own child (amphi), which forwards it.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    running.finish().expect_code(143);
+    e.assert_clean("run (QEMU jailed)");
+    for c in ["memory", "pids", ""] {
+        let d = Path::new("/sys/fs/cgroup")
+            .join(c)
+            .join("amphi-vmm")
+            .join(&id);
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+
+    // The run report says what jailed the monitor.
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let env = [("AMPHI_RUN_REPORT", report.path().to_str().unwrap())];
+    e.vm_with(&env, &[], &["true"], Input::Null).expect_code(0);
+    let r: Value = serde_json::from_str(&fs::read_to_string(report.path()).unwrap()).unwrap();
+    let lines: Vec<&str> = r["monitor_protections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no monitor_protections: {r}"))
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("seccomp: QEMU's -sandbox")),
+        "{r}"
+    );
+}

@@ -77,6 +77,15 @@ pub enum VmmError {
     /// A vCPU thread could not be started or died.
     #[error("vCPU thread: {0}")]
     Thread(String),
+    /// A step of the jail (namespaces, new root, ids, capabilities,
+    /// seccomp) failed: the VMM does not run unjailed instead.
+    #[error("jail: {step}: {detail}")]
+    Jail {
+        /// What was being done, e.g. `pivot_root into the jail`.
+        step: &'static str,
+        /// The error.
+        detail: String,
+    },
 }
 
 /// Shorthand for results in this crate.

@@ -48,6 +48,7 @@ pub mod devices;
 pub mod error;
 pub mod event_loop;
 pub mod exit;
+pub mod jail;
 pub mod loader;
 pub mod memory;
 pub mod pvm;

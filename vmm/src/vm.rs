@@ -28,6 +28,7 @@ use crate::devices::{Bus, UnhandledStats};
 use crate::error::{kvm_err, Result, VmmError};
 use crate::event_loop::EventLoop;
 use crate::exit::ExitReason;
+use crate::jail::{Gate, ThreadFilters, ThreadKind};
 use crate::loader::{load_linux, BootInfo};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
 use crate::pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
@@ -57,6 +58,11 @@ pub struct Vm {
     stop: Arc<StopState>,
     /// When a vCPU first came back from `KVM_RUN` (see [`Vm::first_exit_at`]).
     first_exit: Arc<OnceLock<Instant>>,
+    /// The seccomp filters `run()` installs (see [`Vm::set_seccomp`]).
+    seccomp: Option<ThreadFilters>,
+    /// The thread calling `run()` is under its filter: no new thread can
+    /// be started, so no second run.
+    main_filtered: bool,
 }
 
 impl Vm {
@@ -153,6 +159,8 @@ impl Vm {
             cmdline,
             stop,
             first_exit: Arc::new(OnceLock::new()),
+            seccomp: None,
+            main_filtered: false,
         })
     }
 
@@ -290,15 +298,33 @@ impl Vm {
         self.mmio.unhandled()
     }
 
+    /// Makes `run()` put each thread it starts under its own seccomp
+    /// filter (vCPU threads the vCPU one, the device event loop its own)
+    /// before the guest runs, and, with `filters.main_thread`, the calling
+    /// thread under the control filter once they are started. The SIGSYS
+    /// reporter ([`crate::jail::install_sigsys_reporter`]) should be
+    /// installed first.
+    pub fn set_seccomp(&mut self, filters: ThreadFilters) {
+        self.seccomp = Some(filters);
+    }
+
     /// Runs every vCPU on its own thread until the guest resets, shuts
     /// down, faults, KVM gives up, or the host stops it. The vCPUs come back
-    /// afterwards, so `run()` can be called again (e.g. after a `HostStop`).
+    /// afterwards, so `run()` can be called again (e.g. after a `HostStop`),
+    /// unless the calling thread went under a seccomp filter in the first
+    /// run ([`Vm::set_seccomp`]).
     pub fn run(&mut self) -> Result<ExitReason> {
         if self.vcpus.len() != usize::from(self.config.vcpus) {
             return Err(VmmError::Thread(
                 "the vCPUs were lost by an earlier failed run".into(),
             ));
         }
+        if self.main_filtered {
+            return Err(VmmError::Thread(
+                "this thread is under its seccomp filter since the first run: it cannot start the VM's threads again".into(),
+            ));
+        }
+        let jail = self.seccomp.clone().map(|f| (f, Arc::new(Gate::default())));
         let ctx = RunContext {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
@@ -306,7 +332,15 @@ impl Vm {
             first_exit: self.first_exit.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
-        let event_loop = self.spawn_event_loop()?;
+        let event_loop = match self.spawn_event_loop(jail.clone()) {
+            Ok(el) => el,
+            Err(e) => {
+                if let Some((_, gate)) = &jail {
+                    gate.open(Err("the device event loop did not start".into()));
+                }
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
@@ -316,12 +350,16 @@ impl Vm {
                 let ctx = ctx.clone();
                 let tx = tx.clone();
                 let index = vcpu.index();
+                let jail = jail.clone();
                 let spawned =
                     thread::Builder::new()
                         .name(format!("vcpu{index}"))
                         .spawn(move || {
                             let outcome =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    if let Some((filters, gate)) = &jail {
+                                        enter_filter(filters, gate, ThreadKind::Vcpu, index)?;
+                                    }
                                     vcpu.run(&ctx)
                                 }))
                                 .unwrap_or_else(|_| {
@@ -344,6 +382,20 @@ impl Vm {
             }
         }
         drop(tx);
+        if let Some((filters, gate)) = &jail {
+            let outcome = if let Some(e) = &spawn_error {
+                Err(e.to_string())
+            } else if filters.main_thread {
+                self.main_filtered = true;
+                filters
+                    .filters
+                    .apply(ThreadKind::Control, 0)
+                    .map_err(|e| e.to_string())
+            } else {
+                Ok(())
+            };
+            gate.open(outcome);
+        }
 
         // The first vCPU to finish decides how the VM ended.
         let first = match spawn_error {
@@ -402,7 +454,10 @@ impl Vm {
     }
 
     /// Starts the event loop on its own thread, if there are devices.
-    fn spawn_event_loop(&mut self) -> Result<Option<thread::JoinHandle<EventLoop>>> {
+    fn spawn_event_loop(
+        &mut self,
+        jail: Option<(ThreadFilters, Arc<Gate>)>,
+    ) -> Result<Option<thread::JoinHandle<EventLoop>>> {
         let Some(mut el) = self.event_loop.take() else {
             if !self.devices.devices().is_empty() {
                 return Err(VmmError::Thread(
@@ -414,12 +469,37 @@ impl Vm {
         thread::Builder::new()
             .name("virtio-events".into())
             .spawn(move || {
+                if let Some((filters, gate)) = &jail {
+                    if let Err(e) = enter_filter(filters, gate, ThreadKind::EventLoop, 0) {
+                        tracing::error!("the device event loop does not run: {e}");
+                        return el;
+                    }
+                }
                 el.run();
                 el
             })
             .map(Some)
             .map_err(|e| VmmError::Thread(format!("spawning the device event loop: {e}")))
     }
+}
+
+/// Puts the calling thread under `kind`'s filter, then waits until the
+/// thread that started it is filtered too. An error means the thread must
+/// not run guest code.
+fn enter_filter(
+    filters: &ThreadFilters,
+    gate: &Gate,
+    kind: ThreadKind,
+    index: usize,
+) -> Result<()> {
+    let own = filters
+        .filters
+        .apply(kind, u32::try_from(index).unwrap_or(u32::MAX));
+    let all = gate.pass().map_err(|detail| VmmError::Jail {
+        step: "installing the seccomp filters",
+        detail,
+    });
+    own.and(all)
 }
 
 /// Creates the configured virtio devices (block devices in order, then the

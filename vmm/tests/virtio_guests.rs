@@ -19,6 +19,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use amphi_vmm::jail::{FilterParams, SeccompFilters, ThreadFilters};
 use amphi_vmm::{BlockConfig, ConsoleBackend, ExitReason, Vm, VmConfig};
 
 mod common;
@@ -126,7 +127,30 @@ const BLOCK_GUEST: &[u8] = &[
 
 #[test]
 fn guest_reads_a_block_device_over_virtio_mmio() {
-    if !kvm_or_skip("guest_reads_a_block_device_over_virtio_mmio") {
+    block_guest("guest_reads_a_block_device_over_virtio_mmio", false);
+}
+
+/// As above, with the vCPU and the device event loop under their seccomp
+/// filters: a call outside them kills this test process with SIGSYS and a
+/// line naming the thread and the call.
+#[test]
+fn guest_reads_a_block_device_under_seccomp() {
+    block_guest("guest_reads_a_block_device_under_seccomp", true);
+}
+
+/// Puts the VM's threads under their seccomp filters (not the test's own
+/// thread: `main_thread: false`).
+fn jail_threads(vm: &mut Vm) {
+    amphi_vmm::jail::install_sigsys_reporter().unwrap();
+    let filters = SeccompFilters::new(FilterParams::current()).unwrap();
+    vm.set_seccomp(ThreadFilters {
+        filters: Arc::new(filters),
+        main_thread: false,
+    });
+}
+
+fn block_guest(test: &str, jailed: bool) {
+    if !kvm_or_skip(test) {
         return;
     }
     let started = Instant::now();
@@ -160,6 +184,9 @@ fn guest_reads_a_block_device_over_virtio_mmio() {
     read_request(&vm, 1, 3);
     vm.write_guest(CODE, BLOCK_GUEST).unwrap();
     vm.set_vcpu_entry(0, &long_mode(CODE)).unwrap();
+    if jailed {
+        jail_threads(&mut vm);
+    }
     assert_eq!(run_guarded(&mut vm), ExitReason::Reset);
 
     assert_eq!(read_u32(&vm, RESULTS), 0x7472_6976, "MagicValue");
@@ -201,10 +228,7 @@ fn guest_reads_a_block_device_over_virtio_mmio() {
     assert_eq!(transport.guest_errors(), 0);
     drop(transport);
     assert_eq!(vm.unhandled_mmio().reads + vm.unhandled_mmio().writes, 0);
-    eprintln!(
-        "TIMING: guest_reads_a_block_device_over_virtio_mmio: {:?}",
-        started.elapsed()
-    );
+    eprintln!("TIMING: {test}: {:?}", started.elapsed());
 }
 
 /// The guest: bring up the console's receive queue (8 entries at
@@ -253,7 +277,17 @@ const ECHO_GUEST: &[u8] = &[
 
 #[test]
 fn guest_echoes_console_bytes_over_virtio_mmio() {
-    if !kvm_or_skip("guest_echoes_console_bytes_over_virtio_mmio") {
+    echo_guest("guest_echoes_console_bytes_over_virtio_mmio", false);
+}
+
+/// As above, under the seccomp filters (see the block test's twin).
+#[test]
+fn guest_echoes_console_bytes_under_seccomp() {
+    echo_guest("guest_echoes_console_bytes_under_seccomp", true);
+}
+
+fn echo_guest(test: &str, jailed: bool) {
+    if !kvm_or_skip(test) {
         return;
     }
     let started = Instant::now();
@@ -281,6 +315,9 @@ fn guest_echoes_console_bytes_over_virtio_mmio() {
     vm.write_guest(0x37000, &[0, 0, 0, 0, 0, 0]).unwrap();
     vm.write_guest(CODE, ECHO_GUEST).unwrap();
     vm.set_vcpu_entry(0, &long_mode(CODE)).unwrap();
+    if jailed {
+        jail_threads(&mut vm);
+    }
     assert_eq!(run_guarded(&mut vm), ExitReason::Reset);
     assert!(vm.drain_devices(std::time::Duration::from_secs(5)));
 
@@ -293,8 +330,5 @@ fn guest_echoes_console_bytes_over_virtio_mmio() {
     assert_eq!(transport.notify_exits(), 0, "KVM_IOEVENTFD took the notify");
     assert_eq!(transport.guest_errors(), 0);
     drop(transport);
-    eprintln!(
-        "TIMING: guest_echoes_console_bytes_over_virtio_mmio: {:?}",
-        started.elapsed()
-    );
+    eprintln!("TIMING: {test}: {:?}", started.elapsed());
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
     amphi explain localhost/demo/systemd bash      # as `amphi run IMAGE bash` would run\n  \
     amphi explain --policy ./policy.toml registry.example.com/app:1.2\n\n\
     Prints how `amphi run` would run the image (native container or microVM, and with which \
-    guest kernel and backend), who decided it and every rule checked, with the values compared. \
+    guest kernel and backend), who decided it and every rule checked, with the values compared; \
+    for a microVM also what jails its monitor (user, capabilities, filesystem, namespaces, \
+    seccomp, cgroup: what a guest that broke out of the VM would find). \
     Who decides: the policy ([[image]], [[trust]], default_isolation) first; then --isolation \
     (which may raise the policy to vm, never lower its vm); then the image's io.amphi.* \
     annotations and labels, which may only ask for more isolation; then what amphi infers from \
@@ -52,6 +54,21 @@ pub struct ExplainArgs {
     pub command: Vec<String>,
 }
 
+/// For a microVM plan, what its monitor's jail gives (`monitor jail:` and a
+/// line each); nothing for a native container.
+pub fn monitor_protections(p: &crate::dispatch::Plan) -> String {
+    match &p.target {
+        crate::dispatch::Target::Vm(vm) => {
+            let mut s = format!("monitor jail ({}):\n", vm.backend.describe());
+            for line in crate::vm::jail::protections(&vm.backend) {
+                s.push_str(&format!("  {line}\n"));
+            }
+            s
+        }
+        crate::dispatch::Target::Container => String::new(),
+    }
+}
+
 pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
     let iso: IsolationChoice = a.isolation.parse()?;
     let backend = a.vm_backend.parse().map_err(anyhow::Error::msg)?;
@@ -67,11 +84,19 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         ..crate::dispatch::PlanRequest::new(store_root, &a.image)
     }) {
         Ok(p) if a.json => {
-            println!("{}", serde_json::to_string_pretty(&p)?);
+            let mut v = serde_json::to_value(&p)?;
+            if let (crate::dispatch::Target::Vm(vm), Some(o)) = (&p.target, v.as_object_mut()) {
+                o.insert(
+                    "monitor_protections".into(),
+                    crate::vm::jail::protections(&vm.backend).into(),
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
         Ok(p) => {
             print!("{p}");
+            print!("{}", monitor_protections(&p));
             Ok(0)
         }
         Err(e) => {

@@ -60,6 +60,9 @@ fn gc_stale_runs(state_root: &std::path::Path) {
         }
         Err(e) => eprintln!("amphi: warning: microVM run directories: {e}"),
     }
+    for what in crate::vm::jail::sweep_stale() {
+        eprintln!("amphi: removed {what}");
+    }
 }
 
 /// Exit status for amphi's own failures (bad flags, missing images, store

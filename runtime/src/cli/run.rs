@@ -269,6 +269,7 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     }
     if d.verbose {
         eprint!("{plan}");
+        eprint!("{}", super::explain::monitor_protections(&plan));
     }
     // What the image scan knows of the init, for `--systemd` and for the
     // hint when it fails.

@@ -6,12 +6,23 @@
 //! after `--timeout`, 128+N after signal N (SIGTERM, SIGINT), and
 //! [`super::EXIT_AMPHI`] when the VM could not be started.
 //!
+//! Jailed by default (see [`crate::vm::jail`] and `amphi_vmm::jail`): the
+//! process started is a supervisor; the VMM is its child in a new pid
+//! namespace, in its own cgroup, which opens everything, creates the VM,
+//! then enters new mount, ipc, uts and net namespaces, pivots into an
+//! empty read-only root, drops to an unprivileged uid and gid with no
+//! capabilities (no_new_privs, not dumpable), and puts each thread under
+//! its own seccomp filter before the guest runs. A filter violation ends
+//! the VMM with status 159 and a line naming the thread and the system
+//! call. `--no-jail` (debugging only) runs the VMM as root, unconfined,
+//! and says so on stderr.
+//!
 //! With `AMPHI_VMM_TIMING` set, one more line on stderr says how long
 //! startup took: `amphi vmm: timing: ...` in milliseconds, from the
 //! moment in `AMPHI_VMM_TIMING` when it holds one (Unix seconds with a
 //! fraction, e.g. bash's `$EPOCHREALTIME` on the command line that starts
 //! amphi: exec and process setup included), else from entering `amphi vmm`,
-//! to the VM created, the kernel loaded, the first VM exit (for a guest whose
+//! to the VM created, the kernel loaded, the jail entered, the first VM exit (for a guest whose
 //! first instruction is a port write: the first guest instruction), and the
 //! end of the run.
 
@@ -21,10 +32,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use amphi_vmm::jail::{FilterParams, SeccompFilters, ThreadFilters, ThreadKind};
 use amphi_vmm::{
     BlockConfig, ConsoleBackend, ExitReason, SerialOut, StopHandle, Vm, VmConfig, VmmError,
 };
 use clap::Args;
+
+use crate::vm::jail::{self as vmjail, Side, VmmSide};
 
 /// Exit status when `--timeout` stopped the guest (as timeout(1)).
 const EXIT_TIMEOUT: i32 = 124;
@@ -32,6 +46,20 @@ const EXIT_TIMEOUT: i32 = 124;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Jailed by default: the process started supervises the VMM, its child in \
+    a new pid namespace and its own cgroup (amphi-vmm/ID: memory = guest RAM + 64 MiB + RAM/64, \
+    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks and console socket, \
+    creates the VM, then enters new mount, ipc, uts and net namespaces, pivots into an empty \
+    read-only root (--jail-dir), runs as an unprivileged uid/gid (default 2000000000 + this \
+    process's pid) with no capabilities, no_new_privs and not dumpable, and puts each thread \
+    (vCPUs, device event loop, control) under its own seccomp filter before the guest runs. \
+    A forbidden system call kills the VMM (SIGSYS): `amphi vmm: seccomp: the vcpu0 thread made \
+    system call N, ...` on stderr and exit status 159. --no-jail (debugging only) runs it as \
+    root and unconfined, and says so on stderr.\n\n\
+    Exit status: 0 when the guest reset or shut down, 1 when it died, 124 after --timeout, \
+    128+N after signal N, 159 after a seccomp violation, 125 when the VM could not be started."
+)]
 pub struct VmmArgs {
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
     #[arg(long, value_name = "PATH")]
@@ -63,6 +91,39 @@ pub struct VmmArgs {
     /// Stop the guest after this many seconds
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+    /// Run the VMM unjailed: as root, with every capability, the host's
+    /// filesystem and namespaces, no seccomp filter and no cgroup. For
+    /// debugging only; says so on stderr
+    #[arg(long, env = "AMPHI_VMM_NO_JAIL")]
+    pub no_jail: bool,
+    /// Name of the jail: the VMM's cgroup is amphi-vmm/ID, its default
+    /// root /run/amphi/jail/ID [default: vmm-<pid>]
+    #[arg(long, value_name = "ID")]
+    pub jail_id: Option<String>,
+    /// Empty directory that becomes the jailed VMM's root (read-only; made
+    /// and removed if missing) [default: /run/amphi/jail/ID]
+    #[arg(long, value_name = "DIR")]
+    pub jail_dir: Option<PathBuf>,
+    /// uid of the jailed VMM [default: 2000000000 + the pid of `amphi vmm`,
+    /// one per VM]
+    #[arg(long, value_name = "UID", env = "AMPHI_VMM_UID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_uid: Option<u32>,
+    /// gid of the jailed VMM [default: the uid]
+    #[arg(long, value_name = "GID", env = "AMPHI_VMM_GID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jail_gid: Option<u32>,
+    /// For tests of the violation report: the stop watcher makes a
+    /// forbidden call (socket) once under its filter
+    #[arg(long, hide = true)]
+    pub seccomp_selftest: bool,
+}
+
+/// The jail of this VMM, as its supervisor set it up.
+struct Jail {
+    id: String,
+    dir: PathBuf,
+    uid: u32,
+    gid: u32,
+    supervisor: VmmSide,
 }
 
 /// Parses `--disk PATH[,ro]`.
@@ -98,8 +159,12 @@ enum StopCause {
 /// Startup milestones for `AMPHI_VMM_TIMING`.
 #[derive(Default)]
 struct Timing {
+    /// The jailed VMM: forked into its pid namespace, in its cgroup.
+    forked: Option<Instant>,
+    cgroup: Option<Instant>,
     created: Option<Instant>,
     loaded: Option<Instant>,
+    jailed: Option<Instant>,
     first_exit: Option<Instant>,
     ended: Option<Instant>,
 }
@@ -110,7 +175,27 @@ pub fn run(args: &VmmArgs) -> i32 {
     let entered_wall = SystemTime::now();
     let timing_env = std::env::var("AMPHI_VMM_TIMING").ok();
     let mut timing = Timing::default();
-    let code = match boot(args, &mut timing) {
+    if let Err(e) = preflight(args) {
+        eprintln!("amphi vmm: error: {e}");
+        return super::EXIT_AMPHI;
+    }
+    let jail = if args.no_jail {
+        eprintln!(
+            "amphi vmm: warning: UNJAILED (--no-jail): the VMM runs as root with every capability, \
+             sees the host's filesystem, and has no seccomp filter and no cgroup; for debugging only"
+        );
+        None
+    } else {
+        match supervise(args) {
+            Ok(Side::Supervisor(code)) => return code,
+            Ok(Side::Vmm(j)) => Some(j),
+            Err(e) => {
+                eprintln!("amphi vmm: error: {e}");
+                return super::EXIT_AMPHI;
+            }
+        }
+    };
+    let code = match boot(args, &mut timing, jail.as_ref()) {
         Ok((reason, cause)) => report(&reason, cause),
         Err(e) => {
             eprintln!("amphi vmm: error: {e}");
@@ -141,9 +226,12 @@ fn timing_line(env: &str, entered: Instant, entered_wall: SystemTime, t: &Timing
         None => "-".into(),
     };
     let milestones = format!(
-        "to VM created {}, to kernel loaded {}, to first guest exit {}, to end {}",
+        "to forked {}, to cgroup {}, to VM created {}, to kernel loaded {}, to jailed {}, to first guest exit {}, to end {}",
+        ms(t.forked),
+        ms(t.cgroup),
         ms(t.created),
         ms(t.loaded),
+        ms(t.jailed),
         ms(t.first_exit),
         ms(t.ended)
     );
@@ -153,10 +241,105 @@ fn timing_line(env: &str, entered: Instant, entered_wall: SystemTime, t: &Timing
     }
 }
 
-fn boot(args: &VmmArgs, timing: &mut Timing) -> Result<(ExitReason, Option<StopCause>), String> {
+/// The checks made before anything else: the kernel and initrd are files
+/// the loader may take.
+fn preflight(args: &VmmArgs) -> Result<(), String> {
     check_kernel(&args.kernel)?;
     if let Some(initrd) = &args.initrd {
         check_file("initrd", initrd)?;
+    }
+    Ok(())
+}
+
+/// Sets up the jail's directory and forks the VMM into its pid namespace
+/// under this process's supervision ([`vmjail::fork_supervised`]).
+fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
+    let id = args
+        .jail_id
+        .clone()
+        .unwrap_or_else(|| format!("vmm-{}", std::process::id()));
+    vmjail::check_id(&id)?;
+    let dir = vmjail::jail_dir(args.jail_dir.as_deref(), &id);
+    let uid = args
+        .jail_uid
+        .unwrap_or_else(|| vmjail::default_uid(std::process::id()));
+    let gid = args.jail_gid.unwrap_or(uid);
+    let made = vmjail::make_jail_dir(&dir)?;
+    let cleanup_id = id.clone();
+    let cleanup_dir = dir.clone();
+    let side = vmjail::fork_supervised(move || {
+        if let Err(e) = vmjail::remove_cgroup(&cleanup_id) {
+            eprintln!("amphi vmm: warning: {e}");
+        }
+        if made {
+            if let Err(e) = std::fs::remove_dir(&cleanup_dir) {
+                eprintln!(
+                    "amphi vmm: warning: removing the jail directory {}: {e}",
+                    cleanup_dir.display()
+                );
+            }
+        }
+    });
+    let side = match side {
+        Ok(s) => s,
+        Err(e) => {
+            if made {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e);
+        }
+    };
+    Ok(match side {
+        Side::Supervisor(code) => Side::Supervisor(code),
+        Side::Vmm(supervisor) => Side::Vmm(Jail {
+            id,
+            dir,
+            uid,
+            gid,
+            supervisor,
+        }),
+    })
+}
+
+/// Enters the jail (the VM is created and its files are open) and
+/// prepares the per-thread seccomp filters; returns the filters for the
+/// stop watcher.
+fn lock_down(jail: &Jail, vm: &mut Vm) -> Result<Arc<SeccompFilters>, String> {
+    amphi_vmm::jail::lockdown::enter(&amphi_vmm::jail::Lockdown {
+        root: &jail.dir,
+        uid: jail.uid,
+        gid: jail.gid,
+        parent_death_signal: Some(libc::SIGKILL),
+    })
+    .map_err(|e| e.to_string())?;
+    if !jail.supervisor.supervisor_alive() {
+        return Err("the supervisor (amphi vmm's first process) is gone".into());
+    }
+    amphi_vmm::jail::install_sigsys_reporter().map_err(|e| e.to_string())?;
+    let filters =
+        Arc::new(SeccompFilters::new(FilterParams::current()).map_err(|e| e.to_string())?);
+    vm.set_seccomp(ThreadFilters {
+        filters: filters.clone(),
+        main_thread: true,
+    });
+    Ok(filters)
+}
+
+fn boot(
+    args: &VmmArgs,
+    timing: &mut Timing,
+    jail: Option<&Jail>,
+) -> Result<(ExitReason, Option<StopCause>), String> {
+    if let Some(j) = jail {
+        timing.forked = Some(Instant::now());
+        // Before guest memory exists, so that all of it is charged here.
+        vmjail::enter_cgroup(
+            &j.id,
+            vmjail::memory_limit(u64::from(args.mem)),
+            vmjail::pids_limit(u64::from(args.vcpus)),
+        )
+        .map_err(|e| format!("jail: {e}"))?;
+        timing.cgroup = Some(Instant::now());
     }
     let config = VmConfig {
         mem_mib: args.mem,
@@ -184,8 +367,21 @@ fn boot(args: &VmmArgs, timing: &mut Timing) -> Result<(ExitReason, Option<StopC
         e => e.to_string(),
     })?;
     timing.loaded = Some(Instant::now());
+    let filters = match jail {
+        Some(j) => Some(lock_down(j, &mut vm)?),
+        None => None,
+    };
+    timing.jailed = Some(Instant::now());
     let cause = Arc::new(OnceLock::new());
-    watch(signals, args.timeout, vm.stop_handle(), cause.clone())?;
+    let selftest = args.seccomp_selftest && filters.is_some();
+    watch(
+        signals,
+        args.timeout,
+        vm.stop_handle(),
+        cause.clone(),
+        filters,
+        selftest,
+    )?;
     let reason = vm.run().map_err(|e| e.to_string())?;
     timing.ended = Some(Instant::now());
     timing.first_exit = vm.first_exit_at();
@@ -296,23 +492,45 @@ fn block_stop_signals() -> Result<libc::sigset_t, String> {
     Ok(set)
 }
 
-/// Starts the thread that stops the VM on SIGTERM/SIGINT or at the timeout.
+/// Starts the thread that stops the VM on SIGTERM/SIGINT or at the
+/// timeout; with `filters`, it is under the control filter before this
+/// returns.
 fn watch(
     set: libc::sigset_t,
     timeout: Option<Duration>,
     stop: StopHandle,
     cause: Arc<OnceLock<StopCause>>,
+    filters: Option<Arc<SeccompFilters>>,
+    selftest: bool,
 ) -> Result<(), String> {
     let deadline = timeout.map(|t| (Instant::now() + t, t));
+    let (filtered_tx, filtered_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("vmm-stop".into())
         .spawn(move || {
+            if let Some(f) = filters {
+                let r = f.apply(ThreadKind::Control, 0).map_err(|e| e.to_string());
+                let failed = r.is_err();
+                let _ = filtered_tx.send(r);
+                if failed {
+                    return;
+                }
+            } else {
+                let _ = filtered_tx.send(Ok(()));
+            }
+            if selftest {
+                // SAFETY: integer arguments; the filter stops it.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
             let found = wait_for_stop(&set, deadline);
             let _ = cause.set(found);
             stop.stop();
         })
-        .map(drop)
-        .map_err(|e| format!("starting the signal watcher: {e}"))
+        .map_err(|e| format!("starting the signal watcher: {e}"))?;
+    filtered_rx
+        .recv()
+        .map_err(|_| "the signal watcher ended at once".to_string())?
+        .map_err(|e| format!("the signal watcher: {e}"))
 }
 
 /// Waits for a blocked stop signal or the deadline, whichever comes first.
@@ -402,7 +620,7 @@ mod tests {
         assert!(line.contains("to kernel loaded -,"), "{line}");
         let line = timing_line("1", entered, wall, &t);
         assert!(
-            line.starts_with("from amphi vmm (no launch time given): to VM created 2.000 ms"),
+            line.starts_with("from amphi vmm (no launch time given): to forked -, to cgroup -, to VM created 2.000 ms"),
             "{line}"
         );
     }

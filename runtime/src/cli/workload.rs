@@ -84,7 +84,9 @@ pub struct ImageCommand {
 /// The flags that apply to microVM runs only.
 #[derive(Args, Clone, Debug, PartialEq)]
 pub struct VmArgs {
-    /// microVM runs: auto (amphi's VMM where KVM serves the kernel, else QEMU), builtin or qemu
+    /// microVM runs: auto (amphi's VMM where KVM serves the kernel, else QEMU), builtin or qemu;
+    /// either runs jailed (own user, no capabilities, empty root, namespaces, seccomp, a cgroup;
+    /// --verbose says what)
     #[arg(long, value_name = "BACKEND", value_parser = ["auto", "builtin", "qemu"])]
     pub vm_backend: Option<String>,
     /// microVM runs: the guest kernel, a catalog ID or version (see `amphi kernel ls`) or a file

@@ -406,6 +406,7 @@ fn ended(
             run_ms: report::ms(run_time),
             total_ms: report::ms(t0.elapsed()),
             backend: None,
+            ..Default::default()
         }
         .try_write();
         notices.extend(r.err());

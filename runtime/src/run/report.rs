@@ -33,6 +33,10 @@ pub struct RunReport {
     /// microVM runs: the backend, e.g. "QEMU microvm (TCG, software emulation)".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// microVM runs: what jailed the backend (user, capabilities,
+    /// filesystem, namespaces, seccomp, cgroup), a line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitor_protections: Vec<String>,
 }
 
 pub fn ms(d: Duration) -> f64 {

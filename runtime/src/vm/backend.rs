@@ -20,6 +20,9 @@ pub struct VmSpec<'a> {
     pub mem_mib: u64,
     pub vcpus: u32,
     pub channel: &'a Path,
+    /// The run's directory (`<state root>/vm/<id>`): the jailed monitor's
+    /// root is its `jail/`, named after it.
+    pub run_dir: &'a Path,
 }
 
 /// The host's TSC frequency in kHz (from /proc/cpuinfo): the guest kernel
@@ -91,6 +94,13 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
                 .arg(s.channel)
                 .arg("--serial")
                 .arg("stdout");
+            // The jail: named after the run, its root in the run directory.
+            if let Some(id) = super::jail::run_jail_id(s.run_dir) {
+                c.arg("--jail-id")
+                    .arg(id)
+                    .arg("--jail-dir")
+                    .arg(s.run_dir.join(super::jail::RUN_JAIL_DIR));
+            }
             if let Some(d) = s.disk {
                 let mut arg = d.as_os_str().to_owned();
                 arg.push(",ro");

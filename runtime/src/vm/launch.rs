@@ -25,13 +25,30 @@ const CONSOLE_TAIL: usize = 25;
 const WATCHDOG_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a run leaves, removed on drop: the backend is killed and
-/// reaped, the run directory removed (under its lock).
+/// reaped, the jailed VMM's cgroup and the run directory removed (under
+/// its lock).
 pub(super) struct Cleanup {
     pub run: Option<RunDir>,
     pub child: Option<Child>,
+    /// How the backend ended, once it has (for the error that says why).
+    pub ended: Option<std::process::ExitStatus>,
 }
 
 impl Cleanup {
+    pub fn new(run: RunDir) -> Self {
+        Cleanup {
+            run: Some(run),
+            child: None,
+            ended: None,
+        }
+    }
+
+    /// The backend has ended with `st`.
+    pub fn ended(&mut self, st: std::process::ExitStatus) {
+        self.child = None;
+        self.ended = Some(st);
+    }
+
     /// Waits up to `grace` for the backend to end by itself, then kills it.
     pub fn stop_backend(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -39,7 +56,7 @@ impl Cleanup {
         loop {
             match child.try_wait() {
                 Ok(Some(st)) => {
-                    self.child = None;
+                    self.ended(st);
                     return Some(st);
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -51,6 +68,9 @@ impl Cleanup {
         let _ = child.kill();
         let st = child.wait().ok();
         self.child = None;
+        if let Some(st) = st {
+            self.ended = Some(st);
+        }
         st
     }
 }
@@ -58,6 +78,17 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.stop_backend(Duration::ZERO);
+        if let Some(id) = self
+            .run
+            .as_ref()
+            .and_then(|r| super::jail::run_jail_id(r.path()))
+        {
+            // A supervisor killed before its own cleanup leaves the cgroup
+            // (its VMM dies with it, SIGKILL on the parent's death).
+            if let Err(e) = super::jail::remove_cgroup(&id) {
+                tracing::warn!("{e}");
+            }
+        }
         drop(self.run.take());
     }
 }
@@ -168,6 +199,9 @@ impl Watchdog {
                 return;
             }
             crate::sys::term::restore_terminal();
+            if let Some(id) = super::jail::run_jail_id(&run_dir) {
+                let _ = super::jail::remove_cgroup(&id);
+            }
             let _ = std::fs::remove_dir_all(&run_dir);
             eprintln!(
                 "amphi: error: --timeout: the microVM ran longer than {} s and was stopped",
@@ -280,6 +314,23 @@ pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
 /// bounded rings. The caller has blocked the forwarded signals.
 pub(super) fn spawn(backend: &Backend, vm: &VmSpec<'_>) -> Result<(Child, Logs), RunError> {
     let mut cmd = backend::command(backend, vm).map_err(RunError::cause)?;
+    if let Backend::Qemu { .. } = backend {
+        if super::jail::unjailed() {
+            eprintln!(
+                "amphi: warning: QEMU runs UNJAILED ($AMPHI_VMM_NO_JAIL): as root with every \
+                 capability, in the host's namespaces, with no seccomp sandbox; for debugging only"
+            );
+        } else {
+            let jail = super::jail::QemuJail::prepare(vm.run_dir, vm.mem_mib, u64::from(vm.vcpus))
+                .map_err(|e| RunError::Failed(format!("jailing QEMU: {e}")))?;
+            cmd.args(jail.args());
+            let jail = std::sync::Arc::new(jail);
+            // SAFETY: QemuJail::in_child makes raw system calls only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || jail.in_child());
+            }
+        }
+    }
     // Our copies of the pipes' write ends go with `cmd`.
     let pipe = || {
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)

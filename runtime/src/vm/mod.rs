@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod console;
+pub mod jail;
 mod launch;
 pub mod protocol;
 pub mod rundir;
@@ -79,10 +80,11 @@ impl Timing {
     fn report(
         &self,
         result: &Result<i32, RunError>,
-        backend: &str,
+        monitor: &Backend,
         kind: guestfs::RootfsKind,
         notify: fn(&str),
     ) {
+        let backend = monitor.describe();
         if let Ok(code) = result {
             let ms = crate::run::report::ms;
             crate::run::report::RunReport {
@@ -96,6 +98,7 @@ impl Timing {
                 run_ms: ms(self.workload),
                 total_ms: ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
                 backend: Some(backend.to_string()),
+                monitor_protections: jail::protections(monitor),
             }
             .try_write()
             .unwrap_or_else(|w| notify(&w));
@@ -216,6 +219,7 @@ pub fn run(
         mem_mib,
         vcpus,
         channel: &sock_path,
+        run_dir: &run_dir,
     };
     tracing::info!(
         kernel = %kernel_path.display(), release = %kernel.release(), backend = backend.describe(),
@@ -257,10 +261,13 @@ pub fn run(
     crate::sys::signal::unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
-    let result = result.map_err(|e| explained(e, &logs));
+    let result = result.map_err(|e| match jail::violation(&run_dir, cleanup.ended, &logs) {
+        Some(message) => RunError::Vm(message),
+        None => explained(e, &logs),
+    });
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, backend.describe(), prepared.kind, opts.notify);
+    timing.report(&result, &backend, prepared.kind, opts.notify);
     result
 }
 
@@ -272,10 +279,7 @@ fn open_run_dir(
 ) -> Result<(Cleanup, PathBuf, PathBuf, UnixListener), RunError> {
     let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
     let run_dir = run.path().to_path_buf();
-    let cleanup = Cleanup {
-        run: Some(run),
-        child: None,
-    };
+    let cleanup = Cleanup::new(run);
     let sock_path = run_dir.join("chan.sock");
     if sock_path.as_os_str().len() > 100 {
         return Err(RunError::Usage(format!(

@@ -249,6 +249,10 @@ pub fn sweep_stale_runs(state_root: &Path) -> Result<Swept, String> {
                 }
             }
         }
+        // The jailed monitor's cgroup, named after the run.
+        if let Err(e) = super::jail::remove_cgroup(&name) {
+            tracing::warn!("{e}");
+        }
         fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         swept.run_dirs.push(name);
     }

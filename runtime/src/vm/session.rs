@@ -134,7 +134,7 @@ impl Session<'_> {
     /// The backend's end, if it has ended: an error saying `what`.
     fn died(&mut self, what: &str) -> Option<RunError> {
         let st = self.cleanup.child.as_mut()?.try_wait().ok()??;
-        self.cleanup.child = None;
+        self.cleanup.ended(st);
         Some(RunError::Vm(format!(
             "the microVM ({} kernel {}) {what} ({st})",
             self.kind, self.kernel_release

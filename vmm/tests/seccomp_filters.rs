@@ -1,0 +1,468 @@
+//! The VMM's real seccomp filters, one thread kind at a time, each in a
+//! forked child: the calls that kind of thread makes pass, and a forbidden
+//! one kills the child with SIGSYS after the `SIGSYS` reporter wrote the
+//! line that names the thread and the system call.
+//!
+//! No KVM or root needed: a filter judges the ioctl number, not the
+//! descriptor, so the KVM ioctls are made on /dev/null (the call passes
+//! the filter and fails with ENOTTY, or the filter kills the child).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use amphi_vmm::jail::{install_sigsys_reporter, seccomp, FilterParams, SeccompFilters, ThreadKind};
+
+/// How a child ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Runs `body` in a forked child under `kind`'s filter (vCPU index 7);
+/// returns how the child ended and what it wrote to stderr. The child uses
+/// raw calls only; `body` returns a code, 0 for "all went as expected".
+fn in_child(kind: ThreadKind, body: impl FnOnce() -> i32) -> (End, String) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 with a valid array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: the child makes raw calls (and glibc's malloc, which fork
+    // makes safe) and ends with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: descriptor plumbing and prctl in the child.
+        unsafe {
+            libc::dup2(fds[1], 2);
+            // No core file from the SIGSYS kill.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        let code = (|| {
+            if install_sigsys_reporter().is_err() {
+                return 90;
+            }
+            let Ok(filters) = SeccompFilters::new(FilterParams::current()) else {
+                return 91;
+            };
+            if filters.apply(kind, 7).is_err() {
+                return 92;
+            }
+            body()
+        })();
+        // SAFETY: ending the child.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: the write end is ours to close; the read end becomes a File.
+    unsafe { libc::close(fds[1]) };
+    // SAFETY: fds[0] is an open descriptor nothing else owns.
+    let mut r = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let mut err = String::new();
+    r.read_to_string(&mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let end = if libc::WIFSIGNALED(status) {
+        End::Killed(libc::WTERMSIG(status))
+    } else {
+        End::Exited(libc::WEXITSTATUS(status))
+    };
+    (end, err)
+}
+
+/// The thread's name in reports, for `kind` at index 7.
+fn thread_name(kind: ThreadKind) -> String {
+    match kind {
+        ThreadKind::Vcpu => "vcpu7".into(),
+        k => k.name().into(),
+    }
+}
+
+/// Asserts that `call` kills a child under `kind`'s filter with SIGSYS
+/// and that the report names the thread and `nr`.
+#[track_caller]
+fn forbidden(kind: ThreadKind, nr: libc::c_long, what: &str, call: impl FnOnce()) {
+    let (end, err) = in_child(kind, || {
+        call();
+        // The call went through: not what the filter should allow.
+        1
+    });
+    assert_eq!(
+        end,
+        End::Killed(libc::SIGSYS),
+        "{kind:?}: {what} was not killed by SIGSYS; stderr:\n{err}"
+    );
+    let expected = format!(
+        "amphi vmm: seccomp: the {} thread made system call {nr}, which its filter forbids; the VMM is stopped\n",
+        thread_name(kind)
+    );
+    assert_eq!(err, expected, "{kind:?}: {what}");
+}
+
+/// Asserts that `body` runs to its end (returning 0) under `kind`'s filter.
+#[track_caller]
+fn allowed(kind: ThreadKind, body: impl FnOnce() -> i32) {
+    let (end, err) = in_child(kind, body);
+    assert_eq!(end, End::Exited(0), "{kind:?}: stderr:\n{err}");
+}
+
+fn dev_null() -> OwnedFd {
+    std::fs::File::open("/dev/null").unwrap().into()
+}
+
+/// `execve /bin/true`, `open`/`openat` of a host path, `socket`,
+/// `ptrace`, a new process, another process's signal, executable memory:
+/// forbidden for every kind of thread.
+#[test]
+fn every_thread_kind_is_killed_for_the_dangerous_calls() {
+    for kind in ThreadKind::ALL {
+        forbidden(kind, libc::SYS_execve, "execve", || {
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            // SAFETY: valid NUL-terminated strings and arrays.
+            unsafe { libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), std::ptr::null()) };
+        });
+        forbidden(kind, libc::SYS_openat, "openat /etc/hostname", || {
+            // SAFETY: a valid path.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+        });
+        forbidden(kind, libc::SYS_open, "open /etc/passwd", || {
+            // SAFETY: a valid path.
+            unsafe { libc::syscall(libc::SYS_open, c"/etc/passwd".as_ptr(), libc::O_RDONLY) };
+        });
+        forbidden(kind, libc::SYS_socket, "socket", || {
+            // SAFETY: integer arguments.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        });
+        forbidden(kind, libc::SYS_ptrace, "ptrace", || {
+            // SAFETY: PTRACE_TRACEME takes no pointers.
+            unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+        });
+        forbidden(kind, libc::SYS_clone, "clone (a new process)", || {
+            // SAFETY: a fork-like clone; should it pass, the child exits at once.
+            let r = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+            if r == 0 {
+                // SAFETY: ending the accidental child.
+                unsafe { libc::_exit(0) };
+            }
+        });
+        forbidden(kind, libc::SYS_kill, "kill", || {
+            // SAFETY: signal 0 only checks; the filter stops it before.
+            unsafe { libc::kill(1, 0) };
+        });
+        forbidden(kind, libc::SYS_mmap, "mmap PROT_EXEC", || {
+            // SAFETY: an anonymous mapping (the filter stops it before).
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+        });
+        let f = dev_null();
+        forbidden(kind, libc::SYS_mmap, "mmap of a file", move || {
+            // SAFETY: a read-only mapping of /dev/null (stopped before).
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+        });
+        forbidden(kind, libc::SYS_mprotect, "mprotect PROT_EXEC", || {
+            let mut page = vec![0u8; 8192];
+            let at = (page.as_mut_ptr() as usize + 4095) & !4095;
+            // SAFETY: a page of our own heap (stopped before).
+            unsafe {
+                libc::mprotect(
+                    at as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                )
+            };
+        });
+        forbidden(kind, libc::SYS_rt_sigaction, "rt_sigaction", || {
+            // SAFETY: a query only (stopped before).
+            unsafe { libc::sigaction(libc::SIGSYS, std::ptr::null(), std::ptr::null_mut()) };
+        });
+        forbidden(kind, libc::SYS_setuid, "setuid", || {
+            // SAFETY: integer argument.
+            unsafe { libc::syscall(libc::SYS_setuid, 0) };
+        });
+    }
+}
+
+/// vCPU threads: KVM_RUN and the register reads pass; any other KVM ioctl
+/// kills (here KVM_SET_REGS and KVM_CREATE_VCPU), as does any ioctl on
+/// the device event loop and the control threads.
+#[test]
+fn only_vcpu_threads_make_kvm_ioctls_and_only_these() {
+    let fd = dev_null();
+    allowed(ThreadKind::Vcpu, move || {
+        let mut buf = [0u8; 512];
+        for nr in [
+            seccomp::KVM_RUN,
+            seccomp::KVM_GET_REGS,
+            seccomp::KVM_GET_SREGS,
+        ] {
+            // SAFETY: an ioctl on /dev/null with a large enough buffer.
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), nr as _, buf.as_mut_ptr()) };
+            if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTTY) {
+                return 2;
+            }
+        }
+        // Closing is the control threads' (the descriptor dies with the child).
+        std::mem::forget(fd);
+        0
+    });
+    // _IOW(KVMIO, 0x82, struct kvm_regs), _IO(KVMIO, 0x41).
+    let kvm_set_regs: u64 = (1 << 30) | (0x90 << 16) | (0xae << 8) | 0x82;
+    let kvm_create_vcpu: u64 = (0xae << 8) | 0x41;
+    for nr in [kvm_set_regs, kvm_create_vcpu] {
+        let fd = dev_null();
+        forbidden(
+            ThreadKind::Vcpu,
+            libc::SYS_ioctl,
+            "another KVM ioctl",
+            move || {
+                let mut buf = [0u8; 512];
+                // SAFETY: as above.
+                unsafe { libc::ioctl(fd.as_raw_fd(), nr as _, buf.as_mut_ptr()) };
+            },
+        );
+    }
+    for kind in [ThreadKind::EventLoop, ThreadKind::Control] {
+        let fd = dev_null();
+        forbidden(kind, libc::SYS_ioctl, "KVM_RUN", move || {
+            // SAFETY: as above.
+            unsafe { libc::ioctl(fd.as_raw_fd(), seccomp::KVM_RUN as _, 0) };
+        });
+    }
+}
+
+/// What every thread does: log lines, memory, futexes, clocks.
+fn housekeeping() -> i32 {
+    // SAFETY: write(2) to stderr.
+    if unsafe { libc::write(2, b"".as_ptr().cast(), 0) } != 0 {
+        return 3;
+    }
+    // SAFETY: an anonymous read-write mapping, changed and unmapped.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return 4;
+        }
+        if libc::mprotect(p, 4096, libc::PROT_READ) != 0
+            || libc::madvise(p, 1 << 20, libc::MADV_DONTNEED) != 0
+            || libc::munmap(p, 1 << 20) != 0
+        {
+            return 5;
+        }
+    }
+    // Allocation (brk or mmap through malloc).
+    let v = vec![7u8; 300_000];
+    if v.iter().map(|&b| u64::from(b)).sum::<u64>() != 2_100_000 {
+        return 6;
+    }
+    drop(v);
+    let word = 0u32;
+    // SAFETY: a futex wake on our own word, and a wait that returns at
+    // once (the value differs).
+    unsafe {
+        if libc::syscall(
+            libc::SYS_futex,
+            &word,
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        ) < 0
+        {
+            return 7;
+        }
+        libc::syscall(
+            libc::SYS_futex,
+            &word,
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            1,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointers and integer arguments.
+    unsafe {
+        libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts);
+        libc::sched_yield();
+        libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_gettid);
+        let short = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1000,
+        };
+        libc::nanosleep(&short, std::ptr::null_mut());
+    }
+    0
+}
+
+#[test]
+fn every_thread_kind_keeps_its_housekeeping() {
+    for kind in ThreadKind::ALL {
+        allowed(kind, housekeeping);
+    }
+}
+
+/// The device event loop: epoll, eventfds, the console socket, disk I/O.
+/// The control threads too (the main thread drains the devices).
+#[test]
+fn the_event_loop_does_device_io() {
+    for kind in [ThreadKind::EventLoop, ThreadKind::Control] {
+        let disk = tempfile::tempfile().unwrap();
+        disk.set_len(4096).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: epoll_create1 and eventfd with flags only (made before
+        // the filter, as the VMM makes them).
+        let (ep, ev) = unsafe {
+            (
+                OwnedFd::from_raw_fd(libc::epoll_create1(libc::EPOLL_CLOEXEC)),
+                OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK)),
+            )
+        };
+        allowed(kind, move || {
+            // SAFETY: every call on descriptors made above, with buffers
+            // of our own.
+            unsafe {
+                let mut e = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: 1,
+                };
+                if libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, ev.as_raw_fd(), &mut e) != 0
+                {
+                    return 10;
+                }
+                let one = 1u64;
+                if libc::write(ev.as_raw_fd(), (&raw const one).cast(), 8) != 8 {
+                    return 11;
+                }
+                let mut got = [libc::epoll_event { events: 0, u64: 0 }; 4];
+                if libc::epoll_wait(ep.as_raw_fd(), got.as_mut_ptr(), 4, 0) != 1 {
+                    return 12;
+                }
+                let mut n = 0u64;
+                if libc::read(ev.as_raw_fd(), (&raw mut n).cast(), 8) != 8 {
+                    return 13;
+                }
+                let block = [0x5au8; 512];
+                let mut back = [0u8; 512];
+                if libc::pwrite(disk.as_raw_fd(), block.as_ptr().cast(), 512, 1024) != 512
+                    || libc::pread(disk.as_raw_fd(), back.as_mut_ptr().cast(), 512, 1024) != 512
+                    || back != block
+                    || libc::fdatasync(disk.as_raw_fd()) != 0
+                {
+                    return 14;
+                }
+                if libc::write(a.as_raw_fd(), b"hi".as_ptr().cast(), 2) != 2 {
+                    return 15;
+                }
+                let mut two = [0u8; 2];
+                if libc::read(b.as_raw_fd(), two.as_mut_ptr().cast(), 2) != 2 || &two != b"hi" {
+                    return 16;
+                }
+            }
+            // Closing is the control threads' (they die with the child).
+            std::mem::forget((ep, ev, disk, a, b));
+            0
+        });
+    }
+}
+
+/// The control threads: waiting for signals, kicking this process's
+/// threads with the kick signal (and nothing else), closing descriptors.
+#[test]
+fn control_threads_kick_only_their_own_threads() {
+    let kick = amphi_vmm::stop::kick_signal();
+    // SAFETY: a new descriptor, closed in the child.
+    let spare = unsafe { libc::dup(2) };
+    allowed(ThreadKind::Control, move || {
+        // SAFETY: signal masks and calls on our own process and thread.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, kick);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return 20;
+            }
+            let tid = libc::syscall(libc::SYS_gettid);
+            if libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick) != 0 {
+                return 21;
+            }
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) != kick {
+                return 22;
+            }
+            if libc::close(spare) != 0 {
+                return 23;
+            }
+        }
+        0
+    });
+    forbidden(
+        ThreadKind::Control,
+        libc::SYS_tgkill,
+        "tgkill SIGKILL",
+        || {
+            // SAFETY: the filter stops it before.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    libc::SIGKILL,
+                )
+            };
+        },
+    );
+    forbidden(
+        ThreadKind::Control,
+        libc::SYS_tgkill,
+        "tgkill of another process",
+        || {
+            // SAFETY: the filter stops it before.
+            unsafe { libc::syscall(libc::SYS_tgkill, 1, 1, kick) };
+        },
+    );
+    forbidden(
+        ThreadKind::Vcpu,
+        libc::SYS_tgkill,
+        "tgkill from a vCPU",
+        || {
+            // SAFETY: the filter stops it before.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::getpid(),
+                    libc::syscall(libc::SYS_gettid),
+                    kick,
+                )
+            };
+        },
+    );
+}

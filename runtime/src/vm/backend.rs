@@ -76,86 +76,8 @@ pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
 /// The backend's command, ready to spawn.
 pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     let mut cmd = match backend {
-        Backend::Builtin => {
-            let exe = crate::container::sealed::host_binary();
-            let mut c = Command::new(exe);
-            c.arg("vmm")
-                .arg("--kernel")
-                .arg(s.kernel)
-                .arg("--initrd")
-                .arg(s.initrd)
-                .arg("--cmdline")
-                .arg(&s.cmdline)
-                .arg("--mem")
-                .arg(s.mem_mib.to_string())
-                .arg("--vcpus")
-                .arg(s.vcpus.to_string())
-                .arg("--console")
-                .arg(s.channel)
-                .arg("--serial")
-                .arg("stdout");
-            // The jail: named after the run, its root in the run directory.
-            if let Some(id) = super::jail::run_jail_id(s.run_dir) {
-                c.arg("--jail-id")
-                    .arg(id)
-                    .arg("--jail-dir")
-                    .arg(s.run_dir.join(super::jail::RUN_JAIL_DIR));
-            }
-            if let Some(d) = s.disk {
-                let mut arg = d.as_os_str().to_owned();
-                arg.push(",ro");
-                c.arg("--disk").arg(arg);
-            }
-            c
-        }
-        Backend::Qemu { kvm } => {
-            let mut c = Command::new(qemu_binary());
-            c.args([
-                "-M",
-                "microvm,rtc=on,acpi=off",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ]);
-            if *kvm {
-                c.args(["-accel", "kvm", "-cpu", "host"]);
-            } else {
-                c.args(["-accel", "tcg"]);
-            }
-            c.arg("-m")
-                .arg(s.mem_mib.to_string())
-                .arg("-smp")
-                .arg(s.vcpus.to_string())
-                .arg("-kernel")
-                .arg(s.kernel)
-                .arg("-initrd")
-                .arg(s.initrd)
-                .arg("-append")
-                .arg(&s.cmdline)
-                // The serial console on QEMU's stdout, a pipe amphi reads
-                // into a bounded ring (see `console`).
-                .arg("-serial")
-                .arg("file:/dev/stdout")
-                .arg("-chardev")
-                .arg(format!("socket,id=chan,path={}", s.channel.display()))
-                .args([
-                    "-device",
-                    "virtio-serial-device",
-                    "-device",
-                    "virtconsole,chardev=chan",
-                ]);
-            if let Some(d) = s.disk {
-                c.arg("-drive")
-                    .arg(format!(
-                        "file={},format=raw,if=none,readonly=on,id=root",
-                        d.display()
-                    ))
-                    .args(["-device", "virtio-blk-device,drive=root"]);
-            }
-            c
-        }
+        Backend::Builtin => builtin_command(s),
+        Backend::Qemu { kvm } => qemu_command(*kvm, s),
     };
     // The caller connects stdout (the serial console) and stderr to pipes.
     cmd.stdin(Stdio::null());
@@ -178,6 +100,90 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
         });
     }
     Ok(cmd)
+}
+
+/// `amphi vmm` for `s`, jailed in the run directory.
+fn builtin_command(s: &VmSpec) -> Command {
+    let exe = crate::container::sealed::host_binary();
+    let mut c = Command::new(exe);
+    c.arg("vmm")
+        .arg("--kernel")
+        .arg(s.kernel)
+        .arg("--initrd")
+        .arg(s.initrd)
+        .arg("--cmdline")
+        .arg(&s.cmdline)
+        .arg("--mem")
+        .arg(s.mem_mib.to_string())
+        .arg("--vcpus")
+        .arg(s.vcpus.to_string())
+        .arg("--console")
+        .arg(s.channel)
+        .arg("--serial")
+        .arg("stdout");
+    // The jail: named after the run, its root in the run directory.
+    if let Some(id) = super::jail::run_jail_id(s.run_dir) {
+        c.arg("--jail-id")
+            .arg(id)
+            .arg("--jail-dir")
+            .arg(s.run_dir.join(super::jail::RUN_JAIL_DIR));
+    }
+    if let Some(d) = s.disk {
+        let mut arg = d.as_os_str().to_owned();
+        arg.push(",ro");
+        c.arg("--disk").arg(arg);
+    }
+    c
+}
+
+/// QEMU's microvm for `s` (with KVM when `kvm`).
+fn qemu_command(kvm: bool, s: &VmSpec) -> Command {
+    let mut c = Command::new(qemu_binary());
+    c.args([
+        "-M",
+        "microvm,rtc=on,acpi=off",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    if kvm {
+        c.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        c.args(["-accel", "tcg"]);
+    }
+    c.arg("-m")
+        .arg(s.mem_mib.to_string())
+        .arg("-smp")
+        .arg(s.vcpus.to_string())
+        .arg("-kernel")
+        .arg(s.kernel)
+        .arg("-initrd")
+        .arg(s.initrd)
+        .arg("-append")
+        .arg(&s.cmdline)
+        // The serial console on QEMU's stdout, a pipe amphi reads
+        // into a bounded ring (see `console`).
+        .arg("-serial")
+        .arg("file:/dev/stdout")
+        .arg("-chardev")
+        .arg(format!("socket,id=chan,path={}", s.channel.display()))
+        .args([
+            "-device",
+            "virtio-serial-device",
+            "-device",
+            "virtconsole,chardev=chan",
+        ]);
+    if let Some(d) = s.disk {
+        c.arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,readonly=on,id=root",
+                d.display()
+            ))
+            .args(["-device", "virtio-blk-device,drive=root"]);
+    }
+    c
 }
 
 /// `$AMPHI_QEMU`, else `qemu-system-x86_64` from PATH.

@@ -41,6 +41,28 @@ fn status_at(path: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether every thread of `pid` (KVM's kernel workers aside), at least
+/// the main, a vCPU and the stop thread, runs under a seccomp filter.
+fn all_threads_filtered(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let t = t.path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if name.starts_with("kvm-") {
+            continue;
+        }
+        let st = status_at(t.join("status").to_str().unwrap_or_default());
+        if st.get("Seccomp").map(String::as_str) != Some("2") {
+            return false;
+        }
+        n += 1;
+    }
+    n >= 3
+}
+
 /// The children of `pid`.
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -76,8 +98,13 @@ impl Vmm {
     fn jailed_pid(&mut self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // Locked down once each of its threads has its filter: the
+            // main thread's comes first, and a vCPU thread exists for a
+            // moment before it is named and installs its own (before the
+            // guest's first instruction). One that never gets a filter
+            // fails the test here (no jailed VMM).
             if let Some(&pid) = children(self.child.id()).first() {
-                if status(pid).get("Seccomp").map(String::as_str) == Some("2") {
+                if all_threads_filtered(pid) {
                     return pid;
                 }
             }

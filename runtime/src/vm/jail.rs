@@ -666,32 +666,7 @@ impl QemuJail {
             check(libc::unshare(
                 libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET,
             ))?;
-            check(libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                self.dir_c.as_ptr(),
-                self.dir_c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))?;
-            check(libc::mount(
-                std::ptr::null(),
-                self.dir_c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                std::ptr::null(),
-            ))?;
+            amphi_vmm::jail::lockdown::seal_jail_dir(&self.dir_c)?;
             let name = b"amphi-qemu";
             check(libc::sethostname(name.as_ptr().cast(), name.len()))?;
             for cap in 0..64u32 {

@@ -51,6 +51,52 @@ fn check(rc: libc::c_long) -> io::Result<()> {
     }
 }
 
+/// In a mount namespace of the caller's own: makes every mount private
+/// (nothing propagates back to the host), then bind-mounts `dir` onto
+/// itself read-only, nosuid, nodev and noexec: the jail root both
+/// monitors get (amphi's VMM pivots into it, QEMU chroots into it).
+/// Only mount(2) calls and errno, so it is safe between fork and exec.
+pub fn seal_jail_dir(dir: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: mount(2) with valid C strings or null pointers throughout.
+    unsafe {
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                dir.as_ptr(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+            .into(),
+        )
+    }
+}
+
 fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))
@@ -97,43 +143,10 @@ fn new_root(root: &Path) -> io::Result<()> {
     let root_c = cstr(root)?;
     let slash = c"/";
     let dot = c".";
-    // SAFETY: mount(2) with valid C strings or null pointers throughout.
+    seal_jail_dir(&root_c)?;
+    // SAFETY: chdir, pivot_root and mount(2) with valid C strings or null
+    // pointers throughout.
     unsafe {
-        check(
-            libc::mount(
-                std::ptr::null(),
-                slash.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-            .into(),
-        )?;
-        check(
-            libc::mount(
-                root_c.as_ptr(),
-                root_c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-            .into(),
-        )?;
-        check(
-            libc::mount(
-                std::ptr::null(),
-                root_c.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )
-            .into(),
-        )?;
         check(libc::chdir(root_c.as_ptr()).into())?;
         // pivot_root(".", "."): the old root ends up on top of the new
         // one, and is detached right away.

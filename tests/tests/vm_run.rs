@@ -708,10 +708,12 @@ fn tty_gives_a_terminal() {
 #[test]
 fn large_rootfs_takes_the_block_path() {
     let Some(e) = Env::new() else { return };
+    // Over the threshold the automatic rule takes virtio-fs (see
+    // debian_minbase_runs_apt_over_virtio_fs); the block path is asked for.
     let force = [("AMPHI_VM_INITRAMFS_MAX", "1")];
     let run = e.vm_with(
         &force,
-        &[],
+        &["--vm-rootfs", "block"],
         &[
             "sh",
             "-c",
@@ -738,7 +740,7 @@ fn large_rootfs_takes_the_block_path() {
     // Again, from the cached block image: the last run's write is gone.
     let run = e.vm_with(
         &force,
-        &[],
+        &["--vm-rootfs", "block"],
         &["sh", "-c", "cat /proc/cmdline; test -e /written; echo $?"],
         Input::Null,
     );
@@ -871,19 +873,8 @@ fn timeout_stops_the_workload() {
 
 /// Flags the VM path does not support yet are refused before anything starts.
 #[test]
-fn volumes_and_detach_are_refused() {
+fn detach_is_refused() {
     let Some(e) = Env::new() else { return };
-    let host = tempfile::tempdir().unwrap();
-    let v = format!("{}:/host", host.path().display());
-    let run = e.refused(&["-v", &v], &["true"]);
-    let err = run.raw_stderr.to_lowercase();
-    assert!(
-        err.contains("not supported") && (err.contains("-v") || err.contains("volume")),
-        "the error says volumes are not supported for VM runs:\n{}",
-        run.show()
-    );
-    assert!(err.contains("vm"), "{}", run.show());
-
     let run = e.amphi(
         &[],
         &["run", "-d", "--isolation", "vm", IMG, "sleep", "30"],
@@ -1101,4 +1092,359 @@ fn qemu_runs_jailed() {
             .any(|l| l.starts_with("seccomp: QEMU's -sandbox")),
         "{r}"
     );
+}
+
+// --- virtio-fs: volumes and the image's rootfs shared from the host ---
+
+/// Every virtiofsd of this test's runs ("PID: command line").
+fn virtiofsds(e: &Env) -> Vec<String> {
+    processes_mentioning(&e.ours())
+        .into_iter()
+        .filter(|p| p.contains("virtiofsd"))
+        .collect()
+}
+
+/// `-v` shares host directories and files into the microVM: the bytes
+/// read are the host's, a write to a read-write volume is on the host
+/// afterwards (owned by the guest's uid and gid, root here, as a native
+/// bind mount gives), a write to a `:ro` volume fails in the guest and
+/// never reaches the host, and a file volume is a file.
+#[test]
+fn volumes_are_shared_with_virtio_fs() {
+    let Some(e) = Env::new() else { return };
+    let rw = tempfile::tempdir().unwrap();
+    let ro = tempfile::tempdir().unwrap();
+    // 200 KiB of varied bytes: more than one FUSE read.
+    let data: Vec<u8> = (0..200 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    fs::write(rw.path().join("data"), &data).unwrap();
+    fs::write(ro.path().join("keep"), "read-only\n").unwrap();
+    let conf = ro.path().join("app.conf");
+    fs::write(&conf, "setting=1\n").unwrap();
+    let vrw = format!("{}:/work", rw.path().display());
+    let vro = format!("{}:/ro:ro", ro.path().display());
+    let vfile = format!("{}:/etc/app.conf:ro", conf.display());
+    let script = "md5sum /work/data | cut -d' ' -f1; cat /ro/keep /etc/app.conf; \
+                  echo from-guest > /work/out && echo wrote; \
+                  touch /ro/new 2>&1 && echo ro-written; \
+                  if { echo x >> /etc/app.conf; } 2>/dev/null; then echo file-written; fi";
+    let run = e.vm(
+        &["-v", &vrw, "-v", &vro, "-v", &vfile],
+        &["sh", "-c", script],
+    );
+    run.expect_code(0);
+    let want_md5 = {
+        let out = Command::new("md5sum")
+            .arg(rw.path().join("data"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(want_md5.as_str()),
+        "the guest reads the host file's bytes:\n{}",
+        run.show()
+    );
+    assert_eq!(
+        lines.get(1..4),
+        Some(&["read-only", "setting=1", "wrote"][..]),
+        "{}",
+        run.show()
+    );
+    let err = lines.get(4).copied().unwrap_or_default();
+    assert!(
+        err.contains("Read-only file system") || err.contains("Permission denied"),
+        "a write to a :ro volume fails with EROFS or EACCES:\n{}",
+        run.show()
+    );
+    assert!(
+        !run.stdout.contains("ro-written") && !run.stdout.contains("file-written"),
+        "{}",
+        run.show()
+    );
+    assert!(
+        !ro.path().join("new").exists(),
+        "the :ro write reached the host"
+    );
+    assert_eq!(fs::read_to_string(&conf).unwrap(), "setting=1\n");
+    let out = rw.path().join("out");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "from-guest\n");
+    let md = fs::metadata(&out).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (0, 0),
+        "the guest's root writes as root"
+    );
+}
+
+/// Symlinks in a volume resolve in the guest, as in a native container:
+/// an absolute or climbing link to a host file outside the volume does
+/// not reach it, neither to read nor to write.
+#[test]
+fn volume_symlinks_do_not_reach_outside_the_volume() {
+    let Some(e) = Env::new() else { return };
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    fs::write(&secret, "HOST-SECRET\n").unwrap();
+    let vol = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&secret, vol.path().join("abs")).unwrap();
+    let depth = vol.path().components().count();
+    let climb = format!(
+        "{}{}",
+        "../".repeat(depth + 2),
+        s(&secret).trim_start_matches('/')
+    );
+    std::os::unix::fs::symlink(&climb, vol.path().join("rel")).unwrap();
+    std::os::unix::fs::symlink("/", vol.path().join("root")).unwrap();
+    let v = format!("{}:/work", vol.path().display());
+    let run = e.vm(
+        &["-v", &v],
+        &[
+            "sh",
+            "-c",
+            "cat /work/abs /work/rel /work/root/secret 2>&1; echo owned > /work/abs; echo owned > /work/rel; echo done",
+        ],
+    );
+    run.expect_code(0);
+    assert!(
+        !run.stdout.contains("HOST-SECRET"),
+        "a link in the volume read a host file outside it:\n{}",
+        run.show()
+    );
+    assert!(run.stdout.contains("done"), "{}", run.show());
+    assert_eq!(
+        fs::read_to_string(&secret).unwrap(),
+        "HOST-SECRET\n",
+        "a write through a link in the volume reached a host file outside it"
+    );
+}
+
+/// A missing host path is refused before anything boots.
+#[test]
+fn a_missing_volume_is_refused_before_boot() {
+    let Some(e) = Env::new() else { return };
+    let run = e.refused(&["-v", "/no/such/amphi/dir:/work"], &["true"]);
+    assert!(
+        run.raw_stderr.contains("/no/such/amphi/dir"),
+        "the error names the path:\n{}",
+        run.show()
+    );
+    assert!(
+        run.took < Duration::from_secs(20),
+        "refused before boot, not after: {}",
+        run.show()
+    );
+}
+
+/// `--vm-rootfs virtiofs`: the guest's root is the image's stored layers,
+/// shared read-only; nothing is built for the image, writes stay in the
+/// guest, and the store's layers are unchanged.
+#[test]
+fn the_rootfs_over_virtio_fs_builds_nothing_and_keeps_the_store() {
+    let Some(e) = Env::new() else { return };
+    let layers_before = tree_digest(&e.a.root().join("layers"));
+    let script = "cat /proc/cmdline; test -x /bin/busybox && echo rootfs-ok; \
+                  echo hi > /written && cat /written; rm /bin/busybox && echo removed";
+    let run = e.vm(&["--vm-rootfs", "virtiofs"], &["/bin/sh", "-c", script]);
+    run.expect_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|c| c.split_whitespace().any(|w| w == "amphi.root=virtiofs")),
+        "{}",
+        run.show()
+    );
+    assert_eq!(lines[1..], ["rootfs-ok", "hi", "removed"], "{}", run.show());
+    let built: Vec<String> = dir_names(&e.a.root().join("vm/rootfs"))
+        .into_iter()
+        .filter(|n| n.ends_with(".cpio") || n.ends_with(".ext4"))
+        .collect();
+    assert!(built.is_empty(), "a guest rootfs was built: {built:?}");
+    assert_eq!(
+        tree_digest(&e.a.root().join("layers")),
+        layers_before,
+        "the guest's writes reached the store's layers"
+    );
+    let run = e.vm(
+        &["--vm-rootfs", "virtiofs"],
+        &[
+            "/bin/sh",
+            "-c",
+            "test -e /written; echo $?; test -x /bin/busybox && echo still",
+        ],
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout, "1\nstill\n", "{}", run.show());
+}
+
+/// Every path and size under `root` (not following links), for a before /
+/// after comparison.
+fn tree_digest(root: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for ent in rd.flatten() {
+            let p = ent.path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            out.push((p.display().to_string(), md.len()));
+            if md.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Debian minbase (about 120 MB: over the initramfs limit) runs apt over
+/// virtio-fs, and its first run builds no ext4 image.
+#[test]
+fn debian_minbase_runs_apt_over_virtio_fs() {
+    let Some(e) = Env::new() else { return };
+    let img = "localhost/demo/minbase:latest";
+    e.a.ok(&["load", "-q", "--tag", img, s(&test_image("minbase"))]);
+    let args = ["run", "--rm", "--isolation", "vm", img, "apt", "--version"];
+    let run = e.amphi(&[("AMPHI_VM_TIMING", "1")], &args, Input::Null);
+    e.assert_clean(&run.what);
+    run.expect_code(0);
+    assert!(run.stdout.starts_with("apt "), "{}", run.show());
+    assert!(
+        run.raw_stderr.contains("rootfs-kind=virtiofs"),
+        "the automatic rule put minbase on virtio-fs:\n{}",
+        run.show()
+    );
+    let ext4: Vec<String> = dir_names(&e.a.root().join("vm/rootfs"))
+        .into_iter()
+        .filter(|n| n.ends_with(".ext4"))
+        .collect();
+    assert!(ext4.is_empty(), "an ext4 image was built: {ext4:?}");
+}
+
+/// A virtiofsd that dies while the workload uses its share ends the run
+/// with an error that says so; nothing hangs and nothing is left.
+#[test]
+fn a_dying_virtiofsd_ends_the_run_clearly() {
+    let Some(e) = Env::new() else { return };
+    let vol = tempfile::tempdir().unwrap();
+    fs::write(vol.path().join("f"), "x\n").unwrap();
+    let v = format!("{}:/work", vol.path().display());
+    let ro = tempfile::tempdir().unwrap();
+    let vro = format!("{}:/ro:ro", ro.path().display());
+    let args = Env::args(
+        &["-v", &v, "-v", &vro],
+        &["sh", "-c", "touch /work/started; while cat /work/f >/dev/null; do sleep 0.2; done; echo loop-ended"],
+    );
+    let running = e.start(&[], &args, Input::Null);
+    let deadline = Instant::now() + RUN_LIMIT;
+    while !vol.path().join("started").exists() {
+        assert!(Instant::now() < deadline, "the workload never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let daemons = virtiofsds(&e);
+    assert!(!daemons.is_empty(), "no virtiofsd runs for the volume");
+    // Read-only is the host's rule too, not only the guest's: in the
+    // daemon's own mount namespace (its share is its root there) volume 1
+    // (`:ro`) is a read-only mount and volume 0 a writable one, so the
+    // kernel refuses writes whatever a guest sends.
+    let mounts: Vec<String> = daemons
+        .iter()
+        .filter_map(|d| {
+            fs::read_to_string(format!("/proc/{}/mountinfo", d.split(':').next()?)).ok()
+        })
+        .collect();
+    let opts_of = |point: &str| -> Vec<String> {
+        mounts
+            .iter()
+            .flat_map(|m| m.lines())
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.get(4) == Some(&point)).then(|| f[5].to_string())
+            })
+            .collect()
+    };
+    let (rw_opts, ro_opts) = (opts_of("/0"), opts_of("/1"));
+    assert!(
+        !ro_opts.is_empty() && ro_opts.iter().all(|o| o.split(',').any(|w| w == "ro")),
+        "the :ro volume in virtiofsd's namespace: {ro_opts:?}\n{mounts:?}"
+    );
+    assert!(
+        !rw_opts.is_empty() && rw_opts.iter().all(|o| o.split(',').any(|w| w == "rw")),
+        "the writable volume in virtiofsd's namespace: {rw_opts:?}"
+    );
+    for d in &daemons {
+        let pid: i32 = d.split(':').next().unwrap().parse().unwrap();
+        // SAFETY: kill(2) on a pid the test just read.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let run = running.finish();
+    run.expect_code(125);
+    assert!(
+        run.raw_stderr.contains("virtiofsd") && run.raw_stderr.contains("ended"),
+        "the error names virtiofsd:\n{}",
+        run.show()
+    );
+    e.assert_clean(&run.what);
+}
+
+/// No virtiofsd, socket or memfd outlives a run that ends badly: the
+/// guest kernel panics, or amphi itself is killed with SIGKILL.
+#[test]
+fn virtio_fs_runs_leave_nothing_after_a_panic_or_kill_9() {
+    let Some(e) = Env::new() else { return };
+    let vol = tempfile::tempdir().unwrap();
+    let v = format!("{}:/work", vol.path().display());
+    let run = e.vm_with(
+        &[("AMPHI_VM_CMDLINE_EXTRA", "rdinit=/no-such-init")],
+        &["-v", &v, "--vm-rootfs", "virtiofs"],
+        &["true"],
+        Input::Null,
+    );
+    run.expect_code(125);
+    assert!(run.raw_stderr.contains("Kernel panic"), "{}", run.show());
+
+    let args = Env::args(&["-v", &v, "--vm-rootfs", "virtiofs"], &["sleep", "1000"]);
+    let mut running = e.start(&[], &args, Input::Null);
+    let backend = e.wait_for_backend(&running);
+    let daemons = virtiofsds(&e);
+    assert!(
+        daemons.len() >= 2,
+        "the rootfs's and the volumes' virtiofsd: {daemons:?}"
+    );
+    let run_dirs = dir_names(&e.state.path().join("vm"));
+    let run_dir = e.state.path().join("vm").join(&run_dirs[0]);
+    let socks: Vec<String> = dir_names(&run_dir)
+        .into_iter()
+        .filter(|n| n.starts_with("vfs") && n.ends_with(".sock"))
+        .collect();
+    assert!(socks.is_empty(), "vhost-user socket files exist: {socks:?}");
+    let qemu_pid: i32 = backend.split(':').next().unwrap().parse().unwrap();
+    running.child.kill().unwrap();
+    running.child.wait().unwrap();
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = virtiofsds(&e);
+        let backend_alive = Path::new(&format!("/proc/{qemu_pid}")).exists();
+        if left.is_empty() && !backend_alive {
+            break;
+        }
+        assert!(
+            Instant::now() < gone_by,
+            "after kill -9 of amphi: virtiofsd {left:?} or the backend ({backend_alive}) lives on"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The memfd was QEMU's: no process holds guest RAM for this run.
+    let gc = e.cmd(&["gc"]).output().unwrap();
+    assert!(gc.status.success(), "{gc:?}");
+    e.assert_clean("run -v (client killed) + gc");
 }

@@ -130,7 +130,6 @@ pub struct Dispatch {
     pub vm_only_flags: Vec<&'static str>,
     /// `-d` and `-v` were given (refused for microVM runs).
     pub detach: bool,
-    pub volumes: bool,
     /// `--systemd`: true, false or always (resolved once the image is known).
     pub systemd: String,
 }
@@ -180,13 +179,17 @@ pub fn request(
         kernel: w.vm.kernel,
         vm: VmOptions {
             timeout: w.vm.timeout.map(Duration::from_secs_f64),
+            rootfs: match w.vm.vm_rootfs.as_deref() {
+                None | Some("auto") => None,
+                Some(k) => Some(k.parse().map_err(usage)?),
+            },
+            verbose: a.verbose,
             notify: super::notify,
         },
         policy: w.policy,
         verbose: a.verbose,
         vm_only_flags,
         detach: a.detach,
-        volumes: !a.volume.is_empty(),
         systemd: w.systemd,
     };
     if a.detach && (a.tty || a.interactive) {
@@ -301,11 +304,6 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
             if d.detach {
                 return Err(usage(
                     "-d is not supported for microVM runs yet: microVM runs are foreground only",
-                ));
-            }
-            if d.volumes {
-                return Err(usage(
-                    "-v is not supported for microVM runs yet: host directories cannot be shared into a microVM (virtio-fs is planned); copy the files into the image or run with --isolation container",
                 ));
             }
             let console = has_console(&req.flags);

@@ -95,6 +95,11 @@ pub struct VmArgs {
     /// microVM runs: stop the workload after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
+    /// microVM runs: how the guest gets the image's files: auto (virtio-fs when virtiofsd and the
+    /// guest kernel have it, else built once per image), virtiofs (the stored layers shared
+    /// read-only, nothing built), initramfs or block (a guest rootfs built and cached per image)
+    #[arg(long, value_name = "KIND", value_parser = ["auto", "virtiofs", "initramfs", "block"])]
+    pub vm_rootfs: Option<String>,
 }
 
 fn parse_timeout(s: &str) -> Result<f64, String> {
@@ -184,11 +189,13 @@ impl VmArgs {
             vm_backend,
             kernel,
             timeout,
+            vm_rootfs,
         } = self;
         let mut a = Argv::default();
         a.one("vm-backend", vm_backend.as_ref());
         a.one("kernel", kernel.as_ref());
         a.one("timeout", *timeout);
+        a.one("vm-rootfs", vm_rootfs.as_ref());
         a.0
     }
 
@@ -199,6 +206,7 @@ impl VmArgs {
             (self.vm_backend.is_some(), "--vm-backend"),
             (self.kernel.is_some(), "--kernel"),
             (self.timeout.is_some(), "--timeout"),
+            (self.vm_rootfs.is_some(), "--vm-rootfs"),
         ]
         .into_iter()
         .filter_map(|(set, flag)| set.then_some(flag))

@@ -89,6 +89,18 @@ impl GuestKernel {
         }
     }
 
+    /// Whether it has virtio-fs built in (`CONFIG_VIRTIO_FS=y`): None when
+    /// its config is unknown (a file given with `--kernel`).
+    pub fn virtio_fs(&self) -> Option<bool> {
+        match self {
+            GuestKernel::Catalog(e) => e
+                .config_option("VIRTIO_FS")
+                .ok()
+                .map(|v| v.as_deref() == Some("y")),
+            GuestKernel::File { .. } => None,
+        }
+    }
+
     /// PVM-enabled (a file given with `--kernel` is taken as not).
     pub fn pvm(&self) -> bool {
         matches!(self, GuestKernel::Catalog(e) if e.pvm)

@@ -218,7 +218,8 @@ fn build_newroot() -> Result<(), GuestError> {
 }
 
 /// The image on `lower`, as `amphi.root=` says: the initramfs copy under
-/// `/.amphi/rootfs`, or a read-only ext4 (or erofs) device.
+/// `/.amphi/rootfs`, the host's virtio-fs share of its layers, or a
+/// read-only ext4 (or erofs) device.
 fn mount_image(lower: &str) -> Result<(), GuestError> {
     match root_kind().as_str() {
         "initramfs" => mount(
@@ -226,6 +227,15 @@ fn mount_image(lower: &str) -> Result<(), GuestError> {
             lower,
             "",
             libc::MS_BIND | libc::MS_REC,
+            "",
+        ),
+        // The image's stored layers from the host, read-only (virtiofsd
+        // serves them read-only too).
+        "virtiofs" => mount(
+            crate::proto::VIRTIOFS_ROOT_TAG,
+            lower,
+            "virtiofs",
+            libc::MS_RDONLY,
             "",
         ),
         dev => {
@@ -589,6 +599,16 @@ fn apply_host_state(req: &StartRequest) -> Result<(), GuestError> {
             let _ = fs::create_dir_all(parent);
         }
         fs::write(path, content).map_err(|e| gerr(format!("writing {path}: {e}")))?;
+    }
+    for share in &req.shares {
+        if !share.target.starts_with("/.amphi/") || share.target.contains("..") {
+            return Err(gerr(format!(
+                "virtio-fs share {}: target {} is not below /.amphi/",
+                share.tag, share.target
+            )));
+        }
+        mkdir(&share.target)?;
+        mount(&share.tag, &share.target, "virtiofs", 0, "")?;
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ pub const THRESHOLD_ENV: &str = "AMPHI_VM_INITRAMFS_MAX";
 pub enum RootfsKind {
     Initramfs,
     Block,
+    /// The image's stored layers themselves, shared read-only by virtiofsd
+    /// (nothing is built; see `vm::virtiofs`).
+    Virtiofs,
 }
 
 impl RootfsKind {
@@ -85,6 +88,7 @@ impl RootfsKind {
         match self {
             RootfsKind::Initramfs => "amphi.root=initramfs",
             RootfsKind::Block => "amphi.root=vda",
+            RootfsKind::Virtiofs => "amphi.root=virtiofs",
         }
     }
 
@@ -92,6 +96,7 @@ impl RootfsKind {
         match self {
             RootfsKind::Initramfs => "initramfs",
             RootfsKind::Block => "block",
+            RootfsKind::Virtiofs => "virtiofs",
         }
     }
 }
@@ -108,8 +113,9 @@ impl std::str::FromStr for RootfsKind {
         match s {
             "initramfs" => Ok(RootfsKind::Initramfs),
             "block" => Ok(RootfsKind::Block),
+            "virtiofs" => Ok(RootfsKind::Virtiofs),
             _ => Err(format!(
-                "unknown guest rootfs kind {s:?} (expected initramfs or block)"
+                "unknown guest rootfs kind {s:?} (expected virtiofs, initramfs or block)"
             )),
         }
     }
@@ -125,6 +131,9 @@ pub struct Options {
     /// The amphi binary that becomes the guest init (usually
     /// `/proc/self/exe`). It must be statically linked.
     pub amphi_bin: PathBuf,
+    /// virtio-fs can serve this run's rootfs (virtiofsd is installed and
+    /// the guest kernel has `CONFIG_VIRTIO_FS`): the caller's finding.
+    pub virtiofs: bool,
 }
 
 impl Options {
@@ -140,6 +149,7 @@ impl Options {
             threshold,
             force: None,
             amphi_bin: crate::container::sealed::host_binary(),
+            virtiofs: false,
         })
     }
 }
@@ -177,6 +187,9 @@ pub struct Prepared {
     pub initrd: PathBuf,
     /// The ext4 image for virtio-blk (block kind only). Attach it read-only.
     pub disk: Option<PathBuf>,
+    /// The image's stored layer directories, top first (virtiofs kind
+    /// only): virtiofsd shares their read-only overlay.
+    pub lowers: Vec<PathBuf>,
     /// Nothing had to be built.
     pub cached: bool,
     /// Bytes of regular files in the rootfs.
@@ -247,6 +260,7 @@ impl Cache {
         let ext = match kind {
             RootfsKind::Initramfs => "cpio",
             RootfsKind::Block => "ext4",
+            RootfsKind::Virtiofs => "virtiofs",
         };
         self.dir.join("rootfs").join(format!("{}.{ext}", key.hex()))
     }
@@ -342,7 +356,61 @@ fn human(n: u64) -> String {
     }
 }
 
-/// Picks the kind for a rootfs with `facts`, and says why.
+/// Why the rootfs goes over virtio-fs, when it does: asked for; or
+/// virtio-fs is available and the image is one [`decide`] would put on
+/// the block path (over the initramfs threshold, or with extended
+/// attributes, which virtiofsd passes on): sharing its layers builds
+/// nothing, where an ext4 image takes seconds to build and its size again
+/// in disk. Small images keep the initramfs, which boots from guest RAM
+/// and is built in milliseconds (`scripts/bench vm` measures both).
+fn virtiofs_reason(
+    w: &Store,
+    cache: &Cache,
+    rec: &ImageRecord,
+    key: &Digest,
+    opts: &Options,
+) -> Result<Option<String>, GuestfsError> {
+    match opts.force {
+        Some(RootfsKind::Virtiofs) => {
+            return Ok(Some("guest rootfs kind virtiofs was asked for: the image's layers are shared read-only by virtiofsd, nothing is built".into()));
+        }
+        Some(_) => return Ok(None),
+        None if !opts.virtiofs => return Ok(None),
+        None => {}
+    }
+    let facts = facts(w, cache, rec, key)?;
+    let (kind, why) = decide(&facts, opts);
+    Ok((kind == RootfsKind::Block).then(|| {
+        format!("{why}; virtio-fs is available, so the image's stored layers are shared read-only by virtiofsd instead of building a block image")
+    }))
+}
+
+/// The facts of the image's merged rootfs: cached, or walked once (and
+/// cached) without building anything.
+fn facts(w: &Store, cache: &Cache, rec: &ImageRecord, key: &Digest) -> Result<Facts, GuestfsError> {
+    if let Some(f) = cache.read_facts(key) {
+        return Ok(f);
+    }
+    let _lock = w.object_lock(&format!("vm-rootfs-{}", key.hex()))?;
+    if let Some(f) = cache.read_facts(key) {
+        return Ok(f);
+    }
+    let scratch = Temp::new(w, "vm-mnt");
+    let facts = tree::with_merged(
+        w,
+        &rec.layers,
+        scratch.path(),
+        &image_label(rec),
+        |merged| Ok(tree::walk(merged)?.facts),
+    )?;
+    drop(scratch);
+    let json = serde_json::to_vec_pretty(&facts).expect("facts serialise");
+    w.write_atomic(&cache.facts(key), &json)?;
+    Ok(facts)
+}
+
+/// Picks the kind for a rootfs with `facts`, and says why (never
+/// virtiofs: [`virtiofs_reason`] is asked first).
 fn decide(f: &Facts, opts: &Options) -> (RootfsKind, String) {
     if let Some(k) = opts.force {
         return (k, format!("guest rootfs kind {k} was asked for"));
@@ -441,6 +509,23 @@ fn prepare_with(
     let bin = guest_binary::digest(&opts.amphi_bin, &cache.dir.join("binsum"), || {
         w.temp_path("binsum")
     })?;
+    if let Some(reason) = virtiofs_reason(&w, &cache, rec, &key, opts)? {
+        // Nothing of the image is built: only the init part, once per binary.
+        let (init_built, warnings) = ensure_init(&w, &cache, &opts.amphi_bin, &bin, tools)?;
+        let p = Prepared {
+            kind: RootfsKind::Virtiofs,
+            initrd: cache.init(&bin),
+            disk: None,
+            lowers: rec.layers.iter().rev().map(|l| w.layer_diff(l)).collect(),
+            cached: !init_built,
+            content_bytes: 0,
+            build_time: start.elapsed(),
+            reason,
+            warnings,
+        };
+        tracing::debug!("guest rootfs of {image}: virtiofs: {}", p.reason);
+        return Ok(p);
+    }
 
     let (facts, kind, reason, mut built) = ensure_rootfs(&w, &cache, rec, &key, opts, tools)?;
     let mut warnings = warnings_for(kind, &facts);
@@ -453,11 +538,13 @@ fn prepare_with(
             (cache.initrd(&key, &bin), None)
         }
         RootfsKind::Block => (cache.init(&bin), Some(cache.rootfs(&key, kind))),
+        RootfsKind::Virtiofs => unreachable!("decide never picks virtiofs"),
     };
     let p = Prepared {
         kind,
         initrd,
         disk,
+        lowers: Vec::new(),
         cached: !built,
         content_bytes: facts.content_bytes,
         build_time: start.elapsed(),
@@ -510,6 +597,7 @@ fn ensure_rootfs(
             match kind {
                 RootfsKind::Initramfs => initramfs::write_rootfs(&tree, merged, out.path())?,
                 RootfsKind::Block => block::build(tools, &tree, merged, out.path())?,
+                RootfsKind::Virtiofs => unreachable!("decide never picks virtiofs"),
             }
             Ok((tree.facts, kind, why))
         },

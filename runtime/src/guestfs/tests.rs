@@ -251,6 +251,7 @@ fn the_kind_follows_size_xattrs_and_force() {
         threshold,
         force,
         amphi_bin: PathBuf::new(),
+        virtiofs: false,
     };
     let mut f = Facts {
         content_bytes: 100,
@@ -441,7 +442,97 @@ fn test_opts(force: Option<RootfsKind>) -> Options {
         force,
         // The test binary is linked like amphi (static, see .cargo/config.toml).
         amphi_bin: std::env::current_exe().unwrap(),
+        virtiofs: false,
     }
+}
+
+/// With virtio-fs available, an image the block path would take is shared
+/// instead, and nothing of it is built: the initrd is the init part alone,
+/// and the layers are named top first. A small image keeps the initramfs;
+/// a kind asked for is what the run gets.
+#[test]
+fn virtiofs_builds_nothing_of_the_image() {
+    if !root_or_skip("virtiofs_builds_nothing_of_the_image") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(t.path(), Access::Write).unwrap();
+    let rec = load_image(
+        &store,
+        "localhost/gfs/layered:1",
+        &[base_layer(), top_layer()],
+    );
+    // Over the initramfs threshold: the layers are shared.
+    let opts = Options {
+        virtiofs: true,
+        threshold: 1,
+        ..test_opts(None)
+    };
+    let p = prepare(&store, &rec, &opts).unwrap();
+    assert_eq!(p.kind, RootfsKind::Virtiofs, "{}", p.reason);
+    assert!(p.disk.is_none());
+    let root = t.path().canonicalize().unwrap();
+    let cache = Cache::open(&root).unwrap();
+    let bin = guest_binary::hash_file(&opts.amphi_bin).unwrap();
+    assert_eq!(p.initrd, cache.init(&bin));
+    let w = Store::open(&root, Access::Read).unwrap();
+    let want: Vec<PathBuf> = rec.layers.iter().rev().map(|l| w.layer_diff(l)).collect();
+    assert_eq!(p.lowers, want, "the layers, top first");
+    assert!(p.lowers.iter().all(|l| l.is_dir()));
+    assert!(p.reason.contains("over"), "{}", p.reason);
+    let rootfs_dir = root.join("vm/rootfs");
+    let built: Vec<String> = dir_entries(&rootfs_dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    assert!(built.is_empty(), "nothing built for the image: {built:?}");
+    let again = prepare(&store, &rec, &opts).unwrap();
+    assert!(again.cached && again.kind == RootfsKind::Virtiofs);
+    let forced = prepare(
+        &store,
+        &rec,
+        &Options {
+            force: Some(RootfsKind::Initramfs),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(forced.kind, RootfsKind::Initramfs);
+    assert!(forced.lowers.is_empty());
+    // Within the threshold, a small image keeps the initramfs.
+    let small = prepare(
+        &store,
+        &rec,
+        &Options {
+            threshold: DEFAULT_THRESHOLD,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(small.kind, RootfsKind::Initramfs, "{}", small.reason);
+    // Asked for, whatever the size.
+    let asked = prepare(
+        &store,
+        &rec,
+        &Options {
+            threshold: DEFAULT_THRESHOLD,
+            force: Some(RootfsKind::Virtiofs),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(asked.kind, RootfsKind::Virtiofs);
+    assert_clean(t.path());
+}
+
+fn dir_entries(d: &Path) -> Vec<String> {
+    fs::read_dir(d)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// No temp files in the store and no mount anywhere under it.

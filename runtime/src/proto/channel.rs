@@ -68,6 +68,19 @@ pub struct StartRequest {
     /// host) means no.
     #[serde(default)]
     pub console: bool,
+    /// virtio-fs shares the guest mounts before the start (the volumes:
+    /// the spec's bind mounts name paths below their targets).
+    #[serde(default)]
+    pub shares: Vec<GuestShare>,
+}
+
+/// A virtio-fs share for the guest to mount.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GuestShare {
+    /// The device's tag.
+    pub tag: String,
+    /// Where it goes (below `/.amphi/`).
+    pub target: String,
 }
 
 /// The guest init is up.
@@ -347,6 +360,10 @@ mod tests {
                 stdin: true,
                 host_time: Some((1_700_000_000, 5)),
                 console: true,
+                shares: vec![GuestShare {
+                    tag: "amphi-vol".into(),
+                    target: "/.amphi/vol".into(),
+                }],
             }))),
             Frame::Stdin(b"in\0put".to_vec()),
             Frame::StdinEof,

@@ -8,3 +8,7 @@ pub mod channel;
 /// Where the guest init lives in the initramfs (`argv[0]` of PID 1, and the
 /// kernel's `rdinit=`).
 pub const GUEST_INIT: &str = "/.amphi/init";
+/// The virtio-fs tag of the image's rootfs share (`amphi.root=virtiofs`).
+pub const VIRTIOFS_ROOT_TAG: &str = "amphi-root";
+/// The virtio-fs tag of a run's volumes share.
+pub const VIRTIOFS_VOLUME_TAG: &str = "amphi-vol";

@@ -37,6 +37,10 @@ pub struct RunReport {
     /// filesystem, namespaces, seccomp, cgroup), a line each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitor_protections: Vec<String>,
+    /// microVM runs: how the guest got the image's files (virtiofs,
+    /// initramfs or block) and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 pub fn ms(d: Duration) -> f64 {

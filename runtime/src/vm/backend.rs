@@ -20,6 +20,9 @@ pub struct VmSpec<'a> {
     pub mem_mib: u64,
     pub vcpus: u32,
     pub channel: &'a Path,
+    /// virtio-fs devices: each share's tag and the backend's end of its
+    /// vhost-user connection (a descriptor the backend inherits).
+    pub shares: &'a [(&'static str, i32)],
     /// The run's directory (`<state root>/vm/<id>`): the jailed monitor's
     /// root is its `jail/`, named after it.
     pub run_dir: &'a Path,
@@ -82,6 +85,7 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     // The caller connects stdout (the serial console) and stderr to pipes.
     cmd.stdin(Stdio::null());
     let parent = std::process::id() as libc::pid_t;
+    let inherit: Vec<i32> = s.shares.iter().map(|(_, fd)| *fd).collect();
     // SAFETY: async-signal-safe calls between fork and exec: the backend
     // gets its own process group (a ^C on the terminal goes to amphi,
     // which forwards it to the workload, not to the VM) and dies with amphi
@@ -95,6 +99,12 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
             }
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            // The vhost-user connections, by their numbers.
+            for fd in &inherit {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -133,15 +143,24 @@ fn builtin_command(s: &VmSpec) -> Command {
         arg.push(",ro");
         c.arg("--disk").arg(arg);
     }
+    for (tag, fd) in s.shares {
+        c.arg("--fs").arg(format!("fd={fd},tag={tag}"));
+    }
     c
 }
 
 /// QEMU's microvm for `s` (with KVM when `kvm`).
 fn qemu_command(kvm: bool, s: &VmSpec) -> Command {
     let mut c = Command::new(qemu_binary());
+    // vhost-user devices need guest RAM the backend can map: a shared memfd.
+    let machine = if s.shares.is_empty() {
+        "microvm,rtc=on,acpi=off"
+    } else {
+        "microvm,rtc=on,acpi=off,memory-backend=mem"
+    };
     c.args([
         "-M",
-        "microvm,rtc=on,acpi=off",
+        machine,
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -182,6 +201,18 @@ fn qemu_command(kvm: bool, s: &VmSpec) -> Command {
                 d.display()
             ))
             .args(["-device", "virtio-blk-device,drive=root"]);
+    }
+    if !s.shares.is_empty() {
+        c.arg("-object").arg(format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            s.mem_mib
+        ));
+    }
+    for (i, (tag, fd)) in s.shares.iter().enumerate() {
+        c.arg("-chardev")
+            .arg(format!("socket,id=vfs{i},fd={fd}"))
+            .arg("-device")
+            .arg(format!("vhost-user-fs-device,chardev=vfs{i},tag={tag}"));
     }
     c
 }

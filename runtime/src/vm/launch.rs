@@ -32,6 +32,8 @@ pub(super) struct Cleanup {
     pub child: Option<Child>,
     /// How the backend ended, once it has (for the error that says why).
     pub ended: Option<std::process::ExitStatus>,
+    /// The virtiofsd daemons: killed after the backend.
+    pub daemons: Vec<super::virtiofs::Daemon>,
 }
 
 impl Cleanup {
@@ -40,7 +42,16 @@ impl Cleanup {
             run: Some(run),
             child: None,
             ended: None,
+            daemons: Vec::new(),
         }
+    }
+
+    /// A virtiofsd that ended while the VM runs: the backend is stopped,
+    /// and the error says which share went away.
+    pub fn daemon_gone(&mut self) -> Option<String> {
+        let msg = self.daemons.iter_mut().find_map(|d| d.ended())?;
+        self.stop_backend(Duration::ZERO);
+        Some(msg)
     }
 
     /// The backend has ended with `st`.
@@ -78,6 +89,7 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.stop_backend(Duration::ZERO);
+        self.daemons.clear();
         if let Some(id) = self
             .run
             .as_ref()
@@ -276,9 +288,20 @@ pub(super) fn start_request(
                 m["source"] = guest.display().to_string().into();
             } else if src == Path::new(crate::spec::INIT_SOURCE) {
                 m["source"] = crate::proto::GUEST_INIT.into();
+            } else if let Some(i) = req.flags.volumes.iter().position(|v| v.host == src) {
+                // A volume: its entry in the volumes share.
+                m["source"] = format!("{}/{i}", super::virtiofs::GUEST_VOLUMES).into();
             }
         }
     }
+    let shares = if req.flags.volumes.is_empty() {
+        Vec::new()
+    } else {
+        vec![crate::proto::channel::GuestShare {
+            tag: super::virtiofs::VOLUME_TAG.into(),
+            target: super::virtiofs::GUEST_VOLUMES.into(),
+        }]
+    };
     Ok(StartRequestJson::new(&StartRequest {
         id: id.to_string(),
         spec: spec_json,
@@ -287,6 +310,7 @@ pub(super) fn start_request(
         stdin: req.interactive || req.flags.tty,
         host_time: None,
         console: crate::run::console_pty(&req.flags),
+        shares,
     }))
 }
 

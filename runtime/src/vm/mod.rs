@@ -25,6 +25,7 @@ mod launch;
 pub mod protocol;
 pub mod rundir;
 mod session;
+pub mod virtiofs;
 
 pub use rundir::sweep_stale_runs;
 
@@ -51,6 +52,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct VmOptions {
     /// `--timeout`: stop the workload after this long.
     pub timeout: Option<Duration>,
+    /// `--vm-rootfs`: the guest rootfs kind asked for (None: the rule's).
+    pub rootfs: Option<guestfs::RootfsKind>,
+    /// `--verbose`: say which guest rootfs kind the run got, and why.
+    pub verbose: bool,
     /// Where notices for the user go (warnings, the OOM killer, the
     /// backend's notice): the library does not print.
     pub notify: fn(&str),
@@ -81,9 +86,10 @@ impl Timing {
         &self,
         result: &Result<i32, RunError>,
         monitor: &Backend,
-        kind: guestfs::RootfsKind,
+        rootfs: &guestfs::Prepared,
         notify: fn(&str),
     ) {
+        let kind = rootfs.kind;
         let backend = monitor.describe();
         if let Ok(code) = result {
             let ms = crate::run::report::ms;
@@ -99,6 +105,7 @@ impl Timing {
                 total_ms: ms(self.start.map(|s| s.elapsed()).unwrap_or_default()),
                 backend: Some(backend.to_string()),
                 monitor_protections: jail::protections(monitor),
+                rootfs: Some(format!("{kind}: {}", rootfs.reason)),
             }
             .try_write()
             .unwrap_or_else(|w| notify(&w));
@@ -137,18 +144,103 @@ fn guest_rootfs(
     rec: &crate::image::index::ImageRecord,
     image: &str,
     timing: &mut Timing,
-    notify: fn(&str),
+    opts: &VmOptions,
+    virtiofs: bool,
 ) -> Result<guestfs::Prepared, RunError> {
+    let notify = opts.notify;
     let t = Instant::now();
-    let gopts = guestfs::Options::from_env().map_err(RunError::cause)?;
+    let mut gopts = guestfs::Options::from_env().map_err(RunError::cause)?;
+    gopts.force = opts.rootfs;
+    gopts.virtiofs = virtiofs;
     let prepared = guestfs::prepare(store, rec, &gopts)
         .map_err(|e| RunError::step(format_args!("guest rootfs of {image}"), e))?;
     timing.rootfs = t.elapsed();
     timing.rootfs_cached = prepared.cached;
+    if opts.verbose {
+        notify(&format!(
+            "amphi: guest rootfs: {} ({})",
+            prepared.kind, prepared.reason
+        ));
+    }
     for w in &prepared.warnings {
         notify(&format!("amphi: warning: {w}"));
     }
     Ok(prepared)
+}
+
+/// virtiofsd, when this run can use virtio-fs (the daemon is installed
+/// and the guest kernel has `CONFIG_VIRTIO_FS`), else why not. Volumes
+/// and `--vm-rootfs virtiofs` need it; the rootfs rule uses it when there.
+fn virtiofs_support(
+    kernel: &crate::dispatch::GuestKernel,
+    req: &RunRequest,
+    opts: &VmOptions,
+) -> Result<Option<PathBuf>, RunError> {
+    let support = virtiofs::binary().and_then(|bin| match kernel.virtio_fs() {
+        Some(true) => Ok(bin),
+        Some(false) => Err(format!(
+            "the guest kernel {} is built without CONFIG_VIRTIO_FS (`amphi kernel build` makes one with it)",
+            kernel.id()
+        )),
+        None => Err(format!(
+            "the guest kernel {}'s config is unknown, so amphi cannot tell whether it has CONFIG_VIRTIO_FS",
+            kernel.id()
+        )),
+    });
+    let needed = if !req.flags.volumes.is_empty() {
+        Some("-v in a microVM shares the host path with virtio-fs")
+    } else if opts.rootfs == Some(guestfs::RootfsKind::Virtiofs) {
+        Some("--vm-rootfs virtiofs shares the image's layers with virtio-fs")
+    } else {
+        None
+    };
+    match (support, needed) {
+        (Ok(bin), _) => Ok(Some(bin)),
+        (Err(why), Some(what)) => Err(RunError::Usage(format!("{what}, but {why}"))),
+        (Err(why), None) => {
+            tracing::debug!("no virtio-fs rootfs: {why}");
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the run's virtiofsd daemons (the rootfs's, the volumes'), owned
+/// by the cleanup; returns each one's tag and the backend's descriptor.
+fn start_daemons(
+    bin: Option<&Path>,
+    req: &RunRequest,
+    prepared: &guestfs::Prepared,
+    run_dir: &Path,
+    cleanup: &mut Cleanup,
+) -> Result<Vec<(&'static str, i32)>, RunError> {
+    let mut shares = Vec::new();
+    if prepared.kind == guestfs::RootfsKind::Virtiofs {
+        shares.push(virtiofs::Share::Rootfs {
+            lowers: prepared.lowers.clone(),
+        });
+    }
+    if !req.flags.volumes.is_empty() {
+        shares.push(virtiofs::Share::Volumes(
+            req.flags
+                .volumes
+                .iter()
+                .map(|v| virtiofs::VolumeShare {
+                    host: v.host.clone(),
+                    readonly: v.readonly,
+                })
+                .collect(),
+        ));
+    }
+    let Some(bin) = bin.filter(|_| !shares.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for share in shares {
+        let d = virtiofs::spawn(bin, share, run_dir)?;
+        out.push((d.tag, d.frontend_fd()));
+        cleanup.daemons.push(d);
+    }
+    Ok(out)
 }
 
 /// The plan's additions to the guest kernel's command line (what the
@@ -200,12 +292,37 @@ pub fn run(
     if let Backend::Qemu { .. } = backend {
         which(&backend::qemu_binary())?;
     }
+    let virtiofsd = virtiofs_support(&kernel, &req, &opts)?;
 
-    let prepared = guest_rootfs(&store, &rec, &req.image, &mut timing, opts.notify)?;
+    let prepared = guest_rootfs(
+        &store,
+        &rec,
+        &req.image,
+        &mut timing,
+        &opts,
+        virtiofsd.is_some(),
+    )?;
 
     let id = crate::run::new_id();
     let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req, &id)?;
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
+    // Blocked before any thread starts (the daemons' log readers are the
+    // first): threads inherit the mask, so the forwarded signals reach the
+    // signalfd, never a thread's default action.
+    let sigs = crate::sys::signal::block_forwarded();
+    let shares = match start_daemons(
+        virtiofsd.as_deref(),
+        &req,
+        &prepared,
+        &run_dir,
+        &mut cleanup,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::sys::signal::unblock(&sigs);
+            return Err(e);
+        }
+    };
     let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
     let vm = VmSpec {
         kernel: &kernel_path,
@@ -219,6 +336,7 @@ pub fn run(
         mem_mib,
         vcpus,
         channel: &sock_path,
+        shares: &shares,
         run_dir: &run_dir,
     };
     tracing::info!(
@@ -228,9 +346,6 @@ pub fn run(
     if let Some(n) = notice {
         (opts.notify)(&n);
     }
-    // Blocked before any thread starts: threads inherit the mask, so the
-    // forwarded signals reach the signalfd, never a thread's default action.
-    let sigs = crate::sys::signal::block_forwarded();
     let t = Instant::now();
     let (logs, _watchdog, deadline) =
         match start_backend(&backend, &vm, &mut cleanup, opts.timeout, &run_dir) {
@@ -240,6 +355,10 @@ pub fn run(
                 return Err(e);
             }
         };
+    // The backend holds the vhost-user connections now.
+    for d in &mut cleanup.daemons {
+        d.frontend = None;
+    }
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
@@ -267,7 +386,7 @@ pub fn run(
     });
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, &backend, prepared.kind, opts.notify);
+    timing.report(&result, &backend, &prepared, opts.notify);
     result
 }
 

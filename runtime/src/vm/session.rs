@@ -133,6 +133,9 @@ impl Session<'_> {
 
     /// The backend's end, if it has ended: an error saying `what`.
     fn died(&mut self, what: &str) -> Option<RunError> {
+        if let Some(gone) = self.cleanup.daemon_gone() {
+            return Some(RunError::Vm(gone));
+        }
         let st = self.cleanup.child.as_mut()?.try_wait().ok()??;
         self.cleanup.ended(st);
         Some(RunError::Vm(format!(

@@ -1,0 +1,509 @@
+//! Host directories in a microVM over virtio-fs: one virtiofsd per share,
+//! started before the backend and ended with it.
+//!
+//! Two shares, each its own daemon (and its own virtio-fs device and tag),
+//! because they need opposite settings:
+//! - **the image's rootfs** (tag [`ROOT_TAG`]): a read-only overlay of the
+//!   image's stored layers, served `--readonly --cache=always --xattr`
+//!   (nothing on the host ever changes an unpacked layer, so the guest may
+//!   cache everything; file capabilities travel as xattrs). The guest puts
+//!   a tmpfs upper over it: its writes never reach the store.
+//! - **the volumes** (`-v`, tag [`VOLUME_TAG`]): a small tmpfs holding one
+//!   entry per volume, `0`, `1`, ..., each a bind mount of the host path (a
+//!   directory or a file), read-only (recursively) for `:ro`; served with
+//!   `--cache=auto` (the host may change a volume while the guest runs:
+//!   close-to-open consistency, as NFS gives) and without CAP_MKNOD (a
+//!   guest cannot make device nodes in a host directory).
+//!
+//! The mounts are made in a mount namespace of the daemon's own, between
+//! fork and exec: nothing appears in the host's namespace, and nothing is
+//! left when the daemon ends. virtiofsd then sandboxes itself (its
+//! `namespace` sandbox: new pid, mount and network namespaces, pivot_root
+//! into the share, seccomp, only the capabilities it needs; file handles
+//! off, so it never holds CAP_DAC_READ_SEARCH).
+//!
+//! The vhost-user socket never exists as a file for longer than the spawn:
+//! amphi binds it in the 0700 run directory, connects the backend's end,
+//! removes the name, and hands the listening end to virtiofsd (`--fd`) and
+//! the connected end to the backend. Nobody else can connect, and a
+//! `kill -9` leaves no socket behind.
+//!
+//! Lifetime: the daemon gets SIGKILL when amphi dies (its sandbox's server
+//! process gets SIGTERM when the daemon dies, and exits); it exits by itself
+//! when the backend closes its end; the run's cleanup kills it. A daemon
+//! that ends while the VM runs ends the run with an error (the guest's file
+//! operations on the share would never complete).
+
+use super::console::Capture;
+use crate::run::RunError;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub use crate::proto::{VIRTIOFS_ROOT_TAG as ROOT_TAG, VIRTIOFS_VOLUME_TAG as VOLUME_TAG};
+/// Where the guest init mounts the volumes share; volume `n` is
+/// `GUEST_VOLUMES/n`.
+pub const GUEST_VOLUMES: &str = "/.amphi/vol";
+/// The descriptor number virtiofsd gets its listening socket on.
+const LISTEN_FD: i32 = 3;
+
+/// `$AMPHI_VIRTIOFSD`, else `virtiofsd` from PATH (or /usr/libexec, where
+/// Debian's package puts it).
+pub fn binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("AMPHI_VIRTIOFSD").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "$AMPHI_VIRTIOFSD names {}, which does not exist",
+                p.display()
+            ))
+        };
+    }
+    crate::guestfs::find_program("virtiofsd")
+        .or_else(|| Some(PathBuf::from("/usr/libexec/virtiofsd")).filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            "virtiofsd is not installed: microVM volumes and the virtio-fs rootfs need it (run scripts/setup, which builds it with `cargo install virtiofsd`, or set $AMPHI_VIRTIOFSD)".into()
+        })
+}
+
+/// One `-v` volume as the share holds it.
+#[derive(Clone, Debug)]
+pub struct VolumeShare {
+    /// The host path (canonical): a directory or a file.
+    pub host: PathBuf,
+    pub readonly: bool,
+}
+
+/// What a daemon shares.
+#[derive(Clone, Debug)]
+pub enum Share {
+    /// A read-only overlay of `lowers` (stored layer directories, top
+    /// first).
+    Rootfs { lowers: Vec<PathBuf> },
+    /// The volumes, in order.
+    Volumes(Vec<VolumeShare>),
+}
+
+impl Share {
+    pub fn tag(&self) -> &'static str {
+        match self {
+            Share::Rootfs { .. } => ROOT_TAG,
+            Share::Volumes(_) => VOLUME_TAG,
+        }
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Share::Rootfs { .. } => "the image's rootfs".into(),
+            Share::Volumes(v) => {
+                let names: Vec<String> = v.iter().map(|v| v.host.display().to_string()).collect();
+                format!("the volumes ({})", names.join(", "))
+            }
+        }
+    }
+
+    /// The directory (in the run directory) the daemon shares, and the
+    /// name of the socket's path, which exists only during the spawn.
+    fn paths(&self, run_dir: &Path) -> (PathBuf, PathBuf) {
+        let name = match self {
+            Share::Rootfs { .. } => "vfs-root",
+            Share::Volumes(_) => "vfs-vol",
+        };
+        (run_dir.join(name), run_dir.join(format!("{name}.sock")))
+    }
+}
+
+/// A running virtiofsd.
+pub struct Daemon {
+    pub tag: &'static str,
+    pub what: String,
+    pub child: Child,
+    /// The backend's end of the vhost-user connection (inherited by the
+    /// backend; closed here once it is spawned).
+    pub frontend: Option<OwnedFd>,
+    /// Its stderr.
+    log: Capture,
+}
+
+impl Daemon {
+    /// The backend's end of the connection, by number (-1 once closed).
+    pub fn frontend_fd(&self) -> i32 {
+        self.frontend.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    /// The daemon has ended: an error for the run, saying how.
+    pub fn ended(&mut self) -> Option<String> {
+        let st = self.child.try_wait().ok()??;
+        self.log.settle(std::time::Duration::from_millis(500));
+        let (said, _) = self.log.tail(10);
+        let said = said.trim();
+        Some(format!(
+            "virtiofsd serving {} ended while the microVM ran ({st}); the microVM was stopped{}",
+            self.what,
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!("\n--- virtiofsd said\n{said}")
+            }
+        ))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One mount-namespace step, its strings made before the fork.
+enum Step {
+    /// tmpfs on the path (the volumes' holder).
+    Tmpfs(CString),
+    /// overlay on `dst`, with the layers named relative to `cwd`.
+    Overlay {
+        cwd: CString,
+        dst: CString,
+        data: CString,
+    },
+    Mkdir(CString),
+    /// An empty file to bind a file volume onto.
+    Touch(CString),
+    /// A recursive bind of `src` on `dst`.
+    Bind {
+        src: CString,
+        dst: CString,
+    },
+    /// `dst` and every mount below it read-only.
+    ReadOnly(CString),
+    /// The holder tmpfs itself read-only (its entries keep theirs).
+    SealHolder(CString),
+}
+
+fn cstr(p: &Path) -> Result<CString, RunError> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| RunError::Usage(format!("{}: a NUL byte in the path", p.display())))
+}
+
+/// The mounts that build `share` on `dir`.
+fn steps(share: &Share, dir: &Path, empty: &Path) -> Result<Vec<Step>, RunError> {
+    let mut out = Vec::new();
+    match share {
+        Share::Rootfs { lowers } => {
+            // Relative to the layers' directory, like guestfs's merged
+            // view: short option strings; an empty directory at the bottom
+            // (overlayfs wants two lowers without an upper).
+            let base = lowers
+                .first()
+                .and_then(|l| l.parent()?.parent())
+                .ok_or_else(|| RunError::Failed("the image has no layers to share".into()))?;
+            let mut rel: Vec<PathBuf> = lowers
+                .iter()
+                .map(|l| l.strip_prefix(base).map(Path::to_path_buf))
+                .collect::<Result<_, _>>()
+                .map_err(|_| RunError::Failed("the image's layers are not in one store".into()))?;
+            rel.push(empty.to_path_buf());
+            let data = crate::sys::overlay::options(&rel, None)
+                .map_err(|e| RunError::step("the rootfs share's overlay", e))?;
+            out.push(Step::Overlay {
+                cwd: cstr(base)?,
+                dst: cstr(dir)?,
+                data: CString::new(data)
+                    .map_err(|_| RunError::Failed("a NUL byte in a layer path".into()))?,
+            });
+        }
+        Share::Volumes(vols) => {
+            out.push(Step::Tmpfs(cstr(dir)?));
+            for (i, v) in vols.iter().enumerate() {
+                let dst = cstr(&dir.join(i.to_string()))?;
+                out.push(if v.host.is_dir() {
+                    Step::Mkdir(dst.clone())
+                } else {
+                    Step::Touch(dst.clone())
+                });
+                out.push(Step::Bind {
+                    src: cstr(&v.host)?,
+                    dst: dst.clone(),
+                });
+                if v.readonly {
+                    out.push(Step::ReadOnly(dst));
+                }
+            }
+            out.push(Step::SealHolder(cstr(dir)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the steps in the child, between fork and exec: raw system calls on
+/// strings made before the fork; nothing allocates.
+fn run_steps(steps: &[Step]) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| {
+        if rc == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let none = std::ptr::null::<libc::c_char>();
+    let base = libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: mount(2), mkdir(2), open(2), chdir(2) and mount_setattr(2)
+    // on NUL-terminated strings owned by `steps`, which outlives the calls.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            none,
+            c"/".as_ptr(),
+            none,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        for s in steps {
+            match s {
+                Step::Tmpfs(d) => check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    d.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    base | libc::MS_NOEXEC,
+                    c"mode=0755,size=64k".as_ptr().cast(),
+                ))?,
+                Step::Overlay { cwd, dst, data } => {
+                    check(libc::chdir(cwd.as_ptr()))?;
+                    check(libc::mount(
+                        c"overlay".as_ptr(),
+                        dst.as_ptr(),
+                        c"overlay".as_ptr(),
+                        base | libc::MS_RDONLY,
+                        data.as_ptr().cast(),
+                    ))?;
+                    check(libc::chdir(c"/".as_ptr()))?;
+                }
+                Step::Mkdir(d) => check(libc::mkdir(d.as_ptr(), 0o755))?,
+                Step::Touch(f) => {
+                    let fd = libc::open(
+                        f.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    check(fd)?;
+                    libc::close(fd);
+                }
+                Step::Bind { src, dst } => check(libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    none,
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?,
+                Step::ReadOnly(d) => {
+                    let attr = libc::mount_attr {
+                        attr_set: libc::MOUNT_ATTR_RDONLY,
+                        attr_clr: 0,
+                        propagation: 0,
+                        userns_fd: 0,
+                    };
+                    check(libc::syscall(
+                        libc::SYS_mount_setattr,
+                        libc::AT_FDCWD,
+                        d.as_ptr(),
+                        libc::AT_RECURSIVE,
+                        &attr as *const libc::mount_attr,
+                        std::mem::size_of::<libc::mount_attr>(),
+                    ) as libc::c_int)?;
+                }
+                Step::SealHolder(d) => check(libc::mount(
+                    none,
+                    d.as_ptr(),
+                    none,
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | base | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                ))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// virtiofsd's arguments for `share` on `dir`.
+fn args(share: &Share, dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        format!("--fd={LISTEN_FD}").into(),
+        "--shared-dir".into(),
+        dir.as_os_str().to_owned(),
+        "--sandbox=namespace".into(),
+        "--seccomp=kill".into(),
+        // O_PATH descriptors, never file handles: no CAP_DAC_READ_SEARCH
+        // (open_by_handle_at reaches any file of the filesystem).
+        "--inode-file-handles=never".into(),
+        "--log-level=error".into(),
+    ];
+    match share {
+        Share::Rootfs { .. } => {
+            a.extend(["--readonly", "--cache=always", "--xattr"].map(Into::into));
+        }
+        Share::Volumes(_) => {
+            a.extend(["--cache=auto", "--modcaps=-mknod"].map(Into::into));
+        }
+    }
+    a
+}
+
+/// Starts the daemon for `share` of the run in `run_dir`, with its socket
+/// connected for the backend. Its stderr is kept in a bounded ring, for
+/// the error if it ends early.
+pub fn spawn(bin: &Path, share: Share, run_dir: &Path) -> Result<Daemon, RunError> {
+    let (dir, sock) = share.paths(run_dir);
+    let empty = run_dir.join("vfs-empty");
+    for d in [&dir, &empty] {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(RunError::io(d.display(), e)),
+        }
+    }
+    let steps = steps(&share, &dir, &empty)?;
+    let listener = UnixListener::bind(&sock).map_err(|e| RunError::io(sock.display(), e))?;
+    let frontend = UnixStream::connect(&sock);
+    let _ = std::fs::remove_file(&sock);
+    let frontend = frontend.map_err(|e| RunError::io(sock.display(), e))?;
+    let listen_fd = listener.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| RunError::io("pipe", e.into()))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args(&share, &dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_w);
+    // SAFETY: async-signal-safe calls only between fork and exec (see
+    // `run_steps`); `steps` and the listener live until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            run_steps(&steps)?;
+            // The listening socket as LISTEN_FD, inherited by virtiofsd.
+            if listen_fd == LISTEN_FD {
+                if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(listen_fd, LISTEN_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        RunError::io(
+            format_args!(
+                "starting virtiofsd ({}) for {}",
+                bin.display(),
+                share.describe()
+            ),
+            e,
+        )
+    })?;
+    drop(cmd);
+    drop(listener);
+    Ok(Daemon {
+        tag: share.tag(),
+        what: share.describe(),
+        child,
+        frontend: Some(frontend.into()),
+        log: Capture::start(log_r, super::console::BACKEND_KEEP),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_share_gets_the_settings_its_content_needs() {
+        let root = Share::Rootfs {
+            lowers: vec!["/s/layers/sha256/b/diff".into()],
+        };
+        let a = args(&root, Path::new("/r/vfs-root"));
+        let a: Vec<String> = a.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        for want in [
+            "--readonly",
+            "--cache=always",
+            "--sandbox=namespace",
+            "--inode-file-handles=never",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want} in {a:?}");
+        }
+        let vols = Share::Volumes(vec![VolumeShare {
+            host: "/tmp".into(),
+            readonly: true,
+        }]);
+        let v: Vec<String> = args(&vols, Path::new("/r/vfs-vol"))
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
+        assert!(v.contains(&"--cache=auto".to_string()) && !v.contains(&"--readonly".to_string()));
+        assert!(v.contains(&"--modcaps=-mknod".to_string()));
+        assert_eq!((root.tag(), vols.tag()), (ROOT_TAG, VOLUME_TAG));
+    }
+
+    #[test]
+    fn volume_steps_bind_each_path_and_seal_read_only_ones() {
+        let vols = Share::Volumes(vec![
+            VolumeShare {
+                host: "/tmp".into(),
+                readonly: true,
+            },
+            VolumeShare {
+                host: "/etc/hostname".into(),
+                readonly: false,
+            },
+        ]);
+        let s = steps(&vols, Path::new("/r/vfs-vol"), Path::new("/r/e")).unwrap();
+        let names: Vec<&str> = s
+            .iter()
+            .map(|s| match s {
+                Step::Tmpfs(_) => "tmpfs",
+                Step::Overlay { .. } => "overlay",
+                Step::Mkdir(_) => "mkdir",
+                Step::Touch(_) => "touch",
+                Step::Bind { .. } => "bind",
+                Step::ReadOnly(_) => "ro",
+                Step::SealHolder(_) => "seal",
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["tmpfs", "mkdir", "bind", "ro", "touch", "bind", "seal"]
+        );
+        let root = Share::Rootfs {
+            lowers: vec![
+                "/s/layers/sha256/top/diff".into(),
+                "/s/layers/sha256/bottom/diff".into(),
+            ],
+        };
+        match &steps(&root, Path::new("/r/vfs-root"), Path::new("/r/e")).unwrap()[..] {
+            [Step::Overlay { cwd, data, .. }] => {
+                assert_eq!(cwd.to_str().unwrap(), "/s/layers/sha256");
+                assert!(data
+                    .to_str()
+                    .unwrap()
+                    .starts_with("lowerdir=top/diff:bottom/diff:/r/e,"));
+            }
+            _ => panic!("one overlay step"),
+        }
+    }
+}

@@ -41,7 +41,8 @@ pub struct RunArgs {
     /// Allocate a pseudo-terminal
     #[arg(short, long)]
     pub tty: bool,
-    /// Bind mount a host directory or file: HOST:CONTAINER[:ro]
+    /// Bind mount a host directory or file: HOST:CONTAINER[:ro] (in a microVM: shared by
+    /// virtiofsd, read-only enforced on the host too)
     #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
     pub volume: Vec<String>,
     /// Name for the container

@@ -95,9 +95,10 @@ pub struct VmArgs {
     /// microVM runs: stop the workload after this many seconds (exit status 124)
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
-    /// microVM runs: how the guest gets the image's files: auto (virtio-fs when virtiofsd and the
-    /// guest kernel have it, else built once per image), virtiofs (the stored layers shared
-    /// read-only, nothing built), initramfs or block (a guest rootfs built and cached per image)
+    /// microVM runs: how the guest gets the image's files: auto (an initramfs for images up to
+    /// 64 MiB; larger ones over virtio-fs when virtiofsd and the guest kernel have it, else a
+    /// block image), virtiofs (the stored layers shared read-only, nothing built), initramfs or
+    /// block (a guest rootfs built once per image and cached)
     #[arg(long, value_name = "KIND", value_parser = ["auto", "virtiofs", "initramfs", "block"])]
     pub vm_rootfs: Option<String>,
 }

@@ -13,6 +13,7 @@ pub mod guestfs;
 pub mod host;
 pub mod image;
 pub mod kernel;
+pub mod net;
 pub mod oci;
 pub mod proto;
 pub mod run;

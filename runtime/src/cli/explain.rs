@@ -69,6 +69,18 @@ pub fn monitor_protections(p: &crate::dispatch::Plan) -> String {
     }
 }
 
+/// The network a run of the image gets by default: private, or the
+/// policy's limit (which a `--network` flag cannot exceed).
+fn network(p: &crate::dispatch::Plan) -> String {
+    match &p.decision.network_limit {
+        Some((limit, rule)) if limit.as_str() == "none" => {
+            format!("none (the policy allows at most none: {rule}; --network private is refused)")
+        }
+        Some((limit, rule)) => format!("private (the policy allows at most {limit}: {rule})"),
+        None => "private (the default; --network none or host to change it)".into(),
+    }
+}
+
 pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
     let iso: IsolationChoice = a.isolation.parse()?;
     let backend = a.vm_backend.parse().map_err(anyhow::Error::msg)?;
@@ -97,6 +109,7 @@ pub fn run(store_root: &Path, a: ExplainArgs) -> anyhow::Result<i32> {
         Ok(p) => {
             print!("{p}");
             print!("{}", monitor_protections(&p));
+            println!("network: {}", network(&p));
             Ok(0)
         }
         Err(e) => {

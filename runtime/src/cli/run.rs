@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// virtiofsd, read-only enforced on the host too)
     #[arg(short, long = "volume", value_name = "HOST:CTR[:ro]")]
     pub volume: Vec<String>,
+    /// Publish a container port on the host: [IP:]HOSTPORT:CTRPORT[/tcp|/udp] (docker's syntax;
+    /// every address when IP is not given); needs --network private
+    #[arg(short, long = "publish", value_name = "[IP:]HOST:CTR[/PROTO]")]
+    pub publish: Vec<String>,
     /// Name for the container
     #[arg(long)]
     pub name: Option<String>,
@@ -129,10 +133,59 @@ pub struct Dispatch {
     /// Which microVM-only flags were given (ignored, with a warning, when
     /// the decision is a container).
     pub vm_only_flags: Vec<&'static str>,
-    /// `-d` and `-v` were given (refused for microVM runs).
+    /// `-d` was given (refused for microVM runs).
     pub detach: bool,
+    /// `--network` was given (not the default): a policy that allows less
+    /// refuses it rather than lowering it.
+    pub network_given: bool,
     /// `--systemd`: true, false or always (resolved once the image is known).
     pub systemd: String,
+}
+
+/// The policy's network limit for the image: a `--network` that asks for
+/// more is refused; the default is lowered to it. `-p` needs a private
+/// network, and `host` is native only.
+fn apply_network_policy(
+    flags: &mut crate::spec::RunFlags,
+    plan: &crate::dispatch::Plan,
+    d: &Dispatch,
+) -> Result<(), RunError> {
+    if let Some((limit, rule)) = &plan.decision.network_limit {
+        let limit: Network = limit.parse().map_err(usage)?;
+        if flags.network.rank() > limit.rank() {
+            if d.network_given {
+                return Err(usage(format!(
+                    "--network {}: the policy allows at most --network {limit} for this image ({rule})",
+                    flags.network
+                )));
+            }
+            flags.network = limit;
+        }
+    }
+    if !flags.publish.is_empty() && flags.network != Network::Private {
+        return Err(usage(format!(
+            "-p publishes ports of a private network, and this run's network is {}",
+            flags.network
+        )));
+    }
+    if flags.network == Network::Host && matches!(plan.target, crate::dispatch::Target::Vm(_)) {
+        return Err(usage(
+            "--network host: a microVM has its own network stack and cannot share the host's; use --network private (the default) or none, or --isolation container",
+        ));
+    }
+    Ok(())
+}
+
+/// What `--verbose` says of the run's network.
+pub fn network_line(flags: &crate::spec::RunFlags, plan: &crate::dispatch::Plan) -> String {
+    let mut line = flags.network.to_string();
+    if let Some((limit, rule)) = &plan.decision.network_limit {
+        line.push_str(&format!(" (the policy allows at most {limit}: {rule})"));
+    }
+    for p in &flags.publish {
+        line.push_str(&format!(", publishes {p}"));
+    }
+    line
 }
 
 /// `--security-opt`s: the seccomp profile and no_new_privileges.
@@ -191,6 +244,7 @@ pub fn request(
         verbose: a.verbose,
         vm_only_flags,
         detach: a.detach,
+        network_given: w.network.is_some(),
         systemd: w.systemd,
     };
     if a.detach && (a.tty || a.interactive) {
@@ -226,11 +280,16 @@ pub fn request(
         cpus: w.cpus,
         pids_limit: w.pids_limit,
         read_only: w.read_only,
-        network: if w.network == "host" {
-            Network::Host
-        } else {
-            Network::None
+        network: match w.network.as_deref() {
+            Some(n) => n.parse().map_err(usage)?,
+            None => Network::Private,
         },
+        publish: a
+            .publish
+            .iter()
+            .map(|p| crate::net::Publish::parse(p))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(usage)?,
         cap_add: w.cap_add,
         cap_drop: w.cap_drop,
         seccomp,
@@ -271,9 +330,11 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
             eprintln!("amphi: warning: {r}");
         }
     }
+    apply_network_policy(&mut req.flags, &plan, &d)?;
     if d.verbose {
         eprint!("{plan}");
         eprint!("{}", super::explain::monitor_protections(&plan));
+        eprintln!("network: {}", network_line(&req.flags, &plan));
     }
     // What the image scan knows of the init, for `--systemd` and for the
     // hint when it fails.

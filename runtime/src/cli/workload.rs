@@ -36,9 +36,11 @@ pub struct WorkloadArgs {
     /// Mount the root filesystem read-only
     #[arg(long)]
     pub read_only: bool,
-    /// Network: none (private, loopback only; the default) or host
-    #[arg(long, default_value = "none", value_parser = ["none", "host"])]
-    pub network: String,
+    /// Network: private (the default: its own network namespace, or the microVM's NIC, with
+    /// outbound traffic and DNS through pasta/passt, and -p ports), none (loopback only) or host
+    /// (the host's network; native runs only). A policy rule's `network` is the most it may get
+    #[arg(long, value_name = "MODE", value_parser = ["private", "none", "host"])]
+    pub network: Option<String>,
     /// Add a capability (e.g. NET_ADMIN, or ALL)
     #[arg(long, value_name = "CAP")]
     pub cap_add: Vec<String>,
@@ -170,7 +172,7 @@ impl WorkloadArgs {
         a.one("cpus", *cpus);
         a.one("pids-limit", *pids_limit);
         a.switch("read-only", *read_only);
-        a.one("network", Some(network));
+        a.one("network", network.as_ref());
         a.each("cap-add", cap_add);
         a.each("cap-drop", cap_drop);
         a.each("security-opt", security_opt);
@@ -295,7 +297,7 @@ mod tests {
     #[test]
     fn forwarding_keeps_defaults_and_empty_values() {
         let w = parse(&[]);
-        assert_eq!(w.to_run_args(), ["--network=none", "--systemd=true"]);
+        assert_eq!(w.to_run_args(), ["--systemd=true"]);
         assert!(w.vm.to_run_args().is_empty());
         assert!(w.vm.given().is_empty());
         let w = parse(&["--entrypoint", "", "--timeout", "3"]);

@@ -209,6 +209,10 @@ pub struct Decision {
     /// ask for (microVMs only).
     #[serde(default)]
     pub guest_cmdline: Vec<String>,
+    /// The most network the policy allows this image ("none", "private"
+    /// or "host") and the rule that says so; None: no limit.
+    #[serde(default)]
+    pub network_limit: Option<(String, String)>,
 }
 
 impl fmt::Display for Decision {
@@ -277,6 +281,7 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
             facts: input.facts.to_vec(),
             inferred,
             guest_cmdline: Vec::new(),
+            network_limit: network_limit(input),
         });
     }
 
@@ -301,7 +306,16 @@ pub fn decide(input: &DecideInput) -> Result<Decision, DispatchError> {
         facts: input.facts.to_vec(),
         inferred,
         guest_cmdline,
+        network_limit: network_limit(input),
     })
+}
+
+/// The policy's network limit for the image.
+fn network_limit(input: &DecideInput) -> Option<(String, String)> {
+    input
+        .policy
+        .network_rule(input.reference)
+        .map(|(n, rule)| (n.name().to_string(), rule))
 }
 
 /// The image's architecture must be the host's (a missing one is assumed

@@ -60,6 +60,10 @@ pub struct TrustRule {
     #[serde(rename = "match")]
     pub pattern: String,
     pub isolation: IsolationChoice,
+    /// The most network the matching images may have: "none",
+    /// "private" or "host" (a flag cannot ask for more).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// A per-image override.
@@ -77,6 +81,9 @@ pub struct ImageRule {
     /// policy's `infer`, else yes).
     #[serde(default)]
     pub infer: Option<bool>,
+    /// The most network the matching images may have (see [`TrustRule`]).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// The whole policy. `Policy::default()` is what applies without a file:
@@ -114,12 +121,20 @@ impl Policy {
         for (i, r) in p.trust.iter().enumerate() {
             check_pattern(&r.pattern)
                 .map_err(|why| bad(format!("[[trust]] rule {}: {why}", i + 1)))?;
+            if let Some(n) = &r.network {
+                n.parse::<crate::net::Network>()
+                    .map_err(|why| bad(format!("[[trust]] rule {}: network: {why}", i + 1)))?;
+            }
         }
         for (i, r) in p.images.iter().enumerate() {
             check_pattern(&r.pattern)
                 .map_err(|why| bad(format!("[[image]] rule {}: {why}", i + 1)))?;
             if r.kernel.as_deref().is_some_and(|k| k.trim().is_empty()) {
                 return Err(bad(format!("[[image]] rule {}: empty kernel", i + 1)));
+            }
+            if let Some(n) = &r.network {
+                n.parse::<crate::net::Network>()
+                    .map_err(|why| bad(format!("[[image]] rule {}: network: {why}", i + 1)))?;
             }
         }
         p.source = Some(path.to_path_buf());
@@ -189,6 +204,34 @@ impl Policy {
         }
         self.infer
             .map(|v| (v, format!("infer = {v} in the {}", self.describe())))
+    }
+
+    /// The most network `reference` may have, and the rule that says so:
+    /// the strictest of every matching `[[image]]` and `[[trust]]` rule
+    /// that sets one; None when no rule does.
+    pub fn network_rule(&self, reference: &str) -> Option<(crate::net::Network, String)> {
+        let images = self.images.iter().enumerate().filter_map(|(n, r)| {
+            let net = r.network.as_deref()?.parse().ok()?;
+            reference_matches(&r.pattern, reference).then(|| {
+                (
+                    net,
+                    format!("[[image]] rule {} match {:?}", n + 1, r.pattern),
+                )
+            })
+        });
+        let trust = self.trust.iter().enumerate().filter_map(|(n, r)| {
+            let net = r.network.as_deref()?.parse().ok()?;
+            reference_matches(&r.pattern, reference).then(|| {
+                (
+                    net,
+                    format!("[[trust]] rule {} match {:?}", n + 1, r.pattern),
+                )
+            })
+        });
+        images
+            .chain(trust)
+            .min_by_key(|(n, _): &(crate::net::Network, String)| n.rank())
+            .map(|(n, rule)| (n, format!("{rule} in the {}", self.describe())))
     }
 
     /// "policy /etc/amphi/policy.toml" or "built-in default policy".

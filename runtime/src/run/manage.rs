@@ -28,6 +28,7 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "NAMES",
     ]
     .map(String::from)];
@@ -54,13 +55,14 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
             format!("{cmd:?}"),
             r.created[..19].replace('T', " "),
             status,
+            r.ports.join(", "),
             r.name.clone(),
         ]);
     }
     if quiet {
         return ids;
     }
-    let w: Vec<usize> = (0..6)
+    let w: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     rows.iter()

@@ -93,6 +93,8 @@ pub enum RunOutcome {
 /// monitor.
 pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunError> {
     let t0 = std::time::Instant::now();
+    // Published ports must be free: said before anything is made.
+    crate::net::check_free(&req.flags.publish).map_err(RunError::Usage)?;
     let (mut c, mut cleanup) = prepare(&req, resolved)?;
     // Detached: a monitor process (like conmon) becomes the container's
     // parent, waits for it and records its exit; the caller returns its id.
@@ -109,6 +111,17 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
             stdin_from_null();
         }
         None
+    };
+    // The private network, in the process that waits for the container
+    // (the monitor when detached): pasta lives exactly as long as it.
+    let net = match private_network(&req, &mut c.spec) {
+        Ok(n) => n,
+        Err(err) => {
+            if let Some(tx) = report {
+                detach::report(tx, Err(&err));
+            }
+            return Err(err);
+        }
     };
     let sigs = crate::sys::signal::block_forwarded();
     let launched = match launch_native(&req, &c.id, &c.spec, &c.plan, &c.state_dir, c.user.take()) {
@@ -133,6 +146,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     let t_started = std::time::Instant::now();
     let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
     crate::sys::signal::unblock(&sigs);
+    drop(net);
     let (status, oom, notices) = ended(&c.id, &launched.cgroup, status, t0, t_started);
     if !req.rm {
         c.record.exit_code = Some(status);
@@ -342,6 +356,7 @@ fn new_record(
         oom_killed: false,
         detached: req.detach,
         rm: req.rm,
+        ports: req.flags.publish.iter().map(|p| p.to_string()).collect(),
         stop_signal: spec::stop_signal(image, &req.flags),
         monitor: Some(records::Proc::current()),
     };
@@ -350,6 +365,36 @@ fn new_record(
 }
 
 /// Clones the container with its spec (the runtime's part of the launch).
+/// With `--network private`: a new network namespace with pasta serving
+/// it, which the spec's network namespace now joins.
+fn private_network(
+    req: &RunRequest,
+    spec: &mut oci_spec::runtime::Spec,
+) -> Result<Option<crate::net::Attached>, RunError> {
+    if req.flags.network != crate::net::Network::Private {
+        return Ok(None);
+    }
+    let net = crate::net::Attached::start(&req.flags.publish)
+        .map_err(|e| RunError::Failed(format!("the private network: {e}")))?;
+    let path = net.netns_path();
+    if let Some(linux) = spec.linux_mut() {
+        let namespaces = linux
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut ns| {
+                if ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network {
+                    ns.set_path(Some(path.clone()));
+                }
+                ns
+            })
+            .collect();
+        linux.set_namespaces(Some(namespaces));
+    }
+    Ok(Some(net))
+}
+
 fn launch_native(
     req: &RunRequest,
     id: &str,

@@ -38,6 +38,9 @@ pub struct Record {
     /// older versions).
     #[serde(default)]
     pub monitor: Option<Proc>,
+    /// Published ports, docker's way (`127.0.0.1:8080->80/tcp`).
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// A process, told apart from a later one with the same pid by its start
@@ -221,6 +224,7 @@ mod tests {
             rm: true,
             stop_signal: None,
             monitor,
+            ports: vec![],
         }
     }
 

@@ -53,14 +53,8 @@ impl SpecError {
     }
 }
 
-/// How the container's network is set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    /// A private network namespace with only loopback (the default).
-    None,
-    /// The host's network namespace.
-    Host,
-}
+/// How the container's network is set up, and its published ports.
+pub use crate::net::{Network, Publish};
 
 /// Which seccomp profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +123,8 @@ pub struct RunFlags {
     pub pids_limit: Option<i64>,
     pub read_only: bool,
     pub network: Network,
+    /// `-p`: ports published on the host (a private network only).
+    pub publish: Vec<Publish>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub seccomp: SeccompChoice,
@@ -156,6 +152,7 @@ impl Default for RunFlags {
             pids_limit: None,
             read_only: false,
             network: Network::None,
+            publish: vec![],
             cap_add: vec![],
             cap_drop: vec![],
             seccomp: SeccompChoice::Default,
@@ -573,9 +570,12 @@ fn mounts(
     std::fs::create_dir_all(&plan.etc_dir).map_err(|e| SpecError::io(plan.etc_dir.display(), e))?;
     let hosts = match flags.network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        Network::None => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+        Network::None | Network::Private => format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
     };
-    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let resolv = match flags.network {
+        Network::Private => crate::net::resolv_conf(),
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
     for (name, content) in [
         ("hosts", hosts),
         ("hostname", format!("{hostname}\n")),
@@ -645,7 +645,7 @@ fn linux(
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if flags.network == Network::None {
+    if flags.network != Network::Host {
         nss.push(LinuxNamespaceType::Network);
     }
     let namespaces = nss

@@ -1,0 +1,541 @@
+//! A workload's network: the `--network` modes, published ports
+//! (`-p/--publish`, docker's syntax), and pasta, the user-mode network
+//! stack (Debian's `passt` package) that connects a private network
+//! namespace to the host's network without a bridge, iptables or a veth.
+//!
+//! `private` (the default): amphi makes a new network namespace (held by a
+//! descriptor, never bound to a file), starts pasta on it (`--config-net`:
+//! the host's address, routes and MTU on `eth0`, `lo` up; outbound TCP, UDP
+//! and ICMP leave through host sockets; published ports are host sockets
+//! pasta listens on), waits until the namespace has its default route, and
+//! the container joins it (`linux.namespaces[].path`). pasta runs in the
+//! foreground as amphi's child with SIGKILL on amphi's death, and is
+//! killed when the container ends: nothing outlives the run.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `--network` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The workload's own network namespace, connected by pasta (outbound
+    /// traffic, DNS, published ports): the default.
+    Private,
+    /// A network namespace with only loopback.
+    None,
+    /// The host's network namespace (native runs only).
+    Host,
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Private => "private",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+
+    /// How much network it gives: none < private < host.
+    pub fn rank(self) -> u8 {
+        match self {
+            Network::None => 0,
+            Network::Private => 1,
+            Network::Host => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "private" | "bridge" | "pasta" => Ok(Network::Private),
+            "none" => Ok(Network::None),
+            "host" => Ok(Network::Host),
+            _ => Err(format!(
+                "unknown network {s:?} (expected private, none or host)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One `-p [IP:]HOSTPORT:CTRPORT[/tcp|/udp]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Publish {
+    /// The host address to listen on (None: every address, as docker).
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+fn port(s: &str, what: &str, whole: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        Ok(p) => Err(format!(
+            "-p {whole:?}: {what} {p} is out of range (1-65535)"
+        )),
+        Err(_) => Err(format!("-p {whole:?}: {what} {s:?} is not a port number")),
+    }
+}
+
+impl Publish {
+    /// Parses docker's `[IP:]HOSTPORT:CTRPORT[/tcp|/udp]` (an IPv6 address
+    /// in brackets).
+    pub fn parse(s: &str) -> Result<Publish, String> {
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, "tcp")) => (spec, Proto::Tcp),
+            Some((spec, "udp")) => (spec, Proto::Udp),
+            Some((_, other)) => {
+                return Err(format!(
+                    "-p {s:?}: unknown protocol {other:?} (expected tcp or udp)"
+                ))
+            }
+            None => (s, Proto::Tcp),
+        };
+        let (ip, rest) = if let Some(r) = spec.strip_prefix('[') {
+            let (ip, rest) = r
+                .split_once("]:")
+                .ok_or_else(|| format!("-p {s:?}: expected [IPv6]:HOSTPORT:CTRPORT"))?;
+            (Some(ip), rest)
+        } else {
+            match spec.matches(':').count() {
+                1 => (None, spec),
+                2 => {
+                    let (ip, rest) = spec.split_once(':').unwrap_or_default();
+                    (Some(ip), rest)
+                }
+                0 => {
+                    return Err(format!(
+                        "-p {s:?}: give the host port too: [IP:]HOSTPORT:CTRPORT[/tcp|/udp]"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "-p {s:?}: expected [IP:]HOSTPORT:CTRPORT[/tcp|/udp] (an IPv6 address goes in brackets)"
+                    ))
+                }
+            }
+        };
+        let host_ip = match ip {
+            None | Some("") => None,
+            Some(ip) => Some(
+                ip.parse::<IpAddr>()
+                    .map_err(|_| format!("-p {s:?}: {ip:?} is not an IP address"))?,
+            ),
+        };
+        let (h, c) = rest
+            .split_once(':')
+            .ok_or_else(|| format!("-p {s:?}: expected [IP:]HOSTPORT:CTRPORT"))?;
+        Ok(Publish {
+            host_ip,
+            host_port: port(h, "host port", s)?,
+            container_port: port(c, "container port", s)?,
+            proto,
+        })
+    }
+
+    fn proto_name(&self) -> &'static str {
+        match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// The address pasta listens on.
+    fn host_addr(&self) -> SocketAddr {
+        SocketAddr::new(
+            self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            self.host_port,
+        )
+    }
+
+    /// pasta's spec for it: `[ADDR/]HOSTPORT:CTRPORT`.
+    fn pasta_spec(&self) -> String {
+        match self.host_ip {
+            Some(ip) => format!("{ip}/{}:{}", self.host_port, self.container_port),
+            None => format!("{}:{}", self.host_port, self.container_port),
+        }
+    }
+}
+
+impl std::fmt::Display for Publish {
+    /// docker's way: `0.0.0.0:8080->80/tcp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}->{}/{}",
+            self.host_addr(),
+            self.container_port,
+            self.proto_name()
+        )
+    }
+}
+
+/// Every published port is free on the host: a clear error before
+/// anything starts, rather than pasta failing to listen later.
+pub fn check_free(ports: &[Publish]) -> Result<(), String> {
+    for (i, p) in ports.iter().enumerate() {
+        if ports[..i]
+            .iter()
+            .any(|q| q.host_port == p.host_port && q.proto == p.proto)
+        {
+            return Err(format!(
+                "-p {p}: host port {} is published twice",
+                p.host_port
+            ));
+        }
+        let addr = p.host_addr();
+        let r = match p.proto {
+            Proto::Tcp => TcpListener::bind(addr).map(drop),
+            Proto::Udp => UdpSocket::bind(addr).map(drop),
+        };
+        if let Err(e) = r {
+            return Err(format!(
+                "-p {p}: cannot listen on {addr}/{}: {e}{}",
+                p.proto_name(),
+                if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (another program uses that port)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `$AMPHI_PASTA`, else `pasta` from PATH; an error that names the package.
+pub fn pasta_binary() -> Result<PathBuf, String> {
+    tool("AMPHI_PASTA", "pasta")
+}
+
+/// `$AMPHI_PASST`, else `passt` from PATH.
+pub fn passt_binary() -> Result<PathBuf, String> {
+    tool("AMPHI_PASST", "passt")
+}
+
+fn tool(var: &str, name: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "${var} names {}, which does not exist: {name} comes with Debian's passt package (apt-get install passt, or run scripts/setup)",
+                p.display()
+            ))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("{name} is not installed: --network private needs it (apt-get install passt, or run scripts/setup; or --network none)")
+        })
+}
+
+/// The resolver addresses of the host's /etc/resolv.conf.
+fn host_nameservers() -> Vec<IpAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
+/// Where a private namespace sends DNS when the host's resolver is on its
+/// own loopback (systemd-resolved's 127.0.0.53): pasta forwards what is
+/// sent here to the host's resolver.
+const DNS_FORWARD: &str = "169.254.1.1";
+
+/// The /etc/resolv.conf of a private network: the host's, unless its
+/// resolvers are on the host's loopback (unreachable from the namespace),
+/// then pasta's forwarder.
+pub fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if host_nameservers().iter().any(|a| a.is_loopback()) {
+        let rest: String = host
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("nameserver"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!("nameserver {DNS_FORWARD}\n{rest}")
+    } else {
+        host
+    }
+}
+
+/// pasta's arguments for a namespace it finds at `/proc/self/fd/<fd>`.
+fn pasta_args(netns_fd: i32, ports: &[Publish]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--foreground",
+        "--quiet",
+        // Debian 12's pasta drops to nobody before it joins the namespace,
+        // and then cannot: it stays root, in its own sandbox (it keeps
+        // only CAP_NET_BIND_SERVICE and CAP_SYS_ADMIN, seccomp, its own
+        // mount namespace).
+        "--runas",
+        "0:0",
+        "--config-net",
+        // pasta would watch the namespace's path and quit when it thinks
+        // it is gone (a /proc/self/fd path is not a bound namespace file):
+        // amphi ends it with the container.
+        "--no-netns-quit",
+        // No automatic forwarding from the namespace to the host (-T/-U
+        // would let the workload reach ports bound on the host's loopback
+        // through its own loopback).
+        "-T",
+        "none",
+        "-U",
+        "none",
+    ]
+    .map(String::from)
+    .to_vec();
+    // Into the namespace: what -p publishes, else nothing (pasta refuses
+    // `none` next to ports).
+    for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
+        let specs: Vec<String> = ports
+            .iter()
+            .filter(|p| p.proto == proto)
+            .map(Publish::pasta_spec)
+            .collect();
+        a.push(flag.into());
+        a.push(if specs.is_empty() {
+            "none".into()
+        } else {
+            specs.join(",")
+        });
+    }
+    if host_nameservers().iter().any(|a| a.is_loopback()) {
+        a.push("--dns-forward".into());
+        a.push(DNS_FORWARD.into());
+    }
+    a.push("--netns".into());
+    a.push(format!("/proc/self/fd/{netns_fd}"));
+    a
+}
+
+/// A private network: its namespace (a descriptor) and the pasta serving
+/// it, killed on drop.
+pub struct Attached {
+    pub netns: OwnedFd,
+    pasta: Child,
+    pub ports: Vec<Publish>,
+}
+
+impl Attached {
+    /// A new network namespace with pasta connected and configured.
+    pub fn start(ports: &[Publish]) -> Result<Attached, String> {
+        let bin = pasta_binary()?;
+        let netns = new_netns()?;
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(&bin);
+        cmd.args(pasta_args(fd, ports))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: async-signal-safe calls between fork and exec: the
+        // death signal, the parent check, and the namespace's descriptor
+        // made inheritable for pasta.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let pasta = cmd
+            .spawn()
+            .map_err(|e| format!("starting pasta ({}): {e}", bin.display()))?;
+        let mut a = Attached {
+            netns,
+            pasta,
+            ports: ports.to_vec(),
+        };
+        a.wait_configured()?;
+        Ok(a)
+    }
+
+    /// Waits until the namespace has its default route (pasta has
+    /// configured it), or pasta has ended (an error with what it said).
+    fn wait_configured(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if has_default_route(&self.netns)? {
+                return Ok(());
+            }
+            if let Ok(Some(st)) = self.pasta.try_wait() {
+                let mut said = String::new();
+                if let Some(mut e) = self.pasta.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut said);
+                }
+                let said: Vec<&str> = said.lines().filter(|l| !l.contains("to syslog")).collect();
+                return Err(format!(
+                    "pasta ended before the network was up ({st}): {}",
+                    said.join("; ")
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("pasta did not configure the network within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The path the container joins the namespace by: the descriptor as
+    /// the container's process (a clone of this one) has it.
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.netns.as_raw_fd()))
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.pasta.kill();
+        let _ = self.pasta.wait();
+    }
+}
+
+/// A new network namespace, made by a thread of its own and held by a
+/// descriptor (the thread ends; the namespace lives while the descriptor
+/// or a process in it does).
+fn new_netns() -> Result<OwnedFd, String> {
+    std::thread::spawn(|| -> Result<OwnedFd, String> {
+        // SAFETY: unshare on this thread only (it ends right after).
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "unshare(CLONE_NEWNET): {} (a private network needs root)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let f = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?;
+        Ok(OwnedFd::from(f))
+    })
+    .join()
+    .map_err(|_| "the thread making the network namespace panicked".to_string())?
+}
+
+/// Whether the namespace `ns` has an IPv4 default route (read from a
+/// thread that joins it and ends).
+fn has_default_route(ns: &OwnedFd) -> Result<bool, String> {
+    let fd = ns.as_raw_fd();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a descriptor that
+            // outlives the scope.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "joining the new network namespace: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
+            Ok(routes
+                .lines()
+                .skip(1)
+                .any(|l| l.split_whitespace().nth(1) == Some("00000000")))
+        })
+        .join()
+        .map_err(|_| "the thread reading the routes panicked".to_string())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_follows_dockers_syntax_and_defaults() {
+        let p = Publish::parse("8080:80").unwrap();
+        assert_eq!(
+            (p.host_ip, p.host_port, p.container_port, p.proto),
+            (None, 8080, 80, Proto::Tcp)
+        );
+        assert_eq!(p.to_string(), "0.0.0.0:8080->80/tcp");
+        assert_eq!(p.pasta_spec(), "8080:80");
+        let p = Publish::parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(p.proto, Proto::Udp);
+        assert_eq!(p.pasta_spec(), "127.0.0.1/5353:53");
+        let p = Publish::parse("[::1]:8443:443/tcp").unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        for (bad, says) in [
+            ("80", "give the host port"),
+            ("0:80", "out of range"),
+            ("8080:70000", "out of range"),
+            ("x:80", "not a port number"),
+            ("8080:80/sctp", "unknown protocol"),
+            ("300.1.1.1:8080:80", "not an IP address"),
+            ("a:b:c:d", "expected"),
+        ] {
+            let e = Publish::parse(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_by_name() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let p = Publish::parse(&format!("127.0.0.1:{port}:80")).unwrap();
+        let e = check_free(std::slice::from_ref(&p)).unwrap_err();
+        assert!(e.contains(&port.to_string()) && e.contains("in use"), "{e}");
+        drop(l);
+        assert!(check_free(std::slice::from_ref(&p)).is_ok());
+        assert!(check_free(&[p.clone(), p]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn pasta_forwards_only_what_is_published() {
+        let ports = [Publish::parse("127.0.0.1:8080:80").unwrap()];
+        let a = pasta_args(7, &ports);
+        let joined = a.join(" ");
+        assert!(
+            joined.contains("-T none -U none -t 127.0.0.1/8080:80 -u none"),
+            "{joined}"
+        );
+        let none = pasta_args(7, &[]).join(" ");
+        assert!(none.contains("-T none -U none -t none -u none"), "{none}");
+        assert!(joined.ends_with("--netns /proc/self/fd/7"), "{joined}");
+        assert!(joined.contains("--foreground"));
+    }
+
+    #[test]
+    fn modes_parse_and_rank() {
+        assert_eq!("private".parse::<Network>().unwrap(), Network::Private);
+        assert!("bridgez".parse::<Network>().is_err());
+        assert!(Network::None.rank() < Network::Private.rank());
+    }
+}

@@ -23,14 +23,15 @@ use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{Serial, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::devices::{Bus, UnhandledStats};
 use crate::error::{kvm_err, Result, VmmError};
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, OutcomeSender};
 use crate::exit::ExitReason;
 use crate::jail::{Gate, ThreadFilters, ThreadKind};
 use crate::loader::{load_linux, BootInfo};
-use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
+use crate::memory::{create_guest_memory_with, register_with_kvm, GuestMemoryMmap, RamBacking};
 use crate::pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 use crate::stop::{install_kick_handler, StopHandle, StopState};
 use crate::vcpu::{RunContext, Vcpu, VcpuOutcome};
@@ -89,7 +90,13 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Memory before the irqchip: on PVM a memslot registered after
         // KVM_CREATE_IRQCHIP took ~5 ms, before it ~40 us (measured).
-        let memory = create_guest_memory(mem_bytes)?;
+        // vhost-user backends map guest RAM themselves: then it is a memfd.
+        let backing = if config.fs_devices.is_empty() {
+            RamBacking::Private
+        } else {
+            RamBacking::SharedMemfd
+        };
+        let memory = create_guest_memory_with(mem_bytes, backing)?;
         register_with_kvm(&fd, &memory)?;
         // Intel needs these below 4 GiB; AMD and PVM accept and ignore them.
         fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -263,9 +270,16 @@ impl Vm {
     }
 
     /// The virtio devices: block devices in configuration order, then the
-    /// console.
+    /// console, then the virtio-fs devices.
     pub fn virtio_devices(&self) -> &[AttachedDevice] {
         self.devices.devices()
+    }
+
+    /// The connected vhost-user sockets (one per virtio-fs device): the
+    /// seccomp filters allow `sendmsg`/`recvmsg` on these alone (see
+    /// [`crate::jail::FilterParams::for_vm`]).
+    pub fn vhost_user_sockets(&self) -> Vec<std::os::fd::RawFd> {
+        self.devices.vhost_user_sockets()
     }
 
     /// A handle that stops `run()` from another thread.
@@ -332,7 +346,9 @@ impl Vm {
             first_exit: self.first_exit.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
-        let event_loop = match self.spawn_event_loop(jail.clone()) {
+        // The vCPUs' outcomes, and the event loop's device failures.
+        let (tx, rx) = mpsc::channel();
+        let event_loop = match self.spawn_event_loop(jail.clone(), tx.clone()) {
             Ok(el) => el,
             Err(e) => {
                 if let Some((_, gate)) = &jail {
@@ -341,7 +357,6 @@ impl Vm {
                 return Err(e);
             }
         };
-        let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
         {
@@ -457,6 +472,7 @@ impl Vm {
     fn spawn_event_loop(
         &mut self,
         jail: Option<(ThreadFilters, Arc<Gate>)>,
+        outcomes: OutcomeSender,
     ) -> Result<Option<thread::JoinHandle<EventLoop>>> {
         let Some(mut el) = self.event_loop.take() else {
             if !self.devices.devices().is_empty() {
@@ -475,7 +491,7 @@ impl Vm {
                         return el;
                     }
                 }
-                el.run();
+                el.run(outcomes);
                 el
             })
             .map(Some)
@@ -502,8 +518,8 @@ fn enter_filter(
     own.and(all)
 }
 
-/// Creates the configured virtio devices (block devices in order, then the
-/// console) and attaches them to the VM.
+/// Creates the configured virtio devices (block devices in order, the
+/// console, the virtio-fs devices in order) and attaches them to the VM.
 fn attach_virtio_devices(
     config: &VmConfig,
     fd: &VmFd,
@@ -516,6 +532,9 @@ fn attach_virtio_devices(
     }
     if let Some(backend) = &config.console {
         devices.push(Box::new(Console::open(backend)?));
+    }
+    for fs in &config.fs_devices {
+        devices.push(Box::new(Fs::open(fs)?));
     }
     let mut manager = DeviceManager::new();
     for device in devices {

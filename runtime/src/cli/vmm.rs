@@ -2,9 +2,12 @@
 //! nested lab, tests and developers). The guest's COM1 goes to stdout with
 //! `--serial stdout`; how the VM ended is one line on stderr, e.g.
 //! `amphi vmm: guest reset`. Exit status: 0 when the guest reset or shut
-//! down, 1 when it died (triple fault, emulation failure, KVM error), 124
-//! after `--timeout`, 128+N after signal N (SIGTERM, SIGINT), and
-//! [`super::EXIT_AMPHI`] when the VM could not be started.
+//! down, 1 when it died (triple fault, emulation failure, KVM error),
+//! [`EXIT_DEVICE_FAILED`] (3) when a device's host backend failed (a
+//! `--fs` virtiofsd hung up: `amphi vmm: device failed: virtio-fs(tag T,
+//! vhost-user socket S): ...`), 124 after `--timeout`, 128+N after signal
+//! N (SIGTERM, SIGINT), and [`super::EXIT_AMPHI`] when the VM could not be
+//! started.
 //!
 //! Jailed by default (see [`crate::vm::jail`] and `amphi_vmm::jail`): the
 //! process started is a supervisor; the VMM is its child in a new pid
@@ -34,7 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amphi_vmm::jail::{FilterParams, SeccompFilters, ThreadFilters, ThreadKind};
 use amphi_vmm::{
-    BlockConfig, ConsoleBackend, ExitReason, SerialOut, StopHandle, Vm, VmConfig, VmmError,
+    BlockConfig, ConsoleBackend, ExitReason, FsConfig, SerialOut, StopHandle, Vm, VmConfig,
+    VmmError, EXIT_DEVICE_FAILED,
 };
 use clap::Args;
 
@@ -49,7 +53,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 #[command(
     after_help = "Jailed by default: the process started supervises the VMM, its child in \
     a new pid namespace and its own cgroup (amphi-vmm/ID: memory = guest RAM + 64 MiB + RAM/64, \
-    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks and console socket, \
+    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks, console socket and vhost-user sockets, \
     creates the VM, then enters new mount, ipc, uts and net namespaces, pivots into an empty \
     read-only root (--jail-dir), runs as an unprivileged uid/gid (default 2000000000 + this \
     process's pid) with no capabilities, no_new_privs and not dumpable, and puts each thread \
@@ -57,8 +61,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
     A forbidden system call kills the VMM (SIGSYS): `amphi vmm: seccomp: the vcpu0 thread made \
     system call N, ...` on stderr and exit status 159. --no-jail (debugging only) runs it as \
     root and unconfined, and says so on stderr.\n\n\
-    Exit status: 0 when the guest reset or shut down, 1 when it died, 124 after --timeout, \
-    128+N after signal N, 159 after a seccomp violation, 125 when the VM could not be started."
+    With --fs, the VMM connects to each vhost-user socket before it enters the jail; its vCPU \
+    threads may then sendmsg/recvmsg on those sockets alone. A backend that hangs up (virtiofsd \
+    exited or was killed) ends the VM: `amphi vmm: device failed: virtio-fs(tag T, vhost-user \
+    socket S): ...` and exit status 3.\n\n\
+    Exit status: 0 when the guest reset or shut down, 1 when it died, 3 when a device's backend \
+    failed (--fs), 124 after --timeout, 128+N after signal N, 159 after a seccomp violation, 125 \
+    when the VM could not be started."
 )]
 pub struct VmmArgs {
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
@@ -82,6 +91,11 @@ pub struct VmmArgs {
     /// virtio-console connected to this listening unix socket (the guest channel)
     #[arg(long, value_name = "SOCKET")]
     pub console: Option<PathBuf>,
+    /// virtio-fs device served by the vhost-user backend (virtiofsd) listening on
+    /// SOCKET; the guest mounts it with `mount -t virtiofs TAG DIR` (TAG: 1 to 36
+    /// bytes, no commas). Guest RAM becomes a shared memfd. Repeatable
+    #[arg(long, value_name = "SOCKET,TAG", value_parser = parse_fs)]
+    pub fs: Vec<FsConfig>,
     /// Where the guest's serial console (COM1) goes
     #[arg(long, value_name = "WHERE", default_value = "none", value_parser = ["stdout", "none"])]
     pub serial: String,
@@ -137,6 +151,16 @@ fn parse_disk(s: &str) -> Result<BlockConfig, String> {
         return Err("empty disk path".into());
     }
     Ok(BlockConfig::new(path, read_only))
+}
+
+fn parse_fs(s: &str) -> Result<FsConfig, String> {
+    let Some((socket, tag)) = s.rsplit_once(',') else {
+        return Err(format!("{s:?}: expected SOCKET,TAG"));
+    };
+    if socket.is_empty() {
+        return Err(format!("{s:?}: empty vhost-user socket path"));
+    }
+    FsConfig::new(socket, tag)
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -317,7 +341,7 @@ fn lock_down(jail: &Jail, vm: &mut Vm) -> Result<Arc<SeccompFilters>, String> {
     }
     amphi_vmm::jail::install_sigsys_reporter().map_err(|e| e.to_string())?;
     let filters =
-        Arc::new(SeccompFilters::new(FilterParams::current()).map_err(|e| e.to_string())?);
+        Arc::new(SeccompFilters::new(FilterParams::for_vm(vm)).map_err(|e| e.to_string())?);
     vm.set_seccomp(ThreadFilters {
         filters: filters.clone(),
         main_thread: true,
@@ -354,6 +378,7 @@ fn boot(
         force: args.force,
         block_devices: args.disk.clone(),
         console: args.console.clone().map(ConsoleBackend::Socket),
+        fs_devices: args.fs.clone(),
     };
     // Block SIGTERM and SIGINT before any thread exists, so every thread
     // (the vCPUs included) inherits the mask and only the watcher takes them.
@@ -412,6 +437,7 @@ fn report(reason: &ExitReason, cause: Option<StopCause>) -> i32 {
         ExitReason::TripleFault { vcpu, registers } => {
             (format!("triple fault on vCPU {vcpu}\n{registers}"), 1)
         }
+        ExitReason::DeviceFailed { .. } => (reason.to_string(), EXIT_DEVICE_FAILED),
         other => (other.to_string(), 1),
     };
     eprintln!("amphi vmm: {text}");
@@ -583,6 +609,21 @@ mod tests {
         );
         assert!(!parse_disk("/d.img").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn fs_arguments() {
+        let fs = parse_fs("/run/a,b/vfs.sock,amphi").unwrap();
+        assert_eq!(fs.socket, PathBuf::from("/run/a,b/vfs.sock"));
+        assert_eq!(fs.tag, "amphi");
+        assert!(parse_fs("/run/vfs.sock")
+            .unwrap_err()
+            .contains("SOCKET,TAG"));
+        assert!(parse_fs(",amphi").unwrap_err().contains("empty"));
+        assert!(parse_fs("/s,").unwrap_err().contains("virtio-fs tag"));
+        assert!(parse_fs(&format!("/s,{}", "t".repeat(37)))
+            .unwrap_err()
+            .contains("1 to 36"));
     }
 
     #[test]

@@ -391,6 +391,105 @@ fn a_seccomp_violation_kills_the_vmm_and_names_the_call() {
     );
 }
 
+/// The guest for the virtio-fs test, in PVH's 32-bit protected mode: the
+/// driver's handshake with the device at 0xd0000000 (VERSION_1, both
+/// queues of 8 at 0x30000.. and 0x36000..), DRIVER_OK, then nothing.
+#[rustfmt::skip]
+const FS_DRIVER_OK_THEN_HANG: &[u8] = &[
+    0xbb, 0x00, 0x00, 0x00, 0xd0,                   // mov ebx, 0xd0000000
+    0xc7, 0x43, 0x70, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 1   ACKNOWLEDGE
+    0xc7, 0x43, 0x70, 0x03, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 3   DRIVER
+    0xc7, 0x43, 0x24, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x24], 1   DriverFeaturesSel
+    0xc7, 0x43, 0x20, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x20], 1   VERSION_1
+    0xc7, 0x43, 0x70, 0x0b, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 11  FEATURES_OK
+    0xc7, 0x43, 0x30, 0x00, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x30], 0   QueueSel
+    0xc7, 0x43, 0x38, 0x08, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x38], 8   QueueNum
+    0xc7, 0x83, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, // mov dword [ebx + 0x80], 0x30000
+    0xc7, 0x83, 0x90, 0x00, 0x00, 0x00, 0x00, 0x10, 0x03, 0x00, // mov dword [ebx + 0x90], 0x31000
+    0xc7, 0x83, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x20, 0x03, 0x00, // mov dword [ebx + 0xa0], 0x32000
+    0xc7, 0x43, 0x44, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x44], 1   QueueReady
+    0xc7, 0x43, 0x30, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x30], 1   QueueSel
+    0xc7, 0x43, 0x38, 0x08, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x38], 8   QueueNum
+    0xc7, 0x83, 0x80, 0x00, 0x00, 0x00, 0x00, 0x60, 0x03, 0x00, // mov dword [ebx + 0x80], 0x36000
+    0xc7, 0x83, 0x90, 0x00, 0x00, 0x00, 0x00, 0x70, 0x03, 0x00, // mov dword [ebx + 0x90], 0x37000
+    0xc7, 0x83, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x80, 0x03, 0x00, // mov dword [ebx + 0xa0], 0x38000
+    0xc7, 0x43, 0x44, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x44], 1   QueueReady
+    0xc7, 0x43, 0x70, 0x0f, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 15  DRIVER_OK
+    0xeb, 0xfe,                                     // jmp $
+];
+
+/// `amphi vmm --fs` with a real virtiofsd: the jailed VMM connects before
+/// its lockdown, the guest's DRIVER_OK sets the backend up from the
+/// filtered vCPU thread (virtiofsd maps the guest RAM memfd), and when
+/// virtiofsd is killed the VMM ends with status 3 and a line naming the
+/// device and the socket.
+#[test]
+fn a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm() {
+    let test = "a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm";
+    if !can_run(test)
+        || !amphi_tests::require(
+            amphi_tests::have("virtiofsd"),
+            &format!("{test}: virtiofsd is not installed (scripts/setup installs it)"),
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let mut virtiofsd = Command::new("virtiofsd")
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let guest = guest_file(FS_DRIVER_OK_THEN_HANG);
+    let fs = format!("{},amphi", socket.display());
+    let mut vmm = Vmm::start(guest.path(), &["--fs", &fs]);
+    vmm.jailed_pid();
+    // SET_MEM_TABLE went through: virtiofsd mapped the guest's memfd.
+    let maps = format!("/proc/{}/maps", virtiofsd.id());
+    while !std::fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains("memfd:amphi-guest-ram")
+    {
+        assert!(
+            vmm.child.try_wait().unwrap().is_none(),
+            "amphi vmm ended:
+{}",
+            vmm.stderr()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "virtiofsd never mapped guest RAM:
+{}",
+            vmm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    virtiofsd.kill().unwrap();
+    virtiofsd.wait().unwrap();
+    assert_eq!(vmm.wait(), Some(3), "{}", vmm.stderr());
+    let err = vmm.stderr();
+    let line = format!(
+        "amphi vmm: device failed: virtio-fs(tag amphi, vhost-user socket {}): the vhost-user \
+         backend hung up",
+        socket.display()
+    );
+    assert!(err.contains(&line), "{err}");
+}
+
 #[test]
 fn a_killed_supervisor_takes_its_vmm_along_and_gc_sweeps_the_rest() {
     if !can_run("kill -9 of the supervisor") {

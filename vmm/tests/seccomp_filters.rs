@@ -622,3 +622,41 @@ fn allowed_with(kind: ThreadKind, params: Vec<std::os::fd::RawFd>, body: impl Fn
     let (end, err) = in_child_with(kind, params, body);
     assert_eq!(end, End::Exited(0), "{kind:?}: stderr:\n{err}");
 }
+
+/// The control threads may shut a vhost-user socket down (a run ending
+/// while a vCPU waits on a silent backend), that socket only, and only
+/// with those sockets configured.
+#[test]
+fn control_threads_shut_down_vhost_user_sockets_only() {
+    let (ours, other) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (a, b) = (ours.as_raw_fd(), other.as_raw_fd());
+    let keep = (ours.try_clone().unwrap(), other.try_clone().unwrap());
+    allowed_with(ThreadKind::Control, vec![a], move || {
+        // SAFETY: shutdown(2) of our own socket.
+        if unsafe { libc::shutdown(a, libc::SHUT_RDWR) } != 0 {
+            return 40;
+        }
+        drop(keep);
+        0
+    });
+    forbidden_with(
+        ThreadKind::Control,
+        vec![a],
+        libc::SYS_shutdown,
+        "shutdown of another socket",
+        move || {
+            // SAFETY: as above (stopped by the filter).
+            unsafe { libc::shutdown(b, libc::SHUT_RDWR) };
+        },
+    );
+    for (kind, sockets) in [
+        (ThreadKind::Control, Vec::new()),
+        (ThreadKind::Vcpu, vec![a]),
+    ] {
+        forbidden_with(kind, sockets, libc::SYS_shutdown, "shutdown", move || {
+            // SAFETY: as above.
+            unsafe { libc::shutdown(a, libc::SHUT_RDWR) };
+        });
+    }
+    drop((ours, other));
+}

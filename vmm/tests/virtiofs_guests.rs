@@ -212,11 +212,19 @@ fn guest_gets_fuse_init_answered_by_virtiofsd() {
 
     assert_eq!(run_guarded(&mut vm), ExitReason::Reset);
 
-    assert_eq!(read_u32(&vm, RESULTS + 0x14) & 1, 1, "InterruptStatus VRING");
+    assert_eq!(
+        read_u32(&vm, RESULTS + 0x14) & 1,
+        1,
+        "InterruptStatus VRING"
+    );
     let mut used = [0u8; 12];
     vm.read_guest(USED, &mut used).unwrap();
     assert_eq!(u16::from_le_bytes([used[2], used[3]]), 1, "used idx");
-    assert_eq!(read_u32(&vm, USED + 8), 80, "fuse_out_header + fuse_init_out");
+    assert_eq!(
+        read_u32(&vm, USED + 8),
+        80,
+        "fuse_out_header + fuse_init_out"
+    );
     assert_eq!(read_u32(&vm, REPLY), 80, "out.len");
     assert_eq!(read_u32(&vm, REPLY + 4), 0, "out.error");
     let mut unique = [0u8; 8];
@@ -282,6 +290,66 @@ fn a_backend_killed_while_the_guest_runs_ends_the_run() {
         other => panic!("not a device failure: {other}"),
     }
     let after = ended.duration_since(killed);
-    assert!(after < Duration::from_secs(5), "noticed {after:?} after the kill");
+    assert!(
+        after < Duration::from_secs(5),
+        "noticed {after:?} after the kill"
+    );
     eprintln!("the run ended {after:?} after virtiofsd was killed");
+}
+
+/// virtiofsd stopped (SIGSTOP: alive, but silent) when the guest sets
+/// DRIVER_OK: the vCPU waits for an answer that does not come, however it
+/// is kicked. The host's stop still ends the run, as `HostStop`, about
+/// `UNSTICK_GRACE` later (the VMM shuts the socket down), not never.
+#[test]
+fn a_silent_backend_does_not_keep_the_host_from_stopping_the_vm() {
+    if !can_run("a_silent_backend_does_not_keep_the_host_from_stopping_the_vm") {
+        return;
+    }
+    let d = Virtiofsd::start();
+    let mut vm = fs_vm(&d, &[SETUP, SPIN]);
+    // After the handshake (which would time out), before DRIVER_OK.
+    let pid = d.child.id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let transport = vm.virtio_devices()[0].transport.clone();
+    let stop = vm.stop_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        let reason = vm.run();
+        let _ = tx.send(Instant::now());
+        (vm, reason)
+    });
+    // The vCPU holds the device while it waits on the backend.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = 0;
+    while held < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the vCPU never waited on the backend"
+        );
+        held = if transport.try_lock().is_err() {
+            held + 1
+        } else {
+            0
+        };
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped_at = Instant::now();
+    stop.stop();
+    let grace = amphi_vmm::vm::UNSTICK_GRACE;
+    let ended_at = rx
+        .recv_timeout(grace + Duration::from_secs(10))
+        .expect("the stopped VM did not end: a silent backend kept the vCPU");
+    let (vm, reason) = runner.join().unwrap();
+    assert_eq!(reason.unwrap(), ExitReason::HostStop);
+    let took = ended_at.duration_since(stopped_at);
+    eprintln!("the run ended {took:?} after the stop (grace {grace:?})");
+    assert!(
+        took >= grace,
+        "{took:?}: ended before the grace; was the vCPU stuck?"
+    );
+    drop(vm);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
 }

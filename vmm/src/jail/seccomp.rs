@@ -19,7 +19,9 @@
 //! - the **control** threads (the main thread once the vCPUs run, and the
 //!   stop watcher): what the event loop may do (the main thread drains the
 //!   devices after the run), plus waiting for signals, `tgkill` of this
-//!   process's own threads with the vCPU kick signal only, `close`.
+//!   process's own threads with the vCPU kick signal only, `close`, and
+//!   `shutdown(SHUT_RDWR)` of the vhost-user sockets (a run that ends
+//!   while a vCPU waits on a backend that does not answer).
 //!
 //! Everywhere: no `execve`, `open`/`openat`, `socket`/`connect`, `ptrace`,
 //! `clone`/`fork` (every thread exists before the filters), `mount`,
@@ -344,19 +346,38 @@ fn vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
     let on_sockets = |flags: libc::c_int| -> Result<Vec<SeccompRule>> {
         sockets
             .iter()
-            .map(|&fd| {
-                let fd = u64::try_from(fd).map_err(|_| VmmError::Jail {
-                    step: "building the seccomp filters",
-                    detail: format!("vhost-user socket descriptor {fd}"),
-                })?;
-                rule(vec![eq(0, fd)?, eq(2, flags as u64)?])
-            })
+            .map(|&fd| rule(vec![eq(0, socket_arg(fd)?)?, eq(2, flags as u64)?]))
             .collect()
     };
     rules.insert(libc::SYS_sendmsg, on_sockets(libc::MSG_NOSIGNAL)?);
     rules.insert(libc::SYS_recvmsg, on_sockets(0)?);
     allow(rules, &[libc::SYS_close]);
     Ok(())
+}
+
+/// `shutdown(SHUT_RDWR)` of the vhost-user `sockets` (nothing without).
+fn unstick_vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let list = sockets
+        .iter()
+        .map(|&fd| {
+            rule(vec![
+                eq(0, socket_arg(fd)?)?,
+                eq(1, libc::SHUT_RDWR as u64)?,
+            ])
+        })
+        .collect::<Result<_>>()?;
+    rules.insert(libc::SYS_shutdown, list);
+    Ok(())
+}
+
+fn socket_arg(fd: RawFd) -> Result<u64> {
+    u64::try_from(fd).map_err(|_| VmmError::Jail {
+        step: "building the seccomp filters",
+        detail: format!("vhost-user socket descriptor {fd}"),
+    })
 }
 
 /// The allowlist of `kind`: syscall number to the argument rules (empty:
@@ -394,6 +415,7 @@ pub fn rules(kind: ThreadKind, params: &FilterParams) -> Result<Rules> {
                     eq(2, params.kick_signal as u64)?,
                 ])?],
             );
+            unstick_vhost_user(&mut rules, &params.vhost_user_sockets)?;
             // Rust's debug check that a descriptor is open before closing it.
             rules.insert(
                 libc::SYS_fcntl,
@@ -609,6 +631,12 @@ mod tests {
             let r = rules(kind, &some).unwrap();
             assert!(!calls.iter().any(|nr| r.contains_key(nr)), "{kind:?}");
         }
+        // Shutting a stuck backend's socket down: the control threads only.
+        let shutdown = |k, p| rules(k, p).unwrap().get(&libc::SYS_shutdown).map(Vec::len);
+        assert_eq!(shutdown(ThreadKind::Control, &some), Some(2));
+        assert_eq!(shutdown(ThreadKind::Control, &none), None);
+        assert_eq!(shutdown(ThreadKind::Vcpu, &some), None);
+        assert_eq!(shutdown(ThreadKind::EventLoop, &some), None);
         SeccompFilters::new(some).unwrap();
     }
 

@@ -24,11 +24,17 @@
 //!   backend).
 //!
 //! Requests are synchronous: each waits for the backend's reply. A backend
-//! that exited is an error at once (the socket reads end-of-file).
+//! that exited is an error at once (the socket reads end-of-file). One that
+//! is alive and silent is an error after [`HANDSHAKE_TIMEOUT`] in the
+//! handshake; later, in the guest's `DRIVER_OK` or reset write, the vCPU
+//! waits for it as for a stuck disk, until the run ends (see
+//! `crate::vm::UNSTICK_GRACE`).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
@@ -91,8 +97,22 @@ fn step_err(step: &'static str) -> impl FnOnce(vhost::Error) -> String {
 impl VhostUserConnection {
     /// Connects to the backend listening on `socket` and negotiates (see
     /// the module documentation); `device` names the device in errors.
-    /// The backend must serve at least `queues` queues.
+    /// The backend must serve at least `queues` queues and answer within
+    /// [`HANDSHAKE_TIMEOUT`].
     pub fn connect(device: &str, socket: &Path, queues: usize) -> Result<Self> {
+        Self::connect_with_timeout(device, socket, queues, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`VhostUserConnection::connect`] with the backend given `timeout`
+    /// to answer: the handshake runs on a helper thread, and a backend that
+    /// is silent that long has its socket shut down (which fails the
+    /// request waiting on it) and is an error.
+    pub fn connect_with_timeout(
+        device: &str,
+        socket: &Path,
+        queues: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
         let stream = connect_socket(socket).map_err(|source| VmmError::File {
             what: "vhost-user socket",
             path: socket.to_path_buf(),
@@ -100,62 +120,44 @@ impl VhostUserConnection {
         })?;
         let fd = stream.as_raw_fd();
         let frontend = Frontend::from_stream(stream, queues as u64);
-        let mut this = VhostUserConnection {
+        let fail = |detail: String| VmmError::Backend {
+            device: device.to_string(),
+            detail: format!("vhost-user handshake: {detail}"),
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut worker = frontend.clone();
+        let helper = std::thread::Builder::new()
+            .name("vhost-user-handshake".into())
+            .spawn(move || {
+                let _ = tx.send(handshake(&mut worker, queues));
+            })
+            .map_err(|e| fail(format!("starting its thread: {e}")))?;
+        let outcome = match rx.recv_timeout(timeout) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // SAFETY: shutdown(2) of the socket `frontend` owns; it
+                // stays open until `frontend` is dropped.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                Err(format!(
+                    "the backend did not answer within {timeout:?} (is it stopped or stuck?)"
+                ))
+            }
+        };
+        if helper.join().is_err() {
+            return Err(fail("its thread panicked".into()));
+        }
+        let (features, protocol) = outcome.map_err(fail)?;
+        tracing::debug!(
+            "vhost-user {}: features {features:#x}, protocol features {protocol:?}",
+            socket.display()
+        );
+        Ok(VhostUserConnection {
             frontend,
             socket: socket.to_path_buf(),
             fd,
-            features: 0,
-            protocol: VhostUserProtocolFeatures::empty(),
-        };
-        this.handshake(queues).map_err(|detail| VmmError::Backend {
-            device: device.to_string(),
-            detail: format!("vhost-user handshake: {detail}"),
-        })?;
-        Ok(this)
-    }
-
-    fn handshake(&mut self, queues: usize) -> std::result::Result<(), String> {
-        let f = &mut self.frontend;
-        f.set_owner().map_err(step_err("SET_OWNER"))?;
-        let features = f.get_features().map_err(step_err("GET_FEATURES"))?;
-        let needed = [
-            (VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
-            (VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"),
-            (PROTOCOL_FEATURES, "VHOST_USER_F_PROTOCOL_FEATURES"),
-        ];
-        for (bit, name) in needed {
-            if features & bit == 0 {
-                return Err(format!(
-                    "the backend does not offer {name} (features {features:#x})"
-                ));
-            }
-        }
-        let offered = f
-            .get_protocol_features()
-            .map_err(step_err("GET_PROTOCOL_FEATURES"))?;
-        let protocol = offered & wanted_protocol_features();
-        f.set_protocol_features(protocol)
-            .map_err(step_err("SET_PROTOCOL_FEATURES"))?;
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            // Every request from now on is acknowledged: a backend that
-            // refuses one says so, instead of failing silently.
-            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = f.get_queue_num().map_err(step_err("GET_QUEUE_NUM"))?;
-            if n < queues as u64 {
-                return Err(format!(
-                    "the backend serves {n} queues; the device needs {queues}"
-                ));
-            }
-        }
-        self.features = features;
-        self.protocol = protocol;
-        tracing::debug!(
-            "vhost-user {}: features {features:#x}, protocol features {protocol:?}",
-            self.socket.display()
-        );
-        Ok(())
+            features,
+            protocol,
+        })
     }
 
     /// The backend's virtio features (`GET_FEATURES`).
@@ -234,9 +236,54 @@ impl VhostUserConnection {
     }
 }
 
+/// How long a backend has to answer the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `SET_OWNER` to `GET_QUEUE_NUM` (see the module documentation): the
+/// backend's features and the protocol features in use.
+fn handshake(
+    f: &mut Frontend,
+    queues: usize,
+) -> std::result::Result<(u64, VhostUserProtocolFeatures), String> {
+    f.set_owner().map_err(step_err("SET_OWNER"))?;
+    let features = f.get_features().map_err(step_err("GET_FEATURES"))?;
+    let needed = [
+        (VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
+        (VIRTIO_RING_F_EVENT_IDX, "VIRTIO_RING_F_EVENT_IDX"),
+        (PROTOCOL_FEATURES, "VHOST_USER_F_PROTOCOL_FEATURES"),
+    ];
+    for (bit, name) in needed {
+        if features & bit == 0 {
+            return Err(format!(
+                "the backend does not offer {name} (features {features:#x})"
+            ));
+        }
+    }
+    let offered = f
+        .get_protocol_features()
+        .map_err(step_err("GET_PROTOCOL_FEATURES"))?;
+    let protocol = offered & wanted_protocol_features();
+    f.set_protocol_features(protocol)
+        .map_err(step_err("SET_PROTOCOL_FEATURES"))?;
+    if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        // Every request from now on is acknowledged: a backend that
+        // refuses one says so, instead of failing silently.
+        f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    if protocol.contains(VhostUserProtocolFeatures::MQ) {
+        let n = f.get_queue_num().map_err(step_err("GET_QUEUE_NUM"))?;
+        if n < queues as u64 {
+            return Err(format!(
+                "the backend serves {n} queues; the device needs {queues}"
+            ));
+        }
+    }
+    Ok((features, protocol))
+}
+
 /// How long a refused connection is retried: a backend just started may
 /// have bound its socket and not be listening yet.
-const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
 fn connect_socket(socket: &Path) -> std::io::Result<UnixStream> {
     let deadline = std::time::Instant::now() + CONNECT_RETRY;
@@ -246,7 +293,7 @@ fn connect_socket(socket: &Path) -> std::io::Result<UnixStream> {
                 if e.kind() == std::io::ErrorKind::ConnectionRefused
                     && std::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(20));
             }
             other => return other,
         }

@@ -416,6 +416,28 @@ fn a_killed_backend_ends_the_run_promptly() {
     assert!(lock(&t).host_sources().iter().all(|s| s.events.is_empty()));
 }
 
+/// A backend that is alive but silent (stopped) when the VM is built: the
+/// handshake gives up after its timeout with an error that says so.
+#[test]
+fn a_silent_backend_fails_the_handshake_after_its_timeout() {
+    if !virtiofsd_or_skip("a_silent_backend_fails_the_handshake_after_its_timeout") {
+        return;
+    }
+    let d = Virtiofsd::start();
+    let pid = d.child.id() as libc::pid_t;
+    // SAFETY: signalling our own child (SIGKILL on drop ends it stopped).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let timeout = Duration::from_millis(500);
+    let e = VhostUserConnection::connect_with_timeout("fs0", &d.socket, NUM_QUEUES, timeout)
+        .expect_err("a handshake with a stopped backend");
+    let took = started.elapsed();
+    let e = e.to_string();
+    assert!(e.starts_with("fs0: vhost-user handshake: "), "{e}");
+    assert!(e.contains("did not answer within 500ms"), "{e}");
+    assert!(took >= timeout && took < PROMPTLY, "{took:?}");
+}
+
 /// virtiofsd killed before the driver gets to DRIVER_OK: the setup fails
 /// at once (the socket is closed), the write says so, nothing hangs.
 #[test]

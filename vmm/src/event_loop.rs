@@ -126,11 +126,13 @@ impl EventLoop {
         };
         for device in 0..this.devices.len() {
             let transport = lock(&this.devices[device]);
-            let served_here = !transport.queues_served_elsewhere();
-            for (queue, evt) in transport.queue_events().iter().enumerate() {
-                if !served_here {
-                    break;
-                }
+            // A vhost-user backend waits on these itself.
+            let ours = if transport.queues_served_elsewhere() {
+                0
+            } else {
+                transport.queue_events().len()
+            };
+            for (queue, evt) in transport.queue_events()[..ours].iter().enumerate() {
                 let token = Token::Queue { device, queue }.encode();
                 this.epoll
                     .ctl(
@@ -281,8 +283,13 @@ impl EventLoop {
         let deadline = Instant::now() + timeout;
         for device in 0..self.devices.len() {
             let mut t = lock(&self.devices[device]);
-            let notified: Vec<usize> = (0..t.queue_events().len())
-                .filter(|_| !t.queues_served_elsewhere())
+            // Another process's kick eventfds are not ours to read.
+            let ours = if t.queues_served_elsewhere() {
+                0
+            } else {
+                t.queue_events().len()
+            };
+            let notified: Vec<usize> = (0..ours)
                 .filter(|&q| t.queue_events()[q].read().is_ok())
                 .collect();
             for queue in notified {

@@ -352,6 +352,26 @@ fn a_fuse_init_request_is_answered_through_the_request_queue() {
     assert!(lock(&t).take_device_failure().is_none());
 }
 
+/// The queues' eventfds are virtiofsd's kick eventfds: the event loop
+/// does not watch or read them (it would eat the guest's notifications).
+#[test]
+fn the_event_loop_leaves_the_kick_eventfds_alone() {
+    if !virtiofsd_or_skip("the_event_loop_leaves_the_kick_eventfds_alone") {
+        return;
+    }
+    let d = Virtiofsd::start();
+    let mem = shared_memory();
+    let t = fs_transport(&d, &mem);
+    let stop = Arc::new(StopState::new().unwrap());
+    let mut el = EventLoop::new(vec![t.clone()], stop).unwrap();
+    lock(&t).queue_events()[1].write(3).unwrap();
+    for _ in 0..5 {
+        el.run_once(0);
+    }
+    assert!(el.drain(Duration::from_millis(10)));
+    assert_eq!(lock(&t).queue_events()[1].read().unwrap(), 3);
+}
+
 /// Guest RAM that is not a memfd cannot be shared: the activation fails
 /// with an error that says so, instead of a backend mapping nothing.
 #[test]

@@ -80,16 +80,31 @@ struct Vmm {
 
 impl Vmm {
     fn start(guest: &Path, args: &[&str]) -> Vmm {
+        Self::start_inheriting(guest, args, None)
+    }
+
+    /// [`Vmm::start`], with descriptor `inherit` left open across the exec.
+    fn start_inheriting(guest: &Path, args: &[&str], inherit: Option<i32>) -> Vmm {
         let err = tempfile::tempfile().unwrap();
-        let child = Command::new(amphi_bin())
-            .args(["vmm", "--kernel", guest.to_str().unwrap(), "--force"])
+        let mut cmd = Command::new(amphi_bin());
+        cmd.args(["vmm", "--kernel", guest.to_str().unwrap(), "--force"])
             .args(["--mem", "32", "--timeout", "60"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err.try_clone().unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(err.try_clone().unwrap());
+        if let Some(fd) = inherit {
+            // SAFETY: fcntl between fork and exec, async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         Vmm { child, err }
     }
 
@@ -418,14 +433,31 @@ const FS_DRIVER_OK_THEN_HANG: &[u8] = &[
     0xeb, 0xfe,                                     // jmp $
 ];
 
-/// `amphi vmm --fs` with a real virtiofsd: the jailed VMM connects before
-/// its lockdown, the guest's DRIVER_OK sets the backend up from the
-/// filtered vCPU thread (virtiofsd maps the guest RAM memfd), and when
+/// `amphi vmm --fs` with a real virtiofsd, as `amphi run` starts it: the
+/// connection made by the caller and handed down (`fd=N,tag=T`; or, with
+/// `by_path`, the path of virtiofsd's socket, connected by the jailed VMM
+/// before its lockdown). The guest's DRIVER_OK sets the backend up from
+/// the filtered vCPU thread (virtiofsd maps the guest RAM memfd), and when
 /// virtiofsd is killed the VMM ends with status 3 and a line naming the
 /// device and the socket.
 #[test]
 fn a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm() {
-    let test = "a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm";
+    virtiofs_backend_goes_away(
+        "a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm",
+        false,
+    );
+}
+
+/// As above, the VMM connecting to virtiofsd's socket by its path.
+#[test]
+fn a_virtiofs_backend_by_path_that_goes_away_ends_the_jailed_vmm() {
+    virtiofs_backend_goes_away(
+        "a_virtiofs_backend_by_path_that_goes_away_ends_the_jailed_vmm",
+        true,
+    );
+}
+
+fn virtiofs_backend_goes_away(test: &str, by_path: bool) {
     if !can_run(test)
         || !amphi_tests::require(
             amphi_tests::have("virtiofsd"),
@@ -455,8 +487,17 @@ fn a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let guest = guest_file(FS_DRIVER_OK_THEN_HANG);
-    let fs = format!("{},amphi", socket.display());
-    let mut vmm = Vmm::start(guest.path(), &["--fs", &fs]);
+    let mut vmm = if by_path {
+        let fs = format!("{},amphi", socket.display());
+        Vmm::start(guest.path(), &["--fs", &fs])
+    } else {
+        let conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
+        let fs = format!("fd={fd},tag=amphi");
+        let vmm = Vmm::start_inheriting(guest.path(), &["--fs", &fs], Some(fd));
+        drop(conn);
+        vmm
+    };
     vmm.jailed_pid();
     // SET_MEM_TABLE went through: virtiofsd mapped the guest's memfd.
     let maps = format!("/proc/{}/maps", virtiofsd.id());
@@ -482,12 +523,18 @@ fn a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm() {
     virtiofsd.wait().unwrap();
     assert_eq!(vmm.wait(), Some(3), "{}", vmm.stderr());
     let err = vmm.stderr();
-    let line = format!(
-        "amphi vmm: device failed: virtio-fs(tag amphi, vhost-user socket {}): the vhost-user \
-         backend hung up",
-        socket.display()
+    let (start, end) = (
+        "amphi vmm: device failed: virtio-fs(tag amphi, vhost-user socket ",
+        "): the vhost-user backend hung up",
     );
-    assert!(err.contains(&line), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no device failure line:\n{err}"));
+    assert!(line.contains(end), "{line}");
+    // The socket is named: its path, or the descriptor and the path its
+    // peer is bound to (virtiofsd's socket).
+    assert!(line.contains(&socket.display().to_string()), "{line}");
 }
 
 #[test]

@@ -38,7 +38,8 @@
 //! ```
 //!
 //! A host directory shared with virtio-fs, served by a virtiofsd listening
-//! on a vhost-user socket (guest RAM then becomes a shared memfd):
+//! on a vhost-user socket (or [`FsConfig::connected`] to one already
+//! connected); guest RAM then becomes a shared memfd:
 //!
 //! ```no_run
 //! use amphi_vmm::{FsConfig, VmConfig};
@@ -74,7 +75,7 @@ pub use device_manager::AttachedDevice;
 pub use devices::serial::{SerialBuffer, SerialOut};
 pub use devices::virtio::block::BlockConfig;
 pub use devices::virtio::console::ConsoleBackend;
-pub use devices::virtio::fs::FsConfig;
+pub use devices::virtio::fs::{FsBackend, FsConfig};
 pub use error::{Result, VmmError};
 pub use exit::{ExitReason, RegisterDump, EXIT_DEVICE_FAILED};
 pub use loader::{BootInfo, BootProtocol};

@@ -3,8 +3,9 @@
 //! only tells it where things are (rust-vmm's `vhost` crate speaks the
 //! protocol).
 //!
-//! - [`VhostUserConnection::connect`], while the VM is built (before the
-//!   jail): connect to the backend's listening socket, `SET_OWNER`,
+//! - [`VhostUserConnection::new`], while the VM is built (before the
+//!   jail), on a socket connected to the backend (by the VMM, or by its
+//!   caller, which hands the descriptor down): `SET_OWNER`,
 //!   `GET_FEATURES`, `GET_PROTOCOL_FEATURES` / `SET_PROTOCOL_FEATURES`
 //!   (`REPLY_ACK`, so every later request is acknowledged, and `MQ`),
 //!   `GET_QUEUE_NUM`. A backend that lacks what amphi's transport offers
@@ -32,7 +33,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ pub struct VringSetup<'a> {
 /// A connected vhost-user backend.
 pub struct VhostUserConnection {
     frontend: Frontend,
-    socket: PathBuf,
+    label: String,
     fd: RawFd,
     features: u64,
     protocol: VhostUserProtocolFeatures,
@@ -82,7 +83,7 @@ pub struct VhostUserConnection {
 impl std::fmt::Debug for VhostUserConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VhostUserConnection")
-            .field("socket", &self.socket)
+            .field("socket", &self.label)
             .field("features", &format_args!("{:#x}", self.features))
             .field("protocol", &self.protocol)
             .finish()
@@ -95,29 +96,25 @@ fn step_err(step: &'static str) -> impl FnOnce(vhost::Error) -> String {
 }
 
 impl VhostUserConnection {
-    /// Connects to the backend listening on `socket` and negotiates (see
-    /// the module documentation); `device` names the device in errors.
-    /// The backend must serve at least `queues` queues and answer within
-    /// [`HANDSHAKE_TIMEOUT`].
-    pub fn connect(device: &str, socket: &Path, queues: usize) -> Result<Self> {
-        Self::connect_with_timeout(device, socket, queues, HANDSHAKE_TIMEOUT)
+    /// Negotiates with the backend at the other end of `stream` (see the
+    /// module documentation); `device` names the device in errors, `label`
+    /// the socket. The backend must serve at least `queues` queues and
+    /// answer within [`HANDSHAKE_TIMEOUT`].
+    pub fn new(device: &str, stream: UnixStream, label: String, queues: usize) -> Result<Self> {
+        Self::with_timeout(device, stream, label, queues, HANDSHAKE_TIMEOUT)
     }
 
-    /// [`VhostUserConnection::connect`] with the backend given `timeout`
-    /// to answer: the handshake runs on a helper thread, and a backend that
+    /// [`VhostUserConnection::new`] with the backend given `timeout` to
+    /// answer: the handshake runs on a helper thread, and a backend that
     /// is silent that long has its socket shut down (which fails the
     /// request waiting on it) and is an error.
-    pub fn connect_with_timeout(
+    pub fn with_timeout(
         device: &str,
-        socket: &Path,
+        stream: UnixStream,
+        label: String,
         queues: usize,
         timeout: Duration,
     ) -> Result<Self> {
-        let stream = connect_socket(socket).map_err(|source| VmmError::File {
-            what: "vhost-user socket",
-            path: socket.to_path_buf(),
-            source,
-        })?;
         let fd = stream.as_raw_fd();
         let frontend = Frontend::from_stream(stream, queues as u64);
         let fail = |detail: String| VmmError::Backend {
@@ -148,12 +145,11 @@ impl VhostUserConnection {
         }
         let (features, protocol) = outcome.map_err(fail)?;
         tracing::debug!(
-            "vhost-user {}: features {features:#x}, protocol features {protocol:?}",
-            socket.display()
+            "vhost-user {label}: features {features:#x}, protocol features {protocol:?}"
         );
         Ok(VhostUserConnection {
             frontend,
-            socket: socket.to_path_buf(),
+            label,
             fd,
             features,
             protocol,
@@ -170,9 +166,9 @@ impl VhostUserConnection {
         self.protocol
     }
 
-    /// The socket's path.
-    pub fn socket_path(&self) -> &Path {
-        &self.socket
+    /// What the socket is, for messages (its path, or its descriptor).
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// The connected socket (for the hang-up watch and the seccomp
@@ -285,7 +281,8 @@ fn handshake(
 /// have bound its socket and not be listening yet.
 const CONNECT_RETRY: Duration = Duration::from_secs(1);
 
-fn connect_socket(socket: &Path) -> std::io::Result<UnixStream> {
+/// Connects to the backend listening on `socket`.
+pub fn connect_socket(socket: &Path) -> std::io::Result<UnixStream> {
     let deadline = std::time::Instant::now() + CONNECT_RETRY;
     loop {
         match UnixStream::connect(socket) {

@@ -18,8 +18,10 @@
 //! The queues' ioeventfds are the backend's kick eventfds: the event loop
 //! leaves them alone ([`VirtioDevice::queues_served_elsewhere`]).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
@@ -44,23 +46,106 @@ pub const SOURCE_CALL: u32 = 1;
 /// Device features passed through from the backend when it has them.
 const PASSTHROUGH_FEATURES: u64 = 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
+/// Where a virtio-fs device's backend is.
+#[derive(Clone, Debug)]
+pub enum FsBackend {
+    /// The unix socket the backend (virtiofsd) listens on: the VMM
+    /// connects.
+    Socket(PathBuf),
+    /// A unix stream socket already connected to the backend (the caller
+    /// connected it; the VMM uses a duplicate).
+    Connected(Arc<OwnedFd>),
+}
+
 /// A virtio-fs device for [`crate::VmConfig`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct FsConfig {
-    /// The vhost-user socket the backend (virtiofsd) listens on.
-    pub socket: PathBuf,
+    /// The vhost-user connection's other end.
+    pub backend: FsBackend,
     /// The tag the guest mounts by (`mount -t virtiofs TAG DIR`).
     pub tag: String,
 }
 
 impl FsConfig {
-    /// A device on `socket` with `tag`, the tag checked ([`check_tag`]).
+    /// A device whose backend listens on `socket`, with `tag` (checked:
+    /// [`check_tag`]).
     pub fn new(socket: impl Into<PathBuf>, tag: &str) -> std::result::Result<Self, String> {
         check_tag(tag)?;
         Ok(FsConfig {
-            socket: socket.into(),
+            backend: FsBackend::Socket(socket.into()),
             tag: tag.to_string(),
         })
+    }
+
+    /// A device on `socket`, already connected to its backend, with `tag`.
+    /// `socket` must be a connected unix stream socket.
+    pub fn connected(socket: OwnedFd, tag: &str) -> std::result::Result<Self, String> {
+        check_tag(tag)?;
+        check_connected_stream(socket.as_fd())?;
+        Ok(FsConfig {
+            backend: FsBackend::Connected(Arc::new(socket)),
+            tag: tag.to_string(),
+        })
+    }
+}
+
+/// `fd` is a unix stream socket, connected (not listening).
+fn check_connected_stream(fd: BorrowedFd<'_>) -> std::result::Result<(), String> {
+    let opt = |name: libc::c_int| -> std::io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt with an int-sized buffer and its length.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(value)
+    };
+    let what = |e: std::io::Error| {
+        format!(
+            "descriptor {} is not a socket connected to a vhost-user backend ({e})",
+            fd.as_raw_fd()
+        )
+    };
+    let domain = opt(libc::SO_DOMAIN).map_err(what)?;
+    let kind = opt(libc::SO_TYPE).map_err(what)?;
+    let listening = opt(libc::SO_ACCEPTCONN).map_err(what)?;
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM || listening != 0 {
+        return Err(format!(
+            "descriptor {} is not a connected unix stream socket (domain {domain}, type \
+             {kind}, listening {listening})",
+            fd.as_raw_fd()
+        ));
+    }
+    Ok(())
+}
+
+impl FsBackend {
+    /// The connection, and what to call the socket in messages.
+    fn open(&self) -> std::io::Result<(UnixStream, String)> {
+        match self {
+            FsBackend::Socket(path) => Ok((
+                super::vhost_user::connect_socket(path)?,
+                path.display().to_string(),
+            )),
+            FsBackend::Connected(fd) => {
+                let stream = UnixStream::from(fd.as_fd().try_clone_to_owned()?);
+                let peer = stream
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| format!(" to {}", p.display())))
+                    .unwrap_or_default();
+                Ok((stream, format!("fd {}{peer}", fd.as_raw_fd())))
+            }
+        }
     }
 }
 
@@ -101,12 +186,18 @@ impl Fs {
     /// the socket cannot be connected from inside).
     pub fn open(config: &FsConfig) -> Result<Self> {
         check_tag(&config.tag).map_err(VmmError::Config)?;
-        let name = format!(
-            "virtio-fs(tag {}, vhost-user socket {})",
-            config.tag,
-            config.socket.display()
-        );
-        let backend = VhostUserConnection::connect(&name, &config.socket, NUM_QUEUES)?;
+        let (stream, label) = config.backend.open().map_err(|e| {
+            let socket = match &config.backend {
+                FsBackend::Socket(path) => path.display().to_string(),
+                FsBackend::Connected(fd) => format!("fd {}", fd.as_raw_fd()),
+            };
+            VmmError::Backend {
+                device: format!("virtio-fs(tag {})", config.tag),
+                detail: format!("vhost-user socket {socket}: {e}"),
+            }
+        })?;
+        let name = format!("virtio-fs(tag {}, vhost-user socket {label})", config.tag);
+        let backend = VhostUserConnection::new(&name, stream, label, NUM_QUEUES)?;
         let calls = (0..NUM_QUEUES)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<std::io::Result<Vec<_>>>()

@@ -8,6 +8,7 @@
 //! Without virtiofsd on `$PATH` each of these skips loudly (fails under
 //! `CI=true`).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -212,6 +213,47 @@ fn a_missing_socket_is_an_error_naming_it() {
         e.contains("vhost-user socket") && e.contains(&*socket.to_string_lossy()),
         "{e}"
     );
+}
+
+/// What `amphi vmm --fs fd=N,tag=T` gets: a socket its caller connected.
+/// Anything but a connected unix stream socket is refused by name.
+#[test]
+fn a_connected_socket_can_be_handed_down() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 with a valid array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: two new descriptors nothing else owns.
+    let (pipe_r, _pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(dir.path().join("l.sock")).unwrap();
+    let datagram = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    for (what, fd) in [
+        ("a pipe", pipe_r),
+        ("a listening socket", OwnedFd::from(listener)),
+        ("a datagram socket", OwnedFd::from(datagram)),
+    ] {
+        let n = fd.as_raw_fd();
+        let e = FsConfig::connected(fd, "amphi").unwrap_err();
+        assert!(
+            e.starts_with(&format!("descriptor {n} is not a")),
+            "{what}: {e}"
+        );
+    }
+    if !virtiofsd_or_skip("a_connected_socket_can_be_handed_down") {
+        return;
+    }
+    let d = Virtiofsd::start();
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    let n = stream.as_raw_fd();
+    let config = FsConfig::connected(OwnedFd::from(stream), "amphi").unwrap();
+    let fs = Fs::open(&config).unwrap();
+    let name = fs.name();
+    assert!(
+        name.contains(&format!("fd {n} to {}", d.socket.display())),
+        "{name}"
+    );
+    assert_ne!(fs.backend().socket_fd(), n, "the device uses a duplicate");
+    assert_ne!(fs.features(), 0);
 }
 
 #[test]
@@ -449,7 +491,8 @@ fn a_silent_backend_fails_the_handshake_after_its_timeout() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let started = Instant::now();
     let timeout = Duration::from_millis(500);
-    let e = VhostUserConnection::connect_with_timeout("fs0", &d.socket, NUM_QUEUES, timeout)
+    let stream = super::super::vhost_user::connect_socket(&d.socket).unwrap();
+    let e = VhostUserConnection::with_timeout("fs0", stream, "s".into(), NUM_QUEUES, timeout)
         .expect_err("a handshake with a stopped backend");
     let took = started.elapsed();
     let e = e.to_string();

@@ -121,6 +121,16 @@ impl VmConfig {
     pub fn mem_bytes(&self) -> u64 {
         u64::from(self.mem_mib) << 20
     }
+
+    /// What guest RAM is made of: a shared memfd when a vhost-user
+    /// backend (virtio-fs) must map it, else private memory.
+    pub fn ram_backing(&self) -> memory::RamBacking {
+        if self.fs_devices.is_empty() {
+            memory::RamBacking::Private
+        } else {
+            memory::RamBacking::SharedMemfd
+        }
+    }
 }
 
 impl Default for VmConfig {

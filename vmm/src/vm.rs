@@ -31,7 +31,7 @@ use crate::event_loop::{EventLoop, OutcomeSender};
 use crate::exit::ExitReason;
 use crate::jail::{Gate, ThreadFilters, ThreadKind};
 use crate::loader::{load_linux, BootInfo};
-use crate::memory::{create_guest_memory_with, register_with_kvm, GuestMemoryMmap, RamBacking};
+use crate::memory::{create_guest_memory_with, register_with_kvm, GuestMemoryMmap};
 use crate::pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 use crate::stop::{install_kick_handler, StopHandle, StopState};
 use crate::vcpu::{RunContext, Vcpu, VcpuOutcome};
@@ -93,13 +93,7 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Memory before the irqchip: on PVM a memslot registered after
         // KVM_CREATE_IRQCHIP took ~5 ms, before it ~40 us (measured).
-        // vhost-user backends map guest RAM themselves: then it is a memfd.
-        let backing = if config.fs_devices.is_empty() {
-            RamBacking::Private
-        } else {
-            RamBacking::SharedMemfd
-        };
-        let memory = create_guest_memory_with(mem_bytes, backing)?;
+        let memory = create_guest_memory_with(mem_bytes, config.ram_backing())?;
         register_with_kvm(&fd, &memory)?;
         // Intel needs these below 4 GiB; AMD and PVM accept and ignore them.
         fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -415,17 +409,7 @@ impl Vm {
             }
         }
 
-        let reason = match first? {
-            // The failure is the backend shut down to stop the run.
-            VcpuOutcome::Exit(ExitReason::DeviceFailed { .. })
-                if unstick.done && self.stop.host_stop.load(Ordering::SeqCst) =>
-            {
-                ExitReason::HostStop
-            }
-            VcpuOutcome::Exit(reason) => reason,
-            // Only possible if vm_exit was set before the run began.
-            VcpuOutcome::Kicked => ExitReason::HostStop,
-        };
+        let reason = self.exit_reason(first?, &unstick);
         if reason == ExitReason::HostStop {
             self.stop.host_stop.store(false, Ordering::SeqCst);
         }
@@ -442,6 +426,21 @@ impl Vm {
         match self.event_loop.as_mut() {
             Some(el) => el.drain(timeout),
             None => true,
+        }
+    }
+
+    /// How the run ended, from its first outcome.
+    fn exit_reason(&self, first: VcpuOutcome, unstick: &Unstick) -> ExitReason {
+        match first {
+            // The failure is the backend shut down to stop the run.
+            VcpuOutcome::Exit(ExitReason::DeviceFailed { .. })
+                if unstick.done && self.stop.host_stop.load(Ordering::SeqCst) =>
+            {
+                ExitReason::HostStop
+            }
+            VcpuOutcome::Exit(reason) => reason,
+            // Only possible if vm_exit was set before the run began.
+            VcpuOutcome::Kicked => ExitReason::HostStop,
         }
     }
 

@@ -211,7 +211,12 @@ fn lab_virtio(name: &str, vcpus: u32) {
 /// echo out; echo err >&2; exit 3'` (`scripts/vm-lab run`); amphi builds
 /// the guest rootfs, starts `amphi vmm` and talks to its guest init over
 /// the guest channel, all inside level 1.
-fn lab_amphi_run(vcpus: u32) {
+///
+/// With `virtiofs`, level 1 also shares a directory holding a token with
+/// `-v` (`scripts/vm-lab run --virtiofs`): virtiofsd serves it to the
+/// built-in VMM (`amphi vmm --fs fd=N,tag=amphi-vol`, the connection handed
+/// down), the workload prints the token and writes a file back.
+fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
     if !is_root() {
         skip("the nested lab needs root (apt-get, mknod): vm-lab run (amphi run through the built-in VMM) not run");
         return;
@@ -224,6 +229,21 @@ fn lab_amphi_run(vcpus: u32) {
         );
         return;
     };
+    if virtiofs {
+        let config = std::fs::read_to_string(kernel.with_file_name("config")).unwrap_or_default();
+        if !config.lines().any(|l| l == "CONFIG_VIRTIO_FS=y") {
+            skip(&format!(
+                "vm-lab run --virtiofs NOT run: the microVM kernel {} has no config next to it \
+                 with CONFIG_VIRTIO_FS=y (rebuild it with amphi kernel build)",
+                kernel.display()
+            ));
+            return;
+        }
+        if !amphi_tests::have("virtiofsd") && !Path::new("/usr/libexec/virtiofsd").exists() {
+            skip("vm-lab run --virtiofs NOT run: virtiofsd is not installed (scripts/setup)");
+            return;
+        }
+    }
     // The release `amphi kernel build` wrote next to the kernel.
     let release = std::fs::read_to_string(kernel.with_file_name("version"))
         .ok()
@@ -237,7 +257,8 @@ fn lab_amphi_run(vcpus: u32) {
             .args(["--l2-kernel", kernel.to_str().unwrap()])
             .args(["--image", image.to_str().unwrap()])
             .args(["--vcpus", &vcpus.to_string()])
-            .args(["--amphi", amphi_bin().to_str().unwrap()]),
+            .args(["--amphi", amphi_bin().to_str().unwrap()])
+            .args(virtiofs.then_some("--virtiofs")),
     );
     let took = started.elapsed();
     let report = lab_report(&out);
@@ -262,8 +283,17 @@ fn lab_amphi_run(vcpus: u32) {
     if let Some(release) = &release {
         assert_eq!(guest, release, "{}", show(&out));
     }
-    // uname -r in the workload, then "out"; nothing else.
-    assert_eq!(stdout, [guest, "out"], "{}", show(&out));
+    if virtiofs {
+        // uname -r, "out", then the token read from the shared directory;
+        // and the file the workload wrote is in it.
+        let token = get("volume-token");
+        assert!(token.starts_with("AMPHI-VOL-"), "{}", show(&out));
+        assert_eq!(stdout, [guest, "out", token], "{}", show(&out));
+        assert_eq!(get("volume-back"), "ok", "{}", show(&out));
+    } else {
+        // uname -r in the workload, then "out"; nothing else.
+        assert_eq!(stdout, [guest, "out"], "{}", show(&out));
+    }
     let timing = get("vm-timing");
     assert!(
         timing.contains("backend=\"amphi's VMM (KVM)\""),
@@ -283,7 +313,14 @@ fn lab_amphi_run(vcpus: u32) {
 
 #[test]
 fn lab_amphi_run_builtin_vmm() {
-    lab_amphi_run(1);
+    lab_amphi_run(1, false);
+}
+
+/// `amphi run -v` through the built-in VMM: a host directory over
+/// virtio-fs, read and written by a real Linux guest.
+#[test]
+fn lab_amphi_run_builtin_vmm_virtiofs_volume() {
+    lab_amphi_run(1, true);
 }
 
 #[test]

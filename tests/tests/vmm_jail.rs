@@ -80,16 +80,31 @@ struct Vmm {
 
 impl Vmm {
     fn start(guest: &Path, args: &[&str]) -> Vmm {
+        Self::start_inheriting(guest, args, None)
+    }
+
+    /// [`Vmm::start`], with descriptor `inherit` left open across the exec.
+    fn start_inheriting(guest: &Path, args: &[&str], inherit: Option<i32>) -> Vmm {
         let err = tempfile::tempfile().unwrap();
-        let child = Command::new(amphi_bin())
-            .args(["vmm", "--kernel", guest.to_str().unwrap(), "--force"])
+        let mut cmd = Command::new(amphi_bin());
+        cmd.args(["vmm", "--kernel", guest.to_str().unwrap(), "--force"])
             .args(["--mem", "32", "--timeout", "60"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(err.try_clone().unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(err.try_clone().unwrap());
+        if let Some(fd) = inherit {
+            // SAFETY: fcntl between fork and exec, async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         Vmm { child, err }
     }
 
@@ -389,6 +404,137 @@ fn a_seccomp_violation_kills_the_vmm_and_names_the_call() {
         err.contains("amphi vmm: the jailed VMM was killed by signal 31 (SIGSYS)"),
         "{err}"
     );
+}
+
+/// The guest for the virtio-fs test, in PVH's 32-bit protected mode: the
+/// driver's handshake with the device at 0xd0000000 (VERSION_1, both
+/// queues of 8 at 0x30000.. and 0x36000..), DRIVER_OK, then nothing.
+#[rustfmt::skip]
+const FS_DRIVER_OK_THEN_HANG: &[u8] = &[
+    0xbb, 0x00, 0x00, 0x00, 0xd0,                   // mov ebx, 0xd0000000
+    0xc7, 0x43, 0x70, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 1   ACKNOWLEDGE
+    0xc7, 0x43, 0x70, 0x03, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 3   DRIVER
+    0xc7, 0x43, 0x24, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x24], 1   DriverFeaturesSel
+    0xc7, 0x43, 0x20, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x20], 1   VERSION_1
+    0xc7, 0x43, 0x70, 0x0b, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 11  FEATURES_OK
+    0xc7, 0x43, 0x30, 0x00, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x30], 0   QueueSel
+    0xc7, 0x43, 0x38, 0x08, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x38], 8   QueueNum
+    0xc7, 0x83, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, // mov dword [ebx + 0x80], 0x30000
+    0xc7, 0x83, 0x90, 0x00, 0x00, 0x00, 0x00, 0x10, 0x03, 0x00, // mov dword [ebx + 0x90], 0x31000
+    0xc7, 0x83, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x20, 0x03, 0x00, // mov dword [ebx + 0xa0], 0x32000
+    0xc7, 0x43, 0x44, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x44], 1   QueueReady
+    0xc7, 0x43, 0x30, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x30], 1   QueueSel
+    0xc7, 0x43, 0x38, 0x08, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x38], 8   QueueNum
+    0xc7, 0x83, 0x80, 0x00, 0x00, 0x00, 0x00, 0x60, 0x03, 0x00, // mov dword [ebx + 0x80], 0x36000
+    0xc7, 0x83, 0x90, 0x00, 0x00, 0x00, 0x00, 0x70, 0x03, 0x00, // mov dword [ebx + 0x90], 0x37000
+    0xc7, 0x83, 0xa0, 0x00, 0x00, 0x00, 0x00, 0x80, 0x03, 0x00, // mov dword [ebx + 0xa0], 0x38000
+    0xc7, 0x43, 0x44, 0x01, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x44], 1   QueueReady
+    0xc7, 0x43, 0x70, 0x0f, 0x00, 0x00, 0x00,       // mov dword [ebx + 0x70], 15  DRIVER_OK
+    0xeb, 0xfe,                                     // jmp $
+];
+
+/// `amphi vmm --fs` with a real virtiofsd, as `amphi run` starts it: the
+/// connection made by the caller and handed down (`fd=N,tag=T`; or, with
+/// `by_path`, the path of virtiofsd's socket, connected by the jailed VMM
+/// before its lockdown). The guest's DRIVER_OK sets the backend up from
+/// the filtered vCPU thread (virtiofsd maps the guest RAM memfd), and when
+/// virtiofsd is killed the VMM ends with status 3 and a line naming the
+/// device and the socket.
+#[test]
+fn a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm() {
+    virtiofs_backend_goes_away(
+        "a_virtiofs_backend_that_goes_away_ends_the_jailed_vmm",
+        false,
+    );
+}
+
+/// As above, the VMM connecting to virtiofsd's socket by its path.
+#[test]
+fn a_virtiofs_backend_by_path_that_goes_away_ends_the_jailed_vmm() {
+    virtiofs_backend_goes_away(
+        "a_virtiofs_backend_by_path_that_goes_away_ends_the_jailed_vmm",
+        true,
+    );
+}
+
+fn virtiofs_backend_goes_away(test: &str, by_path: bool) {
+    if !can_run(test)
+        || !amphi_tests::require(
+            amphi_tests::have("virtiofsd"),
+            &format!("{test}: virtiofsd is not installed (scripts/setup installs it)"),
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let socket = dir.path().join("vfs.sock");
+    let mut virtiofsd = Command::new("virtiofsd")
+        .arg("--socket-path")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--sandbox", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "virtiofsd did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let guest = guest_file(FS_DRIVER_OK_THEN_HANG);
+    let mut vmm = if by_path {
+        let fs = format!("{},amphi", socket.display());
+        Vmm::start(guest.path(), &["--fs", &fs])
+    } else {
+        let conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
+        let fs = format!("fd={fd},tag=amphi");
+        let vmm = Vmm::start_inheriting(guest.path(), &["--fs", &fs], Some(fd));
+        drop(conn);
+        vmm
+    };
+    vmm.jailed_pid();
+    // SET_MEM_TABLE went through: virtiofsd mapped the guest's memfd.
+    let maps = format!("/proc/{}/maps", virtiofsd.id());
+    while !std::fs::read_to_string(&maps)
+        .unwrap_or_default()
+        .contains("memfd:amphi-guest-ram")
+    {
+        assert!(
+            vmm.child.try_wait().unwrap().is_none(),
+            "amphi vmm ended:
+{}",
+            vmm.stderr()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "virtiofsd never mapped guest RAM:
+{}",
+            vmm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    virtiofsd.kill().unwrap();
+    virtiofsd.wait().unwrap();
+    assert_eq!(vmm.wait(), Some(3), "{}", vmm.stderr());
+    let err = vmm.stderr();
+    let (start, end) = (
+        "amphi vmm: device failed: virtio-fs(tag amphi, vhost-user socket ",
+        "): the vhost-user backend hung up",
+    );
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no device failure line:\n{err}"));
+    assert!(line.contains(end), "{line}");
+    // The socket is named: its path, or the descriptor and the path its
+    // peer is bound to (virtiofsd's socket).
+    assert!(line.contains(&socket.display().to_string()), "{line}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::{IoEventAddress, VmFd};
 
 use crate::arch::x86_64::layout::{VIRTIO_GSI_FIRST, VIRTIO_GSI_LAST, VIRTIO_MMIO_BASE};
-use crate::devices::bus::SharedDevice;
+use crate::devices::bus::{lock, SharedDevice};
 use crate::devices::virtio::mmio::{reg, MMIO_WINDOW_SIZE};
 use crate::devices::virtio::MmioTransport;
 use crate::devices::Bus;
@@ -107,6 +107,14 @@ impl DeviceManager {
     /// The attached devices.
     pub fn devices(&self) -> &[AttachedDevice] {
         &self.devices
+    }
+
+    /// The connected vhost-user sockets of the devices.
+    pub fn vhost_user_sockets(&self) -> Vec<std::os::fd::RawFd> {
+        self.devices
+            .iter()
+            .filter_map(|d| lock(&d.transport).vhost_user_socket())
+            .collect()
     }
 
     /// The transports, for the event loop.

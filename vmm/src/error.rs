@@ -71,6 +71,15 @@ pub enum VmmError {
         /// Why we concluded so.
         evidence: String,
     },
+    /// A device's host-side backend (a vhost-user process) could not be
+    /// used.
+    #[error("{device}: {detail}")]
+    Backend {
+        /// The device, e.g. `virtio-fs(tag amphi, vhost-user socket /run/x/vfs.sock)`.
+        device: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Boot structures (zero page, start_info, MP table, ...) could not be written.
     #[error("boot setup: {0}")]
     Boot(String),

@@ -8,6 +8,12 @@
 //!   hung-up peer cannot make the loop spin);
 //! - the stop handle's wake eventfd: the loop ends when the VM run ends.
 //!
+//! The queues of a device served by another process (vhost-user) are not
+//! watched: their eventfds are that process's kick eventfds. A device that
+//! fails for good (its vhost-user backend hung up) ends the run: the loop
+//! hands `run()` an [`ExitReason::DeviceFailed`] the way a vCPU hands it
+//! how the guest ended.
+//!
 //! vCPU threads keep handling register accesses (PIO/MMIO exits); the
 //! transport's mutex serialises them with the work done here.
 //!
@@ -17,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +33,13 @@ use crate::devices::bus::lock;
 use crate::devices::log_limit::{guest_warn, LogLimiter};
 use crate::devices::virtio::MmioTransport;
 use crate::error::{Result, VmmError};
+use crate::exit::ExitReason;
 use crate::stop::StopState;
+use crate::vcpu::VcpuOutcome;
+
+/// Where the event loop sends a device failure during a run: the channel
+/// `run()` takes the vCPUs' outcomes from.
+pub(crate) type OutcomeSender = Sender<Result<VcpuOutcome>>;
 
 const TOKEN_WAKE: u64 = u64::MAX;
 const HOST_SOURCE_BIT: u64 = 1 << 31;
@@ -80,6 +93,8 @@ pub struct EventLoop {
     /// Device events handled so far.
     dispatched: u64,
     log: LogLimiter,
+    /// During a run: where a device failure goes.
+    outcomes: Option<OutcomeSender>,
 }
 
 fn epoll_err(what: &str) -> impl FnOnce(std::io::Error) -> VmmError + '_ {
@@ -107,10 +122,17 @@ impl EventLoop {
             stop,
             dispatched: 0,
             log: LogLimiter::new(),
+            outcomes: None,
         };
         for device in 0..this.devices.len() {
             let transport = lock(&this.devices[device]);
-            for (queue, evt) in transport.queue_events().iter().enumerate() {
+            // A vhost-user backend waits on these itself.
+            let ours = if transport.queues_served_elsewhere() {
+                0
+            } else {
+                transport.queue_events().len()
+            };
+            for (queue, evt) in transport.queue_events()[..ours].iter().enumerate() {
                 let token = Token::Queue { device, queue }.encode();
                 this.epoll
                     .ctl(
@@ -184,9 +206,43 @@ impl EventLoop {
         }
     }
 
-    /// Runs until the VM run ends.
-    pub fn run(&mut self) {
+    /// Runs until the VM run ends; a device failure goes to `outcomes`.
+    pub(crate) fn run(&mut self, outcomes: OutcomeSender) {
+        self.set_outcomes(Some(outcomes));
+        // A device may have failed while no run was there to end.
+        for device in 0..self.devices.len() {
+            self.check_failure(device);
+        }
         while self.run_once(-1) {}
+        self.outcomes = None;
+    }
+
+    /// Where device failures go from now on (`None`: logged).
+    pub(crate) fn set_outcomes(&mut self, outcomes: Option<OutcomeSender>) {
+        self.outcomes = outcomes;
+    }
+
+    /// Reports a failure of device `device`, if it has one: it ends the
+    /// run, or is logged outside one.
+    fn check_failure(&mut self, device: usize) {
+        let (name, failure) = {
+            let mut t = lock(&self.devices[device]);
+            match t.take_device_failure() {
+                Some(detail) => (t.name().to_string(), detail),
+                None => return,
+            }
+        };
+        let reason = ExitReason::DeviceFailed {
+            device: name,
+            detail: failure,
+        };
+        match &self.outcomes {
+            // The receiver is gone only once the run is over.
+            Some(tx) => {
+                let _ = tx.send(Ok(VcpuOutcome::Exit(reason)));
+            }
+            None => tracing::error!("after the run: {reason}"),
+        }
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and handles what arrived.
@@ -227,7 +283,13 @@ impl EventLoop {
         let deadline = Instant::now() + timeout;
         for device in 0..self.devices.len() {
             let mut t = lock(&self.devices[device]);
-            let notified: Vec<usize> = (0..t.queue_events().len())
+            // Another process's kick eventfds are not ours to read.
+            let ours = if t.queues_served_elsewhere() {
+                0
+            } else {
+                t.queue_events().len()
+            };
+            let notified: Vec<usize> = (0..ours)
                 .filter(|&q| t.queue_events()[q].read().is_ok())
                 .collect();
             for queue in notified {
@@ -279,6 +341,7 @@ impl EventLoop {
         if outcome.is_err() {
             tracing::error!("event loop: virtio device {device} panicked; carrying on");
         }
+        self.check_failure(device);
         self.sync_host_sources(device);
     }
 }
@@ -379,8 +442,9 @@ mod tests {
         assert!(el.run_once(0), "woken, but nothing is ending");
         stop.vm_exit.store(true, Ordering::SeqCst);
         stop.wake_event_loop();
+        let (tx, _rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
-            el.run();
+            el.run(tx);
             el
         });
         let el = handle.join().unwrap();

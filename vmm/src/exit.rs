@@ -6,6 +6,11 @@ use std::fmt;
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
+/// The exit status `amphi vmm` ends with after
+/// [`ExitReason::DeviceFailed`] (a device's host backend failed), distinct
+/// from a guest's end (0), its death (1) and the host's stops.
+pub const EXIT_DEVICE_FAILED: i32 = 3;
+
 /// Why [`crate::Vm::run`] returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
@@ -42,6 +47,15 @@ pub enum ExitReason {
     },
     /// The host asked the VM to stop (see [`crate::StopHandle`]).
     HostStop,
+    /// A device's host side failed for good: a vhost-user backend hung up
+    /// or refused the setup. The guest's requests to it could never be
+    /// answered, so the VM ends.
+    DeviceFailed {
+        /// The device, e.g. `virtio-fs(tag amphi, vhost-user socket /run/x/vfs.sock)`.
+        device: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 impl ExitReason {
@@ -62,6 +76,9 @@ impl fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "guest reset"),
             ExitReason::Shutdown => write!(f, "guest shut down"),
             ExitReason::HostStop => write!(f, "stopped by the host"),
+            ExitReason::DeviceFailed { device, detail } => {
+                write!(f, "device failed: {device}: {detail}")
+            }
             ExitReason::TripleFault { vcpu, registers } => {
                 write!(f, "vCPU {vcpu} triple-faulted\n{registers}")
             }

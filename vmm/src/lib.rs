@@ -37,6 +37,20 @@
 //! # let _ = config;
 //! ```
 //!
+//! A host directory shared with virtio-fs, served by a virtiofsd listening
+//! on a vhost-user socket (or [`FsConfig::connected`] to one already
+//! connected); guest RAM then becomes a shared memfd:
+//!
+//! ```no_run
+//! use amphi_vmm::{FsConfig, VmConfig};
+//!
+//! let config = VmConfig {
+//!     fs_devices: vec![FsConfig::new("/run/amphi/abc/vfs.sock", "amphi").expect("a valid tag")],
+//!     ..VmConfig::default()
+//! };
+//! # let _ = config;
+//! ```
+//!
 //! Tests and tools can skip the kernel: write machine code with
 //! [`Vm::write_guest`] and start a vCPU on it with [`Vm::set_vcpu_entry`].
 
@@ -61,8 +75,9 @@ pub use device_manager::AttachedDevice;
 pub use devices::serial::{SerialBuffer, SerialOut};
 pub use devices::virtio::block::BlockConfig;
 pub use devices::virtio::console::ConsoleBackend;
+pub use devices::virtio::fs::{FsBackend, FsConfig};
 pub use error::{Result, VmmError};
-pub use exit::{ExitReason, RegisterDump};
+pub use exit::{ExitReason, RegisterDump, EXIT_DEVICE_FAILED};
 pub use loader::{BootInfo, BootProtocol};
 pub use pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 pub use stop::StopHandle;
@@ -96,12 +111,25 @@ pub struct VmConfig {
     pub block_devices: Vec<BlockConfig>,
     /// The virtio-console (the guest channel), after the block devices.
     pub console: Option<ConsoleBackend>,
+    /// virtio-fs devices served by vhost-user backends (virtiofsd), after
+    /// the console. With any, guest RAM is a shared memfd.
+    pub fs_devices: Vec<FsConfig>,
 }
 
 impl VmConfig {
     /// Guest RAM in bytes.
     pub fn mem_bytes(&self) -> u64 {
         u64::from(self.mem_mib) << 20
+    }
+
+    /// What guest RAM is made of: a shared memfd when a vhost-user
+    /// backend (virtio-fs) must map it, else private memory.
+    pub fn ram_backing(&self) -> memory::RamBacking {
+        if self.fs_devices.is_empty() {
+            memory::RamBacking::Private
+        } else {
+            memory::RamBacking::SharedMemfd
+        }
     }
 }
 
@@ -117,6 +145,7 @@ impl Default for VmConfig {
             force: false,
             block_devices: Vec::new(),
             console: None,
+            fs_devices: Vec::new(),
         }
     }
 }

@@ -1,17 +1,26 @@
-//! Guest RAM: one anonymous, lazily backed mapping per RAM range, the x86
-//! MMIO hole below 4 GiB left out, and the e820 map that describes it.
+//! Guest RAM: one lazily backed mapping per RAM range, the x86 MMIO hole
+//! below 4 GiB left out, and the e820 map that describes it.
 //!
-//! The mappings are `MAP_PRIVATE | MAP_NORESERVE`, so a VM with 4 GiB of
-//! RAM costs only the pages the guest touches. Each starts on a 2 MiB
-//! boundary and is marked `MADV_HUGEPAGE` (see [`RAM_ALIGN`]).
+//! By default the mappings are anonymous, `MAP_PRIVATE | MAP_NORESERVE`, so
+//! a VM with 4 GiB of RAM costs only the pages the guest touches. A VM with
+//! a vhost-user device ([`RamBacking::SharedMemfd`]) has its RAM in one
+//! memfd instead, mapped `MAP_SHARED`, each range at its offset in the file:
+//! the backend process maps the same pages from the memfd it is sent
+//! (`VHOST_USER_SET_MEM_TABLE`). The memfd is sealed against shrinking and
+//! growing, so a backend cannot pull pages out from under the VMM.
+//! Either way each range starts on a 2 MiB boundary and is marked
+//! `MADV_HUGEPAGE` (see [`RAM_ALIGN`]).
 
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::bitmap::{Bitmap, NewBitmap, WithBitmapSlice};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::arch::x86_64::layout::{EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START};
 use crate::error::{kvm_err, Result, VmmError};
@@ -47,9 +56,10 @@ pub struct RamMapping {
 }
 
 impl RamMapping {
-    /// Maps `len` bytes of anonymous memory starting on a [`RAM_ALIGN`]
-    /// boundary, marked `MADV_HUGEPAGE`.
-    fn new(len: usize) -> io::Result<RamMapping> {
+    /// Maps `len` bytes starting on a [`RAM_ALIGN`] boundary, marked
+    /// `MADV_HUGEPAGE`: anonymous memory, or with `file` the file's bytes
+    /// from `offset`, shared.
+    fn new(len: usize, file: Option<(&File, u64)>) -> io::Result<RamMapping> {
         let reserve = len
             .checked_add(RAM_ALIGN)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
@@ -62,6 +72,13 @@ impl RamMapping {
         let base = base as usize;
         let addr = base.next_multiple_of(RAM_ALIGN);
         let (head, tail) = (addr - base, base + reserve - (addr + len));
+        if let Some((file, offset)) = file {
+            if let Err(e) = map_file_over(addr, len, file, offset) {
+                // SAFETY: the reservation made above, which nothing refers to.
+                unsafe { libc::munmap(base as *mut libc::c_void, reserve) };
+                return Err(e);
+            }
+        }
         // SAFETY: both ranges are the unaligned ends of the mapping just
         // made, which nothing refers to.
         unsafe {
@@ -122,26 +139,93 @@ impl NewBitmap for RamMapping {
     }
 }
 
+/// Maps `len` bytes of `file` from `offset`, shared, at `addr` (inside a
+/// reservation of the caller's).
+fn map_file_over(addr: usize, len: usize, file: &File, offset: u64) -> io::Result<()> {
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+    // SAFETY: MAP_FIXED replaces pages of the caller's fresh reservation
+    // only (`addr..addr + len` lies inside it), which nothing refers to.
+    let at = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            RAM_PROT,
+            SHARED_RAM_FLAGS | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            offset,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 const RAM_PROT: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
 const RAM_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+const SHARED_RAM_FLAGS: libc::c_int = libc::MAP_SHARED | libc::MAP_NORESERVE;
 
-/// One guest RAM region of `len` bytes at guest address `start`.
-fn ram_region(start: GuestAddress, len: usize) -> Result<GuestRegionMmap<RamMapping>> {
+/// What guest RAM is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RamBacking {
+    /// Anonymous private memory: no other process can map it.
+    Private,
+    /// One memfd, mapped shared, that vhost-user backends map too.
+    SharedMemfd,
+}
+
+/// One guest RAM region of `len` bytes at guest address `start`, from
+/// `file` at its offset when given.
+fn ram_region(
+    start: GuestAddress,
+    len: usize,
+    file: Option<FileOffset>,
+) -> Result<GuestRegionMmap<RamMapping>> {
     let fail = |e: String| VmmError::Memory(format!("mapping {len} bytes of guest RAM: {e}"));
-    let owner = RamMapping::new(len).map_err(|e| fail(e.to_string()))?;
+    let owner = RamMapping::new(len, file.as_ref().map(|f| (f.file(), f.start())))
+        .map_err(|e| fail(e.to_string()))?;
     let addr = owner.addr as *mut u8;
-    // SAFETY: `addr..addr + len` is the mapping `owner` just made with
-    // RAM_PROT and RAM_FLAGS; the region keeps `owner`, which unmaps it
-    // when the region is dropped, and nothing else unmaps it.
-    let mapping = unsafe {
-        MmapRegionBuilder::new_with_bitmap(len, owner)
-            .with_raw_mmap_pointer(addr)
-            .with_mmap_prot(RAM_PROT)
-            .with_mmap_flags(RAM_FLAGS)
-            .build()
+    let flags = if file.is_some() {
+        SHARED_RAM_FLAGS
+    } else {
+        RAM_FLAGS
+    };
+    let mut builder = MmapRegionBuilder::new_with_bitmap(len, owner)
+        .with_mmap_prot(RAM_PROT)
+        .with_mmap_flags(flags);
+    if let Some(file) = file {
+        builder = builder.with_file_offset(file);
     }
-    .map_err(|e| fail(e.to_string()))?;
+    // SAFETY: `addr..addr + len` is the mapping `owner` just made with
+    // RAM_PROT and `flags`; the region keeps `owner`, which unmaps it
+    // when the region is dropped, and nothing else unmaps it.
+    let mapping =
+        unsafe { builder.with_raw_mmap_pointer(addr).build() }.map_err(|e| fail(e.to_string()))?;
     GuestRegionMmap::new(mapping, start).ok_or_else(|| fail("the range overflows".into()))
+}
+
+/// A memfd of `len` bytes for guest RAM, sealed at that size.
+fn ram_memfd(len: u64) -> io::Result<File> {
+    // SAFETY: a C string and flags; the result is checked.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"amphi-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.set_len(len)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl with integer arguments on our descriptor.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// Smallest guest RAM we accept: the legacy area plus room for a kernel.
@@ -158,19 +242,38 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(GuestAddress, u64)> {
     ranges
 }
 
-/// Maps `mem_bytes` of guest RAM (not yet registered with KVM).
+/// Maps `mem_bytes` of private guest RAM (not yet registered with KVM).
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap> {
+    create_guest_memory_with(mem_bytes, RamBacking::Private)
+}
+
+/// Maps `mem_bytes` of guest RAM made of `backing` (not yet registered
+/// with KVM).
+pub fn create_guest_memory_with(mem_bytes: u64, backing: RamBacking) -> Result<GuestMemoryMmap> {
     if mem_bytes < MIN_MEM_BYTES {
         return Err(VmmError::Config(format!(
             "guest memory {mem_bytes} bytes is below the minimum of {MIN_MEM_BYTES}"
         )));
     }
+    let memfd = match backing {
+        RamBacking::Private => None,
+        RamBacking::SharedMemfd => Some(Arc::new(ram_memfd(mem_bytes).map_err(|e| {
+            VmmError::Memory(format!(
+                "creating a {mem_bytes}-byte memfd for shared guest RAM: {e}"
+            ))
+        })?)),
+    };
+    let mut offset = 0u64;
     let regions = ram_ranges(mem_bytes)
         .into_iter()
         .map(|(start, len)| {
+            let file = memfd
+                .as_ref()
+                .map(|f| FileOffset::from_arc(f.clone(), offset));
+            offset += len;
             let len = usize::try_from(len)
                 .map_err(|_| VmmError::Memory(format!("{len} bytes do not fit this host")))?;
-            ram_region(start, len)
+            ram_region(start, len, file)
         })
         .collect::<Result<Vec<_>>>()?;
     GuestMemoryMmap::from_regions(regions)
@@ -343,6 +446,39 @@ mod tests {
             .read_obj::<u32>(GuestAddress(MMIO_GAP_START + 16))
             .is_err());
         assert!(create_guest_memory(MIB).is_err());
+    }
+
+    #[test]
+    fn shared_guest_memory_is_one_sealed_memfd_at_offsets() {
+        use std::os::unix::fs::FileExt;
+        let mem = create_guest_memory_with(3 * GIB + 16 * MIB, RamBacking::SharedMemfd).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let (low, high) = (
+            regions[0].file_offset().unwrap(),
+            regions[1].file_offset().unwrap(),
+        );
+        assert_eq!((low.start(), high.start()), (0, 3 * GIB));
+        assert!(Arc::ptr_eq(low.arc(), high.arc()), "one memfd");
+        for r in &regions {
+            assert_eq!(r.as_ptr() as usize % RAM_ALIGN, 0);
+        }
+        // What the guest writes is in the file, where a backend maps it.
+        mem.write_obj(0x5eed_u32, GuestAddress(4 * GIB + 8))
+            .unwrap();
+        mem.write_obj(0xf00d_u32, GuestAddress(0x1000)).unwrap();
+        let file = low.file();
+        let mut word = [0u8; 4];
+        file.read_exact_at(&mut word, 3 * GIB + 8).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0x5eed);
+        file.read_exact_at(&mut word, 0x1000).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0xf00d);
+        // Sealed: no one shrinks it under the VMM (or grows it).
+        assert!(file.set_len(GIB).is_err());
+        assert!(file.set_len(4 * GIB).is_err());
+        // The private kind has no file.
+        let private = create_guest_memory(4 * MIB).unwrap();
+        assert!(private.iter().all(|r| r.file_offset().is_none()));
     }
 
     /// Host addresses of the RAM mappings unmapped so far (every test's).

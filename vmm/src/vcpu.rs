@@ -170,8 +170,8 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => ctx.mmio.read(addr, data),
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if ctx.mmio.write(addr, data) == DeviceAction::Reset {
-                        return Ok(VcpuOutcome::Exit(ExitReason::Reset));
+                    if let Some(reason) = action_exit(ctx.mmio.write(addr, data)) {
+                        return Ok(VcpuOutcome::Exit(reason));
                     }
                 }
                 Ok(VcpuExit::Shutdown) => {
@@ -271,13 +271,24 @@ impl Vcpu {
         let port = u64::from(io.port);
         for item in data.chunks_mut(size) {
             if u32::from(io.direction) == KVM_EXIT_IO_OUT {
-                if ctx.pio.write(port, item) == DeviceAction::Reset {
-                    return Some(VcpuOutcome::Exit(ExitReason::Reset));
+                if let Some(reason) = action_exit(ctx.pio.write(port, item)) {
+                    return Some(VcpuOutcome::Exit(reason));
                 }
             } else {
                 ctx.pio.read(port, item);
             }
         }
         None
+    }
+}
+
+/// How a device access ends the run, if it does.
+fn action_exit(action: DeviceAction) -> Option<ExitReason> {
+    match action {
+        DeviceAction::None => None,
+        DeviceAction::Reset => Some(ExitReason::Reset),
+        DeviceAction::DeviceFailed { device, detail } => {
+            Some(ExitReason::DeviceFailed { device, detail })
+        }
     }
 }

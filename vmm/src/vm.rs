@@ -23,14 +23,15 @@ use crate::devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{Serial, Sink, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::console::Console;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::devices::{Bus, UnhandledStats};
 use crate::error::{kvm_err, Result, VmmError};
-use crate::event_loop::EventLoop;
+use crate::event_loop::{EventLoop, OutcomeSender};
 use crate::exit::ExitReason;
 use crate::jail::{Gate, ThreadFilters, ThreadKind};
 use crate::loader::{load_linux, BootInfo};
-use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
+use crate::memory::{create_guest_memory_with, register_with_kvm, GuestMemoryMmap};
 use crate::pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 use crate::stop::{install_kick_handler, StopHandle, StopState};
 use crate::vcpu::{RunContext, Vcpu, VcpuOutcome};
@@ -63,6 +64,9 @@ pub struct Vm {
     /// The thread calling `run()` is under its filter: no new thread can
     /// be started, so no second run.
     main_filtered: bool,
+    /// The devices' vhost-user sockets (known without locking a device,
+    /// which a vCPU may hold while it waits on one).
+    vhost_sockets: Vec<std::os::fd::RawFd>,
 }
 
 impl Vm {
@@ -89,7 +93,7 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Memory before the irqchip: on PVM a memslot registered after
         // KVM_CREATE_IRQCHIP took ~5 ms, before it ~40 us (measured).
-        let memory = create_guest_memory(mem_bytes)?;
+        let memory = create_guest_memory_with(mem_bytes, config.ram_backing())?;
         register_with_kvm(&fd, &memory)?;
         // Intel needs these below 4 GiB; AMD and PVM accept and ignore them.
         fd.set_tss_address(KVM_TSS_ADDR as usize)
@@ -154,13 +158,14 @@ impl Vm {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
             serial,
-            devices,
             event_loop,
             cmdline,
             stop,
             first_exit: Arc::new(OnceLock::new()),
             seccomp: None,
             main_filtered: false,
+            vhost_sockets: devices.vhost_user_sockets(),
+            devices,
         })
     }
 
@@ -263,9 +268,17 @@ impl Vm {
     }
 
     /// The virtio devices: block devices in configuration order, then the
-    /// console.
+    /// console, then the virtio-fs devices.
     pub fn virtio_devices(&self) -> &[AttachedDevice] {
         self.devices.devices()
+    }
+
+    /// The connected vhost-user sockets (one per virtio-fs device): the
+    /// seccomp filters allow `sendmsg`/`recvmsg` (vCPU threads) and
+    /// `shutdown` (control threads) on these alone (see
+    /// [`crate::jail::FilterParams::for_vm`]).
+    pub fn vhost_user_sockets(&self) -> Vec<std::os::fd::RawFd> {
+        self.vhost_sockets.clone()
     }
 
     /// A handle that stops `run()` from another thread.
@@ -332,7 +345,9 @@ impl Vm {
             first_exit: self.first_exit.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
-        let event_loop = match self.spawn_event_loop(jail.clone()) {
+        // The vCPUs' outcomes, and the event loop's device failures.
+        let (tx, rx) = mpsc::channel();
+        let event_loop = match self.spawn_event_loop(jail.clone(), tx.clone()) {
             Ok(el) => el,
             Err(e) => {
                 if let Some((_, gate)) = &jail {
@@ -341,46 +356,7 @@ impl Vm {
                 return Err(e);
             }
         };
-        let (tx, rx) = mpsc::channel();
-        let mut handles = Vec::with_capacity(self.vcpus.len());
-        let mut spawn_error = None;
-        {
-            let mut threads = lock(&self.stop.threads);
-            for mut vcpu in self.vcpus.drain(..) {
-                let ctx = ctx.clone();
-                let tx = tx.clone();
-                let index = vcpu.index();
-                let jail = jail.clone();
-                let spawned =
-                    thread::Builder::new()
-                        .name(format!("vcpu{index}"))
-                        .spawn(move || {
-                            let outcome =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    if let Some((filters, gate)) = &jail {
-                                        enter_filter(filters, gate, ThreadKind::Vcpu, index)?;
-                                    }
-                                    vcpu.run(&ctx)
-                                }))
-                                .unwrap_or_else(|_| {
-                                    Err(VmmError::Thread(format!("vCPU {index} panicked")))
-                                });
-                            // The receiver outlives every sender; nothing to do if not.
-                            let _ = tx.send(outcome);
-                            vcpu
-                        });
-                match spawned {
-                    Ok(handle) => {
-                        threads.push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
-                        handles.push(handle);
-                    }
-                    Err(e) => {
-                        spawn_error = Some(VmmError::Thread(format!("spawning vCPU {index}: {e}")));
-                        break;
-                    }
-                }
-            }
-        }
+        let (handles, spawn_error) = self.spawn_vcpus(&ctx, &tx, jail.as_ref());
         drop(tx);
         if let Some((filters, gate)) = &jail {
             let outcome = if let Some(e) = &spawn_error {
@@ -397,12 +373,12 @@ impl Vm {
             gate.open(outcome);
         }
 
-        // The first vCPU to finish decides how the VM ended.
+        // The first vCPU to finish (or a failed device) decides how the
+        // VM ended.
+        let mut unstick = Unstick::default();
         let first = match spawn_error {
             Some(e) => Err(e),
-            None => rx
-                .recv()
-                .unwrap_or_else(|_| Err(VmmError::Thread("all vCPU threads vanished".into()))),
+            None => self.first_outcome(&rx, &mut unstick),
         };
 
         // Bring the others out and back. The lock is held across the joins
@@ -411,6 +387,10 @@ impl Vm {
         {
             let mut threads = lock(&self.stop.threads);
             StopState::kick_all(&threads);
+            while !handles.iter().all(thread::JoinHandle::is_finished) {
+                thread::sleep(JOIN_POLL);
+                unstick.tick(self);
+            }
             for handle in handles {
                 match handle.join() {
                     Ok(vcpu) => self.vcpus.push(vcpu),
@@ -429,11 +409,7 @@ impl Vm {
             }
         }
 
-        let reason = match first? {
-            VcpuOutcome::Exit(reason) => reason,
-            // Only possible if vm_exit was set before the run began.
-            VcpuOutcome::Kicked => ExitReason::HostStop,
-        };
+        let reason = self.exit_reason(first?, &unstick);
         if reason == ExitReason::HostStop {
             self.stop.host_stop.store(false, Ordering::SeqCst);
         }
@@ -453,10 +429,87 @@ impl Vm {
         }
     }
 
+    /// How the run ended, from its first outcome.
+    fn exit_reason(&self, first: VcpuOutcome, unstick: &Unstick) -> ExitReason {
+        match first {
+            // The failure is the backend shut down to stop the run.
+            VcpuOutcome::Exit(ExitReason::DeviceFailed { .. })
+                if unstick.done && self.stop.host_stop.load(Ordering::SeqCst) =>
+            {
+                ExitReason::HostStop
+            }
+            VcpuOutcome::Exit(reason) => reason,
+            // Only possible if vm_exit was set before the run began.
+            VcpuOutcome::Kicked => ExitReason::HostStop,
+        }
+    }
+
+    /// Starts a thread per vCPU, each sending its outcome on `tx`; the
+    /// handles of those started, and why the next one could not be.
+    fn spawn_vcpus(
+        &mut self,
+        ctx: &RunContext,
+        tx: &OutcomeSender,
+        jail: Option<&(ThreadFilters, Arc<Gate>)>,
+    ) -> (Vec<thread::JoinHandle<Vcpu>>, Option<VmmError>) {
+        let mut handles = Vec::with_capacity(self.vcpus.len());
+        let mut threads = lock(&self.stop.threads);
+        for mut vcpu in self.vcpus.drain(..) {
+            let ctx = ctx.clone();
+            let tx = tx.clone();
+            let index = vcpu.index();
+            let jail = jail.cloned();
+            let spawned = thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if let Some((filters, gate)) = &jail {
+                            enter_filter(filters, gate, ThreadKind::Vcpu, index)?;
+                        }
+                        vcpu.run(&ctx)
+                    }))
+                    .unwrap_or_else(|_| Err(VmmError::Thread(format!("vCPU {index} panicked"))));
+                    // The receiver outlives every sender; nothing to do if not.
+                    let _ = tx.send(outcome);
+                    vcpu
+                });
+            match spawned {
+                Ok(handle) => {
+                    threads.push(std::os::unix::thread::JoinHandleExt::as_pthread_t(&handle));
+                    handles.push(handle);
+                }
+                Err(e) => {
+                    let e = VmmError::Thread(format!("spawning vCPU {index}: {e}"));
+                    return (handles, Some(e));
+                }
+            }
+        }
+        (handles, None)
+    }
+
+    /// The first outcome of the run, while [`Unstick`] keeps an ending run
+    /// from waiting forever on a vCPU stuck in a vhost-user request.
+    fn first_outcome(
+        &self,
+        rx: &mpsc::Receiver<Result<VcpuOutcome>>,
+        unstick: &mut Unstick,
+    ) -> Result<VcpuOutcome> {
+        loop {
+            match rx.recv_timeout(UNSTICK_POLL) {
+                Ok(outcome) => return outcome,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(VmmError::Thread("all vCPU threads vanished".into()))
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => unstick.tick(self),
+            }
+        }
+    }
+
     /// Starts the event loop on its own thread, if there are devices.
     fn spawn_event_loop(
         &mut self,
         jail: Option<(ThreadFilters, Arc<Gate>)>,
+        outcomes: OutcomeSender,
     ) -> Result<Option<thread::JoinHandle<EventLoop>>> {
         let Some(mut el) = self.event_loop.take() else {
             if !self.devices.devices().is_empty() {
@@ -475,11 +528,56 @@ impl Vm {
                         return el;
                     }
                 }
-                el.run();
+                el.run(outcomes);
                 el
             })
             .map(Some)
             .map_err(|e| VmmError::Thread(format!("spawning the device event loop: {e}")))
+    }
+}
+
+/// How often a run waiting for its first outcome looks at whether it is
+/// ending with a vCPU that does not come back.
+const UNSTICK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often an ending run looks at whether its vCPU threads are done
+/// (kicked, they are within microseconds).
+const JOIN_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long an ending run waits for its vCPUs before it shuts the
+/// vhost-user sockets down.
+pub const UNSTICK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A vCPU in the middle of a request to a vhost-user backend (in the
+/// guest's `DRIVER_OK` or reset write) waits for the answer however it is
+/// kicked. A backend that is alive but does not answer (stopped,
+/// deadlocked) would so keep an ending run (the host's stop, another
+/// vCPU's exit) from ending: [`UNSTICK_GRACE`] after the run started
+/// ending, the VMM shuts the vhost-user sockets down, which fails the
+/// request at once.
+#[derive(Default)]
+struct Unstick {
+    ending_since: Option<Instant>,
+    done: bool,
+}
+
+impl Unstick {
+    fn tick(&mut self, vm: &Vm) {
+        if self.done || !vm.stop.ending() {
+            return;
+        }
+        let since = *self.ending_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < UNSTICK_GRACE {
+            return;
+        }
+        self.done = true;
+        for fd in vm.vhost_user_sockets() {
+            tracing::warn!(
+                "a vCPU has not come back {UNSTICK_GRACE:?} after the run began to end; shutting \
+                 vhost-user socket (fd {fd}) down: its backend does not answer"
+            );
+            // SAFETY: shutdown(2) of a socket the VM's device owns; the
+            // descriptor stays open (closed with the device).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
     }
 }
 
@@ -502,8 +600,8 @@ fn enter_filter(
     own.and(all)
 }
 
-/// Creates the configured virtio devices (block devices in order, then the
-/// console) and attaches them to the VM.
+/// Creates the configured virtio devices (block devices in order, the
+/// console, the virtio-fs devices in order) and attaches them to the VM.
 fn attach_virtio_devices(
     config: &VmConfig,
     fd: &VmFd,
@@ -516,6 +614,9 @@ fn attach_virtio_devices(
     }
     if let Some(backend) = &config.console {
         devices.push(Box::new(Console::open(backend)?));
+    }
+    for fs in &config.fs_devices {
+        devices.push(Box::new(Fs::open(fs)?));
     }
     let mut manager = DeviceManager::new();
     for device in devices {

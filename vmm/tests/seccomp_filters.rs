@@ -24,6 +24,16 @@ enum End {
 /// returns how the child ended and what it wrote to stderr. The child uses
 /// raw calls only; `body` returns a code, 0 for "all went as expected".
 fn in_child(kind: ThreadKind, body: impl FnOnce() -> i32) -> (End, String) {
+    in_child_with(kind, Vec::new(), body)
+}
+
+/// [`in_child`] with the filters allowing the vhost-user calls on
+/// `sockets` (the child's [`FilterParams::current`] otherwise: its own pid).
+fn in_child_with(
+    kind: ThreadKind,
+    sockets: Vec<std::os::fd::RawFd>,
+    body: impl FnOnce() -> i32,
+) -> (End, String) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 with a valid array.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
@@ -42,7 +52,11 @@ fn in_child(kind: ThreadKind, body: impl FnOnce() -> i32) -> (End, String) {
             if install_sigsys_reporter().is_err() {
                 return 90;
             }
-            let Ok(filters) = SeccompFilters::new(FilterParams::current()) else {
+            let params = FilterParams {
+                vhost_user_sockets: sockets,
+                ..FilterParams::current()
+            };
+            let Ok(filters) = SeccompFilters::new(params) else {
                 return 91;
             };
             if filters.apply(kind, 7).is_err() {
@@ -104,6 +118,30 @@ fn forbidden(kind: ThreadKind, nr: libc::c_long, what: &str, call: impl FnOnce()
 fn allowed(kind: ThreadKind, body: impl FnOnce() -> i32) {
     let (end, err) = in_child(kind, body);
     assert_eq!(end, End::Exited(0), "{kind:?}: stderr:\n{err}");
+}
+
+/// [`forbidden`] with the vhost-user calls allowed on `sockets`.
+#[track_caller]
+fn forbidden_with(
+    kind: ThreadKind,
+    params: Vec<std::os::fd::RawFd>,
+    nr: libc::c_long,
+    what: &str,
+    call: impl FnOnce(),
+) {
+    let (end, err) = in_child_with(kind, params, || {
+        call();
+        1
+    });
+    assert_eq!(
+        end,
+        End::Killed(libc::SIGSYS),
+        "{kind:?}: {what} was not killed by SIGSYS; stderr:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("made system call {nr},")),
+        "{kind:?}: {what}: {err}"
+    );
 }
 
 fn dev_null() -> OwnedFd {
@@ -465,4 +503,160 @@ fn control_threads_kick_only_their_own_threads() {
             };
         },
     );
+}
+
+/// One `sendmsg` of `b"x"` on `fd` with `flags`; what it returned.
+fn send_one(fd: libc::c_int, flags: libc::c_int) -> isize {
+    let mut byte = *b"x";
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr is valid; it points at our one iovec.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        libc::sendmsg(fd, &msg, flags)
+    }
+}
+
+/// One `recvmsg` of up to one byte on `fd` with `flags`; what it returned.
+fn recv_one(fd: libc::c_int, flags: libc::c_int) -> isize {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: as in send_one, into our own byte.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        libc::recvmsg(fd, &mut msg, flags)
+    }
+}
+
+/// With a vhost-user socket (virtio-fs), vCPU threads talk to the backend
+/// in the guest's DRIVER_OK and reset writes: `sendmsg` with MSG_NOSIGNAL
+/// and `recvmsg` pass on that socket, and on no other descriptor, with no
+/// other flags; the other thread kinds get neither, and without a socket
+/// nobody does.
+#[test]
+fn vcpu_threads_talk_to_vhost_user_sockets_only() {
+    let (ours, other) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (a, b) = (ours.as_raw_fd(), other.as_raw_fd());
+    let params = vec![a];
+    let (p, keep) = (
+        params.clone(),
+        (ours.try_clone().unwrap(), other.try_clone().unwrap()),
+    );
+    allowed_with(ThreadKind::Vcpu, p, move || {
+        if send_one(a, libc::MSG_NOSIGNAL) != 1 {
+            return 30;
+        }
+        // The backend's reply.
+        // SAFETY: write(2) of one byte of ours.
+        if unsafe { libc::write(b, b"y".as_ptr().cast(), 1) } != 1 {
+            return 31;
+        }
+        if recv_one(a, 0) != 1 {
+            return 32;
+        }
+        std::mem::forget(keep);
+        0
+    });
+    forbidden_with(
+        ThreadKind::Vcpu,
+        params.clone(),
+        libc::SYS_sendmsg,
+        "sendmsg on another socket",
+        move || {
+            send_one(b, libc::MSG_NOSIGNAL);
+        },
+    );
+    forbidden_with(
+        ThreadKind::Vcpu,
+        params.clone(),
+        libc::SYS_sendmsg,
+        "sendmsg without MSG_NOSIGNAL",
+        move || {
+            send_one(a, 0);
+        },
+    );
+    forbidden_with(
+        ThreadKind::Vcpu,
+        params.clone(),
+        libc::SYS_recvmsg,
+        "recvmsg on another socket",
+        move || {
+            recv_one(b, libc::MSG_DONTWAIT);
+        },
+    );
+    for kind in [ThreadKind::EventLoop, ThreadKind::Control] {
+        forbidden_with(
+            kind,
+            params.clone(),
+            libc::SYS_sendmsg,
+            "sendmsg off the vCPU threads",
+            move || {
+                send_one(a, libc::MSG_NOSIGNAL);
+            },
+        );
+    }
+    forbidden_with(
+        ThreadKind::Vcpu,
+        Vec::new(),
+        libc::SYS_sendmsg,
+        "sendmsg without vhost-user devices",
+        move || {
+            send_one(a, libc::MSG_NOSIGNAL);
+        },
+    );
+    drop((ours, other));
+}
+
+/// [`allowed`] with the vhost-user calls allowed on `sockets`.
+#[track_caller]
+fn allowed_with(kind: ThreadKind, params: Vec<std::os::fd::RawFd>, body: impl FnOnce() -> i32) {
+    let (end, err) = in_child_with(kind, params, body);
+    assert_eq!(end, End::Exited(0), "{kind:?}: stderr:\n{err}");
+}
+
+/// The control threads may shut a vhost-user socket down (a run ending
+/// while a vCPU waits on a silent backend), that socket only, and only
+/// with those sockets configured.
+#[test]
+fn control_threads_shut_down_vhost_user_sockets_only() {
+    let (ours, other) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (a, b) = (ours.as_raw_fd(), other.as_raw_fd());
+    let keep = (ours.try_clone().unwrap(), other.try_clone().unwrap());
+    allowed_with(ThreadKind::Control, vec![a], move || {
+        // SAFETY: shutdown(2) of our own socket.
+        if unsafe { libc::shutdown(a, libc::SHUT_RDWR) } != 0 {
+            return 40;
+        }
+        drop(keep);
+        0
+    });
+    forbidden_with(
+        ThreadKind::Control,
+        vec![a],
+        libc::SYS_shutdown,
+        "shutdown of another socket",
+        move || {
+            // SAFETY: as above (stopped by the filter).
+            unsafe { libc::shutdown(b, libc::SHUT_RDWR) };
+        },
+    );
+    for (kind, sockets) in [
+        (ThreadKind::Control, Vec::new()),
+        (ThreadKind::Vcpu, vec![a]),
+    ] {
+        forbidden_with(kind, sockets, libc::SYS_shutdown, "shutdown", move || {
+            // SAFETY: as above.
+            unsafe { libc::shutdown(a, libc::SHUT_RDWR) };
+        });
+    }
+    drop((ours, other));
 }

@@ -2,9 +2,12 @@
 //! nested lab, tests and developers). The guest's COM1 goes to stdout with
 //! `--serial stdout`; how the VM ended is one line on stderr, e.g.
 //! `amphi vmm: guest reset`. Exit status: 0 when the guest reset or shut
-//! down, 1 when it died (triple fault, emulation failure, KVM error), 124
-//! after `--timeout`, 128+N after signal N (SIGTERM, SIGINT), and
-//! [`super::EXIT_AMPHI`] when the VM could not be started.
+//! down, 1 when it died (triple fault, emulation failure, KVM error),
+//! [`EXIT_DEVICE_FAILED`] (3) when a device's host backend failed (a
+//! `--fs` virtiofsd hung up: `amphi vmm: device failed: virtio-fs(tag T,
+//! vhost-user socket S): ...`), 124 after `--timeout`, 128+N after signal
+//! N (SIGTERM, SIGINT), and [`super::EXIT_AMPHI`] when the VM could not be
+//! started.
 //!
 //! Jailed by default (see [`crate::vm::jail`] and `amphi_vmm::jail`): the
 //! process started is a supervisor; the VMM is its child in a new pid
@@ -28,13 +31,16 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use amphi_vmm::devices::virtio::fs::check_tag;
 use amphi_vmm::jail::{FilterParams, SeccompFilters, ThreadFilters, ThreadKind};
 use amphi_vmm::{
-    BlockConfig, ConsoleBackend, ExitReason, SerialOut, StopHandle, Vm, VmConfig, VmmError,
+    BlockConfig, ConsoleBackend, ExitReason, FsConfig, SerialOut, StopHandle, Vm, VmConfig,
+    VmmError, EXIT_DEVICE_FAILED,
 };
 use clap::Args;
 
@@ -49,7 +55,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 #[command(
     after_help = "Jailed by default: the process started supervises the VMM, its child in \
     a new pid namespace and its own cgroup (amphi-vmm/ID: memory = guest RAM + 64 MiB + RAM/64, \
-    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks and console socket, \
+    pids = vCPUs + 8), which opens /dev/kvm, the kernel, initrd, disks, console socket and vhost-user sockets, \
     creates the VM, then enters new mount, ipc, uts and net namespaces, pivots into an empty \
     read-only root (--jail-dir), runs as an unprivileged uid/gid (default 2000000000 + this \
     process's pid) with no capabilities, no_new_privs and not dumpable, and puts each thread \
@@ -57,8 +63,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
     A forbidden system call kills the VMM (SIGSYS): `amphi vmm: seccomp: the vcpu0 thread made \
     system call N, ...` on stderr and exit status 159. --no-jail (debugging only) runs it as \
     root and unconfined, and says so on stderr.\n\n\
-    Exit status: 0 when the guest reset or shut down, 1 when it died, 124 after --timeout, \
-    128+N after signal N, 159 after a seccomp violation, 125 when the VM could not be started."
+    With --fs, the VMM connects to each vhost-user socket before it enters the jail; its vCPU \
+    threads may then sendmsg/recvmsg on those sockets alone. A backend that hangs up (virtiofsd \
+    exited or was killed) ends the VM: `amphi vmm: device failed: virtio-fs(tag T, vhost-user \
+    socket S): ...` and exit status 3.\n\n\
+    Exit status: 0 when the guest reset or shut down, 1 when it died, 3 when a device's backend \
+    failed (--fs), 124 after --timeout, 128+N after signal N, 159 after a seccomp violation, 125 \
+    when the VM could not be started."
 )]
 pub struct VmmArgs {
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
@@ -82,6 +93,13 @@ pub struct VmmArgs {
     /// virtio-console connected to this listening unix socket (the guest channel)
     #[arg(long, value_name = "SOCKET")]
     pub console: Option<PathBuf>,
+    /// virtio-fs device served by a vhost-user backend (virtiofsd): one listening
+    /// on SOCKET, or at the other end of inherited descriptor N (a connected unix
+    /// stream socket; amphi run passes fd=N,tag=TAG). The guest mounts it with
+    /// `mount -t virtiofs TAG DIR` (TAG: 1 to 36 bytes, no commas). Guest RAM
+    /// becomes a shared memfd. Repeatable
+    #[arg(long, value_name = "SOCKET,TAG|fd=N,tag=TAG", value_parser = parse_fs)]
+    pub fs: Vec<FsArg>,
     /// Where the guest's serial console (COM1) goes
     #[arg(long, value_name = "WHERE", default_value = "none", value_parser = ["stdout", "none"])]
     pub serial: String,
@@ -137,6 +155,79 @@ fn parse_disk(s: &str) -> Result<BlockConfig, String> {
         return Err("empty disk path".into());
     }
     Ok(BlockConfig::new(path, read_only))
+}
+
+/// A `--fs` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsArg {
+    /// Where the backend is.
+    pub socket: FsSocket,
+    /// The tag (checked).
+    pub tag: String,
+}
+
+/// The vhost-user socket of a `--fs` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsSocket {
+    /// A listening socket's path.
+    Path(PathBuf),
+    /// An inherited descriptor, connected.
+    Fd(RawFd),
+}
+
+/// `SOCKET,TAG` or `fd=N,tag=TAG`.
+fn parse_fs(s: &str) -> Result<FsArg, String> {
+    if let Some(rest) = s.strip_prefix("fd=") {
+        let bad = || format!("{s:?}: expected fd=N,tag=TAG (N: an inherited descriptor above 2)");
+        let (n, tag) = rest.split_once(',').ok_or_else(bad)?;
+        let tag = tag.strip_prefix("tag=").ok_or_else(bad)?;
+        let fd = n.parse::<RawFd>().ok().filter(|&n| n > 2).ok_or_else(bad)?;
+        check_tag(tag)?;
+        return Ok(FsArg {
+            socket: FsSocket::Fd(fd),
+            tag: tag.to_string(),
+        });
+    }
+    let Some((socket, tag)) = s.rsplit_once(',') else {
+        return Err(format!("{s:?}: expected SOCKET,TAG or fd=N,tag=TAG"));
+    };
+    if socket.is_empty() {
+        return Err(format!("{s:?}: empty vhost-user socket path"));
+    }
+    check_tag(tag)?;
+    Ok(FsArg {
+        socket: FsSocket::Path(socket.into()),
+        tag: tag.to_string(),
+    })
+}
+
+/// The `--fs` devices, inherited descriptors taken over (each once: one
+/// named twice is refused).
+fn fs_devices(args: &[FsArg]) -> Result<Vec<FsConfig>, String> {
+    let mut taken = Vec::new();
+    args.iter()
+        .map(|a| match &a.socket {
+            FsSocket::Path(path) => FsConfig::new(path, &a.tag),
+            FsSocket::Fd(n) => {
+                if taken.contains(n) {
+                    return Err(format!("--fs fd={n}: the descriptor is named twice"));
+                }
+                taken.push(*n);
+                // SAFETY: fcntl F_GETFD on a number only asks whether it is open.
+                if unsafe { libc::fcntl(*n, libc::F_GETFD) } == -1 {
+                    return Err(format!(
+                        "--fs fd={n}: not an open descriptor ({})",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                // SAFETY: the descriptor is open, was handed down for this
+                // device (nothing of amphi vmm's own is open yet: this runs
+                // first), and is taken over once (duplicates refused above).
+                let fd = unsafe { OwnedFd::from_raw_fd(*n) };
+                FsConfig::connected(fd, &a.tag).map_err(|e| format!("--fs fd={n}: {e}"))
+            }
+        })
+        .collect()
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -317,7 +408,7 @@ fn lock_down(jail: &Jail, vm: &mut Vm) -> Result<Arc<SeccompFilters>, String> {
     }
     amphi_vmm::jail::install_sigsys_reporter().map_err(|e| e.to_string())?;
     let filters =
-        Arc::new(SeccompFilters::new(FilterParams::current()).map_err(|e| e.to_string())?);
+        Arc::new(SeccompFilters::new(FilterParams::for_vm(vm)).map_err(|e| e.to_string())?);
     vm.set_seccomp(ThreadFilters {
         filters: filters.clone(),
         main_thread: true,
@@ -330,6 +421,8 @@ fn boot(
     timing: &mut Timing,
     jail: Option<&Jail>,
 ) -> Result<(ExitReason, Option<StopCause>), String> {
+    // Inherited vhost-user descriptors first, before anything else is open.
+    let fs = fs_devices(&args.fs)?;
     if let Some(j) = jail {
         timing.forked = Some(Instant::now());
         // Before guest memory exists, so that all of it is charged here.
@@ -354,6 +447,7 @@ fn boot(
         force: args.force,
         block_devices: args.disk.clone(),
         console: args.console.clone().map(ConsoleBackend::Socket),
+        fs_devices: fs,
     };
     // Block SIGTERM and SIGINT before any thread exists, so every thread
     // (the vCPUs included) inherits the mask and only the watcher takes them.
@@ -412,6 +506,7 @@ fn report(reason: &ExitReason, cause: Option<StopCause>) -> i32 {
         ExitReason::TripleFault { vcpu, registers } => {
             (format!("triple fault on vCPU {vcpu}\n{registers}"), 1)
         }
+        ExitReason::DeviceFailed { .. } => (reason.to_string(), EXIT_DEVICE_FAILED),
         other => (other.to_string(), 1),
     };
     eprintln!("amphi vmm: {text}");
@@ -583,6 +678,54 @@ mod tests {
         );
         assert!(!parse_disk("/d.img").unwrap().read_only);
         assert!(parse_disk(",ro").is_err());
+    }
+
+    #[test]
+    fn fs_arguments() {
+        let fs = parse_fs("/run/a,b/vfs.sock,amphi").unwrap();
+        assert_eq!(fs.socket, FsSocket::Path("/run/a,b/vfs.sock".into()));
+        assert_eq!(fs.tag, "amphi");
+        let fs = parse_fs("fd=7,tag=amphi-root").unwrap();
+        assert_eq!(
+            (fs.socket, fs.tag.as_str()),
+            (FsSocket::Fd(7), "amphi-root")
+        );
+        for bad in ["fd=2,tag=a", "fd=x,tag=a", "fd=7", "fd=7,a", "fd=-1,tag=a"] {
+            assert!(parse_fs(bad).unwrap_err().contains("fd=N,tag=TAG"), "{bad}");
+        }
+        assert!(parse_fs("fd=7,tag=a,b")
+            .unwrap_err()
+            .contains("virtio-fs tag"));
+        assert!(parse_fs("/run/vfs.sock")
+            .unwrap_err()
+            .contains("SOCKET,TAG"));
+        assert!(parse_fs(",amphi").unwrap_err().contains("empty"));
+        assert!(parse_fs("/s,").unwrap_err().contains("virtio-fs tag"));
+        assert!(parse_fs(&format!("/s,{}", "t".repeat(37)))
+            .unwrap_err()
+            .contains("1 to 36"));
+    }
+
+    #[test]
+    fn inherited_descriptors_are_checked_and_taken_once() {
+        use amphi_vmm::FsBackend;
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let n = ours.into_raw_fd();
+        let arg = |fd: RawFd| FsArg {
+            socket: FsSocket::Fd(fd),
+            tag: "amphi".into(),
+        };
+        let e = fs_devices(&[arg(n), arg(n)]).unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        // (The first was taken, and closed with the error.)
+        let e = fs_devices(&[arg(999_999)]).unwrap_err();
+        assert!(e.contains("not an open descriptor"), "{e}");
+        let (ours, _theirs2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let m = ours.into_raw_fd();
+        let devices = fs_devices(&[arg(m)]).unwrap();
+        assert!(matches!(devices[0].backend, FsBackend::Connected(_)));
+        drop(theirs);
     }
 
     #[test]

@@ -10,12 +10,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Result, VmmError};
 
 /// What the VMM must do after a device access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceAction {
     /// Nothing: the guest goes on.
     None,
     /// The guest asked for a system reset.
     Reset,
+    /// A device failed in a way that ends the VM (its vhost-user backend
+    /// went away): [`crate::ExitReason::DeviceFailed`].
+    DeviceFailed {
+        /// The device's name.
+        device: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// A device on a [`Bus`]. Offsets are relative to the range's base.

@@ -1,7 +1,8 @@
 //! The VMM's jail: what a guest that takes over the VMM process finds.
 //!
 //! `amphi vmm` opens everything the VM needs (`/dev/kvm`, kernel, initrd,
-//! disks, the console socket), creates the VM and its memory, and then:
+//! disks, the console socket, the vhost-user sockets, each connected and
+//! negotiated), creates the VM and its memory, and then:
 //!
 //! 1. [`lockdown::enter`]: new mount, ipc, uts and net namespaces (the pid
 //!    namespace is entered by forking before any of this), `pivot_root`

@@ -7,14 +7,21 @@
 //! - **vCPU** threads: `KVM_RUN` and the two register reads of a fault
 //!   report (`KVM_GET_REGS`, `KVM_GET_SREGS`) on the vCPU fd, no other
 //!   ioctl; `write` (COM1 output, interrupt eventfds, log lines); memory
-//!   and thread housekeeping.
+//!   and thread housekeeping. With vhost-user devices (virtio-fs), also
+//!   the requests to their backends, made in the guest's `DRIVER_OK` and
+//!   reset writes: `sendmsg` (with `MSG_NOSIGNAL`) and `recvmsg` on the
+//!   connected vhost-user sockets alone ([`FilterParams::vhost_user_sockets`]),
+//!   and `close` (descriptors a misbehaving backend attaches to a reply
+//!   are closed, not kept).
 //! - the **event loop** thread (virtio devices): epoll, `read`/`write`
 //!   (eventfds, the console's socket), `pread64`/`pwrite64`/`fdatasync`
 //!   (disks); no ioctl at all.
 //! - the **control** threads (the main thread once the vCPUs run, and the
 //!   stop watcher): what the event loop may do (the main thread drains the
 //!   devices after the run), plus waiting for signals, `tgkill` of this
-//!   process's own threads with the vCPU kick signal only, `close`.
+//!   process's own threads with the vCPU kick signal only, `close`, and
+//!   `shutdown(SHUT_RDWR)` of the vhost-user sockets (a run that ends
+//!   while a vCPU waits on a backend that does not answer).
 //!
 //! Everywhere: no `execve`, `open`/`openat`, `socket`/`connect`, `ptrace`,
 //! `clone`/`fork` (every thread exists before the filters), `mount`,
@@ -39,6 +46,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -99,22 +107,34 @@ thread_local! {
 }
 
 /// What the filters need to know about this process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct FilterParams {
     /// This process's pid as its threads see it (`getpid()`; 1 in the
     /// jail's pid namespace): `tgkill` may only signal this process.
     pub pid: libc::pid_t,
     /// The vCPU kick signal (`tgkill` may only send this one).
     pub kick_signal: libc::c_int,
+    /// The connected vhost-user sockets: vCPU threads may `sendmsg` and
+    /// `recvmsg` on these descriptors and no other. Empty: neither call.
+    pub vhost_user_sockets: Vec<RawFd>,
 }
 
 impl FilterParams {
-    /// The values for the calling process.
+    /// The values for the calling process, without vhost-user sockets.
     pub fn current() -> Self {
         FilterParams {
             // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() },
             kick_signal: crate::stop::kick_signal(),
+            vhost_user_sockets: Vec::new(),
+        }
+    }
+
+    /// The values for the calling process running `vm`.
+    pub fn for_vm(vm: &crate::Vm) -> Self {
+        FilterParams {
+            vhost_user_sockets: vm.vhost_user_sockets(),
+            ..Self::current()
         }
     }
 }
@@ -133,7 +153,7 @@ impl SeccompFilters {
     pub fn new(params: FilterParams) -> Result<Self> {
         let compile = |kind| -> Result<BpfProgram> {
             let filter = SeccompFilter::new(
-                rules(kind, params)?,
+                rules(kind, &params)?,
                 SeccompAction::Trap,
                 SeccompAction::Allow,
                 TargetArch::x86_64,
@@ -315,9 +335,54 @@ fn device_io(rules: &mut Rules) {
     );
 }
 
+/// The vhost-user requests of the vCPU threads: `sendmsg` with
+/// `MSG_NOSIGNAL` and `recvmsg` without flags, each on `sockets` alone, and
+/// `close`. Nothing without sockets.
+fn vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
+    if sockets.is_empty() {
+        // (An empty rule list would allow any arguments.)
+        return Ok(());
+    }
+    let on_sockets = |flags: libc::c_int| -> Result<Vec<SeccompRule>> {
+        sockets
+            .iter()
+            .map(|&fd| rule(vec![eq(0, socket_arg(fd)?)?, eq(2, flags as u64)?]))
+            .collect()
+    };
+    rules.insert(libc::SYS_sendmsg, on_sockets(libc::MSG_NOSIGNAL)?);
+    rules.insert(libc::SYS_recvmsg, on_sockets(0)?);
+    allow(rules, &[libc::SYS_close]);
+    Ok(())
+}
+
+/// `shutdown(SHUT_RDWR)` of the vhost-user `sockets` (nothing without).
+fn unstick_vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
+    if sockets.is_empty() {
+        return Ok(());
+    }
+    let list = sockets
+        .iter()
+        .map(|&fd| {
+            rule(vec![
+                eq(0, socket_arg(fd)?)?,
+                eq(1, libc::SHUT_RDWR as u64)?,
+            ])
+        })
+        .collect::<Result<_>>()?;
+    rules.insert(libc::SYS_shutdown, list);
+    Ok(())
+}
+
+fn socket_arg(fd: RawFd) -> Result<u64> {
+    u64::try_from(fd).map_err(|_| VmmError::Jail {
+        step: "building the seccomp filters",
+        detail: format!("vhost-user socket descriptor {fd}"),
+    })
+}
+
 /// The allowlist of `kind`: syscall number to the argument rules (empty:
 /// any arguments).
-pub fn rules(kind: ThreadKind, params: FilterParams) -> Result<Rules> {
+pub fn rules(kind: ThreadKind, params: &FilterParams) -> Result<Rules> {
     let mut rules = Rules::new();
     common(&mut rules)?;
     match kind {
@@ -329,6 +394,7 @@ pub fn rules(kind: ThreadKind, params: FilterParams) -> Result<Rules> {
                     .map(|&nr| rule(vec![eq(1, nr)?]))
                     .collect::<Result<_>>()?,
             );
+            vhost_user(&mut rules, &params.vhost_user_sockets)?;
         }
         ThreadKind::EventLoop => device_io(&mut rules),
         ThreadKind::Control => {
@@ -349,6 +415,7 @@ pub fn rules(kind: ThreadKind, params: FilterParams) -> Result<Rules> {
                     eq(2, params.kick_signal as u64)?,
                 ])?],
             );
+            unstick_vhost_user(&mut rules, &params.vhost_user_sockets)?;
             // Rust's debug check that a descriptor is open before closing it.
             rules.insert(
                 libc::SYS_fcntl,
@@ -544,6 +611,36 @@ mod tests {
     }
 
     #[test]
+    fn only_vcpu_threads_get_the_vhost_user_calls_and_only_with_sockets() {
+        let none = FilterParams::current();
+        let some = FilterParams {
+            vhost_user_sockets: vec![5, 9],
+            ..FilterParams::current()
+        };
+        let calls = [libc::SYS_sendmsg, libc::SYS_recvmsg];
+        let vcpu = rules(ThreadKind::Vcpu, &some).unwrap();
+        for nr in calls {
+            // One rule per socket: never an empty (any-argument) list.
+            assert_eq!(vcpu.get(&nr).map(Vec::len), Some(2), "syscall {nr}");
+        }
+        assert!(vcpu.contains_key(&libc::SYS_close));
+        let bare = rules(ThreadKind::Vcpu, &none).unwrap();
+        assert!(!calls.iter().any(|nr| bare.contains_key(nr)));
+        assert!(!bare.contains_key(&libc::SYS_close));
+        for kind in [ThreadKind::EventLoop, ThreadKind::Control] {
+            let r = rules(kind, &some).unwrap();
+            assert!(!calls.iter().any(|nr| r.contains_key(nr)), "{kind:?}");
+        }
+        // Shutting a stuck backend's socket down: the control threads only.
+        let shutdown = |k, p| rules(k, p).unwrap().get(&libc::SYS_shutdown).map(Vec::len);
+        assert_eq!(shutdown(ThreadKind::Control, &some), Some(2));
+        assert_eq!(shutdown(ThreadKind::Control, &none), None);
+        assert_eq!(shutdown(ThreadKind::Vcpu, &some), None);
+        assert_eq!(shutdown(ThreadKind::EventLoop, &some), None);
+        SeccompFilters::new(some).unwrap();
+    }
+
+    #[test]
     fn ioctl_numbers_are_kvms() {
         assert_eq!(KVM_RUN, 0xae80);
         // As <linux/kvm.h> computes them on x86_64.
@@ -554,9 +651,9 @@ mod tests {
     #[test]
     fn every_filter_compiles_and_keeps_the_dangerous_calls_out() {
         let params = FilterParams::current();
-        SeccompFilters::new(params).unwrap();
+        SeccompFilters::new(params.clone()).unwrap();
         for kind in ThreadKind::ALL {
-            let r = rules(kind, params).unwrap();
+            let r = rules(kind, &params).unwrap();
             for nr in [
                 libc::SYS_execve,
                 libc::SYS_execveat,
@@ -586,7 +683,7 @@ mod tests {
             // Write, the SIGSYS reporter's other call, is everywhere.
             assert!(r.contains_key(&libc::SYS_write) && r.contains_key(&libc::SYS_exit_group));
         }
-        let ioctl_allowed = |k| rules(k, params).unwrap().contains_key(&libc::SYS_ioctl);
+        let ioctl_allowed = |k| rules(k, &params).unwrap().contains_key(&libc::SYS_ioctl);
         assert!(ioctl_allowed(ThreadKind::Vcpu));
         assert!(!ioctl_allowed(ThreadKind::EventLoop));
         assert!(!ioctl_allowed(ThreadKind::Control));

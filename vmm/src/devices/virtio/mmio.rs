@@ -16,6 +16,11 @@
 //!
 //! `QueueNotify` writes normally never get here: KVM signals the queue's
 //! ioeventfd directly. One that does (no ioeventfd) signals the same eventfd.
+//!
+//! A device whose queues another process serves (vhost-user) does its
+//! setup and teardown with that process inside the `DRIVER_OK` and reset
+//! writes; when that fails, the write answers
+//! [`DeviceAction::DeviceFailed`] and the VM ends.
 
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -27,7 +32,8 @@ use virtio_bindings::virtio_config::{
 
 use super::queue::{QueueError, RingPart, VirtQueue};
 use super::{
-    DeviceContext, HostSource, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    Activation, DeviceContext, HostSource, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::devices::bus::{BusDevice, DeviceAction};
 use crate::devices::log_limit::{guest_warn, LogLimiter};
@@ -143,6 +149,23 @@ impl MmioTransport {
     /// Guest-caused problems seen so far (logged or not).
     pub fn guest_errors(&self) -> u64 {
         self.log.total()
+    }
+
+    /// Whether another process serves the queues (see
+    /// [`VirtioDevice::queues_served_elsewhere`]): their eventfds are not
+    /// the event loop's to read.
+    pub fn queues_served_elsewhere(&self) -> bool {
+        self.device.queues_served_elsewhere()
+    }
+
+    /// The device's vhost-user socket, if any.
+    pub fn vhost_user_socket(&self) -> Option<std::os::fd::RawFd> {
+        self.device.vhost_user_socket()
+    }
+
+    /// A failure of the device that ends the VM, once.
+    pub fn take_device_failure(&mut self) -> Option<String> {
+        self.device.take_failure()
     }
 
     /// Whether the driver finished initialisation and nothing failed.
@@ -299,9 +322,15 @@ impl MmioTransport {
             self.name,
             self.driver_features
         );
-        self.device.activate(self.driver_features);
+        self.device.activate(&Activation {
+            features: self.driver_features,
+            mem: &self.mem,
+            queues: &self.queues,
+            queue_events: &self.queue_events,
+        });
         // Look at every queue once: buffers may have been made available
-        // (and notified) before DRIVER_OK.
+        // (and notified) before DRIVER_OK. (A vhost-user backend takes it
+        // as a kick.)
         for (q, evt) in self.queues.iter().zip(&self.queue_events) {
             if q.ready() {
                 let _ = evt.write(1);
@@ -516,7 +545,13 @@ impl BusDevice for MmioTransport {
             return DeviceAction::None;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));
-        DeviceAction::None
+        match self.device.take_failure() {
+            Some(detail) => DeviceAction::DeviceFailed {
+                device: self.name.clone(),
+                detail,
+            },
+            None => DeviceAction::None,
+        }
     }
 }
 

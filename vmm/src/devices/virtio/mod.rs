@@ -8,6 +8,9 @@
 //! interrupt.rs  InterruptStatus + the irqfd
 //! block/        virtio-blk on a host file
 //! console/      virtio-console, one port, to host fds or a unix socket
+//! vhost_user.rs the frontend side of a vhost-user backend (another process
+//!               serves the queues)
+//! fs/           virtio-fs served by a vhost-user backend (virtiofsd)
 //! ```
 //!
 //! A device implements [`VirtioDevice`]. The transport owns its queues and
@@ -19,17 +22,20 @@
 use std::os::fd::RawFd;
 
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemoryMmap;
 
 pub mod block;
 pub mod chain;
 pub mod console;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod vhost_user;
 
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
@@ -49,6 +55,20 @@ pub struct DeviceContext<'a> {
     pub queues: &'a mut [VirtQueue],
     /// The device's interrupt.
     pub interrupt: &'a Interrupt,
+}
+
+/// What a device gets when the driver sets `DRIVER_OK`: the queues as the
+/// driver configured them and their notification eventfds (the ioeventfds
+/// KVM signals on `QueueNotify`).
+pub struct Activation<'a> {
+    /// The features the driver accepted.
+    pub features: u64,
+    /// Guest memory.
+    pub mem: &'a GuestMemoryMmap,
+    /// The device's queues (a queue the driver did not set up is not ready).
+    pub queues: &'a [VirtQueue],
+    /// Each queue's notification eventfd.
+    pub queue_events: &'a [EventFd],
 }
 
 /// A host-side file descriptor a device wants polled.
@@ -89,8 +109,9 @@ pub trait VirtioDevice: Send {
         false
     }
 
-    /// The driver set `DRIVER_OK` having accepted `features`.
-    fn activate(&mut self, _features: u64) {}
+    /// The driver set `DRIVER_OK` (see [`Activation`]). A device that
+    /// cannot go live records why for [`VirtioDevice::take_failure`].
+    fn activate(&mut self, _activation: &Activation<'_>) {}
 
     /// The driver notified queue `index`, which is ready.
     fn process_queue(&mut self, ctx: &mut DeviceContext<'_>, index: usize);
@@ -107,6 +128,25 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: forget per-activation state.
     fn reset(&mut self) {}
+
+    /// Whether another process serves the queues (vhost-user): their
+    /// notification eventfds go to it, and the VMM must not consume them.
+    fn queues_served_elsewhere(&self) -> bool {
+        false
+    }
+
+    /// The connected vhost-user socket, if the device has one: the only
+    /// descriptor the seccomp filters let `sendmsg`/`recvmsg` use.
+    fn vhost_user_socket(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// A failure that ends the VM (a vhost-user backend that went away),
+    /// once: what went wrong, for the exit reason. Asked after every call
+    /// into the device.
+    fn take_failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Copies `src` into `data`, as if `src` were followed by zeros: the way a

@@ -33,8 +33,8 @@ impl VirtioDevice for Dummy {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::super::read_config_bytes(b"ABCDEFGH", offset, data);
     }
-    fn activate(&mut self, features: u64) {
-        self.seen.lock().unwrap().activated = Some(features);
+    fn activate(&mut self, activation: &Activation<'_>) {
+        self.seen.lock().unwrap().activated = Some(activation.features);
     }
     fn process_queue(&mut self, _ctx: &mut DeviceContext<'_>, index: usize) {
         self.seen.lock().unwrap().processed.push(index);

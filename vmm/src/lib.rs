@@ -92,6 +92,9 @@ pub struct VmConfig {
     pub serial: SerialOut,
     /// Boot a kernel on a PVM host even if it is not known to be PVM-enabled.
     pub force: bool,
+    /// A virtio-net device on passt's socket protocol, after the block
+    /// devices (before the console).
+    pub net: Option<devices::virtio::net::NetConfig>,
     /// virtio-blk devices, in the order the guest sees them (`vda`, `vdb`, ...).
     pub block_devices: Vec<BlockConfig>,
     /// The virtio-console (the guest channel), after the block devices.
@@ -115,6 +118,7 @@ impl Default for VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial: SerialOut::None,
             force: false,
+            net: None,
             block_devices: Vec::new(),
             console: None,
         }

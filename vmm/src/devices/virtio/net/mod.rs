@@ -260,7 +260,8 @@ impl Net {
     }
 
     /// A device on an already prepared link.
-    pub fn with_link(link: StreamLink, mac: [u8; 6], label: String) -> Self {
+    pub fn with_link(mut link: StreamLink, mac: [u8; 6], label: String) -> Self {
+        link.set_name(format!("virtio-net({label})"));
         Net {
             link,
             mac,

@@ -43,6 +43,8 @@ pub const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 #[derive(Debug)]
 pub struct StreamLink {
     socket: File,
+    /// The device's name, for the one log line.
+    name: String,
     /// Why the link is down, once it is.
     down: Option<String>,
     rx: Box<[u8]>,
@@ -71,6 +73,7 @@ impl StreamLink {
         crate::devices::virtio::console::host::set_nonblocking(socket.as_raw_fd())?;
         Ok(StreamLink {
             socket: File::from(socket),
+            name: "virtio-net".into(),
             down: None,
             rx: vec![0u8; RX_BUFFER].into_boxed_slice(),
             rx_start: 0,
@@ -78,6 +81,11 @@ impl StreamLink {
             tx: Vec::with_capacity(LEN_PREFIX + MAX_FRAME),
             tx_sent: 0,
         })
+    }
+
+    /// Names the device in the log line of [`StreamLink::take_down`].
+    pub fn set_name(&mut self, name: String) {
+        self.name = name;
     }
 
     /// The socket.
@@ -101,7 +109,10 @@ impl StreamLink {
         if self.down.is_some() {
             return;
         }
-        tracing::warn!("virtio-net: {why}; the guest's network carries no traffic from now on");
+        tracing::warn!(
+            "{}: {why}; the guest's network carries no traffic from now on",
+            self.name
+        );
         self.down = Some(why);
         self.rx_start = 0;
         self.rx_end = 0;

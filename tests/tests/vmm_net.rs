@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use amphi_tests::tiny_guest::{guest_file, kvm_usable};
@@ -171,62 +172,109 @@ fn cpu_ticks(pid: u32, tid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-#[test]
-fn the_jailed_vmm_talks_to_passt_and_outlives_it() {
-    let test = "the_jailed_vmm_talks_to_passt_and_outlives_it";
-    if !can_run(test) {
-        return;
-    }
-    let guest = guest_file(NET_GUEST);
-    let (vmm_end, passt_end) = UnixStream::pair().unwrap();
-    let (vmm_end, passt_end) = (OwnedFd::from(vmm_end), OwnedFd::from(passt_end));
-
+/// passt with the guest 10.0.2.15/24 and the gateway 10.0.2.2, and `end`:
+/// `--fd N` or `--socket PATH`.
+fn passt(end: &[&str]) -> Command {
     let mut cmd = Command::new("passt");
     cmd.args(["--foreground", "--quiet", "-a", "10.0.2.15", "-n", "24"])
-        .args(["-g", "10.0.2.2", "--fd", &passt_end.as_raw_fd().to_string()])
+        .args(["-g", "10.0.2.2"])
+        .args(end)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    inherit(&mut cmd, passt_end.as_raw_fd(), passt_end.as_raw_fd());
-    let mut passt = Reaped(cmd.spawn().expect("starting passt"));
-    drop(passt_end);
+    cmd
+}
 
-    let mut out = tempfile::tempfile().unwrap();
-    let mut err = tempfile::tempfile().unwrap();
-    let id = format!("test-net-{}", std::process::id());
-    let mut cmd = Command::new(amphi_bin());
-    cmd.args(["vmm", "--kernel", guest.path().to_str().unwrap(), "--force"])
-        .args(["--mem", "32", "--timeout", "60", "--serial", "stdout"])
-        .args(["--net", "fd=3", "--jail-id", &id])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(err.try_clone().unwrap());
-    inherit(&mut cmd, vmm_end.as_raw_fd(), 3);
-    let mut vmm = Reaped(cmd.spawn().unwrap());
-    drop(vmm_end);
+/// A jailed `amphi vmm` running the guest with `--net NET` (and `socket`
+/// as descriptor 3), its stdout and stderr.
+struct Vmm {
+    child: Reaped,
+    out: std::fs::File,
+    err: std::fs::File,
+    id: String,
+    _guest: tempfile::NamedTempFile,
+}
 
-    // The guest's answer on COM1.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reply = loop {
-        let got = read_all(&mut out);
-        if let Some(at) = got.windows(4).position(|w| w == b"NET:") {
-            if got.len() >= at + 4 + 54 {
-                break got[at + 4..at + 4 + 54].to_vec();
+impl Vmm {
+    fn start(net: &str, socket: Option<OwnedFd>) -> Vmm {
+        let guest = guest_file(NET_GUEST);
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let id = format!("test-net-{}-{n}", std::process::id());
+        let mut cmd = Command::new(amphi_bin());
+        cmd.args(["vmm", "--kernel", guest.path().to_str().unwrap(), "--force"])
+            .args(["--mem", "32", "--timeout", "60", "--serial", "stdout"])
+            .args(["--net", net, "--jail-id", &id])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap());
+        if let Some(s) = &socket {
+            inherit(&mut cmd, s.as_raw_fd(), 3);
+        }
+        let child = Reaped(cmd.spawn().unwrap());
+        Vmm {
+            child,
+            out,
+            err,
+            id,
+            _guest: guest,
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        String::from_utf8_lossy(&read_all(&mut self.err)).into_owned()
+    }
+
+    /// What the guest received (header and frame), once it printed it.
+    fn reply(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = read_all(&mut self.out);
+            if let Some(at) = got.windows(4).position(|w| w == b"NET:") {
+                if got.len() >= at + 4 + 54 {
+                    return got[at + 4..at + 4 + 54].to_vec();
+                }
             }
-        }
-        if let Some(st) = vmm.0.try_wait().unwrap() {
-            panic!(
-                "amphi vmm ended ({st}):\n{}",
-                String::from_utf8_lossy(&read_all(&mut err))
+            if let Some(st) = self.child.0.try_wait().unwrap() {
+                panic!("amphi vmm ended ({st}):\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no answer from the guest; stderr:\n{}",
+                self.stderr()
             );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM; asserts it ends as stopped by the host, leaving no jail
+    /// directory; its stderr.
+    fn stop(mut self) -> String {
         assert!(
-            Instant::now() < deadline,
-            "no answer from the guest; stderr:\n{}",
-            String::from_utf8_lossy(&read_all(&mut err))
+            self.child.0.try_wait().unwrap().is_none(),
+            "the VMM ended on its own:\n{}",
+            self.stderr()
         );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        // SAFETY: signalling our own child, not yet waited for.
+        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
+        let status = self.child.0.wait().unwrap();
+        let stderr = self.stderr();
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+        assert!(
+            stderr.contains("amphi vmm: stopped by host (SIGTERM)"),
+            "{stderr}"
+        );
+        assert!(!std::path::Path::new("/run/amphi/jail")
+            .join(&self.id)
+            .exists());
+        stderr
+    }
+}
+
+/// passt's answer to the guest's ARP request, as the guest received it.
+fn check_reply(reply: &[u8]) {
     let (header, arp) = reply.split_at(12);
     assert_eq!(
         header,
@@ -238,19 +286,31 @@ fn the_jailed_vmm_talks_to_passt_and_outlives_it() {
     assert_eq!(&arp[20..22], &[0, 2], "a reply");
     assert_eq!(&arp[28..32], &[10, 0, 2, 2], "for the gateway");
     assert_eq!(&arp[38..42], &[10, 0, 2, 15]);
+}
+
+#[test]
+fn the_jailed_vmm_talks_to_passt_and_outlives_it() {
+    if !can_run("the_jailed_vmm_talks_to_passt_and_outlives_it") {
+        return;
+    }
+    let (vmm_end, passt_end) = UnixStream::pair().unwrap();
+    let (vmm_end, passt_end) = (OwnedFd::from(vmm_end), OwnedFd::from(passt_end));
+    let fd = passt_end.as_raw_fd();
+    let mut cmd = passt(&["--fd", &fd.to_string()]);
+    inherit(&mut cmd, fd, fd);
+    let mut passt = Reaped(cmd.spawn().expect("starting passt"));
+    drop(passt_end);
+    let mut vmm = Vmm::start("fd=3", Some(vmm_end));
+    check_reply(&vmm.reply());
 
     // passt goes away: said once; the device event loop sleeps.
-    let (pid, tid) = event_loop_thread(vmm.0.id()).expect("the jailed VMM's event loop");
+    let (pid, tid) = event_loop_thread(vmm.child.0.id()).expect("the jailed VMM's event loop");
     let _ = passt.0.kill();
     let _ = passt.0.wait();
     let gone = "virtio-net(fd 3): the network backend closed the connection";
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(&read_all(&mut err)).contains(gone) {
-        assert!(
-            Instant::now() < deadline,
-            "not reported; stderr:\n{}",
-            String::from_utf8_lossy(&read_all(&mut err))
-        );
+    while !vmm.stderr().contains(gone) {
+        assert!(Instant::now() < deadline, "not reported:\n{}", vmm.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = cpu_ticks(pid, tid);
@@ -262,19 +322,36 @@ fn the_jailed_vmm_talks_to_passt_and_outlives_it() {
     );
 
     // The VM runs on until it is stopped.
-    assert!(
-        vmm.0.try_wait().unwrap().is_none(),
-        "the VMM ended with the network"
-    );
-    // SAFETY: signalling our own child, not yet waited for.
-    unsafe { libc::kill(vmm.0.id() as i32, libc::SIGTERM) };
-    let status = vmm.0.wait().unwrap();
-    let stderr = String::from_utf8_lossy(&read_all(&mut err)).into_owned();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
-    assert!(
-        stderr.contains("amphi vmm: stopped by host (SIGTERM)"),
-        "{stderr}"
-    );
+    let stderr = vmm.stop();
     assert_eq!(stderr.matches(gone).count(), 1, "said once:\n{stderr}");
-    assert!(!std::path::Path::new("/run/amphi/jail").join(&id).exists());
+}
+
+/// `--net PATH`: the VMM connects to passt's socket before its jail.
+#[test]
+fn the_jailed_vmm_connects_to_passts_socket_path() {
+    if !can_run("the_jailed_vmm_connects_to_passts_socket_path") {
+        return;
+    }
+    // passt started as root runs as nobody before it binds its socket.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let path = dir.path().join("passt.sock");
+    let _passt = Reaped(
+        passt(&["--socket", path.to_str().unwrap()])
+            .spawn()
+            .expect("starting passt"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "passt made no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vmm = Vmm::start(path.to_str().unwrap(), None);
+    check_reply(&vmm.reply());
+    let stderr = vmm.stop();
+    assert!(!stderr.contains("virtio-net"), "{stderr}");
 }

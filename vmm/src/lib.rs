@@ -107,6 +107,9 @@ pub struct VmConfig {
     pub serial: SerialOut,
     /// Boot a kernel on a PVM host even if it is not known to be PVM-enabled.
     pub force: bool,
+    /// A virtio-net device on passt's socket protocol, after the block
+    /// devices (before the console).
+    pub net: Option<devices::virtio::net::NetConfig>,
     /// virtio-blk devices, in the order the guest sees them (`vda`, `vdb`, ...).
     pub block_devices: Vec<BlockConfig>,
     /// The virtio-console (the guest channel), after the block devices.
@@ -143,6 +146,7 @@ impl Default for VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial: SerialOut::None,
             force: false,
+            net: None,
             block_devices: Vec::new(),
             console: None,
             fs_devices: Vec::new(),

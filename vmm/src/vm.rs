@@ -612,6 +612,9 @@ fn attach_virtio_devices(
     for block in &config.block_devices {
         devices.push(Box::new(Block::open(block)?));
     }
+    if let Some(net) = &config.net {
+        devices.push(Box::new(crate::devices::virtio::net::Net::open(net)?));
+    }
     if let Some(backend) = &config.console {
         devices.push(Box::new(Console::open(backend)?));
     }

@@ -428,6 +428,78 @@ fn the_event_loop_does_device_io() {
     }
 }
 
+/// virtio-net's frames to passt: `send` with `MSG_DONTWAIT |
+/// MSG_NOSIGNAL` and no address passes on the event loop and control
+/// threads; other flags (a send that may block or raise SIGPIPE), an
+/// address, or a vCPU thread's send are killed.
+#[test]
+fn the_net_device_sends_without_blocking_or_sigpipe_only() {
+    let flags = amphi_vmm::devices::virtio::net::stream::SEND_FLAGS;
+    assert_eq!(flags, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+    for kind in [ThreadKind::EventLoop, ThreadKind::Control] {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        allowed(kind, move || {
+            // SAFETY: send and read on a socketpair of ours, with buffers
+            // of our own.
+            unsafe {
+                if libc::send(a.as_raw_fd(), b"frame".as_ptr().cast(), 5, flags) != 5 {
+                    return 30;
+                }
+                let mut got = [0u8; 5];
+                if libc::read(b.as_raw_fd(), got.as_mut_ptr().cast(), 5) != 5 || &got != b"frame" {
+                    return 31;
+                }
+            }
+            std::mem::forget((a, b));
+            0
+        });
+    }
+    for (kind, flags, what) in [
+        (ThreadKind::EventLoop, 0, "send that may block"),
+        (
+            ThreadKind::EventLoop,
+            libc::MSG_DONTWAIT,
+            "send that may raise SIGPIPE",
+        ),
+        (
+            ThreadKind::Control,
+            libc::MSG_NOSIGNAL,
+            "send that may block",
+        ),
+        (ThreadKind::Vcpu, flags, "send from a vCPU"),
+    ] {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        forbidden(kind, libc::SYS_sendto, what, move || {
+            // SAFETY: a send on a socketpair of ours (stopped before).
+            unsafe { libc::send(a.as_raw_fd(), b"x".as_ptr().cast(), 1, flags) };
+            std::mem::forget(b);
+        });
+    }
+    // A datagram to an address (sendto proper): killed too.
+    let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    forbidden(
+        ThreadKind::EventLoop,
+        libc::SYS_sendto,
+        "sendto an address",
+        move || {
+            // SAFETY: a zeroed sockaddr_un (family AF_UNIX, abstract name ""),
+            // of its size (stopped before).
+            unsafe {
+                let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                libc::sendto(
+                    s.as_raw_fd(),
+                    b"x".as_ptr().cast(),
+                    1,
+                    flags,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )
+            };
+        },
+    );
+}
+
 /// The control threads: waiting for signals, kicking this process's
 /// threads with the kick signal (and nothing else), closing descriptors.
 #[test]

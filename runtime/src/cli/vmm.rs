@@ -20,6 +20,14 @@
 //! call. `--no-jail` (debugging only) runs the VMM as root, unconfined,
 //! and says so on stderr.
 //!
+//! `--net fd=N` (or `--net PATH`) adds a virtio-net device whose frames
+//! go over passt's socket protocol (QEMU's "stream" netdev): a connected
+//! unix stream socket inherited as descriptor N, which `amphi vmm` takes
+//! before it opens anything else, or a socket path it connects to. Either
+//! is connected before the jail; under it, the event loop may `send` to
+//! it without blocking and `read` from it. A peer that goes away is
+//! logged once and the guest's network goes quiet; the VM runs on.
+//!
 //! With `AMPHI_VMM_TIMING` set, one more line on stderr says how long
 //! startup took: `amphi vmm: timing: ...` in milliseconds, from the
 //! moment in `AMPHI_VMM_TIMING` when it holds one (Unix seconds with a
@@ -37,6 +45,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amphi_vmm::devices::virtio::fs::check_tag;
+use amphi_vmm::devices::virtio::net::{self as vnet, NetBackend, NetConfig};
 use amphi_vmm::jail::{FilterParams, SeccompFilters, ThreadFilters, ThreadKind};
 use amphi_vmm::{
     BlockConfig, ConsoleBackend, ExitReason, FsConfig, SerialOut, StopHandle, Vm, VmConfig,
@@ -90,6 +99,17 @@ pub struct VmmArgs {
     /// virtio-blk device on a file, read-only with ",ro"; repeatable (vda, vdb, ...)
     #[arg(long, value_name = "PATH[,ro]", value_parser = parse_disk)]
     pub disk: Vec<BlockConfig>,
+    /// virtio-net device on passt's socket protocol (QEMU's "stream" netdev: each
+    /// Ethernet frame after its length, 4 bytes big-endian). fd=N: a connected unix
+    /// stream socket inherited as descriptor N (N >= 3; passt --fd takes the other
+    /// end); PATH: a listening unix socket to connect to (passt --socket PATH; write
+    /// ./fd=... for a file so named). Connected before the jail. If the peer goes away
+    /// the guest's network goes quiet (said once on stderr); the VM runs on
+    #[arg(long, value_name = "fd=N|PATH", value_parser = parse_net)]
+    pub net: Option<NetArg>,
+    /// MAC address of the --net device (unicast) [default: 02:61:6d:70:68:69]
+    #[arg(long, value_name = "MAC", requires = "net", value_parser = vnet::parse_mac)]
+    pub net_mac: Option<[u8; 6]>,
     /// virtio-console connected to this listening unix socket (the guest channel)
     #[arg(long, value_name = "SOCKET")]
     pub console: Option<PathBuf>,
@@ -133,6 +153,15 @@ pub struct VmmArgs {
     /// forbidden call (socket) once under its filter
     #[arg(long, hide = true)]
     pub seccomp_selftest: bool,
+}
+
+/// Where `--net` frames go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetArg {
+    /// An inherited connected socket: `fd=N`.
+    Fd(i32),
+    /// A unix socket to connect to.
+    Path(PathBuf),
 }
 
 /// The jail of this VMM, as its supervisor set it up.
@@ -240,6 +269,68 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?}: the timeout must be a positive number of seconds"))
 }
 
+/// Parses `--net fd=N` or `--net PATH`.
+fn parse_net(s: &str) -> Result<NetArg, String> {
+    if let Some(n) = s.strip_prefix("fd=") {
+        let fd: i32 = n
+            .parse()
+            .map_err(|_| format!("fd={n}: not a descriptor number"))?;
+        if fd < 3 {
+            return Err(format!(
+                "fd={fd}: descriptors 0 to 2 are stdin, stdout and stderr; pass the socket as 3 or above"
+            ));
+        }
+        return Ok(NetArg::Fd(fd));
+    }
+    if s.is_empty() {
+        return Err("empty socket path".into());
+    }
+    Ok(NetArg::Path(s.into()))
+}
+
+/// The `--net` device: an inherited descriptor is taken over (close on
+/// exec from now on) and checked to be a connected unix stream socket; a
+/// path is connected to later, when the VM is created.
+fn net_config(args: &VmmArgs) -> Result<Option<NetConfig>, String> {
+    let Some(net) = &args.net else {
+        return Ok(None);
+    };
+    let backend = match net {
+        NetArg::Path(path) => NetBackend::Socket(path.clone()),
+        NetArg::Fd(fd) => {
+            if args.fs.iter().any(|f| f.socket == FsSocket::Fd(*fd)) {
+                return Err(format!("--net fd={fd}: the descriptor is --fs's too"));
+            }
+            NetBackend::Fd(std::sync::Arc::new(take_inherited_socket(*fd)?))
+        }
+    };
+    Ok(Some(NetConfig {
+        backend,
+        mac: args.net_mac.unwrap_or(vnet::DEFAULT_MAC),
+    }))
+}
+
+/// Takes descriptor `fd`, which this process inherited, as its own.
+fn take_inherited_socket(fd: i32) -> Result<OwnedFd, String> {
+    // SAFETY: fcntl on a descriptor number only reads its flags (EBADF
+    // when it is not open).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(format!(
+            "--net fd={fd}: descriptor {fd} is not open (the caller must pass a connected \
+             unix stream socket as descriptor {fd})"
+        ));
+    }
+    vnet::check_stream_socket(fd).map_err(|e| {
+        format!("--net fd={fd}: {e}; it must be a connected unix stream socket (passt --fd)")
+    })?;
+    // SAFETY: setting close-on-exec on an open descriptor.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: `fd` is open and was inherited: `run` takes it before this
+    // process opens any file of its own, so nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Why the host stopped the VM.
 #[derive(Clone, Copy, Debug)]
 enum StopCause {
@@ -266,6 +357,15 @@ pub fn run(args: &VmmArgs) -> i32 {
     let entered_wall = SystemTime::now();
     let timing_env = std::env::var("AMPHI_VMM_TIMING").ok();
     let mut timing = Timing::default();
+    // First: an inherited descriptor is taken before this process opens
+    // anything that could be given its number.
+    let net = match net_config(args) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("amphi vmm: error: {e}");
+            return super::EXIT_AMPHI;
+        }
+    };
     if let Err(e) = preflight(args) {
         eprintln!("amphi vmm: error: {e}");
         return super::EXIT_AMPHI;
@@ -286,7 +386,7 @@ pub fn run(args: &VmmArgs) -> i32 {
             }
         }
     };
-    let code = match boot(args, &mut timing, jail.as_ref()) {
+    let code = match boot(args, net, &mut timing, jail.as_ref()) {
         Ok((reason, cause)) => report(&reason, cause),
         Err(e) => {
             eprintln!("amphi vmm: error: {e}");
@@ -418,6 +518,7 @@ fn lock_down(jail: &Jail, vm: &mut Vm) -> Result<Arc<SeccompFilters>, String> {
 
 fn boot(
     args: &VmmArgs,
+    net: Option<NetConfig>,
     timing: &mut Timing,
     jail: Option<&Jail>,
 ) -> Result<(ExitReason, Option<StopCause>), String> {
@@ -445,6 +546,7 @@ fn boot(
             _ => SerialOut::None,
         },
         force: args.force,
+        net,
         block_devices: args.disk.clone(),
         console: args.console.clone().map(ConsoleBackend::Socket),
         fs_devices: fs,
@@ -775,5 +877,30 @@ mod tests {
         assert!(parse_timeout("0").is_err());
         assert!(parse_timeout("-1").is_err());
         assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn net_arguments() {
+        assert_eq!(parse_net("fd=3").unwrap(), NetArg::Fd(3));
+        assert_eq!(
+            parse_net("/run/passt.sock").unwrap(),
+            NetArg::Path("/run/passt.sock".into())
+        );
+        assert_eq!(parse_net("./fd=3").unwrap(), NetArg::Path("./fd=3".into()));
+        assert!(parse_net("fd=2")
+            .unwrap_err()
+            .contains("stdin, stdout and stderr"));
+        assert!(parse_net("fd=x")
+            .unwrap_err()
+            .contains("not a descriptor number"));
+        assert!(parse_net("fd=-4").unwrap_err().contains("3 or above"));
+        assert!(parse_net("").is_err());
+        // A descriptor that is not open, one that is not a socket.
+        let e = take_inherited_socket(1_000_000).unwrap_err();
+        assert!(e.contains("descriptor 1000000 is not open"), "{e}");
+        let file = tempfile::tempfile().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let e = take_inherited_socket(fd).unwrap_err();
+        assert!(e.contains(&format!("--net fd={fd}: not a socket")), "{e}");
     }
 }

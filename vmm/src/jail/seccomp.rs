@@ -14,8 +14,11 @@
 //!   and `close` (descriptors a misbehaving backend attaches to a reply
 //!   are closed, not kept).
 //! - the **event loop** thread (virtio devices): epoll, `read`/`write`
-//!   (eventfds, the console's socket), `pread64`/`pwrite64`/`fdatasync`
-//!   (disks); no ioctl at all.
+//!   (eventfds, the console's socket, virtio-net's socket),
+//!   `pread64`/`pwrite64`/`fdatasync` (disks), and `sendto` with exactly
+//!   `MSG_DONTWAIT | MSG_NOSIGNAL` and no address (virtio-net's frames to
+//!   passt: a `send` that never blocks and never raises `SIGPIPE`); no
+//!   ioctl at all.
 //! - the **control** threads (the main thread once the vCPUs run, and the
 //!   stop watcher): what the event loop may do (the main thread drains the
 //!   devices after the run), plus waiting for signals, `tgkill` of this
@@ -317,7 +320,7 @@ fn common(rules: &mut Rules) -> Result<()> {
 }
 
 /// The device I/O of the event loop (and of the main thread's drain).
-fn device_io(rules: &mut Rules) {
+fn device_io(rules: &mut Rules) -> Result<()> {
     allow(
         rules,
         &[
@@ -333,6 +336,14 @@ fn device_io(rules: &mut Rules) {
             libc::SYS_fsync,
         ],
     );
+    // virtio-net's send(2) to its peer: on a connected socket (no
+    // address), never blocking, never SIGPIPE.
+    let flags = crate::devices::virtio::net::stream::SEND_FLAGS as u64;
+    rules.insert(
+        libc::SYS_sendto,
+        vec![rule(vec![eq(3, flags)?, eq(4, 0)?])?],
+    );
+    Ok(())
 }
 
 /// The vhost-user requests of the vCPU threads: `sendmsg` with
@@ -396,9 +407,9 @@ pub fn rules(kind: ThreadKind, params: &FilterParams) -> Result<Rules> {
             );
             vhost_user(&mut rules, &params.vhost_user_sockets)?;
         }
-        ThreadKind::EventLoop => device_io(&mut rules),
+        ThreadKind::EventLoop => device_io(&mut rules)?,
         ThreadKind::Control => {
-            device_io(&mut rules);
+            device_io(&mut rules)?;
             allow(
                 &mut rules,
                 &[

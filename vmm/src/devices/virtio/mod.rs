@@ -6,6 +6,7 @@
 //! queue.rs      VirtQueue: driver configuration checked, ring state
 //! chain.rs      descriptor chains walked with every guest field checked
 //! interrupt.rs  InterruptStatus + the irqfd
+//! net/          virtio-net on passt's socket protocol (qemu's stream netdev)
 //! block/        virtio-blk on a host file
 //! console/      virtio-console, one port, to host fds or a unix socket
 //! vhost_user.rs the frontend side of a vhost-user backend (another process
@@ -32,6 +33,7 @@ pub mod console;
 pub mod fs;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 #[cfg(test)]
 pub(crate) mod testing;

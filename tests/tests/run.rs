@@ -733,11 +733,12 @@ fn start_foreground(e: &Env, args: &[&str]) -> Foreground {
             .unwrap_or_default()
             .split_whitespace()
             .filter_map(|p| p.parse::<i32>().ok())
-            // Not the container, nor the pasta of its private network.
+            // Not the container, nor the pasta of its private network
+            // (its command name is passt or passt.avx2).
             .find(|p| {
                 *p != pid
                     && std::fs::read_to_string(format!("/proc/{p}/comm"))
-                        .is_ok_and(|c| !c.trim().starts_with("pasta"))
+                        .is_ok_and(|c| !c.trim().starts_with("pass"))
             })
             .unwrap_or(0);
         watchdog != 0

@@ -1448,3 +1448,90 @@ fn virtio_fs_runs_leave_nothing_after_a_panic_or_kill_9() {
     assert!(gc.status.success(), "{gc:?}");
     e.assert_clean("run -v (client killed) + gc");
 }
+
+// --- networking: passt behind a virtio-net device ---
+
+/// The microVM's own NIC through passt: the guest has the host's address
+/// on eth0 and reaches a server on the host's 127.0.0.1 through the
+/// gateway; a port published with -p reaches busybox httpd in the guest;
+/// `--network none` gives no NIC, and `--network host` is refused for a
+/// microVM. Nothing (passt included) is left after.
+#[test]
+fn the_microvm_network_goes_out_and_publishes() {
+    let Some(e) = Env::new() else { return };
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"pong-from-host\n");
+        }
+    });
+    let gw = fs::read_to_string("/proc/net/route")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000")).then(|| {
+                let g = u32::from_str_radix(f[2], 16).unwrap();
+                std::net::Ipv4Addr::from(g.to_le_bytes())
+            })
+        })
+        .expect("a default route");
+    let script = format!(
+        "ls /sys/class/net | tr '\\n' ' '; echo; timeout 10 nc -w 5 {gw} {port} </dev/null"
+    );
+    let run = e.vm(&[], &["sh", "-c", &script]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("eth0"), "{}", run.show());
+    assert!(run.stdout.contains("pong-from-host"), "{}", run.show());
+
+    // A published port: the guest's httpd answers curl on the host.
+    let www = tempfile::tempdir().unwrap();
+    fs::write(www.path().join("index.html"), "served-from-the-microvm\n").unwrap();
+    let hport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{hport}:80");
+    let vol = format!("{}:/www:ro", www.path().display());
+    // --init: httpd as PID 1 would ignore SIGTERM.
+    let args = Env::args(
+        &["--init", "-p", &publish, "-v", &vol],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    let running = e.start(&[], &args, Input::Null);
+    let deadline = Instant::now() + RUN_LIMIT;
+    let body = loop {
+        let c = Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "5",
+                &format!("http://127.0.0.1:{hport}/index.html"),
+            ])
+            .output()
+            .unwrap();
+        if c.status.success() && !c.stdout.is_empty() {
+            break String::from_utf8_lossy(&c.stdout).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's httpd never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(body, "served-from-the-microvm\n");
+    // SAFETY: SIGTERM to the amphi client we started.
+    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    let run = running.finish();
+    assert_eq!(run.code, Some(143), "{}", run.show());
+    e.assert_clean(&run.what);
+
+    let run = e.vm(&["--network", "none"], &["ls", "/sys/class/net"]);
+    run.expect_code(0);
+    assert_eq!(run.stdout, "lo\n", "{}", run.show());
+    let run = e.refused(&["--network", "host"], &["true"]);
+    assert!(run.raw_stderr.contains("--network host"), "{}", run.show());
+}

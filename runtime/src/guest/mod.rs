@@ -31,7 +31,7 @@ use crate::proto::channel::{self, Decoder, ExitStatus, Frame, GuestError, Ready,
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::mpsc;
@@ -584,6 +584,102 @@ fn exit_status(cgroup: &Cgroup, mut code: i32) -> ExitStatus {
     }
 }
 
+/// `lo` up, and `eth0` with the host's address, prefix, MTU and default
+/// route: passt behind it forwards what leaves (the guest shares the
+/// host's address, so passt needs no NAT table).
+fn configure_network(net: &crate::proto::channel::GuestNet) -> Result<(), GuestError> {
+    // SAFETY: a socket for the ioctls, owned by the OwnedFd below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(gerr(format!("socket: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fd was just returned by socket(2) and is ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ioctl = |req: libc::c_ulong, r: &mut libc::ifreq, what: &str| -> Result<(), GuestError> {
+        // SAFETY: the socket and an ifreq we own, for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), req as _, r as *mut libc::ifreq) } != 0 {
+            return Err(gerr(format!("{what}: {}", std::io::Error::last_os_error())));
+        }
+        Ok(())
+    };
+    let up = |name: &str| -> Result<(), GuestError> {
+        let mut r = ifreq(name);
+        ioctl(libc::SIOCGIFFLAGS, &mut r, &format!("{name} flags"))?;
+        // SAFETY: the flags member of the union, which SIOCGIFFLAGS filled.
+        unsafe { r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+        ioctl(libc::SIOCSIFFLAGS, &mut r, &format!("bringing {name} up"))
+    };
+    up("lo")?;
+    let mut r = ifreq("eth0");
+    r.ifr_ifru.ifru_addr = sockaddr(net.address);
+    ioctl(libc::SIOCSIFADDR, &mut r, "eth0 address")?;
+    let mask = match net.prefix {
+        0 => 0,
+        p => u32::MAX << (32 - u32::from(p.min(32))),
+    };
+    let mut r = ifreq("eth0");
+    r.ifr_ifru.ifru_netmask = sockaddr(mask.into());
+    ioctl(libc::SIOCSIFNETMASK, &mut r, "eth0 netmask")?;
+    let mut r = ifreq("eth0");
+    r.ifr_ifru.ifru_mtu = net.mtu as libc::c_int;
+    ioctl(libc::SIOCSIFMTU, &mut r, "eth0 mtu")?;
+    up("eth0")?;
+    // SAFETY: an all-zero rtentry is a valid value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr(std::net::Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr(net.gateway);
+    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    let dev = c"eth0";
+    rt.rt_dev = dev.as_ptr() as *mut libc::c_char;
+    // SAFETY: the socket and the rtentry (whose device name is a C string
+    // alive for the call).
+    let rc = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCADDRT as _,
+            &mut rt as *mut libc::rtentry,
+        )
+    };
+    if rc != 0 {
+        return Err(gerr(format!(
+            "default route via {}: {}",
+            net.gateway,
+            std::io::Error::last_os_error()
+        )));
+    }
+    // passt learns the guest's MAC address from the guest's first frame:
+    // a workload that only serves (-p) would never send one, so say hello
+    // (an ARP for the gateway, then a datagram to its discard port).
+    if let Ok(u) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        let _ = u.send_to(b"amphi", (net.gateway, 9));
+    }
+    Ok(())
+}
+
+/// An `ifreq` naming `name`.
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: an all-zero ifreq is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, b) in r.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = b as libc::c_char;
+    }
+    r
+}
+
+/// An IPv4 address as the generic `sockaddr` the ioctls take.
+fn sockaddr(a: std::net::Ipv4Addr) -> libc::sockaddr {
+    // SAFETY: an all-zero sockaddr is a valid value.
+    let mut s: libc::sockaddr = unsafe { std::mem::zeroed() };
+    s.sa_family = libc::AF_INET as libc::sa_family_t;
+    // sockaddr_in's layout: port (2 bytes), then the address.
+    s.sa_data[2..6]
+        .iter_mut()
+        .zip(a.octets())
+        .for_each(|(d, b)| *d = b as libc::c_char);
+    s
+}
+
 /// The host's clock and the files of the start request (the /etc files).
 fn apply_host_state(req: &StartRequest) -> Result<(), GuestError> {
     if let Some((secs, nanos)) = req.host_time {
@@ -599,6 +695,9 @@ fn apply_host_state(req: &StartRequest) -> Result<(), GuestError> {
             let _ = fs::create_dir_all(parent);
         }
         fs::write(path, content).map_err(|e| gerr(format!("writing {path}: {e}")))?;
+    }
+    if let Some(net) = &req.net {
+        configure_network(net)?;
     }
     for share in &req.shares {
         if !share.target.starts_with("/.amphi/") || share.target.contains("..") {

@@ -344,6 +344,64 @@ pub struct Attached {
     pub netns: OwnedFd,
     pasta: Child,
     pub ports: Vec<Publish>,
+    /// The end of what pasta wrote on stderr.
+    said: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// Makes the helper `cmd` starts die with amphi (SIGKILL on the death of
+/// the spawning thread's process, checked against a parent already gone)
+/// and inherit descriptor `fd` by its number.
+fn dies_with_us(cmd: &mut Command, fd: i32) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: async-signal-safe calls only between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// How much of a helper's stderr is kept.
+const SAID_KEEP: usize = 8 * 1024;
+
+/// Reads `from` to its end in a thread of its own, keeping the last
+/// [`SAID_KEEP`] bytes: a helper that logs a lot (pasta's "Failed to send
+/// to syslog" for each message) never blocks on a full pipe.
+fn drain(from: Option<std::process::ChildStderr>) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Some(mut from) = from {
+        let k = kept.clone();
+        std::thread::spawn(move || {
+            // Signals are the caller's (it forwards them from its main
+            // thread): never this thread's default action.
+            // SAFETY: a full set, installed as this thread's mask.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut from, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut g = k.lock().unwrap_or_else(|p| p.into_inner());
+                g.extend_from_slice(&buf[..n]);
+                let over = g.len().saturating_sub(SAID_KEEP);
+                g.drain(..over);
+            }
+        });
+    }
+    kept
 }
 
 impl Attached {
@@ -357,31 +415,16 @@ impl Attached {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: async-signal-safe calls between fork and exec: the
-        // death signal, the parent check, and the namespace's descriptor
-        // made inheritable for pasta.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let pasta = cmd
+        dies_with_us(&mut cmd, fd);
+        let mut pasta = cmd
             .spawn()
             .map_err(|e| format!("starting pasta ({}): {e}", bin.display()))?;
+        let said = drain(pasta.stderr.take());
         let mut a = Attached {
             netns,
             pasta,
             ports: ports.to_vec(),
+            said,
         };
         a.wait_configured()?;
         Ok(a)
@@ -396,10 +439,10 @@ impl Attached {
                 return Ok(());
             }
             if let Ok(Some(st)) = self.pasta.try_wait() {
-                let mut said = String::new();
-                if let Some(mut e) = self.pasta.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut said);
-                }
+                std::thread::sleep(Duration::from_millis(50));
+                let said =
+                    String::from_utf8_lossy(&self.said.lock().unwrap_or_else(|p| p.into_inner()))
+                        .into_owned();
                 let said: Vec<&str> = said.lines().filter(|l| !l.contains("to syslog")).collect();
                 return Err(format!(
                     "pasta ended before the network was up ({st}): {}",
@@ -470,6 +513,139 @@ fn has_default_route(ns: &OwnedFd) -> Result<bool, String> {
         .join()
         .map_err(|_| "the thread reading the routes panicked".to_string())?
     })
+}
+
+pub use crate::proto::channel::GuestNet as GuestAddress;
+
+/// The host's IPv4 default route: (interface, gateway).
+fn default_route() -> Option<(String, Ipv4Addr)> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"00000000")).then(|| {
+            let g = u32::from_str_radix(f.get(2)?, 16).ok()?;
+            Some((f[0].to_string(), Ipv4Addr::from(g.to_le_bytes())))
+        })?
+    })
+}
+
+/// The guest's address: the host's on its default route's interface.
+pub fn guest_address() -> Result<GuestAddress, String> {
+    let (ifname, gateway) = default_route()
+        .ok_or("this host has no IPv4 default route for a microVM's network to copy")?;
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a list we free below; we read it only
+    // while it is alive, each entry's pointers checked for null.
+    unsafe {
+        if libc::getifaddrs(&mut addrs) != 0 {
+            return Err(format!("getifaddrs: {}", std::io::Error::last_os_error()));
+        }
+        let mut found = None;
+        let mut cur = addrs;
+        while !cur.is_null() {
+            let a = &*cur;
+            cur = a.ifa_next;
+            if a.ifa_addr.is_null() || a.ifa_netmask.is_null() {
+                continue;
+            }
+            if i32::from((*a.ifa_addr).sa_family) != libc::AF_INET {
+                continue;
+            }
+            let name = std::ffi::CStr::from_ptr(a.ifa_name).to_string_lossy();
+            if name != ifname {
+                continue;
+            }
+            let sin = &*(a.ifa_addr as *const libc::sockaddr_in);
+            let mask = &*(a.ifa_netmask as *const libc::sockaddr_in);
+            found = Some((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u32::from_be(mask.sin_addr.s_addr).count_ones() as u8,
+            ));
+            break;
+        }
+        libc::freeifaddrs(addrs);
+        let (address, prefix) =
+            found.ok_or_else(|| format!("{ifname} (the default route's) has no IPv4 address"))?;
+        Ok(GuestAddress {
+            address,
+            prefix,
+            gateway,
+            mtu: 1500,
+        })
+    }
+}
+
+/// A microVM's passt: serves the backend's end of a socket pair; killed on
+/// drop.
+pub struct Passt {
+    child: Child,
+    /// The backend's end (inherited by QEMU or `amphi vmm`).
+    pub backend_end: Option<OwnedFd>,
+}
+
+impl Passt {
+    /// Starts passt for a VM, with `ports` published to the guest.
+    pub fn start(ports: &[Publish]) -> Result<Passt, String> {
+        let bin = passt_binary()?;
+        let (ours, backend) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
+        let fd = ours.as_raw_fd();
+        let mut args: Vec<String> = vec![
+            "--foreground".into(),
+            "--quiet".into(),
+            "--ipv4-only".into(),
+            "--fd".into(),
+            fd.to_string(),
+        ];
+        for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
+            let specs: Vec<String> = ports
+                .iter()
+                .filter(|p| p.proto == proto)
+                .map(Publish::pasta_spec)
+                .collect();
+            args.push(flag.into());
+            args.push(if specs.is_empty() {
+                "none".into()
+            } else {
+                specs.join(",")
+            });
+        }
+        if host_nameservers().iter().any(|a| a.is_loopback()) {
+            args.push("--dns-forward".into());
+            args.push(DNS_FORWARD.into());
+        }
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        dies_with_us(&mut cmd, fd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting passt ({}): {e}", bin.display()))?;
+        drop(ours);
+        Ok(Passt {
+            child,
+            backend_end: Some(backend),
+        })
+    }
+
+    /// The backend's descriptor number (-1 once handed over).
+    pub fn backend_fd(&self) -> i32 {
+        self.backend_end.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,21 @@ pub struct StartRequest {
     /// the spec's bind mounts name paths below their targets).
     #[serde(default)]
     pub shares: Vec<GuestShare>,
+    /// The guest's `eth0` (a private network through passt); None: no NIC.
+    #[serde(default)]
+    pub net: Option<GuestNet>,
+}
+
+/// What a microVM's guest configures on `eth0`: the host's own IPv4
+/// address, prefix and gateway, which passt expects (it NATs the guest's
+/// traffic to host sockets), and an MTU of 1500 (the virtio-net devices'
+/// receive buffers without mergeable buffers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNet {
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub mtu: u32,
 }
 
 /// A virtio-fs share for the guest to mount.
@@ -364,6 +379,12 @@ mod tests {
                     tag: "amphi-vol".into(),
                     target: "/.amphi/vol".into(),
                 }],
+                net: Some(GuestNet {
+                    address: [192, 0, 2, 2].into(),
+                    prefix: 24,
+                    gateway: [192, 0, 2, 1].into(),
+                    mtu: 1500,
+                }),
             }))),
             Frame::Stdin(b"in\0put".to_vec()),
             Frame::StdinEof,

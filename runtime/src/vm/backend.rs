@@ -23,6 +23,9 @@ pub struct VmSpec<'a> {
     /// virtio-fs devices: each share's tag and the backend's end of its
     /// vhost-user connection (a descriptor the backend inherits).
     pub shares: &'a [(&'static str, i32)],
+    /// The backend's end of passt's socket pair (a virtio-net device), when
+    /// the run has a private network.
+    pub net: Option<i32>,
     /// The run's directory (`<state root>/vm/<id>`): the jailed monitor's
     /// root is its `jail/`, named after it.
     pub run_dir: &'a Path,
@@ -85,7 +88,7 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     // The caller connects stdout (the serial console) and stderr to pipes.
     cmd.stdin(Stdio::null());
     let parent = std::process::id() as libc::pid_t;
-    let inherit: Vec<i32> = s.shares.iter().map(|(_, fd)| *fd).collect();
+    let inherit: Vec<i32> = s.shares.iter().map(|(_, fd)| *fd).chain(s.net).collect();
     // SAFETY: async-signal-safe calls between fork and exec: the backend
     // gets its own process group (a ^C on the terminal goes to amphi,
     // which forwards it to the workload, not to the VM) and dies with amphi
@@ -145,6 +148,9 @@ fn builtin_command(s: &VmSpec) -> Command {
     }
     for (tag, fd) in s.shares {
         c.arg("--fs").arg(format!("fd={fd},tag={tag}"));
+    }
+    if let Some(fd) = s.net {
+        c.arg("--net").arg(format!("fd={fd}"));
     }
     c
 }
@@ -213,6 +219,12 @@ fn qemu_command(kvm: bool, s: &VmSpec) -> Command {
             .arg(format!("socket,id=vfs{i},fd={fd}"))
             .arg("-device")
             .arg(format!("vhost-user-fs-device,chardev=vfs{i},tag={tag}"));
+    }
+    if let Some(fd) = s.net {
+        // passt's end is the other half of the pair (QEMU >= 7.2).
+        c.arg("-netdev")
+            .arg(format!("stream,id=net0,addr.type=fd,addr.str={fd}"))
+            .args(["-device", "virtio-net-device,netdev=net0"]);
     }
     c
 }

@@ -34,6 +34,8 @@ pub(super) struct Cleanup {
     pub ended: Option<std::process::ExitStatus>,
     /// The virtiofsd daemons: killed after the backend.
     pub daemons: Vec<super::virtiofs::Daemon>,
+    /// passt, for a private network: killed after the backend.
+    pub passt: Option<crate::net::Passt>,
 }
 
 impl Cleanup {
@@ -43,6 +45,7 @@ impl Cleanup {
             child: None,
             ended: None,
             daemons: Vec::new(),
+            passt: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         self.stop_backend(Duration::ZERO);
         self.daemons.clear();
+        self.passt = None;
         if let Some(id) = self
             .run
             .as_ref()
@@ -294,6 +298,19 @@ pub(super) fn start_request(
             }
         }
     }
+    // A private network is the VM's own NIC: the workload shares the
+    // guest's network namespace (itself private, being a VM's).
+    let net = if req.flags.network == crate::net::Network::Private {
+        if let Some(nss) = spec_json
+            .pointer_mut("/linux/namespaces")
+            .and_then(|n| n.as_array_mut())
+        {
+            nss.retain(|n| n.get("type").and_then(|t| t.as_str()) != Some("network"));
+        }
+        Some(crate::net::guest_address().map_err(RunError::Failed)?)
+    } else {
+        None
+    };
     let shares = if req.flags.volumes.is_empty() {
         Vec::new()
     } else {
@@ -311,6 +328,7 @@ pub(super) fn start_request(
         host_time: None,
         console: crate::run::console_pty(&req.flags),
         shares,
+        net,
     }))
 }
 

@@ -243,6 +243,19 @@ fn start_daemons(
     Ok(out)
 }
 
+/// passt for a private network (its published ports checked free first),
+/// owned by the cleanup.
+fn start_passt(req: &RunRequest, cleanup: &mut Cleanup) -> Result<(), RunError> {
+    if req.flags.network != crate::net::Network::Private {
+        return Ok(());
+    }
+    crate::net::check_free(&req.flags.publish).map_err(RunError::Usage)?;
+    let passt = crate::net::Passt::start(&req.flags.publish)
+        .map_err(|e| RunError::Failed(format!("the microVM's network: {e}")))?;
+    cleanup.passt = Some(passt);
+    Ok(())
+}
+
 /// The plan's additions to the guest kernel's command line (what the
 /// image's inferred needs ask of it), then the operator's debugging extras
 /// ($AMPHI_VM_CMDLINE_EXTRA).
@@ -316,13 +329,16 @@ pub fn run(
         &prepared,
         &run_dir,
         &mut cleanup,
-    ) {
+    )
+    .and_then(|s| start_passt(&req, &mut cleanup).map(|()| s))
+    {
         Ok(s) => s,
         Err(e) => {
             crate::sys::signal::unblock(&sigs);
             return Err(e);
         }
     };
+    let net = cleanup.passt.as_ref().map(|p| p.backend_fd());
     let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
     let vm = VmSpec {
         kernel: &kernel_path,
@@ -337,6 +353,7 @@ pub fn run(
         vcpus,
         channel: &sock_path,
         shares: &shares,
+        net,
         run_dir: &run_dir,
     };
     tracing::info!(
@@ -355,9 +372,12 @@ pub fn run(
                 return Err(e);
             }
         };
-    // The backend holds the vhost-user connections now.
+    // The backend holds the vhost-user connections and passt's pair now.
     for d in &mut cleanup.daemons {
         d.frontend = None;
+    }
+    if let Some(p) = cleanup.passt.as_mut() {
+        p.backend_end = None;
     }
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
     timing.vm_start = t.elapsed();

@@ -324,6 +324,39 @@ fn umask_from_the_spec_or_0022() {
     }
 }
 
+/// A v1 hugetlb hierarchy at /sys/fs/cgroup/hugetlb for as long as it
+/// lives, mounted when a hybrid host has none (removed again on drop).
+struct HugetlbHierarchy(bool);
+
+impl HugetlbHierarchy {
+    fn ensure() -> HugetlbHierarchy {
+        let d = std::path::Path::new("/sys/fs/cgroup/hugetlb");
+        if amphi_tests::host_cgroup_v2_only() || d.join("cgroup.procs").exists() {
+            return HugetlbHierarchy(false);
+        }
+        let made = std::fs::create_dir(d).is_ok();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "cgroup", "-o", "hugetlb", "cgroup"])
+            .arg(d)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok && made {
+            let _ = std::fs::remove_dir(d);
+        }
+        HugetlbHierarchy(ok)
+    }
+}
+
+impl Drop for HugetlbHierarchy {
+    fn drop(&mut self) {
+        if self.0 {
+            let d = "/sys/fs/cgroup/hugetlb";
+            let _ = std::process::Command::new("umount").arg(d).status();
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// linux.personality: LINUX32 makes `uname -m` say i686 inside, with
 /// personality 8. runc 1.1 ignores linux.personality (runc 1.2 applies
 /// the domain), so amphi is compared with crun where it is installed;
@@ -355,6 +388,9 @@ fn personality_linux32() {
         a.stderr
     );
     if amphi_tests::have("crun") {
+        // crun refuses a hybrid cgroup v1 host without a v1 hugetlb
+        // hierarchy (as scripts/conformance knows): one for the call.
+        let _hugetlb = HugetlbHierarchy::ensure();
         let root = tempfile::tempdir().unwrap();
         let b = p.runc.bundle();
         let c = amphi_tests::parity::Outcome::from(amphi_tests::run_cmd(

@@ -288,6 +288,32 @@ pub fn resolv_conf() -> String {
     }
 }
 
+/// What pasta and passt both forward: the published ports into the
+/// namespace or guest (`-t`/`-u`, else `none`: both refuse `none` next to
+/// ports), and DNS to the host's resolver when it is on the host's
+/// loopback.
+fn forwarding_args(ports: &[Publish]) -> Vec<String> {
+    let mut a = Vec::new();
+    for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
+        let specs: Vec<String> = ports
+            .iter()
+            .filter(|p| p.proto == proto)
+            .map(Publish::pasta_spec)
+            .collect();
+        a.push(flag.into());
+        a.push(if specs.is_empty() {
+            "none".into()
+        } else {
+            specs.join(",")
+        });
+    }
+    if host_nameservers().iter().any(|a| a.is_loopback()) {
+        a.push("--dns-forward".into());
+        a.push(DNS_FORWARD.into());
+    }
+    a
+}
+
 /// pasta's arguments for a namespace it finds at `/proc/self/fd/<fd>`.
 fn pasta_args(netns_fd: i32, ports: &[Publish]) -> Vec<String> {
     let mut a: Vec<String> = [
@@ -314,25 +340,7 @@ fn pasta_args(netns_fd: i32, ports: &[Publish]) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec();
-    // Into the namespace: what -p publishes, else nothing (pasta refuses
-    // `none` next to ports).
-    for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
-        let specs: Vec<String> = ports
-            .iter()
-            .filter(|p| p.proto == proto)
-            .map(Publish::pasta_spec)
-            .collect();
-        a.push(flag.into());
-        a.push(if specs.is_empty() {
-            "none".into()
-        } else {
-            specs.join(",")
-        });
-    }
-    if host_nameservers().iter().any(|a| a.is_loopback()) {
-        a.push("--dns-forward".into());
-        a.push(DNS_FORWARD.into());
-    }
+    a.extend(forwarding_args(ports));
     a.push("--netns".into());
     a.push(format!("/proc/self/fd/{netns_fd}"));
     a
@@ -602,23 +610,7 @@ impl Passt {
             "--fd".into(),
             fd.to_string(),
         ];
-        for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
-            let specs: Vec<String> = ports
-                .iter()
-                .filter(|p| p.proto == proto)
-                .map(Publish::pasta_spec)
-                .collect();
-            args.push(flag.into());
-            args.push(if specs.is_empty() {
-                "none".into()
-            } else {
-                specs.join(",")
-            });
-        }
-        if host_nameservers().iter().any(|a| a.is_loopback()) {
-            args.push("--dns-forward".into());
-            args.push(DNS_FORWARD.into());
-        }
+        args.extend(forwarding_args(ports));
         let mut cmd = Command::new(&bin);
         cmd.args(&args)
             .stdin(Stdio::null())

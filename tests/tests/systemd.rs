@@ -15,10 +15,16 @@ const SYSTEMD: &str = "localhost/demo/systemd:latest";
 /// systemd, told on its command line (its own argv is its kernel command
 /// line in a container) to run one command once the system is up and to
 /// exit with its status: the run ends by itself. The command starts
-/// multi-user.target, the image's usual default, and waits for it.
+/// multi-user.target, the image's usual default, and waits for it to be
+/// active. `systemctl start` alone waits for the job, but on a loaded
+/// machine it has been seen to return 0 before the target was reached (the
+/// run then exited mid-boot), so the command also polls for the target, for
+/// at most 240 s (status 1 if it never comes).
 const BOOT_AND_EXIT: &[&str] = &[
     "/sbin/init",
-    "systemd.run=systemctl start multi-user.target",
+    "systemd.run=/bin/sh -c 'systemctl start multi-user.target || exit; \
+     i=0; until systemctl is-active -q multi-user.target; do \
+     i=$((i+1)); [ $i -le 2400 ] || exit 1; sleep 0.1; done'",
     "systemd.show_status=true",
 ];
 

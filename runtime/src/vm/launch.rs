@@ -49,12 +49,10 @@ impl Cleanup {
         }
     }
 
-    /// A virtiofsd that ended while the VM runs: the backend is stopped,
-    /// and the error says which share went away.
-    pub fn daemon_gone(&mut self) -> Option<String> {
-        let msg = self.daemons.iter_mut().find_map(|d| d.ended())?;
-        self.stop_backend(Duration::ZERO);
-        Some(msg)
+    /// A virtiofsd that ended while the VM runs (each is reported once);
+    /// the session decides what follows.
+    pub fn daemon_gone(&mut self) -> Option<super::virtiofs::Gone> {
+        self.daemons.iter_mut().find_map(|d| d.ended())
     }
 
     /// The backend has ended with `st`.

@@ -393,6 +393,9 @@ pub fn run(
         timing: &mut timing,
         kernel_release: kernel.release(),
         kind: prepared.kind,
+        // amphi's VMM answers a dead virtiofsd's requests with EIO itself;
+        // QEMU leaves them waiting (see Session::check_shares).
+        shares_fail_requests: matches!(backend, backend::Backend::Builtin),
         notify: opts.notify,
     }
     .run(&listener);

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 /// The third SIGINT/SIGTERM/SIGHUP/SIGQUIT during the workload stops the
 /// VM (the ones before are forwarded to the workload).
 const ENDING_SIGNALS: u32 = 3;
+/// How long a workload may run on after a virtiofsd serving it died (its
+/// file operations on that share failing) before the VM is stopped;
+/// `$AMPHI_VM_SHARE_GRACE` sets it.
+const SHARE_GRACE: Duration = Duration::from_secs(10);
 /// How long a write to the guest channel may block (a guest that stops
 /// reading its channel breaks the protocol: the honest init always reads).
 const CHANNEL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +46,9 @@ pub(super) struct Session<'a> {
     pub timing: &'a mut Timing,
     pub kernel_release: &'a str,
     pub kind: RootfsKind,
+    /// Whether the backend fails a dead virtiofsd's requests (EIO) rather
+    /// than leaving them waiting.
+    pub shares_fail_requests: bool,
     /// Where notices for the user go (the CLI's stderr).
     pub notify: fn(&str),
 }
@@ -55,6 +62,9 @@ struct Channel {
     buf: Vec<u8>,
     raw: Option<crate::sys::term::RawMode>,
     end_requests: u32,
+    /// A virtiofsd that died while the workload ran, and when the grace
+    /// it left the workload ends.
+    lost: Option<(super::virtiofs::Gone, Instant)>,
 }
 
 impl Channel {
@@ -101,6 +111,7 @@ impl Session<'_> {
                 return Err(self.timeout_err());
             }
             let booting = ch.proto.state() == protocol::State::Booting;
+            self.check_shares(&mut ch, booting)?;
             if booting && Instant::now() >= boot_deadline {
                 return Err(RunError::Vm(format!(
                     "the guest did not come up within {} s (boot watchdog; $AMPHI_VM_BOOT_TIMEOUT sets it)",
@@ -112,12 +123,17 @@ impl Session<'_> {
                 self.on_signals(&mut ch, booting)?;
             }
             if channel_ready {
-                self.on_readable(&mut ch, booting)?;
-            } else if let Some(e) = self.died("ended unexpectedly") {
+                self.on_readable(&mut ch, booting)
+                    .map_err(|e| share_lost(&ch).unwrap_or(e))?;
+                continue;
+            }
+            // A virtiofsd's end first: the VM may end because of it.
+            self.check_shares(&mut ch, booting)?;
+            if let Some(e) = self.died("ended unexpectedly") {
                 if self.expired() {
                     return Err(self.timeout_err());
                 }
-                return Err(e);
+                return Err(share_lost(&ch).unwrap_or(e));
             }
         }
     }
@@ -133,15 +149,54 @@ impl Session<'_> {
 
     /// The backend's end, if it has ended: an error saying `what`.
     fn died(&mut self, what: &str) -> Option<RunError> {
-        if let Some(gone) = self.cleanup.daemon_gone() {
-            return Some(RunError::Vm(gone));
-        }
         let st = self.cleanup.child.as_mut()?.try_wait().ok()??;
         self.cleanup.ended(st);
         Some(RunError::Vm(format!(
             "the microVM ({} kernel {}) {what} ({st})",
             self.kind, self.kernel_release
         )))
+    }
+
+    /// A virtiofsd that died. With amphi's VMM, which from then on
+    /// answers the share's requests with EIO, a running workload sees its
+    /// file operations fail: the user is told, and the workload has
+    /// [`SHARE_GRACE`] to end by itself. QEMU leaves the guest's requests
+    /// waiting forever (and the guest kernel cannot abort a virtio-fs
+    /// connection: no fusectl entry, no forced unmount), so there, and
+    /// before the workload runs, the VM is stopped at once. The run ends
+    /// with an error either way.
+    fn check_shares(&mut self, ch: &mut Channel, booting: bool) -> Result<(), RunError> {
+        while let Some(g) = self.cleanup.daemon_gone() {
+            if booting || !self.shares_fail_requests {
+                self.cleanup.stop_backend(Duration::ZERO);
+                return Err(RunError::Vm(format!(
+                    "{}; the microVM was stopped{}",
+                    g.what, g.said
+                )));
+            }
+            let grace = env_duration("AMPHI_VM_SHARE_GRACE", SHARE_GRACE);
+            (self.notify)(&format!(
+                "amphi: warning: {}: the workload's file operations on it fail with EIO from now on; the microVM stops in {} s unless the workload ends first",
+                g.what,
+                grace.as_secs()
+            ));
+            if ch.lost.is_none() {
+                ch.lost = Some((g, Instant::now() + grace));
+            }
+        }
+        if let Some((g, until)) = &ch.lost {
+            if Instant::now() >= *until {
+                drop(ch.raw.take());
+                self.cleanup.stop_backend(Duration::ZERO);
+                return Err(RunError::Vm(format!(
+                    "{}; the workload did not end within {} s of its file operations failing: the microVM was stopped{}",
+                    g.what,
+                    env_duration("AMPHI_VM_SHARE_GRACE", SHARE_GRACE).as_secs(),
+                    g.said
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// 1. The backend connects to the channel.
@@ -158,6 +213,13 @@ impl Session<'_> {
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(RunError::io("guest channel", e)),
+            }
+            if let Some(g) = self.cleanup.daemon_gone() {
+                self.cleanup.stop_backend(Duration::ZERO);
+                return Err(RunError::Vm(format!(
+                    "{}; the microVM was stopped{}",
+                    g.what, g.said
+                )));
             }
             if let Some(e) = self.died("ended before it connected the guest channel") {
                 return Err(e);
@@ -186,6 +248,7 @@ impl Session<'_> {
             buf: vec![0u8; 64 * 1024],
             raw: None,
             end_requests: 0,
+            lost: None,
         })
     }
 
@@ -245,6 +308,12 @@ impl Session<'_> {
                     if e.oom_killed {
                         // The one wording of the notice (native runs too).
                         (self.notify)(&crate::sys::exit::oom_notice("the workload in the microVM"));
+                    }
+                    if let Some((g, _)) = ch.lost.take() {
+                        return Err(RunError::Vm(format!(
+                            "{}; the workload's file operations on it failed from then on, and it exited with status {}{}",
+                            g.what, e.code, g.said
+                        )));
                     }
                     return Ok(Some(e.code));
                 }
@@ -356,6 +425,16 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The error for a run whose VM ended after a virtiofsd serving it died:
+/// the daemon's end is the cause to name.
+fn share_lost(ch: &Channel) -> Option<RunError> {
+    let (g, _) = ch.lost.as_ref()?;
+    Some(RunError::Vm(format!(
+        "{}; then the microVM ended{}",
+        g.what, g.said
+    )))
 }
 
 /// Copies our stdin to the guest in its own thread; EOF becomes

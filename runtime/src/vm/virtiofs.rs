@@ -129,6 +129,17 @@ pub struct Daemon {
     pub frontend: Option<OwnedFd>,
     /// Its stderr.
     log: Capture,
+    /// Its end has been reported ([`Daemon::ended`]).
+    reported: bool,
+}
+
+/// A virtiofsd that ended while its VM ran.
+#[derive(Debug)]
+pub struct Gone {
+    /// Which daemon, and how it ended.
+    pub what: String,
+    /// Its last words (a "--- virtiofsd said" block), or nothing.
+    pub said: String,
 }
 
 impl Daemon {
@@ -137,21 +148,27 @@ impl Daemon {
         self.frontend.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 
-    /// The daemon has ended: an error for the run, saying how.
-    pub fn ended(&mut self) -> Option<String> {
+    /// The daemon has ended (said once): which share, and how.
+    pub fn ended(&mut self) -> Option<Gone> {
+        if self.reported {
+            return None;
+        }
         let st = self.child.try_wait().ok()??;
+        self.reported = true;
         self.log.settle(std::time::Duration::from_millis(500));
         let (said, _) = self.log.tail(10);
         let said = said.trim();
-        Some(format!(
-            "virtiofsd serving {} ended while the microVM ran ({st}); the microVM was stopped{}",
-            self.what,
-            if said.is_empty() {
+        Some(Gone {
+            what: format!(
+                "virtiofsd serving {} ended while the microVM ran ({st})",
+                self.what
+            ),
+            said: if said.is_empty() {
                 String::new()
             } else {
                 format!("\n--- virtiofsd said\n{said}")
-            }
-        ))
+            },
+        })
     }
 
     pub fn kill(&mut self) {
@@ -425,6 +442,7 @@ pub fn spawn(bin: &Path, share: Share, run_dir: &Path) -> Result<Daemon, RunErro
         child,
         frontend: Some(frontend.into()),
         log: Capture::start(log_r, super::console::BACKEND_KEEP),
+        reported: false,
     })
 }
 

@@ -217,6 +217,47 @@ fn published_ports_serve_and_are_cleaned_up() {
     assert!(refused.is_err(), "the port is still served after rm -f");
 }
 
+/// The run report (`$AMPHI_RUN_REPORT`) names the network and the
+/// published ports, docker's way.
+#[test]
+fn the_run_report_names_the_network_and_ports() {
+    let e = Env::new();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let publish = format!("127.0.0.1:{port}:80/udp");
+    for (flags, network, ports) in [
+        (
+            vec!["-p", publish.as_str()],
+            "private",
+            vec![format!("127.0.0.1:{port}->80/udp")],
+        ),
+        (vec!["--network", "none"], "none", vec![]),
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(&flags);
+        args.extend_from_slice(&[IMG, "true"]);
+        let mut c = e.cmd(&args);
+        c.env("AMPHI_RUN_REPORT", &report).stdin(Stdio::null());
+        let out = amphi_tests::run_cmd(&mut c);
+        assert!(out.status.success(), "{out:?}");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["network"], network, "{r}");
+        let got: Vec<String> = r["ports"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, ports, "{r}");
+        std::fs::remove_file(&report).unwrap();
+    }
+    e.assert_no_pasta("runs with a report");
+}
+
 /// Bad `-p` values name the flag and the value; `-p` with a network that
 /// is not private is refused; a missing pasta names its package.
 #[test]

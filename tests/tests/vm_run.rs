@@ -116,7 +116,12 @@ struct Running {
 impl Running {
     /// Waits for amphi to exit (within [`RUN_LIMIT`]).
     fn finish(mut self) -> Run {
-        let st = wait_limited(&mut self.child, &self.what, &mut self.err);
+        let st = wait_limited(
+            &mut self.child,
+            &self.what,
+            &mut self.err,
+            Some(&mut self.out),
+        );
         let took = self.started.elapsed();
         drop(self.keep.take());
         let raw_stderr = read_all(&mut self.err);
@@ -168,17 +173,30 @@ enum Input<'a> {
 
 /// Waits for `child` up to [`RUN_LIMIT`]; kills it and panics when it
 /// takes longer.
-fn wait_limited(child: &mut Child, what: &str, err: &mut File) -> std::process::ExitStatus {
+fn wait_limited(
+    child: &mut Child,
+    what: &str,
+    err: &mut File,
+    out: Option<&mut File>,
+) -> std::process::ExitStatus {
     let deadline = Instant::now() + RUN_LIMIT;
     loop {
         if let Some(st) = child.try_wait().unwrap() {
             return st;
         }
         if Instant::now() > deadline {
+            // What amphi and its children were doing, for the hang's cause.
+            let tree = Command::new("ps")
+                .args(["-o", "pid,stat,wchan:24,etime,args", "--ppid"])
+                .arg(child.id().to_string())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "amphi {what} did not end within {RUN_LIMIT:?}; stderr:\n{}",
+                "amphi {what} did not end within {RUN_LIMIT:?}; its children:\n{tree}\nstdout:\n{}\nstderr:\n{}",
+                out.map(read_all).unwrap_or_default(),
                 read_all(err)
             );
         }
@@ -625,7 +643,7 @@ fn signals_give_128_plus_n() {
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = wait_limited(&mut child, &what, &mut err);
+    let st = wait_limited(&mut child, &what, &mut err, None);
     assert_eq!(
         st.code(),
         Some(42),
@@ -686,7 +704,7 @@ fn tty_gives_a_terminal() {
         .spawn()
         .unwrap();
     let stdin = child.stdin.take();
-    let st = wait_limited(&mut child, &what, &mut err);
+    let st = wait_limited(&mut child, &what, &mut err, None);
     drop(stdin);
     let text = read_all(&mut out);
     let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
@@ -1486,10 +1504,14 @@ fn the_microvm_network_goes_out_and_publishes() {
     let script = format!(
         "ls /sys/class/net | tr '\\n' ' '; echo; timeout 10 nc -w 5 {gw} {port} </dev/null"
     );
-    let run = e.vm(&[], &["sh", "-c", &script]);
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let env = [("AMPHI_RUN_REPORT", report.path().to_str().unwrap())];
+    let run = e.vm_with(&env, &[], &["sh", "-c", &script], Input::Null);
     run.expect_code(0);
     assert!(run.stdout.contains("eth0"), "{}", run.show());
     assert!(run.stdout.contains("pong-from-host"), "{}", run.show());
+    let r: Value = serde_json::from_str(&fs::read_to_string(report.path()).unwrap()).unwrap();
+    assert_eq!(r["network"], "private", "the run report: {r}");
 
     // A published port: the guest's httpd answers curl on the host.
     let www = tempfile::tempdir().unwrap();

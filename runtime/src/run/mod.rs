@@ -147,7 +147,8 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     let status = pty::wait_with_console(launched.pid, launched.pty, launched.console, &sigs);
     crate::sys::signal::unblock(&sigs);
     drop(net);
-    let (status, oom, notices) = ended(&c.id, &launched.cgroup, status, t0, t_started);
+    let net = report::network_of(&req.flags);
+    let (status, oom, notices) = ended(&c.id, &launched.cgroup, status, (t0, t_started), net);
     if !req.rm {
         c.record.exit_code = Some(status);
         c.record.oom_killed = oom;
@@ -430,8 +431,8 @@ fn ended(
     id: &str,
     cgroup: &crate::container::cgroups::Cgroup,
     mut status: i32,
-    t0: std::time::Instant,
-    t_started: std::time::Instant,
+    (t0, t_started): (std::time::Instant, std::time::Instant),
+    (network, ports): (String, Vec<String>),
 ) -> (i32, bool, Vec<String>) {
     let run_time = t_started.elapsed();
     let oom = cgroup.oom_killed();
@@ -451,6 +452,8 @@ fn ended(
             run_ms: report::ms(run_time),
             total_ms: report::ms(t0.elapsed()),
             backend: None,
+            network,
+            ports,
             ..Default::default()
         }
         .try_write();

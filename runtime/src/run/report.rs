@@ -41,6 +41,20 @@ pub struct RunReport {
     /// initramfs or block) and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
+    /// The workload's network: `private`, `none` or `host`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    /// Its published ports, docker's way (`127.0.0.1:8080->80/tcp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+/// The report's network fields for a request's flags.
+pub fn network_of(flags: &crate::spec::RunFlags) -> (String, Vec<String>) {
+    (
+        flags.network.to_string(),
+        flags.publish.iter().map(|p| p.to_string()).collect(),
+    )
 }
 
 pub fn ms(d: Duration) -> f64 {

@@ -87,6 +87,7 @@ impl Timing {
         result: &Result<i32, RunError>,
         monitor: &Backend,
         rootfs: &guestfs::Prepared,
+        (network, ports): (String, Vec<String>),
         notify: fn(&str),
     ) {
         let kind = rootfs.kind;
@@ -106,6 +107,8 @@ impl Timing {
                 backend: Some(backend.to_string()),
                 monitor_protections: jail::protections(monitor),
                 rootfs: Some(format!("{kind}: {}", rootfs.reason)),
+                network,
+                ports,
             }
             .try_write()
             .unwrap_or_else(|w| notify(&w));
@@ -409,7 +412,8 @@ pub fn run(
     });
     drop(cleanup);
     timing.teardown += t.elapsed();
-    timing.report(&result, &backend, &prepared, opts.notify);
+    let net = crate::run::report::network_of(&req.flags);
+    timing.report(&result, &backend, &prepared, net, opts.notify);
     result
 }
 

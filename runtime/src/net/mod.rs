@@ -256,6 +256,22 @@ fn tool(var: &str, name: &str) -> Result<PathBuf, String> {
         })
 }
 
+/// Why a private network cannot be had on this host, if it cannot: the
+/// helper it needs (pasta for a native run, passt for a microVM) is
+/// missing, or the host has no IPv4 default route (both copy the host's
+/// address and routes, and refuse to start without one). The default
+/// network falls back to `none` with this as the reason.
+pub fn unavailable(vm: bool) -> Option<String> {
+    let helper = if vm { passt_binary() } else { pasta_binary() };
+    if let Err(e) = helper {
+        return Some(e);
+    }
+    if default_route().is_none() {
+        return Some("this host has no IPv4 default route".into());
+    }
+    None
+}
+
 /// The resolver addresses of the host's /etc/resolv.conf.
 fn host_nameservers() -> Vec<IpAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -416,6 +432,7 @@ impl Attached {
     /// A new network namespace with pasta connected and configured.
     pub fn start(ports: &[Publish]) -> Result<Attached, String> {
         let bin = pasta_binary()?;
+        need_default_route()?;
         let netns = new_netns()?;
         let fd = netns.as_raw_fd();
         let mut cmd = Command::new(&bin);
@@ -537,6 +554,15 @@ fn default_route() -> Option<(String, Ipv4Addr)> {
     })
 }
 
+/// pasta and passt copy the host's default route, and refuse to start
+/// without one: a clear error first.
+fn need_default_route() -> Result<(), String> {
+    match default_route() {
+        Some(_) => Ok(()),
+        None => Err("this host has no IPv4 default route, and --network private needs one (or --network none)".into()),
+    }
+}
+
 /// The guest's address: the host's on its default route's interface.
 pub fn guest_address() -> Result<GuestAddress, String> {
     let (ifname, gateway) = default_route()
@@ -595,6 +621,7 @@ impl Passt {
     /// Starts passt for a VM, with `ports` published to the guest.
     pub fn start(ports: &[Publish]) -> Result<Passt, String> {
         let bin = passt_binary()?;
+        need_default_route()?;
         let (ours, backend) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::STREAM,

@@ -305,9 +305,10 @@ pub fn resolv_conf() -> String {
 }
 
 /// What pasta and passt both forward: the published ports into the
-/// namespace or guest (`-t`/`-u`, else `none`: both refuse `none` next to
-/// ports), and DNS to the host's resolver when it is on the host's
-/// loopback.
+/// namespace or guest (one `-t`/`-u` each: an address in a spec applies
+/// to all of it, so specs with addresses cannot share one option; else
+/// `none`: both refuse `none` next to ports), and DNS to the host's
+/// resolver when it is on the host's loopback.
 fn forwarding_args(ports: &[Publish]) -> Vec<String> {
     let mut a = Vec::new();
     for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
@@ -316,12 +317,14 @@ fn forwarding_args(ports: &[Publish]) -> Vec<String> {
             .filter(|p| p.proto == proto)
             .map(Publish::pasta_spec)
             .collect();
-        a.push(flag.into());
-        a.push(if specs.is_empty() {
-            "none".into()
-        } else {
-            specs.join(",")
-        });
+        if specs.is_empty() {
+            a.push(flag.into());
+            a.push("none".into());
+        }
+        for spec in specs {
+            a.push(flag.into());
+            a.push(spec);
+        }
     }
     if host_nameservers().iter().any(|a| a.is_loopback()) {
         a.push("--dns-forward".into());
@@ -720,6 +723,16 @@ mod tests {
         assert!(
             joined.contains("-T none -U none -t 127.0.0.1/8080:80 -u none"),
             "{joined}"
+        );
+        let two = [
+            Publish::parse("127.0.0.1:8080:80").unwrap(),
+            Publish::parse("127.0.0.1:8443:443").unwrap(),
+            Publish::parse("53:53/udp").unwrap(),
+        ];
+        let joined2 = pasta_args(7, &two).join(" ");
+        assert!(
+            joined2.contains("-t 127.0.0.1/8080:80 -t 127.0.0.1/8443:443 -u 53:53"),
+            "one option per port: {joined2}"
         );
         let none = pasta_args(7, &[]).join(" ");
         assert!(none.contains("-T none -U none -t none -u none"), "{none}");

@@ -259,7 +259,8 @@ fn the_run_report_names_the_network_and_ports() {
 }
 
 /// Bad `-p` values name the flag and the value; `-p` with a network that
-/// is not private is refused; a missing pasta names its package.
+/// is not private is refused; a missing pasta, with an explicit `--network
+/// private`, names its package.
 #[test]
 fn bad_network_flags_are_refused_clearly() {
     let e = Env::new();
@@ -279,7 +280,7 @@ fn bad_network_flags_are_refused_clearly() {
     let (code, _, err) = e.rm(&["--network", "none", "-p", "8080:80"], &["true"]);
     assert_eq!(code, 125);
     assert!(err.contains("-p") && err.contains("none"), "{err}");
-    let mut c = e.cmd(&["run", "--rm", IMG, "true"]);
+    let mut c = e.cmd(&["run", "--rm", "--network", "private", IMG, "true"]);
     c.env("AMPHI_PASTA", "/nonexistent/pasta")
         .stdin(Stdio::null());
     let out = amphi_tests::run_cmd(&mut c);
@@ -390,4 +391,105 @@ fn pasta_does_not_outlive_a_killed_run() {
     let st = client.wait().unwrap();
     assert_eq!(st.code(), Some(137));
     e.assert_no_pasta("kill -9 of the workload");
+}
+
+/// `amphi run FLAGS IMG ls /sys/class/net` with `env` set, run by `wrap`
+/// (e.g. `unshare -n`, a network namespace with only loopback and no
+/// route): (status, stdout, stderr).
+fn run_with(e: &Env, wrap: &[&str], env: &[(&str, &str)], flags: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["run", "--rm"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[IMG, "ls", "/sys/class/net"]);
+    let inner = e.cmd(&args);
+    let mut c = match wrap.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(inner.get_program()).args(inner.get_args());
+            for (k, v) in inner.get_envs() {
+                match v {
+                    Some(v) => c.env(k, v),
+                    None => c.env_remove(k),
+                };
+            }
+            c
+        }
+        None => inner,
+    };
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null());
+    let out = amphi_tests::run_cmd(&mut c);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Where the host cannot give a private network (pasta missing, or no
+/// IPv4 default route: amphi itself run in a network namespace with only
+/// loopback), the default falls back to `none` with one warning that says
+/// why and names the package; an explicit `--network private`, or `-p`,
+/// fails with the clear error instead; nothing is left behind.
+#[test]
+fn the_default_network_falls_back_to_none_where_there_is_none() {
+    let e = Env::new();
+    let missing = [("AMPHI_PASTA", "/nonexistent/pasta")];
+    let (code, out, err) = run_with(&e, &[], &missing, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out, "lo\n", "the fallback is loopback only: {err}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("warning") && l.contains("network"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning line about the network: {err}"
+    );
+    assert!(
+        warnings[0].contains("--network none")
+            && warnings[0].contains("/nonexistent/pasta")
+            && warnings[0].contains("apt-get install passt"),
+        "{err}"
+    );
+    let (code, _, err) = run_with(&e, &[], &missing, &["--network", "private"]);
+    assert_eq!(code, 125, "an explicit --network private fails: {err}");
+    assert!(err.contains("/nonexistent/pasta"), "{err}");
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{free}:80");
+    let (code, _, err) = run_with(&e, &[], &missing, &["-p", &publish]);
+    assert_eq!(code, 125, "-p needs the private network: {err}");
+    assert!(err.contains("/nonexistent/pasta"), "{err}");
+
+    if !amphi_tests::have("unshare") {
+        amphi_tests::skip("no unshare(1): the no-route fallback is NOT tested");
+        return;
+    }
+    let no_route = ["unshare", "--net"];
+    let (code, out, err) = run_with(&e, &no_route, &[], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out, "lo\n", "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("warning") && l.contains("no IPv4 default route")),
+        "{err}"
+    );
+    let (code, _, err) = run_with(&e, &no_route, &[], &["--network", "private"]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains("no IPv4 default route") && err.contains("--network private"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(e.state.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "state left after the runs: {left:?}");
+    e.assert_no_pasta("fallback runs");
 }

@@ -212,11 +212,21 @@ fn lab_virtio(name: &str, vcpus: u32) {
 /// the guest rootfs, starts `amphi vmm` and talks to its guest init over
 /// the guest channel, all inside level 1.
 ///
-/// With `virtiofs`, level 1 also shares a directory holding a token with
-/// `-v` (`scripts/vm-lab run --virtiofs`): virtiofsd serves it to the
-/// built-in VMM (`amphi vmm --fs fd=N,tag=amphi-vol`, the connection handed
-/// down), the workload prints the token and writes a file back.
-fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
+/// With [`LabRun::Virtiofs`], level 1 also shares a directory holding a
+/// token with `-v` (`scripts/vm-lab run --virtiofs`): virtiofsd serves it
+/// to the built-in VMM (`amphi vmm --fs fd=N,tag=amphi-vol`, the connection
+/// handed down), the workload prints the token and writes a file back.
+///
+/// With [`LabRun::Network`] (`scripts/vm-lab run --network`), level 1 has
+/// an interface with a default route and a second address where busybox
+/// httpd serves a token and 256 KiB of random bytes; `amphi run --network
+/// private` starts passt in level 1 for the built-in VMM's virtio-net, and
+/// the workload fetches the token from that address and the bytes through
+/// the gateway (passt maps it to level 1's loopback): the token and the
+/// bytes' sha256 must arrive, and no passt may be left in level 1.
+fn lab_amphi_run(vcpus: u32, extra: LabRun) {
+    let virtiofs = extra == LabRun::Virtiofs;
+    let network = extra == LabRun::Network;
     if !is_root() {
         skip("the nested lab needs root (apt-get, mknod): vm-lab run (amphi run through the built-in VMM) not run");
         return;
@@ -244,6 +254,10 @@ fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
             return;
         }
     }
+    if network && !amphi_tests::have("passt") {
+        skip("vm-lab run --network NOT run: passt is not installed (apt-get install passt, or scripts/setup)");
+        return;
+    }
     // The release `amphi kernel build` wrote next to the kernel.
     let release = std::fs::read_to_string(kernel.with_file_name("version"))
         .ok()
@@ -258,7 +272,8 @@ fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
             .args(["--image", image.to_str().unwrap()])
             .args(["--vcpus", &vcpus.to_string()])
             .args(["--amphi", amphi_bin().to_str().unwrap()])
-            .args(virtiofs.then_some("--virtiofs")),
+            .args(virtiofs.then_some("--virtiofs"))
+            .args(network.then_some("--network")),
     );
     let took = started.elapsed();
     let report = lab_report(&out);
@@ -290,6 +305,16 @@ fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
         assert!(token.starts_with("AMPHI-VOL-"), "{}", show(&out));
         assert_eq!(stdout, [guest, "out", token], "{}", show(&out));
         assert_eq!(get("volume-back"), "ok", "{}", show(&out));
+    } else if network {
+        // uname -r, "out", the token from level 1's address, then the
+        // sha256 of the bytes fetched through the gateway, which level 1
+        // computed of the file it served.
+        let token = get("net-token");
+        let blob = get("net-blob-sha256");
+        assert!(token.starts_with("AMPHI-NET-"), "{}", show(&out));
+        assert_eq!(blob.len(), 64, "{}", show(&out));
+        assert_eq!(stdout, [guest, "out", token, blob], "{}", show(&out));
+        assert_eq!(get("passt-left"), "0", "{}", show(&out));
     } else {
         // uname -r in the workload, then "out"; nothing else.
         assert_eq!(stdout, [guest, "out"], "{}", show(&out));
@@ -311,16 +336,34 @@ fn lab_amphi_run(vcpus: u32, virtiofs: bool) {
     assert_jailed(get("jail"), &show(&out));
 }
 
+/// What `scripts/vm-lab run` adds to the plain run.
+#[derive(PartialEq, Eq)]
+enum LabRun {
+    Plain,
+    /// `--virtiofs`: a `-v` volume over virtio-fs.
+    Virtiofs,
+    /// `--network`: a private network through passt in level 1.
+    Network,
+}
+
 #[test]
 fn lab_amphi_run_builtin_vmm() {
-    lab_amphi_run(1, false);
+    lab_amphi_run(1, LabRun::Plain);
 }
 
 /// `amphi run -v` through the built-in VMM: a host directory over
 /// virtio-fs, read and written by a real Linux guest.
 #[test]
 fn lab_amphi_run_builtin_vmm_virtiofs_volume() {
-    lab_amphi_run(1, true);
+    lab_amphi_run(1, LabRun::Virtiofs);
+}
+
+/// `amphi run --network private` through the built-in VMM: a real Linux
+/// guest reaches a server in level 1 through virtio-net and passt, which
+/// runs inside level 1 (the "outbound in the nested lab").
+#[test]
+fn lab_amphi_run_builtin_vmm_private_network() {
+    lab_amphi_run(1, LabRun::Network);
 }
 
 #[test]

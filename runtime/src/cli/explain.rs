@@ -69,15 +69,19 @@ pub fn monitor_protections(p: &crate::dispatch::Plan) -> String {
     }
 }
 
-/// The network a run of the image gets by default: private, or the
-/// policy's limit (which a `--network` flag cannot exceed).
+/// The network a run of the image gets by default: private (none, when
+/// this host cannot give one), or the policy's limit (which a `--network`
+/// flag cannot exceed).
 fn network(p: &crate::dispatch::Plan) -> String {
     match &p.decision.network_limit {
         Some((limit, rule)) if limit.as_str() == "none" => {
             format!("none (the policy allows at most none: {rule}; --network private is refused)")
         }
         Some((limit, rule)) => format!("private (the policy allows at most {limit}: {rule})"),
-        None => "private (the default; --network none or host to change it)".into(),
+        None => match crate::net::unavailable(matches!(p.target, crate::dispatch::Target::Vm(_))) {
+            Some(why) => format!("none (the default, private, is unavailable on this host: {why})"),
+            None => "private (the default; --network none or host to change it)".into(),
+        },
     }
 }
 

@@ -176,6 +176,31 @@ fn apply_network_policy(
     Ok(())
 }
 
+/// The default network, private, falls back to none when this host cannot
+/// give one (no pasta/passt, no IPv4 default route), with a one-line
+/// warning that says why: a run does not fail because networking is
+/// unavailable. An explicit `--network private`, a policy rule's
+/// `network`, or `-p` (which needs it) keep it required: those fail later
+/// with the clear error.
+fn default_network_fallback(
+    flags: &mut crate::spec::RunFlags,
+    plan: &crate::dispatch::Plan,
+    d: &Dispatch,
+) {
+    if d.network_given
+        || plan.decision.network_limit.is_some()
+        || flags.network != Network::Private
+        || !flags.publish.is_empty()
+    {
+        return;
+    }
+    let vm = matches!(plan.target, crate::dispatch::Target::Vm(_));
+    if let Some(why) = crate::net::unavailable(vm) {
+        eprintln!("amphi: warning: no network for this run (--network none): {why}");
+        flags.network = Network::None;
+    }
+}
+
 /// What `--verbose` says of the run's network.
 pub fn network_line(flags: &crate::spec::RunFlags, plan: &crate::dispatch::Plan) -> String {
     let mut line = flags.network.to_string();
@@ -331,6 +356,7 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
         }
     }
     apply_network_policy(&mut req.flags, &plan, &d)?;
+    default_network_fallback(&mut req.flags, &plan, &d);
     if d.verbose {
         eprint!("{plan}");
         eprint!("{}", super::explain::monitor_protections(&plan));

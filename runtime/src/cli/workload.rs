@@ -38,7 +38,9 @@ pub struct WorkloadArgs {
     pub read_only: bool,
     /// Network: private (the default: its own network namespace, or the microVM's NIC, with
     /// outbound traffic and DNS through pasta/passt, and -p ports), none (loopback only) or host
-    /// (the host's network; native runs only). A policy rule's `network` is the most it may get
+    /// (the host's network; native runs only). A policy rule's `network` is the most it may get.
+    /// Without this flag, a host with no passt/pasta or no IPv4 default route gives none, with a
+    /// warning; an explicit --network private fails there
     #[arg(long, value_name = "MODE", value_parser = ["private", "none", "host"])]
     pub network: Option<String>,
     /// Add a capability (e.g. NET_ADMIN, or ALL)

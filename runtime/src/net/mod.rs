@@ -256,6 +256,22 @@ fn tool(var: &str, name: &str) -> Result<PathBuf, String> {
         })
 }
 
+/// Why a private network cannot be had on this host, if it cannot: the
+/// helper it needs (pasta for a native run, passt for a microVM) is
+/// missing, or the host has no IPv4 default route (both copy the host's
+/// address and routes, and refuse to start without one). The default
+/// network falls back to `none` with this as the reason.
+pub fn unavailable(vm: bool) -> Option<String> {
+    let helper = if vm { passt_binary() } else { pasta_binary() };
+    if let Err(e) = helper {
+        return Some(e);
+    }
+    if default_route().is_none() {
+        return Some("this host has no IPv4 default route".into());
+    }
+    None
+}
+
 /// The resolver addresses of the host's /etc/resolv.conf.
 fn host_nameservers() -> Vec<IpAddr> {
     std::fs::read_to_string("/etc/resolv.conf")
@@ -289,9 +305,10 @@ pub fn resolv_conf() -> String {
 }
 
 /// What pasta and passt both forward: the published ports into the
-/// namespace or guest (`-t`/`-u`, else `none`: both refuse `none` next to
-/// ports), and DNS to the host's resolver when it is on the host's
-/// loopback.
+/// namespace or guest (one `-t`/`-u` each: an address in a spec applies
+/// to all of it, so specs with addresses cannot share one option; else
+/// `none`: both refuse `none` next to ports), and DNS to the host's
+/// resolver when it is on the host's loopback.
 fn forwarding_args(ports: &[Publish]) -> Vec<String> {
     let mut a = Vec::new();
     for (flag, proto) in [("-t", Proto::Tcp), ("-u", Proto::Udp)] {
@@ -300,12 +317,14 @@ fn forwarding_args(ports: &[Publish]) -> Vec<String> {
             .filter(|p| p.proto == proto)
             .map(Publish::pasta_spec)
             .collect();
-        a.push(flag.into());
-        a.push(if specs.is_empty() {
-            "none".into()
-        } else {
-            specs.join(",")
-        });
+        if specs.is_empty() {
+            a.push(flag.into());
+            a.push("none".into());
+        }
+        for spec in specs {
+            a.push(flag.into());
+            a.push(spec);
+        }
     }
     if host_nameservers().iter().any(|a| a.is_loopback()) {
         a.push("--dns-forward".into());
@@ -416,6 +435,7 @@ impl Attached {
     /// A new network namespace with pasta connected and configured.
     pub fn start(ports: &[Publish]) -> Result<Attached, String> {
         let bin = pasta_binary()?;
+        need_default_route()?;
         let netns = new_netns()?;
         let fd = netns.as_raw_fd();
         let mut cmd = Command::new(&bin);
@@ -537,6 +557,15 @@ fn default_route() -> Option<(String, Ipv4Addr)> {
     })
 }
 
+/// pasta and passt copy the host's default route, and refuse to start
+/// without one: a clear error first.
+fn need_default_route() -> Result<(), String> {
+    match default_route() {
+        Some(_) => Ok(()),
+        None => Err("this host has no IPv4 default route, and --network private needs one (or --network none)".into()),
+    }
+}
+
 /// The guest's address: the host's on its default route's interface.
 pub fn guest_address() -> Result<GuestAddress, String> {
     let (ifname, gateway) = default_route()
@@ -595,6 +624,7 @@ impl Passt {
     /// Starts passt for a VM, with `ports` published to the guest.
     pub fn start(ports: &[Publish]) -> Result<Passt, String> {
         let bin = passt_binary()?;
+        need_default_route()?;
         let (ours, backend) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::STREAM,
@@ -693,6 +723,16 @@ mod tests {
         assert!(
             joined.contains("-T none -U none -t 127.0.0.1/8080:80 -u none"),
             "{joined}"
+        );
+        let two = [
+            Publish::parse("127.0.0.1:8080:80").unwrap(),
+            Publish::parse("127.0.0.1:8443:443").unwrap(),
+            Publish::parse("53:53/udp").unwrap(),
+        ];
+        let joined2 = pasta_args(7, &two).join(" ");
+        assert!(
+            joined2.contains("-t 127.0.0.1/8080:80 -t 127.0.0.1/8443:443 -u 53:53"),
+            "one option per port: {joined2}"
         );
         let none = pasta_args(7, &[]).join(" ");
         assert!(none.contains("-T none -U none -t none -u none"), "{none}");

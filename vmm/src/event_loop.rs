@@ -9,10 +9,14 @@
 //! - the stop handle's wake eventfd: the loop ends when the VM run ends.
 //!
 //! The queues of a device served by another process (vhost-user) are not
-//! watched: their eventfds are that process's kick eventfds. A device that
-//! fails for good (its vhost-user backend hung up) ends the run: the loop
-//! hands `run()` an [`ExitReason::DeviceFailed`] the way a vCPU hands it
-//! how the guest ended.
+//! watched: their eventfds are that process's kick eventfds. When that
+//! changes (a virtio-fs device whose virtiofsd went away serves its queues
+//! itself from then on), the queues are watched from the next event on:
+//! notifications pending in the eventfds then come up at once
+//! (level-triggered). A device that fails for good (its vhost-user backend
+//! refused the setup) ends the run: the loop hands `run()` an
+//! [`ExitReason::DeviceFailed`] the way a vCPU hands it how the guest
+//! ended.
 //!
 //! vCPU threads keep handling register accesses (PIO/MMIO exits); the
 //! transport's mutex serialises them with the work done here.
@@ -89,6 +93,8 @@ pub struct EventLoop {
     devices: Vec<Arc<Mutex<MmioTransport>>>,
     /// Host descriptors in the epoll set now, by token.
     registered: HashMap<u64, (RawFd, EventSet)>,
+    /// Per device: whether its queue eventfds are in the epoll set.
+    queues_watched: Vec<bool>,
     stop: Arc<StopState>,
     /// Device events handled so far.
     dispatched: u64,
@@ -117,6 +123,7 @@ impl EventLoop {
             .map_err(epoll_err("watching the wake eventfd"))?;
         let mut this = EventLoop {
             epoll,
+            queues_watched: vec![false; devices.len()],
             devices,
             registered: HashMap::new(),
             stop,
@@ -125,27 +132,38 @@ impl EventLoop {
             outcomes: None,
         };
         for device in 0..this.devices.len() {
-            let transport = lock(&this.devices[device]);
-            // A vhost-user backend waits on these itself.
-            let ours = if transport.queues_served_elsewhere() {
-                0
-            } else {
-                transport.queue_events().len()
-            };
-            for (queue, evt) in transport.queue_events()[..ours].iter().enumerate() {
-                let token = Token::Queue { device, queue }.encode();
-                this.epoll
-                    .ctl(
-                        ControlOperation::Add,
-                        evt.as_raw_fd(),
-                        EpollEvent::new(EventSet::IN, token),
-                    )
-                    .map_err(epoll_err("watching a queue eventfd"))?;
-            }
-            drop(transport);
+            this.sync_queue_events(device)
+                .map_err(epoll_err("watching a queue eventfd"))?;
             this.sync_host_sources(device);
         }
         Ok(this)
+    }
+
+    /// Watches device `device`'s queue eventfds, unless another process
+    /// serves its queues now (a vhost-user backend waits on them itself).
+    fn sync_queue_events(&mut self, device: usize) -> std::io::Result<()> {
+        let transport = lock(&self.devices[device]);
+        let want = !transport.queues_served_elsewhere();
+        if self.queues_watched[device] == want {
+            return Ok(());
+        }
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            let token = Token::Queue { device, queue }.encode();
+            let (op, event) = if want {
+                (ControlOperation::Add, EpollEvent::new(EventSet::IN, token))
+            } else {
+                (ControlOperation::Delete, EpollEvent::default())
+            };
+            match self.epoll.ctl(op, evt.as_raw_fd(), event) {
+                // Left from an earlier attempt that failed part way.
+                Err(e)
+                    if e.raw_os_error() == Some(if want { libc::EEXIST } else { libc::ENOENT }) => {
+                }
+                other => other?,
+            }
+        }
+        self.queues_watched[device] = want;
+        Ok(())
     }
 
     /// Brings the epoll set in line with what device `device` waits for.
@@ -342,6 +360,9 @@ impl EventLoop {
             tracing::error!("event loop: virtio device {device} panicked; carrying on");
         }
         self.check_failure(device);
+        if let Err(e) = self.sync_queue_events(device) {
+            tracing::error!("event loop: virtio device {device}: cannot watch its queues: {e}");
+        }
         self.sync_host_sources(device);
     }
 }

@@ -131,8 +131,10 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: forget per-activation state.
     fn reset(&mut self) {}
 
-    /// Whether another process serves the queues (vhost-user): their
+    /// Whether another process serves the queues now (vhost-user): their
     /// notification eventfds go to it, and the VMM must not consume them.
+    /// Asked again after every call into the device: a device whose
+    /// backend went away may serve its queues itself from then on.
     fn queues_served_elsewhere(&self) -> bool {
         false
     }
@@ -143,9 +145,9 @@ pub trait VirtioDevice: Send {
         None
     }
 
-    /// A failure that ends the VM (a vhost-user backend that went away),
-    /// once: what went wrong, for the exit reason. Asked after every call
-    /// into the device.
+    /// A failure that ends the VM (a vhost-user backend that refused its
+    /// setup), once: what went wrong, for the exit reason. Asked after
+    /// every call into the device.
     fn take_failure(&mut self) -> Option<String> {
         None
     }

@@ -253,6 +253,33 @@ impl VirtQueue {
         )))
     }
 
+    /// Takes the ring over from another process that served it (a
+    /// vhost-user backend that went away): the device side continues at
+    /// the used ring's `idx` as that process left it in guest memory, for
+    /// both the next chain to take and the next used entry. The chains
+    /// between it and the available ring's `idx` are the ones the other
+    /// process did not complete, if it completed in order. Returns that
+    /// position and the available ring's `idx`.
+    pub fn take_over(&mut self, mem: &GuestMemoryMmap) -> Result<(u16, u16), QueueError> {
+        if !self.ready {
+            return Err(QueueError::Ring("the queue is not ready".into()));
+        }
+        let ring_err = |e: virtio_queue::Error| QueueError::Ring(e.to_string());
+        let used = self
+            .ring
+            .used_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(ring_err)?
+            .0;
+        let avail = self
+            .ring
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(ring_err)?
+            .0;
+        self.ring.set_next_avail(used);
+        self.ring.set_next_used(used);
+        Ok((used, avail))
+    }
+
     /// Puts the last popped chain back (it will be popped again).
     pub fn undo_pop(&mut self) {
         self.ring.go_to_previous_position();
@@ -359,6 +386,40 @@ mod tests {
         q.set_address(RingPart::Descriptors, false, 0x1000);
         q.set_address(RingPart::Avail, false, 0);
         assert!(q.set_ready(&mem, false).is_err(), "avail ring never set");
+    }
+
+    /// Another process served the ring and completed 2 of 4 chains: the
+    /// device continues at the used ring's idx, so the 3rd chain is the
+    /// next one taken and the next used entry is the 3rd.
+    #[test]
+    fn a_ring_is_taken_over_at_the_used_index_in_memory() {
+        use crate::devices::virtio::testing::{live_queue, push_chain, queue_base, used, DATA};
+        use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+        use virtio_queue::mock::MockSplitQueue;
+
+        let mem = test_memory();
+        let mock = MockSplitQueue::create(&mem, queue_base(0), 16);
+        let mut q = live_queue(&mem, &mock, 16, 16, false);
+        let mut not_ready = VirtQueue::new(16).unwrap();
+        assert!(not_ready.take_over(&mem).is_err());
+        for i in 0..4u16 {
+            push_chain(
+                &mock,
+                i * 2,
+                &[(DATA + u64::from(i) * 0x100, 16, VRING_DESC_F_WRITE)],
+            );
+        }
+        // The other process's two used entries.
+        for (slot, head) in [(0u64, 0u32), (1, 2)] {
+            let at = mock.used_addr().0 + 4 + 8 * slot;
+            vm_memory::Bytes::write_obj(&mem, [head, 16], GuestAddress(at)).unwrap();
+        }
+        mock.used().idx().store(2);
+        assert_eq!(q.take_over(&mem).unwrap(), (2, 4));
+        let chain = q.pop(&mem, 4096).unwrap().unwrap().unwrap();
+        assert_eq!(chain.head, 4);
+        q.add_used(&mem, chain.head, 0).unwrap();
+        assert_eq!(used(&mock), vec![(0, 16), (2, 16), (4, 0)]);
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //!   backend).
 //!
 //! Requests are synchronous: each waits for the backend's reply. A backend
-//! that exited is an error at once (the socket reads end-of-file). One that
+//! that exited is an error at once (the socket reads end-of-file), and
+//! [`RequestError::connection_lost`] tells it from a refusal (the device
+//! then serves its queues itself, see `super::fs`). One that
 //! is alive and silent is an error after [`HANDSHAKE_TIMEOUT`] in the
 //! handshake; later, in the guest's `DRIVER_OK` or reset write, the vCPU
 //! waits for it as for a stuck disk, until the run ends (see
@@ -93,6 +95,46 @@ impl std::fmt::Debug for VhostUserConnection {
 /// `step: error`, for the `vhost` crate's errors.
 fn step_err(step: &'static str) -> impl FnOnce(vhost::Error) -> String {
     move |e| format!("{step}: {e}")
+}
+
+/// A request to a started backend that failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct RequestError {
+    /// What failed, for messages.
+    pub detail: String,
+    /// Whether the connection itself is gone (the backend exited or
+    /// closed the socket, or the socket failed), rather than the backend
+    /// refusing the request or the VMM refusing to send it.
+    pub connection_lost: bool,
+}
+
+impl From<String> for RequestError {
+    fn from(detail: String) -> Self {
+        RequestError {
+            detail,
+            connection_lost: false,
+        }
+    }
+}
+
+/// Whether `e` says the connection is gone.
+pub fn connection_lost(e: &vhost::Error) -> bool {
+    use vhost::vhost_user::Error as E;
+    matches!(
+        e,
+        vhost::Error::VhostUserProtocol(
+            E::Disconnected | E::PartialMessage | E::SocketBroken(_) | E::SocketError(_)
+        )
+    )
+}
+
+/// [`step_err`] for requests to a started backend.
+fn request_err(step: &'static str) -> impl FnOnce(vhost::Error) -> RequestError {
+    move |e| RequestError {
+        connection_lost: connection_lost(&e),
+        detail: format!("{step}: {e}"),
+    }
 }
 
 impl VhostUserConnection {
@@ -184,19 +226,20 @@ impl VhostUserConnection {
         features: u64,
         mem: &GuestMemoryMmap,
         vrings: &[VringSetup<'_>],
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), RequestError> {
         let f = &mut self.frontend;
         f.set_features(features | PROTOCOL_FEATURES)
-            .map_err(step_err("SET_FEATURES"))?;
+            .map_err(request_err("SET_FEATURES"))?;
         let regions = memory_table(mem)?;
         f.set_mem_table(&regions)
-            .map_err(step_err("SET_MEM_TABLE"))?;
+            .map_err(request_err("SET_MEM_TABLE"))?;
         for v in vrings {
             let i = v.index;
             let q = v.queue;
             f.set_vring_num(i, q.size())
-                .map_err(step_err("SET_VRING_NUM"))?;
-            f.set_vring_base(i, 0).map_err(step_err("SET_VRING_BASE"))?;
+                .map_err(request_err("SET_VRING_NUM"))?;
+            f.set_vring_base(i, 0)
+                .map_err(request_err("SET_VRING_BASE"))?;
             let config = VringConfigData {
                 queue_max_size: q.max_size(),
                 queue_size: q.size(),
@@ -207,26 +250,26 @@ impl VhostUserConnection {
                 log_addr: None,
             };
             f.set_vring_addr(i, &config)
-                .map_err(step_err("SET_VRING_ADDR"))?;
+                .map_err(request_err("SET_VRING_ADDR"))?;
             f.set_vring_call(i, v.call)
-                .map_err(step_err("SET_VRING_CALL"))?;
+                .map_err(request_err("SET_VRING_CALL"))?;
             f.set_vring_kick(i, v.kick)
-                .map_err(step_err("SET_VRING_KICK"))?;
+                .map_err(request_err("SET_VRING_KICK"))?;
             f.set_vring_enable(i, true)
-                .map_err(step_err("SET_VRING_ENABLE"))?;
+                .map_err(request_err("SET_VRING_ENABLE"))?;
         }
         Ok(())
     }
 
     /// Stops the queues `started` in the backend; returns where each one's
     /// available ring was (`GET_VRING_BASE`).
-    pub fn stop(&mut self, started: &[usize]) -> std::result::Result<Vec<u32>, String> {
+    pub fn stop(&mut self, started: &[usize]) -> std::result::Result<Vec<u32>, RequestError> {
         let f = &mut self.frontend;
         let mut bases = Vec::with_capacity(started.len());
         for &i in started {
             f.set_vring_enable(i, false)
-                .map_err(step_err("SET_VRING_ENABLE"))?;
-            bases.push(f.get_vring_base(i).map_err(step_err("GET_VRING_BASE"))?);
+                .map_err(request_err("SET_VRING_ENABLE"))?;
+            bases.push(f.get_vring_base(i).map_err(request_err("GET_VRING_BASE"))?);
         }
         Ok(bases)
     }

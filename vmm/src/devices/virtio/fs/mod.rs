@@ -10,13 +10,38 @@
 //!   buffers: the VMM sets `VRING` in `InterruptStatus` and raises the
 //!   interrupt (the backend cannot set the status a virtio-mmio driver
 //!   reads first);
-//! - the socket, watched for hang-up only: virtiofsd gone (killed, exited)
-//!   means the guest's requests would never be answered, so the VM ends
-//!   with [`crate::ExitReason::DeviceFailed`] naming the device and the
-//!   socket.
+//! - the socket, watched for hang-up only.
 //!
 //! The queues' ioeventfds are the backend's kick eventfds: the event loop
-//! leaves them alone ([`VirtioDevice::queues_served_elsewhere`]).
+//! leaves them alone ([`VirtioDevice::queues_served_elsewhere`]) while the
+//! backend is there.
+//!
+//! When the backend is gone (the socket hung up or failed, or a request to
+//! it at `DRIVER_OK` or reset found the connection lost), the device is
+//! *backend lost* for the rest of its life: the VMM says so once on its
+//! log, stops watching the socket and the call eventfds, and serves the
+//! queues itself ([`lost`]): every FUSE request gets `-EIO`, so the
+//! guest's file operations fail instead of waiting forever (the guest
+//! cannot abort a virtio-fs connection). `queues_served_elsewhere` turns
+//! false, and the event loop starts watching the ioeventfds (KVM's, and
+//! the `QueueNotify` writes that reach the VMM, signal the same
+//! eventfds). The VM runs on; whoever runs it decides when to end it.
+//!
+//! A ring the backend was serving is taken over where the backend left it
+//! in guest memory, at the used ring's `idx` ([`VirtQueue::take_over`]):
+//! the chains between it and the available ring's `idx` are the requests
+//! virtiofsd had not completed, taken or not, as it completes a queue's
+//! requests in order (its default `--thread-pool-size=0` handles them one
+//! at a time on the queue's thread). The VMM's own ring state cannot be
+//! used: the backend advanced the rings, not the VMM. So the requests in
+//! flight at the death get `-EIO` too. (A backend completing out of order
+//! could have used a later chain and not an earlier one; that chain would
+//! be returned a second time, which a Linux driver reports as a broken
+//! ring. amphi runs virtiofsd with the default.)
+//!
+//! A refusal by a live backend (a setup it does not accept, guest RAM it
+//! cannot map) is a device failure that ends the VM
+//! ([`crate::ExitReason::DeviceFailed`]), as before.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -28,9 +53,13 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::vhost_user::{VhostUserConnection, VringSetup};
+use super::queue::VirtQueue;
+use super::vhost_user::{RequestError, VhostUserConnection, VringSetup};
 use super::{read_config_bytes, Activation, DeviceContext, HostSource, VirtioDevice};
+use crate::devices::log_limit::{guest_warn, LogLimiter};
 use crate::error::{Result, VmmError};
+
+pub mod lost;
 
 /// Bytes of the tag in the configuration space.
 pub const TAG_LEN: usize = 36;
@@ -179,6 +208,13 @@ pub struct Fs {
     failure: Option<String>,
     /// Failed for good: nothing is watched or started any more.
     failed: bool,
+    /// The backend is gone: the VMM serves the queues ([`lost`]).
+    lost: bool,
+    /// Per queue, in backend-lost mode: its ring is still where the
+    /// backend left it, to be taken over before it is served.
+    take_over: [bool; NUM_QUEUES],
+    /// Guest-caused warnings while the VMM serves the queues.
+    log: LogLimiter,
 }
 
 impl Fs {
@@ -217,6 +253,9 @@ impl Fs {
             started: Vec::new(),
             failure: None,
             failed: false,
+            lost: false,
+            take_over: [false; NUM_QUEUES],
+            log: LogLimiter::new(),
         })
     }
 
@@ -235,12 +274,98 @@ impl Fs {
         self.failed
     }
 
+    /// Whether the backend is gone and the VMM answers the requests.
+    pub fn backend_lost(&self) -> bool {
+        self.lost
+    }
+
     fn fail(&mut self, detail: String) {
-        if !self.failed {
+        if !self.failed && !self.lost {
             tracing::error!("{}: {detail}", self.name);
             self.failed = true;
             self.failure = Some(detail);
         }
+    }
+
+    /// A request to the backend failed: the connection is gone (backend
+    /// lost, `queues` to take over from it), or the backend refused
+    /// (the device fails).
+    fn request_failed(&mut self, what: &str, e: RequestError, queues: &[usize]) {
+        if e.connection_lost {
+            self.lose_backend(&format!("{what}: {e}"), queues);
+        } else {
+            self.fail(format!("{what}: {e}"));
+        }
+    }
+
+    /// The backend is gone (`why`): from now on the VMM answers the
+    /// queues, `queues` (those the backend served) from where the backend
+    /// left them. Said once on the log.
+    fn lose_backend(&mut self, why: &str, queues: &[usize]) {
+        if self.lost || self.failed {
+            return;
+        }
+        tracing::error!(
+            "{}: the vhost-user backend ended ({why}); the guest's file system requests now \
+             fail with EIO",
+            self.name
+        );
+        self.lost = true;
+        self.started.clear();
+        // Wakes the event loop (the call eventfds are still in its set
+        // until it next looks) when this happens on a vCPU thread, in the
+        // DRIVER_OK or reset write: after that event it watches the
+        // queues, and the driver's notifications come to the VMM.
+        if let Some(call) = self.calls.first() {
+            let _ = call.write(1);
+        }
+        for &q in queues {
+            if let Some(flag) = self.take_over.get_mut(q) {
+                *flag = true;
+            }
+        }
+    }
+
+    /// Backend lost: answers what queue `index` holds with `-EIO`, after
+    /// taking its ring over from the backend if the backend served it
+    /// (see the module documentation). Returns whether the driver wants
+    /// an interrupt.
+    fn serve(
+        &mut self,
+        mem: &crate::memory::GuestMemoryMmap,
+        queue: &mut VirtQueue,
+        index: usize,
+    ) -> bool {
+        if std::mem::take(&mut self.take_over[index]) {
+            match queue.take_over(mem) {
+                Ok((used, avail)) => tracing::debug!(
+                    "{}: queue {index} taken over at {used}; {} requests the backend did not \
+                     complete get EIO",
+                    self.name,
+                    avail.wrapping_sub(used)
+                ),
+                Err(e) => guest_warn!(self.log, "{}: queue {index} not taken over: {e}", self.name),
+            }
+        }
+        lost::serve_queue(&self.name, &mut self.log, mem, queue, index)
+            && queue.needs_notification(mem)
+    }
+
+    /// The backend just went away with the driver live: answers every
+    /// ready queue now (requests in flight, and kicks that went to the
+    /// backend unread) and raises the interrupt once, for used buffers
+    /// the backend signalled and the VMM did not pass on yet, if nothing
+    /// else.
+    fn take_over_now(&mut self, ctx: &mut DeviceContext<'_>) {
+        for call in &self.calls {
+            let _ = call.read();
+        }
+        for index in 0..NUM_QUEUES {
+            if let Some(queue) = ctx.queues.get_mut(index).filter(|q| q.ready()) {
+                self.serve(ctx.mem, queue, index);
+            }
+        }
+        ctx.interrupt.signal_used();
     }
 
     /// The backend signalled queue `q`: drain the count; raise the
@@ -282,6 +407,12 @@ impl VirtioDevice for Fs {
         if self.failed {
             return;
         }
+        if self.lost {
+            // Fresh rings, the VMM's own from the start: the transport's
+            // first look at each queue answers what is there.
+            self.take_over = [false; NUM_QUEUES];
+            return;
+        }
         let vrings: Vec<VringSetup<'_>> = activation
             .queues
             .iter()
@@ -305,32 +436,43 @@ impl VirtioDevice for Fs {
                 tracing::debug!("{}: queues {indices:?} started in the backend", self.name);
                 self.started = indices;
             }
-            Err(e) => self.fail(format!("starting the vhost-user backend: {e}")),
+            Err(e) => self.request_failed("starting the vhost-user backend", e, &indices),
         }
     }
 
     fn reset(&mut self) {
-        if self.started.is_empty() || self.failed {
+        // The transport resets the rings: nothing is left to take over.
+        self.take_over = [false; NUM_QUEUES];
+        if self.started.is_empty() || self.failed || self.lost {
             self.started.clear();
             return;
         }
         let started = std::mem::take(&mut self.started);
         if let Err(e) = self.backend.stop(&started) {
-            self.fail(format!("stopping the vhost-user backend on reset: {e}"));
+            self.request_failed("stopping the vhost-user backend on reset", e, &[]);
         }
         for call in &self.calls {
             let _ = call.read();
         }
     }
 
-    fn process_queue(&mut self, _ctx: &mut DeviceContext<'_>, _index: usize) {
-        // The backend serves the queues; their notifications never come
-        // here (queues_served_elsewhere).
+    fn process_queue(&mut self, ctx: &mut DeviceContext<'_>, index: usize) {
+        // While the backend serves the queues, their notifications never
+        // come here (queues_served_elsewhere).
+        if !self.lost {
+            return;
+        }
+        let Some(queue) = ctx.queues.get_mut(index) else {
+            return;
+        };
+        if self.serve(ctx.mem, queue, index) {
+            ctx.interrupt.signal_used();
+        }
     }
 
     fn host_sources(&self) -> Vec<HostSource> {
         let watch = |events: EventSet| {
-            if self.failed {
+            if self.failed || self.lost {
                 EventSet::empty()
             } else {
                 events
@@ -356,11 +498,16 @@ impl VirtioDevice for Fs {
     fn host_event(&mut self, ctx: Option<&mut DeviceContext<'_>>, id: u32, events: EventSet) {
         if id == SOURCE_SOCKET {
             if events.intersects(EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR) {
-                self.fail(
-                    "the vhost-user backend hung up (it exited or closed the socket); the \
-                     guest's file system requests could never be answered"
-                        .into(),
-                );
+                let why = if events.contains(EventSet::ERROR) {
+                    "its socket failed"
+                } else {
+                    "it hung up: exited, or closed the socket"
+                };
+                let started = self.started.clone();
+                self.lose_backend(why, &started);
+                if let (true, Some(ctx)) = (self.lost, ctx) {
+                    self.take_over_now(ctx);
+                }
             }
             return;
         }
@@ -370,7 +517,7 @@ impl VirtioDevice for Fs {
     }
 
     fn queues_served_elsewhere(&self) -> bool {
-        true
+        !self.lost
     }
 
     fn vhost_user_socket(&self) -> Option<RawFd> {

@@ -4,10 +4,12 @@
 //! `amphi vmm: guest reset`. Exit status: 0 when the guest reset or shut
 //! down, 1 when it died (triple fault, emulation failure, KVM error),
 //! [`EXIT_DEVICE_FAILED`] (3) when a device's host backend failed (a
-//! `--fs` virtiofsd hung up: `amphi vmm: device failed: virtio-fs(tag T,
-//! vhost-user socket S): ...`), 124 after `--timeout`, 128+N after signal
-//! N (SIGTERM, SIGINT), and [`super::EXIT_AMPHI`] when the VM could not be
-//! started.
+//! `--fs` virtiofsd that refused its setup: `amphi vmm: device failed:
+//! virtio-fs(tag T, vhost-user socket S): ...`; one that went away does
+//! not end the VM: the VMM answers the guest's file system requests with
+//! EIO from then on and says so on stderr), 124 after `--timeout`, 128+N
+//! after signal N (SIGTERM, SIGINT), and [`super::EXIT_AMPHI`] when the VM
+//! could not be started.
 //!
 //! Jailed by default (see [`crate::vm::jail`] and `amphi_vmm::jail`): the
 //! process started is a supervisor; the VMM is its child in a new pid
@@ -74,8 +76,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
     root and unconfined, and says so on stderr.\n\n\
     With --fs, the VMM connects to each vhost-user socket before it enters the jail; its vCPU \
     threads may then sendmsg/recvmsg on those sockets alone. A backend that hangs up (virtiofsd \
-    exited or was killed) ends the VM: `amphi vmm: device failed: virtio-fs(tag T, vhost-user \
-    socket S): ...` and exit status 3.\n\n\
+    exited or was killed) does not end the VM: the VMM serves the device's queues itself and \
+    answers every file system request with EIO, and says so once on stderr (`virtio-fs(tag T, \
+    vhost-user socket S): the vhost-user backend ended (...); the guest's file system requests \
+    now fail with EIO`); ending the run is the caller's choice. A backend that refuses its \
+    setup ends the VM: `amphi vmm: device failed: virtio-fs(tag T, vhost-user socket S): ...` \
+    and exit status 3.\n\n\
     Exit status: 0 when the guest reset or shut down, 1 when it died, 3 when a device's backend \
     failed (--fs), 124 after --timeout, 128+N after signal N, 159 after a seccomp violation, 125 \
     when the VM could not be started."

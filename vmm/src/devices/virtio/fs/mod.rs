@@ -336,7 +336,13 @@ impl Fs {
         queue: &mut VirtQueue,
         index: usize,
     ) -> bool {
-        if std::mem::take(&mut self.take_over[index]) {
+        let backend_served = self.take_over.get_mut(index).is_some_and(std::mem::take);
+        if backend_served {
+            // From the used ring's idx in guest memory, not the VMM's own
+            // ring state (which the backend never advanced): virtiofsd
+            // completes a queue's requests in order, so every chain from
+            // there on is one it did not complete, taken (in flight at
+            // its death) or not.
             match queue.take_over(mem) {
                 Ok((used, avail)) => tracing::debug!(
                     "{}: queue {index} taken over at {used}; {} requests the backend did not \

@@ -1562,3 +1562,207 @@ fn the_microvm_network_goes_out_and_publishes() {
     let run = e.refused(&["--network", "host"], &["true"]);
     assert!(run.raw_stderr.contains("--network host"), "{}", run.show());
 }
+
+// --- the lifecycle of detached microVM containers ---
+
+/// `amphi ARGS` (quick management commands): (status, stdout, stderr).
+fn manage(e: &Env, args: &[&str]) -> (i32, String, String) {
+    let run = e.amphi(&[], args, Input::Null);
+    (
+        run.code.unwrap_or(-1),
+        run.stdout.clone(),
+        run.raw_stderr.clone(),
+    )
+}
+
+/// Polls `amphi ARGS` until its stdout contains `want` (within
+/// [`RUN_LIMIT`]); returns that stdout.
+fn wait_output(e: &Env, args: &[&str], want: &str) -> String {
+    let deadline = Instant::now() + RUN_LIMIT;
+    loop {
+        let (_, out, err) = manage(e, args);
+        if out.contains(want) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`amphi {}` never showed {want:?}:\n{out}{err}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `run -d` of a microVM: the id comes back once the workload runs; `ps`
+/// lists it as a microVM with its guest kernel; `logs` has its output;
+/// `kill -s` reaches the workload's handler in the guest; `stop` ends it
+/// with the stop signal's status (143), and, for a workload that ignores
+/// SIGTERM, with 137 after the grace period; `rm` removes it; a command
+/// that cannot start is the caller's error and leaves nothing.
+#[test]
+fn a_detached_microvm_is_listed_logged_signalled_stopped_and_removed() {
+    let Some(e) = Env::new() else { return };
+    let script = "echo hello-from-the-vm; uname -r; \
+                  trap 'echo got-usr1' USR1; trap 'echo got-term; exit 143' TERM; \
+                  while :; do sleep 0.1; done";
+    let run = e.amphi(
+        &[],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "vmweb",
+            "--isolation",
+            "vm",
+            IMG,
+            "sh",
+            "-c",
+            script,
+        ],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let id = run.stdout.trim().to_string();
+    assert_eq!(id.len(), 64, "the id: {}", run.show());
+    let ps = wait_output(&e, &["ps"], "vmweb");
+    let row = ps.lines().find(|l| l.contains("vmweb")).unwrap();
+    assert!(
+        row.starts_with(&id[..12]) && row.contains("Up") && row.contains("microVM 6.12."),
+        "{ps}"
+    );
+    let logs = wait_output(&e, &["logs", "vmweb"], "hello-from-the-vm");
+    assert!(logs.contains("6.12."), "the guest kernel's release: {logs}");
+    // The VMM is the container's process on the host.
+    let record: Value = serde_json::from_str(
+        &fs::read_to_string(
+            e.a.root()
+                .join("containers")
+                .join(&id)
+                .join("container.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let vmm = record["vm"]["vmm"]["pid"].as_i64().expect("the VMM's pid");
+    // The backend process amphi spawned: QEMU or `amphi vmm`, or the
+    // jail's supervisor holding it (its pid namespace's first process).
+    let cmdline = |pid: &str| {
+        String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ")
+    };
+    let mut pids = vec![vmm.to_string()];
+    let mut i = 0;
+    while i < pids.len() {
+        let p = pids[i].clone();
+        let children =
+            fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        pids.extend(children.split_whitespace().map(String::from));
+        i += 1;
+    }
+    let tree: Vec<String> = pids.iter().map(|p| cmdline(p)).collect();
+    assert!(
+        tree.iter()
+            .any(|c| c.contains("qemu-system") || c.contains(" vmm ")),
+        "{tree:?}"
+    );
+    assert_eq!(manage(&e, &["kill", "-s", "USR1", "vmweb"]).0, 0);
+    wait_output(&e, &["logs", "vmweb"], "got-usr1");
+    let (code, out, err) = manage(&e, &["stop", "vmweb"]);
+    assert_eq!((code, out.trim()), (0, "vmweb"), "{err}");
+    let ps = manage(&e, &["ps", "-a"]).1;
+    assert!(ps.contains("Exited (143)"), "{ps}");
+    assert!(manage(&e, &["logs", "vmweb"]).1.contains("got-term"));
+    assert!(
+        !Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VMM outlived its container"
+    );
+    assert_eq!(manage(&e, &["rm", "vmweb"]).0, 0);
+    assert!(!manage(&e, &["ps", "-a"]).1.contains("vmweb"));
+
+    // A workload that ignores SIGTERM: KILL after the grace period.
+    let run = e.amphi(
+        &[],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "deaf",
+            "--isolation",
+            "vm",
+            IMG,
+            "sleep",
+            "1000",
+        ],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let (code, _, err) = manage(&e, &["stop", "-t", "1", "deaf"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(manage(&e, &["ps", "-a"]).1.contains("Exited (137)"));
+    assert_eq!(manage(&e, &["rm", "deaf"]).0, 0);
+
+    // A command that cannot start: the caller's error, nothing left.
+    let run = e.amphi(
+        &[],
+        &["run", "-d", "--isolation", "vm", IMG, "/no/such/command"],
+        Input::Null,
+    );
+    run.expect_code(127);
+    assert!(
+        run.raw_stderr.contains("/no/such/command"),
+        "{}",
+        run.show()
+    );
+    assert!(dir_names(&e.a.root().join("containers")).is_empty());
+    e.assert_clean("the detached microVM runs");
+}
+
+/// kill -9 of a detached microVM's monitor takes the VM down with it;
+/// `ps -a` shows the container as stale, and `gc` removes it and its run
+/// directory.
+#[test]
+fn a_detached_microvm_whose_monitor_is_killed_is_stale_and_gc_cleans_it() {
+    let Some(e) = Env::new() else { return };
+    let run = e.amphi(
+        &[],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "orphan",
+            "--isolation",
+            "vm",
+            IMG,
+            "sleep",
+            "1000",
+        ],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let id = run.stdout.trim().to_string();
+    let record: Value = serde_json::from_str(
+        &fs::read_to_string(
+            e.a.root()
+                .join("containers")
+                .join(&id)
+                .join("container.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let monitor = record["monitor"]["pid"].as_i64().unwrap() as i32;
+    let vmm = record["vm"]["vmm"]["pid"].as_i64().unwrap();
+    // SAFETY: kill(2) on the monitor the test just read.
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{vmm}")).exists() {
+        assert!(Instant::now() < deadline, "the VMM outlived its monitor");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = wait_output(&e, &["ps", "-a"], "Stale");
+    assert!(ps.contains("orphan"), "{ps}");
+    let (code, _, err) = manage(&e, &["gc"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!manage(&e, &["ps", "-a"]).1.contains("orphan"));
+    e.assert_clean("gc after kill -9 of a detached microVM's monitor");
+}

@@ -7,6 +7,7 @@ mod kernel;
 mod oci;
 mod run;
 mod tiny_init;
+mod vm_detach;
 mod vmm;
 mod workload;
 
@@ -364,6 +365,9 @@ fn lifecycle_command(
                 .clone()
                 .or_else(|| a.signal_opt.clone())
                 .unwrap_or_else(|| if named { "KILL".into() } else { "TERM".into() });
+            if let Some(r) = crate::run::manage::kill_vm_container(store_root, root, &a.id, &sig) {
+                return Some(r.map(|()| 0).map_err(crate::oci::OciError::cause));
+            }
             Some(crate::oci::kill(root, &id, &sig, a.all).map(|()| 0))
         }
         Command::Delete(a) => Some(crate::oci::delete(root, &a.id, a.force).map(|()| 0)),

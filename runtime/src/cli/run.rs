@@ -264,6 +264,8 @@ pub fn request(
             },
             verbose: a.verbose,
             notify: super::notify,
+            id: None,
+            started: None,
         },
         policy: w.policy,
         verbose: a.verbose,
@@ -390,9 +392,7 @@ pub fn execute(mut req: RunRequest, d: Dispatch) -> Result<i32, RunError> {
     match target {
         Target::Vm(vm) => {
             if d.detach {
-                return Err(usage(
-                    "-d is not supported for microVM runs yet: microVM runs are foreground only",
-                ));
+                return super::vm_detach::run(req, resolved, *vm, d.vm);
             }
             let console = has_console(&req.flags);
             let code = crate::vm::run(req, resolved, *vm, d.vm)?;

@@ -477,6 +477,7 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         code: crate::run::RunError::Launch(e).failure().exit_status(),
     })?;
     let pid = launched.pid;
+    let _ = Frame::Started(pid as u32).write_to(c);
     let pty = launched.pty;
     let slaves = terminal_outputs(pty.as_ref(), launched.console, &mut outputs)?;
     let stdin_tx = workload_input(pty.as_ref(), stdin_pipe)?.map(stdin_writer);

@@ -9,8 +9,8 @@
 //! Host to guest: [`Frame::Start`], then any of [`Frame::Stdin`],
 //! [`Frame::StdinEof`], [`Frame::Signal`], [`Frame::Resize`], and
 //! [`Frame::Shutdown`] once the host has the exit status.
-//! Guest to host: [`Frame::Ready`] once the guest init is up, then
-//! [`Frame::Stdout`], [`Frame::Stderr`], [`Frame::Log`], and finally
+//! Guest to host: [`Frame::Ready`] once the guest init is up,
+//! [`Frame::Started`] once the workload runs, then [`Frame::Stdout`], [`Frame::Stderr`], [`Frame::Log`], and finally
 //! [`Frame::Exit`] or [`Frame::Error`].
 //!
 //! The host does not trust the guest: it decodes with
@@ -40,6 +40,7 @@ const K_STDERR: u8 = 18;
 const K_EXIT: u8 = 19;
 const K_ERROR: u8 = 20;
 const K_LOG: u8 = 21;
+const K_STARTED: u8 = 22;
 
 /// What the guest needs to run the workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +147,8 @@ pub enum Frame {
     Exit(ExitStatus),
     Error(GuestError),
     Log(String),
+    /// The workload runs (its pid in the guest).
+    Started(u32),
 }
 
 /// A start request kept as JSON text (so frames stay comparable).
@@ -198,6 +201,7 @@ impl Frame {
             Frame::Exit(e) => (K_EXIT, json(e)),
             Frame::Error(e) => (K_ERROR, json(e)),
             Frame::Log(s) => (K_LOG, s.as_bytes().to_vec()),
+            Frame::Started(pid) => (K_STARTED, pid.to_le_bytes().to_vec()),
         }
     }
 
@@ -244,6 +248,9 @@ impl Frame {
             K_EXIT => Frame::Exit(serde_json::from_slice(&p).map_err(|_| bad("exit"))?),
             K_ERROR => Frame::Error(serde_json::from_slice(&p).map_err(|_| bad("error"))?),
             K_LOG => Frame::Log(String::from_utf8_lossy(&p).into_owned()),
+            K_STARTED => Frame::Started(u32::from_le_bytes(
+                p.as_slice().try_into().map_err(|_| bad("started"))?,
+            )),
             k => return Err(format!("unknown frame kind {k}")),
         })
     }
@@ -259,6 +266,7 @@ pub fn guest_payload_limit(kind: u8) -> Option<usize> {
         K_EXIT => Some(4096),
         K_ERROR => Some(64 * 1024),
         K_LOG => Some(4096),
+        K_STARTED => Some(4),
         K_START | K_STDIN | K_STDIN_EOF | K_SIGNAL | K_RESIZE | K_SHUTDOWN => Some(0),
         _ => None,
     }
@@ -410,6 +418,7 @@ mod tests {
                 message: "not found".into(),
             }),
             Frame::Log("hello".into()),
+            Frame::Started(42),
         ]
     }
 

@@ -28,6 +28,7 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
         "COMMAND",
         "CREATED",
         "STATUS",
+        "ISOLATION",
         "PORTS",
         "NAMES",
     ]
@@ -36,7 +37,7 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
     for r in records::list(store_root) {
         let running = matches!(
             r.life(state_root),
-            Life::Up(_) | Life::Stale { running: Some(_) }
+            Life::Up(_) | Life::VmUp { .. } | Life::Stale { running: Some(_) }
         );
         if !all && !running {
             continue;
@@ -55,6 +56,7 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
             format!("{cmd:?}"),
             r.created[..19].replace('T', " "),
             status,
+            r.isolation(),
             r.ports.join(", "),
             r.name.clone(),
         ]);
@@ -62,7 +64,7 @@ pub fn ps(store_root: &Path, state_root: &Path, all: bool, quiet: bool) -> Strin
     if quiet {
         return ids;
     }
-    let w: Vec<usize> = (0..7)
+    let w: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     rows.iter()
@@ -96,11 +98,21 @@ pub fn stop(
     secs: u64,
 ) -> Result<String, RunError> {
     let r = records::find(store_root, arg)?;
+    let sig = crate::sys::signal::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))
+        .map_err(RunError::Failed)?;
+    if let Life::VmUp { monitor, vmm } = r.life(state_root) {
+        // The monitor forwards the signal to the workload in the guest.
+        // SAFETY: signalling the container's monitor (checked by start time).
+        unsafe { libc::kill(monitor.pid, sig) };
+        if !wait_ended(monitor, Duration::from_secs(secs)) {
+            kill_vm(store_root, &r, vmm);
+            wait_ended(monitor, Duration::from_secs(10));
+        }
+        return Ok(r.name);
+    }
     let Some(st) = r.running(state_root) else {
         return Ok(r.name);
     };
-    let sig = crate::sys::signal::parse_signal(r.stop_signal.as_deref().unwrap_or("TERM"))
-        .map_err(RunError::Failed)?;
     // SAFETY: signalling the container's process.
     unsafe { libc::kill(st.pid, sig) };
     if !wait_gone(&st, state_root, Duration::from_secs(secs)) {
@@ -110,6 +122,63 @@ pub fn stop(
         wait_gone(&st, state_root, Duration::from_secs(10));
     }
     Ok(r.name)
+}
+
+/// Waits up to `t` for a monitor to end; whether it has.
+fn wait_ended(monitor: records::Proc, t: Duration) -> bool {
+    let deadline = Instant::now() + t;
+    while monitor.alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Kills a microVM container's VMM, after leaving the note that makes its
+/// monitor record a SIGKILL (137) rather than a failed VM.
+fn kill_vm(store_root: &Path, r: &Record, vmm: records::Proc) {
+    let _ = std::fs::write(
+        records::dir(store_root, &r.id).join(records::KILL_REQUESTED),
+        b"",
+    );
+    if vmm.alive() {
+        // SAFETY: killing the container's VMM (checked by start time).
+        unsafe { libc::kill(vmm.pid, libc::SIGKILL) };
+    }
+}
+
+/// `amphi kill` of a microVM container (by name or id): the signal goes to
+/// the monitor, which forwards it to the workload in the guest; KILL, which
+/// cannot be forwarded, kills the VMM (recorded as 137). None when `arg`
+/// is no running microVM container.
+pub fn kill_vm_container(
+    store_root: &Path,
+    state_root: &Path,
+    arg: &str,
+    signal: &str,
+) -> Option<Result<(), RunError>> {
+    let r = records::find(store_root, arg).ok()?;
+    r.vm.as_ref()?;
+    let Life::VmUp { monitor, vmm } = r.life(state_root) else {
+        return Some(Err(RunError::Usage(format!(
+            "container {} is not running",
+            r.name
+        ))));
+    };
+    Some(
+        crate::sys::signal::parse_signal(signal)
+            .map_err(RunError::Usage)
+            .map(|sig| {
+                if sig == libc::SIGKILL {
+                    kill_vm(store_root, &r, vmm);
+                } else {
+                    // SAFETY: signalling the container's monitor.
+                    unsafe { libc::kill(monitor.pid, sig) };
+                }
+            }),
+    )
 }
 
 /// `amphi rm`: remove a stopped or stale container (with force, kill a
@@ -134,15 +203,37 @@ pub fn rm(
             // Its monitor records the exit and cleans the runtime state.
             wait_gone(&st, state_root, Duration::from_secs(10));
         }
+        Life::VmUp { monitor, vmm } => {
+            if !force {
+                return Err(RunError::Usage(format!(
+                    "container {} is running: stop it first or use rm -f",
+                    r.name
+                )));
+            }
+            kill_vm(store_root, &r, vmm);
+            wait_ended(monitor, Duration::from_secs(10));
+        }
         Life::Created if !force => {
             return Err(RunError::Usage(format!(
                 "container {} is being started: wait, or use rm -f",
                 r.name
             )))
         }
-        Life::Created | Life::Exited | Life::Stale { .. } => {}
+        Life::Created => {
+            // A microVM still booting: its VMM dies with its monitor.
+            if let Some(m) = r.monitor.filter(|m| m.alive() && r.vm.is_some()) {
+                // SAFETY: killing the container's monitor (checked by start time).
+                unsafe { libc::kill(m.pid, libc::SIGKILL) };
+                wait_ended(m, Duration::from_secs(10));
+            }
+        }
+        Life::Exited | Life::Stale { .. } => {}
     }
-    remove_leftovers(state_root, &r.id)?;
+    // A microVM's run directory is its monitor's to remove (`gc` sweeps
+    // the ones a killed monitor left).
+    if r.vm.is_none() {
+        remove_leftovers(state_root, &r.id)?;
+    }
     let d = records::dir(store_root, &r.id);
     crate::image::store::remove_path(&d)
         .map_err(|e| RunError::step(format_args!("removing {}", d.display()), e))?;
@@ -221,7 +312,13 @@ pub fn gc(store_root: &Path, state_root: &Path) -> GcContainers {
     for r in records::list(store_root) {
         match r.life(state_root) {
             Life::Stale { .. } => {
-                let res = remove_leftovers(state_root, &r.id).and_then(|()| {
+                // A microVM's: its VMM died with its monitor; the run
+                // directory is swept with the other stale runs.
+                let leftovers = match r.vm {
+                    Some(_) => Ok(()),
+                    None => remove_leftovers(state_root, &r.id),
+                };
+                let res = leftovers.and_then(|()| {
                     let d = records::dir(store_root, &r.id);
                     crate::image::store::remove_path(&d).map_err(RunError::cause)
                 });
@@ -270,7 +367,12 @@ pub fn logs(store_root: &Path, state_root: &Path, arg: &str, follow: bool) -> Re
             continue;
         }
         out.flush().map_err(|e| RunError::io("container log", e))?;
-        if !follow || r.running(state_root).is_none() {
+        let running = match r.life(state_root) {
+            Life::Up(_) | Life::VmUp { .. } => true,
+            Life::Created => r.vm.is_some(),
+            _ => false,
+        };
+        if !follow || !running {
             // One last read after the container stopped.
             let _ = f.stream_position();
             let n = f.read(&mut buf).unwrap_or(0);

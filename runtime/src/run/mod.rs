@@ -1,7 +1,7 @@
 //! `amphi run` on the native path: image → rootfs plan → spec → launch →
 //! wait (forwarding signals, relaying a pty) → clean up.
 
-mod detach;
+pub mod detach;
 mod error;
 pub mod manage;
 mod pty;
@@ -360,6 +360,43 @@ fn new_record(
         ports: req.flags.publish.iter().map(|p| p.to_string()).collect(),
         stop_signal: spec::stop_signal(image, &req.flags),
         monitor: Some(records::Proc::current()),
+        vm: None,
+    };
+    record.save(&req.store_root)?;
+    Ok(record)
+}
+
+/// A detached microVM container's record, saved before its monitor is
+/// forked (the monitor names itself in it): its id, `--name` checked as
+/// for a native one, the guest kernel.
+pub fn new_vm_record(
+    req: &RunRequest,
+    image: &ImageConfig,
+    kernel: &str,
+) -> Result<records::Record, RunError> {
+    check_name(req)?;
+    let id = new_id();
+    let record = records::Record {
+        name: req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("amphi-{}", &id[..12])),
+        image: req.image.clone(),
+        command: spec::process_args(image, &req.flags).unwrap_or_default(),
+        created: state::now_rfc3339(),
+        finished: None,
+        exit_code: None,
+        oom_killed: false,
+        detached: true,
+        rm: req.rm,
+        ports: req.flags.publish.iter().map(|p| p.to_string()).collect(),
+        stop_signal: spec::stop_signal(image, &req.flags),
+        monitor: None,
+        vm: Some(records::VmRecord {
+            kernel: kernel.to_string(),
+            vmm: None,
+        }),
+        id,
     };
     record.save(&req.store_root)?;
     Ok(record)

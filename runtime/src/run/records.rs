@@ -41,7 +41,27 @@ pub struct Record {
     /// Published ports, docker's way (`127.0.0.1:8080->80/tcp`).
     #[serde(default)]
     pub ports: Vec<String>,
+    /// A microVM container: its guest kernel and VMM (None: a native one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmRecord>,
 }
+
+/// What a microVM container's record adds: the monitor owns the VM, and
+/// the VMM process (QEMU, or `amphi vmm`) is the container's process as
+/// the host sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The guest kernel's release.
+    pub kernel: String,
+    /// The VMM process, once the workload runs in the guest.
+    #[serde(default)]
+    pub vmm: Option<Proc>,
+}
+
+/// The file `amphi stop`/`kill`/`rm -f` leave in a microVM container's
+/// directory before they kill its VMM: the monitor then records the end as
+/// a SIGKILL (137), not as a VM failure.
+pub const KILL_REQUESTED: &str = "kill-requested";
 
 /// A process, told apart from a later one with the same pid by its start
 /// time.
@@ -76,6 +96,8 @@ pub enum Life {
     Created,
     /// Running, watched by its monitor.
     Up(State),
+    /// A microVM container running, its monitor and VMM alive.
+    VmUp { monitor: Proc, vmm: Proc },
     /// Ended; its monitor recorded (or is recording) how.
     Exited,
     /// Not ended, and its monitor is gone: nothing will record its end or
@@ -114,6 +136,14 @@ impl Record {
         State::load(state_root, &self.id).ok().filter(|s| s.alive())
     }
 
+    /// "container", or "microVM" with the guest kernel, for `ps`.
+    pub fn isolation(&self) -> String {
+        match &self.vm {
+            Some(vm) => format!("microVM {}", vm.kernel),
+            None => "container".to_string(),
+        }
+    }
+
     /// Whether the monitor still runs (unknown for old records: then only
     /// a container that still runs counts as watched).
     fn monitor_alive(&self) -> Option<bool> {
@@ -124,6 +154,17 @@ impl Record {
     pub fn life(&self, state_root: &Path) -> Life {
         if self.exit_code.is_some() {
             return Life::Exited;
+        }
+        if let Some(vm) = &self.vm {
+            return match self.monitor.filter(|m| m.alive()) {
+                // The VMM dies with its monitor (parent-death signal).
+                None => Life::Stale { running: None },
+                Some(monitor) => match vm.vmm.filter(|v| v.alive()) {
+                    Some(vmm) => Life::VmUp { monitor, vmm },
+                    None if vm.vmm.is_some() => Life::Exited,
+                    None => Life::Created,
+                },
+            };
         }
         let running = self.running(state_root);
         match (self.monitor_alive(), running) {
@@ -144,7 +185,7 @@ impl Record {
     /// docker-style status text.
     pub fn status(&self, state_root: &Path) -> String {
         match self.life(state_root) {
-            Life::Up(_) => "Up".to_string(),
+            Life::Up(_) | Life::VmUp { .. } => "Up".to_string(),
             Life::Created => "Created".to_string(),
             Life::Stale { running: Some(_) } => "Stale (still running)".to_string(),
             Life::Stale { running: None } => "Stale".to_string(),
@@ -225,6 +266,7 @@ mod tests {
             stop_signal: None,
             monitor,
             ports: vec![],
+            vm: None,
         }
     }
 

@@ -59,6 +59,12 @@ pub struct VmOptions {
     /// Where notices for the user go (warnings, the OOM killer, the
     /// backend's notice): the library does not print.
     pub notify: fn(&str),
+    /// The container id to use (a detached run's record has one already);
+    /// None: a new one.
+    pub id: Option<String>,
+    /// Told the VMM's pid once the workload runs in the guest (a detached
+    /// run's monitor records it and tells the caller the start went well).
+    pub started: Option<std::sync::mpsc::Sender<u32>>,
 }
 
 /// Phases of a run, for `$AMPHI_VM_TIMING` and the bench.
@@ -319,7 +325,7 @@ pub fn run(
         virtiofsd.is_some(),
     )?;
 
-    let id = crate::run::new_id();
+    let id = opts.id.clone().unwrap_or_else(crate::run::new_id);
     let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req, &id)?;
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
     // Blocked before any thread starts (the daemons' log readers are the
@@ -399,6 +405,7 @@ pub fn run(
         // amphi's VMM answers a dead virtiofsd's requests with EIO itself;
         // QEMU leaves them waiting (see Session::check_shares).
         shares_fail_requests: matches!(backend, backend::Backend::Builtin),
+        started: opts.started.clone(),
         notify: opts.notify,
     }
     .run(&listener);

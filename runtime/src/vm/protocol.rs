@@ -9,7 +9,7 @@
 //! | `Booting` | `Ready` (once)                              | `Running`  |
 //! |           | `Log`                                       | `Booting`  |
 //! |           | `Error` (the init failed before the start)  | `Finished` |
-//! | `Running` | `Stdout`, `Stderr`, `Log`                   | `Running`  |
+//! | `Running` | `Stdout`, `Stderr`, `Log`, `Started` (once) | `Running`  |
 //! |           | `Exit` (0-255), `Error` (125-127)           | `Finished` |
 //! | `Finished`| none                                        |            |
 //!
@@ -40,6 +40,8 @@ pub enum Event {
     Stderr(Vec<u8>),
     /// A line for amphi's log (sanitised).
     Log(String),
+    /// The workload runs.
+    Started,
     /// The workload ended.
     Exit(ExitStatus),
     /// The guest could not start the workload (message sanitised).
@@ -50,6 +52,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Protocol {
     state: State,
+    /// The started frame came.
+    started: bool,
 }
 
 impl Default for Protocol {
@@ -83,6 +87,7 @@ impl Protocol {
     pub fn new() -> Self {
         Protocol {
             state: State::Booting,
+            started: false,
         }
     }
 
@@ -114,6 +119,12 @@ impl Protocol {
                 )
             }
             (Booting | Running, Frame::Log(l)) => Event::Log(sanitize(&l)),
+            (Running, Frame::Started(_)) => {
+                if std::mem::replace(&mut self.started, true) {
+                    return Err("a second started frame".into());
+                }
+                Event::Started
+            }
             (Running, Frame::Stdout(b)) => Event::Stdout(b),
             (Running, Frame::Stderr(b)) => Event::Stderr(b),
             (Running, Frame::Exit(e)) => {
@@ -158,6 +169,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Exit(_) => "exit",
         Frame::Error(_) => "error",
         Frame::Log(_) => "log",
+        Frame::Started(_) => "started",
     }
 }
 

@@ -49,6 +49,8 @@ pub(super) struct Session<'a> {
     /// Whether the backend fails a dead virtiofsd's requests (EIO) rather
     /// than leaving them waiting.
     pub shares_fail_requests: bool,
+    /// Told the backend's pid once the workload runs in the guest.
+    pub started: Option<std::sync::mpsc::Sender<u32>>,
     /// Where notices for the user go (the CLI's stderr).
     pub notify: fn(&str),
 }
@@ -292,6 +294,11 @@ impl Session<'_> {
                     let _ = err.flush();
                 }
                 Event::Log(l) => tracing::info!(guest = %l),
+                Event::Started => {
+                    if let (Some(tx), Some(child)) = (self.started.take(), &self.cleanup.child) {
+                        let _ = tx.send(child.id());
+                    }
+                }
                 Event::Exit(e) => {
                     self.timing.workload = boot_start.elapsed() - self.timing.boot;
                     self.timing.peak_memory = e.peak_memory;

@@ -362,6 +362,10 @@ fn args(share: &Share, dir: &Path) -> Vec<std::ffi::OsString> {
         // O_PATH descriptors, never file handles: no CAP_DAC_READ_SEARCH
         // (open_by_handle_at reaches any file of the filesystem).
         "--inode-file-handles=never".into(),
+        // One queue's requests served in order, in the queue's thread:
+        // amphi's VMM relies on it when the daemon dies (it answers from
+        // the used ring's index on with EIO; see vmm's fs/lost.rs).
+        "--thread-pool-size=0".into(),
         "--log-level=error".into(),
     ];
     match share {

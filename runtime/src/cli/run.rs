@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// Remove the container's state and writable layer when it exits
     #[arg(long)]
     pub rm: bool,
-    /// Run in the background and print the container ID
+    /// Run in the background and print the container ID (containers and
+    /// microVMs alike: `ps`, `logs`, `stop`, `kill` and `rm` manage both)
     #[arg(short, long)]
     pub detach: bool,
     /// Keep standard input open
@@ -133,7 +134,7 @@ pub struct Dispatch {
     /// Which microVM-only flags were given (ignored, with a warning, when
     /// the decision is a container).
     pub vm_only_flags: Vec<&'static str>,
-    /// `-d` was given (refused for microVM runs).
+    /// `-d` was given (a microVM gets its own monitor: cli/vm_detach.rs).
     pub detach: bool,
     /// `--network` was given (not the default): a policy that allows less
     /// refuses it rather than lowering it.

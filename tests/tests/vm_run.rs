@@ -889,30 +889,6 @@ fn timeout_stops_the_workload() {
     );
 }
 
-/// Flags the VM path does not support yet are refused before anything starts.
-#[test]
-fn detach_is_refused() {
-    let Some(e) = Env::new() else { return };
-    let run = e.amphi(
-        &[],
-        &["run", "-d", "--isolation", "vm", IMG, "sleep", "30"],
-        Input::Null,
-    );
-    run.expect_code(125);
-    let err = run.raw_stderr.to_lowercase();
-    assert!(
-        (err.contains("-d") || err.contains("detach")) && err.contains("vm"),
-        "the error says -d is not supported for VM runs:\n{}",
-        run.show()
-    );
-    assert!(
-        run.stdout.is_empty(),
-        "no container id printed:\n{}",
-        run.show()
-    );
-    e.assert_clean(&run.what);
-}
-
 /// A guest kernel that panics before the guest init reports (here: told
 /// to start an init that does not exist) is a clear host-side error with
 /// the last lines of the guest console, and leaves nothing behind.
@@ -1595,12 +1571,13 @@ fn wait_output(e: &Env, args: &[&str], want: &str) -> String {
 
 /// `run -d` of a microVM: the id comes back once the workload runs; `ps`
 /// lists it as a microVM with its guest kernel; `logs` has its output;
-/// `kill -s` reaches the workload's handler in the guest; `stop` ends it
+/// `exec` runs a process in its namespaces (output, stdin, exit status;
+/// 255 for a command that cannot start, as natively); `kill -s` reaches the workload's handler in the guest; `stop` ends it
 /// with the stop signal's status (143), and, for a workload that ignores
 /// SIGTERM, with 137 after the grace period; `rm` removes it; a command
 /// that cannot start is the caller's error and leaves nothing.
 #[test]
-fn a_detached_microvm_is_listed_logged_signalled_stopped_and_removed() {
+fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     let Some(e) = Env::new() else { return };
     let script = "echo hello-from-the-vm; uname -r; \
                   trap 'echo got-usr1' USR1; trap 'echo got-term; exit 143' TERM; \
@@ -1665,6 +1642,41 @@ fn a_detached_microvm_is_listed_logged_signalled_stopped_and_removed() {
             .any(|c| c.contains("qemu-system") || c.contains(" vmm ")),
         "{tree:?}"
     );
+    // exec: a process beside the workload, in its namespaces (its
+    // hostname), with its output, stdin and exit status.
+    let run = e.amphi(
+        &[],
+        &[
+            "exec",
+            "vmweb",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; exit 7",
+        ],
+        Input::Null,
+    );
+    run.expect_code(7);
+    assert_eq!(
+        run.stdout,
+        format!("out\n{}\n", &id[..12]),
+        "{}",
+        run.show()
+    );
+    assert!(run.raw_stderr.contains("err"), "{}", run.show());
+    let run = e.amphi(
+        &[],
+        &["exec", "vmweb", "cat"],
+        Input::Closed(b"through stdin\n"),
+    );
+    run.expect_code(0);
+    assert_eq!(run.stdout, "through stdin\n", "{}", run.show());
+    let run = e.amphi(&[], &["exec", "vmweb", "/no/such/command"], Input::Null);
+    run.expect_code(255);
+    assert!(
+        run.raw_stderr.contains("/no/such/command"),
+        "{}",
+        run.show()
+    );
     assert_eq!(manage(&e, &["kill", "-s", "USR1", "vmweb"]).0, 0);
     wait_output(&e, &["logs", "vmweb"], "got-usr1");
     let (code, out, err) = manage(&e, &["stop", "vmweb"]);
@@ -1676,6 +1688,10 @@ fn a_detached_microvm_is_listed_logged_signalled_stopped_and_removed() {
         !Path::new(&format!("/proc/{vmm}")).exists(),
         "the VMM outlived its container"
     );
+    // Nothing to exec in once it ended.
+    let run = e.amphi(&[], &["exec", "vmweb", "true"], Input::Null);
+    run.expect_code(255);
+    assert!(run.raw_stderr.contains("not running"), "{}", run.show());
     assert_eq!(manage(&e, &["rm", "vmweb"]).0, 0);
     assert!(!manage(&e, &["ps", "-a"]).1.contains("vmweb"));
 

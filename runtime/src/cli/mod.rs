@@ -8,6 +8,7 @@ mod oci;
 mod run;
 mod tiny_init;
 mod vm_detach;
+mod vm_exec;
 mod vmm;
 mod workload;
 
@@ -267,6 +268,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         return oci_result(&cli, r);
     }
     if let Command::Exec(mut a) = cli.command {
+        if let Some(r) = vm_exec::exec(&store_root, &root, &a) {
+            return Ok(match r {
+                Ok(code) => code,
+                Err(e) => {
+                    oci_exit(cli.log.as_deref(), &cli.log_format, Err(e));
+                    EXIT_EXEC_FAILED
+                }
+            });
+        }
         a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
         let r = oci::exec(&root, *a);
         // As runc: exec's own failures exit 255, told apart from the

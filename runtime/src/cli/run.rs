@@ -267,6 +267,7 @@ pub fn request(
             notify: super::notify,
             id: None,
             started: None,
+            exec: false,
         },
         policy: w.policy,
         verbose: a.verbose,

@@ -63,6 +63,7 @@ fn monitor(
     let report = Arc::new(Mutex::new(Some(tx)));
     let (started_tx, started_rx) = mpsc::channel::<u32>();
     opts.started = Some(started_tx);
+    opts.exec = true;
     opts.id = Some(lock(&record).id.clone());
     let watcher = {
         let (record, report, store_root) = (record.clone(), report.clone(), store_root.clone());

@@ -87,6 +87,18 @@ static CONSOLE: std::sync::OnceLock<File> = std::sync::OnceLock::new();
 /// The lowest fd the console's duplicate may take.
 const CONSOLE_FD: RawFd = 9;
 
+mod exec;
+
+/// Writes a frame to the host: under the shared lock once exec threads may
+/// write too ([`exec::send`]), directly before.
+fn write_frame(c: &mut File, f: &Frame) -> std::io::Result<()> {
+    if exec::send(f) {
+        Ok(())
+    } else {
+        f.write_to(c)
+    }
+}
+
 fn gerr(m: impl Into<String>) -> GuestError {
     GuestError {
         code: crate::run::EXIT_AMPHI,
@@ -368,9 +380,7 @@ fn boot(chan: &mut Option<File>) -> Result<(), GuestError> {
         }
     };
     let status = run_workload(c, dec, req)?;
-    Frame::Exit(status)
-        .write_to(c)
-        .map_err(|e| gerr(format!("guest channel: {e}")))?;
+    write_frame(c, &Frame::Exit(status)).map_err(|e| gerr(format!("guest channel: {e}")))?;
     wait_shutdown(c);
     Ok(())
 }
@@ -477,7 +487,10 @@ fn run_workload(c: &mut File, dec: Decoder, req: StartRequest) -> Result<ExitSta
         code: crate::run::RunError::Launch(e).failure().exit_status(),
     })?;
     let pid = launched.pid;
-    let _ = Frame::Started(pid as u32).write_to(c);
+    if let Err(e) = exec::prepare(&req.id, pid, &spec, &rootfs, &launched.cgroup, c) {
+        Console.line(&format!("amphi-init: exec will not work: {}", e.message));
+    }
+    let _ = write_frame(c, &Frame::Started(pid as u32));
     let pty = launched.pty;
     let slaves = terminal_outputs(pty.as_ref(), launched.console, &mut outputs)?;
     let stdin_tx = workload_input(pty.as_ref(), stdin_pipe)?.map(stdin_writer);
@@ -786,6 +799,12 @@ fn read_host_frames(
                     }
                 }
                 Ok(Some(Frame::Shutdown)) => power_off(),
+                Ok(Some(
+                    f @ (Frame::ExecStart { .. }
+                    | Frame::ExecStdin { .. }
+                    | Frame::ExecStdinEof(_)
+                    | Frame::ExecSignal { .. }),
+                )) => exec::on_frame(f),
                 Ok(Some(_)) => {}
                 // The host went away: nobody is left to report to.
                 Ok(None) | Err(_) => {
@@ -865,7 +884,7 @@ fn relay(
         if set.has_input(signals) {
             sigs.drain();
         }
-        if let Some(st) = crate::sys::exit::reap_all(pid) {
+        if let Some(st) = crate::sys::exit::reap_all_and(pid, exec::reaped) {
             status = Some(st);
             // The ptys end once what the workload wrote is read.
             slaves.clear();
@@ -910,7 +929,7 @@ fn forward_outputs(
         match rustix::io::read(&o.fd, &mut *buf) {
             Ok(n) if n > 0 => {
                 if let Some(f) = o.frame(&buf[..n]) {
-                    let _ = f.write_to(c);
+                    let _ = write_frame(c, &f);
                 }
             }
             Ok(_) => closed.push(i),
@@ -920,7 +939,7 @@ fn forward_outputs(
     }
     for i in closed.into_iter().rev() {
         if let Some(f) = outputs.remove(i).finish() {
-            let _ = f.write_to(c);
+            let _ = write_frame(c, &f);
         }
     }
 }

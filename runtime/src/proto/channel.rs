@@ -34,6 +34,10 @@ const K_STDIN_EOF: u8 = 3;
 const K_SIGNAL: u8 = 4;
 const K_RESIZE: u8 = 5;
 const K_SHUTDOWN: u8 = 6;
+const K_EXEC_START: u8 = 8;
+const K_EXEC_STDIN: u8 = 9;
+const K_EXEC_STDIN_EOF: u8 = 10;
+const K_EXEC_SIGNAL: u8 = 11;
 const K_READY: u8 = 16;
 const K_STDOUT: u8 = 17;
 const K_STDERR: u8 = 18;
@@ -41,6 +45,30 @@ const K_EXIT: u8 = 19;
 const K_ERROR: u8 = 20;
 const K_LOG: u8 = 21;
 const K_STARTED: u8 = 22;
+const K_EXEC_STDOUT: u8 = 23;
+const K_EXEC_STDERR: u8 = 24;
+const K_EXEC_EXIT: u8 = 25;
+const K_EXEC_ERROR: u8 = 26;
+
+/// A process to run beside the workload (`amphi exec` into a microVM
+/// container): the guest runs it in the workload's namespaces and cgroup,
+/// with its user, capabilities and seccomp, as a native exec does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExecRequest {
+    pub args: Vec<String>,
+    /// `-e NAME=VALUE`, over the container's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `-w DIR`.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// `-u USER[:GROUP]`, resolved in the container.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Forward stdin (`-i`); without it the process's stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+}
 
 /// What the guest needs to run the workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +177,45 @@ pub enum Frame {
     Log(String),
     /// The workload runs (its pid in the guest).
     Started(u32),
+    /// Start an exec process as stream `stream` (≥ 1; the workload is 0).
+    ExecStart {
+        stream: u32,
+        req: ExecRequest,
+    },
+    ExecStdin {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    ExecStdinEof(u32),
+    ExecSignal {
+        stream: u32,
+        signal: i32,
+    },
+    ExecStdout {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    ExecStderr {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    /// The exec process ended with this status.
+    ExecExit {
+        stream: u32,
+        code: i32,
+    },
+    /// The exec process could not be started.
+    ExecError {
+        stream: u32,
+        error: GuestError,
+    },
+}
+
+/// `stream` then `rest`, the payload of an exec frame.
+fn with_stream(stream: u32, rest: &[u8]) -> Vec<u8> {
+    let mut v = stream.to_le_bytes().to_vec();
+    v.extend_from_slice(rest);
+    v
 }
 
 /// A start request kept as JSON text (so frames stay comparable).
@@ -202,6 +269,20 @@ impl Frame {
             Frame::Error(e) => (K_ERROR, json(e)),
             Frame::Log(s) => (K_LOG, s.as_bytes().to_vec()),
             Frame::Started(pid) => (K_STARTED, pid.to_le_bytes().to_vec()),
+            Frame::ExecStart { stream, req } => (K_EXEC_START, with_stream(*stream, &json(req))),
+            Frame::ExecStdin { stream, data } => (K_EXEC_STDIN, with_stream(*stream, data)),
+            Frame::ExecStdinEof(stream) => (K_EXEC_STDIN_EOF, with_stream(*stream, &[])),
+            Frame::ExecSignal { stream, signal } => {
+                (K_EXEC_SIGNAL, with_stream(*stream, &signal.to_le_bytes()))
+            }
+            Frame::ExecStdout { stream, data } => (K_EXEC_STDOUT, with_stream(*stream, data)),
+            Frame::ExecStderr { stream, data } => (K_EXEC_STDERR, with_stream(*stream, data)),
+            Frame::ExecExit { stream, code } => {
+                (K_EXEC_EXIT, with_stream(*stream, &code.to_le_bytes()))
+            }
+            Frame::ExecError { stream, error } => {
+                (K_EXEC_ERROR, with_stream(*stream, &json(error)))
+            }
         }
     }
 
@@ -251,6 +332,41 @@ impl Frame {
             K_STARTED => Frame::Started(u32::from_le_bytes(
                 p.as_slice().try_into().map_err(|_| bad("started"))?,
             )),
+            K_EXEC_START..=K_EXEC_SIGNAL | K_EXEC_STDOUT..=K_EXEC_ERROR => {
+                if p.len() < 4 {
+                    return Err(bad("exec"));
+                }
+                let stream = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                let rest = p[4..].to_vec();
+                let int = |what: &str| -> Result<i32, String> {
+                    Ok(i32::from_le_bytes(
+                        rest.as_slice().try_into().map_err(|_| bad(what))?,
+                    ))
+                };
+                match kind {
+                    K_EXEC_START => Frame::ExecStart {
+                        stream,
+                        req: serde_json::from_slice(&rest).map_err(|_| bad("exec-start"))?,
+                    },
+                    K_EXEC_STDIN => Frame::ExecStdin { stream, data: rest },
+                    K_EXEC_STDIN_EOF if rest.is_empty() => Frame::ExecStdinEof(stream),
+                    K_EXEC_SIGNAL => Frame::ExecSignal {
+                        stream,
+                        signal: int("exec-signal")?,
+                    },
+                    K_EXEC_STDOUT => Frame::ExecStdout { stream, data: rest },
+                    K_EXEC_STDERR => Frame::ExecStderr { stream, data: rest },
+                    K_EXEC_EXIT => Frame::ExecExit {
+                        stream,
+                        code: int("exec-exit")?,
+                    },
+                    K_EXEC_ERROR => Frame::ExecError {
+                        stream,
+                        error: serde_json::from_slice(&rest).map_err(|_| bad("exec-error"))?,
+                    },
+                    _ => return Err(bad("exec")),
+                }
+            }
             k => return Err(format!("unknown frame kind {k}")),
         })
     }
@@ -267,7 +383,11 @@ pub fn guest_payload_limit(kind: u8) -> Option<usize> {
         K_ERROR => Some(64 * 1024),
         K_LOG => Some(4096),
         K_STARTED => Some(4),
-        K_START | K_STDIN | K_STDIN_EOF | K_SIGNAL | K_RESIZE | K_SHUTDOWN => Some(0),
+        K_EXEC_STDOUT | K_EXEC_STDERR => Some(4 + CHUNK),
+        K_EXEC_EXIT => Some(8),
+        K_EXEC_ERROR => Some(4 + 64 * 1024),
+        K_START | K_STDIN | K_STDIN_EOF | K_SIGNAL | K_RESIZE | K_SHUTDOWN | K_EXEC_START
+        | K_EXEC_STDIN | K_EXEC_STDIN_EOF | K_EXEC_SIGNAL => Some(0),
         _ => None,
     }
 }
@@ -419,6 +539,41 @@ mod tests {
             }),
             Frame::Log("hello".into()),
             Frame::Started(42),
+            Frame::ExecStart {
+                stream: 1,
+                req: ExecRequest {
+                    args: vec!["ls".into(), "-l".into()],
+                    env: vec!["A=b".into()],
+                    cwd: Some("/tmp".into()),
+                    user: Some("nobody".into()),
+                    stdin: true,
+                },
+            },
+            Frame::ExecStdin {
+                stream: 1,
+                data: b"x".to_vec(),
+            },
+            Frame::ExecStdinEof(1),
+            Frame::ExecSignal {
+                stream: 2,
+                signal: 15,
+            },
+            Frame::ExecStdout {
+                stream: 1,
+                data: vec![0; 10],
+            },
+            Frame::ExecStderr {
+                stream: 1,
+                data: vec![],
+            },
+            Frame::ExecExit { stream: 1, code: 3 },
+            Frame::ExecError {
+                stream: 3,
+                error: GuestError {
+                    code: 127,
+                    message: "no".into(),
+                },
+            },
         ]
     }
 

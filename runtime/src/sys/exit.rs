@@ -44,6 +44,11 @@ pub fn try_reap(pid: i32) -> Option<i32> {
 /// Reaps every child that has exited, without blocking (a PID 1 reaps
 /// everything); returns `pid`'s status when it was one of them.
 pub fn reap_all(pid: i32) -> Option<i32> {
+    reap_all_and(pid, |_, _| {})
+}
+
+/// As [`reap_all`], handing every other child's pid and status to `other`.
+pub fn reap_all_and(pid: i32, mut other: impl FnMut(i32, i32)) -> Option<i32> {
     let mut status = None;
     loop {
         let mut st = 0;
@@ -54,6 +59,8 @@ pub fn reap_all(pid: i32) -> Option<i32> {
         }
         if r == pid {
             status = Some(decode(st));
+        } else {
+            other(r, decode(st));
         }
     }
     status

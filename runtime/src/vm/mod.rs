@@ -65,6 +65,17 @@ pub struct VmOptions {
     /// Told the VMM's pid once the workload runs in the guest (a detached
     /// run's monitor records it and tells the caller the start went well).
     pub started: Option<std::sync::mpsc::Sender<u32>>,
+    /// Take `amphi exec` clients on [`exec_socket`] (a detached run).
+    pub exec: bool,
+}
+
+/// Where a detached microVM's monitor takes `amphi exec` clients: a
+/// socket in the VM's run directory (0700, root's).
+pub fn exec_socket(state_root: &Path, id: &str) -> PathBuf {
+    state_root
+        .join("vm")
+        .join(id.get(..16).unwrap_or(id))
+        .join("exec.sock")
 }
 
 /// Phases of a run, for `$AMPHI_VM_TIMING` and the bench.
@@ -389,6 +400,10 @@ pub fn run(
         p.backend_end = None;
     }
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
+    let exec = match opts.exec {
+        true => Some(exec_listener(&run_dir)?),
+        false => None,
+    };
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
     let result = Session {
@@ -406,6 +421,7 @@ pub fn run(
         // QEMU leaves them waiting (see Session::check_shares).
         shares_fail_requests: matches!(backend, backend::Backend::Builtin),
         started: opts.started.clone(),
+        exec,
         notify: opts.notify,
     }
     .run(&listener);
@@ -426,6 +442,16 @@ pub fn run(
 
 /// The run's directory (removed with the cleanup), and the guest channel's
 /// socket listening in it.
+/// The exec socket's listener, non-blocking (the run directory's removal
+/// takes the file).
+fn exec_listener(run_dir: &Path) -> Result<UnixListener, RunError> {
+    let p = run_dir.join("exec.sock");
+    let l = UnixListener::bind(&p).map_err(|e| RunError::io(p.display(), e))?;
+    l.set_nonblocking(true)
+        .map_err(|e| RunError::io(p.display(), e))?;
+    Ok(l)
+}
+
 fn open_run_dir(
     req: &RunRequest,
     id: &str,

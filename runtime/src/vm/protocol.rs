@@ -10,6 +10,7 @@
 //! |           | `Log`                                       | `Booting`  |
 //! |           | `Error` (the init failed before the start)  | `Finished` |
 //! | `Running` | `Stdout`, `Stderr`, `Log`, `Started` (once) | `Running`  |
+//! |           | `ExecStdout`, `ExecStderr`, then `ExecExit` (0-255) or `ExecError` (125-127), each for a stream the host opened and has not seen end | `Running` |
 //! |           | `Exit` (0-255), `Error` (125-127)           | `Finished` |
 //! | `Finished`| none                                        |            |
 //!
@@ -42,6 +43,17 @@ pub enum Event {
     Log(String),
     /// The workload runs.
     Started,
+    /// An exec process's output (stream, stderr?, bytes).
+    ExecOutput {
+        stream: u32,
+        stderr: bool,
+        data: Vec<u8>,
+    },
+    /// An exec process ended (or could not start: `Err`).
+    ExecEnded {
+        stream: u32,
+        result: Result<i32, GuestError>,
+    },
     /// The workload ended.
     Exit(ExitStatus),
     /// The guest could not start the workload (message sanitised).
@@ -54,6 +66,8 @@ pub struct Protocol {
     state: State,
     /// The started frame came.
     started: bool,
+    /// The exec streams the host opened that have not ended.
+    streams: std::collections::BTreeSet<u32>,
 }
 
 impl Default for Protocol {
@@ -88,11 +102,33 @@ impl Protocol {
         Protocol {
             state: State::Booting,
             started: false,
+            streams: Default::default(),
         }
     }
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether the workload runs (its started frame came, no exit yet).
+    pub fn started(&self) -> bool {
+        self.started && self.state == State::Running
+    }
+
+    /// The host opened exec stream `stream` (sent its start).
+    pub fn exec_opened(&mut self, stream: u32) {
+        self.streams.insert(stream);
+    }
+
+    /// An exec frame's stream must be open.
+    fn open_stream(&self, stream: u32, kind: &str) -> Result<(), String> {
+        if self.streams.contains(&stream) {
+            Ok(())
+        } else {
+            Err(format!(
+                "a {kind} frame for exec stream {stream}, which is not open"
+            ))
+        }
     }
 
     /// Takes one frame from the guest; the error names the violation.
@@ -124,6 +160,50 @@ impl Protocol {
                     return Err("a second started frame".into());
                 }
                 Event::Started
+            }
+            (Running, Frame::ExecStdout { stream, data }) => {
+                self.open_stream(stream, kind)?;
+                Event::ExecOutput {
+                    stream,
+                    stderr: false,
+                    data,
+                }
+            }
+            (Running, Frame::ExecStderr { stream, data }) => {
+                self.open_stream(stream, kind)?;
+                Event::ExecOutput {
+                    stream,
+                    stderr: true,
+                    data,
+                }
+            }
+            (Running, Frame::ExecExit { stream, code }) => {
+                self.open_stream(stream, kind)?;
+                if !(0..=255).contains(&code) {
+                    return Err(format!("the exec-exit frame has exit status {code}"));
+                }
+                self.streams.remove(&stream);
+                Event::ExecEnded {
+                    stream,
+                    result: Ok(code),
+                }
+            }
+            (Running, Frame::ExecError { stream, error }) => {
+                self.open_stream(stream, kind)?;
+                if !(125..=127).contains(&error.code) {
+                    return Err(format!(
+                        "the exec-error frame has exit status {}",
+                        error.code
+                    ));
+                }
+                self.streams.remove(&stream);
+                Event::ExecEnded {
+                    stream,
+                    result: Err(GuestError {
+                        code: error.code,
+                        message: sanitize(&error.message),
+                    }),
+                }
             }
             (Running, Frame::Stdout(b)) => Event::Stdout(b),
             (Running, Frame::Stderr(b)) => Event::Stderr(b),
@@ -170,6 +250,14 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::Error(_) => "error",
         Frame::Log(_) => "log",
         Frame::Started(_) => "started",
+        Frame::ExecStart { .. } => "exec-start",
+        Frame::ExecStdin { .. } => "exec-stdin",
+        Frame::ExecStdinEof(_) => "exec-stdin-eof",
+        Frame::ExecSignal { .. } => "exec-signal",
+        Frame::ExecStdout { .. } => "exec-stdout",
+        Frame::ExecStderr { .. } => "exec-stderr",
+        Frame::ExecExit { .. } => "exec-exit",
+        Frame::ExecError { .. } => "exec-error",
     }
 }
 

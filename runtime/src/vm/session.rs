@@ -51,6 +51,8 @@ pub(super) struct Session<'a> {
     pub shares_fail_requests: bool,
     /// Told the backend's pid once the workload runs in the guest.
     pub started: Option<std::sync::mpsc::Sender<u32>>,
+    /// Where `amphi exec` connects (non-blocking), for a detached run.
+    pub exec: Option<UnixListener>,
     /// Where notices for the user go (the CLI's stderr).
     pub notify: fn(&str),
 }
@@ -67,6 +69,38 @@ struct Channel {
     /// A virtiofsd that died while the workload ran, and when the grace
     /// it left the workload ends.
     lost: Option<(super::virtiofs::Gone, Instant)>,
+    /// `amphi exec` clients, by their stream in the guest.
+    execs: std::collections::BTreeMap<u32, ExecClient>,
+    next_stream: u32,
+}
+
+/// An `amphi exec` connected to the monitor: it speaks the exec frames
+/// (stream 0) that the monitor relays to and from its guest stream.
+struct ExecClient {
+    conn: UnixStream,
+    dec: Decoder,
+    /// Its start went to the guest.
+    opened: bool,
+}
+
+/// Writes a frame to a non-blocking exec client; false when it cannot
+/// take it (gone, or not reading for 5 s).
+fn write_client(conn: &mut UnixStream, f: &Frame) -> bool {
+    let bytes = f.encode();
+    let mut off = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while off < bytes.len() {
+        match conn.write(&bytes[off..]) {
+            Ok(0) => return false,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 impl Channel {
@@ -124,6 +158,7 @@ impl Session<'_> {
             if signals {
                 self.on_signals(&mut ch, booting)?;
             }
+            self.service_execs(&mut ch)?;
             if channel_ready {
                 self.on_readable(&mut ch, booting)
                     .map_err(|e| share_lost(&ch).unwrap_or(e))?;
@@ -157,6 +192,116 @@ impl Session<'_> {
             "the microVM ({} kernel {}) {what} ({st})",
             self.kind, self.kernel_release
         )))
+    }
+
+    /// Accepts `amphi exec` clients and relays what they send: the start
+    /// (once the workload runs; refused before), stdin, signals. A client
+    /// that goes away has its process killed.
+    fn service_execs(&mut self, ch: &mut Channel) -> Result<(), RunError> {
+        let Some(l) = &self.exec else {
+            return Ok(());
+        };
+        while let Ok((conn, _)) = l.accept() {
+            if conn.set_nonblocking(true).is_ok() {
+                ch.next_stream += 1;
+                let c = ExecClient {
+                    conn,
+                    dec: Decoder::new(),
+                    opened: false,
+                };
+                ch.execs.insert(ch.next_stream, c);
+            }
+        }
+        let mut frames = Vec::new();
+        let mut gone = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        for (&stream, c) in ch.execs.iter_mut() {
+            loop {
+                match c.conn.read(&mut buf) {
+                    Ok(0) => {
+                        gone.push(stream);
+                        break;
+                    }
+                    Ok(n) => c.dec.push(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        gone.push(stream);
+                        break;
+                    }
+                }
+            }
+            loop {
+                match c.dec.next_frame() {
+                    Ok(Some(f)) => frames.push((stream, f)),
+                    Ok(None) => break,
+                    Err(_) => {
+                        gone.push(stream);
+                        break;
+                    }
+                }
+            }
+        }
+        for (stream, f) in frames {
+            let opened = ch.execs.get(&stream).is_some_and(|c| c.opened);
+            let to_guest = match f {
+                Frame::ExecStart { req, .. } if !opened => {
+                    if !ch.proto.started() {
+                        let error = crate::proto::channel::GuestError {
+                            code: crate::run::EXIT_AMPHI,
+                            message: "the container's workload is not running".into(),
+                        };
+                        self.to_client(ch, stream, &Frame::ExecError { stream: 0, error }, true);
+                        continue;
+                    }
+                    ch.proto.exec_opened(stream);
+                    if let Some(c) = ch.execs.get_mut(&stream) {
+                        c.opened = true;
+                    }
+                    Frame::ExecStart { stream, req }
+                }
+                Frame::ExecStdin { data, .. } if opened => Frame::ExecStdin { stream, data },
+                Frame::ExecStdinEof(_) if opened => Frame::ExecStdinEof(stream),
+                Frame::ExecSignal { signal, .. } if opened => Frame::ExecSignal { stream, signal },
+                _ => {
+                    gone.push(stream);
+                    continue;
+                }
+            };
+            ch.send(&to_guest, "exec")?;
+        }
+        for stream in gone {
+            if ch.execs.remove(&stream).is_some_and(|c| c.opened) {
+                let kill = Frame::ExecSignal {
+                    stream,
+                    signal: libc::SIGKILL,
+                };
+                ch.send(&kill, "exec-signal")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `f` to the exec client of `stream` (if it is still there);
+    /// `last` ends the client. One that cannot take it is dropped, and
+    /// its process killed.
+    fn to_client(&self, ch: &mut Channel, stream: u32, f: &Frame, last: bool) {
+        let Some(c) = ch.execs.get_mut(&stream) else {
+            return;
+        };
+        if write_client(&mut c.conn, f) && !last {
+            return;
+        }
+        let opened = ch.execs.remove(&stream).is_some_and(|c| c.opened);
+        if opened && !last {
+            let _ = ch.send(
+                &Frame::ExecSignal {
+                    stream,
+                    signal: libc::SIGKILL,
+                },
+                "exec-signal",
+            );
+        }
     }
 
     /// A virtiofsd that died. With amphi's VMM, which from then on
@@ -251,6 +396,8 @@ impl Session<'_> {
             raw: None,
             end_requests: 0,
             lost: None,
+            execs: Default::default(),
+            next_stream: 0,
         })
     }
 
@@ -294,6 +441,25 @@ impl Session<'_> {
                     let _ = err.flush();
                 }
                 Event::Log(l) => tracing::info!(guest = %l),
+                Event::ExecOutput {
+                    stream,
+                    stderr,
+                    data,
+                } => {
+                    let f = if stderr {
+                        Frame::ExecStderr { stream: 0, data }
+                    } else {
+                        Frame::ExecStdout { stream: 0, data }
+                    };
+                    self.to_client(ch, stream, &f, false);
+                }
+                Event::ExecEnded { stream, result } => {
+                    let f = match result {
+                        Ok(code) => Frame::ExecExit { stream: 0, code },
+                        Err(error) => Frame::ExecError { stream: 0, error },
+                    };
+                    self.to_client(ch, stream, &f, true);
+                }
                 Event::Started => {
                     if let (Some(tx), Some(child)) = (self.started.take(), &self.cleanup.child) {
                         let _ = tx.send(child.id());
@@ -359,6 +525,12 @@ impl Session<'_> {
         let mut set = crate::sys::poll::PollSet::new();
         let channel = set.add(ch.reader.as_raw_fd());
         let signals = set.add(self.sigs.raw_fd());
+        if let Some(l) = &self.exec {
+            set.add(l.as_raw_fd());
+        }
+        for c in ch.execs.values() {
+            set.add(c.conn.as_raw_fd());
+        }
         if !set.wait(Some(wait)) {
             return (false, false);
         }

@@ -373,6 +373,57 @@ mod tests {
         assert!(e.contains("uptime"), "{e}");
     }
 
+    /// Exec frames: only for streams the host opened and that have not
+    /// ended, statuses in range; a second started frame is a violation.
+    #[test]
+    fn exec_streams_are_checked() {
+        let mut p = Protocol::new();
+        p.on_frame(ready()).unwrap();
+        assert!(!p.started());
+        assert_eq!(p.on_frame(Frame::Started(7)).unwrap(), Event::Started);
+        assert!(p.started());
+        assert!(p
+            .on_frame(Frame::Started(7))
+            .unwrap_err()
+            .contains("second started"));
+        let out = |stream| Frame::ExecStdout {
+            stream,
+            data: b"x".to_vec(),
+        };
+        assert!(p.on_frame(out(1)).unwrap_err().contains("not open"));
+        p.exec_opened(1);
+        assert!(matches!(
+            p.on_frame(out(1)).unwrap(),
+            Event::ExecOutput { stream: 1, .. }
+        ));
+        assert!(p.on_frame(out(2)).unwrap_err().contains("not open"));
+        assert!(p
+            .on_frame(Frame::ExecExit {
+                stream: 1,
+                code: 256
+            })
+            .unwrap_err()
+            .contains("exit status 256"));
+        assert_eq!(
+            p.on_frame(Frame::ExecExit { stream: 1, code: 3 }).unwrap(),
+            Event::ExecEnded {
+                stream: 1,
+                result: Ok(3)
+            }
+        );
+        // Ended: nothing more for it.
+        assert!(p.on_frame(out(1)).unwrap_err().contains("not open"));
+        p.exec_opened(2);
+        let bad = Frame::ExecError {
+            stream: 2,
+            error: GuestError {
+                code: 1,
+                message: String::new(),
+            },
+        };
+        assert!(p.on_frame(bad).unwrap_err().contains("exit status 1"));
+    }
+
     #[test]
     fn guest_text_loses_terminal_escapes() {
         let mut p = Protocol::new();

@@ -1477,8 +1477,12 @@ fn the_microvm_network_goes_out_and_publishes() {
             })
         })
         .expect("a default route");
+    // Not `timeout … nc` as the last command: sh would exec it, and
+    // busybox timeout execs nc, which would then be the container's PID 1,
+    // where the watchdog's SIGTERM is ignored; and Debian 12's passt
+    // sometimes drops the server's FIN, which leaves nc waiting.
     let script = format!(
-        "ls /sys/class/net | tr '\\n' ' '; echo; timeout 10 nc -w 5 {gw} {port} </dev/null"
+        "ls /sys/class/net | tr '\\n' ' '; echo; timeout 10 nc -w 5 {gw} {port} </dev/null; echo nc-ended"
     );
     let report = tempfile::NamedTempFile::new().unwrap();
     let env = [("AMPHI_RUN_REPORT", report.path().to_str().unwrap())];

@@ -69,6 +69,37 @@ fn podman_run_uses_amphi() {
     );
 }
 
+/// podman's `--annotation io.amphi.isolation=vm` reaches the dispatcher:
+/// amphi's OCI interface cannot run a microVM container yet, so podman's
+/// run fails with the reason instead of running it natively.
+#[test]
+fn podman_asking_for_a_microvm_is_refused_not_run_natively() {
+    if !have("podman") {
+        amphi_tests::skip("podman is not installed (scripts/setup installs it)");
+        return;
+    }
+    let p = Podman::new();
+    let img = p.image();
+    let out = run_cmd(&mut p.cmd(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--annotation",
+        "io.amphi.isolation=vm",
+        &img,
+        "echo",
+        "ran-natively",
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran-natively"));
+    assert!(
+        err.contains("must run in a microVM") && err.contains("io.amphi.isolation=vm"),
+        "{err}"
+    );
+}
+
 #[test]
 fn podman_interactive_tty_through_the_console_socket() {
     if !have("podman") || !have("script") {

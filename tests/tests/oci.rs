@@ -1712,3 +1712,59 @@ fn poststart_gets_running_even_when_the_program_already_exited() {
     b.ok(&["delete", &b.id]);
     b.assert_no_trace(&b.id, &b.cgroup());
 }
+
+/// The dispatcher decides for bundles too: a container that must run in a
+/// microVM (its `io.amphi.isolation=vm` annotation, or the policy by the
+/// image name containerd's CRI passes, or `default_isolation = "vm"`) is
+/// refused at create with the reason, since amphi's OCI interface does not
+/// run microVM containers yet; it never runs natively, and nothing is left.
+/// An annotation cannot lower what the policy says.
+#[test]
+fn create_refuses_a_bundle_that_must_run_in_a_microvm() {
+    let Some(b) = Bundle::new("isolation") else {
+        return;
+    };
+    let id = "must-be-vm";
+    b.edit(|c| c["annotations"] = serde_json::json!({"io.amphi.isolation": "vm"}));
+    let dir = b.dir();
+    let dir = dir.to_str().unwrap();
+    let err = b.fail(&["create", "--bundle", dir, id]);
+    assert!(
+        err.contains("must run in a microVM") && err.contains("io.amphi.isolation=vm"),
+        "{err}"
+    );
+    assert!(!b.root().join(id).exists(), "state left for {id}");
+
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        "[[trust]]\nmatch = \"untrusted.example/**\"\nisolation = \"vm\"\n",
+    )
+    .unwrap();
+    b.edit(|c| {
+        c["annotations"] = serde_json::json!({
+            "io.amphi.isolation": "container",
+            "io.kubernetes.cri.image-name": "untrusted.example/team/app:1",
+        })
+    });
+    let out = run_cmd(
+        b.cmd(&["create", "--bundle", dir, id])
+            .env("AMPHI_POLICY", policy.path()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("[[trust]] rule 1"), "{err}");
+    assert!(!b.root().join(id).exists(), "state left for {id}");
+
+    // Another image under the same policy runs natively, as before.
+    b.edit(|c| {
+        c["annotations"] =
+            serde_json::json!({"io.kubernetes.cri.image-name": "docker.io/library/busybox:1"})
+    });
+    let out = run_cmd(
+        b.cmd(&["create", "--bundle", dir, id])
+            .env("AMPHI_POLICY", policy.path()),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    b.ok(&["delete", "--force", id]);
+}

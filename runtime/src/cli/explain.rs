@@ -24,7 +24,7 @@ pub struct ExplainArgs {
     /// Print the decision as JSON (with the image scan's facts)
     #[arg(long)]
     pub json: bool,
-    /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
+    /// Dispatch policy file (default: $AMPHI_POLICY, else /etc/amphi/policy.toml when it exists)
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// As `amphi run --isolation`: auto, container or vm

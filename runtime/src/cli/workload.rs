@@ -63,7 +63,7 @@ pub struct WorkloadArgs {
     /// true = when the command is systemd (/sbin/init, .../systemd), always, false
     #[arg(long, value_name = "WHEN", default_value = "true", value_parser = ["true", "false", "always"])]
     pub systemd: String,
-    /// Dispatch policy file (default /etc/amphi/policy.toml when it exists)
+    /// Dispatch policy file (default: $AMPHI_POLICY, else /etc/amphi/policy.toml when it exists)
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     #[command(flatten)]

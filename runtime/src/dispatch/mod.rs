@@ -28,6 +28,7 @@
 //! boundary (see `policy.rs` for the pattern rules).
 
 pub mod backend;
+pub mod bundle;
 mod constraint;
 mod decide;
 mod facts;

@@ -52,6 +52,8 @@ use std::path::{Path, PathBuf};
 
 /// Where the policy is read from when no `--policy` is given.
 pub const DEFAULT_POLICY_PATH: &str = "/etc/amphi/policy.toml";
+/// The environment variable that names another policy file.
+pub const POLICY_ENV: &str = "AMPHI_POLICY";
 
 /// A trust rule: images whose reference matches get this isolation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,12 +143,17 @@ impl Policy {
         Ok(p)
     }
 
-    /// Loads `path` (which must exist), or without one the default file
+    /// Loads `path` (which must exist), or without one `$AMPHI_POLICY`
+    /// (which must exist too: the OCI commands, which podman and
+    /// containerd run, take no `--policy`), or the default file
     /// ([`DEFAULT_POLICY_PATH`]), whose absence means the default policy.
     pub fn load(path: Option<&Path>) -> Result<Policy, DispatchError> {
         match path {
             Some(p) => Self::load_file(p, true),
-            None => Self::load_file(Path::new(DEFAULT_POLICY_PATH), false),
+            None => match std::env::var_os(POLICY_ENV).filter(|v| !v.is_empty()) {
+                Some(p) => Self::load_file(Path::new(&p), true),
+                None => Self::load_file(Path::new(DEFAULT_POLICY_PATH), false),
+            },
         }
     }
 

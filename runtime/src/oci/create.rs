@@ -73,6 +73,7 @@ fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
     let spec = config::load_bundle(&bundle)?;
+    refuse_microvm(&spec)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
     let dir = State::dir(root, &o.id);
@@ -88,6 +89,21 @@ fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     r
+}
+
+/// The dispatcher's decision for the bundle (see `dispatch::bundle`): a
+/// container that must run in a microVM is refused, with the reason,
+/// rather than run natively against the policy.
+fn refuse_microvm(spec: &Spec) -> Result<()> {
+    let policy = crate::dispatch::Policy::load(None).map_err(|e| e.to_string())?;
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    match crate::dispatch::bundle::needs_vm(&annotations, &policy)? {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "this container must run in a microVM ({why}), and amphi's OCI runtime interface cannot run microVM containers yet: refused rather than run natively"
+        )
+        .into()),
+    }
 }
 
 fn create_in(

@@ -1721,6 +1721,31 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     assert!(manage(&e, &["ps", "-a"]).1.contains("Exited (137)"));
     assert_eq!(manage(&e, &["rm", "deaf"]).0, 0);
 
+    // The guest kernel's OOM killer: recorded as such.
+    let run = e.amphi(
+        &[],
+        &[
+            "run",
+            "-d",
+            "--name",
+            "hog",
+            "--isolation",
+            "vm",
+            "--memory",
+            "16m",
+            IMG,
+            "sh",
+            "-c",
+            "x=$(head -c 40000000 /dev/zero | tr '\\0' a); echo survived",
+        ],
+        Input::Null,
+    );
+    run.expect_code(0);
+    let ps = wait_output(&e, &["ps", "-a"], "Exited (137, OOM killed)");
+    assert!(ps.contains("hog"), "{ps}");
+    assert!(!manage(&e, &["logs", "hog"]).1.contains("survived"));
+    assert_eq!(manage(&e, &["rm", "hog"]).0, 0);
+
     // A command that cannot start: the caller's error, nothing left.
     let run = e.amphi(
         &[],

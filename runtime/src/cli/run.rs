@@ -268,6 +268,7 @@ pub fn request(
             id: None,
             started: None,
             exec: false,
+            oom_killed: None,
         },
         policy: w.policy,
         verbose: a.verbose,

@@ -64,6 +64,8 @@ fn monitor(
     let (started_tx, started_rx) = mpsc::channel::<u32>();
     opts.started = Some(started_tx);
     opts.exec = true;
+    let oom = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    opts.oom_killed = Some(oom.clone());
     opts.id = Some(lock(&record).id.clone());
     let watcher = {
         let (record, report, store_root) = (record.clone(), report.clone(), store_root.clone());
@@ -104,17 +106,19 @@ fn monitor(
         let _ = crate::image::store::remove_path(&dir);
         return;
     }
-    finish(&lock(&record), code, &store_root, &dir);
+    let oom = oom.load(std::sync::atomic::Ordering::SeqCst);
+    finish(&lock(&record), (code, oom), &store_root, &dir);
 }
 
 /// Records the end (or, with `--rm`, removes the container).
-fn finish(record: &Record, code: i32, store_root: &Path, dir: &Path) {
+fn finish(record: &Record, (code, oom): (i32, bool), store_root: &Path, dir: &Path) {
     if record.rm {
         let _ = crate::image::store::remove_path(dir);
         return;
     }
     let mut r = record.clone();
     r.exit_code = Some(code);
+    r.oom_killed = oom;
     r.finished = Some(crate::container::state::now_rfc3339());
     if let Err(e) = r.save(store_root) {
         eprintln!("amphi: error: recording the end of {}: {e}", r.name);

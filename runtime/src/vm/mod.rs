@@ -67,6 +67,9 @@ pub struct VmOptions {
     pub started: Option<std::sync::mpsc::Sender<u32>>,
     /// Take `amphi exec` clients on [`exec_socket`] (a detached run).
     pub exec: bool,
+    /// Set when the kernel's OOM killer ended the workload (a detached
+    /// run's monitor records it).
+    pub oom_killed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Where a detached microVM's monitor takes `amphi exec` clients: a
@@ -437,11 +440,12 @@ pub fn run(
     timing.teardown += t.elapsed();
     let net = crate::run::report::network_of(&req.flags);
     timing.report(&result, &backend, &prepared, net, opts.notify);
+    if let Some(oom) = &opts.oom_killed {
+        oom.store(timing.oom_killed, std::sync::atomic::Ordering::SeqCst);
+    }
     result
 }
 
-/// The run's directory (removed with the cleanup), and the guest channel's
-/// socket listening in it.
 /// The exec socket's listener, non-blocking (the run directory's removal
 /// takes the file).
 fn exec_listener(run_dir: &Path) -> Result<UnixListener, RunError> {
@@ -452,6 +456,8 @@ fn exec_listener(run_dir: &Path) -> Result<UnixListener, RunError> {
     Ok(l)
 }
 
+/// The run's directory (removed with the cleanup), and the guest channel's
+/// socket listening in it.
 fn open_run_dir(
     req: &RunRequest,
     id: &str,

@@ -1674,6 +1674,39 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     );
     run.expect_code(0);
     assert_eq!(run.stdout, "through stdin\n", "{}", run.show());
+    // exec -t: a terminal of the caller's size (script(1) gives the
+    // caller one of 30x100).
+    if have("script") {
+        let inner = format!(
+            "stty rows 30 cols 100; {} exec -t vmweb sh -c 'tty; stty size; exit 4'",
+            amphi_bin().display()
+        );
+        let mut out = tempfile::tempfile().unwrap();
+        let mut err = tempfile::tempfile().unwrap();
+        let mut child = Command::new("script")
+            .args(["-qec", &inner, "/dev/null"])
+            .env("AMPHI_ROOT", e.a.root())
+            .env("AMPHI_STATE", e.state.path())
+            .env("TMPDIR", e.tmp.path())
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let st = wait_limited(&mut child, "exec -t (in script)", &mut err, None);
+        drop(stdin);
+        let text = read_all(&mut out);
+        let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+        assert!(
+            lines.iter().any(|l| l.ends_with("/dev/pts/0")) && lines.contains(&"30 100"),
+            "a terminal of the caller's size ({st}):\n{text}\n{}",
+            read_all(&mut err)
+        );
+        assert_eq!(st.code(), Some(4), "{text}");
+    } else {
+        skip("script(1) missing: exec -t into a microVM is not tested");
+    }
     let run = e.amphi(&[], &["exec", "vmweb", "/no/such/command"], Input::Null);
     run.expect_code(255);
     assert!(

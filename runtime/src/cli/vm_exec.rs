@@ -25,7 +25,6 @@ pub fn exec(store_root: &Path, state_root: &Path, a: &ExecArgs) -> Option<Result
 /// The flags a microVM exec does not take yet, named.
 fn unsupported(a: &ExecArgs) -> Option<&'static str> {
     [
-        (a.tty, "-t/--tty"),
         (a.process.is_some(), "--process"),
         (a.console_socket.is_some(), "--console-socket"),
         (a.pid_file.is_some(), "--pid-file"),
@@ -70,19 +69,76 @@ fn run(state_root: &Path, r: &records::Record, a: &ExecArgs) -> Result<i32, OciE
         cwd: a.cwd.as_ref().map(|c| c.display().to_string()),
         user: a.user.clone(),
         stdin: true,
+        tty: a.tty.then(|| winsize().unwrap_or((24, 80))),
     };
     Frame::ExecStart { stream: 0, req }
         .write_to(&mut conn)
         .map_err(|e| OciError::from(format!("exec socket: {e}")))?;
-    forward_stdin(&conn)?;
+    // Before any thread: they inherit the mask, so the signals come to the
+    // signalfd.
+    let sigs = crate::sys::signal::block_forwarded();
+    // Our terminal in raw mode while a `-t` process has it (restored on
+    // drop, and on a panic).
+    let _raw =
+        (a.tty && rustix::termios::isatty(std::io::stdin())).then(crate::sys::term::RawMode::enter);
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(
+        conn.try_clone()
+            .map_err(|e| OciError::from(format!("exec socket: {e}")))?,
+    ));
+    forward_stdin(writer.clone());
+    forward_signals(sigs, writer, a.tty);
     relay(&mut conn, &r.name)
 }
 
+/// Our terminal's size (rows, columns), when stdin is one.
+fn winsize() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
+    (ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+type Writer = std::sync::Arc<std::sync::Mutex<UnixStream>>;
+
+/// Writes a frame to the monitor under the writer's lock.
+fn send(w: &Writer, f: &Frame) -> std::io::Result<()> {
+    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    f.write_to(&mut *s)
+}
+
+/// Forwards the signals we get to the process, in their own thread; with
+/// `-t`, a window size change becomes a resize of its terminal.
+fn forward_signals(sigs: crate::sys::signal::Signals, w: Writer, tty: bool) {
+    std::thread::spawn(move || loop {
+        let mut set = crate::sys::poll::PollSet::new();
+        set.add(sigs.raw_fd());
+        if !set.wait(None) {
+            continue;
+        }
+        for s in sigs.drain() {
+            let f = match s {
+                libc::SIGCHLD => continue,
+                libc::SIGWINCH if !tty => continue,
+                libc::SIGWINCH => match winsize() {
+                    Some((rows, cols)) => Frame::ExecResize {
+                        stream: 0,
+                        rows,
+                        cols,
+                    },
+                    None => continue,
+                },
+                s => Frame::ExecSignal {
+                    stream: 0,
+                    signal: s,
+                },
+            };
+            if send(&w, &f).is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// Copies our stdin to the process in its own thread.
-fn forward_stdin(conn: &UnixStream) -> Result<(), OciError> {
-    let mut w = conn
-        .try_clone()
-        .map_err(|e| OciError::from(format!("exec socket: {e}")))?;
+fn forward_stdin(w: Writer) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; channel::CHUNK];
         let mut stdin = std::io::stdin();
@@ -94,7 +150,7 @@ fn forward_stdin(conn: &UnixStream) -> Result<(), OciError> {
                         stream: 0,
                         data: buf[..n].to_vec(),
                     };
-                    if f.write_to(&mut w).is_err() {
+                    if send(&w, &f).is_err() {
                         return;
                     }
                 }
@@ -102,9 +158,8 @@ fn forward_stdin(conn: &UnixStream) -> Result<(), OciError> {
                 Err(_) => break,
             }
         }
-        let _ = Frame::ExecStdinEof(0).write_to(&mut w);
+        let _ = send(&w, &Frame::ExecStdinEof(0));
     });
-    Ok(())
 }
 
 /// Prints the process's output until its status comes.

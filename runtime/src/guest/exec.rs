@@ -14,7 +14,9 @@ use crate::proto::channel::{ExecRequest, Frame, GuestError};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock};
 
@@ -33,9 +35,16 @@ static CONTEXT: OnceLock<Context> = OnceLock::new();
 /// Statuses of exited exec helpers, by pid (see [`reaped`]).
 static EXITS: Mutex<Option<HashMap<i32, i32>>> = Mutex::new(None);
 static EXITED: Condvar = Condvar::new();
-/// Each running exec process by stream: its helper's pid and stdin.
-type Running = HashMap<u32, (i32, Option<std::process::ChildStdin>)>;
-static STDINS: Mutex<Option<Running>> = Mutex::new(None);
+/// A running exec process: its helper's pid, where its input goes, and
+/// its terminal's master (`-t`).
+struct Proc {
+    pid: i32,
+    stdin: Option<Box<dyn Write + Send>>,
+    pty: Option<File>,
+}
+
+/// The running exec processes, by stream.
+static STDINS: Mutex<Option<HashMap<u32, Proc>>> = Mutex::new(None);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -114,24 +123,36 @@ pub(super) fn on_frame(f: Frame) {
             }
         }
         Frame::ExecStdin { stream, data } => {
-            let mut stdins = lock(&STDINS);
-            if let Some((_, Some(w))) = stdins.get_or_insert_with(HashMap::new).get_mut(&stream) {
+            if let Some(Proc { stdin: Some(w), .. }) = lock(&STDINS)
+                .get_or_insert_with(HashMap::new)
+                .get_mut(&stream)
+            {
                 let _ = w.write_all(&data);
             }
         }
         Frame::ExecStdinEof(stream) => {
-            if let Some((_, w)) = lock(&STDINS)
+            if let Some(p) = lock(&STDINS)
                 .get_or_insert_with(HashMap::new)
                 .get_mut(&stream)
             {
-                drop(w.take());
+                // A terminal stays open: its EOF is a ^D the user types.
+                if p.pty.is_none() {
+                    drop(p.stdin.take());
+                }
             }
         }
         Frame::ExecSignal { stream, signal } => {
-            if let Some((pid, _)) = lock(&STDINS).get_or_insert_with(HashMap::new).get(&stream) {
+            if let Some(p) = lock(&STDINS).get_or_insert_with(HashMap::new).get(&stream) {
                 // SAFETY: signalling our own exec helper, which forwards
                 // the signal to its process.
-                unsafe { libc::kill(*pid, signal) };
+                unsafe { libc::kill(p.pid, signal) };
+            }
+        }
+        Frame::ExecResize { stream, rows, cols } => {
+            if let Some(Proc { pty: Some(m), .. }) =
+                lock(&STDINS).get_or_insert_with(HashMap::new).get(&stream)
+            {
+                set_winsize(m, rows, cols);
             }
         }
         _ => {}
@@ -151,6 +172,9 @@ fn command(id: &str, req: &ExecRequest) -> Command {
     if let Some(u) = &req.user {
         c.arg("--user").arg(u);
     }
+    if req.tty.is_some() {
+        c.arg("--tty");
+    }
     c.arg(id).arg("--").args(&req.args);
     c
 }
@@ -164,37 +188,19 @@ fn start(stream: u32, req: &ExecRequest) -> Result<(), GuestError> {
     if req.args.is_empty() {
         return Err(gerr("exec needs a command"));
     }
-    let mut child = command(&ctx.id, req)
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| gerr(format!("starting exec: {e}")))?;
-    let pid = child.id() as i32;
+    let (proc, outputs) = match req.tty {
+        Some((rows, cols)) => spawn_tty(&ctx.id, req, rows, cols)?,
+        None => spawn_piped(&ctx.id, req)?,
+    };
+    let pid = proc.pid;
     lock(&STDINS)
         .get_or_insert_with(HashMap::new)
-        .insert(stream, (pid, child.stdin.take()));
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    .filter_map(|(i, r)| r.map(|r| (i == 1, r)))
-    .map(|(stderr, r)| std::thread::spawn(move || relay(stream, stderr, r)))
-    .collect();
-    // The init reaps it; `child` is never waited for here.
-    drop(child);
+        .insert(stream, proc);
+    let readers: Vec<_> = outputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| std::thread::spawn(move || relay(stream, i == 1, r)))
+        .collect();
     std::thread::spawn(move || {
         let code = wait(pid);
         for r in readers {
@@ -209,6 +215,137 @@ fn start(stream: u32, req: &ExecRequest) -> Result<(), GuestError> {
         });
     });
     Ok(())
+}
+
+/// Outputs of an exec process: stdout, then stderr (if it has its own).
+type Outputs = Vec<Box<dyn Read + Send>>;
+
+/// The helper with pipes for its stdio.
+fn spawn_piped(id: &str, req: &ExecRequest) -> Result<(Proc, Outputs), GuestError> {
+    let mut child = command(id, req)
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| gerr(format!("starting exec: {e}")))?;
+    let outputs = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let proc = Proc {
+        pid: child.id() as i32,
+        stdin: child
+            .stdin
+            .take()
+            .map(|w| Box::new(w) as Box<dyn Write + Send>),
+        pty: None,
+    };
+    // The init reaps it; `child` is never waited for here.
+    Ok((proc, outputs))
+}
+
+/// The helper on a terminal of its own (`-t`): the slave of a pty the init
+/// holds the master of is its stdio and controlling terminal, so the
+/// native exec puts it in raw mode and follows its size (a resize from the
+/// host is set on the master: the helper gets SIGWINCH and passes the size
+/// on to the container's terminal).
+fn spawn_tty(
+    id: &str,
+    req: &ExecRequest,
+    rows: u16,
+    cols: u16,
+) -> Result<(Proc, Outputs), GuestError> {
+    let (master, slave) = open_pty()?;
+    set_winsize(&master, rows, cols);
+    let io = |f: &OwnedFd| {
+        f.try_clone()
+            .map(Stdio::from)
+            .map_err(|e| gerr(format!("exec terminal: {e}")))
+    };
+    let mut cmd = command(id, req);
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe and touch only
+    // the child: a session of its own, with the slave (its stdin) as its
+    // controlling terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| gerr(format!("starting exec: {e}")))?;
+    drop(slave);
+    let master = File::from(master);
+    let clone = |m: &File| {
+        m.try_clone()
+            .map_err(|e| gerr(format!("exec terminal: {e}")))
+    };
+    let proc = Proc {
+        pid: child.id() as i32,
+        stdin: Some(Box::new(clone(&master)?)),
+        pty: Some(clone(&master)?),
+    };
+    Ok((proc, vec![Box::new(master)]))
+}
+
+/// A new pty in the init's own devpts: (master, slave).
+fn open_pty() -> Result<(OwnedFd, OwnedFd), GuestError> {
+    let _ = std::fs::create_dir_all("/dev/pts");
+    // The init's /dev has no devpts of its own until the first `-t` exec
+    // (EBUSY once it has).
+    let _ = super::mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0620,ptmxmode=0666",
+    );
+    let err = |what: &str, e: rustix::io::Errno| gerr(format!("exec terminal: {what}: {e}"));
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| err("/dev/ptmx", e))?;
+    rustix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| err("ptsname", e))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| err("the slave", e))?;
+    Ok((master, slave))
+}
+
+/// Sets a terminal's size (the kernel signals its foreground group).
+fn set_winsize(m: &impl std::os::fd::AsFd, rows: u16, cols: u16) {
+    let ws = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let _ = rustix::termios::tcsetwinsize(m, ws);
 }
 
 /// Copies one output of an exec process to the host until it ends.

@@ -803,7 +803,8 @@ fn read_host_frames(
                     f @ (Frame::ExecStart { .. }
                     | Frame::ExecStdin { .. }
                     | Frame::ExecStdinEof(_)
-                    | Frame::ExecSignal { .. }),
+                    | Frame::ExecSignal { .. }
+                    | Frame::ExecResize { .. }),
                 )) => exec::on_frame(f),
                 Ok(Some(_)) => {}
                 // The host went away: nobody is left to report to.

@@ -38,6 +38,7 @@ const K_EXEC_START: u8 = 8;
 const K_EXEC_STDIN: u8 = 9;
 const K_EXEC_STDIN_EOF: u8 = 10;
 const K_EXEC_SIGNAL: u8 = 11;
+const K_EXEC_RESIZE: u8 = 12;
 const K_READY: u8 = 16;
 const K_STDOUT: u8 = 17;
 const K_STDERR: u8 = 18;
@@ -68,6 +69,10 @@ pub struct ExecRequest {
     /// Forward stdin (`-i`); without it the process's stdin is /dev/null.
     #[serde(default)]
     pub stdin: bool,
+    /// A terminal (`-t`) of this size (rows, columns): output comes back
+    /// on stdout alone.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
 }
 
 /// What the guest needs to run the workload.
@@ -191,6 +196,12 @@ pub enum Frame {
         stream: u32,
         signal: i32,
     },
+    /// The exec terminal's new size.
+    ExecResize {
+        stream: u32,
+        rows: u16,
+        cols: u16,
+    },
     ExecStdout {
         stream: u32,
         data: Vec<u8>,
@@ -275,6 +286,11 @@ impl Frame {
             Frame::ExecSignal { stream, signal } => {
                 (K_EXEC_SIGNAL, with_stream(*stream, &signal.to_le_bytes()))
             }
+            Frame::ExecResize { stream, rows, cols } => {
+                let mut v = rows.to_le_bytes().to_vec();
+                v.extend_from_slice(&cols.to_le_bytes());
+                (K_EXEC_RESIZE, with_stream(*stream, &v))
+            }
             Frame::ExecStdout { stream, data } => (K_EXEC_STDOUT, with_stream(*stream, data)),
             Frame::ExecStderr { stream, data } => (K_EXEC_STDERR, with_stream(*stream, data)),
             Frame::ExecExit { stream, code } => {
@@ -332,7 +348,7 @@ impl Frame {
             K_STARTED => Frame::Started(u32::from_le_bytes(
                 p.as_slice().try_into().map_err(|_| bad("started"))?,
             )),
-            K_EXEC_START..=K_EXEC_SIGNAL | K_EXEC_STDOUT..=K_EXEC_ERROR => {
+            K_EXEC_START..=K_EXEC_RESIZE | K_EXEC_STDOUT..=K_EXEC_ERROR => {
                 if p.len() < 4 {
                     return Err(bad("exec"));
                 }
@@ -353,6 +369,11 @@ impl Frame {
                     K_EXEC_SIGNAL => Frame::ExecSignal {
                         stream,
                         signal: int("exec-signal")?,
+                    },
+                    K_EXEC_RESIZE if rest.len() == 4 => Frame::ExecResize {
+                        stream,
+                        rows: u16::from_le_bytes([rest[0], rest[1]]),
+                        cols: u16::from_le_bytes([rest[2], rest[3]]),
                     },
                     K_EXEC_STDOUT => Frame::ExecStdout { stream, data: rest },
                     K_EXEC_STDERR => Frame::ExecStderr { stream, data: rest },
@@ -387,7 +408,7 @@ pub fn guest_payload_limit(kind: u8) -> Option<usize> {
         K_EXEC_EXIT => Some(8),
         K_EXEC_ERROR => Some(4 + 64 * 1024),
         K_START | K_STDIN | K_STDIN_EOF | K_SIGNAL | K_RESIZE | K_SHUTDOWN | K_EXEC_START
-        | K_EXEC_STDIN | K_EXEC_STDIN_EOF | K_EXEC_SIGNAL => Some(0),
+        | K_EXEC_STDIN | K_EXEC_STDIN_EOF | K_EXEC_SIGNAL | K_EXEC_RESIZE => Some(0),
         _ => None,
     }
 }
@@ -547,7 +568,13 @@ mod tests {
                     cwd: Some("/tmp".into()),
                     user: Some("nobody".into()),
                     stdin: true,
+                    tty: Some((40, 120)),
                 },
+            },
+            Frame::ExecResize {
+                stream: 1,
+                rows: 50,
+                cols: 132,
             },
             Frame::ExecStdin {
                 stream: 1,

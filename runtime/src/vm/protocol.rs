@@ -254,6 +254,7 @@ pub fn frame_name(f: &Frame) -> &'static str {
         Frame::ExecStdin { .. } => "exec-stdin",
         Frame::ExecStdinEof(_) => "exec-stdin-eof",
         Frame::ExecSignal { .. } => "exec-signal",
+        Frame::ExecResize { .. } => "exec-resize",
         Frame::ExecStdout { .. } => "exec-stdout",
         Frame::ExecStderr { .. } => "exec-stderr",
         Frame::ExecExit { .. } => "exec-exit",

@@ -263,6 +263,9 @@ impl Session<'_> {
                 Frame::ExecStdin { data, .. } if opened => Frame::ExecStdin { stream, data },
                 Frame::ExecStdinEof(_) if opened => Frame::ExecStdinEof(stream),
                 Frame::ExecSignal { signal, .. } if opened => Frame::ExecSignal { stream, signal },
+                Frame::ExecResize { rows, cols, .. } if opened => {
+                    Frame::ExecResize { stream, rows, cols }
+                }
                 _ => {
                     gone.push(stream);
                     continue;

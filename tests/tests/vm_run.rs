@@ -1545,6 +1545,18 @@ fn the_microvm_network_goes_out_and_publishes() {
 
 // --- the lifecycle of detached microVM containers ---
 
+/// Removes the named detached containers (`rm -f`) when dropped, so that
+/// a failing test leaves no monitor and VM running.
+struct RmOnDrop<'a>(&'a Env, &'a [&'a str]);
+
+impl Drop for RmOnDrop<'_> {
+    fn drop(&mut self) {
+        for name in self.1 {
+            let _ = self.0.cmd(&["rm", "-f", name]).output();
+        }
+    }
+}
+
 /// `amphi ARGS` (quick management commands): (status, stdout, stderr).
 fn manage(e: &Env, args: &[&str]) -> (i32, String, String) {
     let run = e.amphi(&[], args, Input::Null);
@@ -1583,6 +1595,7 @@ fn wait_output(e: &Env, args: &[&str], want: &str) -> String {
 #[test]
 fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     let Some(e) = Env::new() else { return };
+    let _rm = RmOnDrop(&e, &["vmweb", "deaf", "hog"]);
     let script = "echo hello-from-the-vm; uname -r; \
                   trap 'echo got-usr1' USR1; trap 'echo got-term; exit 143' TERM; \
                   while :; do sleep 0.1; done";
@@ -1801,6 +1814,7 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
 #[test]
 fn a_detached_microvm_whose_monitor_is_killed_is_stale_and_gc_cleans_it() {
     let Some(e) = Env::new() else { return };
+    let _rm = RmOnDrop(&e, &["orphan"]);
     let run = e.amphi(
         &[],
         &[

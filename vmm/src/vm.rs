@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -138,10 +138,13 @@ impl Vm {
         let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // The in-kernel irqchip is always there, the other half of what the
+        // TSC deadline timer needs.
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let vcpus = (0..usize::from(config.vcpus))
             .map(|i| {
                 let vcpu = Vcpu::new(&fd, i)?;
-                vcpu.configure(&supported, config.vcpus)?;
+                vcpu.configure(&supported, config.vcpus, tsc_deadline)?;
                 Ok(vcpu)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -72,8 +72,15 @@ impl Vcpu {
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC for a VM of `vcpus` vCPUs;
-    /// `tsc_deadline`: KVM emulates the TSC deadline timer.
-    pub(crate) fn configure(&self, supported: &CpuId, vcpus: u8, tsc_deadline: bool) -> Result<()> {
+    /// `tsc_deadline`: KVM emulates the TSC deadline timer; `host`: the
+    /// host's leaves for those KVM leaves empty.
+    pub(crate) fn configure(
+        &self,
+        supported: &CpuId,
+        vcpus: u8,
+        tsc_deadline: bool,
+        host: &cpuid::HostLeaves,
+    ) -> Result<()> {
         let apic_id = u8::try_from(self.index)
             .map_err(|_| VmmError::Config(format!("vCPU index {} too large", self.index)))?;
         let timing = cpuid::GuestTiming {
@@ -83,7 +90,7 @@ impl Vcpu {
         if self.index == 0 {
             tracing::debug!(?timing, "guest timer and clock");
         }
-        let table = cpuid::vcpu_cpuid(supported, apic_id, vcpus, &timing)?;
+        let table = cpuid::vcpu_cpuid(supported, apic_id, vcpus, &timing, host)?;
         self.fd
             .set_cpuid2(&table)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;

@@ -1,11 +1,14 @@
-//! What a guest learns about its timer and clock, read back from a tiny
-//! guest on the real /dev/kvm (hardware KVM or PVM): the CPUID leaves a
-//! Linux guest reads before it decides to calibrate (the TSC deadline bit,
-//! the hypervisor leaves with kvmclock and the TSC frequency, ARAT), and
-//! the TSC deadline timer itself, armed and read back through its MSR.
+//! What a guest learns about its CPU, timer and clock, read back from a
+//! tiny guest on the real /dev/kvm (hardware KVM or PVM): the CPUID leaves
+//! a Linux guest reads before it decides to calibrate (the TSC deadline
+//! bit, the hypervisor leaves with kvmclock and the TSC frequency, ARAT),
+//! the TSC deadline timer itself, armed and read back through its MSR, and
+//! the brand string and cache leaves filled from the host where KVM's are
+//! empty.
 //!
-//! The expectations come from KVM, asked here directly: its capabilities,
-//! its supported CPUID and a vCPU's TSC frequency.
+//! The expectations come from KVM, asked here directly (its capabilities,
+//! its supported CPUID and a vCPU's TSC frequency), and from the host's own
+//! CPUID instruction.
 //!
 //! Without /dev/kvm every test prints a loud `SKIP` line and returns
 //! (fails in strict mode: `CI=true` or `AMPHI_TEST_STRICT=1`).
@@ -241,4 +244,58 @@ fn guest_sees_kvmclock_and_the_tsc_frequency() {
             "no timing leaf without a TSC frequency"
         ),
     }
+}
+
+/// The host's own CPUID (the VMM's process runs where the vCPU does).
+fn host_cpuid(function: u32) -> Regs {
+    let r = std::arch::x86_64::__cpuid(function);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+#[test]
+fn guest_sees_a_brand_string_and_cache_leaves() {
+    if !kvm_or_skip("guest_sees_a_brand_string_and_cache_leaves") {
+        return;
+    }
+    let kvm = ask_kvm();
+    let leaves = [
+        0x8000_0002,
+        0x8000_0003,
+        0x8000_0004,
+        0x8000_0005,
+        0x8000_0006,
+    ];
+    let seen = run_guest(&leaves);
+    // "AuthenticAMD" in EBX, EDX, ECX.
+    let amd = supported(&kvm, 0)
+        .is_some_and(|e| [e.ebx, e.edx, e.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]);
+    let host_max = host_cpuid(0x8000_0000)[0];
+    for function in leaves {
+        let from_kvm = supported(&kvm, function).map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx]);
+        let from_host = if host_max >= function {
+            host_cpuid(function)
+        } else {
+            [0; 4]
+        };
+        let filled = function <= 0x8000_0004 || amd;
+        let want = if filled && from_kvm == [0; 4] {
+            from_host
+        } else {
+            from_kvm
+        };
+        assert_eq!(
+            seen.leaf(function),
+            want,
+            "leaf {function:#x}: KVM has {from_kvm:#x?}, the host {from_host:#x?}"
+        );
+    }
+    let brand: Vec<u8> = (0x8000_0002..=0x8000_0004)
+        .flat_map(|f| seen.leaf(f))
+        .flat_map(u32::to_le_bytes)
+        .collect();
+    let brand = String::from_utf8_lossy(&brand);
+    eprintln!(
+        "guest brand string: {:?}",
+        brand.trim_end_matches('\0').trim()
+    );
 }

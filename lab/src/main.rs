@@ -57,7 +57,8 @@ enum Command {
     /// later); without the marker within TIMEOUT_S, stop it then. Prints
     /// "AMPHI-L1-BENCH LABEL init-ms=... rss-kb=... guest-rss-kb=... ...
     /// exit=N" (or signal=N); fails unless the marker came and the memory
-    /// was read.
+    /// was read. With AMPHI_VMM_TIMING set, CMD gets it as the launch time
+    /// (seconds since the epoch), for amphi vmm's startup report.
     Watch {
         label: String,
         marker: String,

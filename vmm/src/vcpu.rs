@@ -71,11 +71,26 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Sets CPUID, MSRs, FPU and LAPIC for a VM of `vcpus` vCPUs.
-    pub(crate) fn configure(&self, supported: &CpuId, vcpus: u8) -> Result<()> {
+    /// Sets CPUID, MSRs, FPU and LAPIC for a VM of `vcpus` vCPUs;
+    /// `tsc_deadline`: KVM emulates the TSC deadline timer; `host`: the
+    /// host's leaves for those KVM leaves empty.
+    pub(crate) fn configure(
+        &self,
+        supported: &CpuId,
+        vcpus: u8,
+        tsc_deadline: bool,
+        host: &cpuid::HostLeaves,
+    ) -> Result<()> {
         let apic_id = u8::try_from(self.index)
             .map_err(|_| VmmError::Config(format!("vCPU index {} too large", self.index)))?;
-        let table = cpuid::vcpu_cpuid(supported, apic_id, vcpus)?;
+        let timing = cpuid::GuestTiming {
+            tsc_deadline,
+            tsc_khz: self.tsc_khz(),
+        };
+        if self.index == 0 {
+            tracing::debug!(?timing, "guest timer and clock");
+        }
+        let table = cpuid::vcpu_cpuid(supported, apic_id, vcpus, &timing, host)?;
         self.fd
             .set_cpuid2(&table)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
@@ -89,6 +104,21 @@ impl Vcpu {
         }
         setup_fpu(&self.fd)?;
         lapic::setup_lapic(&self.fd)
+    }
+
+    /// The vCPU's TSC frequency in kHz, or `None` where KVM does not know
+    /// it (`KVM_GET_TSC_KHZ` fails, e.g. with an unstable host TSC).
+    fn tsc_khz(&self) -> Option<u32> {
+        match self.fd.get_tsc_khz() {
+            Ok(khz) if khz > 0 => Some(khz),
+            Ok(_) => None,
+            Err(e) => {
+                if self.index == 0 {
+                    tracing::debug!("KVM_GET_TSC_KHZ failed ({e}): no TSC frequency for the guest");
+                }
+                None
+            }
+        }
     }
 
     /// Starts the vCPU with `xcr0` (every XSAVE component its CPUID offers)

@@ -10,10 +10,11 @@ use std::thread;
 use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::cpuid::HostLeaves;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::x86_64::mptable::{self, MAX_CPUS};
 use crate::arch::x86_64::regs::EntryPoint;
@@ -138,10 +139,14 @@ impl Vm {
         let supported: CpuId = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // The in-kernel irqchip is always there, the other half of what the
+        // TSC deadline timer needs.
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let host_leaves = HostLeaves::read();
         let vcpus = (0..usize::from(config.vcpus))
             .map(|i| {
                 let vcpu = Vcpu::new(&fd, i)?;
-                vcpu.configure(&supported, config.vcpus)?;
+                vcpu.configure(&supported, config.vcpus, tsc_deadline, &host_leaves)?;
                 Ok(vcpu)
             })
             .collect::<Result<Vec<_>>>()?;

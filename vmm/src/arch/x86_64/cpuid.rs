@@ -6,10 +6,18 @@
 //!   (leaf 1 logical count + HTT, leaf 4 core count, leaf 0xB levels,
 //!   AMD leaf 0x80000008 NC),
 //! - the hypervisor bit,
+//! - the guest's timer and clock ([`GuestTiming`]): the TSC deadline timer
+//!   (leaf 1 ECX bit 24) when KVM emulates it, and the TSC frequency in
+//!   the hypervisor timing leaf 0x4000_0010 when KVM knows it, so that a
+//!   Linux guest neither calibrates its local APIC timer against the PIT
+//!   nor runs the IO-APIC timer check,
 //! - an XSAVE leaf 0xD that agrees with itself: only state components whose
 //!   subleaf describes them, sizes computed from those subleaves, and EBX
 //!   sized for the XCR0 the vCPU starts with ([`guest_xcr0`], set by
 //!   `KVM_SET_XCRS`, see [`crate::vcpu`]),
+//! - where KVM's table leaves them empty, the host's brand string
+//!   (0x8000_0002..4) and, on AMD, its cache and TLB descriptors
+//!   (0x8000_0005/6) ([`HostLeaves`]),
 //! - and none of what a guest must not see: VMX/SVM (no nested
 //!   virtualization), SMX, SGX, MONITOR/MWAIT, thermal and power management,
 //!   debug store and the architectural PMU.
@@ -49,6 +57,7 @@ const ECX_SMX: u32 = 1 << 6;
 const ECX_EIST: u32 = 1 << 7;
 const ECX_TM2: u32 = 1 << 8;
 const ECX_PDCM: u32 = 1 << 15;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_XSAVE: u32 = 1 << 26;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 // Leaf 1 EDX.
@@ -78,9 +87,73 @@ const ECX_XSS_COMPONENT: u32 = 1 << 0;
 const ECX_ALIGN64: u32 = 1 << 1;
 // Leaf 0x80000001 ECX.
 const ECX_SVM: u32 = 1 << 2;
+// The hypervisor leaves: 0x4000_0000 holds the highest hypervisor leaf in
+// EAX and the signature in EBX, ECX, EDX; KVM's is "KVMKVMKVM\0\0\0".
+const HYPERVISOR_BASE: u32 = 0x4000_0000;
+const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+// The timing leaf (first defined by VMware, also read by guests on other
+// hypervisors): EAX the TSC frequency, EBX the local APIC timer's (bus)
+// frequency, both in kHz.
+const HYPERVISOR_TIMING: u32 = 0x4000_0010;
+// KVM's local APIC timer counts nanoseconds: a 1 GHz bus (in kHz).
+const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
 // Leaf 0xB level types.
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
+
+/// What the guest is told about its timer and clock, from KVM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestTiming {
+    /// KVM emulates the local APIC's TSC deadline mode
+    /// (`KVM_CAP_TSC_DEADLINE_TIMER`, with the in-kernel irqchip).
+    pub tsc_deadline: bool,
+    /// The vCPU's TSC frequency (`KVM_GET_TSC_KHZ`), if KVM knows it.
+    pub tsc_khz: Option<u32>,
+}
+
+/// The host's own CPUID leaves a guest gets where KVM's table has them
+/// empty (all four registers zero): the brand string (0x8000_0002..4;
+/// PVM offers none, and a Linux guest then calls its CPU "AMD 17/01") and
+/// the L1 and L2 cache and TLB descriptors (0x8000_0005/6, used on AMD
+/// only; KVM before Linux 6.2, e.g. the nested lab's level 1, zeroes
+/// 0x8000_0005, and a guest then reports no 2M TLB entries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostLeaves {
+    /// 0x8000_0002, 0x8000_0003, 0x8000_0004.
+    pub brand: [[u32; 4]; 3],
+    /// 0x8000_0005, 0x8000_0006.
+    pub cache_tlb: [[u32; 4]; 2],
+}
+
+impl HostLeaves {
+    /// Reads them with the CPUID instruction (zeros beyond the host's
+    /// highest extended leaf).
+    pub fn read() -> HostLeaves {
+        let leaf = |function: u32| {
+            let r = std::arch::x86_64::__cpuid(function);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        };
+        let max_extended = leaf(0x8000_0000)[0];
+        let get = |function: u32| {
+            if max_extended >= function {
+                leaf(function)
+            } else {
+                [0; 4]
+            }
+        };
+        HostLeaves {
+            brand: [get(0x8000_0002), get(0x8000_0003), get(0x8000_0004)],
+            cache_tlb: [get(0x8000_0005), get(0x8000_0006)],
+        }
+    }
+}
+
+/// Fills entry `e` with `regs` if KVM left it empty.
+fn fill_if_empty(e: &mut kvm_cpuid_entry2, regs: [u32; 4]) {
+    if [e.eax, e.ebx, e.ecx, e.edx] == [0; 4] {
+        [e.eax, e.ebx, e.ecx, e.edx] = regs;
+    }
+}
 
 /// Bits needed to number `n` items (`ceil(log2(n))`).
 fn bits_for(n: u32) -> u32 {
@@ -216,12 +289,39 @@ fn fix_xsave_leaf(supported: &[kvm_cpuid_entry2], out: &mut Vec<kvm_cpuid_entry2
     });
 }
 
+/// Adds the timing leaf 0x4000_0010 (TSC and APIC bus frequency) when the
+/// table has KVM's hypervisor leaves and the TSC frequency is known, and
+/// raises the highest hypervisor leaf to it. Another hypervisor signature
+/// (or none) is left alone: the leaf's meaning belongs to the signature.
+fn add_timing_leaf(out: &mut Vec<kvm_cpuid_entry2>, tsc_khz: Option<u32>) {
+    let Some(khz) = tsc_khz.filter(|&k| k > 0) else {
+        return;
+    };
+    let Some(base) = out.iter_mut().find(|e| e.function == HYPERVISOR_BASE) else {
+        return;
+    };
+    if [base.ebx, base.ecx, base.edx] != KVM_SIGNATURE {
+        return;
+    }
+    base.eax = base.eax.max(HYPERVISOR_TIMING);
+    out.retain(|e| e.function != HYPERVISOR_TIMING);
+    out.push(kvm_cpuid_entry2 {
+        function: HYPERVISOR_TIMING,
+        eax: khz,
+        ebx: KVM_APIC_BUS_KHZ,
+        ..Default::default()
+    });
+}
+
 /// Filters KVM's supported CPUID `entries` for the vCPU with `apic_id` in a
-/// VM of `vcpus` vCPUs.
+/// VM of `vcpus` vCPUs, with what `timing` says about its timer and clock
+/// and the `host` leaves where KVM's are empty.
 pub fn filter_entries(
     supported: &[kvm_cpuid_entry2],
     apic_id: u8,
     vcpus: u8,
+    timing: &GuestTiming,
+    host: &HostLeaves,
 ) -> Vec<kvm_cpuid_entry2> {
     let vendor = vendor(supported);
     let max_basic = supported
@@ -239,6 +339,13 @@ pub fn filter_entries(
                 e.ecx &= !(ECX_DTES64 | ECX_MONITOR | ECX_DS_CPL | ECX_VMX | ECX_SMX);
                 e.ecx &= !(ECX_EIST | ECX_TM2 | ECX_PDCM);
                 e.ecx |= ECX_HYPERVISOR;
+                // KVM leaves this bit to the VMM: set only where KVM
+                // emulates the deadline MSR (some, e.g. PVM, offer it).
+                if timing.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !ECX_TSC_DEADLINE;
+                }
                 e.edx &= !(EDX_DS | EDX_ACPI | EDX_TM | EDX_PBE);
                 if count > 1 {
                     e.edx |= EDX_HTT;
@@ -264,6 +371,12 @@ pub fn filter_entries(
             // Replaced by the topology below.
             0xb => continue,
             0x8000_0001 => e.ecx &= !ECX_SVM,
+            f @ 0x8000_0002..=0x8000_0004 => {
+                fill_if_empty(&mut e, host.brand[(f - 0x8000_0002) as usize]);
+            }
+            f @ (0x8000_0005 | 0x8000_0006) if vendor == Vendor::Amd => {
+                fill_if_empty(&mut e, host.cache_tlb[(f - 0x8000_0005) as usize]);
+            }
             0x8000_0008 if vendor == Vendor::Amd => {
                 e.ecx = (e.ecx & !0xf0ff) | (bits_for(count) << 12) | (count - 1);
             }
@@ -284,18 +397,35 @@ pub fn filter_entries(
         out.push(leaf(0xb, 2, [0, 0, 2, id]));
     }
     fix_xsave_leaf(supported, &mut out);
+    add_timing_leaf(&mut out, timing.tsc_khz);
     out
 }
 
 /// The CPUID for one vCPU, ready for `KVM_SET_CPUID2`.
-pub fn vcpu_cpuid(supported: &CpuId, apic_id: u8, vcpus: u8) -> Result<CpuId> {
-    let entries = filter_entries(supported.as_slice(), apic_id, vcpus);
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    apic_id: u8,
+    vcpus: u8,
+    timing: &GuestTiming,
+    host: &HostLeaves,
+) -> Result<CpuId> {
+    let entries = filter_entries(supported.as_slice(), apic_id, vcpus, timing, host);
     CpuId::from_entries(&entries).map_err(|e| VmmError::Config(format!("CPUID table: {e:?}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NO_HOST: HostLeaves = HostLeaves {
+        brand: [[0; 4]; 3],
+        cache_tlb: [[0; 4]; 2],
+    };
+
+    const NONE: GuestTiming = GuestTiming {
+        tsc_deadline: false,
+        tsc_khz: None,
+    };
 
     fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
@@ -347,7 +477,7 @@ mod tests {
 
     #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
-        let out = filter_entries(&intel(), 3, 4);
+        let out = filter_entries(&intel(), 3, 4, &NONE, &NO_HOST);
         let l1 = find(&out, 1, 0);
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -357,13 +487,13 @@ mod tests {
         assert_eq!(l1.ecx & 1, 1, "SSE3 kept");
         assert_ne!(l1.edx & EDX_HTT, 0);
         assert_eq!(l1.edx & EDX_PBE, 0);
-        let single = find(&filter_entries(&intel(), 0, 1), 1, 0);
+        let single = find(&filter_entries(&intel(), 0, 1, &NONE, &NO_HOST), 1, 0);
         assert_eq!(single.edx & EDX_HTT, 0);
     }
 
     #[test]
     fn topology_leaf_0xb_is_rebuilt_per_vcpu() {
-        let out = filter_entries(&intel(), 2, 3);
+        let out = filter_entries(&intel(), 2, 3, &NONE, &NO_HOST);
         assert_eq!(out.iter().filter(|e| e.function == 0xb).count(), 3);
         let smt = find(&out, 0xb, 0);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
@@ -379,7 +509,7 @@ mod tests {
 
     #[test]
     fn hidden_features_are_masked() {
-        let out = filter_entries(&intel(), 0, 2);
+        let out = filter_entries(&intel(), 0, 2, &NONE, &NO_HOST);
         assert_eq!(find(&out, 0xa, 0).eax, 0, "no architectural PMU");
         assert_eq!(find(&out, 6, 0).eax, EAX_ARAT & 0x77);
         assert_eq!(find(&out, 0x8000_0001, 0).ecx, 1, "SVM hidden, rest kept");
@@ -400,7 +530,7 @@ mod tests {
             entry(0x8000_0008, 0, [0x3030, 0, 0x7001, 0]),
             entry(0x8000_001e, 0, [0, 0, 0, 0]),
         ];
-        let out = filter_entries(&amd, 1, 2);
+        let out = filter_entries(&amd, 1, 2, &NONE, &NO_HOST);
         let l = find(&out, 0x8000_0008, 0);
         assert_eq!((l.ecx & 0xff, (l.ecx >> 12) & 0xf), (1, 1));
         assert_eq!(find(&out, 0x8000_001e, 0).eax, 1);
@@ -420,7 +550,7 @@ mod tests {
 
     #[test]
     fn xsave_leaf_is_sized_for_the_starting_xcr0() {
-        let out = filter_entries(&tcg_epyc_xsave(), 0, 1);
+        let out = filter_entries(&tcg_epyc_xsave(), 0, 1, &NONE, &NO_HOST);
         let sub0 = find(&out, 0xd, 0);
         assert_eq!(sub0.eax, 7);
         assert_eq!(sub0.ebx, 0x340, "x87+SSE+AVX: 576 + 256 bytes");
@@ -441,7 +571,7 @@ mod tests {
         table[2] = entry(0xd, 0, [0x7 | 0x18 | 0x200, 0x240, 0x1000, 0]);
         table.push(entry(0xd, 9, [8, 0x980, 0, 0]));
         table.push(entry(0xd, 5, [0x40, 0x340, 0, 0])); // opmask, not offered
-        let out = filter_entries(&table, 0, 1);
+        let out = filter_entries(&table, 0, 1, &NONE, &NO_HOST);
         let sub0 = find(&out, 0xd, 0);
         assert_eq!(sub0.eax, 0x207);
         assert_eq!((sub0.ebx, sub0.ecx), (0x988, 0x988));
@@ -456,7 +586,7 @@ mod tests {
         table[2] = entry(0xd, 0, [0x207, 0, 0, 0]);
         table.push(entry(0xd, 9, [8, 0x980, ECX_ALIGN64, 0]));
         table.push(entry(0xd, 11, [16, 0, ECX_XSS_COMPONENT, 0])); // CET user, in XSS
-        let out = filter_entries(&table, 0, 1);
+        let out = filter_entries(&table, 0, 1, &NONE, &NO_HOST);
         // 576 + 256 (AVX) = 832, PKRU aligned to 832 (already), + 8, CET + 16.
         assert_eq!(find(&out, 0xd, 1).ebx, 832 + 8 + 16);
         assert_eq!(
@@ -467,10 +597,114 @@ mod tests {
         assert_eq!(find(&out, 0xd, 11).eax, 16, "XSS subleaf kept");
     }
 
+    fn kvm_leaves() -> Vec<kvm_cpuid_entry2> {
+        let mut v = intel();
+        v.push(entry(
+            HYPERVISOR_BASE,
+            0,
+            [
+                0x4000_0001,
+                KVM_SIGNATURE[0],
+                KVM_SIGNATURE[1],
+                KVM_SIGNATURE[2],
+            ],
+        ));
+        v.push(entry(0x4000_0001, 0, [0x0100_7efb, 0, 0, 0]));
+        v
+    }
+
+    #[test]
+    fn tsc_deadline_bit_follows_kvm() {
+        let on = GuestTiming {
+            tsc_deadline: true,
+            tsc_khz: None,
+        };
+        let l1 = find(&filter_entries(&intel(), 0, 1, &on, &NO_HOST), 1, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
+        assert_eq!(l1.ecx & 1, 1, "SSE3 kept");
+        // Offered by KVM's table but without the capability: hidden.
+        let mut table = intel();
+        table[1].ecx |= ECX_TSC_DEADLINE;
+        let l1 = find(&filter_entries(&table, 0, 1, &NONE, &NO_HOST), 1, 0);
+        assert_eq!(l1.ecx & ECX_TSC_DEADLINE, 0);
+    }
+
+    #[test]
+    fn timing_leaf_carries_the_tsc_frequency() {
+        let timing = GuestTiming {
+            tsc_deadline: true,
+            tsc_khz: Some(2_994_373),
+        };
+        let out = filter_entries(&kvm_leaves(), 0, 1, &timing, &NO_HOST);
+        assert_eq!(find(&out, HYPERVISOR_BASE, 0).eax, HYPERVISOR_TIMING);
+        let t = find(&out, HYPERVISOR_TIMING, 0);
+        assert_eq!((t.eax, t.ebx, t.ecx, t.edx), (2_994_373, 1_000_000, 0, 0));
+        assert_eq!(t.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        assert_eq!(
+            find(&out, 0x4000_0001, 0).eax,
+            0x0100_7efb,
+            "kvmclock features kept"
+        );
+        // Unknown frequency, or no KVM signature: no timing leaf.
+        for (table, khz) in [
+            (kvm_leaves(), None),
+            (kvm_leaves(), Some(0)),
+            (intel(), Some(1000)),
+        ] {
+            let timing = GuestTiming {
+                tsc_deadline: false,
+                tsc_khz: khz,
+            };
+            let out = filter_entries(&table, 0, 1, &timing, &NO_HOST);
+            assert!(!out.iter().any(|e| e.function == HYPERVISOR_TIMING));
+        }
+        let mut other = kvm_leaves();
+        other[8].ebx = 0x7263_694d; // "Micr"osoft
+        let out = filter_entries(&other, 0, 1, &timing, &NO_HOST);
+        assert!(!out.iter().any(|e| e.function == HYPERVISOR_TIMING));
+        assert_eq!(find(&out, HYPERVISOR_BASE, 0).eax, 0x4000_0001);
+    }
+
+    #[test]
+    fn empty_brand_and_amd_cache_leaves_come_from_the_host() {
+        let host = HostLeaves {
+            brand: [[0x2044_4d41, 0x4359_5045, 0, 0], [1, 2, 3, 4], [5, 6, 7, 8]],
+            cache_tlb: [[0xff40_ff18, 9, 10, 11], [12, 13, 14, 15]],
+        };
+        let amd = vec![
+            entry(0, 0, [0x10, 0x6874_7541, 0x444d_4163, 0x6974_6e65]),
+            entry(0x8000_0002, 0, [0; 4]),
+            entry(0x8000_0003, 0, [0x11, 0, 0, 0]),
+            entry(0x8000_0004, 0, [0; 4]),
+            entry(0x8000_0005, 0, [0; 4]),
+            entry(0x8000_0006, 0, [0x22, 0, 0, 0]),
+        ];
+        let out = filter_entries(&amd, 0, 1, &NONE, &host);
+        let regs = |f| {
+            let e = find(&out, f, 0);
+            [e.eax, e.ebx, e.ecx, e.edx]
+        };
+        assert_eq!(regs(0x8000_0002), host.brand[0], "empty: the host's");
+        assert_eq!(regs(0x8000_0003), [0x11, 0, 0, 0], "KVM's, not empty, kept");
+        assert_eq!(regs(0x8000_0004), host.brand[2]);
+        assert_eq!(regs(0x8000_0005), host.cache_tlb[0]);
+        assert_eq!(regs(0x8000_0006), [0x22, 0, 0, 0]);
+        // Not AMD: the cache leaves stay as KVM has them (the brand string
+        // is filled for every vendor).
+        let mut intel = amd.clone();
+        intel[0] = entry(0, 0, [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69]);
+        let out = filter_entries(&intel, 0, 1, &NONE, &host);
+        assert_eq!(find(&out, 0x8000_0005, 0).eax, 0);
+        assert_eq!(find(&out, 0x8000_0002, 0).eax, host.brand[0][0]);
+    }
+
     #[test]
     fn no_xsave_means_no_xcr0() {
         let mut table = tcg_epyc_xsave();
         table[1] = entry(1, 0, [0x800f12, 0, 0, 0]);
-        assert_eq!(guest_xcr0(&filter_entries(&table, 0, 1)), 0);
+        assert_eq!(
+            guest_xcr0(&filter_entries(&table, 0, 1, &NONE, &NO_HOST)),
+            0
+        );
     }
 }

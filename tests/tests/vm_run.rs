@@ -688,11 +688,28 @@ fn tty_gives_a_terminal() {
         "stty rows 30 cols 100; {} run --rm -t --isolation vm {IMG} sh -c 'test -t 0 && test -t 1 && echo tty; stty size </dev/console'",
         amphi_bin().display()
     );
-    let what = format!("run -t (in script -qec {inner:?})");
+    let (st, text, err) = in_script(&e, &inner);
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(
+        lines.contains(&"tty"),
+        "the workload's stdin and stdout are a terminal ({st}):\n{text}\n--- stderr\n{err}"
+    );
+    assert!(
+        lines.contains(&"30 100"),
+        "the terminal size follows amphi's terminal ({st}):\n{text}"
+    );
+    assert_eq!(st.code(), Some(0), "{text}");
+    e.assert_clean("run -t in script(1)");
+}
+
+/// Runs `inner` with script(1) giving it a terminal, with this test's
+/// store, state root and TMPDIR: (status, what it printed, its stderr).
+fn in_script(e: &Env, inner: &str) -> (std::process::ExitStatus, String, String) {
+    let what = format!("script -qec {inner:?}");
     let mut err = tempfile::tempfile().unwrap();
     let mut out = tempfile::tempfile().unwrap();
     let mut child = Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
+        .args(["-qec", inner, "/dev/null"])
         .env("AMPHI_ROOT", e.a.root())
         .env("AMPHI_STATE", e.state.path())
         .env("TMPDIR", e.tmp.path())
@@ -706,19 +723,7 @@ fn tty_gives_a_terminal() {
     let stdin = child.stdin.take();
     let st = wait_limited(&mut child, &what, &mut err, None);
     drop(stdin);
-    let text = read_all(&mut out);
-    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
-    assert!(
-        lines.contains(&"tty"),
-        "the workload's stdin and stdout are a terminal ({st}):\n{text}\n--- stderr\n{}",
-        read_all(&mut err)
-    );
-    assert!(
-        lines.contains(&"30 100"),
-        "the terminal size follows amphi's terminal ({st}):\n{text}"
-    );
-    assert_eq!(st.code(), Some(0), "{text}");
-    e.assert_clean(&what);
+    (st, read_all(&mut out), read_all(&mut err))
 }
 
 /// A rootfs over the initramfs limit goes on a read-only block device with
@@ -1694,27 +1699,11 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
             "stty rows 30 cols 100; {} exec -t vmweb sh -c 'tty; stty size; exit 4'",
             amphi_bin().display()
         );
-        let mut out = tempfile::tempfile().unwrap();
-        let mut err = tempfile::tempfile().unwrap();
-        let mut child = Command::new("script")
-            .args(["-qec", &inner, "/dev/null"])
-            .env("AMPHI_ROOT", e.a.root())
-            .env("AMPHI_STATE", e.state.path())
-            .env("TMPDIR", e.tmp.path())
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone().unwrap())
-            .stderr(err.try_clone().unwrap())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let st = wait_limited(&mut child, "exec -t (in script)", &mut err, None);
-        drop(stdin);
-        let text = read_all(&mut out);
+        let (st, text, err) = in_script(&e, &inner);
         let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
         assert!(
             lines.iter().any(|l| l.ends_with("/dev/pts/0")) && lines.contains(&"30 100"),
-            "a terminal of the caller's size ({st}):\n{text}\n{}",
-            read_all(&mut err)
+            "a terminal of the caller's size ({st}):\n{text}\n{err}"
         );
         assert_eq!(st.code(), Some(4), "{text}");
     } else {

@@ -10,7 +10,7 @@ use super::oci::ExecArgs;
 use crate::oci::OciError;
 use crate::proto::channel::{self, Decoder, ExecRequest, Frame};
 use crate::run::records::{self, Life};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -140,26 +140,22 @@ fn forward_signals(sigs: crate::sys::signal::Signals, w: Writer, tty: bool) {
 /// Copies our stdin to the process in its own thread.
 fn forward_stdin(w: Writer) {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; channel::CHUNK];
-        let mut stdin = std::io::stdin();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let f = Frame::ExecStdin {
-                        stream: 0,
-                        data: buf[..n].to_vec(),
-                    };
-                    if send(&w, &f).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = send(&w, &Frame::ExecStdinEof(0));
+        channel_stdin(&w);
     });
+}
+
+/// Our stdin as exec frames, then its end.
+fn channel_stdin(w: &Writer) {
+    crate::sys::io::each_stdin_chunk(channel::CHUNK, |data| {
+        let f = match data {
+            Some(b) => Frame::ExecStdin {
+                stream: 0,
+                data: b.to_vec(),
+            },
+            None => Frame::ExecStdinEof(0),
+        };
+        send(w, &f).is_ok()
+    })
 }
 
 /// Prints the process's output until its status comes.

@@ -50,6 +50,29 @@ pub fn openat2<Fd: std::os::fd::AsFd, P: rustix::path::Arg + Copy>(
     }
 }
 
+/// Reads our stdin in chunks of up to `chunk` bytes and hands each to `f`,
+/// then `None` at its end (or at a read error); stops early when `f`
+/// returns false (its receiver is gone). For the threads that forward a
+/// client's stdin.
+pub fn each_stdin_chunk(chunk: usize, mut f: impl FnMut(Option<&[u8]>) -> bool) {
+    use std::io::Read;
+    let mut buf = vec![0u8; chunk];
+    let mut stdin = std::io::stdin();
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !f(Some(&buf[..n])) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    f(None);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -623,20 +623,12 @@ fn share_lost(ch: &Channel) -> Option<RunError> {
 /// [`Frame::StdinEof`].
 fn forward_stdin(writer: Arc<Mutex<UnixStream>>) {
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; channel::CHUNK];
-        let mut stdin = std::io::stdin();
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if send(&writer, &Frame::Stdin(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = send(&writer, &Frame::StdinEof);
+        crate::sys::io::each_stdin_chunk(channel::CHUNK, |data| {
+            let f = match data {
+                Some(b) => Frame::Stdin(b.to_vec()),
+                None => Frame::StdinEof,
+            };
+            send(&writer, &f).is_ok()
+        })
     });
 }

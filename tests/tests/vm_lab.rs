@@ -12,7 +12,9 @@
 //!
 //! The quick tests run `amphi vmm` on this host: argument and kernel checks
 //! (no KVM needed), the refusal of a stock kernel on a PVM host, and tiny
-//! hand-made guests for each way a run ends (need /dev/kvm).
+//! hand-made guests for each way a run ends (need /dev/kvm); and the
+//! bench's arithmetic on a known console log (`scripts/vm-lab
+//! bench-summary`).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
@@ -809,4 +811,93 @@ fn vmm_timing_says_when_the_guest_started() {
         "30",
     ]);
     assert!(!stderr(&out).contains("timing"), "{}", show(&out));
+}
+
+/// A level-1 console log of a bench with two rounds, as level 1 and the
+/// three VMMs print it: level 2's marker, its clock line, amphi-lab
+/// watch's report; in round 2 Firecracker never reached the marker.
+const BENCH_LOG: &str = "\
+AMPHI-L1-READY uptime=3.63\r
+AMPHI-L2-INIT\r
+AMPHI-L2-CLOCK at=0.600000\r
+AMPHI-L1-BENCH amphi boot=1 run=1 init-ms=1000.0 rss-kb=40000 pss-kb=1 private-dirty-kb=1 anon-kb=33000 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=143
+AMPHI-L2-INIT
+AMPHI-L2-CLOCK at=0.700000
+AMPHI-L1-BENCH qemu boot=1 run=1 init-ms=2000.0 rss-kb=80000 pss-kb=1 private-dirty-kb=1 anon-kb=43000 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=0
+AMPHI-L2-INIT
+AMPHI-L2-CLOCK at=0.900000
+AMPHI-L1-BENCH firecracker boot=1 run=1 init-ms=1250.0 rss-kb=33000 pss-kb=1 private-dirty-kb=1 anon-kb=30250 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 signal=15
+AMPHI-L2-INIT
+AMPHI-L2-CLOCK at=0.750000
+AMPHI-L1-BENCH qemu boot=1 run=2 init-ms=1500.0 rss-kb=80000 pss-kb=1 private-dirty-kb=1 anon-kb=43000 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=0
+AMPHI-L1-BENCH firecracker boot=1 run=2 init-ms=none exit=1
+AMPHI-L2-INIT
+AMPHI-L2-CLOCK at=0.500000
+AMPHI-L1-BENCH amphi boot=1 run=2 init-ms=1600.0 rss-kb=40000 pss-kb=1 private-dirty-kb=1 anon-kb=33000 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=143
+";
+
+/// `scripts/vm-lab bench-summary`: the bench's arithmetic on a known log
+/// (no lab run, no root): each run gets the clock its level 2 printed
+/// before it, medians and ranges per VMM, the paired per-round ratio over
+/// the rounds both VMMs finished, and the rounds won.
+#[test]
+fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bench.log");
+    std::fs::write(&log, BENCH_LOG).unwrap();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("bench-summary")
+            .arg(&log),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let report = lab_report(&out);
+    let get = |k: &str| {
+        report
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k}:\n{}", show(&out)))
+            .as_str()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let runs = stdout
+        .lines()
+        .filter(|l| l.starts_with("bench-run: "))
+        .count();
+    assert_eq!(runs, 6, "{stdout}");
+    assert!(
+        stdout.contains(
+            "bench-run: amphi boot=1 run=1 init-ms=1000.0 guest-clock-ms=600 before-clock-ms=400.0 "
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "bench-run: firecracker boot=1 run=2 init-ms=none guest-clock-ms=none before-clock-ms=none exit=1"
+        ),
+        "a run without the marker takes no clock: {stdout}"
+    );
+    assert_eq!(get("bench-amphi-init-ms"), "1300");
+    assert_eq!(get("bench-amphi-init-ms-range"), "1000.0-1600.0");
+    assert_eq!(get("bench-amphi-guest-clock-ms"), "550");
+    assert_eq!(get("bench-amphi-before-clock-ms"), "750");
+    assert_eq!(get("bench-amphi-overhead-rss-kb"), "10000");
+    assert_eq!(get("bench-amphi-overhead-anon-kb"), "3000");
+    assert_eq!(get("bench-firecracker-init-ms"), "1250.0");
+    assert_eq!(get("bench-firecracker-overhead-anon-kb"), "250");
+    // Round 1: 1000/2000 and 1000/1250; round 2: 1600/1500, Firecracker
+    // did not finish.
+    assert_eq!(get("bench-amphi-vs-qemu-ratio"), "0.78335 (0.5000-1.0667)");
+    assert_eq!(get("bench-amphi-vs-qemu-won"), "1 of 2 rounds");
+    assert_eq!(
+        get("bench-amphi-vs-firecracker-ratio"),
+        "0.8000 (0.8000-0.8000)"
+    );
+    assert_eq!(get("bench-amphi-vs-firecracker-won"), "1 of 1 rounds");
+    assert!(
+        stdout.contains("| Firecracker | 1250.0 ms (1250.0-1250.0) | 900 ms | 350.0 ms |"),
+        "{stdout}"
+    );
+    // Without a log: a usage error.
+    let out = run_cmd(Command::new(script("vm-lab")).arg("bench-summary"));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }

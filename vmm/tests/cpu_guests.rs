@@ -248,7 +248,10 @@ fn guest_sees_kvmclock_and_the_tsc_frequency() {
 
 /// The host's own CPUID (the VMM's process runs where the vCPU does).
 fn host_cpuid(function: u32) -> Regs {
-    let r = std::arch::x86_64::__cpuid(function);
+    // SAFETY: CPUID exists on every x86_64 CPU and only reads. (A safe
+    // function from Rust 1.94 on; the workspace supports 1.85.)
+    #[allow(unused_unsafe)]
+    let r = unsafe { std::arch::x86_64::__cpuid(function) };
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 

@@ -130,7 +130,10 @@ impl HostLeaves {
     /// highest extended leaf).
     pub fn read() -> HostLeaves {
         let leaf = |function: u32| {
-            let r = std::arch::x86_64::__cpuid(function);
+            // SAFETY: CPUID exists on every x86_64 CPU and only reads. (A safe
+            // function from Rust 1.94 on; the workspace supports 1.85.)
+            #[allow(unused_unsafe)]
+            let r = unsafe { std::arch::x86_64::__cpuid(function) };
             [r.eax, r.ebx, r.ecx, r.edx]
         };
         let max_extended = leaf(0x8000_0000)[0];

@@ -11,7 +11,7 @@
 
 use super::{gerr, INIT};
 use crate::proto::channel::{ExecRequest, Frame, GuestError};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -33,7 +33,7 @@ struct Context {
 
 static CONTEXT: OnceLock<Context> = OnceLock::new();
 /// Statuses of exited exec helpers, by pid (see [`reaped`]).
-static EXITS: Mutex<Option<HashMap<i32, i32>>> = Mutex::new(None);
+static EXITS: Mutex<BTreeMap<i32, i32>> = Mutex::new(BTreeMap::new());
 static EXITED: Condvar = Condvar::new();
 /// A running exec process: its helper's pid, where its input goes, and
 /// its terminal's master (`-t`).
@@ -44,7 +44,7 @@ struct Proc {
 }
 
 /// The running exec processes, by stream.
-static STDINS: Mutex<Option<HashMap<u32, Proc>>> = Mutex::new(None);
+static STDINS: Mutex<BTreeMap<u32, Proc>> = Mutex::new(BTreeMap::new());
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -108,9 +108,7 @@ pub(super) fn prepare(
 
 /// The init reaped `pid` with `status`: an exec helper's waiter wakes.
 pub(super) fn reaped(pid: i32, status: i32) {
-    lock(&EXITS)
-        .get_or_insert_with(HashMap::new)
-        .insert(pid, status);
+    lock(&EXITS).insert(pid, status);
     EXITED.notify_all();
 }
 
@@ -123,18 +121,12 @@ pub(super) fn on_frame(f: Frame) {
             }
         }
         Frame::ExecStdin { stream, data } => {
-            if let Some(Proc { stdin: Some(w), .. }) = lock(&STDINS)
-                .get_or_insert_with(HashMap::new)
-                .get_mut(&stream)
-            {
+            if let Some(Proc { stdin: Some(w), .. }) = lock(&STDINS).get_mut(&stream) {
                 let _ = w.write_all(&data);
             }
         }
         Frame::ExecStdinEof(stream) => {
-            if let Some(p) = lock(&STDINS)
-                .get_or_insert_with(HashMap::new)
-                .get_mut(&stream)
-            {
+            if let Some(p) = lock(&STDINS).get_mut(&stream) {
                 // A terminal stays open: its EOF is a ^D the user types.
                 if p.pty.is_none() {
                     drop(p.stdin.take());
@@ -142,16 +134,14 @@ pub(super) fn on_frame(f: Frame) {
             }
         }
         Frame::ExecSignal { stream, signal } => {
-            if let Some(p) = lock(&STDINS).get_or_insert_with(HashMap::new).get(&stream) {
+            if let Some(p) = lock(&STDINS).get(&stream) {
                 // SAFETY: signalling our own exec helper, which forwards
                 // the signal to its process.
                 unsafe { libc::kill(p.pid, signal) };
             }
         }
         Frame::ExecResize { stream, rows, cols } => {
-            if let Some(Proc { pty: Some(m), .. }) =
-                lock(&STDINS).get_or_insert_with(HashMap::new).get(&stream)
-            {
+            if let Some(Proc { pty: Some(m), .. }) = lock(&STDINS).get(&stream) {
                 set_winsize(m, rows, cols);
             }
         }
@@ -193,9 +183,7 @@ fn start(stream: u32, req: &ExecRequest) -> Result<(), GuestError> {
         None => spawn_piped(&ctx.id, req)?,
     };
     let pid = proc.pid;
-    lock(&STDINS)
-        .get_or_insert_with(HashMap::new)
-        .insert(stream, proc);
+    lock(&STDINS).insert(stream, proc);
     let readers: Vec<_> = outputs
         .into_iter()
         .enumerate()
@@ -206,9 +194,7 @@ fn start(stream: u32, req: &ExecRequest) -> Result<(), GuestError> {
         for r in readers {
             let _ = r.join();
         }
-        lock(&STDINS)
-            .get_or_insert_with(HashMap::new)
-            .remove(&stream);
+        lock(&STDINS).remove(&stream);
         send(&Frame::ExecExit {
             stream,
             code: code.clamp(0, 255),
@@ -372,7 +358,7 @@ fn relay(stream: u32, stderr: bool, mut r: Box<dyn Read + Send>) {
 fn wait(pid: i32) -> i32 {
     let mut exits = lock(&EXITS);
     loop {
-        if let Some(st) = exits.get_or_insert_with(HashMap::new).remove(&pid) {
+        if let Some(st) = exits.remove(&pid) {
             return st;
         }
         exits = EXITED.wait(exits).unwrap_or_else(|p| p.into_inner());

@@ -1562,6 +1562,16 @@ impl Drop for RmOnDrop<'_> {
     }
 }
 
+/// The record `amphi run -d` keeps of container `id`.
+fn record_of(e: &Env, id: &str) -> Value {
+    let path =
+        e.a.root()
+            .join("containers")
+            .join(id)
+            .join("container.json");
+    serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 /// `amphi ARGS` (quick management commands): (status, stdout, stderr).
 fn manage(e: &Env, args: &[&str]) -> (i32, String, String) {
     let run = e.amphi(&[], args, Input::Null);
@@ -1632,16 +1642,7 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     let logs = wait_output(&e, &["logs", "vmweb"], "hello-from-the-vm");
     assert!(logs.contains("6.12."), "the guest kernel's release: {logs}");
     // The VMM is the container's process on the host.
-    let record: Value = serde_json::from_str(
-        &fs::read_to_string(
-            e.a.root()
-                .join("containers")
-                .join(&id)
-                .join("container.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let record = record_of(&e, &id);
     let vmm = record["vm"]["vmm"]["pid"].as_i64().expect("the VMM's pid");
     // The backend process amphi spawned: QEMU or `amphi vmm`, or the
     // jail's supervisor holding it (its pid namespace's first process).
@@ -1821,16 +1822,7 @@ fn a_detached_microvm_whose_monitor_is_killed_is_stale_and_gc_cleans_it() {
     );
     run.expect_code(0);
     let id = run.stdout.trim().to_string();
-    let record: Value = serde_json::from_str(
-        &fs::read_to_string(
-            e.a.root()
-                .join("containers")
-                .join(&id)
-                .join("container.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let record = record_of(&e, &id);
     let monitor = record["monitor"]["pid"].as_i64().unwrap() as i32;
     let vmm = record["vm"]["vmm"]["pid"].as_i64().unwrap();
     // SAFETY: kill(2) on the monitor the test just read.

@@ -383,12 +383,7 @@ fn dies_with_us(cmd: &mut Command, fd: i32) {
     // SAFETY: async-signal-safe calls only between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            crate::sys::signal::die_with_parent(parent)?;
             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }

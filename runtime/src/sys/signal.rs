@@ -151,6 +151,24 @@ pub fn read_signal(fd: impl AsFd) -> Option<i32> {
     }
 }
 
+/// For a child between fork and exec (`Command::pre_exec`): SIGKILL when
+/// its parent dies, and exit at once if `parent` (read before the fork)
+/// already has, since the death signal would never come. Only
+/// async-signal-safe calls.
+pub fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl, getppid and _exit take no pointers and are
+    // async-signal-safe.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

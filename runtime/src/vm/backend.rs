@@ -97,12 +97,7 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     unsafe {
         cmd.pre_exec(move || {
             libc::setpgid(0, 0);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            crate::sys::signal::die_with_parent(parent)?;
             // The vhost-user connections, by their numbers.
             for fd in &inherit {
                 if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {

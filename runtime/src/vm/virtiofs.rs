@@ -410,12 +410,7 @@ pub fn spawn(bin: &Path, share: Share, run_dir: &Path) -> Result<Daemon, RunErro
     // `run_steps`); `steps` and the listener live until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            crate::sys::signal::die_with_parent(parent)?;
             run_steps(&steps)?;
             // The listening socket as LISTEN_FD, inherited by virtiofsd.
             if listen_fd == LISTEN_FD {

@@ -18,6 +18,12 @@ pub enum Runtime {
     Runc,
 }
 
+/// Held for writing by a test that mounts or unmounts a cgroup hierarchy
+/// (runc_parity's v1 hugetlb one, for crun), and for reading around every
+/// runtime call: a runtime that sees a hierarchy as it starts must not
+/// have it vanish under it (a cgroup.procs write then fails with ENOENT).
+pub static CGROUP_LAYOUT: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 impl Runtime {
     pub const BOTH: [Runtime; 2] = [Runtime::Amphi, Runtime::Runc];
 
@@ -83,6 +89,9 @@ impl Side {
     }
 
     pub fn call(&self, args: &[&str]) -> Outcome {
+        // Not while a test changes the host's cgroup hierarchies (see
+        // CGROUP_LAYOUT).
+        let _layout = CGROUP_LAYOUT.read().unwrap_or_else(|p| p.into_inner());
         run_cmd(&mut self.cmd(args)).into()
     }
 

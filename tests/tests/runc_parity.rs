@@ -326,13 +326,21 @@ fn umask_from_the_spec_or_0022() {
 
 /// A v1 hugetlb hierarchy at /sys/fs/cgroup/hugetlb for as long as it
 /// lives, mounted when a hybrid host has none (removed again on drop).
-struct HugetlbHierarchy(bool);
+/// It holds the parity runs' cgroup layout lock for writing throughout,
+/// so no other test's runtime call sees the hierarchy come or go.
+struct HugetlbHierarchy(
+    bool,
+    #[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>,
+);
 
 impl HugetlbHierarchy {
     fn ensure() -> HugetlbHierarchy {
+        let layout = amphi_tests::parity::CGROUP_LAYOUT
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let d = std::path::Path::new("/sys/fs/cgroup/hugetlb");
         if amphi_tests::host_cgroup_v2_only() || d.join("cgroup.procs").exists() {
-            return HugetlbHierarchy(false);
+            return HugetlbHierarchy(false, layout);
         }
         let made = std::fs::create_dir(d).is_ok();
         let ok = std::process::Command::new("mount")
@@ -343,7 +351,7 @@ impl HugetlbHierarchy {
         if !ok && made {
             let _ = std::fs::remove_dir(d);
         }
-        HugetlbHierarchy(ok)
+        HugetlbHierarchy(ok, layout)
     }
 }
 

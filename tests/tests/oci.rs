@@ -1713,58 +1713,149 @@ fn poststart_gets_running_even_when_the_program_already_exited() {
     b.assert_no_trace(&b.id, &b.cgroup());
 }
 
-/// The dispatcher decides for bundles too: a container that must run in a
-/// microVM (its `io.amphi.isolation=vm` annotation, or the policy by the
-/// image name containerd's CRI passes, or `default_isolation = "vm"`) is
-/// refused at create with the reason, since amphi's OCI interface does not
-/// run microVM containers yet; it never runs natively, and nothing is left.
-/// An annotation cannot lower what the policy says.
+/// A bundle the dispatcher puts in a microVM runs in one through the OCI
+/// interface: `create` boots the VM and holds the workload, `start` runs
+/// it in the guest (its kernel, the bundle's rootfs shared read-write),
+/// `exec` runs beside it, `kill` reaches it, `delete` leaves nothing. The
+/// policy decides over the annotation; what a microVM cannot honour is
+/// refused at create with the spec path named, and nothing is left.
 #[test]
-fn create_refuses_a_bundle_that_must_run_in_a_microvm() {
+fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
+    let Some(b) = Bundle::new("microvm") else {
+        return;
+    };
+    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let id = b.id.clone();
+    b.edit(|c| {
+        c["annotations"] = json!({"io.amphi.isolation": "vm"});
+        c["process"]["args"] = json!([
+            "sh", "-c",
+            "echo kernel=$(uname -r); echo written > /from-guest; trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
+        ]);
+    });
+    b.create(&[]);
+    let st = b.state();
+    assert_eq!(st["status"], "created", "{st}");
+    let monitor = st["pid"].as_i64().unwrap();
+    assert!(alive(monitor), "the monitor runs: {st}");
+    assert_eq!(st["annotations"]["io.amphi.isolation"], "vm");
+    assert!(
+        !b.stdout().contains("kernel="),
+        "the workload waits for start"
+    );
+    b.start();
+    wait_for(60, "the workload to run in the guest", || {
+        b.stdout().contains("ready")
+    });
+    assert_eq!(b.status(), "running");
+    let out = b.stdout();
+    let kernel = out
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel="))
+        .unwrap_or_default();
+    assert!(
+        !kernel.is_empty() && kernel != host.trim(),
+        "the guest's kernel, not the host's ({}): {out}",
+        host.trim()
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.rootfs().join("from-guest")).unwrap(),
+        "written\n",
+        "the guest writes to the bundle's rootfs"
+    );
+    let out = b.run(&["exec", &id, "sh", "-c", "echo in-exec-$(uname -r); exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("in-exec-{kernel}\n")
+    );
+    // pause cannot reach a guest's cgroups: refused by name.
+    assert!(b.fail(&["pause", &id]).contains("microVM"));
+    b.ok(&["kill", &id, "TERM"]);
+    b.wait_status("stopped");
+    assert!(b.stdout().contains("got-term"), "{}", b.stdout());
+    b.ok(&["delete", &id]);
+    assert!(!b.root().join(&id).exists());
+    assert_no_vm_left(b.root());
+
+    // A host namespace to join: refused, spec path named, nothing left.
+    b.edit(|c| {
+        c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "mount"}]);
+    });
+    let err = b.create_fails();
+    assert!(
+        err.contains("linux.namespaces[1].path") && err.contains("microVM"),
+        "{err}"
+    );
+    assert!(!b.root().join(&id).exists(), "state left for {id}");
+    assert_no_vm_left(b.root());
+    // runc's one-shot run has no microVM path: refused, never native.
+    let dir = b.dir();
+    let err = b.fail(&["run", "--bundle", dir.to_str().unwrap(), &id]);
+    assert!(err.contains("must run in a microVM"), "{err}");
+}
+
+/// The policy decides over the spec's annotation: an image the policy
+/// sends to a microVM runs in one whatever the annotation says; another
+/// image under the same policy runs natively.
+#[test]
+fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     let Some(b) = Bundle::new("isolation") else {
         return;
     };
-    let id = "must-be-vm";
-    b.edit(|c| c["annotations"] = serde_json::json!({"io.amphi.isolation": "vm"}));
-    let dir = b.dir();
-    let dir = dir.to_str().unwrap();
-    let err = b.fail(&["create", "--bundle", dir, id]);
-    assert!(
-        err.contains("must run in a microVM") && err.contains("io.amphi.isolation=vm"),
-        "{err}"
-    );
-    assert!(!b.root().join(id).exists(), "state left for {id}");
-
+    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let id = b.id.clone();
     let policy = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         policy.path(),
         "[[trust]]\nmatch = \"untrusted.example/**\"\nisolation = \"vm\"\n",
     )
     .unwrap();
-    b.edit(|c| {
-        c["annotations"] = serde_json::json!({
-            "io.amphi.isolation": "container",
-            "io.kubernetes.cri.image-name": "untrusted.example/team/app:1",
-        })
-    });
-    let out = run_cmd(
-        b.cmd(&["create", "--bundle", dir, id])
-            .env("AMPHI_POLICY", policy.path()),
+    let kernel_of = |image: &str, iso: &str| -> String {
+        b.edit(|c| {
+            c["annotations"] = json!({
+                "io.amphi.isolation": iso,
+                "io.kubernetes.cri.image-name": image,
+            });
+            c["process"]["args"] = json!(["uname", "-r"]);
+        });
+        let mut c = b.create_cmd(&[]);
+        c.env("AMPHI_POLICY", policy.path());
+        let (code, err) = b.run_create(c);
+        assert_eq!(code, Some(0), "{err}");
+        b.start();
+        b.wait_status("stopped");
+        b.ok(&["delete", &id]);
+        b.stdout().trim().to_string()
+    };
+    let untrusted = kernel_of("untrusted.example/team/app:1", "container");
+    assert!(
+        !untrusted.is_empty() && untrusted != host.trim(),
+        "a microVM's kernel: {untrusted:?}"
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("[[trust]] rule 1"), "{err}");
-    assert!(!b.root().join(id).exists(), "state left for {id}");
+    assert_eq!(
+        kernel_of("docker.io/library/busybox:1", "auto"),
+        host.trim()
+    );
+    assert_no_vm_left(b.root());
+}
 
-    // Another image under the same policy runs natively, as before.
-    b.edit(|c| {
-        c["annotations"] =
-            serde_json::json!({"io.kubernetes.cri.image-name": "docker.io/library/busybox:1"})
-    });
-    let out = run_cmd(
-        b.cmd(&["create", "--bundle", dir, id])
-            .env("AMPHI_POLICY", policy.path()),
-    );
-    assert!(out.status.success(), "{}", show(&out));
-    b.ok(&["delete", "--force", id]);
+/// No microVM run directory is left under the OCI root, and no VMM,
+/// virtiofsd or passt of it runs.
+fn assert_no_vm_left(root: &Path) {
+    let vm = root.join("vm");
+    let left: Vec<_> = std::fs::read_dir(&vm)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "microVM run directories left: {left:?}");
+    let needle = vm.to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        assert!(
+            !cmdline.contains(&needle),
+            "a process of the microVM is left: {cmdline}"
+        );
+    }
 }

@@ -5,6 +5,7 @@ mod explain;
 mod images;
 mod kernel;
 mod oci;
+mod oci_vm;
 mod run;
 mod tiny_init;
 mod vm_detach;
@@ -278,7 +279,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             });
         }
         a.id = crate::run::manage::resolve_id(&store_root, &root, &a.id);
-        let r = oci::exec(&root, *a);
+        let r = oci_vm::exec(&root, &a).unwrap_or_else(|| oci::exec(&root, *a));
         // As runc: exec's own failures exit 255, told apart from the
         // process's status (which may well be 1).
         return Ok(match r {
@@ -291,7 +292,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Run(a) if a.bundle.is_some() => {
-            let r = oci_run(&root, &a);
+            let r = oci_run(&root, &store_root, &a);
             Ok(oci_exit(cli.log.as_deref(), &cli.log_format, r))
         }
         Command::Run(a)
@@ -343,20 +344,27 @@ fn lifecycle_command(
     root: &std::path::Path,
 ) -> Option<std::result::Result<i32, crate::oci::OciError>> {
     match command {
-        Command::Create(a) => Some(
-            crate::oci::create(
-                root,
-                crate::oci::CreateOptions {
-                    id: a.id.clone(),
-                    bundle: a.bundle.clone(),
-                    console_socket: a.console_socket.clone(),
-                    pid_file: a.pid_file.clone(),
-                    preserve_fds: a.preserve_fds,
-                },
+        Command::Create(a) => {
+            let o = crate::oci::CreateOptions {
+                id: a.id.clone(),
+                bundle: a.bundle.clone(),
+                console_socket: a.console_socket.clone(),
+                pid_file: a.pid_file.clone(),
+                preserve_fds: a.preserve_fds,
+                store_root: store_root.to_path_buf(),
+            };
+            // The dispatcher's decision: a microVM, or the native create.
+            Some(
+                oci_vm::create(root, &o)
+                    .unwrap_or_else(|| crate::oci::create(root, o))
+                    .map(|()| 0),
             )
-            .map(|()| 0),
+        }
+        Command::Start(a) => Some(
+            oci_vm::start_hooks(root, &a.id)
+                .and_then(|()| crate::oci::start(root, &a.id))
+                .map(|()| 0),
         ),
-        Command::Start(a) => Some(crate::oci::start(root, &a.id).map(|()| 0)),
         Command::State(a) => Some(
             crate::oci::state(
                 root,
@@ -380,7 +388,15 @@ fn lifecycle_command(
             }
             Some(crate::oci::kill(root, &id, &sig, a.all).map(|()| 0))
         }
-        Command::Delete(a) => Some(crate::oci::delete(root, &a.id, a.force).map(|()| 0)),
+        Command::Delete(a) => {
+            let r = crate::oci::delete(root, &a.id, a.force);
+            // A microVM container's run directory, once its monitor is
+            // gone (a kill leaves it to this sweep).
+            if let Err(e) = crate::vm::sweep_stale_runs(root) {
+                tracing::warn!("{e}");
+            }
+            Some(r.map(|()| 0))
+        }
         Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),
         Command::Resume(a) => Some(crate::oci::resume(root, &a.id).map(|()| 0)),
         Command::Checkpoint(a) => Some(crate::oci::checkpoint(root, &a.id).map(|()| 0)),
@@ -473,6 +489,7 @@ fn inspect_command(
 /// `run --bundle DIR ID`: runc's run.
 fn oci_run(
     root: &std::path::Path,
+    store_root: &std::path::Path,
     a: &run::RunArgs,
 ) -> std::result::Result<i32, crate::oci::OciError> {
     if !a.target.command.is_empty() {
@@ -492,6 +509,7 @@ fn oci_run(
                 console_socket: a.console_socket.clone(),
                 pid_file: a.pid_file.clone(),
                 preserve_fds: a.preserve_fds.unwrap_or(0),
+                store_root: store_root.to_path_buf(),
             },
             detach: a.detach,
             keep: a.keep,

@@ -22,13 +22,15 @@ pub fn exec(store_root: &Path, state_root: &Path, a: &ExecArgs) -> Option<Result
     Some(run(state_root, &r, a))
 }
 
-/// The flags a microVM exec does not take yet, named.
-fn unsupported(a: &ExecArgs) -> Option<&'static str> {
+/// The flags a microVM exec does not take yet, named. An OCI bundle's
+/// microVM container (`oci`) takes the ones its clients pass: --process,
+/// --console-socket, --pid-file and --detach.
+pub(super) fn unsupported(a: &ExecArgs, oci: bool) -> Option<&'static str> {
     [
-        (a.process.is_some(), "--process"),
-        (a.console_socket.is_some(), "--console-socket"),
-        (a.pid_file.is_some(), "--pid-file"),
-        (a.detach, "-d/--detach"),
+        (a.process.is_some() && !oci, "--process"),
+        (a.console_socket.is_some() && !oci, "--console-socket"),
+        (a.pid_file.is_some() && !oci, "--pid-file"),
+        (a.detach && !oci, "-d/--detach"),
         (!a.cap.is_empty(), "--cap"),
         (a.cgroup.is_some(), "--cgroup"),
         (a.preserve_fds != 0, "--preserve-fds"),
@@ -42,7 +44,7 @@ fn unsupported(a: &ExecArgs) -> Option<&'static str> {
 }
 
 fn run(state_root: &Path, r: &records::Record, a: &ExecArgs) -> Result<i32, OciError> {
-    if let Some(flag) = unsupported(a) {
+    if let Some(flag) = unsupported(a, false) {
         return Err(format!(
             "{flag} is not supported yet for exec into a microVM container ({})",
             r.name
@@ -56,13 +58,6 @@ fn run(state_root: &Path, r: &records::Record, a: &ExecArgs) -> Result<i32, OciE
         return Err(format!("container {} is not running: cannot exec in it", r.name).into());
     }
     let sock = crate::vm::exec_socket(state_root, &r.id);
-    let mut conn = UnixStream::connect(&sock).map_err(|e| {
-        OciError::from(format!(
-            "container {}: its monitor does not take exec requests ({}: {e})",
-            r.name,
-            sock.display()
-        ))
-    })?;
     let req = ExecRequest {
         args: a.command.clone(),
         env: a.env.clone(),
@@ -71,6 +66,20 @@ fn run(state_root: &Path, r: &records::Record, a: &ExecArgs) -> Result<i32, OciE
         stdin: true,
         tty: a.tty.then(|| winsize().unwrap_or((24, 80))),
     };
+    client(&sock, &r.name, req)
+}
+
+/// Asks the monitor listening on `sock` for the process `req` in
+/// container `name`, and relays its stdio and our signals until its
+/// status.
+pub(super) fn client(sock: &Path, name: &str, req: ExecRequest) -> Result<i32, OciError> {
+    let mut conn = UnixStream::connect(sock).map_err(|e| {
+        OciError::from(format!(
+            "container {name}: its monitor does not take exec requests ({}: {e})",
+            sock.display()
+        ))
+    })?;
+    let tty = req.tty.is_some();
     Frame::ExecStart { stream: 0, req }
         .write_to(&mut conn)
         .map_err(|e| OciError::from(format!("exec socket: {e}")))?;
@@ -80,18 +89,18 @@ fn run(state_root: &Path, r: &records::Record, a: &ExecArgs) -> Result<i32, OciE
     // Our terminal in raw mode while a `-t` process has it (restored on
     // drop, and on a panic).
     let _raw =
-        (a.tty && rustix::termios::isatty(std::io::stdin())).then(crate::sys::term::RawMode::enter);
+        (tty && rustix::termios::isatty(std::io::stdin())).then(crate::sys::term::RawMode::enter);
     let writer = std::sync::Arc::new(std::sync::Mutex::new(
         conn.try_clone()
             .map_err(|e| OciError::from(format!("exec socket: {e}")))?,
     ));
     forward_stdin(writer.clone());
-    forward_signals(sigs, writer, a.tty);
-    relay(&mut conn, &r.name)
+    forward_signals(sigs, writer, tty);
+    relay(&mut conn, name)
 }
 
 /// Our terminal's size (rows, columns), when stdin is one.
-fn winsize() -> Option<(u16, u16)> {
+pub(super) fn winsize() -> Option<(u16, u16)> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
     (ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }

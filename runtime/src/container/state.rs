@@ -78,6 +78,11 @@ pub struct State {
     /// `amphi run` bookkeeping (image, name, ...), absent for OCI bundles.
     #[serde(default)]
     pub run: Option<serde_json::Value>,
+    /// A bundle's container in a microVM: its guest kernel and backend.
+    /// `pid` is then the VM's monitor, which forwards signals to the
+    /// workload and exits with its status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microvm: Option<String>,
 }
 
 /// OCI runtime status.
@@ -140,6 +145,7 @@ impl State {
             exit_code: None,
             oom_killed: false,
             run: None,
+            microvm: None,
         }
     }
 

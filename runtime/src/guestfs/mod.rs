@@ -468,6 +468,22 @@ fn warnings_for(kind: RootfsKind, f: &Facts) -> Vec<String> {
     w
 }
 
+/// The init-only initrd (the guest init, nothing of an image), built once
+/// per amphi binary in the store's cache: what a microVM boots whose root
+/// filesystem comes from elsewhere (an OCI bundle's rootfs over virtio-fs).
+/// Returns its path and the stripping's warnings.
+pub fn init_initrd(store_root: &Path) -> Result<(PathBuf, Vec<String>), GuestfsError> {
+    let root = store_root.canonicalize().at(store_root)?;
+    let w = Store::open(&root, Access::Write)?;
+    let cache = Cache::open(&root)?;
+    let opts = Options::from_env()?;
+    let bin = guest_binary::digest(&opts.amphi_bin, &cache.dir.join("binsum"), || {
+        w.temp_path("binsum")
+    })?;
+    let (_, warnings) = ensure_init(&w, &cache, &opts.amphi_bin, &bin, &Tools::find())?;
+    Ok((cache.init(&bin), warnings))
+}
+
 /// Prepares (or finds in the cache) the guest rootfs of `rec`.
 ///
 /// Takes the store's shared writer lock for its duration (via its own

@@ -15,11 +15,13 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub preserve_fds: i32,
+    /// amphi's store (its kernel catalog: a microVM's guest kernels).
+    pub store_root: PathBuf,
 }
 
 /// The spec's annotations, and the state document hooks see while the
 /// container is being created.
-pub(super) fn creating_state(
+pub fn creating_state(
     spec: &Spec,
     id: &str,
     bundle: &Path,
@@ -39,7 +41,7 @@ pub(super) fn creating_state(
     (annotations, template)
 }
 
-pub(super) fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+pub fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     let root = spec
         .root()
         .as_ref()
@@ -73,7 +75,7 @@ fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
     let spec = config::load_bundle(&bundle)?;
-    refuse_microvm(&spec)?;
+    refuse_microvm(&spec, &o.store_root)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     state::ensure_root(root)?;
     let dir = State::dir(root, &o.id);
@@ -91,16 +93,29 @@ fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     r
 }
 
-/// The dispatcher's decision for the bundle (see `dispatch::bundle`): a
-/// container that must run in a microVM is refused, with the reason,
-/// rather than run natively against the policy.
-fn refuse_microvm(spec: &Spec) -> Result<()> {
+/// Where the bundle's container runs (see `dispatch::bundle`): the
+/// dispatcher's decision from its annotations and the site policy.
+pub fn target(
+    annotations: &std::collections::HashMap<String, String>,
+    store_root: &Path,
+) -> Result<crate::dispatch::bundle::BundleTarget> {
     let policy = crate::dispatch::Policy::load(None).map_err(|e| e.to_string())?;
-    let annotations = spec.annotations().clone().unwrap_or_default();
-    match crate::dispatch::bundle::needs_vm(&annotations, &policy)? {
-        None => Ok(()),
-        Some(why) => Err(format!(
-            "this container must run in a microVM ({why}), and amphi's OCI runtime interface cannot run microVM containers yet: refused rather than run natively"
+    Ok(crate::dispatch::bundle::decide_bundle(
+        store_root,
+        annotations,
+        &policy,
+    )?)
+}
+
+/// A container that must run in a microVM is refused here (the native
+/// path), with the reason, rather than run natively against the policy:
+/// `create` sends those to the microVM path before this point, and runc's
+/// one-shot `run --bundle` has none.
+pub(super) fn refuse_microvm(spec: &Spec, store_root: &Path) -> Result<()> {
+    match target(&spec.annotations().clone().unwrap_or_default(), store_root)? {
+        crate::dispatch::bundle::BundleTarget::Container => Ok(()),
+        crate::dispatch::bundle::BundleTarget::Vm { why, .. } => Err(format!(
+            "this container must run in a microVM ({why}); `run --bundle` runs natively only: use create and start, refused rather than run natively"
         )
         .into()),
     }
@@ -176,7 +191,7 @@ fn create_in(
 }
 
 /// Runs the poststop hooks; their failures are only warnings (runtime spec).
-pub(super) fn run_poststop(spec: &Spec, state: &str) {
+pub fn run_poststop(spec: &Spec, state: &str) {
     if let Some(h) = spec.hooks() {
         if let Err(e) = crate::container::hooks::run_all(h.poststop().as_ref(), "poststop", state) {
             tracing::warn!("{e}");

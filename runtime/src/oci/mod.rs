@@ -20,7 +20,7 @@ mod state;
 mod update;
 
 pub use checkpoint::{checkpoint, restore};
-pub use create::{create, CreateOptions};
+pub use create::{bundle_rootfs, create, creating_state, run_poststop, target, CreateOptions};
 pub use delete::delete;
 pub use error::OciError;
 pub use events::{events, EventsOptions};
@@ -74,9 +74,22 @@ pub fn hang_up_listener(bundle: &Path) {
     }
 }
 
-pub(super) fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
+pub fn write_pid_file(p: &Path, pid: i32) -> Result<()> {
     let tmp = p.with_extension("amphi-tmp");
     std::fs::write(&tmp, pid.to_string())
         .map_err(|e| OciError::io(format_args!("pid file {}", tmp.display()), e))?;
     std::fs::rename(&tmp, p).map_err(|e| OciError::io(format_args!("pid file {}", p.display()), e))
+}
+
+/// `what` (pause, resume, update) is refused for a microVM container: the
+/// guest's cgroups are out of the host's reach.
+pub(crate) fn refuse_microvm(st: &crate::container::state::State, what: &str) -> Result<()> {
+    match &st.microvm {
+        Some(vm) => Err(format!(
+            "{what} is not supported for container {:?}, which runs in a microVM ({vm})",
+            st.id
+        )
+        .into()),
+        None => Ok(()),
+    }
 }

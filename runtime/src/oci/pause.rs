@@ -10,6 +10,7 @@ use std::path::Path;
 /// `pause`: freezes a running (or created) container, as runc does.
 pub fn pause(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id).map_err(|e| e.to_string())?;
+    super::refuse_microvm(&st, "pause")?;
     match st.status(root) {
         Status::Running | Status::Created => st.cgroup.freeze(true).map_err(OciError::from),
         s => Err(format!(
@@ -23,6 +24,7 @@ pub fn pause(root: &Path, id: &str) -> Result<()> {
 /// `resume`: thaws a paused container.
 pub fn resume(root: &Path, id: &str) -> Result<()> {
     let st = State::load(root, id).map_err(|e| e.to_string())?;
+    super::refuse_microvm(&st, "resume")?;
     match st.status(root) {
         Status::Paused => st.cgroup.freeze(false).map_err(OciError::from),
         s => Err(format!(

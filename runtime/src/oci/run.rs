@@ -46,6 +46,9 @@ pub fn check_terminal(detach: bool, terminal: bool, console_socket: bool) -> Res
 pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
     let checked = (|| {
         let spec = config::load_bundle(&o.create.bundle)?;
+        // The dispatcher's word holds here too: a container that must run
+        // in a microVM never runs natively.
+        super::create::refuse_microvm(&spec, &o.create.store_root)?;
         let terminal = spec
             .process()
             .as_ref()

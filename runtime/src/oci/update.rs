@@ -155,6 +155,7 @@ pub fn current(root: &Path, st: &State) -> Value {
 /// `update`.
 pub fn update(root: &Path, o: &UpdateOptions) -> Result<()> {
     let st = State::load(root, &o.id).map_err(|e| e.to_string())?;
+    super::refuse_microvm(&st, "update")?;
     if st.status(root) == Status::Stopped {
         return Err(format!(
             "container {:?} is stopped: cannot update its resources",

@@ -333,18 +333,16 @@ pub(super) fn start_request(
 /// The machine's size: RAM is the container's limit plus room for the
 /// guest kernel and the initramfs (unpacked in RAM); vCPUs are --cpus
 /// rounded up, at most the host's.
-pub(super) fn machine_size(req: &RunRequest, initrd: &Path) -> (u64, u32) {
+pub(super) fn machine_size(memory: Option<i64>, cpus: Option<f64>, initrd: &Path) -> (u64, u32) {
     let initrd_mib = std::fs::metadata(initrd)
         .map(|m| m.len() >> 20)
         .unwrap_or(0);
-    let mem_mib = match req.flags.memory {
+    let mem_mib = match memory {
         Some(b) if b > 0 => (b as u64 >> 20) + 128 + 2 * initrd_mib,
         _ => 512 + 2 * initrd_mib,
     };
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let vcpus = req
-        .flags
-        .cpus
+    let vcpus = cpus
         .map_or(1, |c| c.ceil().max(1.0) as u32)
         .min(host_cpus.max(1));
     (mem_mib, vcpus)

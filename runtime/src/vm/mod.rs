@@ -19,6 +19,7 @@
 //! bounded ring in memory ([`console`]), never on disk.
 
 pub mod backend;
+pub mod bundle;
 pub mod console;
 pub mod jail;
 mod launch;
@@ -28,6 +29,7 @@ mod session;
 pub mod virtiofs;
 
 pub use rundir::sweep_stale_runs;
+pub use session::Hold;
 
 use crate::dispatch::{ResolvedImage, VmPlan};
 use crate::guestfs;
@@ -199,17 +201,7 @@ fn virtiofs_support(
     req: &RunRequest,
     opts: &VmOptions,
 ) -> Result<Option<PathBuf>, RunError> {
-    let support = virtiofs::binary().and_then(|bin| match kernel.virtio_fs() {
-        Some(true) => Ok(bin),
-        Some(false) => Err(format!(
-            "the guest kernel {} is built without CONFIG_VIRTIO_FS (`amphi kernel build` makes one with it)",
-            kernel.id()
-        )),
-        None => Err(format!(
-            "the guest kernel {}'s config is unknown, so amphi cannot tell whether it has CONFIG_VIRTIO_FS",
-            kernel.id()
-        )),
-    });
+    let support = virtiofs_for(kernel);
     let needed = if !req.flags.volumes.is_empty() {
         Some("-v in a microVM shares the host path with virtio-fs")
     } else if opts.rootfs == Some(guestfs::RootfsKind::Virtiofs) {
@@ -227,15 +219,8 @@ fn virtiofs_support(
     }
 }
 
-/// Starts the run's virtiofsd daemons (the rootfs's, the volumes'), owned
-/// by the cleanup; returns each one's tag and the backend's descriptor.
-fn start_daemons(
-    bin: Option<&Path>,
-    req: &RunRequest,
-    prepared: &guestfs::Prepared,
-    run_dir: &Path,
-    cleanup: &mut Cleanup,
-) -> Result<Vec<(&'static str, i32)>, RunError> {
+/// The virtio-fs shares of an image's run: the rootfs's, the volumes'.
+fn image_shares(req: &RunRequest, prepared: &guestfs::Prepared) -> Vec<virtiofs::Share> {
     let mut shares = Vec::new();
     if prepared.kind == guestfs::RootfsKind::Virtiofs {
         shares.push(virtiofs::Share::Rootfs {
@@ -254,6 +239,33 @@ fn start_daemons(
                 .collect(),
         ));
     }
+    shares
+}
+
+/// virtiofsd, if it is installed and the guest kernel has
+/// `CONFIG_VIRTIO_FS`; else why not.
+fn virtiofs_for(kernel: &crate::dispatch::GuestKernel) -> Result<PathBuf, String> {
+    virtiofs::binary().and_then(|bin| match kernel.virtio_fs() {
+        Some(true) => Ok(bin),
+        Some(false) => Err(format!(
+            "the guest kernel {} is built without CONFIG_VIRTIO_FS (`amphi kernel build` makes one with it)",
+            kernel.id()
+        )),
+        None => Err(format!(
+            "the guest kernel {}'s config is unknown, so amphi cannot tell whether it has CONFIG_VIRTIO_FS",
+            kernel.id()
+        )),
+    })
+}
+
+/// Starts the run's virtiofsd daemons, owned by the cleanup; returns each
+/// one's tag and the backend's descriptor.
+fn start_daemons(
+    bin: Option<&Path>,
+    shares: Vec<virtiofs::Share>,
+    run_dir: &Path,
+    cleanup: &mut Cleanup,
+) -> Result<Vec<(&'static str, i32)>, RunError> {
     let Some(bin) = bin.filter(|_| !shares.is_empty()) else {
         return Ok(Vec::new());
     };
@@ -268,12 +280,15 @@ fn start_daemons(
 
 /// passt for a private network (its published ports checked free first),
 /// owned by the cleanup.
-fn start_passt(req: &RunRequest, cleanup: &mut Cleanup) -> Result<(), RunError> {
-    if req.flags.network != crate::net::Network::Private {
+fn start_passt(
+    (network, publish): (crate::net::Network, &[crate::net::Publish]),
+    cleanup: &mut Cleanup,
+) -> Result<(), RunError> {
+    if network != crate::net::Network::Private {
         return Ok(());
     }
-    crate::net::check_free(&req.flags.publish).map_err(RunError::Usage)?;
-    let passt = crate::net::Passt::start(&req.flags.publish)
+    crate::net::check_free(publish).map_err(RunError::Usage)?;
+    let passt = crate::net::Passt::start(publish)
         .map_err(|e| RunError::Failed(format!("the microVM's network: {e}")))?;
     cleanup.passt = Some(passt);
     Ok(())
@@ -340,20 +355,90 @@ pub fn run(
     )?;
 
     let id = opts.id.clone().unwrap_or_else(crate::run::new_id);
-    let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req, &id)?;
+    let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&req.state_root, &id[..16])?;
     let start = launch::start_request(&req, &image, &id, &run_dir)?;
+    let (memory, cpus) = (req.flags.memory, req.flags.cpus);
+    let result = boot(
+        Boot {
+            backend: &backend,
+            kernel_path: &kernel_path,
+            kernel_release: kernel.release(),
+            initrd: &prepared.initrd,
+            disk: prepared.disk.as_deref(),
+            root: prepared.kind.cmdline(),
+            kind: prepared.kind,
+            extra_cmdline: extra_cmdline(&plan_cmdline),
+            virtiofsd: virtiofsd.as_deref(),
+            shares: image_shares(&req, &prepared),
+            network: (req.flags.network, &req.flags.publish),
+            size: launch::machine_size(memory, cpus, &prepared.initrd),
+            timeout: opts.timeout,
+            start: &start,
+            interactive: req.interactive || req.flags.tty,
+            tty: req.flags.tty,
+            exec: opts.exec,
+            started: opts.started.clone(),
+            hold: None,
+            notice,
+            notify: opts.notify,
+        },
+        &mut cleanup,
+        (&run_dir, &sock_path, &listener),
+        &mut timing,
+    );
+    let t = Instant::now();
+    drop(cleanup);
+    timing.teardown += t.elapsed();
+    let net = crate::run::report::network_of(&req.flags);
+    timing.report(&result, &backend, &prepared, net, opts.notify);
+    if let Some(oom) = &opts.oom_killed {
+        oom.store(timing.oom_killed, std::sync::atomic::Ordering::SeqCst);
+    }
+    result
+}
+
+/// A microVM to boot, whatever its root filesystem comes from.
+struct Boot<'a> {
+    backend: &'a Backend,
+    kernel_path: &'a Path,
+    kernel_release: &'a str,
+    initrd: &'a Path,
+    disk: Option<&'a Path>,
+    /// `amphi.root=` for the guest init.
+    root: &'a str,
+    kind: guestfs::RootfsKind,
+    extra_cmdline: String,
+    virtiofsd: Option<&'a Path>,
+    shares: Vec<virtiofs::Share>,
+    network: (crate::net::Network, &'a [crate::net::Publish]),
+    /// RAM (MiB) and vCPUs.
+    size: (u64, u32),
+    timeout: Option<Duration>,
+    start: &'a crate::proto::channel::StartRequestJson,
+    interactive: bool,
+    tty: bool,
+    exec: bool,
+    started: Option<std::sync::mpsc::Sender<u32>>,
+    hold: Option<session::Hold>,
+    notice: Option<String>,
+    notify: fn(&str),
+}
+
+/// Starts the daemons, passt and the backend of `b`, runs the session
+/// with the guest and tears the VM down (the cleanup removes the rest);
+/// the workload's exit status.
+fn boot(
+    b: Boot<'_>,
+    cleanup: &mut Cleanup,
+    (run_dir, sock_path, listener): (&Path, &Path, &UnixListener),
+    timing: &mut Timing,
+) -> Result<i32, RunError> {
     // Blocked before any thread starts (the daemons' log readers are the
     // first): threads inherit the mask, so the forwarded signals reach the
     // signalfd, never a thread's default action.
     let sigs = crate::sys::signal::block_forwarded();
-    let shares = match start_daemons(
-        virtiofsd.as_deref(),
-        &req,
-        &prepared,
-        &run_dir,
-        &mut cleanup,
-    )
-    .and_then(|s| start_passt(&req, &mut cleanup).map(|()| s))
+    let shares = match start_daemons(b.virtiofsd, b.shares, run_dir, cleanup)
+        .and_then(|s| start_passt(b.network, cleanup).map(|()| s))
     {
         Ok(s) => s,
         Err(e) => {
@@ -362,33 +447,29 @@ pub fn run(
         }
     };
     let net = cleanup.passt.as_ref().map(|p| p.backend_fd());
-    let (mem_mib, vcpus) = launch::machine_size(&req, &prepared.initrd);
+    let (mem_mib, vcpus) = b.size;
     let vm = VmSpec {
-        kernel: &kernel_path,
-        initrd: &prepared.initrd,
-        disk: prepared.disk.as_deref(),
-        cmdline: backend::cmdline(
-            &backend,
-            prepared.kind.cmdline(),
-            &extra_cmdline(&plan_cmdline),
-        ),
+        kernel: b.kernel_path,
+        initrd: b.initrd,
+        disk: b.disk,
+        cmdline: backend::cmdline(b.backend, b.root, &b.extra_cmdline),
         mem_mib,
         vcpus,
-        channel: &sock_path,
+        channel: sock_path,
         shares: &shares,
         net,
-        run_dir: &run_dir,
+        run_dir,
     };
     tracing::info!(
-        kernel = %kernel_path.display(), release = %kernel.release(), backend = backend.describe(),
-        rootfs = %prepared.kind, mem_mib, vcpus, cmdline = %vm.cmdline, "starting microVM"
+        kernel = %b.kernel_path.display(), release = %b.kernel_release, backend = b.backend.describe(),
+        rootfs = %b.kind, mem_mib, vcpus, cmdline = %vm.cmdline, "starting microVM"
     );
-    if let Some(n) = notice {
-        (opts.notify)(&n);
+    if let Some(n) = &b.notice {
+        (b.notify)(n);
     }
     let t = Instant::now();
     let (logs, _watchdog, deadline) =
-        match start_backend(&backend, &vm, &mut cleanup, opts.timeout, &run_dir) {
+        match start_backend(b.backend, &vm, cleanup, b.timeout, run_dir) {
             Ok(started) => started,
             Err(e) => {
                 crate::sys::signal::unblock(&sigs);
@@ -403,46 +484,128 @@ pub fn run(
         p.backend_end = None;
     }
     let fired = _watchdog.as_ref().map(|w| w.fired.clone());
-    let exec = match opts.exec {
-        true => Some(exec_listener(&run_dir)?),
+    let exec = match b.exec {
+        true => Some(exec_listener(run_dir)?),
         false => None,
     };
     timing.vm_start = t.elapsed();
     timing.setup = timing.start.map(|s| s.elapsed()).unwrap_or_default();
     let result = Session {
-        cleanup: &mut cleanup,
-        start: &start,
-        interactive: req.interactive || req.flags.tty,
-        tty: req.flags.tty,
+        cleanup,
+        start: b.start,
+        interactive: b.interactive,
+        tty: b.tty,
         deadline,
         fired: fired.as_deref(),
         sigs: &sigs,
-        timing: &mut timing,
-        kernel_release: kernel.release(),
-        kind: prepared.kind,
+        timing,
+        kernel_release: b.kernel_release,
+        kind: b.kind,
         // amphi's VMM answers a dead virtiofsd's requests with EIO itself;
         // QEMU leaves them waiting (see Session::check_shares).
-        shares_fail_requests: matches!(backend, backend::Backend::Builtin),
-        started: opts.started.clone(),
+        shares_fail_requests: matches!(b.backend, backend::Backend::Builtin),
+        started: b.started,
         exec,
-        notify: opts.notify,
+        notify: b.notify,
+        hold: b.hold,
     }
-    .run(&listener);
+    .run(listener);
     drop(_watchdog);
     crate::sys::signal::unblock(&sigs);
     let t = Instant::now();
     cleanup.stop_backend(Duration::ZERO);
-    let result = result.map_err(|e| match jail::violation(&run_dir, cleanup.ended, &logs) {
+    let result = result.map_err(|e| match jail::violation(run_dir, cleanup.ended, &logs) {
         Some(message) => RunError::Vm(message),
         None => explained(e, &logs),
     });
-    drop(cleanup);
     timing.teardown += t.elapsed();
-    let net = crate::run::report::network_of(&req.flags);
-    timing.report(&result, &backend, &prepared, net, opts.notify);
-    if let Some(oom) = &opts.oom_killed {
-        oom.store(timing.oom_killed, std::sync::atomic::Ordering::SeqCst);
+    result
+}
+
+/// An OCI bundle's container in a microVM, as `create`'s monitor runs
+/// it (see [`bundle`]).
+pub struct BundleRun {
+    /// The OCI container id.
+    pub id: String,
+    /// The OCI runtime's root: the VM's run directory is
+    /// `<root>/vm/<bundle::run_name(id)>`.
+    pub state_root: PathBuf,
+    /// amphi's store (the guest init's cached initrd).
+    pub store_root: PathBuf,
+    pub guest: bundle::GuestBundle,
+    pub plan: VmPlan,
+    /// The start, held until the OCI `start`.
+    pub hold: Hold,
+    pub notify: fn(&str),
+}
+
+/// Where a bundle microVM's monitor takes `exec` clients.
+pub fn bundle_exec_socket(state_root: &Path, id: &str) -> PathBuf {
+    state_root
+        .join("vm")
+        .join(bundle::run_name(id))
+        .join("exec.sock")
+}
+
+/// Boots the bundle's microVM, holds its start until `b.hold` says go,
+/// and relays until the workload exits; its exit status.
+pub fn run_bundle(b: BundleRun) -> Result<i32, RunError> {
+    let mut timing = Timing {
+        start: Some(Instant::now()),
+        ..Default::default()
+    };
+    let VmPlan {
+        kernel,
+        backend,
+        notice,
+        cmdline: plan_cmdline,
+    } = b.plan;
+    let kernel_path = kernel.boot_file()?;
+    if let Backend::Qemu { .. } = backend {
+        which(&backend::qemu_binary())?;
     }
+    let virtiofsd = virtiofs_for(&kernel).map_err(|why| {
+        RunError::Failed(format!(
+            "a microVM container shares its bundle's rootfs with virtio-fs, but {why}"
+        ))
+    })?;
+    let (initrd, warnings) = guestfs::init_initrd(&b.store_root)
+        .map_err(|e| RunError::step("the guest init's initrd", e))?;
+    for w in warnings {
+        (b.notify)(&format!("amphi: warning: {w}"));
+    }
+    let name = bundle::run_name(&b.id);
+    let (mut cleanup, run_dir, sock_path, listener) = open_run_dir(&b.state_root, &name)?;
+    let start = b.guest.start_request(&b.id).map_err(RunError::Failed)?;
+    let result = boot(
+        Boot {
+            backend: &backend,
+            kernel_path: &kernel_path,
+            kernel_release: kernel.release(),
+            initrd: &initrd,
+            disk: None,
+            root: "amphi.root=none",
+            kind: guestfs::RootfsKind::Virtiofs,
+            extra_cmdline: extra_cmdline(&plan_cmdline),
+            virtiofsd: Some(&virtiofsd),
+            shares: vec![virtiofs::Share::Volumes(b.guest.shares.clone())],
+            network: (b.guest.network, &[]),
+            size: launch::machine_size(b.guest.memory, b.guest.cpus, &initrd),
+            timeout: None,
+            start: &start,
+            interactive: true,
+            tty: b.guest.terminal,
+            exec: true,
+            started: None,
+            hold: Some(b.hold),
+            notice,
+            notify: b.notify,
+        },
+        &mut cleanup,
+        (&run_dir, &sock_path, &listener),
+        &mut timing,
+    );
+    drop(cleanup);
     result
 }
 
@@ -459,17 +622,17 @@ fn exec_listener(run_dir: &Path) -> Result<UnixListener, RunError> {
 /// The run's directory (removed with the cleanup), and the guest channel's
 /// socket listening in it.
 fn open_run_dir(
-    req: &RunRequest,
-    id: &str,
+    state_root: &Path,
+    name: &str,
 ) -> Result<(Cleanup, PathBuf, PathBuf, UnixListener), RunError> {
-    let run = RunDir::create(&req.state_root, &id[..16]).map_err(RunError::cause)?;
+    let run = RunDir::create(state_root, name).map_err(RunError::cause)?;
     let run_dir = run.path().to_path_buf();
     let cleanup = Cleanup::new(run);
     let sock_path = run_dir.join("chan.sock");
     if sock_path.as_os_str().len() > 100 {
         return Err(RunError::Usage(format!(
             "the state root {} is too deep for a unix socket path; use a shorter --root",
-            req.state_root.display()
+            state_root.display()
         )));
     }
     let listener =

@@ -55,6 +55,22 @@ pub(super) struct Session<'a> {
     pub exec: Option<UnixListener>,
     /// Where notices for the user go (the CLI's stderr).
     pub notify: fn(&str),
+    /// An OCI `create`: the workload waits for `start` (see [`Hold`]).
+    pub hold: Option<Hold>,
+}
+
+/// The start held back until the OCI `start`: the guest boots and
+/// reports ready, then waits; the start request goes out when `go`
+/// becomes readable.
+pub struct Hold {
+    /// Told once the guest is up and waiting.
+    pub booted: Option<std::sync::mpsc::Sender<()>>,
+    /// Becomes readable when `start` came.
+    pub go: std::os::fd::OwnedFd,
+    /// Told how the start went: once the workload runs, or its error.
+    pub answer: Option<std::sync::mpsc::Sender<Result<(), String>>>,
+    /// The guest is up and the start not yet sent.
+    pub waiting: bool,
 }
 
 /// The connected guest channel and the protocol's state.
@@ -147,6 +163,9 @@ impl Session<'_> {
                 return Err(self.timeout_err());
             }
             let booting = ch.proto.state() == protocol::State::Booting;
+            // Booted but held for the OCI `start`: signals end the VM, as
+            // while booting (the workload does not run yet).
+            let held = self.hold.as_ref().is_some_and(|h| h.waiting);
             self.check_shares(&mut ch, booting)?;
             if booting && Instant::now() >= boot_deadline {
                 return Err(RunError::Vm(format!(
@@ -154,9 +173,17 @@ impl Session<'_> {
                     (boot_deadline - boot_start).as_secs()
                 )));
             }
-            let (channel_ready, signals) = self.poll(&ch, booting.then_some(boot_deadline));
+            let (channel_ready, signals, go) = self.poll(&ch, booting.then_some(boot_deadline));
             if signals {
-                self.on_signals(&mut ch, booting)?;
+                self.on_signals(&mut ch, booting || held)?;
+            }
+            if go && held {
+                if let Some(h) = self.hold.as_mut() {
+                    let mut b = [0u8; 16];
+                    let _ = rustix::io::read(&h.go, &mut b);
+                    h.waiting = false;
+                }
+                self.begin(&mut ch)?;
             }
             self.service_execs(&mut ch)?;
             if channel_ready {
@@ -422,15 +449,14 @@ impl Session<'_> {
                     self.timing.boot = boot_start.elapsed();
                     tracing::info!(kernel = %r.kernel, uptime = r.uptime, "guest init ready");
                     self.timing.guest_kernel = r.kernel.clone();
-                    ch.send(&Frame::Start(Box::new(self.start.with_time())), "start")?;
-                    if self.tty {
-                        ch.raw = Some(crate::sys::term::RawMode::enter());
-                        if let Some((rows, cols)) = winsize() {
-                            ch.send(&Frame::Resize { rows, cols }, "resize")?;
+                    match self.hold.as_mut() {
+                        Some(h) => {
+                            h.waiting = true;
+                            if let Some(tx) = h.booted.take() {
+                                let _ = tx.send(());
+                            }
                         }
-                    }
-                    if self.interactive {
-                        forward_stdin(ch.writer.clone());
+                        None => self.begin(ch)?,
                     }
                 }
                 Event::Stdout(b) => {
@@ -467,6 +493,9 @@ impl Session<'_> {
                     if let (Some(tx), Some(child)) = (self.started.take(), &self.cleanup.child) {
                         let _ = tx.send(child.id());
                     }
+                    if let Some(tx) = self.hold.as_mut().and_then(|h| h.answer.take()) {
+                        let _ = tx.send(Ok(()));
+                    }
                 }
                 Event::Exit(e) => {
                     self.timing.workload = boot_start.elapsed() - self.timing.boot;
@@ -494,6 +523,9 @@ impl Session<'_> {
                     return Ok(Some(e.code));
                 }
                 Event::Failed(e) => {
+                    if let Some(tx) = self.hold.as_mut().and_then(|h| h.answer.take()) {
+                        let _ = tx.send(Err(e.message.clone()));
+                    }
                     drop(ch.raw.take());
                     let _ = send(&ch.writer, &Frame::Shutdown);
                     self.cleanup.stop_backend(Duration::from_secs(3));
@@ -513,9 +545,26 @@ impl Session<'_> {
         }
     }
 
-    /// Waits (at most a second, and never past a deadline) for the channel
-    /// or a signal: (channel readable or closed, signals pending).
-    fn poll(&self, ch: &Channel, boot_deadline: Option<Instant>) -> (bool, bool) {
+    /// Sends the start request, and with it begins the terminal's raw
+    /// mode and the stdin relay.
+    fn begin(&mut self, ch: &mut Channel) -> Result<(), RunError> {
+        ch.send(&Frame::Start(Box::new(self.start.with_time())), "start")?;
+        if self.tty {
+            ch.raw = Some(crate::sys::term::RawMode::enter());
+            if let Some((rows, cols)) = winsize() {
+                ch.send(&Frame::Resize { rows, cols }, "resize")?;
+            }
+        }
+        if self.interactive {
+            forward_stdin(ch.writer.clone());
+        }
+        Ok(())
+    }
+
+    /// Waits (at most a second, and never past a deadline) for the channel,
+    /// a signal or the held start's go: (channel readable or closed,
+    /// signals pending, go).
+    fn poll(&self, ch: &Channel, boot_deadline: Option<Instant>) -> (bool, bool, bool) {
         let now = Instant::now();
         let mut wait = Duration::from_secs(1);
         if let Some(b) = boot_deadline {
@@ -534,10 +583,19 @@ impl Session<'_> {
         for c in ch.execs.values() {
             set.add(c.conn.as_raw_fd());
         }
+        let go = self
+            .hold
+            .as_ref()
+            .filter(|h| h.waiting)
+            .map(|h| set.add(h.go.as_raw_fd()));
         if !set.wait(Some(wait)) {
-            return (false, false);
+            return (false, false, false);
         }
-        (set.readable(channel), set.has_input(signals))
+        (
+            set.readable(channel),
+            set.has_input(signals),
+            go.is_some_and(|g| set.readable(g)),
+        )
     }
 
     /// Forwards the signals amphi received: window size changes, and the

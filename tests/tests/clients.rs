@@ -375,6 +375,28 @@ fn ctr_run_with_amphi_as_runc_binary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The annotation puts the container in a microVM: the guest's kernel
+    // answers, where the host's did without it.
+    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let uname = |name: &str, extra: &[&str]| -> String {
+        let mut args = vec!["run", "--rm", "--runc-binary", bin];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["docker.io/library/busybox:latest", name, "uname", "-r"]);
+        let out = c.ctr(&args);
+        assert!(
+            out.status.success(),
+            "ctr run {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(uname("t3", &[]), host.trim());
+    let guest = uname("t4", &["--annotation", "io.amphi.isolation=vm"]);
+    assert!(
+        !guest.is_empty() && guest != host.trim(),
+        "the guest kernel, not the host's {}: {guest:?}",
+        host.trim()
+    );
     let out = c.ctr(&["containers", "ls", "-q"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

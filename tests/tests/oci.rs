@@ -1726,18 +1726,39 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     };
     let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
     let id = b.id.clone();
+    // The hooks run on the host, each given the state the spec defines.
+    let hooks = tempfile::tempdir().unwrap();
+    let hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("cat > {}/{name}", hooks.path().display())]});
     b.edit(|c| {
         c["annotations"] = json!({"io.amphi.isolation": "vm"});
         c["process"]["args"] = json!([
             "sh", "-c",
             "echo kernel=$(uname -r); echo written > /from-guest; trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done"
         ]);
+        c["hooks"] = json!({
+            "createRuntime": [hook("createRuntime")],
+            "startContainer": [hook("startContainer")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        });
     });
+    let hook_state = |name: &str| -> Value {
+        let p = hooks.path().join(name);
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("the {name} hook's state ({e})"))
+    };
     b.create(&[]);
     let st = b.state();
     assert_eq!(st["status"], "created", "{st}");
     let monitor = st["pid"].as_i64().unwrap();
     assert!(alive(monitor), "the monitor runs: {st}");
+    let h = hook_state("createRuntime");
+    assert_eq!(
+        (h["status"].as_str(), h["pid"].as_i64()),
+        (Some("creating"), Some(monitor)),
+        "{h}"
+    );
+    assert_eq!(h["id"], id.as_str());
     assert_eq!(st["annotations"]["io.amphi.isolation"], "vm");
     assert!(
         !b.stdout().contains("kernel="),
@@ -1748,6 +1769,8 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
         b.stdout().contains("ready")
     });
     assert_eq!(b.status(), "running");
+    assert_eq!(hook_state("startContainer")["status"], "created");
+    assert_eq!(hook_state("poststart")["pid"].as_i64(), Some(monitor));
     let out = b.stdout();
     let kernel = out
         .lines()
@@ -1775,11 +1798,13 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     b.wait_status("stopped");
     assert!(b.stdout().contains("got-term"), "{}", b.stdout());
     b.ok(&["delete", &id]);
+    assert_eq!(hook_state("poststop")["status"], "stopped");
     assert!(!b.root().join(&id).exists());
     assert_no_vm_left(b.root());
 
     // A host namespace to join: refused, spec path named, nothing left.
     b.edit(|c| {
+        c.as_object_mut().unwrap().remove("hooks");
         c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "mount"}]);
     });
     let err = b.create_fails();

@@ -14,7 +14,10 @@
 //!   `io.kubernetes.cri-o.ImageName`; podman passes none, so for podman
 //!   only the policy's `default_isolation` (and the annotations) apply.
 //!
-//! A bundle carries no image files, so nothing is inferred from them.
+//! A bundle carries no image files, so nothing is inferred from them. A
+//! CRI pod's sandbox (pause) container always runs natively: it runs none
+//! of the pod's code, and the CRI plugin joins its namespaces from the
+//! host.
 
 use super::backend::{self, BackendChoice};
 use super::decide::{decide, CandidateKernel, DecideInput};
@@ -32,6 +35,20 @@ pub const IMAGE_NAME_ANNOTATIONS: [&str; 2] = [
     "io.kubernetes.cri.image-name",
     "io.kubernetes.cri-o.ImageName",
 ];
+/// The annotations that say a CRI container's role: `sandbox` (the pod's
+/// pause container, which holds its namespaces) or `container`.
+pub const CONTAINER_TYPE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
+
+/// The CRI role of the bundle's container, if a CRI set one.
+pub fn cri_container_type(annotations: &HashMap<String, String>) -> Option<&str> {
+    CONTAINER_TYPE_ANNOTATIONS
+        .iter()
+        .find_map(|a| annotations.get(*a).map(String::as_str))
+}
+
 /// The environment variable that picks the microVM backend for bundles
 /// (`auto`, `builtin`, `qemu`), as `--vm-backend` does for `amphi run`.
 pub const BACKEND_ENV: &str = "AMPHI_VM_BACKEND";
@@ -67,6 +84,13 @@ pub fn decide_bundle(
     annotations: &HashMap<String, String>,
     policy: &Policy,
 ) -> Result<BundleTarget, String> {
+    // A pod's sandbox (the pause container) runs no code of the pod's
+    // images: it only holds the pod's namespaces, which the host's CRI
+    // plugin then joins by the sandbox's pid. It stays native; the pod's
+    // containers are decided one by one.
+    if cri_container_type(annotations) == Some("sandbox") {
+        return Ok(BundleTarget::Container);
+    }
     let reference = image_reference(annotations)?;
     let amphi: BTreeMap<String, String> = annotations
         .iter()
@@ -157,6 +181,13 @@ mod tests {
         }
     }
 
+    fn strict_sandbox() -> HashMap<String, String> {
+        ann(&[
+            ("io.kubernetes.cri.container-type", "sandbox"),
+            (ISOLATION_ANNOTATION, "vm"),
+        ])
+    }
+
     #[test]
     fn the_annotations_and_the_policy_decide_and_only_the_policy_can_lower() {
         let dir = tempfile::tempdir().unwrap();
@@ -204,6 +235,17 @@ mod tests {
         let strict = Policy::parse("default_isolation = \"vm\"\n", Path::new("p.toml")).unwrap();
         let why = vm_why(store, &ann(&[]), &strict).unwrap();
         assert!(why.contains("default"), "{why}");
+        let mut pause = strict_sandbox();
+        assert_eq!(
+            vm_why(store, &pause, &strict),
+            None,
+            "a pod's sandbox stays native"
+        );
+        pause.insert(
+            "io.kubernetes.cri.container-type".into(),
+            "container".into(),
+        );
+        assert!(vm_why(store, &pause, &strict).is_some());
         let bad = vm_why(store, &cri("Bad Name!", "auto"), &policy).unwrap();
         assert!(bad.contains("io.kubernetes.cri.image-name"), "{bad}");
     }

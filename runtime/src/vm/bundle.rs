@@ -26,7 +26,12 @@
 //!   NIC (the workload sees only loopback, as natively); a spec without
 //!   one (the host's network, `--network host`) gets the VM's own NIC
 //!   through passt, shared by the workload, since a VM cannot share the
-//!   host's network namespace.
+//!   host's network namespace;
+//! - a CRI pod's container (`io.kubernetes.cri.container-type:
+//!   container`) joins its sandbox's namespaces by path: in a microVM it
+//!   gets the guest's own ipc, uts and pid namespaces instead, and the
+//!   VM's own NIC for the network (outbound through passt; the pod's IP
+//!   does not reach it). Every other namespace path is refused.
 
 use super::virtiofs::{VolumeShare, GUEST_VOLUMES, VOLUME_TAG};
 use crate::net::Network;
@@ -78,17 +83,42 @@ pub fn translate(spec: &Value, rootfs: &Path) -> Result<GuestBundle, String> {
     }
 
     let mut network = Network::Private;
+    let pod = spec
+        .get("annotations")
+        .and_then(Value::as_object)
+        .is_some_and(|a| {
+            crate::dispatch::bundle::CONTAINER_TYPE_ANNOTATIONS
+                .iter()
+                .any(|k| a.get(*k).and_then(Value::as_str) == Some("container"))
+        });
+    let mut guest_nss = Vec::new();
     if let Some(nss) = spec.pointer("/linux/namespaces").and_then(Value::as_array) {
         for (i, ns) in nss.iter().enumerate() {
             let kind = str_at(ns, "type").unwrap_or("?");
-            if let Some(p) = str_at(ns, "path").filter(|p| !p.is_empty()) {
-                return Err(format!(
-                    "linux.namespaces[{i}].path: the {kind} namespace {p} is the host's, and a microVM cannot join it (a microVM container needs new namespaces; with podman, use --network none or --network host, not a bridge network)"
-                ));
+            match str_at(ns, "path").filter(|p| !p.is_empty()) {
+                // A pod's container joins its sandbox's namespaces: in a
+                // microVM it gets the guest's own instead (more isolation,
+                // not less), and for the network the VM's own NIC.
+                Some(_) if pod && kind != "user" => {
+                    if kind != "network" {
+                        guest_nss.push(json!({ "type": kind }));
+                    }
+                }
+                Some(p) => {
+                    return Err(format!(
+                        "linux.namespaces[{i}].path: the {kind} namespace {p} is the host's, and a microVM cannot join it (a microVM container needs new namespaces; with podman, use --network none or --network host, not a bridge network)"
+                    ));
+                }
+                None => {
+                    if kind == "network" {
+                        network = Network::None;
+                    }
+                    guest_nss.push(ns.clone());
+                }
             }
-            if kind == "network" {
-                network = Network::None;
-            }
+        }
+        if let Some(linux) = g.get_mut("linux").and_then(Value::as_object_mut) {
+            linux.insert("namespaces".into(), Value::Array(guest_nss));
         }
     }
     if let Some(devs) = spec.pointer("/linux/devices").and_then(Value::as_array) {
@@ -252,12 +282,30 @@ mod tests {
         let e = translate(&missing, dir.path()).unwrap_err();
         assert!(e.contains("mounts[2].source"), "{e}");
         // No network namespace: the VM's own NIC.
-        let mut host_net = spec;
+        let mut host_net = spec.clone();
         host_net["linux"]["namespaces"] = json!([{"type": "pid"}]);
         assert_eq!(
             translate(&host_net, dir.path()).unwrap().network,
             Network::Private
         );
+        // A CRI pod's container: the sandbox's namespaces become the
+        // guest's own, the network the VM's NIC.
+        let mut pod = host_net;
+        pod["annotations"] = json!({"io.kubernetes.cri.container-type": "container"});
+        pod["linux"]["namespaces"] = json!([
+            {"type": "pid"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "mount"},
+        ]);
+        let g = translate(&pod, dir.path()).unwrap();
+        assert_eq!(g.network, Network::Private);
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount"}])
+        );
+        pod["linux"]["namespaces"][0] = json!({"type": "user", "path": "/proc/42/ns/user"});
+        assert!(translate(&pod, dir.path()).is_err());
         assert_eq!(run_name("abc").len(), 16);
     }
 }

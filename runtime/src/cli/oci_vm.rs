@@ -92,6 +92,13 @@ fn create_vm(
     let guest = crate::vm::bundle::translate(raw, &rootfs).map_err(refused)?;
     let spec = crate::container::config::load_bundle(bundle)?;
     let spec = &spec;
+    if o.preserve_fds > 0 {
+        return Err(refused(format!(
+            "--preserve-fds {}: descriptors of the host cannot be passed into a microVM",
+            o.preserve_fds
+        ))
+        .into());
+    }
     if guest.terminal && o.console_socket.is_none() {
         return Err("process.terminal is true, but no --console-socket was given".into());
     }

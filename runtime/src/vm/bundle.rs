@@ -121,6 +121,15 @@ pub fn translate(spec: &Value, rootfs: &Path) -> Result<GuestBundle, String> {
             linux.insert("namespaces".into(), Value::Array(guest_nss));
         }
     }
+    if let Some(p) = spec
+        .pointer("/linux/seccomp/listenerPath")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    {
+        return Err(format!(
+            "linux.seccomp.listenerPath ({p}): a seccomp agent on the host cannot serve a guest's system calls"
+        ));
+    }
     if let Some(devs) = spec.pointer("/linux/devices").and_then(Value::as_array) {
         if let Some(d) = devs.first() {
             return Err(format!(
@@ -277,6 +286,11 @@ mod tests {
             json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]);
         let e = translate(&devs, dir.path()).unwrap_err();
         assert!(e.contains("linux.devices[0] (/dev/fuse)"), "{e}");
+        let mut agent = spec.clone();
+        agent["linux"]["seccomp"] =
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock"});
+        let e = translate(&agent, dir.path()).unwrap_err();
+        assert!(e.contains("linux.seccomp.listenerPath"), "{e}");
         let mut missing = spec.clone();
         missing["mounts"][2]["source"] = "/nonexistent/file".into();
         let e = translate(&missing, dir.path()).unwrap_err();

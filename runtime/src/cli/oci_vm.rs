@@ -108,15 +108,7 @@ fn create_vm(
         plan.kernel.release(),
         plan.backend.describe()
     );
-    state::ensure_root(root)?;
-    let dir = State::dir(root, &o.id);
-    match state::create_dir(root, &o.id) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {:?} is already in use", o.id).into())
-        }
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
-    }
+    let dir = crate::oci::new_state_dir(root, &o.id)?;
     let r = create_in(root, &dir, o, bundle, spec, (guest, plan, described));
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -137,15 +129,7 @@ fn create_in(
         String,
     ),
 ) -> Result<()> {
-    let fifo = dir.join("exec.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .map_err(|e| OciError::io(format_args!("exec fifo {}", fifo.display()), e))?;
+    let fifo = crate::oci::exec_fifo(dir)?;
     let pty = match (&o.console_socket, guest.terminal) {
         (Some(sock), true) => Some(console_pty(sock)?),
         _ => None,

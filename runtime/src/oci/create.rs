@@ -77,20 +77,41 @@ fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
     let spec = config::load_bundle(&bundle)?;
     refuse_microvm(&spec, &o.store_root)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root)?;
-    let dir = State::dir(root, &o.id);
-    match state::create_dir(root, &o.id) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {:?} is already in use", o.id).into())
-        }
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
-    }
+    let dir = new_state_dir(root, &o.id)?;
     let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     r
+}
+
+/// The state directory of a new container `id` under `root` (made with
+/// the root if need be); an id in use is an error saying so.
+pub fn new_state_dir(root: &Path, id: &str) -> Result<PathBuf> {
+    state::ensure_root(root)?;
+    let dir = State::dir(root, id);
+    match state::create_dir(root, id) {
+        Ok(_) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(format!("container id {id:?} is already in use").into())
+        }
+        Err(e) => Err(format!("{}: {e}", dir.display()).into()),
+    }
+}
+
+/// The exec fifo in a created container's state directory: `start`
+/// opens it, which releases the process that holds its other end.
+pub fn exec_fifo(dir: &Path) -> Result<PathBuf> {
+    let fifo = dir.join("exec.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| OciError::io(format_args!("exec fifo {}", fifo.display()), e))?;
+    Ok(fifo)
 }
 
 /// Where the bundle's container runs (see `dispatch::bundle`): the
@@ -129,15 +150,7 @@ fn create_in(
     spec: &Spec,
     o: &CreateOptions,
 ) -> Result<()> {
-    let fifo = dir.join("exec.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .map_err(|e| OciError::io(format_args!("exec fifo {}", fifo.display()), e))?;
+    let fifo = exec_fifo(dir)?;
     let (annotations, template) = creating_state(spec, &o.id, bundle);
     // The runtime spec: when create fails (a hook, or anything after the
     // container began to exist), the container is destroyed and the

@@ -20,7 +20,10 @@ mod state;
 mod update;
 
 pub use checkpoint::{checkpoint, restore};
-pub use create::{bundle_rootfs, create, creating_state, run_poststop, target, CreateOptions};
+pub use create::{
+    bundle_rootfs, create, creating_state, exec_fifo, new_state_dir, run_poststop, target,
+    CreateOptions,
+};
 pub use delete::delete;
 pub use error::OciError;
 pub use events::{events, EventsOptions};

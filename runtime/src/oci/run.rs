@@ -89,15 +89,7 @@ fn foreground(root: &Path, o: &RunOptions) -> Result<i32> {
         .map_err(|e| OciError::io(format_args!("bundle {}", o.create.bundle.display()), e))?;
     let spec = config::load_bundle(&bundle)?;
     let rootfs = bundle_rootfs(&spec, &bundle)?;
-    state::ensure_root(root).map_err(|e| e.to_string())?;
-    let dir = State::dir(root, id);
-    match state::create_dir(root, id) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("container id {id:?} is already in use").into())
-        }
-        Err(e) => return Err(format!("{}: {e}", dir.display()).into()),
-    }
+    let dir = super::create::new_state_dir(root, id)?;
     let sigs = crate::sys::signal::block_forwarded();
     let (annotations, template) = creating_state(&spec, id, &bundle);
     let l = launch(

@@ -36,25 +36,28 @@ use std::sync::mpsc;
 /// runs natively (the native `create` then takes it).
 pub fn create(root: &Path, o: &CreateOptions) -> Option<Result<()>> {
     let r = (|| {
-        state::check_id(&o.id)?;
-        let bundle = std::fs::canonicalize(&o.bundle)
-            .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
-        // The annotations decide, before the spec is checked for a
-        // native run (a host namespace path, say, is refused for a
-        // microVM by name instead).
-        let config = bundle.join("config.json");
-        let raw: serde_json::Value = std::fs::read(&config)
-            .map_err(|e| OciError::io(config.display(), e))
-            .and_then(|b| {
-                serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", config.display()).into())
-            })?;
-        let annotations = raw
+        // A bad id, bundle or config.json is the native create's to
+        // report (with the JSON path of what is wrong); it decides again
+        // once it has read the spec, and refuses a microVM bundle. The
+        // annotations decide before the spec is checked for a native run
+        // (a host namespace path, say, is refused for a microVM by name).
+        let (Ok(()), Ok(bundle)) = (state::check_id(&o.id), std::fs::canonicalize(&o.bundle))
+        else {
+            return Ok(None);
+        };
+        let Some(raw) = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            return Ok(None);
+        };
+        let Some(annotations) = raw
             .get("annotations")
             .cloned()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| format!("{}: annotations: {e}", config.display()))?
-            .unwrap_or_default();
+            .map_or(Some(Default::default()), |a| serde_json::from_value(a).ok())
+        else {
+            return Ok(None);
+        };
         match crate::oci::target(&annotations, &o.store_root)? {
             crate::dispatch::bundle::BundleTarget::Container => Ok(None),
             crate::dispatch::bundle::BundleTarget::Vm { why, plan } => {

@@ -1820,6 +1820,50 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     assert!(err.contains("must run in a microVM"), "{err}");
 }
 
+/// kill -9 of a microVM container's monitor (its pid on the host) takes
+/// the VM, virtiofsd and all down with it: `state` says stopped, and
+/// `delete` leaves nothing, its run directory included.
+#[test]
+fn a_microvm_containers_vm_dies_with_its_monitor() {
+    let Some(b) = Bundle::new("vmkill") else {
+        return;
+    };
+    let id = b.id.clone();
+    b.edit(|c| {
+        c["annotations"] = json!({"io.amphi.isolation": "vm"});
+        c["process"]["args"] = json!(["sh", "-c", "echo ready; sleep 1000"]);
+    });
+    b.create(&[]);
+    b.start();
+    wait_for(60, "the workload to run in the guest", || {
+        b.stdout().contains("ready")
+    });
+    let monitor = b.pid();
+    let vm = b.root().join("vm");
+    let children: Vec<i64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(vm.to_str().unwrap()))
+        })
+        .collect();
+    assert!(
+        !children.is_empty(),
+        "the VMM and virtiofsd name the run directory"
+    );
+    // SAFETY: killing the container's monitor, as an operator would.
+    unsafe { libc::kill(monitor as i32, libc::SIGKILL) };
+    b.wait_status("stopped");
+    wait_for(20, "the VM's processes to end", || {
+        children.iter().all(|p| !alive(*p))
+    });
+    b.ok(&["delete", &id]);
+    assert!(!b.root().join(&id).exists());
+    assert_no_vm_left(b.root());
+}
+
 /// The policy decides over the spec's annotation: an image the policy
 /// sends to a microVM runs in one whatever the annotation says; another
 /// image under the same policy runs natively.

@@ -72,8 +72,8 @@ fn podman_run_uses_amphi() {
 /// podman's `--annotation io.amphi.isolation=vm` reaches the dispatcher,
 /// and the container runs in a microVM through amphi's OCI interface: the
 /// guest's kernel answers `uname -r` (the host's without the annotation);
-/// a detached one takes `podman exec` (output and status), gets `podman
-/// stop`'s SIGTERM and ends with its own status; `-it` gets a terminal in
+/// a detached one takes `podman exec` (output and status; `-it` with a
+/// terminal), gets `podman stop`'s SIGTERM and ends with its own status; `-it` gets a terminal in
 /// the guest through the console socket. Nothing of the VMs is left.
 #[test]
 fn podman_runs_microvm_containers_through_amphi() {
@@ -126,6 +126,13 @@ fn podman_runs_microvm_containers_through_amphi() {
     let out = run_cmd(&mut p.cmd(&["exec", "vm", "sh", "-c", "uname -r; exit 3"]));
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), guest);
+    // exec -it: a terminal in the guest, through the console socket.
+    let (text, code) = podman_tty(&p, "exec -it vm sh", b"tty; echo typed-$((6*7))\n");
+    assert!(
+        text.contains("/dev/pts/") && text.contains("typed-42"),
+        "{text}"
+    );
+    assert_eq!(code, Some(3), "{text}");
     let out = run_cmd(&mut p.cmd(&["stop", "-t", "30", "vm"]));
     assert!(out.status.success(), "{out:?}");
     let out = run_cmd(&mut p.cmd(&["inspect", "--format", "{{.State.ExitCode}}", "vm"]));
@@ -164,15 +171,22 @@ fn podman_runs_microvm_containers_through_amphi() {
 /// then `exit 3`: what the terminal showed, and podman's status.
 fn podman_it(p: &Podman, extra: &[&str], input: &[u8]) -> (String, Option<i32>) {
     let img = p.image();
+    let args = format!("run --rm -it --network none {} {img} sh", extra.join(" "));
+    podman_tty(p, &args, input)
+}
+
+/// `podman ARGS` under script(1) (a terminal), typing `input` then `exit
+/// 3` once `typed-42` showed: what the terminal showed, and podman's
+/// status.
+fn podman_tty(p: &Podman, args: &str, input: &[u8]) -> (String, Option<i32>) {
     let d = p.dir.path();
     let inner = format!(
-        "CONTAINERS_CONF={} podman --root {} --runroot {} --tmpdir {} --storage-driver vfs --runtime {} run --rm -it --network none {} {img} sh",
+        "CONTAINERS_CONF={} podman --root {} --runroot {} --tmpdir {} --storage-driver vfs --runtime {} {args}",
         d.join("containers.conf").display(),
         d.join("root").display(),
         d.join("run").display(),
         d.join("tmp").display(),
         amphi_bin().display(),
-        extra.join(" ")
     );
     let mut c = Command::new("script");
     c.args(["-qec", &inner, "/dev/null"])

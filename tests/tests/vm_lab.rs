@@ -8,7 +8,9 @@
 //! loudly without the microVM kernel (`AMPHI_LAB_L2_KERNEL`, or a build in
 //! /var/cache/amphi/kernels/6.12-*/), and so does the product path in the
 //! lab (`scripts/vm-lab run`: `amphi load` and `amphi run --isolation vm
-//! --vm-backend builtin` inside level 1, level 2 being amphi's microVM).
+//! --vm-backend builtin` inside level 1, level 2 being amphi's microVM),
+//! and the OCI runtime path there (`scripts/vm-lab run --oci`: `amphi
+//! create/start/state/delete` of a bundle annotated for a microVM).
 //!
 //! The quick tests run `amphi vmm` on this host: argument and kernel checks
 //! (no KVM needed), the refusal of a stock kernel on a PVM host, and tiny
@@ -242,17 +244,8 @@ fn lab_amphi_run(vcpus: u32, extra: LabRun) {
         return;
     };
     if virtiofs {
-        let config = std::fs::read_to_string(kernel.with_file_name("config")).unwrap_or_default();
-        if !config.lines().any(|l| l == "CONFIG_VIRTIO_FS=y") {
-            skip(&format!(
-                "vm-lab run --virtiofs NOT run: the microVM kernel {} has no config next to it \
-                 with CONFIG_VIRTIO_FS=y (rebuild it with amphi kernel build)",
-                kernel.display()
-            ));
-            return;
-        }
-        if !amphi_tests::have("virtiofsd") && !Path::new("/usr/libexec/virtiofsd").exists() {
-            skip("vm-lab run --virtiofs NOT run: virtiofsd is not installed (scripts/setup)");
+        if let Some(why) = no_virtiofs(&kernel) {
+            skip(&format!("vm-lab run --virtiofs NOT run: {why}"));
             return;
         }
     }
@@ -338,6 +331,25 @@ fn lab_amphi_run(vcpus: u32, extra: LabRun) {
     assert_jailed(get("jail"), &show(&out));
 }
 
+/// Why the lab cannot share a directory over virtio-fs with `kernel` as
+/// level 2, if it cannot: the kernel's config (next to it) must have
+/// `CONFIG_VIRTIO_FS=y`, and this host's virtiofsd must be installed (the
+/// lab carries it into level 1).
+fn no_virtiofs(kernel: &Path) -> Option<String> {
+    let config = std::fs::read_to_string(kernel.with_file_name("config")).unwrap_or_default();
+    if !config.lines().any(|l| l == "CONFIG_VIRTIO_FS=y") {
+        return Some(format!(
+            "the microVM kernel {} has no config next to it with CONFIG_VIRTIO_FS=y \
+             (rebuild it with amphi kernel build)",
+            kernel.display()
+        ));
+    }
+    if !amphi_tests::have("virtiofsd") && !Path::new("/usr/libexec/virtiofsd").exists() {
+        return Some("virtiofsd is not installed (scripts/setup)".into());
+    }
+    None
+}
+
 /// What `scripts/vm-lab run` adds to the plain run.
 #[derive(PartialEq, Eq)]
 enum LabRun {
@@ -366,6 +378,113 @@ fn lab_amphi_run_builtin_vmm_virtiofs_volume() {
 #[test]
 fn lab_amphi_run_builtin_vmm_private_network() {
     lab_amphi_run(1, LabRun::Network);
+}
+
+/// The OCI runtime path through the built-in VMM, in the lab
+/// (`scripts/vm-lab run --oci`): level 1 makes a bundle of the busybox
+/// image's rootfs with `amphi spec`'s config.json annotated
+/// `io.amphi.isolation=vm` (the process `sh -c 'uname -r; echo out; echo
+/// err >&2; exit 3'`), adds the microVM kernel to amphi's catalog, and with
+/// `AMPHI_VM_BACKEND=builtin` runs `amphi create` (the monitor boots the VM,
+/// the rootfs shared over virtio-fs by virtiofsd), `state`, `start`,
+/// `state` until stopped, and `delete`. The container's stdio is `create`'s;
+/// the monitor logs (`AMPHI_LOG=info`) the backend it starts and the guest
+/// kernel its init reports.
+#[test]
+fn lab_oci_bundle_builtin_vmm() {
+    if !is_root() {
+        skip("the nested lab needs root (apt-get, mknod): vm-lab run --oci (an OCI bundle through the built-in VMM) not run");
+        return;
+    }
+    let Some(kernel) = microvm_kernel("vmlinux") else {
+        skip(
+            "vm-lab run --oci (an OCI bundle through the built-in VMM) NOT run: no microVM kernel \
+             (set AMPHI_LAB_L2_KERNEL or build /var/cache/amphi/kernels/6.12-*/vmlinux \
+             with amphi kernel build)",
+        );
+        return;
+    };
+    if let Some(why) = no_virtiofs(&kernel) {
+        skip(&format!("vm-lab run --oci NOT run: {why}"));
+        return;
+    }
+    if !amphi_tests::have("umoci") {
+        skip("vm-lab run --oci NOT run: umoci is not installed (it unpacks the bundle's rootfs)");
+        return;
+    }
+    let release = std::fs::read_to_string(kernel.with_file_name("version"))
+        .ok()
+        .map(|v| v.trim().to_string());
+    let image = test_image("busybox");
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .args(["run", "--oci"])
+            .args(["--l2-kernel", kernel.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--amphi", amphi_bin().to_str().unwrap()]),
+    );
+    let took = started.elapsed();
+    let report = lab_report(&out);
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    eprintln!(
+        "vm-lab run --oci: {} s in QEMU, {took:.1?} in all; create {}, start {}, stopped after {}",
+        get("seconds"),
+        get("oci-create"),
+        get("oci-start"),
+        get("oci-stopped")
+    );
+    let ctx = show(&out);
+    assert!(out.status.success(), "vm-lab run --oci failed:\n{ctx}");
+    // "KEY=VALUE ..." fields of a report line.
+    let fields = |key: &str| -> BTreeMap<String, String> {
+        get(key)
+            .split(' ')
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let field = |key: &str, f: &str| fields(key).get(f).cloned().unwrap_or_default();
+    assert_eq!(field("oci-create", "rc"), "0", "{ctx}");
+    // After create: "created", and the pid (the monitor's) runs.
+    assert_eq!(field("oci-created", "status"), "created", "{ctx}");
+    assert!(field("oci-created", "pid").parse::<u32>().is_ok(), "{ctx}");
+    assert_eq!(field("oci-created", "alive"), "yes", "{ctx}");
+    assert_eq!(field("oci-start", "rc"), "0", "{ctx}");
+    let statuses: Vec<&str> = get("oci-statuses").split(' ').collect();
+    assert_eq!(statuses.first(), Some(&"created"), "{ctx}");
+    assert_eq!(statuses.last(), Some(&"stopped"), "{ctx}");
+    assert_eq!(field("oci-delete", "rc"), "0", "{ctx}");
+    // The guest's kernel: what its init reported and what the workload's
+    // uname -r printed, the release next to the kernel file.
+    let guest = get("guest-kernel");
+    assert!(!guest.is_empty() && guest != "none", "{ctx}");
+    if let Some(release) = &release {
+        assert_eq!(guest, release, "{ctx}");
+    }
+    let lines = |key: &str| -> Vec<String> { get(key).split("\\n").map(str::to_string).collect() };
+    assert_eq!(lines("run-stdout"), [guest, "out"], "{ctx}");
+    assert!(lines("run-stderr").iter().any(|l| l == "err"), "{ctx}");
+    // amphi's VMM, by the monitor's log, the state it keeps, and the
+    // jailed `amphi vmm` level 1 saw running (with virtiofsd) while the
+    // container was created.
+    let vmm = "amphi's VMM (KVM)";
+    assert_eq!(get("oci-backend"), vmm, "{ctx}");
+    assert!(get("oci-microvm").contains(vmm), "{ctx}");
+    assert!(get("oci-microvm").contains(guest), "{ctx}");
+    let running = |f: &str| field("oci-procs-created", f).parse::<u32>().unwrap_or(0);
+    assert!(running("vmm") >= 1 && running("virtiofsd") >= 1, "{ctx}");
+    assert_jailed(get("jail"), &ctx);
+    // Nothing left after delete: no monitor, amphi vmm, virtiofsd or other
+    // process naming the state root, no run directory, no state.
+    assert_eq!(get("oci-monitor"), "gone", "{ctx}");
+    assert_eq!(
+        get("oci-left"),
+        "vmm=0 virtiofsd=0 under-root=0 vm-entries=0 state-dir=gone",
+        "{ctx}"
+    );
+    assert_eq!(get("result"), "PASS", "{ctx}");
 }
 
 #[test]

@@ -1755,7 +1755,7 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     let h = hook_state("createRuntime");
     assert_eq!(
         (h["status"].as_str(), h["pid"].as_i64()),
-        (Some("creating"), Some(monitor)),
+        (Some("created"), Some(monitor)),
         "{h}"
     );
     assert_eq!(h["id"], id.as_str());

@@ -395,6 +395,7 @@ fn lifecycle_command(
             if let Err(e) = crate::vm::sweep_stale_runs(root) {
                 tracing::warn!("{e}");
             }
+            crate::vm::remove_empty_root(root);
             Some(r.map(|()| 0))
         }
         Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),

@@ -116,6 +116,7 @@ fn create_vm(
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
         crate::vm::sweep_stale_runs(root).ok();
+        crate::vm::remove_empty_root(root);
     }
     r
 }
@@ -217,7 +218,8 @@ fn create_hooks(
     let Some(h) = spec.hooks() else {
         return Ok(());
     };
-    let mut st = template.clone();
+    // As natively: the runtime environment exists, so "created".
+    let mut st = crate::container::launch::hook_state(template);
     st["pid"] = pid.into();
     let st = st.to_string();
     for (hooks, stage) in [

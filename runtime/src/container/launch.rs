@@ -264,7 +264,7 @@ fn prepare_exec_fifo(p: &Path, spec: &Spec, in_userns: bool) -> Result<OwnedFd, 
 /// The state the create-time hooks (prestart, createRuntime,
 /// createContainer) read on stdin. They run after the runtime environment
 /// is created (the lifecycle's step 2), so the status is "created".
-pub(super) fn hook_state(template: &serde_json::Value) -> serde_json::Value {
+pub fn hook_state(template: &serde_json::Value) -> serde_json::Value {
     let mut state = template.clone();
     if state["status"] == "creating" {
         state["status"] = "created".into();

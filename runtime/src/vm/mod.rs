@@ -28,7 +28,7 @@ pub mod rundir;
 mod session;
 pub mod virtiofs;
 
-pub use rundir::sweep_stale_runs;
+pub use rundir::{remove_empty_root, sweep_stale_runs};
 pub use session::Hold;
 
 use crate::dispatch::{ResolvedImage, VmPlan};

@@ -92,24 +92,31 @@ fn mkdir_private(p: &Path) -> std::io::Result<()> {
 }
 
 impl RunDir {
-    /// Makes `<state_root>/vm/<id>/` with its lock held.
+    /// Makes `<state_root>/vm/<id>/` with its lock held. `vm/` itself may
+    /// be removed once empty ([`remove_empty_root`]): it is made again if
+    /// it went between the two steps.
     pub fn create(state_root: &Path, id: &str) -> Result<RunDir, String> {
         let vm = state_root.join("vm");
         let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-        match mkdir_private(&vm) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .recursive(true)
-                    .create(&vm)
-                    .map_err(|e| err(&vm, e))?;
-            }
-            Err(e) => return Err(err(&vm, e)),
-        }
+        let make_vm = || match mkdir_private(&vm) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&vm)
+                .map_err(|e| err(&vm, e)),
+            Err(e) => Err(err(&vm, e)),
+        };
+        make_vm()?;
         let tmp = vm.join(format!("{NEW_PREFIX}{id}"));
-        mkdir_private(&tmp).map_err(|e| err(&tmp, e))?;
+        match mkdir_private(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                make_vm()?;
+                mkdir_private(&tmp).map_err(|e| err(&tmp, e))?;
+            }
+            r => r.map_err(|e| err(&tmp, e))?,
+        }
         let lock_path = tmp.join(LOCK);
         let made = (|| {
             let lock = fs::OpenOptions::new()
@@ -199,6 +206,13 @@ fn kill_orphan(p: ProcId) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
+}
+
+/// Removes `<state_root>/vm/` if it is empty (after an OCI `delete`: the
+/// OCI root then holds containers only). A run being made meanwhile makes
+/// it again.
+pub fn remove_empty_root(state_root: &Path) {
+    let _ = fs::remove_dir(state_root.join("vm"));
 }
 
 /// Removes the run directories under `<state_root>/vm/` whose client is

@@ -389,13 +389,12 @@ fn lifecycle_command(
             Some(crate::oci::kill(root, &id, &sig, a.all).map(|()| 0))
         }
         Command::Delete(a) => {
+            let microvm = crate::container::state::State::load(root, &a.id)
+                .is_ok_and(|st| st.microvm.is_some());
             let r = crate::oci::delete(root, &a.id, a.force);
-            // A microVM container's run directory, once its monitor is
-            // gone (a kill leaves it to this sweep).
-            if let Err(e) = crate::vm::sweep_stale_runs(root) {
-                tracing::warn!("{e}");
+            if microvm {
+                oci_vm::sweep(root, &a.id);
             }
-            crate::vm::remove_empty_root(root);
             Some(r.map(|()| 0))
         }
         Command::Pause(a) => Some(crate::oci::pause(root, &a.id).map(|()| 0)),

@@ -115,8 +115,7 @@ fn create_vm(
     let r = create_in(root, &dir, o, bundle, spec, (guest, plan, described));
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
-        crate::vm::sweep_stale_runs(root).ok();
-        crate::vm::remove_empty_root(root);
+        sweep(root, &o.id);
     }
     r
 }
@@ -508,4 +507,23 @@ fn process_request(path: &Path) -> Result<crate::proto::channel::ExecRequest> {
         stdin: true,
         tty,
     })
+}
+
+/// After `delete`: a microVM container's run directory goes once its
+/// monitor is wholly gone (a killed monitor's other threads may hold the
+/// run's lock a moment after it shows as a zombie); then the root's `vm/`
+/// if empty.
+pub fn sweep(root: &Path, id: &str) {
+    let dir = root.join("vm").join(crate::vm::bundle::run_name(id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Err(e) = crate::vm::sweep_stale_runs(root) {
+            tracing::warn!("{e}");
+        }
+        if !dir.exists() || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    crate::vm::remove_empty_root(root);
 }

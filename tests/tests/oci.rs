@@ -1866,7 +1866,8 @@ fn a_microvm_containers_vm_dies_with_its_monitor() {
 
 /// The policy decides over the spec's annotation: an image the policy
 /// sends to a microVM runs in one whatever the annotation says; another
-/// image under the same policy runs natively.
+/// image under the same policy runs natively, unless its
+/// `io.amphi.kernel.version` asks for a kernel the host does not have.
 #[test]
 fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     let Some(b) = Bundle::new("isolation") else {
@@ -1886,6 +1887,11 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
                 "io.amphi.isolation": iso,
                 "io.kubernetes.cri.image-name": image,
             });
+            if image.contains("old-kernel") {
+                // A kernel need the host does not meet: a microVM with a
+                // catalog kernel that does.
+                c["annotations"]["io.amphi.kernel.version"] = json!("<6.13");
+            }
             c["process"]["args"] = json!(["uname", "-r"]);
         });
         let mut c = b.create_cmd(&[]);
@@ -1905,6 +1911,16 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     assert_eq!(
         kernel_of("docker.io/library/busybox:1", "auto"),
         host.trim()
+    );
+    let old = kernel_of("docker.io/library/old-kernel:1", "auto");
+    let minor = old
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(99);
+    assert!(
+        old != host.trim() && old.starts_with("6.") && minor < 13,
+        "io.amphi.kernel.version <6.13 gets a guest kernel below 6.13: {old:?}"
     );
     assert_no_vm_left(b.root());
 }

@@ -168,7 +168,19 @@ pub enum Command {
     Kernel(kernel::KernelArgs),
 
     /// OCI runtime: create a container from a bundle (its process waits for `start`)
-    #[command(next_help_heading = "OCI runtime")]
+    #[command(
+        next_help_heading = "OCI runtime",
+        after_help = "Container or microVM: the dispatcher decides from the spec's annotations \
+(io.amphi.isolation=vm|container|auto, io.amphi.kernel.version, io.amphi.kernel.config, \
+io.amphi.kernel) and the site policy ($AMPHI_POLICY, else /etc/amphi/policy.toml; the image by \
+io.kubernetes.cri.image-name or io.kubernetes.cri-o.ImageName). An annotation can only ask for \
+more isolation. A microVM container: the VM boots here and waits for `start`; the pid in \
+--pid-file and `state` is its monitor's, which exits with the workload's status; \
+$AMPHI_VM_BACKEND (auto, builtin, qemu) picks the VMM. Refused for a microVM, by spec path: \
+namespace paths to join, linux.devices, a seccomp listenerPath, --preserve-fds.\n\n\
+Examples:\n  podman --runtime amphi run --annotation io.amphi.isolation=vm IMAGE\n  \
+ctr run --runc-binary amphi --annotation io.amphi.isolation=vm IMAGE ID"
+    )]
     Create(oci::CreateArgs),
     /// OCI runtime: start a created container's process
     Start(oci::IdArgs),

@@ -384,10 +384,7 @@ fn dies_with_us(cmd: &mut Command, fd: i32) {
     unsafe {
         cmd.pre_exec(move || {
             crate::sys::signal::die_with_parent(parent)?;
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            crate::sys::io::keep_on_exec(fd)
         });
     }
 }

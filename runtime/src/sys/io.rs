@@ -73,6 +73,17 @@ pub fn each_stdin_chunk(chunk: usize, mut f: impl FnMut(Option<&[u8]>) -> bool) 
     f(None);
 }
 
+/// Clears close-on-exec on `fd`, so that a program about to be executed
+/// inherits it by its number. Async-signal-safe (one fcntl): for use
+/// between fork and exec.
+pub fn keep_on_exec(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl(F_SETFD) on a descriptor number touches no memory.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,9 +100,7 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
             crate::sys::signal::die_with_parent(parent)?;
             // The vhost-user connections, by their numbers.
             for fd in &inherit {
-                if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                crate::sys::io::keep_on_exec(*fd)?;
             }
             Ok(())
         });

@@ -82,9 +82,9 @@ struct Channel {
     buf: Vec<u8>,
     raw: Option<crate::sys::term::RawMode>,
     end_requests: u32,
-    /// A virtiofsd that died while the workload ran, and when the grace
-    /// it left the workload ends.
-    lost: Option<(super::virtiofs::Gone, Instant)>,
+    /// A virtiofsd that died while the workload ran, when the grace it
+    /// left the workload ends, and that grace.
+    lost: Option<(super::virtiofs::Gone, Instant, Duration)>,
     /// `amphi exec` clients, by their stream in the guest.
     execs: std::collections::BTreeMap<u32, ExecClient>,
     next_stream: u32,
@@ -358,17 +358,17 @@ impl Session<'_> {
                 grace.as_secs()
             ));
             if ch.lost.is_none() {
-                ch.lost = Some((g, Instant::now() + grace));
+                ch.lost = Some((g, Instant::now() + grace, grace));
             }
         }
-        if let Some((g, until)) = &ch.lost {
+        if let Some((g, until, grace)) = &ch.lost {
             if Instant::now() >= *until {
                 drop(ch.raw.take());
                 self.cleanup.stop_backend(Duration::ZERO);
                 return Err(RunError::Vm(format!(
                     "{}; the workload did not end within {} s of its file operations failing: the microVM was stopped{}",
                     g.what,
-                    env_duration("AMPHI_VM_SHARE_GRACE", SHARE_GRACE).as_secs(),
+                    grace.as_secs(),
                     g.said
                 )));
             }
@@ -514,7 +514,7 @@ impl Session<'_> {
                         // The one wording of the notice (native runs too).
                         (self.notify)(&crate::sys::exit::oom_notice("the workload in the microVM"));
                     }
-                    if let Some((g, _)) = ch.lost.take() {
+                    if let Some((g, ..)) = ch.lost.take() {
                         return Err(RunError::Vm(format!(
                             "{}; the workload's file operations on it failed from then on, and it exited with status {}{}",
                             g.what, e.code, g.said
@@ -670,7 +670,7 @@ impl Session<'_> {
 /// The error for a run whose VM ended after a virtiofsd serving it died:
 /// the daemon's end is the cause to name.
 fn share_lost(ch: &Channel) -> Option<RunError> {
-    let (g, _) = ch.lost.as_ref()?;
+    let (g, ..) = ch.lost.as_ref()?;
     Some(RunError::Vm(format!(
         "{}; then the microVM ended{}",
         g.what, g.said

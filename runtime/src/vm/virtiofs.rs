@@ -414,9 +414,7 @@ pub fn spawn(bin: &Path, share: Share, run_dir: &Path) -> Result<Daemon, RunErro
             run_steps(&steps)?;
             // The listening socket as LISTEN_FD, inherited by virtiofsd.
             if listen_fd == LISTEN_FD {
-                if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                crate::sys::io::keep_on_exec(LISTEN_FD)?;
             } else if libc::dup2(listen_fd, LISTEN_FD) == -1 {
                 return Err(std::io::Error::last_os_error());
             }

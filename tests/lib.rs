@@ -607,3 +607,23 @@ pub fn recv_fd(sock: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
         Some(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
 }
+
+/// GETs `url` with curl until it answers with a body, for at most
+/// `limit`: the body (a server that never answers fails the test).
+pub fn curl_until_served(url: &str, limit: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let c = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", url])
+            .output()
+            .unwrap();
+        if c.status.success() && !c.stdout.is_empty() {
+            return String::from_utf8_lossy(&c.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never answered within {limit:?}: {c:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -178,26 +178,10 @@ fn published_ports_serve_and_are_cleaned_up() {
         "-h", "/www",
     ]);
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let got = loop {
-        let c = Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "5",
-                &format!("http://127.0.0.1:{port}/index.html"),
-            ])
-            .output()
-            .unwrap();
-        if c.status.success() && !c.stdout.is_empty() {
-            break String::from_utf8_lossy(&c.stdout).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "httpd never answered on {port}: {c:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let got = amphi_tests::curl_until_served(
+        &format!("http://127.0.0.1:{port}/index.html"),
+        Duration::from_secs(20),
+    );
     assert_eq!(got, body, "the bytes served through the published port");
     let ps = String::from_utf8_lossy(&e.run(&["ps"]).stdout).into_owned();
     assert!(

@@ -1514,26 +1514,8 @@ fn the_microvm_network_goes_out_and_publishes() {
         &["httpd", "-f", "-p", "80", "-h", "/www"],
     );
     let running = e.start(&[], &args, Input::Null);
-    let deadline = Instant::now() + RUN_LIMIT;
-    let body = loop {
-        let c = Command::new("curl")
-            .args([
-                "-s",
-                "-m",
-                "5",
-                &format!("http://127.0.0.1:{hport}/index.html"),
-            ])
-            .output()
-            .unwrap();
-        if c.status.success() && !c.stdout.is_empty() {
-            break String::from_utf8_lossy(&c.stdout).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest's httpd never answered"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let body =
+        amphi_tests::curl_until_served(&format!("http://127.0.0.1:{hport}/index.html"), RUN_LIMIT);
     assert_eq!(body, "served-from-the-microvm\n");
     // SAFETY: SIGTERM to the amphi client we started.
     unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };

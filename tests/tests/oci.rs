@@ -1814,10 +1814,21 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     );
     assert!(!b.root().join(&id).exists(), "state left for {id}");
     assert_no_vm_left(b.root());
-    // runc's one-shot run has no microVM path: refused, never native.
+    // runc's one-shot run: in the foreground, the workload's status and
+    // output, then nothing left.
+    b.edit(|c| {
+        c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "network"}, {"type": "mount"}]);
+        c["process"]["args"] = json!(["sh", "-c", "echo run-$(uname -r); exit 6"]);
+    });
     let dir = b.dir();
-    let err = b.fail(&["run", "--bundle", dir.to_str().unwrap(), &id]);
-    assert!(err.contains("must run in a microVM"), "{err}");
+    let out = b.run(&["run", "--bundle", dir.to_str().unwrap(), &id]);
+    assert_eq!(out.status.code(), Some(6), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("run-{kernel}\n")
+    );
+    assert!(!b.root().join(&id).exists(), "state left for {id}");
+    assert_no_vm_left(b.root());
 }
 
 /// kill -9 of a microVM container's monitor (its pid on the host) takes

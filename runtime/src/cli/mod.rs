@@ -512,17 +512,22 @@ fn oci_run(
         )
         .into());
     }
+    let create = crate::oci::CreateOptions {
+        id: a.target.image.clone(),
+        bundle: a.bundle.clone().unwrap_or_default(),
+        console_socket: a.console_socket.clone(),
+        pid_file: a.pid_file.clone(),
+        preserve_fds: a.preserve_fds.unwrap_or(0),
+        store_root: store_root.to_path_buf(),
+    };
+    // The dispatcher's decision: a microVM, or the native run.
+    if let Some(r) = oci_vm::run(root, &create, a.detach, a.keep) {
+        return r;
+    }
     crate::oci::run(
         root,
         crate::oci::RunOptions {
-            create: crate::oci::CreateOptions {
-                id: a.target.image.clone(),
-                bundle: a.bundle.clone().unwrap_or_default(),
-                console_socket: a.console_socket.clone(),
-                pid_file: a.pid_file.clone(),
-                preserve_fds: a.preserve_fds.unwrap_or(0),
-                store_root: store_root.to_path_buf(),
-            },
+            create,
             detach: a.detach,
             keep: a.keep,
         },

@@ -32,42 +32,58 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc;
 
+/// A bundle the dispatcher put in a microVM.
+struct VmBundle {
+    bundle: std::path::PathBuf,
+    raw: serde_json::Value,
+    why: String,
+    plan: crate::dispatch::VmPlan,
+}
+
+/// The dispatcher's decision for `o`'s bundle: Some for a microVM.
+fn decide(o: &CreateOptions) -> Result<Option<VmBundle>> {
+    // A bad id, bundle or config.json is the native create's to report
+    // (with the JSON path of what is wrong); it decides again once it has
+    // read the spec, and refuses a microVM bundle. The annotations decide
+    // before the spec is checked for a native run (a host namespace path,
+    // say, is refused for a microVM by name).
+    let (Ok(()), Ok(bundle)) = (state::check_id(&o.id), std::fs::canonicalize(&o.bundle)) else {
+        return Ok(None);
+    };
+    let Some(raw) = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(annotations) = raw
+        .get("annotations")
+        .cloned()
+        .map_or(Some(Default::default()), |a| serde_json::from_value(a).ok())
+    else {
+        return Ok(None);
+    };
+    Ok(match crate::oci::target(&annotations, &o.store_root)? {
+        crate::dispatch::bundle::BundleTarget::Container => None,
+        crate::dispatch::bundle::BundleTarget::Vm { why, plan } => Some(VmBundle {
+            bundle,
+            raw,
+            why,
+            plan: *plan,
+        }),
+    })
+}
+
 /// `create` of a bundle the dispatcher puts in a microVM; None when it
 /// runs natively (the native `create` then takes it).
 pub fn create(root: &Path, o: &CreateOptions) -> Option<Result<()>> {
-    let r = (|| {
-        // A bad id, bundle or config.json is the native create's to
-        // report (with the JSON path of what is wrong); it decides again
-        // once it has read the spec, and refuses a microVM bundle. The
-        // annotations decide before the spec is checked for a native run
-        // (a host namespace path, say, is refused for a microVM by name).
-        let (Ok(()), Ok(bundle)) = (state::check_id(&o.id), std::fs::canonicalize(&o.bundle))
-        else {
-            return Ok(None);
-        };
-        let Some(raw) = std::fs::read(bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        else {
-            return Ok(None);
-        };
-        let Some(annotations) = raw
-            .get("annotations")
-            .cloned()
-            .map_or(Some(Default::default()), |a| serde_json::from_value(a).ok())
-        else {
-            return Ok(None);
-        };
-        match crate::oci::target(&annotations, &o.store_root)? {
-            crate::dispatch::bundle::BundleTarget::Container => Ok(None),
-            crate::dispatch::bundle::BundleTarget::Vm { why, plan } => {
-                create_vm(root, o, &bundle, &raw, why, *plan).map(Some)
-            }
-        }
-    })();
+    let r = decide(o).and_then(|vm| match vm {
+        None => Ok(None),
+        Some(vm) => create_vm(root, o, vm, false).map(Some),
+    });
     match r {
         Ok(None) => None,
-        Ok(Some(())) => Some(Ok(())),
+        Ok(Some(_)) => Some(Ok(())),
         Err(e) => {
             crate::oci::hang_up(o.console_socket.as_deref());
             Some(Err(e))
@@ -75,14 +91,101 @@ pub fn create(root: &Path, o: &CreateOptions) -> Option<Result<()>> {
     }
 }
 
-fn create_vm(
-    root: &Path,
-    o: &CreateOptions,
-    bundle: &Path,
-    raw: &serde_json::Value,
-    why: String,
-    plan: crate::dispatch::VmPlan,
-) -> Result<()> {
+/// runc's one-shot `run` of a bundle the dispatcher puts in a microVM
+/// (None when it runs natively): create and start; detached, return once
+/// the workload runs; in the foreground, the monitor is our child: wait
+/// for it (forwarding our signals, window size changes included), take
+/// its status as the workload's, and delete the container unless `keep`.
+/// In the foreground a terminal is ours (the monitor relays it), as
+/// natively.
+pub fn run(root: &Path, o: &CreateOptions, detach: bool, keep: bool) -> Option<Result<i32>> {
+    let r = decide(o).and_then(|vm| {
+        let Some(vm) = vm else { return Ok(None) };
+        let terminal = vm
+            .raw
+            .pointer("/process/terminal")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        crate::oci::check_terminal(detach, terminal, o.console_socket.is_some())?;
+        if detach && keep {
+            return Err("--keep applies to a container run in the foreground, not with -d".into());
+        }
+        // Blocked before the fork: the monitor unblocks what it needs,
+        // and we forward them to it.
+        let sigs = crate::sys::signal::block_forwarded();
+        let started = create_vm(root, o, vm, !detach).and_then(|pid| {
+            start_hooks(root, &o.id)
+                .and_then(|()| crate::oci::start(root, &o.id))
+                .map(|()| pid)
+                .inspect_err(|_| {
+                    let _ = crate::oci::delete(root, &o.id, true);
+                    sweep(root, &o.id);
+                })
+        });
+        let pid = match started {
+            Ok(pid) if !detach => pid,
+            r => {
+                crate::sys::signal::unblock(&sigs);
+                return r.map(|_| Some(0));
+            }
+        };
+        let code = wait_forwarding(pid, &sigs);
+        crate::sys::signal::unblock(&sigs);
+        if keep {
+            if let Ok(mut st) = State::load(root, &o.id) {
+                st.exit_code = Some(code);
+                let _ = st.save(root);
+            }
+        } else {
+            crate::oci::delete(root, &o.id, true)?;
+            sweep(root, &o.id);
+        }
+        Ok(Some(code))
+    });
+    match r {
+        Ok(None) => None,
+        Ok(Some(code)) => Some(Ok(code)),
+        Err(e) => {
+            crate::oci::hang_up(o.console_socket.as_deref());
+            Some(Err(e))
+        }
+    }
+}
+
+/// Waits for our child `pid` (the monitor), forwarding the signals we
+/// get to it; its exit status (128+N when killed by signal N).
+fn wait_forwarding(pid: i32, sigs: &crate::sys::signal::Signals) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return crate::sys::exit::decode(status);
+        }
+        if r < 0 {
+            return crate::run::EXIT_AMPHI;
+        }
+        crate::sys::poll::wait_readable(sigs.raw_fd(), std::time::Duration::from_millis(100));
+        for s in sigs.drain() {
+            if s != libc::SIGCHLD {
+                // SAFETY: signalling our child, the monitor.
+                unsafe { libc::kill(pid, s) };
+            }
+        }
+    }
+}
+
+/// Creates the microVM container of `vm`; the monitor's pid. With
+/// `own_tty` (runc's foreground `run`) the monitor relays our own
+/// terminal for a `process.terminal` spec, with no console socket.
+fn create_vm(root: &Path, o: &CreateOptions, vm: VmBundle, own_tty: bool) -> Result<i32> {
+    let VmBundle {
+        bundle,
+        raw,
+        why,
+        plan,
+    } = vm;
+    let (bundle, raw) = (bundle.as_path(), &raw);
     let refused = |e: String| format!("this container must run in a microVM ({why}), but {e}");
     let root_path = raw
         .pointer("/root/path")
@@ -102,7 +205,7 @@ fn create_vm(
         ))
         .into());
     }
-    if guest.terminal && o.console_socket.is_none() {
+    if guest.terminal && o.console_socket.is_none() && !own_tty {
         return Err("process.terminal is true, but no --console-socket was given".into());
     }
     tracing::info!(id = %o.id, %why, kernel = plan.kernel.release(), "OCI container in a microVM");
@@ -131,7 +234,7 @@ fn create_in(
         crate::dispatch::VmPlan,
         String,
     ),
-) -> Result<()> {
+) -> Result<i32> {
     let fifo = crate::oci::exec_fifo(dir)?;
     let pty = match (&o.console_socket, guest.terminal) {
         (Some(sock), true) => Some(console_pty(sock)?),
@@ -204,7 +307,7 @@ fn create_in(
         crate::oci::run_poststop(spec, &st.to_string());
         return Err(e);
     }
-    Ok(())
+    Ok(pid)
 }
 
 /// The createRuntime, createContainer and prestart hooks, on the host,

@@ -32,7 +32,7 @@ pub use features::{default_spec, features};
 pub use kill::kill;
 pub use list::list;
 pub use pause::{pause, resume};
-pub use run::{run, RunOptions};
+pub use run::{check_terminal, run, RunOptions};
 pub use start::start;
 pub use state::{ps, state};
 pub use update::{update, UpdateOptions};

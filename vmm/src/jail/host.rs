@@ -291,10 +291,11 @@ fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
 }
 
 /// Forks the VMM into a new pid namespace and supervises it (see the
-/// module documentation). Returns in both processes. `cleanup` runs in the
-/// supervisor after the VMM is gone. Call it while the process has one
-/// thread.
-pub fn fork_supervised(cleanup: impl FnOnce()) -> Result<Side, String> {
+/// module documentation). Returns in both processes. `idle` runs in the
+/// supervisor once the VMM is forked, before it waits (e.g. to let go of
+/// memory it does not need while it waits); `cleanup` runs there after
+/// the VMM is gone. Call it while the process has one thread.
+pub fn fork_supervised(idle: impl FnOnce(), cleanup: impl FnOnce()) -> Result<Side, String> {
     // SIGTERM/SIGINT stay blocked in the VMM (its stop watcher takes them);
     // SIGCHLD is the supervisor's.
     let set = sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
@@ -336,6 +337,7 @@ pub fn fork_supervised(cleanup: impl FnOnce()) -> Result<Side, String> {
         return Ok(Side::Vmm(side));
     }
     drop(alive_r);
+    idle();
     let code = supervise(pid, &set);
     cleanup();
     drop(alive_w);

@@ -60,6 +60,7 @@ use amphi_vmm::{
 
 mod args;
 mod log;
+mod trim;
 use args::{Parsed, VmmArgs};
 
 /// Exit status when the VM could not be started (as amphi's own).
@@ -391,7 +392,7 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
     let made = vmjail::make_jail_dir(&dir)?;
     let cleanup_id = id.clone();
     let cleanup_dir = dir.clone();
-    let side = vmjail::fork_supervised(move || {
+    let side = vmjail::fork_supervised(trim::drop_resident, move || {
         if let Err(e) = vmjail::remove_cgroup(&cleanup_id) {
             eprintln!("amphi vmm: warning: {e}");
         }

@@ -391,7 +391,7 @@ fn a_seccomp_violation_kills_the_vmm_and_names_the_call() {
         return;
     }
     let guest = guest_file(HANG);
-    // The stop watcher makes socket(2) once under its filter.
+    // The main thread makes socket(2) once under its control filter.
     let mut vmm = Vmm::start(guest.path(), &["--seccomp-selftest"]);
     assert_eq!(vmm.wait(), Some(159), "{}", vmm.stderr());
     let err = vmm.stderr();

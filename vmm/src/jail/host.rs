@@ -296,7 +296,7 @@ fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
 /// memory it does not need while it waits); `cleanup` runs there after
 /// the VMM is gone. Call it while the process has one thread.
 pub fn fork_supervised(idle: impl FnOnce(), cleanup: impl FnOnce()) -> Result<Side, String> {
-    // SIGTERM/SIGINT stay blocked in the VMM (its stop watcher takes them);
+    // SIGTERM/SIGINT stay blocked in the VMM (its main thread polls them);
     // SIGCHLD is the supervisor's.
     let set = sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
     // SAFETY: a valid set; the old mask is not needed.

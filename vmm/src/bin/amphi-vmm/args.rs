@@ -203,7 +203,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
                 a.serial_stdout = match value()?.as_str() {
                     "stdout" => true,
                     "none" => false,
-                    v => return Err(format!("{opt} {v:?}: expected stdout or none")),
+                    v => return Err(format!("{opt} {v:?}: possible values: stdout, none")),
                 }
             }
             "--timeout" => {
@@ -305,7 +305,9 @@ mod tests {
         assert!(err(&["--kernel", "/k", "--bogus"]).contains("unknown argument \"--bogus\""));
         assert!(err(&["--kernel", "/k", "--mem", "lots"]).contains("--mem \"lots\""));
         assert!(err(&["--kernel", "/k", "--vcpus", "300"]).contains("--vcpus"));
-        assert!(err(&["--kernel", "/k", "--serial", "tty"]).contains("stdout or none"));
+        assert!(
+            err(&["--kernel", "/k", "--serial", "tty"]).contains("possible values: stdout, none")
+        );
         assert!(err(&["--kernel", "/k", "--force=yes"]).contains("takes no value"));
         assert!(err(&["--kernel", "/k", "--jail-uid", "0"]).contains("from 1"));
         assert!(err(&["--kernel", "/k", "--net-mac", "02:00:00:00:00:01"]).contains("needs --net"));

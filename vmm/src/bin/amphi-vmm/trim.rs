@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn the_text_is_found_and_survives_being_dropped() {
         let segments = read_only_segments();
-        let here = the_text_is_found_and_survives_being_dropped as usize;
+        let here = the_text_is_found_and_survives_being_dropped as *const () as usize;
         assert!(
             segments.iter().any(|&(s, l)| (s..s + l).contains(&here)),
             "{here:#x} not in {segments:x?}"

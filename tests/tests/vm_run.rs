@@ -1626,7 +1626,7 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     // The VMM is the container's process on the host.
     let record = record_of(&e, &id);
     let vmm = record["vm"]["vmm"]["pid"].as_i64().expect("the VMM's pid");
-    // The backend process amphi spawned: QEMU or `amphi vmm`, or the
+    // The backend process amphi spawned: QEMU or amphi-vmm, or the
     // jail's supervisor holding it (its pid namespace's first process).
     let cmdline = |pid: &str| {
         String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
@@ -1644,7 +1644,7 @@ fn a_detached_microvm_is_listed_logged_execd_signalled_stopped_and_removed() {
     let tree: Vec<String> = pids.iter().map(|p| cmdline(p)).collect();
     assert!(
         tree.iter()
-            .any(|c| c.contains("qemu-system") || c.contains(" vmm ")),
+            .any(|c| c.contains("qemu-system") || c.starts_with("amphi-vmm ")),
         "{tree:?}"
     );
     // exec: a process beside the workload, in its namespaces (its

@@ -81,7 +81,7 @@ pub use exit::{ExitReason, RegisterDump, EXIT_DEVICE_FAILED};
 pub use loader::{BootInfo, BootProtocol};
 pub use pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 pub use stop::StopHandle;
-pub use vm::Vm;
+pub use vm::{HostWatch, Vm};
 
 /// The default kernel command line: console on COM1, reboot through the
 /// i8042 (which the VMM turns into [`ExitReason::Reset`]), reboot at once on

@@ -68,7 +68,13 @@ pub struct Vm {
     /// The devices' vhost-user sockets (known without locking a device,
     /// which a vCPU may hold while it waits on one).
     vhost_sockets: Vec<std::os::fd::RawFd>,
+    /// Called by the thread in `run()` every [`UNSTICK_POLL`] (see
+    /// [`Vm::set_host_watch`]).
+    host_watch: Option<HostWatch>,
 }
+
+/// See [`Vm::set_host_watch`].
+pub type HostWatch = Box<dyn FnMut() -> bool + Send>;
 
 impl Vm {
     /// Creates the VM: memory, irqchip, PIT, MP table, COM1, i8042, and
@@ -170,6 +176,7 @@ impl Vm {
             seccomp: None,
             main_filtered: false,
             vhost_sockets: devices.vhost_user_sockets(),
+            host_watch: None,
             devices,
         })
     }
@@ -284,6 +291,16 @@ impl Vm {
     /// [`crate::jail::FilterParams::for_vm`]).
     pub fn vhost_user_sockets(&self) -> Vec<std::os::fd::RawFd> {
         self.vhost_sockets.clone()
+    }
+
+    /// Has the thread that calls [`Vm::run`] call `watch` every 50 ms
+    /// while the VM runs (under the control filter when the VM is jailed
+    /// with `main_thread`); when it returns true, the VM stops as with
+    /// [`StopHandle::stop`]. Lets a VMM take its stop signals and its
+    /// timeout on the thread that waits for the vCPUs anyway, without a
+    /// thread (and a stack) of their own.
+    pub fn set_host_watch(&mut self, watch: HostWatch) {
+        self.host_watch = Some(watch);
     }
 
     /// A handle that stops `run()` from another thread.
@@ -466,6 +483,7 @@ impl Vm {
             let jail = jail.cloned();
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
+                .stack_size(THREAD_STACK)
                 .spawn(move || {
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if let Some((filters, gate)) = &jail {
@@ -495,7 +513,7 @@ impl Vm {
     /// The first outcome of the run, while [`Unstick`] keeps an ending run
     /// from waiting forever on a vCPU stuck in a vhost-user request.
     fn first_outcome(
-        &self,
+        &mut self,
         rx: &mpsc::Receiver<Result<VcpuOutcome>>,
         unstick: &mut Unstick,
     ) -> Result<VcpuOutcome> {
@@ -505,7 +523,12 @@ impl Vm {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(VmmError::Thread("all vCPU threads vanished".into()))
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => unstick.tick(self),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.host_watch.as_mut().is_some_and(|watch| watch()) {
+                        self.stop_handle().stop();
+                    }
+                    unstick.tick(self);
+                }
             }
         }
     }
@@ -526,6 +549,7 @@ impl Vm {
         };
         thread::Builder::new()
             .name("virtio-events".into())
+            .stack_size(THREAD_STACK)
             .spawn(move || {
                 if let Some((filters, gate)) = &jail {
                     if let Err(e) = enter_filter(filters, gate, ThreadKind::EventLoop, 0) {
@@ -540,6 +564,14 @@ impl Vm {
             .map_err(|e| VmmError::Thread(format!("spawning the device event loop: {e}")))
     }
 }
+
+/// The stack of the VM's threads (vCPUs, the device event loop): 1 MiB,
+/// where Rust's default is 2 MiB. A 2 MiB stack that happens to be 2 MiB
+/// aligned (mmap places it right below guest RAM, which is) is a whole
+/// transparent huge page on a host with THP `always`: 2 MiB of anonymous
+/// memory for a few KiB of stack, measured in the nested lab's level 1. A
+/// mapping under 2 MiB never holds one.
+const THREAD_STACK: usize = 1 << 20;
 
 /// How often a run waiting for its first outcome looks at whether it is
 /// ending with a vCPU that does not come back.

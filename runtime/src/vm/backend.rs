@@ -1,5 +1,5 @@
-//! The two ways to run the microVM: amphi's own VMM (`amphi vmm`, its own
-//! process) and `qemu-system-x86_64 -M microvm` (with KVM when usable,
+//! The two ways to run the microVM: amphi's own VMM (the `amphi-vmm`
+//! executable, [`vmm_binary`]) and `qemu-system-x86_64 -M microvm` (with KVM when usable,
 //! else software emulation). Both get the same kernel, initrd, disk,
 //! command line and guest channel (a virtio-console connected to a unix
 //! socket amphi listens on). Which one runs is the dispatcher's rule
@@ -82,7 +82,7 @@ pub fn cmdline(backend: &Backend, root: &str, extra: &str) -> String {
 /// The backend's command, ready to spawn.
 pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     let mut cmd = match backend {
-        Backend::Builtin => builtin_command(s),
+        Backend::Builtin => builtin_command(s)?,
         Backend::Qemu { kvm } => qemu_command(*kvm, s),
     };
     // The caller connects stdout (the serial console) and stderr to pipes.
@@ -108,11 +108,41 @@ pub fn command(backend: &Backend, s: &VmSpec) -> Result<Command, String> {
     Ok(cmd)
 }
 
-/// `amphi vmm` for `s`, jailed in the run directory.
-fn builtin_command(s: &VmSpec) -> Command {
-    let exe = crate::container::sealed::host_binary();
-    let mut c = Command::new(exe);
-    c.arg("vmm")
+/// The environment variable naming the VMM executable.
+pub const VMM_BIN_ENV: &str = "AMPHI_VMM_BIN";
+
+/// amphi's VMM executable: `$AMPHI_VMM_BIN`, else `amphi-vmm` next to
+/// amphi's own binary. Checked to be an executable file.
+pub fn vmm_binary() -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let (path, from) = match std::env::var_os(VMM_BIN_ENV).filter(|v| !v.is_empty()) {
+        Some(p) => (PathBuf::from(p), format!("${VMM_BIN_ENV}")),
+        None => {
+            let amphi = crate::container::sealed::host_binary();
+            let dir = amphi.parent().map(Path::to_path_buf).unwrap_or_default();
+            (
+                dir.join("amphi-vmm"),
+                format!("next to {}", amphi.display()),
+            )
+        }
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path),
+        Ok(_) => Err(format!(
+            "amphi's VMM {} ({from}) is not an executable file",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "amphi's VMM {} ({from}): {e}; install amphi-vmm beside amphi (cargo builds both) or name it with ${VMM_BIN_ENV}",
+            path.display()
+        )),
+    }
+}
+
+/// `amphi-vmm` for `s`, jailed in the run directory.
+fn builtin_command(s: &VmSpec) -> Result<Command, String> {
+    let mut c = Command::new(vmm_binary()?);
+    c.arg0("amphi-vmm")
         .arg("--kernel")
         .arg(s.kernel)
         .arg("--initrd")
@@ -145,7 +175,7 @@ fn builtin_command(s: &VmSpec) -> Command {
     if let Some(fd) = s.net {
         c.arg("--net").arg(format!("fd={fd}"));
     }
-    c
+    Ok(c)
 }
 
 /// QEMU's microvm for `s` (with KVM when `kvm`).

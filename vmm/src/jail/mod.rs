@@ -13,9 +13,12 @@
 //!    [`crate::Vm::run`] starts it ([`crate::Vm::set_seccomp`]), before
 //!    the guest runs a single instruction.
 //!
-//! The crate knows no cgroups, users or directories of amphi's: the caller
-//! (`amphi vmm`) chooses them.
+//! [`host`] is the host's side: the jail's user, directory and cgroup,
+//! and the supervisor that forks the VMM into its own pid namespace
+//! (the `amphi-vmm` executable uses it; amphi names and sweeps jails with
+//! it).
 
+pub mod host;
 pub mod lockdown;
 pub mod seccomp;
 

@@ -19,8 +19,8 @@
 //!   `MSG_DONTWAIT | MSG_NOSIGNAL` and no address (virtio-net's frames to
 //!   passt: a `send` that never blocks and never raises `SIGPIPE`); no
 //!   ioctl at all.
-//! - the **control** threads (the main thread once the vCPUs run, and the
-//!   stop watcher): what the event loop may do (the main thread drains the
+//! - the **control** thread (the main thread once the vCPUs run, which
+//!   also takes `amphi-vmm`'s stop signals): what the event loop may do (the main thread drains the
 //!   devices after the run), plus waiting for signals, `tgkill` of this
 //!   process's own threads with the vCPU kick signal only, `close`, and
 //!   `shutdown(SHUT_RDWR)` of the vhost-user sockets (a run that ends
@@ -77,7 +77,7 @@ pub enum ThreadKind {
     Vcpu,
     /// The virtio devices' event loop.
     EventLoop,
-    /// The main thread once the VM runs, and the stop watcher.
+    /// The main thread once the VM runs (it also takes the stop signals).
     Control,
 }
 

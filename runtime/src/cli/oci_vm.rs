@@ -215,7 +215,13 @@ fn create_vm(root: &Path, o: &CreateOptions, vm: VmBundle, own_tty: bool) -> Res
         plan.backend.describe()
     );
     let dir = crate::oci::new_state_dir(root, &o.id)?;
-    let r = create_in(root, &dir, o, bundle, spec, (guest, plan, described));
+    let r = create_in(
+        root,
+        &dir,
+        o,
+        (bundle, &rootfs, spec),
+        (guest, plan, described),
+    );
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
         sweep(root, &o.id);
@@ -227,8 +233,7 @@ fn create_in(
     root: &Path,
     dir: &Path,
     o: &CreateOptions,
-    bundle: &Path,
-    spec: &oci_spec::runtime::Spec,
+    (bundle, rootfs, spec): (&Path, &Path, &oci_spec::runtime::Spec),
     (guest, plan, described): (
         crate::vm::bundle::GuestBundle,
         crate::dispatch::VmPlan,
@@ -287,7 +292,7 @@ fn create_in(
             &o.id,
             pid,
             bundle.to_path_buf(),
-            crate::oci::bundle_rootfs(spec, bundle)?,
+            rootfs.to_path_buf(),
             no_cgroup(&o.id),
         )
     };

@@ -366,11 +366,7 @@ fn lifecycle_command(
                 store_root: store_root.to_path_buf(),
             };
             // The dispatcher's decision: a microVM, or the native create.
-            Some(
-                oci_vm::create(root, &o)
-                    .unwrap_or_else(|| crate::oci::create(root, o))
-                    .map(|()| 0),
-            )
+            Some(oci_vm::create(root, o).map(|()| 0))
         }
         Command::Start(a) => Some(
             oci_vm::start_hooks(root, &a.id)
@@ -521,10 +517,7 @@ fn oci_run(
         store_root: store_root.to_path_buf(),
     };
     // The dispatcher's decision: a microVM, or the native run.
-    if let Some(r) = oci_vm::run(root, &create, a.detach, a.keep) {
-        return r;
-    }
-    crate::oci::run(
+    oci_vm::run(
         root,
         crate::oci::RunOptions {
             create,

@@ -40,67 +40,85 @@ struct VmBundle {
     plan: crate::dispatch::VmPlan,
 }
 
-/// The dispatcher's decision for `o`'s bundle: Some for a microVM.
-fn decide(o: &CreateOptions) -> Result<Option<VmBundle>> {
-    // A bad id, bundle or config.json is the native create's to report
-    // (with the JSON path of what is wrong); it decides again once it has
-    // read the spec, and refuses a microVM bundle. The annotations decide
-    // before the spec is checked for a native run (a host namespace path,
-    // say, is refused for a microVM by name).
+/// Where the dispatcher put a bundle.
+enum Decided {
+    /// It could not be read: the native command reads it again and says
+    /// what is wrong (and asks the dispatcher itself if it can).
+    Unread,
+    Native,
+    Vm(Box<VmBundle>),
+}
+
+/// The dispatcher's decision for `o`'s bundle.
+fn decide(o: &CreateOptions) -> Result<Decided> {
+    // A bad id, bundle or config.json is the native command's to report
+    // (with the JSON path of what is wrong; `Unread`). The annotations
+    // decide before the spec is checked for a native run (a host
+    // namespace path, say, is refused for a microVM by name).
     let (Ok(()), Ok(bundle)) = (state::check_id(&o.id), std::fs::canonicalize(&o.bundle)) else {
-        return Ok(None);
+        return Ok(Decided::Unread);
     };
     let Some(raw) = std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
     else {
-        return Ok(None);
+        return Ok(Decided::Unread);
     };
     let Some(annotations) = raw
         .get("annotations")
         .cloned()
         .map_or(Some(Default::default()), |a| serde_json::from_value(a).ok())
     else {
-        return Ok(None);
+        return Ok(Decided::Unread);
     };
     Ok(match crate::oci::target(&annotations, &o.store_root)? {
-        crate::dispatch::bundle::BundleTarget::Container => None,
-        crate::dispatch::bundle::BundleTarget::Vm { why, plan } => Some(VmBundle {
-            bundle,
-            raw,
-            why,
-            plan: *plan,
-        }),
+        crate::dispatch::bundle::BundleTarget::Container => Decided::Native,
+        crate::dispatch::bundle::BundleTarget::Vm { why, plan } => {
+            Decided::Vm(Box::new(VmBundle {
+                bundle,
+                raw,
+                why,
+                plan: *plan,
+            }))
+        }
     })
 }
 
-/// `create` of a bundle the dispatcher puts in a microVM; None when it
-/// runs natively (the native `create` then takes it).
-pub fn create(root: &Path, o: &CreateOptions) -> Option<Result<()>> {
-    let r = decide(o).and_then(|vm| match vm {
-        None => Ok(None),
-        Some(vm) => create_vm(root, o, vm, false).map(Some),
-    });
-    match r {
-        Ok(None) => None,
-        Ok(Some(_)) => Some(Ok(())),
-        Err(e) => {
-            crate::oci::hang_up(o.console_socket.as_deref());
-            Some(Err(e))
-        }
+/// `create`, as the dispatcher decides: a microVM here, else the native
+/// `create` (told the decision, so it does not ask again).
+pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
+    let r = match decide(&o) {
+        Ok(Decided::Unread) => return crate::oci::create(root, o),
+        Ok(Decided::Native) => return crate::oci::create_as(root, o, crate::oci::Dispatch::Native),
+        Ok(Decided::Vm(vm)) => create_vm(root, &o, *vm, false).map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if r.is_err() {
+        crate::oci::hang_up(o.console_socket.as_deref());
     }
+    r
 }
 
-/// runc's one-shot `run` of a bundle the dispatcher puts in a microVM
-/// (None when it runs natively): create and start; detached, return once
-/// the workload runs; in the foreground, the monitor is our child: wait
+/// runc's one-shot `run`, as the dispatcher decides: the native `run`
+/// (told the decision), or for a microVM create and start; detached,
+/// return once the workload runs; in the foreground, the monitor is our child: wait
 /// for it (forwarding our signals, window size changes included), take
 /// its status as the workload's, and delete the container unless `keep`.
 /// In the foreground a terminal is ours (the monitor relays it), as
 /// natively.
-pub fn run(root: &Path, o: &CreateOptions, detach: bool, keep: bool) -> Option<Result<i32>> {
-    let r = decide(o).and_then(|vm| {
-        let Some(vm) = vm else { return Ok(None) };
+pub fn run(root: &Path, o: crate::oci::RunOptions) -> Result<i32> {
+    let vm = match decide(&o.create) {
+        Ok(Decided::Unread) => return crate::oci::run_as(root, o, crate::oci::Dispatch::Ask),
+        Ok(Decided::Native) => return crate::oci::run_as(root, o, crate::oci::Dispatch::Native),
+        Ok(Decided::Vm(vm)) => Ok(*vm),
+        Err(e) => Err(e),
+    };
+    let crate::oci::RunOptions {
+        create: ref o,
+        detach,
+        keep,
+    } = o;
+    let r = vm.and_then(|vm| {
         let terminal = vm
             .raw
             .pointer("/process/terminal")
@@ -126,7 +144,7 @@ pub fn run(root: &Path, o: &CreateOptions, detach: bool, keep: bool) -> Option<R
             Ok(pid) if !detach => pid,
             r => {
                 crate::sys::signal::unblock(&sigs);
-                return r.map(|_| Some(0));
+                return r.map(|_| 0);
             }
         };
         let code = wait_forwarding(pid, &sigs);
@@ -140,16 +158,12 @@ pub fn run(root: &Path, o: &CreateOptions, detach: bool, keep: bool) -> Option<R
             crate::oci::delete(root, &o.id, true)?;
             sweep(root, &o.id);
         }
-        Ok(Some(code))
+        Ok(code)
     });
-    match r {
-        Ok(None) => None,
-        Ok(Some(code)) => Some(Ok(code)),
-        Err(e) => {
-            crate::oci::hang_up(o.console_socket.as_deref());
-            Some(Err(e))
-        }
+    if r.is_err() {
+        crate::oci::hang_up(o.console_socket.as_deref());
     }
+    r
 }
 
 /// Waits for our child `pid` (the monitor), forwarding the signals we

@@ -58,9 +58,26 @@ pub fn bundle_rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     }
 }
 
-/// `create`: set the container up; its process waits for `start`.
+/// Whether `create` or `run` still has to ask the dispatcher about the
+/// bundle, or its caller already did and it runs natively (the decision
+/// reads the policy, the host and the kernel catalog: once per command).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    Ask,
+    Native,
+}
+
+/// `create`: set the container up; its process waits for `start`. A
+/// bundle the dispatcher puts in a microVM is refused here (the microVM
+/// path is `cli::oci_vm`'s).
 pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
-    let r = create_checked(root, &o);
+    create_as(root, o, Dispatch::Ask)
+}
+
+/// [`create`], with the dispatcher asked already (`Dispatch::Native`) or
+/// not.
+pub fn create_as(root: &Path, o: CreateOptions, d: Dispatch) -> Result<()> {
+    let r = create_checked(root, &o, d);
     if r.is_err() {
         // Launch connects the console socket first and closes it on its
         // own errors; a second connection after that is never accepted.
@@ -70,12 +87,14 @@ pub fn create(root: &Path, o: CreateOptions) -> Result<()> {
     r
 }
 
-fn create_checked(root: &Path, o: &CreateOptions) -> Result<()> {
+fn create_checked(root: &Path, o: &CreateOptions, d: Dispatch) -> Result<()> {
     state::check_id(&o.id)?;
     let bundle = std::fs::canonicalize(&o.bundle)
         .map_err(|e| OciError::io(format_args!("bundle {}", o.bundle.display()), e))?;
     let spec = config::load_bundle(&bundle)?;
-    refuse_microvm(&spec, &o.store_root)?;
+    if d == Dispatch::Ask {
+        refuse_microvm(&spec, &o.store_root)?;
+    }
     let rootfs = bundle_rootfs(&spec, &bundle)?;
     let dir = new_state_dir(root, &o.id)?;
     let r = create_in(root, &dir, &bundle, &rootfs, &spec, o);

@@ -21,8 +21,8 @@ mod update;
 
 pub use checkpoint::{checkpoint, restore};
 pub use create::{
-    bundle_rootfs, create, creating_state, exec_fifo, new_state_dir, run_poststop, target,
-    CreateOptions,
+    bundle_rootfs, create, create_as, creating_state, exec_fifo, new_state_dir, run_poststop,
+    target, CreateOptions, Dispatch,
 };
 pub use delete::delete;
 pub use error::OciError;
@@ -32,7 +32,7 @@ pub use features::{default_spec, features};
 pub use kill::kill;
 pub use list::list;
 pub use pause::{pause, resume};
-pub use run::{check_terminal, run, RunOptions};
+pub use run::{check_terminal, run, run_as, RunOptions};
 pub use start::start;
 pub use state::{ps, state};
 pub use update::{update, UpdateOptions};

@@ -4,7 +4,7 @@
 
 use super::OciError;
 use super::{
-    create::{bundle_rootfs, creating_state, run_poststop},
+    create::{bundle_rootfs, creating_state, run_poststop, Dispatch},
     hang_up, write_pid_file, CreateOptions, Result,
 };
 use crate::container::config;
@@ -44,11 +44,18 @@ pub fn check_terminal(detach: bool, terminal: bool, console_socket: bool) -> Res
 
 /// `run`: returns the process's exit status (0 when detached).
 pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
+    run_as(root, o, Dispatch::Ask)
+}
+
+/// [`run`], with the dispatcher asked already (`Dispatch::Native`) or not.
+pub fn run_as(root: &Path, o: RunOptions, d: Dispatch) -> Result<i32> {
     let checked = (|| {
         let spec = config::load_bundle(&o.create.bundle)?;
         // The dispatcher's word holds here too: a container that must run
         // in a microVM never runs natively.
-        super::create::refuse_microvm(&spec, &o.create.store_root)?;
+        if d == Dispatch::Ask {
+            super::create::refuse_microvm(&spec, &o.create.store_root)?;
+        }
         let terminal = spec
             .process()
             .as_ref()
@@ -65,7 +72,8 @@ pub fn run(root: &Path, o: RunOptions) -> Result<i32> {
         if o.keep {
             return Err("--keep applies to a container run in the foreground, not with -d".into());
         }
-        super::create(root, o.create.clone())?;
+        // Decided above.
+        super::create::create_as(root, o.create.clone(), Dispatch::Native)?;
         if let Err(e) = super::start(root, &o.create.id) {
             // As runc: a container that could not start is not left behind.
             let _ = super::delete(root, &o.create.id, true);

@@ -385,15 +385,12 @@ fn no_cgroup(id: &str) -> crate::container::cgroups::Cgroup {
 /// A pty whose master goes to the console socket: (the slave, for the
 /// monitor's stdio).
 fn console_pty(sock: &Path) -> Result<OwnedFd> {
-    let master = rustix::pty::openpt(
-        rustix::pty::OpenptFlags::RDWR
-            | rustix::pty::OpenptFlags::NOCTTY
-            | rustix::pty::OpenptFlags::CLOEXEC,
-    )
-    .map_err(|e| OciError::io("opening a pty", std::io::Error::from(e)))?;
-    rustix::pty::grantpt(&master)
-        .and_then(|()| rustix::pty::unlockpt(&master))
-        .map_err(|e| OciError::io("pty", std::io::Error::from(e)))?;
+    let master = crate::sys::term::new_pty_master().map_err(|(what, e)| {
+        OciError::io(
+            format_args!("the console's pty ({what})"),
+            std::io::Error::from(e),
+        )
+    })?;
     let slave = crate::run::hold_slave(&master)
         .ok_or_else(|| OciError::from("opening the pty's slave (TIOCGPTPEER)"))?;
     let conn = std::os::unix::net::UnixStream::connect(sock)

@@ -305,14 +305,7 @@ fn open_pty() -> Result<(OwnedFd, OwnedFd), GuestError> {
         "mode=0620,ptmxmode=0666",
     );
     let err = |what: &str, e: rustix::io::Errno| gerr(format!("exec terminal: {what}: {e}"));
-    let master = rustix::pty::openpt(
-        rustix::pty::OpenptFlags::RDWR
-            | rustix::pty::OpenptFlags::NOCTTY
-            | rustix::pty::OpenptFlags::CLOEXEC,
-    )
-    .map_err(|e| err("/dev/ptmx", e))?;
-    rustix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
-    rustix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let master = crate::sys::term::new_pty_master().map_err(|(what, e)| err(what, e))?;
     let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| err("ptsname", e))?;
     let slave = rustix::fs::open(
         name.as_c_str(),

@@ -204,6 +204,21 @@ impl CrLf {
     }
 }
 
+/// A new pty master (close-on-exec, not our controlling terminal),
+/// granted and unlocked for its slave to be opened; on failure, the step
+/// that failed and why.
+pub fn new_pty_master() -> Result<std::os::fd::OwnedFd, (&'static str, rustix::io::Errno)> {
+    let master = rustix::pty::openpt(
+        rustix::pty::OpenptFlags::RDWR
+            | rustix::pty::OpenptFlags::NOCTTY
+            | rustix::pty::OpenptFlags::CLOEXEC,
+    )
+    .map_err(|e| ("/dev/ptmx", e))?;
+    rustix::pty::grantpt(&master).map_err(|e| ("grantpt", e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| ("unlockpt", e))?;
+    Ok(master)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,53 @@ fn lab_virtio(name: &str, vcpus: u32) {
     }
 }
 
+/// The microVM kernel for a `vm-lab run` (`what` names the run in the
+/// skip notices); None, with the skip said, without root or a kernel.
+fn lab_run_kernel(what: &str) -> Option<PathBuf> {
+    if !is_root() {
+        skip(&format!(
+            "the nested lab needs root (apt-get, mknod): {what} not run"
+        ));
+        return None;
+    }
+    let kernel = microvm_kernel("vmlinux");
+    if kernel.is_none() {
+        skip(&format!(
+            "{what} NOT run: no microVM kernel \
+             (set AMPHI_LAB_L2_KERNEL or build /var/cache/amphi/kernels/6.12-*/vmlinux \
+             with amphi kernel build)"
+        ));
+    }
+    kernel
+}
+
+/// The release `amphi kernel build` wrote next to the kernel.
+fn kernel_release(kernel: &Path) -> Option<String> {
+    std::fs::read_to_string(kernel.with_file_name("version"))
+        .ok()
+        .map(|v| v.trim().to_string())
+}
+
+/// `scripts/vm-lab run` of the busybox image on `kernel` with this
+/// build's amphi and `extra` options, alone in the lab: its output, its
+/// report, and how long it took.
+fn vm_lab_run(kernel: &Path, extra: &[&str]) -> (Output, BTreeMap<String, String>, Duration) {
+    let image = test_image("busybox");
+    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("run")
+            .args(extra)
+            .args(["--l2-kernel", kernel.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--amphi", amphi_bin().to_str().unwrap()]),
+    );
+    let took = started.elapsed();
+    let report = lab_report(&out);
+    (out, report, took)
+}
+
 /// The product path through the built-in VMM, in the lab: level 1 runs
 /// `amphi load` of the busybox OCI layout, then `amphi run --rm --isolation
 /// vm --vm-backend builtin --kernel <microVM vmlinux> ... sh -c 'uname -r;
@@ -231,16 +278,7 @@ fn lab_virtio(name: &str, vcpus: u32) {
 fn lab_amphi_run(vcpus: u32, extra: LabRun) {
     let virtiofs = extra == LabRun::Virtiofs;
     let network = extra == LabRun::Network;
-    if !is_root() {
-        skip("the nested lab needs root (apt-get, mknod): vm-lab run (amphi run through the built-in VMM) not run");
-        return;
-    }
-    let Some(kernel) = microvm_kernel("vmlinux") else {
-        skip(
-            "vm-lab run (amphi run through the built-in VMM) NOT run: no microVM kernel \
-             (set AMPHI_LAB_L2_KERNEL or build /var/cache/amphi/kernels/6.12-*/vmlinux \
-             with amphi kernel build)",
-        );
+    let Some(kernel) = lab_run_kernel("vm-lab run (amphi run through the built-in VMM)") else {
         return;
     };
     if virtiofs {
@@ -253,25 +291,12 @@ fn lab_amphi_run(vcpus: u32, extra: LabRun) {
         skip("vm-lab run --network NOT run: passt is not installed (apt-get install passt, or scripts/setup)");
         return;
     }
-    // The release `amphi kernel build` wrote next to the kernel.
-    let release = std::fs::read_to_string(kernel.with_file_name("version"))
-        .ok()
-        .map(|v| v.trim().to_string());
-    let image = test_image("busybox");
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let out = run_cmd(
-        Command::new(script("vm-lab"))
-            .arg("run")
-            .args(["--l2-kernel", kernel.to_str().unwrap()])
-            .args(["--image", image.to_str().unwrap()])
-            .args(["--vcpus", &vcpus.to_string()])
-            .args(["--amphi", amphi_bin().to_str().unwrap()])
-            .args(virtiofs.then_some("--virtiofs"))
-            .args(network.then_some("--network")),
-    );
-    let took = started.elapsed();
-    let report = lab_report(&out);
+    let release = kernel_release(&kernel);
+    let vcpus_arg = vcpus.to_string();
+    let mut extra_args = vec!["--vcpus", vcpus_arg.as_str()];
+    extra_args.extend(virtiofs.then_some("--virtiofs"));
+    extra_args.extend(network.then_some("--network"));
+    let (out, report, took) = vm_lab_run(&kernel, &extra_args);
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     eprintln!(
         "vm-lab run x{vcpus}: {} s in QEMU ({} s in amphi run), {took:.1?} in all\n\
@@ -392,16 +417,8 @@ fn lab_amphi_run_builtin_vmm_private_network() {
 /// kernel its init reports.
 #[test]
 fn lab_oci_bundle_builtin_vmm() {
-    if !is_root() {
-        skip("the nested lab needs root (apt-get, mknod): vm-lab run --oci (an OCI bundle through the built-in VMM) not run");
-        return;
-    }
-    let Some(kernel) = microvm_kernel("vmlinux") else {
-        skip(
-            "vm-lab run --oci (an OCI bundle through the built-in VMM) NOT run: no microVM kernel \
-             (set AMPHI_LAB_L2_KERNEL or build /var/cache/amphi/kernels/6.12-*/vmlinux \
-             with amphi kernel build)",
-        );
+    let Some(kernel) = lab_run_kernel("vm-lab run --oci (an OCI bundle through the built-in VMM)")
+    else {
         return;
     };
     if let Some(why) = no_virtiofs(&kernel) {
@@ -412,21 +429,8 @@ fn lab_oci_bundle_builtin_vmm() {
         skip("vm-lab run --oci NOT run: umoci is not installed (it unpacks the bundle's rootfs)");
         return;
     }
-    let release = std::fs::read_to_string(kernel.with_file_name("version"))
-        .ok()
-        .map(|v| v.trim().to_string());
-    let image = test_image("busybox");
-    let _one = LAB.lock().unwrap_or_else(|e| e.into_inner());
-    let started = Instant::now();
-    let out = run_cmd(
-        Command::new(script("vm-lab"))
-            .args(["run", "--oci"])
-            .args(["--l2-kernel", kernel.to_str().unwrap()])
-            .args(["--image", image.to_str().unwrap()])
-            .args(["--amphi", amphi_bin().to_str().unwrap()]),
-    );
-    let took = started.elapsed();
-    let report = lab_report(&out);
+    let release = kernel_release(&kernel);
+    let (out, report, took) = vm_lab_run(&kernel, &["--oci"]);
     let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
     eprintln!(
         "vm-lab run --oci: {} s in QEMU, {took:.1?} in all; create {}, start {}, stopped after {}",

@@ -627,3 +627,12 @@ pub fn curl_until_served(url: &str, limit: std::time::Duration) -> String {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The host kernel's release (`uname -r`), to tell a microVM's guest
+/// kernel from it.
+pub fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -83,7 +83,7 @@ fn podman_runs_microvm_containers_through_amphi() {
     }
     let p = Podman::new();
     let img = p.image();
-    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let host = amphi_tests::host_kernel();
     let uname = |extra: &[&str]| -> String {
         let mut args = vec!["run", "--rm", "--network", "none"];
         args.extend_from_slice(extra);
@@ -98,11 +98,11 @@ fn podman_runs_microvm_containers_through_amphi() {
     };
     let guest = uname(&["--annotation", "io.amphi.isolation=vm"]);
     assert!(
-        !guest.is_empty() && guest != host.trim(),
+        !guest.is_empty() && guest != host.as_str(),
         "the guest kernel, not the host's {}: {guest:?}",
-        host.trim()
+        host.as_str()
     );
-    assert_eq!(uname(&[]), host.trim());
+    assert_eq!(uname(&[]), host.as_str());
 
     let out = run_cmd(&mut p.cmd(&[
         "run",
@@ -391,7 +391,7 @@ fn ctr_run_with_amphi_as_runc_binary() {
     );
     // The annotation puts the container in a microVM: the guest's kernel
     // answers, where the host's did without it.
-    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let host = amphi_tests::host_kernel();
     let uname = |name: &str, extra: &[&str]| -> String {
         let mut args = vec!["run", "--rm", "--runc-binary", bin];
         args.extend_from_slice(extra);
@@ -404,12 +404,12 @@ fn ctr_run_with_amphi_as_runc_binary() {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(uname("t3", &[]), host.trim());
+    assert_eq!(uname("t3", &[]), host.as_str());
     let guest = uname("t4", &["--annotation", "io.amphi.isolation=vm"]);
     assert!(
-        !guest.is_empty() && guest != host.trim(),
+        !guest.is_empty() && guest != host.as_str(),
         "the guest kernel, not the host's {}: {guest:?}",
-        host.trim()
+        host.as_str()
     );
     let out = c.ctr(&["containers", "ls", "-q"]);
     assert_eq!(

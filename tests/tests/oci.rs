@@ -1724,7 +1724,7 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
     let Some(b) = Bundle::new("microvm") else {
         return;
     };
-    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let host = amphi_tests::host_kernel();
     let id = b.id.clone();
     // The hooks run on the host, each given the state the spec defines.
     let hooks = tempfile::tempdir().unwrap();
@@ -1777,9 +1777,9 @@ fn a_bundle_that_must_run_in_a_microvm_runs_in_one() {
         .find_map(|l| l.strip_prefix("kernel="))
         .unwrap_or_default();
     assert!(
-        !kernel.is_empty() && kernel != host.trim(),
+        !kernel.is_empty() && kernel != host.as_str(),
         "the guest's kernel, not the host's ({}): {out}",
-        host.trim()
+        host.as_str()
     );
     assert_eq!(
         std::fs::read_to_string(b.rootfs().join("from-guest")).unwrap(),
@@ -1884,7 +1884,7 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     let Some(b) = Bundle::new("isolation") else {
         return;
     };
-    let host = String::from_utf8(run_cmd(Command::new("uname").arg("-r")).stdout).unwrap();
+    let host = amphi_tests::host_kernel();
     let id = b.id.clone();
     let policy = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -1916,12 +1916,12 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     };
     let untrusted = kernel_of("untrusted.example/team/app:1", "container");
     assert!(
-        !untrusted.is_empty() && untrusted != host.trim(),
+        !untrusted.is_empty() && untrusted != host.as_str(),
         "a microVM's kernel: {untrusted:?}"
     );
     assert_eq!(
         kernel_of("docker.io/library/busybox:1", "auto"),
-        host.trim()
+        host.as_str()
     );
     let old = kernel_of("docker.io/library/old-kernel:1", "auto");
     let minor = old
@@ -1930,7 +1930,7 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
         .and_then(|m| m.parse::<u32>().ok())
         .unwrap_or(99);
     assert!(
-        old != host.trim() && old.starts_with("6.") && minor < 13,
+        old != host.as_str() && old.starts_with("6.") && minor < 13,
         "io.amphi.kernel.version <6.13 gets a guest kernel below 6.13: {old:?}"
     );
     assert_no_vm_left(b.root());

@@ -242,6 +242,19 @@ fn image_shares(req: &RunRequest, prepared: &guestfs::Prepared) -> Vec<virtiofs:
     shares
 }
 
+/// The file the backend boots for `kernel`, once the backend's own
+/// program (QEMU) is known to be installed.
+fn boot_file(
+    kernel: &crate::dispatch::GuestKernel,
+    backend: &Backend,
+) -> Result<PathBuf, RunError> {
+    let path = kernel.boot_file()?;
+    if let Backend::Qemu { .. } = backend {
+        which(&backend::qemu_binary())?;
+    }
+    Ok(path)
+}
+
 /// virtiofsd, if it is installed and the guest kernel has
 /// `CONFIG_VIRTIO_FS`; else why not.
 fn virtiofs_for(kernel: &crate::dispatch::GuestKernel) -> Result<PathBuf, String> {
@@ -339,10 +352,7 @@ pub fn run(
         notice,
         cmdline: plan_cmdline,
     } = vm;
-    let kernel_path = kernel.boot_file()?;
-    if let Backend::Qemu { .. } = backend {
-        which(&backend::qemu_binary())?;
-    }
+    let kernel_path = boot_file(&kernel, &backend)?;
     let virtiofsd = virtiofs_support(&kernel, &req, &opts)?;
 
     let prepared = guest_rootfs(
@@ -560,10 +570,7 @@ pub fn run_bundle(b: BundleRun) -> Result<i32, RunError> {
         notice,
         cmdline: plan_cmdline,
     } = b.plan;
-    let kernel_path = kernel.boot_file()?;
-    if let Backend::Qemu { .. } = backend {
-        which(&backend::qemu_binary())?;
-    }
+    let kernel_path = boot_file(&kernel, &backend)?;
     let virtiofsd = virtiofs_for(&kernel).map_err(|why| {
         RunError::Failed(format!(
             "a microVM container shares its bundle's rootfs with virtio-fs, but {why}"

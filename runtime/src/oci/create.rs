@@ -148,14 +148,15 @@ pub fn target(
 }
 
 /// A container that must run in a microVM is refused here (the native
-/// path), with the reason, rather than run natively against the policy:
-/// `create` sends those to the microVM path before this point, and runc's
-/// one-shot `run --bundle` has none.
+/// path), with the reason, rather than run natively against the policy.
+/// The CLI's `create` and `run` decide first (`cli::oci_vm`) and send such
+/// a bundle to the microVM path: this is the guard for a caller that did
+/// not (`Dispatch::Ask`).
 pub(super) fn refuse_microvm(spec: &Spec, store_root: &Path) -> Result<()> {
     match target(&spec.annotations().clone().unwrap_or_default(), store_root)? {
         crate::dispatch::bundle::BundleTarget::Container => Ok(()),
         crate::dispatch::bundle::BundleTarget::Vm { why, .. } => Err(format!(
-            "this container must run in a microVM ({why}); `run --bundle` runs natively only: use create and start, refused rather than run natively"
+            "this container must run in a microVM ({why}), and this is the native path: refused rather than run natively"
         )
         .into()),
     }

@@ -595,7 +595,7 @@ pub fn run_bundle(b: BundleRun) -> Result<i32, RunError> {
             kind: guestfs::RootfsKind::Virtiofs,
             extra_cmdline: extra_cmdline(&plan_cmdline),
             virtiofsd: Some(&virtiofsd),
-            shares: vec![virtiofs::Share::Volumes(b.guest.shares.clone())],
+            shares: vec![virtiofs::Share::Volumes(b.guest.shares)],
             network: (b.guest.network, &[]),
             size: launch::machine_size(b.guest.memory, b.guest.cpus, &initrd),
             timeout: None,

@@ -1898,6 +1898,11 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
                 "io.amphi.isolation": iso,
                 "io.kubernetes.cri.image-name": image,
             });
+            if image.contains("claims-sandbox") {
+                // The CRI sandbox's role, claimed by anyone who can write
+                // an annotation: the policy's vm still holds.
+                c["annotations"]["io.kubernetes.cri.container-type"] = json!("sandbox");
+            }
             if image.contains("old-kernel") {
                 // A kernel need the host does not meet: a microVM with a
                 // catalog kernel that does.
@@ -1918,6 +1923,11 @@ fn the_policy_sends_a_bundle_to_a_microvm_over_its_annotation() {
     assert!(
         !untrusted.is_empty() && untrusted != host.as_str(),
         "a microVM's kernel: {untrusted:?}"
+    );
+    let claimed = kernel_of("untrusted.example/claims-sandbox:1", "container");
+    assert_eq!(
+        claimed, untrusted,
+        "the sandbox annotation does not lower the policy's vm"
     );
     assert_eq!(
         kernel_of("docker.io/library/busybox:1", "auto"),

@@ -15,9 +15,10 @@
 //!   only the policy's `default_isolation` (and the annotations) apply.
 //!
 //! A bundle carries no image files, so nothing is inferred from them. A
-//! CRI pod's sandbox (pause) container always runs natively: it runs none
-//! of the pod's code, and the CRI plugin joins its namespaces from the
-//! host.
+//! CRI pod's sandbox (pause) container is decided without the pod's
+//! io.amphi.* annotations (they are for the pod's containers; the
+//! sandbox runs none of the pod's code, and the CRI plugin joins its
+//! namespaces from the host); the policy still decides for it.
 
 use super::backend::{self, BackendChoice};
 use super::decide::{decide, CandidateKernel, DecideInput};
@@ -86,15 +87,16 @@ pub fn decide_bundle(
 ) -> Result<BundleTarget, String> {
     // A pod's sandbox (the pause container) runs no code of the pod's
     // images: it only holds the pod's namespaces, which the host's CRI
-    // plugin then joins by the sandbox's pid. It stays native; the pod's
-    // containers are decided one by one.
-    if cri_container_type(annotations) == Some("sandbox") {
-        return Ok(BundleTarget::Container);
-    }
+    // plugin then joins by the sandbox's pid. The pod's io.amphi.*
+    // annotations are for its containers, decided one by one, so the
+    // sandbox is decided without them. The policy still applies to it:
+    // anyone can write the container-type annotation (`podman run
+    // --annotation`), and no annotation may lower the policy's word.
+    let sandbox = cri_container_type(annotations) == Some("sandbox");
     let reference = image_reference(annotations)?;
     let amphi: BTreeMap<String, String> = annotations
         .iter()
-        .filter(|(k, _)| k.starts_with("io.amphi."))
+        .filter(|(k, _)| k.starts_with("io.amphi.") && !sandbox)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let requirements =
@@ -181,7 +183,7 @@ mod tests {
         }
     }
 
-    fn strict_sandbox() -> HashMap<String, String> {
+    fn pod_sandbox() -> HashMap<String, String> {
         ann(&[
             ("io.kubernetes.cri.container-type", "sandbox"),
             (ISOLATION_ANNOTATION, "vm"),
@@ -235,9 +237,10 @@ mod tests {
         let strict = Policy::parse("default_isolation = \"vm\"\n", Path::new("p.toml")).unwrap();
         let why = vm_why(store, &ann(&[]), &strict).unwrap();
         assert!(why.contains("default"), "{why}");
-        let mut pause = strict_sandbox();
+        // A pod's sandbox: the pod's annotation is for its containers...
+        let mut pause = pod_sandbox();
         assert_eq!(
-            vm_why(store, &pause, &strict),
+            vm_why(store, &pause, &none),
             None,
             "a pod's sandbox stays native"
         );
@@ -245,7 +248,15 @@ mod tests {
             "io.kubernetes.cri.container-type".into(),
             "container".into(),
         );
-        assert!(vm_why(store, &pause, &strict).is_some());
+        assert!(vm_why(store, &pause, &none).is_some());
+        // ...but the sandbox's annotation cannot lower the policy's vm:
+        // anyone can write it (`podman run --annotation`).
+        let why = vm_why(store, &pod_sandbox(), &strict).unwrap();
+        assert!(why.contains("default"), "{why}");
+        let mut claimed = cri("untrusted.example/x/app:1", "container");
+        claimed.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+        let why = vm_why(store, &claimed, &policy).unwrap();
+        assert!(why.contains("trust"), "{why}");
         let bad = vm_why(store, &cri("Bad Name!", "auto"), &policy).unwrap();
         assert!(bad.contains("io.kubernetes.cri.image-name"), "{bad}");
     }

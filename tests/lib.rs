@@ -61,15 +61,35 @@ pub fn run_cmd(cmd: &mut Command) -> Output {
     run_with_timeout(cmd, command_timeout())
 }
 
+/// Runs the shell command `inner` on a terminal of its own (script(1)),
+/// with `envs`; its exit status and what the terminal showed. script's
+/// stdin stays open until it ends: at EOF, script would type ^D into the
+/// terminal and then hang it up, which a command still running sees.
+/// Panics if it outlives [`command_timeout`].
+pub fn in_terminal(inner: &str, envs: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", inner, "/dev/null"]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    run_inner(&mut cmd, command_timeout(), Stdio::piped())
+}
+
 fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    run_inner(cmd, timeout, Stdio::null())
+}
+
+fn run_inner(cmd: &mut Command, timeout: Duration, stdin: Stdio) -> Output {
     // Files rather than pipes, so a daemon the command leaves behind cannot hold us up.
     let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(out.try_clone().unwrap())
         .stderr(err.try_clone().unwrap());
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    // A piped stdin is held open until the command has ended.
+    let _stdin = child.stdin.take();
     let deadline = Instant::now() + timeout;
     let mut nap = Duration::from_millis(1);
     let status = loop {

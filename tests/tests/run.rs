@@ -427,19 +427,12 @@ fn tty_gives_a_real_terminal() {
     // script(1) gives amphi a terminal; inside, the workload must see one,
     // also as /dev/console (its size is the terminal's).
     let inner = format!(
-        "AMPHI_ROOT={} AMPHI_STATE={} {} run --rm -t {IMG} sh -c 'tty; stty size </dev/console'",
-        e.a.root().display(),
-        e.state.path().display(),
+        "stty rows 30 cols 100; {} run --rm -t {IMG} sh -c 'tty; stty size </dev/console'",
         amphi_tests::amphi_bin().display()
     );
-    let out = amphi_tests::run_cmd(
-        Command::new("script")
-            .args([
-                "-qec",
-                &format!("stty rows 30 cols 100; {inner}"),
-                "/dev/null",
-            ])
-            .stdin(Stdio::null()),
+    let out = amphi_tests::in_terminal(
+        &inner,
+        &[("AMPHI_ROOT", e.a.root()), ("AMPHI_STATE", e.state.path())],
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/0"), "{text}");
@@ -560,6 +553,26 @@ fn detached_containers_ps_logs_stop_rm() {
         String::from_utf8_lossy(&ex.stdout).starts_with("sh"),
         "{ex:?}"
     );
+    // exec -t: a terminal of the caller's size from its first instruction
+    // (set before the process starts; a size copied afterwards races a
+    // process that reads it at once).
+    if amphi_tests::have("script") {
+        let inner = format!(
+            "stty rows 30 cols 100; {} exec -t web stty size",
+            amphi_tests::amphi_bin().display()
+        );
+        let out = amphi_tests::in_terminal(
+            &inner,
+            &[("AMPHI_ROOT", e.a.root()), ("AMPHI_STATE", e.state.path())],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().any(|l| l.trim_end_matches('\r') == "30 100"),
+            "exec -t's size: {text}"
+        );
+    } else {
+        amphi_tests::skip("script(1) missing: exec -t's terminal size is not tested");
+    }
     // rm refuses a running container, stop sends TERM (trapped: exit 0).
     let rm = e.run(&["rm", "web"]);
     assert!(!rm.status.success());

@@ -87,7 +87,12 @@ fn lab_boot(what: &str, args: &[&str], vcpus: u32) -> BTreeMap<String, String> {
         "vm-lab {what} x{vcpus}: {} s in QEMU, {took:.1?} in all",
         get("seconds").unwrap_or("?")
     );
-    assert!(out.status.success(), "vm-lab failed:\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "vm-lab failed: {}\n{}",
+        get("result").unwrap_or("no result line"),
+        show(&out)
+    );
     assert_eq!(
         get("l2-marker"),
         Some(format!("AMPHI-L2-OK cpus={vcpus}").as_str()),
@@ -305,7 +310,12 @@ fn lab_amphi_run(vcpus: u32, extra: LabRun) {
         get("run-seconds"),
         get("vm-timing")
     );
-    assert!(out.status.success(), "vm-lab run failed:\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "vm-lab run failed: {}\n{}",
+        get("result"),
+        show(&out)
+    );
     // The script shows line ends as \n.
     let lines = |key: &str| -> Vec<String> { get(key).split("\\n").map(str::to_string).collect() };
     let stdout = lines("run-stdout");
@@ -440,7 +450,11 @@ fn lab_oci_bundle_builtin_vmm() {
         get("oci-stopped")
     );
     let ctx = show(&out);
-    assert!(out.status.success(), "vm-lab run --oci failed:\n{ctx}");
+    assert!(
+        out.status.success(),
+        "vm-lab run --oci failed: {}\n{ctx}",
+        get("result")
+    );
     // "KEY=VALUE ..." fields of a report line.
     let fields = |key: &str| -> BTreeMap<String, String> {
         get(key)

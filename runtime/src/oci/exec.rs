@@ -149,6 +149,22 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
     let mut process = exec_process(&spec, o, &caps)?;
     if o.tty {
         process.set_terminal(Some(true));
+        // Without a console socket the new terminal has our terminal's
+        // size before the process starts (the relay copies it again later,
+        // which a process that reads its size at once, as `stty size`
+        // does, would race), unless --process gave one.
+        let given = o.process.is_some() && process.console_size().is_some();
+        if o.console_socket.is_none() && !given {
+            if let Some((rows, cols)) = crate::spec::terminal_size() {
+                process.set_console_size(Some(
+                    oci_spec::runtime::BoxBuilder::default()
+                        .height(rows)
+                        .width(cols)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                ));
+            }
+        }
     }
     spec.set_process(Some(process));
     join_container(&mut spec, &st, cgroups_path);

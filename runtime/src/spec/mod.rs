@@ -400,7 +400,7 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
 
 /// Rows and columns of the terminal on our stdin or stdout, if any: the
 /// pty gets this size before the process starts.
-fn terminal_size() -> Option<(u64, u64)> {
+pub fn terminal_size() -> Option<(u64, u64)> {
     use std::os::fd::AsFd;
     for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {
         if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {

@@ -330,13 +330,10 @@ fn in_terminal(e: &Env, args: &[&str]) -> Option<(i32, String)> {
         amphi_tests::amphi_bin().display(),
         quoted.join(" ")
     );
-    let mut c = Command::new("script");
-    c.args(["-qec", &inner, "/dev/null"])
-        .env("AMPHI_ROOT", e.a.root())
-        .env("AMPHI_STATE", e.state.path())
-        // A stdin that stays open: at EOF script(1) would type into the terminal.
-        .stdin(Stdio::piped());
-    let out = amphi_tests::run_cmd(&mut c);
+    let out = amphi_tests::in_terminal(
+        &inner,
+        &[("AMPHI_ROOT", e.a.root()), ("AMPHI_STATE", e.state.path())],
+    );
     let raw = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     let text = strip_escapes(&raw);
     let code = text

@@ -1038,6 +1038,33 @@ fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
         stdout.contains("| Firecracker | 1250.0 ms (1250.0-1250.0) | 900 ms | 350.0 ms |"),
         "{stdout}"
     );
+    // Times of different widths are compared as numbers: 950 ms beats
+    // 1100 ms (compared as text, "950.0" is the larger).
+    let round = |vmm: &str, ms: &str| {
+        format!(
+            "AMPHI-L2-INIT\nAMPHI-L2-CLOCK at=0.500000\nAMPHI-L1-BENCH {vmm} boot=1 run=1 \
+             init-ms={ms} rss-kb=40000 pss-kb=1 private-dirty-kb=1 anon-kb=33000 guest-maps=1 \
+             guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=0\n"
+        )
+    };
+    std::fs::write(
+        &log,
+        format!("{}{}", round("amphi", "950.0"), round("qemu", "1100.0")),
+    )
+    .unwrap();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("bench-summary")
+            .arg(&log),
+    );
+    assert_eq!(
+        lab_report(&out)
+            .get("bench-amphi-vs-qemu-won")
+            .map(String::as_str),
+        Some("1 of 1 rounds"),
+        "{}",
+        show(&out)
+    );
     // Without a log: a usage error.
     let out = run_cmd(Command::new(script("vm-lab")).arg("bench-summary"));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));

@@ -415,6 +415,64 @@ fn lab_amphi_run_builtin_vmm_private_network() {
     lab_amphi_run(1, LabRun::Network);
 }
 
+/// A virtiofsd killed while a real Linux guest uses its share, through the
+/// built-in VMM (`scripts/vm-lab run --virtiofs-kill`): once the workload
+/// has read the volume's token and said it is ready, level 1 kills every
+/// virtiofsd with SIGKILL. The VMM takes the rings over and answers the
+/// guest's FUSE requests with EIO (Linux's driver uses indirect descriptor
+/// tables for them), so the workload's next `read </vol/token` fails with
+/// "Input/output error" instead of waiting forever; amphi warns, the
+/// workload exits 3 by itself within the grace, and `amphi run` ends with
+/// its own error (125) naming virtiofsd and the workload's status. No
+/// virtiofsd is left in level 1.
+#[test]
+fn lab_builtin_vmm_dead_virtiofsd_gives_the_workload_eio() {
+    let Some(kernel) =
+        lab_run_kernel("vm-lab run --virtiofs-kill (a dead virtiofsd under the built-in VMM)")
+    else {
+        return;
+    };
+    if let Some(why) = no_virtiofs(&kernel) {
+        skip(&format!("vm-lab run --virtiofs-kill NOT run: {why}"));
+        return;
+    }
+    let (out, report, took) = vm_lab_run(&kernel, &["--virtiofs-kill"]);
+    let get = |key: &str| report.get(key).map(String::as_str).unwrap_or("");
+    eprintln!(
+        "vm-lab run --virtiofs-kill: {} s in QEMU, {took:.1?} in all; {}",
+        get("seconds"),
+        get("virtiofsd-killed")
+    );
+    assert!(
+        out.status.success(),
+        "vm-lab run --virtiofs-kill failed: {}\n{}",
+        get("result"),
+        show(&out)
+    );
+    assert_eq!(get("result"), "PASS", "{}", show(&out));
+    assert_eq!(get("run-exit"), "125", "{}", show(&out));
+    assert_eq!(get("virtiofsd-left"), "0", "{}", show(&out));
+    let stderr = get("run-stderr");
+    assert!(
+        stderr.contains("can't open /vol/token: Input/output error"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "the workload's file operations on it failed from then on, and it exited with status 3"
+        ),
+        "{stderr}"
+    );
+    // Every request got its EIO: none came back unanswered as a bad chain.
+    let log = std::fs::read(get("log")).unwrap();
+    let log = String::from_utf8_lossy(&log);
+    assert!(
+        log.contains("AMPHI-L1-RUN rc=125"),
+        "not the run's log: {log}"
+    );
+    assert!(!log.contains("bad descriptor chain"), "{log}");
+}
+
 /// The OCI runtime path through the built-in VMM, in the lab
 /// (`scripts/vm-lab run --oci`): level 1 makes a bundle of the busybox
 /// image's rootfs with `amphi spec`'s config.json annotated

@@ -1,11 +1,13 @@
-//! The virtio descriptor-chain walker (`chain::read_chain`) on a
-//! guest-written descriptor table, and the byte streams over what it
-//! returns: whatever the guest wrote, the walk ends, every buffer it
+//! The virtio descriptor-chain walker (`chain::read_chain_with`, with and
+//! without indirect tables) on a guest-written descriptor table, and the
+//! byte streams over what it returns: whatever the guest wrote, the walk ends, every buffer it
 //! returns lies in guest RAM, readable ones come first, the total stays
 //! within the limit, and reading or writing the streams never leaves them.
 #![no_main]
 
-use amphi_vmm::devices::virtio::chain::{read_chain, read_stream, write_stream, DESCRIPTOR_SIZE};
+use amphi_vmm::devices::virtio::chain::{
+    read_chain_with, read_stream, write_stream, DESCRIPTOR_SIZE,
+};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -23,6 +25,8 @@ fuzz_target!(|data: &[u8]| {
     } else {
         u16::from(size_byte & 0x7f) + 1
     };
+    // Indirect tables accepted or not (a bit of the same byte).
+    let indirect = size_byte & 0x40 != 0;
     let head = input.u16() % (2 * size);
     // The table anywhere in the first region, or near the hole's edge.
     let table = u64::from(input.u16()) & 0x7ff0 | u64::from(input.byte() & 1) * 0x7f00;
@@ -40,15 +44,14 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     };
-    match read_chain(&mem, GuestAddress(table), size, head, limit) {
+    match read_chain_with(&mem, GuestAddress(table), size, head, limit, indirect) {
         Ok(chain) => {
             check(&chain.readable);
             check(&chain.writable);
             let count = chain.readable.len() + chain.writable.len();
-            assert!(
-                count <= usize::from(size),
-                "{count} buffers in a queue of {size}"
-            );
+            // An indirect table holds at most 32768 more.
+            let most = usize::from(size) + if indirect { 32768 } else { 0 };
+            assert!(count <= most, "{count} buffers in a queue of {size}");
             let total = chain.readable_len() + chain.writable_len();
             assert!(total <= limit, "{total} bytes over the limit {limit}");
             assert!(head < size);

@@ -63,6 +63,16 @@ pub enum ChainError {
         /// The descriptor.
         index: u16,
     },
+    /// An indirect descriptor the spec forbids: inside an indirect table,
+    /// with `NEXT` set, or with a table that is empty, not a whole number
+    /// of descriptors, or larger than a queue can be (2.7.5.3).
+    #[error("descriptor {index}: bad indirect table ({why})")]
+    BadIndirect {
+        /// The descriptor.
+        index: u16,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// The descriptor table entry itself could not be read.
     #[error("descriptor table entry {index} is outside guest memory")]
     TableUnreadable {
@@ -133,7 +143,8 @@ impl Chain {
 
 /// Walks the chain at `head` of the split queue whose descriptor table is at
 /// `table` and holds `size` entries. `limit` bounds the sum of all buffer
-/// lengths. Zero-length buffers are dropped.
+/// lengths. Zero-length buffers are dropped. An indirect descriptor is an
+/// error ([`ChainError::Indirect`]): see [`read_chain_with`].
 pub fn read_chain(
     mem: &GuestMemoryMmap,
     table: GuestAddress,
@@ -141,6 +152,27 @@ pub fn read_chain(
     head: u16,
     limit: u64,
 ) -> Result<Chain, BadChain> {
+    read_chain_with(mem, table, size, head, limit, false)
+}
+
+/// [`read_chain`], and with `indirect` (the driver accepted
+/// `VIRTIO_F_INDIRECT_DESC`) a descriptor with `INDIRECT` continues the
+/// chain in the table it points to, as the spec has it (2.7.5.3): zero or
+/// more descriptors of the queue, then one indirect descriptor (no `NEXT`,
+/// its `WRITE` ignored) whose table, inside guest RAM and a whole number
+/// of 16-byte descriptors, holds the rest of the chain, linked by `next`
+/// within that table and never indirect again. The same checks apply to
+/// its descriptors, and a loop in it is caught the same way.
+pub fn read_chain_with(
+    mem: &GuestMemoryMmap,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+    limit: u64,
+    indirect: bool,
+) -> Result<Chain, BadChain> {
+    let (mut table, mut size) = (table, size);
+    let mut in_table = false;
     let mut chain = Chain {
         head,
         ..Chain::default()
@@ -171,7 +203,34 @@ pub fn read_chain(
         };
         let flags = u32::from(desc.flags());
         if flags & VRING_DESC_F_INDIRECT != 0 {
-            return fail(ChainError::Indirect { index }, chain);
+            if !indirect {
+                return fail(ChainError::Indirect { index }, chain);
+            }
+            let bad = |why| ChainError::BadIndirect { index, why };
+            let len = desc.len();
+            let entries = u64::from(len) / DESCRIPTOR_SIZE;
+            if in_table {
+                return fail(bad("inside an indirect table"), chain);
+            }
+            if flags & VRING_DESC_F_NEXT != 0 {
+                return fail(bad("NEXT is set too"), chain);
+            }
+            if len == 0 || u64::from(len) % DESCRIPTOR_SIZE != 0 || entries > 32768 {
+                return fail(bad("not 1 to 32768 whole descriptors"), chain);
+            }
+            if !mem.check_range(desc.addr(), len as usize) {
+                let error = ChainError::OutsideMemory {
+                    index,
+                    addr: desc.addr().0,
+                    len,
+                };
+                return fail(error, chain);
+            }
+            (table, size) = (desc.addr(), entries as u16);
+            in_table = true;
+            index = 0;
+            seen = 0;
+            continue;
         }
         let len = desc.len();
         if len > 0 {
@@ -311,6 +370,103 @@ mod tests {
         assert_eq!(chain.readable.len(), 1);
         assert_eq!(chain.writable.len(), 2);
         assert_eq!((chain.readable_len(), chain.writable_len()), (16, 513));
+    }
+
+    /// An indirect table somewhere else in guest memory.
+    const INDIRECT: GuestAddress = GuestAddress(0x3000);
+
+    fn put_at(mem: &GuestMemoryMmap, table: GuestAddress, index: u16, d: Descriptor) {
+        mem.write_obj(d, table.unchecked_add(u64::from(index) * DESCRIPTOR_SIZE))
+            .unwrap();
+    }
+
+    /// A head that is an indirect descriptor (as Linux makes them), and a
+    /// direct descriptor followed by one: the table's descriptors are the
+    /// chain, linked within the table; the WRITE flag of the indirect
+    /// descriptor itself is ignored.
+    #[test]
+    fn indirect_tables_continue_the_chain_when_accepted() {
+        let mem = test_memory();
+        put_at(&mem, INDIRECT, 0, desc(DATA, 40, VRING_DESC_F_NEXT, 2));
+        put_at(
+            &mem,
+            INDIRECT,
+            2,
+            desc(DATA + 0x100, 16, VRING_DESC_F_WRITE, 0),
+        );
+        let flags = VRING_DESC_F_INDIRECT | VRING_DESC_F_WRITE;
+        put(&mem, 0, desc(INDIRECT.0, 3 * 16, flags, 0));
+        let chain = read_chain_with(&mem, TABLE, 8, 0, 1 << 20, true).unwrap();
+        assert_eq!(chain.head, 0);
+        assert_eq!((chain.readable_len(), chain.writable_len()), (40, 16));
+        assert_eq!(chain.writable[0].addr, GuestAddress(DATA + 0x100));
+        // Not accepted: the same chain is bad, as before.
+        let bad = read_chain(&mem, TABLE, 8, 0, 1 << 20).unwrap_err();
+        assert_eq!(bad.error, ChainError::Indirect { index: 0 });
+        // A direct descriptor first, then the indirect one.
+        put(&mem, 4, desc(DATA + 0x200, 8, VRING_DESC_F_NEXT, 5));
+        put(&mem, 5, desc(INDIRECT.0, 3 * 16, VRING_DESC_F_INDIRECT, 0));
+        let chain = read_chain_with(&mem, TABLE, 8, 4, 1 << 20, true).unwrap();
+        assert_eq!((chain.readable_len(), chain.writable_len()), (48, 16));
+        assert_eq!(chain.readable[0].addr, GuestAddress(DATA + 0x200));
+    }
+
+    /// What the spec forbids of an indirect descriptor, and a table that
+    /// lies or loops, are bad chains, with what was walked kept.
+    #[test]
+    fn bad_indirect_tables_are_refused() {
+        let mem = test_memory();
+        let err = || read_chain_with(&mem, TABLE, 8, 0, 1 << 20, true).unwrap_err();
+        let bad = |why| ChainError::BadIndirect { index: 0, why };
+        // NEXT beside INDIRECT.
+        let both = VRING_DESC_F_INDIRECT | VRING_DESC_F_NEXT;
+        put(&mem, 0, desc(INDIRECT.0, 32, both, 1));
+        assert_eq!(err().error, bad("NEXT is set too"));
+        // Empty, or not whole descriptors.
+        for len in [0, 20] {
+            put(&mem, 0, desc(INDIRECT.0, len, VRING_DESC_F_INDIRECT, 0));
+            assert_eq!(err().error, bad("not 1 to 32768 whole descriptors"));
+        }
+        // More than a queue can have.
+        put(
+            &mem,
+            0,
+            desc(INDIRECT.0, 32769 * 16, VRING_DESC_F_INDIRECT, 0),
+        );
+        assert_eq!(err().error, bad("not 1 to 32768 whole descriptors"));
+        // A table outside guest memory.
+        put(&mem, 0, desc(0xffff_ff00, 0x100, VRING_DESC_F_INDIRECT, 0));
+        assert!(matches!(err().error, ChainError::OutsideMemory { .. }));
+        // Indirect inside the table.
+        put(&mem, 0, desc(INDIRECT.0, 32, VRING_DESC_F_INDIRECT, 0));
+        put_at(&mem, INDIRECT, 0, desc(DATA, 8, VRING_DESC_F_NEXT, 1));
+        put_at(
+            &mem,
+            INDIRECT,
+            1,
+            desc(INDIRECT.0, 32, VRING_DESC_F_INDIRECT, 0),
+        );
+        let nested = err();
+        assert_eq!(
+            nested.error,
+            ChainError::BadIndirect {
+                index: 1,
+                why: "inside an indirect table"
+            }
+        );
+        assert_eq!(nested.partial.readable_len(), 8);
+        // A loop inside the table, and a link out of it.
+        put_at(&mem, INDIRECT, 1, desc(DATA, 8, VRING_DESC_F_NEXT, 0));
+        assert_eq!(err().error, ChainError::TooLong { size: 2 });
+        put_at(&mem, INDIRECT, 1, desc(DATA, 8, VRING_DESC_F_NEXT, 2));
+        assert_eq!(
+            err().error,
+            ChainError::NextOutOfRange {
+                index: 1,
+                next: 2,
+                size: 2
+            }
+        );
     }
 
     #[test]

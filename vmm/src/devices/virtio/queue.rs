@@ -7,14 +7,14 @@
 //! device's maximum, rings aligned and wholly inside guest RAM. A queue that
 //! fails stays not ready, and a queue that is not ready has no buffers.
 //!
-//! Popping goes through [`read_chain`], so every chain a device sees has been
+//! Popping goes through [`read_chain_with`], so every chain a device sees has been
 //! checked. The ring's own bookkeeping (used ring, `EVENT_IDX` notification
 //! suppression) is `virtio_queue`'s.
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-use super::chain::{read_chain, BadChain, Chain, DESCRIPTOR_SIZE};
+use super::chain::{read_chain_with, BadChain, Chain, DESCRIPTOR_SIZE};
 use crate::memory::GuestMemoryMmap;
 
 /// Why a queue cannot be used as configured.
@@ -82,6 +82,8 @@ pub struct VirtQueue {
     avail: u64,
     used: u64,
     ready: bool,
+    /// Chains may use indirect descriptor tables ([`Self::set_indirect`]).
+    indirect: bool,
 }
 
 /// The result of [`VirtQueue::pop`]: a checked chain or one that failed its
@@ -104,6 +106,7 @@ impl VirtQueue {
             avail: 0,
             used: 0,
             ready: false,
+            indirect: false,
         })
     }
 
@@ -219,9 +222,10 @@ impl VirtQueue {
         self.avail = 0;
         self.used = 0;
         self.ready = false;
+        self.indirect = false;
     }
 
-    /// Takes the next available chain, checked by [`read_chain`] with
+    /// Takes the next available chain, checked by [`read_chain_with`] with
     /// `limit` on its total length. `Ok(None)`: nothing available (or the
     /// queue is not ready). `Err`: the available ring itself is broken.
     pub fn pop(&mut self, mem: &GuestMemoryMmap, limit: u64) -> Result<Option<Popped>, QueueError> {
@@ -244,12 +248,13 @@ impl VirtQueue {
             }
             Err(e) => return Err(QueueError::Ring(e.to_string())),
         };
-        Ok(Some(read_chain(
+        Ok(Some(read_chain_with(
             mem,
             GuestAddress(self.desc),
             self.size,
             head,
             limit,
+            self.indirect,
         )))
     }
 
@@ -278,6 +283,14 @@ impl VirtQueue {
         self.ring.set_next_avail(used);
         self.ring.set_next_used(used);
         Ok((used, avail))
+    }
+
+    /// Whether [`Self::pop`] follows indirect descriptors: only for a
+    /// device that offered `VIRTIO_F_INDIRECT_DESC` to a driver that
+    /// accepted it (until then, and after a reset, an indirect descriptor
+    /// is a bad chain).
+    pub fn set_indirect(&mut self, on: bool) {
+        self.indirect = on;
     }
 
     /// Puts the last popped chain back (it will be popped again).

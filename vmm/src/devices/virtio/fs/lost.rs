@@ -8,7 +8,9 @@
 //! virtiofsd, ends the run with the reason.
 //!
 //! Each request chain is walked with the same checks as every device's
-//! ([`super::super::chain::read_chain`]). Its readable part starts with a
+//! ([`super::super::chain::read_chain_with`]), following indirect
+//! descriptor tables when the driver accepted them (the queue says so:
+//! [`VirtQueue::set_indirect`]; Linux puts every FUSE request in one). Its readable part starts with a
 //! `struct fuse_in_header`; the answer is a `struct fuse_out_header` at the
 //! start of the writable part: length 16, error `-EIO`, the request's
 //! `unique`. A request without a writable part (`FUSE_FORGET`,

@@ -213,6 +213,10 @@ pub struct Fs {
     /// Per queue, in backend-lost mode: its ring is still where the
     /// backend left it, to be taken over before it is served.
     take_over: [bool; NUM_QUEUES],
+    /// The driver accepted `VIRTIO_F_INDIRECT_DESC` (passed through from
+    /// the backend): its chains, which the VMM walks itself once the
+    /// backend is lost, may use indirect tables (Linux's do).
+    indirect: bool,
     /// Guest-caused warnings while the VMM serves the queues.
     log: LogLimiter,
 }
@@ -255,6 +259,7 @@ impl Fs {
             failed: false,
             lost: false,
             take_over: [false; NUM_QUEUES],
+            indirect: false,
             log: LogLimiter::new(),
         })
     }
@@ -353,6 +358,7 @@ impl Fs {
                 Err(e) => guest_warn!(self.log, "{}: queue {index} not taken over: {e}", self.name),
             }
         }
+        queue.set_indirect(self.indirect);
         lost::serve_queue(&self.name, &mut self.log, mem, queue, index)
             && queue.needs_notification(mem)
     }
@@ -410,6 +416,7 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, activation: &Activation<'_>) {
+        self.indirect = activation.features & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0;
         if self.failed {
             return;
         }

@@ -155,14 +155,8 @@ fn exec_checked(root: &Path, o: &ExecOptions) -> std::result::Result<i32, ExecEr
         // does, would race), unless --process gave one.
         let given = o.process.is_some() && process.console_size().is_some();
         if o.console_socket.is_none() && !given {
-            if let Some((rows, cols)) = crate::spec::terminal_size() {
-                process.set_console_size(Some(
-                    oci_spec::runtime::BoxBuilder::default()
-                        .height(rows)
-                        .width(cols)
-                        .build()
-                        .map_err(|e| e.to_string())?,
-                ));
+            if let Some(size) = crate::spec::terminal_size() {
+                process.set_console_size(Some(size));
             }
         }
     }

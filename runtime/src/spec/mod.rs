@@ -398,14 +398,19 @@ pub fn process_args(image: &ImageConfig, flags: &RunFlags) -> Result<Vec<String>
     Ok(args)
 }
 
-/// Rows and columns of the terminal on our stdin or stdout, if any: the
-/// pty gets this size before the process starts.
-pub fn terminal_size() -> Option<(u64, u64)> {
+/// The size of the terminal on our stdin or stdout, if any, as a
+/// process's `consoleSize`: the pty gets it before the process starts.
+pub fn terminal_size() -> Option<oci_spec::runtime::Box> {
     use std::os::fd::AsFd;
     for fd in [std::io::stdin().as_fd(), std::io::stdout().as_fd()] {
         if let Ok(ws) = rustix::termios::tcgetwinsize(fd) {
             if ws.ws_row > 0 {
-                return Some((ws.ws_row.into(), ws.ws_col.into()));
+                // Cannot fail: the builder defaults every field.
+                return oci_spec::runtime::BoxBuilder::default()
+                    .height(ws.ws_row)
+                    .width(ws.ws_col)
+                    .build()
+                    .ok();
             }
         }
     }
@@ -505,13 +510,8 @@ fn process(
 
     let mut process = ProcessBuilder::default();
     if flags.tty {
-        if let Some((rows, cols)) = terminal_size() {
-            process = process.console_size(
-                oci_spec::runtime::BoxBuilder::default()
-                    .height(rows)
-                    .width(cols)
-                    .build()?,
-            );
+        if let Some(size) = terminal_size() {
+            process = process.console_size(size);
         }
     }
     let process = process

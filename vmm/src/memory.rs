@@ -280,6 +280,54 @@ pub fn create_guest_memory_with(mem_bytes: u64, backing: RamBacking) -> Result<G
         .map_err(|e| VmmError::Memory(format!("mapping {mem_bytes} bytes of guest RAM: {e}")))
 }
 
+/// One region of another process's guest RAM table (a vhost-user
+/// frontend's `VHOST_USER_SET_MEM_TABLE`): `len` bytes of `file` from
+/// `offset`, at guest address `start`.
+#[derive(Debug)]
+pub struct SharedRegion {
+    pub start: u64,
+    pub len: u64,
+    pub file: File,
+    pub offset: u64,
+}
+
+/// Maps guest RAM that another process made, as `regions` describe it,
+/// shared (the vhost-user relay's view of QEMU's guest RAM). Each region
+/// must lie inside its file (a page past the end would fault the process
+/// on access), start on a page boundary in it, and not overlap another.
+pub fn map_shared_regions(regions: Vec<SharedRegion>) -> Result<GuestMemoryMmap> {
+    let page = 4096u64;
+    let mapped = regions
+        .into_iter()
+        .map(|r| {
+            let what = format!(
+                "guest RAM region at {:#x} ({} bytes from offset {:#x} of its file)",
+                r.start, r.len, r.offset
+            );
+            let size = r
+                .file
+                .metadata()
+                .map_err(|e| VmmError::Memory(format!("{what}: {e}")))?
+                .len();
+            let end = r.offset.checked_add(r.len);
+            if r.len == 0 || r.offset % page != 0 || end.is_none_or(|e| e > size) {
+                return Err(VmmError::Memory(format!(
+                    "{what}: not a page-aligned, non-empty range inside the file of {size} bytes"
+                )));
+            }
+            let len = usize::try_from(r.len)
+                .map_err(|_| VmmError::Memory(format!("{what}: too large for this host")))?;
+            ram_region(
+                GuestAddress(r.start),
+                len,
+                Some(FileOffset::new(r.file, r.offset)),
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    GuestMemoryMmap::from_regions(mapped)
+        .map_err(|e| VmmError::Memory(format!("the guest RAM table: {e}")))
+}
+
 /// Registers every region of `memory` with KVM as a memory slot (slot = index).
 pub fn register_with_kvm(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in memory.iter().enumerate() {

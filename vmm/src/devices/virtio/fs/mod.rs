@@ -60,6 +60,7 @@ use crate::devices::log_limit::{guest_warn, LogLimiter};
 use crate::error::{Result, VmmError};
 
 pub mod lost;
+pub mod relay;
 
 /// Bytes of the tag in the configuration space.
 pub const TAG_LEN: usize = 36;

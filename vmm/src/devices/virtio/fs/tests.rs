@@ -184,8 +184,8 @@ fn driver_ok(t: &Arc<Mutex<MmioTransport>>) -> DeviceAction {
         .expect("DRIVER_OK hung (the vhost-user setup did not come back)")
 }
 
-fn fs_transport(d: &Virtiofsd, mem: &GuestMemoryMmap) -> Arc<Mutex<MmioTransport>> {
-    let fs = Fs::open(&d.config()).unwrap();
+fn fs_transport(config: &FsConfig, mem: &GuestMemoryMmap) -> Arc<Mutex<MmioTransport>> {
+    let fs = Fs::open(config).unwrap();
     Arc::new(Mutex::new(
         MmioTransport::new(Box::new(fs), mem.clone()).unwrap(),
     ))
@@ -341,8 +341,14 @@ impl Live {
 
     /// [`Live::start`] with the driver accepting `features`.
     fn start_with(d: &Virtiofsd, features: u64) -> Self {
+        Self::start_on(d, d.config(), features)
+    }
+
+    /// [`Live::start_with`] with the device connected by `config` (to a
+    /// relay in front of `d`).
+    fn start_on(d: &Virtiofsd, config: FsConfig, features: u64) -> Self {
         let mem = shared_memory();
-        let t = fs_transport(d, &mem);
+        let t = fs_transport(&config, &mem);
         let stop = Arc::new(StopState::new().unwrap());
         let mut el = EventLoop::new(vec![t.clone()], stop).unwrap();
         let (tx, outcomes) = mpsc::channel();
@@ -536,7 +542,7 @@ fn virtiofsd_accepts_the_memory_table_and_vrings_and_a_reset() {
     }
     let d = Virtiofsd::start();
     let mem = shared_memory();
-    let t = fs_transport(&d, &mem);
+    let t = fs_transport(&d.config(), &mem);
     for round in 0..2 {
         negotiate_and_set_up(&mut lock(&t), VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
         assert_eq!(driver_ok(&t), DeviceAction::None, "round {round}");
@@ -558,7 +564,7 @@ fn a_fuse_init_request_is_answered_through_the_request_queue() {
     }
     let d = Virtiofsd::start();
     let mem = shared_memory();
-    let t = fs_transport(&d, &mem);
+    let t = fs_transport(&d.config(), &mem);
     let stop = Arc::new(StopState::new().unwrap());
     let mut el = EventLoop::new(vec![t.clone()], stop).unwrap();
     negotiate_and_set_up(&mut lock(&t), VIRTIO_F_VERSION_1);
@@ -632,7 +638,7 @@ fn the_event_loop_leaves_the_kick_eventfds_alone() {
     }
     let d = Virtiofsd::start();
     let mem = shared_memory();
-    let t = fs_transport(&d, &mem);
+    let t = fs_transport(&d.config(), &mem);
     let stop = Arc::new(StopState::new().unwrap());
     let mut el = EventLoop::new(vec![t.clone()], stop).unwrap();
     lock(&t).queue_events()[1].write(3).unwrap();
@@ -652,7 +658,7 @@ fn private_guest_memory_is_refused_by_name() {
     }
     let d = Virtiofsd::start();
     let mem = test_memory();
-    let t = fs_transport(&d, &mem);
+    let t = fs_transport(&d.config(), &mem);
     negotiate_and_set_up(&mut lock(&t), VIRTIO_F_VERSION_1);
     match driver_ok(&t) {
         DeviceAction::DeviceFailed { device, detail } => {
@@ -1013,7 +1019,7 @@ fn activation_with_a_dead_backend_serves_eio() {
     }
     let mut d = Virtiofsd::start();
     let mem = shared_memory();
-    let t = fs_transport(&d, &mem);
+    let t = fs_transport(&d.config(), &mem);
     let stop = Arc::new(StopState::new().unwrap());
     let mut el = EventLoop::new(vec![t.clone()], stop).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -1043,4 +1049,290 @@ fn activation_with_a_dead_backend_serves_eio() {
         assert_eq!(wr(&mut lock(&t), reg::STATUS, 0), DeviceAction::None);
     }
     assert!(rx.try_recv().is_err(), "the run was ended");
+}
+
+// ---------------------------------------------------------------------------
+// The vhost-user relay (QEMU's side of a dead virtiofsd's EIO), between
+// this device as the frontend and a real virtiofsd.
+
+mod relay_tests {
+    use super::*;
+    use crate::devices::virtio::fs::relay::{self, Ending, Message, Relay, HEADER_LEN};
+    use std::os::unix::net::UnixStream;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    /// A new eventfd.
+    fn eventfd() -> OwnedFd {
+        // SAFETY: eventfd with flags; the result is checked and owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// A message as a peer sends it.
+    fn message(request: u32, flags: u32, payload: &[u8], fds: Vec<OwnedFd>) -> Message {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&request.to_le_bytes());
+        header[4..8].copy_from_slice(&flags.to_le_bytes());
+        header[8..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        Message {
+            header,
+            payload: payload.to_vec(),
+            fds,
+        }
+    }
+
+    /// A relay between two socket pairs, run on a thread: (the frontend's
+    /// end, the backend's end, how relaying ended, then the takeover).
+    fn relay_between() -> (
+        UnixStream,
+        UnixStream,
+        mpsc::Receiver<(Ending, std::result::Result<Vec<usize>, String>)>,
+    ) {
+        let (front, relay_front) = UnixStream::pair().unwrap();
+        let (back, relay_back) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = Relay::new(relay_front, relay_back);
+            let ending = r.relay();
+            let taken = match ending {
+                Ending::BackendGone(_) => r.take_over().map(|s| s.rings()),
+                _ => Err("not taken over".into()),
+            };
+            let _ = tx.send((ending, taken));
+        });
+        (front, back, rx)
+    }
+
+    /// The frontend sees the backend's features without those the relay
+    /// cannot follow: the packed ring, dirty logging, the IOMMU; and of
+    /// the protocol features only those that leave the messages it reads
+    /// as they are (not memory slots, in-band notifications, inflight
+    /// tracking, ...). Requests reach the backend unchanged.
+    #[test]
+    fn the_relay_withholds_what_it_cannot_follow() {
+        let (front, back, _rx) = relay_between();
+        for (request, want) in [
+            (1u32, !((1u64 << 26) | (1 << 33) | (1 << 34))),
+            (
+                15,
+                (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9) | (1 << 10) | (1 << 13) | (1 << 16),
+            ),
+        ] {
+            relay::write_message(&front, &message(request, 1, &[], vec![])).unwrap();
+            let asked = relay::read_message(&back).unwrap().unwrap();
+            assert_eq!((asked.request(), asked.payload.len()), (request, 0));
+            let all = u64::MAX.to_le_bytes();
+            relay::write_message(&back, &message(request, 1 | 4, &all, vec![])).unwrap();
+            let reply = relay::read_message(&front).unwrap().unwrap();
+            assert_eq!(
+                u64::from_le_bytes(reply.payload[..8].try_into().unwrap()),
+                want,
+                "request {request}"
+            );
+        }
+        // Descriptors travel with their message.
+        let (a, b) = UnixStream::pair().unwrap();
+        relay::write_message(&front, &message(21, 1, &[], vec![OwnedFd::from(a)])).unwrap();
+        let passed = relay::read_message(&back).unwrap().unwrap();
+        assert_eq!((passed.request(), passed.fds.len()), (21, 1));
+        let mut passed_end = UnixStream::from(passed.fds.into_iter().next().unwrap());
+        use std::io::{Read, Write};
+        passed_end.write_all(b"x").unwrap();
+        let mut got = [0u8; 1];
+        (&b).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"x");
+    }
+
+    /// A message larger than the protocol's largest ends the relay with
+    /// the reason; a backend that hangs up ends it as gone, and with no
+    /// ring set up there is nothing to take over.
+    #[test]
+    fn oversized_messages_and_hang_ups_end_the_relay() {
+        let (front, _back, rx) = relay_between();
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&5u32.to_le_bytes());
+        header[8..].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        use std::io::Write;
+        (&front).write_all(&header).unwrap();
+        let (ending, _) = rx.recv_timeout(PROMPTLY).unwrap();
+        match ending {
+            Ending::FrontendFailed(why) => assert!(why.contains("1048576 bytes"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+
+        let (_front, back, rx) = relay_between();
+        drop(back);
+        let (ending, taken) = rx.recv_timeout(PROMPTLY).unwrap();
+        assert_eq!(
+            ending,
+            Ending::BackendGone("it closed the connection".into())
+        );
+        let e = taken.unwrap_err();
+        assert!(e.contains("no ring was running"), "{e}");
+    }
+
+    /// A ring whose addresses the memory table does not hold is refused
+    /// at the takeover, by name, before anything is served.
+    #[test]
+    fn rings_outside_the_memory_table_are_refused() {
+        let (front, back, rx) = relay_between();
+        let mem = shared_memory();
+        let region = mem.iter().next().unwrap();
+        let file = region.file_offset().unwrap().file().try_clone().unwrap();
+        let mut table = Vec::new();
+        table.extend_from_slice(&1u32.to_le_bytes());
+        table.extend_from_slice(&0u32.to_le_bytes());
+        for v in [0u64, region.len(), 0x7f00_0000_0000, 0] {
+            table.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut addr = Vec::new();
+        addr.extend_from_slice(&1u32.to_le_bytes());
+        addr.extend_from_slice(&0u32.to_le_bytes());
+        // Descriptors inside, the used ring past the end, the available
+        // ring inside.
+        for v in [
+            0x7f00_0000_1000u64,
+            0x7f00_0000_0000 + region.len(),
+            0x7f00_0000_2000,
+            0,
+        ] {
+            addr.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut num = Vec::new();
+        num.extend_from_slice(&1u32.to_le_bytes());
+        num.extend_from_slice(&256u32.to_le_bytes());
+        for m in [
+            message(2, 1, &(1u64 << 32).to_le_bytes(), vec![]),
+            message(5, 1, &table, vec![OwnedFd::from(file)]),
+            message(8, 1, &num, vec![]),
+            message(9, 1, &addr, vec![]),
+            message(12, 1, &1u64.to_le_bytes(), vec![eventfd()]),
+            message(13, 1, &1u64.to_le_bytes(), vec![eventfd()]),
+        ] {
+            relay::write_message(&front, &m).unwrap();
+            assert_eq!(
+                relay::read_message(&back).unwrap().unwrap().request(),
+                m.request()
+            );
+        }
+        drop(back);
+        let (_, taken) = rx.recv_timeout(PROMPTLY).unwrap();
+        let e = taken.unwrap_err();
+        assert!(
+            e.contains("ring 1: its used ring") && e.contains("outside guest RAM"),
+            "{e}"
+        );
+    }
+
+    /// Through the relay, the device works as without it (the handshake,
+    /// the memory table and the rings reach virtiofsd with their
+    /// descriptors, FUSE_INIT and a lookup are answered); once virtiofsd
+    /// is killed, the relay serves the rings itself: the request virtiofsd
+    /// was in the middle of, the one queued behind it and every later one
+    /// get -EIO, once each, without the device's own takeover (its event
+    /// loop is not run after the kill).
+    #[test]
+    fn the_relay_answers_eio_once_virtiofsd_dies() {
+        if !virtiofsd_or_skip("the_relay_answers_eio_once_virtiofsd_dies") {
+            return;
+        }
+        let mut d = Virtiofsd::start();
+        let back = UnixStream::connect(&d.socket).unwrap();
+        let (device_end, relay_front) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let server = std::thread::spawn(move || {
+            let mut r = Relay::new(relay_front, back);
+            let ending = r.relay();
+            let served = match &ending {
+                Ending::BackendGone(_) => r.take_over(),
+                _ => Err("not taken over".into()),
+            };
+            let mut served = match served {
+                Ok(s) => {
+                    let _ = tx.send((ending, Ok((s.rings(), s.in_flight))));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send((ending, Err(e)));
+                    return;
+                }
+            };
+            served.serve_all();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                served.serve_kicked(20).unwrap();
+            }
+        });
+        let config = FsConfig::connected(device_end.into(), "amphi").unwrap();
+        let _lease = read_lease(&d.dir.path().join("shared/hello"));
+        let mut live = Live::start_on(&d, config, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        let lookup = fuse_request(FUSE_LOOKUP, 2, 1, b"hello\0");
+        send(&mut live.requests, 1, &lookup, 256);
+        live.kick(1);
+        live.wait_used(1, 2, &d);
+        assert_eq!(out_header(&live.mem, 1).1, 0, "FUSE_LOOKUP of hello");
+        let node: u64 = live
+            .mem
+            .read_obj(GuestAddress(REQUESTS + 0x1000 + 0x800 + 16))
+            .unwrap();
+        let open_in = [(libc::O_WRONLY as u32).to_le_bytes(), [0; 4]].concat();
+        let open = send(
+            &mut live.requests,
+            2,
+            &fuse_request(FUSE_OPEN, 3, node, &open_in),
+            256,
+        );
+        let queued = send(
+            &mut live.requests,
+            3,
+            &fuse_request(FUSE_GETATTR, 4, 1, &[0; 16]),
+            256,
+        );
+        live.kick(1);
+        let deadline = Instant::now() + PROMPTLY;
+        while !waits_in_the_kernel(d.child.id(), "__break_lease") {
+            assert!(
+                Instant::now() < deadline,
+                "virtiofsd never blocked in the open"
+            );
+            live.el.run_once(10);
+        }
+
+        d.kill();
+        let (ending, taken) = rx.recv_timeout(PROMPTLY).expect("the relay noticed");
+        assert!(matches!(ending, Ending::BackendGone(_)), "{ending:?}");
+        let (rings, in_flight) = taken.expect("taken over");
+        assert_eq!(rings, vec![0, 1], "both rings ran");
+        assert_eq!(in_flight, 2, "the open and the getattr were not completed");
+        let later = send(
+            &mut live.requests,
+            4,
+            &fuse_request(FUSE_GETATTR, 5, 1, &[0; 16]),
+            64,
+        );
+        live.kick(1);
+        let deadline = Instant::now() + PROMPTLY;
+        while live.requests.used_idx() != 5 {
+            assert!(
+                Instant::now() < deadline,
+                "used idx {} after the kill, waiting for 5",
+                live.requests.used_idx()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(live.requests.used(2), (u32::from(open), 16));
+        assert_eq!(live.requests.used(3), (u32::from(queued), 16));
+        assert_eq!(live.requests.used(4), (u32::from(later), 16));
+        assert_eq!(out_header(&live.mem, 2), (16, -libc::EIO, 3));
+        assert_eq!(out_header(&live.mem, 3), (16, -libc::EIO, 4));
+        assert_eq!(out_header(&live.mem, 4), (16, -libc::EIO, 5));
+        assert_eq!(out_header(&live.mem, 1).2, 2, "the lookup's answer stays");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(live.requests.used_idx(), 5, "answered once each");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().unwrap();
+    }
 }

@@ -1329,13 +1329,24 @@ fn debian_minbase_runs_apt_over_virtio_fs() {
     assert!(ext4.is_empty(), "an ext4 image was built: {ext4:?}");
 }
 
-/// A virtiofsd that dies while the workload uses its share ends the run
-/// with an error that says so; nothing hangs and nothing is left. Under
-/// QEMU the guest's requests would wait forever (the guest kernel cannot
-/// abort a virtio-fs connection), so the VM is stopped at once; amphi's
-/// VMM answers them with EIO instead (its device tests).
+/// The vhost-user relays of this test's runs ("PID: command line").
+fn relays(e: &Env) -> Vec<String> {
+    processes_mentioning(&e.ours())
+        .into_iter()
+        .filter(|p| p.contains("vhost-user-relay"))
+        .collect()
+}
+
+/// A virtiofsd that dies while the workload uses its share: the
+/// workload's file operations on it fail with EIO (QEMU alone would leave
+/// them waiting for ever, and the guest kernel cannot abort a virtio-fs
+/// connection; amphi's vhost-user relay between QEMU and virtiofsd takes
+/// the rings over and answers them), the workload ends by itself, and
+/// the run ends with an error that says what happened; nothing hangs and
+/// nothing is left. The relay runs jailed: not root, no capabilities,
+/// under seccomp, in an empty root of its own.
 #[test]
-fn a_dying_virtiofsd_ends_the_run_clearly() {
+fn a_dying_virtiofsd_fails_the_workloads_file_operations_with_eio() {
     let Some(e) = Env::new() else { return };
     let vol = tempfile::tempdir().unwrap();
     fs::write(vol.path().join("f"), "x\n").unwrap();
@@ -1383,7 +1394,44 @@ fn a_dying_virtiofsd_ends_the_run_clearly() {
         !rw_opts.is_empty() && rw_opts.iter().all(|o| o.split(',').any(|w| w == "rw")),
         "the writable volume in virtiofsd's namespace: {rw_opts:?}"
     );
-    for d in &daemons {
+    let relays = relays(&e);
+    assert_eq!(
+        relays.len(),
+        1,
+        "one relay for the volumes' virtiofsd: {relays:?}"
+    );
+    let relay = relays[0].split(':').next().unwrap().to_string();
+    let st: std::collections::BTreeMap<String, String> =
+        fs::read_to_string(format!("/proc/{relay}/status"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
+    assert!(
+        st["Uid"].split_whitespace().all(|u| u != "0"),
+        "the relay runs as root: {st:?}"
+    );
+    assert_eq!(st["CapEff"], "0000000000000000", "{st:?}");
+    assert_eq!(st["CapBnd"], "0000000000000000", "{st:?}");
+    assert_eq!(
+        (st["Seccomp"].as_str(), st["NoNewPrivs"].as_str()),
+        ("2", "1")
+    );
+    let root: Vec<_> = fs::read_dir(format!("/proc/{relay}/root"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name())
+        .collect();
+    assert!(root.is_empty(), "the relay's root holds {root:?}");
+    assert_ne!(
+        fs::read_link(format!("/proc/{relay}/ns/net")).unwrap(),
+        fs::read_link("/proc/self/ns/net").unwrap(),
+        "the relay shares the host's network"
+    );
+    let vol_daemons: Vec<&String> = daemons.iter().filter(|d| d.contains("vfs-vol")).collect();
+    assert!(!vol_daemons.is_empty(), "{daemons:?}");
+    for d in vol_daemons {
         let pid: i32 = d.split(':').next().unwrap().parse().unwrap();
         // SAFETY: kill(2) on a pid the test just read.
         unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -1391,10 +1439,13 @@ fn a_dying_virtiofsd_ends_the_run_clearly() {
     let run = running.finish();
     run.expect_code(125);
     assert!(
-        run.raw_stderr.contains("virtiofsd serving the volumes")
+        run.stdout.contains("loop-ended")
+            && run.raw_stderr.contains("Input/output error")
+            && run.raw_stderr.contains("virtiofsd serving the volumes")
             && run.raw_stderr.contains("ended while the microVM ran")
-            && run.raw_stderr.contains("the microVM was stopped"),
-        "the error names virtiofsd:\n{}",
+            && run.raw_stderr.contains("file operations on it failed from then on")
+            && run.raw_stderr.contains("exited with status 0"),
+        "the workload's read failed with EIO, it ended by itself, and the error names virtiofsd:\n{}",
         run.show()
     );
     e.assert_clean(&run.what);
@@ -1424,6 +1475,7 @@ fn virtio_fs_runs_leave_nothing_after_a_panic_or_kill_9() {
         daemons.len() >= 2,
         "the rootfs's and the volumes' virtiofsd: {daemons:?}"
     );
+    assert_eq!(relays(&e).len(), 2, "a relay for each virtiofsd");
     let run_dirs = dir_names(&e.state.path().join("vm"));
     let run_dir = e.state.path().join("vm").join(&run_dirs[0]);
     let socks: Vec<String> = dir_names(&run_dir)
@@ -1437,13 +1489,14 @@ fn virtio_fs_runs_leave_nothing_after_a_panic_or_kill_9() {
     let gone_by = Instant::now() + Duration::from_secs(10);
     loop {
         let left = virtiofsds(&e);
+        let relays_left = relays(&e);
         let backend_alive = Path::new(&format!("/proc/{qemu_pid}")).exists();
-        if left.is_empty() && !backend_alive {
+        if left.is_empty() && relays_left.is_empty() && !backend_alive {
             break;
         }
         assert!(
             Instant::now() < gone_by,
-            "after kill -9 of amphi: virtiofsd {left:?} or the backend ({backend_alive}) lives on"
+            "after kill -9 of amphi: virtiofsd {left:?}, relay {relays_left:?} or the backend ({backend_alive}) lives on"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -732,3 +732,133 @@ fn control_threads_shut_down_vhost_user_sockets_only() {
     }
     drop((ours, other));
 }
+
+/// The vhost-user relay (`amphi-vmm vhost-user-relay`): messages with
+/// descriptors over its sockets, `poll`, eventfd reads, `fstat` and a
+/// shared, non-executable mapping of a memfd it was sent pass; a private
+/// file mapping, an executable shared one, an ioctl and `recvmsg` with
+/// flags kill it.
+#[test]
+fn the_relay_relays_and_maps_shared_memory_and_nothing_else() {
+    // SAFETY: memfd_create and eventfd with flags; results checked and owned.
+    let (memfd, ev) = unsafe {
+        let m = libc::memfd_create(c"ram".as_ptr(), libc::MFD_CLOEXEC);
+        let e = libc::eventfd(1, libc::EFD_NONBLOCK);
+        assert!(m >= 0 && e >= 0);
+        (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(e))
+    };
+    // SAFETY: ftruncate of our own memfd.
+    assert_eq!(unsafe { libc::ftruncate(memfd.as_raw_fd(), 1 << 20) }, 0);
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
+    let m = memfd.as_raw_fd();
+    allowed(ThreadKind::Relay, move || {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        let (a, b) = (
+            std::os::unix::net::UnixStream::from(a),
+            std::os::unix::net::UnixStream::from(b),
+        );
+        // SAFETY: calls on descriptors made above, buffers of our own.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(m, &mut st) != 0 || st.st_size != 1 << 20 {
+                return 10;
+            }
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                m,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return 11;
+            }
+            *(p as *mut u8) = 7;
+            if a.send_with_fds(&[&b"msg"[..]], &[m]).is_err() {
+                return 12;
+            }
+            let mut pfd = libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 1000) != 1 {
+                return 13;
+            }
+            let mut buf = [0u8; 3];
+            let mut iov = [libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: 3,
+            }];
+            let mut fds = [-1; 4];
+            match b.recv_with_fds(&mut iov, &mut fds) {
+                Ok((3, 1)) if &buf == b"msg" => {}
+                _ => return 14,
+            }
+            let mut n = 0u64;
+            if libc::read(ev.as_raw_fd(), (&raw mut n).cast(), 8) != 8 || n != 1 {
+                return 15;
+            }
+            libc::close(fds[0]);
+            libc::munmap(p, 1 << 20);
+        }
+        0
+    });
+    let m = memfd.as_raw_fd();
+    forbidden(
+        ThreadKind::Relay,
+        libc::SYS_mmap,
+        "a private file mapping",
+        move || {
+            // SAFETY: stopped before it maps.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE,
+                    m,
+                    0,
+                )
+            };
+        },
+    );
+    forbidden(
+        ThreadKind::Relay,
+        libc::SYS_mmap,
+        "an executable shared mapping",
+        move || {
+            // SAFETY: stopped before it maps.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_SHARED,
+                    m,
+                    0,
+                )
+            };
+        },
+    );
+    forbidden(ThreadKind::Relay, libc::SYS_ioctl, "ioctl", move || {
+        let mut n = 0i32;
+        // SAFETY: FIONREAD into our own int (stopped before).
+        unsafe { libc::ioctl(m, libc::FIONREAD, &mut n) };
+    });
+    forbidden(
+        ThreadKind::Relay,
+        libc::SYS_recvmsg,
+        "recvmsg with flags",
+        move || {
+            // SAFETY: an empty msghdr (stopped before).
+            unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                libc::recvmsg(m, &mut msg, libc::MSG_DONTWAIT);
+            }
+        },
+    );
+    drop(memfd);
+}

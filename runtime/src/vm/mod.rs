@@ -271,22 +271,34 @@ fn virtiofs_for(kernel: &crate::dispatch::GuestKernel) -> Result<PathBuf, String
     })
 }
 
-/// Starts the run's virtiofsd daemons, owned by the cleanup; returns each
-/// one's tag and the backend's descriptor.
+/// Starts the run's virtiofsd daemons, owned by the cleanup, each behind
+/// a vhost-user relay for QEMU (see [`virtiofs::Daemon::relay`]); returns
+/// each one's tag and the backend's descriptor.
 fn start_daemons(
     bin: Option<&Path>,
     shares: Vec<virtiofs::Share>,
+    backend: &backend::Backend,
     run_dir: &Path,
     cleanup: &mut Cleanup,
 ) -> Result<Vec<(&'static str, i32)>, RunError> {
     let Some(bin) = bin.filter(|_| !shares.is_empty()) else {
         return Ok(Vec::new());
     };
+    let relay = match backend {
+        backend::Backend::Qemu { .. } => Some(backend::vmm_binary().map_err(|e| {
+            RunError::Failed(format!(
+                "virtio-fs under QEMU goes through amphi's vhost-user relay: {e}"
+            ))
+        })?),
+        backend::Backend::Builtin => None,
+    };
     let mut out = Vec::new();
     for share in shares {
-        let d = virtiofs::spawn(bin, share, run_dir)?;
+        let mut d = virtiofs::spawn(bin, share, run_dir)?;
+        let relayed = relay.as_deref().map(|vmm| d.relay(vmm, run_dir));
         out.push((d.tag, d.frontend_fd()));
         cleanup.daemons.push(d);
+        relayed.transpose()?;
     }
     Ok(out)
 }
@@ -447,7 +459,7 @@ fn boot(
     // first): threads inherit the mask, so the forwarded signals reach the
     // signalfd, never a thread's default action.
     let sigs = crate::sys::signal::block_forwarded();
-    let shares = match start_daemons(b.virtiofsd, b.shares, run_dir, cleanup)
+    let shares = match start_daemons(b.virtiofsd, b.shares, b.backend, run_dir, cleanup)
         .and_then(|s| start_passt(b.network, cleanup).map(|()| s))
     {
         Ok(s) => s,
@@ -512,7 +524,8 @@ fn boot(
         kernel_release: b.kernel_release,
         kind: b.kind,
         // amphi's VMM answers a dead virtiofsd's requests with EIO itself;
-        // QEMU leaves them waiting (see Session::check_shares).
+        // under QEMU its relay does, when it could take the rings over
+        // (see Session::check_shares).
         shares_fail_requests: matches!(b.backend, backend::Backend::Builtin),
         started: b.started,
         exec,

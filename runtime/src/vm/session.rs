@@ -334,17 +334,18 @@ impl Session<'_> {
         }
     }
 
-    /// A virtiofsd that died. With amphi's VMM, which from then on
-    /// answers the share's requests with EIO, a running workload sees its
-    /// file operations fail: the user is told, and the workload has
-    /// [`SHARE_GRACE`] to end by itself. QEMU leaves the guest's requests
-    /// waiting forever (and the guest kernel cannot abort a virtio-fs
-    /// connection: no fusectl entry, no forced unmount), so there, and
-    /// before the workload runs, the VM is stopped at once. The run ends
-    /// with an error either way.
+    /// A virtiofsd that died. amphi's VMM from then on answers the
+    /// share's requests with EIO, and so does the vhost-user relay in
+    /// front of QEMU once it took the rings over (QEMU alone would leave
+    /// them waiting forever, and the guest kernel cannot abort a
+    /// virtio-fs connection: no fusectl entry, no forced unmount). A
+    /// running workload then sees its file operations fail: the user is
+    /// told, and the workload has [`SHARE_GRACE`] to end by itself.
+    /// Before the workload runs, or when the relay could not take over,
+    /// the VM is stopped at once. The run ends with an error either way.
     fn check_shares(&mut self, ch: &mut Channel, booting: bool) -> Result<(), RunError> {
         while let Some(g) = self.cleanup.daemon_gone() {
-            if booting || !self.shares_fail_requests {
+            if booting || !(self.shares_fail_requests || g.failing) {
                 self.cleanup.stop_backend(Duration::ZERO);
                 return Err(RunError::Vm(format!(
                     "{}; the microVM was stopped{}",

@@ -131,6 +131,60 @@ pub struct Daemon {
     log: Capture,
     /// Its end has been reported ([`Daemon::ended`]).
     reported: bool,
+    /// The vhost-user relay in front of it (QEMU's side; see
+    /// [`Daemon::relay`]).
+    relay: Option<Relay>,
+}
+
+/// A running `amphi-vmm vhost-user-relay`.
+struct Relay {
+    child: Child,
+    /// Its stdout: the verdict line once virtiofsd is gone.
+    verdict: OwnedFd,
+    log: Capture,
+}
+
+/// How long amphi waits for the relay's verdict once virtiofsd has gone
+/// (the relay sees the hang-up at once; the wait covers a loaded host).
+const VERDICT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Relay {
+    /// The relay's verdict line, or why there is none.
+    fn verdict(&mut self) -> Result<String, String> {
+        let mut line = Vec::new();
+        let deadline = std::time::Instant::now() + VERDICT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.verdict.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+            if n == 0 {
+                return Err("the relay said nothing".into());
+            }
+            let mut buf = [0u8; 512];
+            // SAFETY: reading into our own buffer.
+            let got =
+                unsafe { libc::read(self.verdict.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                let st = self.child.try_wait().ok().flatten();
+                return Err(match st {
+                    Some(st) => format!("the relay ended ({st})"),
+                    None => "the relay closed its output".into(),
+                });
+            }
+            line.extend_from_slice(&buf[..got as usize]);
+            if let Some(end) = line.iter().position(|&b| b == b'\n') {
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            if line.len() > 4096 {
+                return Err("the relay's verdict is not a line".into());
+            }
+        }
+    }
 }
 
 /// A virtiofsd that ended while its VM ran.
@@ -140,6 +194,10 @@ pub struct Gone {
     pub what: String,
     /// Its last words (a "--- virtiofsd said" block), or nothing.
     pub said: String,
+    /// The guest's requests to the share get EIO from now on: the relay
+    /// in front of QEMU took the rings over. (amphi's VMM does so
+    /// itself, without a relay: the session knows.)
+    pub failing: bool,
 }
 
 impl Daemon {
@@ -155,6 +213,27 @@ impl Daemon {
         }
         let st = self.child.try_wait().ok()??;
         self.reported = true;
+        let (failing, relay_said) = match self.relay.as_mut() {
+            None => (false, String::new()),
+            Some(r) => {
+                let verdict = r.verdict();
+                if verdict.is_err() {
+                    r.log.settle(std::time::Duration::from_millis(500));
+                }
+                let (said, _) = r.log.tail(5);
+                let said = said.trim();
+                let block = if said.is_empty() || verdict.is_ok() {
+                    String::new()
+                } else {
+                    format!("\n--- its vhost-user relay said\n{said}")
+                };
+                match verdict {
+                    Ok(v) if v.starts_with("taken over") => (true, String::new()),
+                    Ok(v) => (false, format!("\n--- its vhost-user relay: {v}{block}")),
+                    Err(e) => (false, format!("\n--- its vhost-user relay: {e}{block}")),
+                }
+            }
+        };
         self.log.settle(std::time::Duration::from_millis(500));
         let (said, _) = self.log.tail(10);
         let said = said.trim();
@@ -164,16 +243,92 @@ impl Daemon {
                 self.what
             ),
             said: if said.is_empty() {
-                String::new()
+                relay_said
             } else {
-                format!("\n--- virtiofsd said\n{said}")
+                format!("\n--- virtiofsd said\n{said}{relay_said}")
             },
+            failing,
         })
     }
 
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(r) = self.relay.as_mut() {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+
+    /// Puts `amphi-vmm vhost-user-relay` (`vmm`) between the backend and
+    /// virtiofsd: the relay takes virtiofsd's connection, and
+    /// [`Daemon::frontend`] becomes the other end of a new pair, for QEMU.
+    /// QEMU alone leaves a dead virtiofsd's requests waiting for ever;
+    /// through the relay they fail with EIO (see `amphi_vmm`'s
+    /// `fs::relay`). Jailed like QEMU (in the run's jail directory, as its
+    /// user), unless the monitor runs unjailed.
+    pub fn relay(&mut self, vmm: &Path, run_dir: &Path) -> Result<(), RunError> {
+        let Some(backend) = self.frontend.take() else {
+            return Err(RunError::Failed(format!(
+                "the vhost-user relay for {}: virtiofsd's connection is gone",
+                self.what
+            )));
+        };
+        let (qemu_end, relay_end) =
+            UnixStream::pair().map_err(|e| RunError::io("socketpair", e))?;
+        let (verdict_r, verdict_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| RunError::io("pipe", e.into()))?;
+        let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| RunError::io("pipe", e.into()))?;
+        let mut cmd = Command::new(vmm);
+        cmd.args(["vhost-user-relay", "--frontend-fd=3", "--backend-fd=4"]);
+        if super::jail::unjailed() {
+            cmd.arg("--no-jail");
+        } else {
+            let dir = run_dir.join(super::jail::RUN_JAIL_DIR);
+            super::jail::make_jail_dir(&dir).map_err(RunError::Failed)?;
+            let uid = super::jail::default_uid(std::process::id());
+            cmd.arg("--jail-dir")
+                .arg(&dir)
+                .arg(format!("--jail-uid={uid}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(verdict_w).stderr(log_w);
+        let parent = std::process::id() as libc::pid_t;
+        let (front_fd, back_fd) = (relay_end.as_raw_fd(), backend.as_raw_fd());
+        // SAFETY: async-signal-safe calls only between fork and exec: the
+        // two sockets become descriptors 3 and 4 (by way of copies above
+        // both, closed at exec), in a process group of the relay's own (a
+        // ^C on the terminal is amphi's to forward), dying with amphi.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::setpgid(0, 0);
+                crate::sys::signal::die_with_parent(parent)?;
+                let f = libc::fcntl(front_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let b = libc::fcntl(back_fd, libc::F_DUPFD_CLOEXEC, 10);
+                if f == -1 || b == -1 || libc::dup2(f, 3) == -1 || libc::dup2(b, 4) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            RunError::io(
+                format_args!(
+                    "starting the vhost-user relay ({} vhost-user-relay) for {}",
+                    vmm.display(),
+                    self.what
+                ),
+                e,
+            )
+        })?;
+        drop(cmd);
+        self.frontend = Some(qemu_end.into());
+        self.relay = Some(Relay {
+            child,
+            verdict: verdict_r,
+            log: Capture::start(log_r, super::console::BACKEND_KEEP),
+        });
+        Ok(())
     }
 }
 
@@ -440,6 +595,7 @@ pub fn spawn(bin: &Path, share: Share, run_dir: &Path) -> Result<Daemon, RunErro
         frontend: Some(frontend.into()),
         log: Capture::start(log_r, super::console::BACKEND_KEEP),
         reported: false,
+        relay: None,
     })
 }
 

@@ -79,11 +79,19 @@ pub enum ThreadKind {
     EventLoop,
     /// The main thread once the VM runs (it also takes the stop signals).
     Control,
+    /// `amphi-vmm vhost-user-relay`'s only thread (see
+    /// [`crate::devices::virtio::fs::relay`]).
+    Relay,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Control];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vcpu,
+        ThreadKind::EventLoop,
+        ThreadKind::Control,
+        ThreadKind::Relay,
+    ];
 
     /// Its name in reports.
     pub fn name(self) -> &'static str {
@@ -91,6 +99,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::EventLoop => "virtio-events",
             ThreadKind::Control => "control",
+            ThreadKind::Relay => "vhost-user-relay",
         }
     }
 
@@ -99,6 +108,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => 1,
             ThreadKind::EventLoop => 2,
             ThreadKind::Control => 3,
+            ThreadKind::Relay => 4,
         }
     }
 }
@@ -149,6 +159,7 @@ pub struct SeccompFilters {
     vcpu: BpfProgram,
     event_loop: BpfProgram,
     control: BpfProgram,
+    relay: BpfProgram,
 }
 
 impl SeccompFilters {
@@ -182,6 +193,7 @@ impl SeccompFilters {
             vcpu: compile(ThreadKind::Vcpu)?,
             event_loop: compile(ThreadKind::EventLoop)?,
             control: compile(ThreadKind::Control)?,
+            relay: compile(ThreadKind::Relay)?,
         })
     }
 
@@ -191,6 +203,7 @@ impl SeccompFilters {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::EventLoop => &self.event_loop,
             ThreadKind::Control => &self.control,
+            ThreadKind::Relay => &self.relay,
         }
     }
 
@@ -366,6 +379,42 @@ fn vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
     Ok(())
 }
 
+/// The vhost-user relay: its two sockets (`recvmsg` without flags,
+/// `sendmsg` with `MSG_NOSIGNAL`), `poll`, reading the kick eventfds,
+/// `fstat`/`statx` (a memory table's files are checked before they are
+/// mapped) and mapping them: shared mappings of a descriptor it holds
+/// (the frontend's memfds), never executable; private file mappings stay
+/// forbidden. It opens nothing and makes no descriptor.
+fn relay_io(rules: &mut Rules) -> Result<()> {
+    allow(
+        rules,
+        &[
+            libc::SYS_read,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_close,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+        ],
+    );
+    rules.insert(
+        libc::SYS_sendmsg,
+        vec![rule(vec![eq(2, libc::MSG_NOSIGNAL as u64)?])?],
+    );
+    rules.insert(libc::SYS_recvmsg, vec![rule(vec![eq(2, 0)?])?]);
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![eq(1, libc::F_GETFD as u64)?])?],
+    );
+    let shared = rule(vec![
+        masked(2, libc::PROT_EXEC as u64, 0)?,
+        masked(3, 0x03, libc::MAP_SHARED as u64)?,
+    ])?;
+    rules.entry(libc::SYS_mmap).or_default().push(shared);
+    Ok(())
+}
+
 /// `shutdown(SHUT_RDWR)` of the vhost-user `sockets` (nothing without).
 fn unstick_vhost_user(rules: &mut Rules, sockets: &[RawFd]) -> Result<()> {
     if sockets.is_empty() {
@@ -433,6 +482,7 @@ pub fn rules(kind: ThreadKind, params: &FilterParams) -> Result<Rules> {
                 vec![rule(vec![eq(1, libc::F_GETFD as u64)?])?],
             );
         }
+        ThreadKind::Relay => relay_io(&mut rules)?,
     }
     Ok(rules)
 }

@@ -48,6 +48,9 @@ Options:
   --jail-gid GID           gid of the jailed VMM [default: the uid] [env: AMPHI_VMM_GID]
   -h, --help               Print this text
 
+`amphi-vmm vhost-user-relay --help`: the relay amphi puts between QEMU and
+virtiofsd (a dead virtiofsd's requests then fail with EIO under QEMU too).
+
 Jailed by default: the process started supervises the VMM, its child in a
 new pid namespace and its own cgroup (amphi-vmm/ID: memory = guest RAM +
 64 MiB + RAM/64, pids = vCPUs + 8), which opens everything, creates the VM,
@@ -99,7 +102,7 @@ pub enum Parsed {
 
 /// Whether an environment flag's value means yes (as clap's flags read
 /// them: empty, 0, false, no, off and n, f mean no).
-fn env_flag(name: &str) -> bool {
+pub(crate) fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| {
         !matches!(
             v.trim().to_ascii_lowercase().as_str(),
@@ -109,7 +112,7 @@ fn env_flag(name: &str) -> bool {
 }
 
 /// A uid or gid: a number from 1.
-fn parse_id(opt: &str, s: &str) -> Result<u32, String> {
+pub(crate) fn parse_id(opt: &str, s: &str) -> Result<u32, String> {
     s.parse::<u32>()
         .ok()
         .filter(|&n| n >= 1)

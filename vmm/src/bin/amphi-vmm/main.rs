@@ -60,6 +60,7 @@ use amphi_vmm::{
 
 mod args;
 mod log;
+mod relay;
 mod trim;
 use args::{Parsed, VmmArgs};
 
@@ -271,6 +272,27 @@ struct Timing {
 
 fn main() {
     log::init();
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "vhost-user-relay")
+    {
+        let args: Result<Vec<String>, _> = std::env::args_os()
+            .skip(2)
+            .map(std::ffi::OsString::into_string)
+            .collect();
+        let code = match args
+            .map_err(|a| format!("{a:?}: not UTF-8"))
+            .and_then(relay::parse)
+        {
+            Ok(Some(a)) => relay::run(&a),
+            Ok(None) => {
+                print!("{}", relay::USAGE);
+                0
+            }
+            Err(e) => relay::usage_error(&e),
+        };
+        std::process::exit(code);
+    }
     let code = match args::parse(std::env::args_os().skip(1)) {
         Ok(Parsed::Help) => {
             print!("{}", args::USAGE);

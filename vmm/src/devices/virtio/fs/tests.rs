@@ -1083,13 +1083,12 @@ mod relay_tests {
         }
     }
 
+    /// How a test relay ended, and the rings it took over (or why not).
+    type RelayEnd = (Ending, std::result::Result<Vec<usize>, String>);
+
     /// A relay between two socket pairs, run on a thread: (the frontend's
     /// end, the backend's end, how relaying ended, then the takeover).
-    fn relay_between() -> (
-        UnixStream,
-        UnixStream,
-        mpsc::Receiver<(Ending, std::result::Result<Vec<usize>, String>)>,
-    ) {
+    fn relay_between() -> (UnixStream, UnixStream, mpsc::Receiver<RelayEnd>) {
         let (front, relay_front) = UnixStream::pair().unwrap();
         let (back, relay_back) = UnixStream::pair().unwrap();
         let (tx, rx) = mpsc::channel();

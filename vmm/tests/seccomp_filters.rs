@@ -807,42 +807,19 @@ fn the_relay_relays_and_maps_shared_memory_and_nothing_else() {
         0
     });
     let m = memfd.as_raw_fd();
-    forbidden(
-        ThreadKind::Relay,
-        libc::SYS_mmap,
-        "a private file mapping",
-        move || {
+    for (what, prot, flags) in [
+        ("a private file mapping", libc::PROT_READ, libc::MAP_PRIVATE),
+        (
+            "an executable shared mapping",
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_SHARED,
+        ),
+    ] {
+        forbidden(ThreadKind::Relay, libc::SYS_mmap, what, move || {
             // SAFETY: stopped before it maps.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE,
-                    m,
-                    0,
-                )
-            };
-        },
-    );
-    forbidden(
-        ThreadKind::Relay,
-        libc::SYS_mmap,
-        "an executable shared mapping",
-        move || {
-            // SAFETY: stopped before it maps.
-            unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_SHARED,
-                    m,
-                    0,
-                )
-            };
-        },
-    );
+            unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, flags, m, 0) };
+        });
+    }
     forbidden(ThreadKind::Relay, libc::SYS_ioctl, "ioctl", move || {
         let mut n = 0i32;
         // SAFETY: FIONREAD into our own int (stopped before).

@@ -402,6 +402,42 @@ impl Live {
         }
     }
 
+    /// Looks `hello` up (slot 1), then offers an open of it for writing
+    /// (slot 2) and a getattr behind it (slot 3), and runs the event loop
+    /// until virtiofsd blocks in the open (the caller holds a read lease
+    /// on the file). Returns the open's and the getattr's heads.
+    fn block_virtiofsd_in_an_open(&mut self, d: &Virtiofsd) -> (u16, u16) {
+        let lookup = fuse_request(FUSE_LOOKUP, 2, 1, b"hello\0");
+        send(&mut self.requests, 1, &lookup, 256);
+        self.kick(1);
+        self.wait_used(1, 2, d);
+        assert_eq!(out_header(&self.mem, 1).1, 0, "FUSE_LOOKUP of hello");
+        // struct fuse_entry_out starts with the node id.
+        let node: u64 = self
+            .mem
+            .read_obj(GuestAddress(REQUESTS + 0x1000 + 0x800 + 16))
+            .unwrap();
+        let open_in = [(libc::O_WRONLY as u32).to_le_bytes(), [0; 4]].concat();
+        let open = fuse_request(FUSE_OPEN, 3, node, &open_in);
+        let open = send(&mut self.requests, 2, &open, 256);
+        let getattr = fuse_request(FUSE_GETATTR, 4, 1, &[0; 16]);
+        let queued = send(&mut self.requests, 3, &getattr, 256);
+        self.kick(1);
+        let deadline = Instant::now() + PROMPTLY;
+        while !waits_in_the_kernel(d.child.id(), "__break_lease") {
+            assert!(
+                Instant::now() < deadline,
+                "virtiofsd never blocked in the open (used idx {}, open answered {:?}); its log:\n{}",
+                self.requests.used_idx(),
+                out_header(&self.mem, 2),
+                d.log()
+            );
+            self.el.run_once(10);
+        }
+        assert_eq!(self.requests.used_idx(), 2, "the open completed");
+        (open, queued)
+    }
+
     /// Kills virtiofsd and runs the event loop until the device noticed:
     /// it serves its queues itself, and the run goes on.
     fn kill_backend(&mut self, d: &mut Virtiofsd) {
@@ -802,34 +838,7 @@ fn requests_in_flight_when_the_backend_dies_get_eio() {
     let mut d = Virtiofsd::start();
     let _lease = read_lease(&d.dir.path().join("shared/hello"));
     let mut live = Live::start(&d);
-    let lookup = fuse_request(FUSE_LOOKUP, 2, 1, b"hello\0");
-    send(&mut live.requests, 1, &lookup, 256);
-    live.kick(1);
-    live.wait_used(1, 2, &d);
-    assert_eq!(out_header(&live.mem, 1).1, 0, "FUSE_LOOKUP of hello");
-    // struct fuse_entry_out starts with the node id.
-    let node: u64 = live
-        .mem
-        .read_obj(GuestAddress(REQUESTS + 0x1000 + 0x800 + 16))
-        .unwrap();
-    let open_in = [(libc::O_WRONLY as u32).to_le_bytes(), [0; 4]].concat();
-    let open = fuse_request(FUSE_OPEN, 3, node, &open_in);
-    let open = send(&mut live.requests, 2, &open, 256);
-    let getattr = fuse_request(FUSE_GETATTR, 4, 1, &[0; 16]);
-    let queued = send(&mut live.requests, 3, &getattr, 256);
-    live.kick(1);
-    let deadline = Instant::now() + PROMPTLY;
-    while !waits_in_the_kernel(d.child.id(), "__break_lease") {
-        assert!(
-            Instant::now() < deadline,
-            "virtiofsd never blocked in the open (used idx {}, open answered {:?}); its log:\n{}",
-            live.requests.used_idx(),
-            out_header(&live.mem, 2),
-            d.log()
-        );
-        live.el.run_once(10);
-    }
-    assert_eq!(live.requests.used_idx(), 2, "the open completed");
+    let (open, queued) = live.block_virtiofsd_in_an_open(&d);
 
     live.kill_backend(&mut d);
     live.wait_used(1, 4, &d);
@@ -1268,37 +1277,7 @@ mod relay_tests {
         let config = FsConfig::connected(device_end.into(), "amphi").unwrap();
         let _lease = read_lease(&d.dir.path().join("shared/hello"));
         let mut live = Live::start_on(&d, config, VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
-        let lookup = fuse_request(FUSE_LOOKUP, 2, 1, b"hello\0");
-        send(&mut live.requests, 1, &lookup, 256);
-        live.kick(1);
-        live.wait_used(1, 2, &d);
-        assert_eq!(out_header(&live.mem, 1).1, 0, "FUSE_LOOKUP of hello");
-        let node: u64 = live
-            .mem
-            .read_obj(GuestAddress(REQUESTS + 0x1000 + 0x800 + 16))
-            .unwrap();
-        let open_in = [(libc::O_WRONLY as u32).to_le_bytes(), [0; 4]].concat();
-        let open = send(
-            &mut live.requests,
-            2,
-            &fuse_request(FUSE_OPEN, 3, node, &open_in),
-            256,
-        );
-        let queued = send(
-            &mut live.requests,
-            3,
-            &fuse_request(FUSE_GETATTR, 4, 1, &[0; 16]),
-            256,
-        );
-        live.kick(1);
-        let deadline = Instant::now() + PROMPTLY;
-        while !waits_in_the_kernel(d.child.id(), "__break_lease") {
-            assert!(
-                Instant::now() < deadline,
-                "virtiofsd never blocked in the open"
-            );
-            live.el.run_once(10);
-        }
+        let (open, queued) = live.block_virtiofsd_in_an_open(&d);
 
         d.kill();
         let (ending, taken) = rx.recv_timeout(PROMPTLY).expect("the relay noticed");

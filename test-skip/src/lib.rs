@@ -166,6 +166,23 @@ fn record(log: &Path, binary: &str, test: &str, reason: &str) {
     }
 }
 
+/// Whether a unix stream socket listens on `path` in this network
+/// namespace (`/proc/net/unix`, its `__SO_ACCEPTCON` flag): bound is not
+/// enough, a connect between a daemon's `bind` and its `listen` is
+/// refused.
+pub fn unix_listening(path: &std::path::Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let path = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == path
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,19 +463,6 @@ fn a_virtiofs_backend_by_path_that_goes_away_leaves_the_jailed_vmm_answering_eio
 
 /// Whether a unix socket listens at `path` (/proc/net/unix: the flags
 /// column has __SO_ACCEPTCON, 0x10000, for a listening socket).
-fn listening(path: &std::path::Path) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return false;
-    };
-    let path = path.to_string_lossy();
-    table.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 8
-            && f[7] == path
-            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
-    })
-}
-
 fn virtiofs_backend_goes_away(test: &str, by_path: bool) {
     if !can_run(test)
         || !amphi_tests::require(
@@ -504,7 +491,7 @@ fn virtiofs_backend_goes_away(test: &str, by_path: bool) {
     // The socket file appears at bind(2), before listen(2): a connection
     // in between is refused. Wait for the listening socket (a probe
     // connection would be the one virtiofsd serves).
-    while !listening(&socket) {
+    while !amphi_test_skip::unix_listening(&socket) {
         assert!(Instant::now() < deadline, "virtiofsd did not listen");
         std::thread::sleep(Duration::from_millis(10));
     }

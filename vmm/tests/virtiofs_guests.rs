@@ -174,7 +174,8 @@ impl Virtiofsd {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !this.socket.exists() {
+        // Listening, not only bound (a connect in between is refused).
+        while !amphi_test_skip::unix_listening(&this.socket) {
             assert!(this.child.try_wait().unwrap().is_none(), "virtiofsd ended");
             assert!(Instant::now() < deadline, "virtiofsd did not listen");
             std::thread::sleep(Duration::from_millis(10));

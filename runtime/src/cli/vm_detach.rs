@@ -99,11 +99,12 @@ fn monitor(
     };
     if never_started {
         // The caller reports the error; a run that never started leaves
-        // nothing.
+        // nothing, and is gone before the caller hears of it (it may look
+        // at once: `ps -a` must not show it).
+        let _ = crate::image::store::remove_path(&dir);
         if let Some(tx) = lock(&report).take() {
             detach::report(tx, result.as_ref().map(|_| ()));
         }
-        let _ = crate::image::store::remove_path(&dir);
         return;
     }
     let oom = oom.load(std::sync::atomic::Ordering::SeqCst);

@@ -74,7 +74,9 @@ impl Virtiofsd {
             .expect("spawning virtiofsd");
         let mut this = Virtiofsd { child, socket, dir };
         let deadline = Instant::now() + PROMPTLY;
-        while !this.socket.exists() {
+        // Listening, not only bound: a connect between virtiofsd's bind
+        // and its listen is refused.
+        while !amphi_test_skip::unix_listening(&this.socket) {
             if let Some(status) = this.child.try_wait().unwrap() {
                 panic!(
                     "virtiofsd ended ({status}) before listening:\n{}",

@@ -512,6 +512,15 @@ fn wait_for_container_pid(state: &Path) -> i32 {
 #[test]
 fn detached_containers_ps_logs_stop_rm() {
     let e = Env::new();
+    // A detached run whose command cannot start: the caller's error, and
+    // nothing left by the time it returns (`ps -a` at once: the monitor
+    // removes the container before it reports).
+    for _ in 0..3 {
+        let out = e.run(&["run", "-d", "--name", "nostart", IMG, "/no/such/command"]);
+        assert_eq!(out.status.code(), Some(127), "{out:?}");
+        let ps = String::from_utf8_lossy(&e.run(&["ps", "-a"]).stdout).into_owned();
+        assert!(!ps.contains("nostart"), "left behind: {ps}");
+    }
     let out = e.run(&[
         "run",
         "-d",

@@ -114,9 +114,13 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
     };
     // The private network, in the process that waits for the container
     // (the monitor when detached): pasta lives exactly as long as it.
+    // A detached run that never started leaves nothing, and is gone
+    // before its caller hears of it (`ps -a` right after must not show
+    // it): the cleanup runs before the report.
     let net = match private_network(&req, &mut c.spec) {
         Ok(n) => n,
         Err(err) => {
+            drop(cleanup);
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
             }
@@ -129,6 +133,7 @@ pub fn run(req: RunRequest, resolved: ResolvedImage) -> Result<RunOutcome, RunEr
         Err(e) => {
             crate::sys::signal::unblock(&sigs);
             let err = RunError::Launch(e);
+            drop(cleanup);
             if let Some(tx) = report {
                 detach::report(tx, Err(&err));
             }

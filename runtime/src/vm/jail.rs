@@ -108,6 +108,16 @@ pub fn protections(backend: &crate::dispatch::backend::Backend) -> Vec<String> {
 /// The directory in a run directory that becomes the jailed VMM's root.
 pub const RUN_JAIL_DIR: &str = "jail";
 
+/// The jail of the processes that serve the guest of the run in
+/// `run_dir` from the host, QEMU and its vhost-user relays: their root
+/// (`run_dir/jail`, made empty if it is not there) and the unprivileged
+/// uid (and gid) they run as.
+pub fn run_jail(run_dir: &Path) -> Result<(PathBuf, u32), String> {
+    let dir = run_dir.join(RUN_JAIL_DIR);
+    make_jail_dir(&dir)?;
+    Ok((dir, default_uid(std::process::id())))
+}
+
 /// The jail id of the microVM run in `run_dir`: its name.
 pub fn run_jail_id(run_dir: &Path) -> Option<String> {
     let id = run_dir.file_name()?.to_str()?;
@@ -204,8 +214,7 @@ impl QemuJail {
     pub fn prepare(run_dir: &Path, mem_mib: u64, vcpus: u64) -> Result<QemuJail, String> {
         let id = run_jail_id(run_dir)
             .ok_or_else(|| format!("{}: not a run directory name", run_dir.display()))?;
-        let dir = run_dir.join(RUN_JAIL_DIR);
-        make_jail_dir(&dir)?;
+        let (dir, uid) = run_jail(run_dir)?;
         let memory = (mem_mib + QEMU_MEMORY_OVERHEAD_MIB + mem_mib.div_ceil(64)) << 20;
         let procs = create_cgroup(&id, memory, vcpus + QEMU_PIDS_SPARE)?
             .iter()
@@ -217,7 +226,6 @@ impl QemuJail {
                     .map_err(|e| format!("{}: {e}", p.display()))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let uid = default_uid(std::process::id());
         let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{}: a NUL byte in the path", dir.display()))?;
         Ok(QemuJail {

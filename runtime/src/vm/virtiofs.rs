@@ -155,28 +155,23 @@ impl Relay {
         let deadline = std::time::Instant::now() + VERDICT_WAIT;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: self.verdict.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
-            if n == 0 {
-                return Err("the relay said nothing".into());
+            if !crate::sys::poll::wait_readable(self.verdict.as_raw_fd(), left) {
+                if left.is_zero() {
+                    return Err("the relay said nothing".into());
+                }
+                // Interrupted: wait out the rest.
+                continue;
             }
             let mut buf = [0u8; 512];
-            // SAFETY: reading into our own buffer.
-            let got =
-                unsafe { libc::read(self.verdict.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if got <= 0 {
+            let got = rustix::io::read(&self.verdict, &mut buf).unwrap_or(0);
+            if got == 0 {
                 let st = self.child.try_wait().ok().flatten();
                 return Err(match st {
                     Some(st) => format!("the relay ended ({st})"),
                     None => "the relay closed its output".into(),
                 });
             }
-            line.extend_from_slice(&buf[..got as usize]);
+            line.extend_from_slice(&buf[..got]);
             if let Some(end) = line.iter().position(|&b| b == b'\n') {
                 return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
             }
@@ -285,9 +280,7 @@ impl Daemon {
         if super::jail::unjailed() {
             cmd.arg("--no-jail");
         } else {
-            let dir = run_dir.join(super::jail::RUN_JAIL_DIR);
-            super::jail::make_jail_dir(&dir).map_err(RunError::Failed)?;
-            let uid = super::jail::default_uid(std::process::id());
+            let (dir, uid) = super::jail::run_jail(run_dir).map_err(RunError::Failed)?;
             cmd.arg("--jail-dir")
                 .arg(&dir)
                 .arg(format!("--jail-uid={uid}"));

@@ -56,7 +56,7 @@ fn in_child_with(
                 vhost_user_sockets: sockets,
                 ..FilterParams::current()
             };
-            let Ok(filters) = SeccompFilters::new(params) else {
+            let Ok(filters) = SeccompFilters::for_kinds(params, &[kind]) else {
                 return 91;
             };
             if filters.apply(kind, 7).is_err() {

@@ -152,19 +152,27 @@ impl FilterParams {
     }
 }
 
-/// The compiled filters, one per [`ThreadKind`].
+/// The compiled filters: the kill switch, and one per [`ThreadKind`] of
+/// the process.
 #[derive(Clone, Debug)]
 pub struct SeccompFilters {
     kill_switch: BpfProgram,
-    vcpu: BpfProgram,
-    event_loop: BpfProgram,
-    control: BpfProgram,
-    relay: BpfProgram,
+    programs: Vec<(ThreadKind, BpfProgram)>,
 }
 
 impl SeccompFilters {
-    /// Compiles the three filters for a process described by `params`.
+    /// The thread kinds of a VMM process.
+    pub const VMM: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::EventLoop, ThreadKind::Control];
+
+    /// Compiles the VMM's three filters ([`Self::VMM`]) for a process
+    /// described by `params`.
     pub fn new(params: FilterParams) -> Result<Self> {
+        Self::for_kinds(params, &Self::VMM)
+    }
+
+    /// Compiles the filters of `kinds` only (the relay has one kind of
+    /// thread: it compiles nothing else, and the VMM never compiles its).
+    pub fn for_kinds(params: FilterParams, kinds: &[ThreadKind]) -> Result<Self> {
         let compile = |kind| -> Result<BpfProgram> {
             let filter = SeccompFilter::new(
                 rules(kind, &params)?,
@@ -188,23 +196,21 @@ impl SeccompFilters {
             step: "building the seccomp filters",
             detail: format!("kill switch: {e}"),
         })?;
+        let programs = kinds
+            .iter()
+            .map(|&k| compile(k).map(|p| (k, p)))
+            .collect::<Result<_>>()?;
         Ok(SeccompFilters {
             kill_switch,
-            vcpu: compile(ThreadKind::Vcpu)?,
-            event_loop: compile(ThreadKind::EventLoop)?,
-            control: compile(ThreadKind::Control)?,
-            relay: compile(ThreadKind::Relay)?,
+            programs,
         })
     }
 
-    /// The BPF program of `kind`.
-    pub fn program(&self, kind: ThreadKind) -> &BpfProgram {
-        match kind {
-            ThreadKind::Vcpu => &self.vcpu,
-            ThreadKind::EventLoop => &self.event_loop,
-            ThreadKind::Control => &self.control,
-            ThreadKind::Relay => &self.relay,
-        }
+    /// The BPF program of `kind`, when it was compiled.
+    pub fn program(&self, kind: ThreadKind) -> Option<&BpfProgram> {
+        self.programs
+            .iter()
+            .find_map(|(k, p)| (*k == kind).then_some(p))
     }
 
     /// Installs the kill switch and then `kind`'s filter on the calling
@@ -218,8 +224,12 @@ impl SeccompFilters {
             step: "installing the seccomp filter",
             detail: format!("{} thread: {e}", kind.name()),
         };
+        let program = self.program(kind).ok_or_else(|| VmmError::Jail {
+            step: "installing the seccomp filter",
+            detail: format!("{} thread: no filter compiled for it", kind.name()),
+        })?;
         seccompiler::apply_filter(&self.kill_switch).map_err(fail)?;
-        seccompiler::apply_filter(self.program(kind)).map_err(fail)
+        seccompiler::apply_filter(program).map_err(fail)
     }
 }
 
@@ -712,7 +722,14 @@ mod tests {
     #[test]
     fn every_filter_compiles_and_keeps_the_dangerous_calls_out() {
         let params = FilterParams::current();
-        SeccompFilters::new(params.clone()).unwrap();
+        SeccompFilters::for_kinds(params.clone(), &ThreadKind::ALL).unwrap();
+        // The VMM compiles its three kinds, not the relay's (and applying
+        // a kind not compiled is an error, not an unfiltered thread).
+        let vmm = SeccompFilters::new(params.clone()).unwrap();
+        assert!(SeccompFilters::VMM
+            .iter()
+            .all(|&k| vmm.program(k).is_some()));
+        assert!(vmm.program(ThreadKind::Relay).is_none());
         for kind in ThreadKind::ALL {
             let r = rules(kind, &params).unwrap();
             for nr in [

@@ -149,7 +149,7 @@ pub fn run(a: &RelayArgs) -> i32 {
             })
             .map_err(|e| e.to_string())?;
             jail::install_sigsys_reporter().map_err(|e| e.to_string())?;
-            SeccompFilters::new(FilterParams::current())
+            SeccompFilters::for_kinds(FilterParams::current(), &[ThreadKind::Relay])
                 .and_then(|f| f.apply(ThreadKind::Relay, 0))
                 .map_err(|e| e.to_string())?;
         }

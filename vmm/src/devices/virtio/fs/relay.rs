@@ -522,6 +522,7 @@ impl Relay {
             q.set_indirect(indirect);
             queues.push(Taken {
                 index,
+                name: format!("virtio-fs relay ring {index}"),
                 queue: q,
                 kick: File::from(kick),
                 call: File::from(call),
@@ -539,6 +540,8 @@ impl Relay {
 /// A ring the relay serves.
 struct Taken {
     index: usize,
+    /// For its log lines.
+    name: String,
     queue: VirtQueue,
     kick: File,
     call: File,
@@ -570,8 +573,7 @@ impl Served {
         let Some(t) = self.queues.get_mut(i) else {
             return;
         };
-        let name = format!("virtio-fs relay ring {}", t.index);
-        if lost::serve_queue(&name, &mut self.log, &self.mem, &mut t.queue, t.index)
+        if lost::serve_queue(&t.name, &mut self.log, &self.mem, &mut t.queue, t.index)
             && t.queue.needs_notification(&self.mem)
         {
             let _ = eventfd_write(&t.call);

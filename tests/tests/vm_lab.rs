@@ -109,7 +109,8 @@ fn lab_boot(what: &str, args: &[&str], vcpus: u32) -> BTreeMap<String, String> {
 
 /// The `jail:` line of a lab report (level 1's look at the running VMM's
 /// /proc entries): an unprivileged user, no capabilities, seccomp, no new
-/// privileges, an empty root, its own mount and net namespaces.
+/// privileges, an empty root, its own mount and net namespaces, its own
+/// cgroup (level 1 has cgroup2 only: the VMM is born in it).
 fn assert_jailed(jail: &str, context: &str) {
     let fields: BTreeMap<&str, &str> = jail.split(' ').filter_map(|f| f.split_once('=')).collect();
     let field = |k: &str| fields.get(k).copied().unwrap_or("missing");
@@ -127,6 +128,10 @@ fn assert_jailed(jail: &str, context: &str) {
     assert_eq!(field("root-entries"), "0", "jail: {jail}\n{context}");
     assert_eq!(field("mnt"), "own", "jail: {jail}\n{context}");
     assert_eq!(field("net"), "own", "jail: {jail}\n{context}");
+    assert!(
+        field("cgroup").starts_with("/amphi-vmm/"),
+        "jail: {jail}\n{context}"
+    );
 }
 
 /// A lab boot of Debian's stock level-2 kernel in `kernel` format.
@@ -992,6 +997,7 @@ fn vmm_timing_says_when_the_guest_started() {
         "launch to amphi vmm ",
         ", to VM created ",
         ", to kernel loaded ",
+        ", to guest started ",
         ", to first guest exit ",
         ", to end ",
     ] {

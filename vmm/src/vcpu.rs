@@ -28,6 +28,8 @@ pub(crate) struct RunContext {
     pub(crate) stop: Arc<StopState>,
     /// Set by the first vCPU to come back from `KVM_RUN`.
     pub(crate) first_exit: Arc<OnceLock<Instant>>,
+    /// Set just before the first `KVM_RUN` of any vCPU.
+    pub(crate) first_run: Arc<OnceLock<Instant>>,
 }
 
 /// How one vCPU's run ended.
@@ -186,6 +188,9 @@ impl Vcpu {
             }
             if ctx.stop.vm_exit.load(Ordering::SeqCst) {
                 return Ok(VcpuOutcome::Kicked);
+            }
+            if !exited {
+                ctx.first_run.get_or_init(Instant::now);
             }
             let exit = self.fd.run();
             if !exited {

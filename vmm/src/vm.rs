@@ -60,6 +60,8 @@ pub struct Vm {
     stop: Arc<StopState>,
     /// When a vCPU first came back from `KVM_RUN` (see [`Vm::first_exit_at`]).
     first_exit: Arc<OnceLock<Instant>>,
+    /// When a vCPU first entered `KVM_RUN` (see [`Vm::first_run_at`]).
+    first_run: Arc<OnceLock<Instant>>,
     /// The seccomp filters `run()` installs (see [`Vm::set_seccomp`]).
     seccomp: Option<ThreadFilters>,
     /// The thread calling `run()` is under its filter: no new thread can
@@ -173,6 +175,7 @@ impl Vm {
             cmdline,
             stop,
             first_exit: Arc::new(OnceLock::new()),
+            first_run: Arc::new(OnceLock::new()),
             seccomp: None,
             main_filtered: false,
             vhost_sockets: devices.vhost_user_sockets(),
@@ -318,6 +321,12 @@ impl Vm {
         self.first_exit.get().copied()
     }
 
+    /// When a vCPU first entered `KVM_RUN`: the guest's first instruction,
+    /// give or take the entry itself. `None` before the first `run()`.
+    pub fn first_run_at(&self) -> Option<Instant> {
+        self.first_run.get().copied()
+    }
+
     /// Queues bytes for the guest to read from COM1; returns how many fit.
     pub fn serial_input(&self, bytes: &[u8]) -> usize {
         lock(&self.serial).enqueue_input(bytes)
@@ -365,6 +374,7 @@ impl Vm {
             mmio: self.mmio.clone(),
             stop: self.stop.clone(),
             first_exit: self.first_exit.clone(),
+            first_run: self.first_run.clone(),
         };
         self.stop.vm_exit.store(false, Ordering::SeqCst);
         // The vCPUs' outcomes, and the event loop's device failures.

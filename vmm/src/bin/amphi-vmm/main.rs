@@ -38,7 +38,8 @@
 //! moment in `AMPHI_VMM_TIMING` when it holds one (Unix seconds with a
 //! fraction, e.g. bash's `$EPOCHREALTIME` on the command line that starts
 //! amphi: exec and process setup included), else from entering `amphi vmm`,
-//! to the VM created, the kernel loaded, the jail entered, the first VM exit (for a guest whose
+//! to the VM created, the kernel loaded, the jail entered, the guest started (the first
+//! `KVM_RUN`), the first VM exit (for a guest whose
 //! first instruction is a port write: the first guest instruction), and the
 //! end of the run.
 
@@ -85,7 +86,8 @@ pub enum NetArg {
 
 /// The jail of this VMM, as its supervisor set it up.
 struct Jail {
-    id: String,
+    /// The cgroup's join files, for a VMM not born in it.
+    join: Vec<PathBuf>,
     dir: PathBuf,
     uid: u32,
     gid: u32,
@@ -266,6 +268,8 @@ struct Timing {
     created: Option<Instant>,
     loaded: Option<Instant>,
     jailed: Option<Instant>,
+    /// The first `KVM_RUN`: the VMM's part of the startup ends here.
+    guest_started: Option<Instant>,
     first_exit: Option<Instant>,
     ended: Option<Instant>,
 }
@@ -373,12 +377,13 @@ fn timing_line(env: &str, entered: Instant, entered_wall: SystemTime, t: &Timing
         None => "-".into(),
     };
     let milestones = format!(
-        "to forked {}, to cgroup {}, to VM created {}, to kernel loaded {}, to jailed {}, to first guest exit {}, to end {}",
+        "to forked {}, to cgroup {}, to VM created {}, to kernel loaded {}, to jailed {}, to guest started {}, to first guest exit {}, to end {}",
         ms(t.forked),
         ms(t.cgroup),
         ms(t.created),
         ms(t.loaded),
         ms(t.jailed),
+        ms(t.guest_started),
         ms(t.first_exit),
         ms(t.ended)
     );
@@ -412,9 +417,25 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
         .unwrap_or_else(|| vmjail::default_uid(std::process::id()));
     let gid = args.jail_gid.unwrap_or(uid);
     let made = vmjail::make_jail_dir(&dir)?;
+    // The cgroup before the fork, so that the VMM is born in it where the
+    // host allows (cgroup2) and all of its memory is charged there.
+    let cgroup = vmjail::prepare_cgroup(
+        &id,
+        vmjail::memory_limit(u64::from(args.mem)),
+        vmjail::pids_limit(u64::from(args.vcpus)),
+    )
+    .map_err(|e| {
+        if let Err(e) = vmjail::remove_cgroup(&id) {
+            eprintln!("amphi vmm: warning: {e}");
+        }
+        if made {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        format!("jail: {e}")
+    })?;
     let cleanup_id = id.clone();
     let cleanup_dir = dir.clone();
-    let side = vmjail::fork_supervised(trim::drop_resident, move || {
+    let side = vmjail::fork_supervised(cgroup.dir, trim::drop_resident, move || {
         if let Err(e) = vmjail::remove_cgroup(&cleanup_id) {
             eprintln!("amphi vmm: warning: {e}");
         }
@@ -430,6 +451,9 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
     let side = match side {
         Ok(s) => s,
         Err(e) => {
+            if let Err(e) = vmjail::remove_cgroup(&id) {
+                eprintln!("amphi vmm: warning: {e}");
+            }
             if made {
                 let _ = std::fs::remove_dir(&dir);
             }
@@ -439,7 +463,7 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
     Ok(match side {
         Side::Supervisor(code) => Side::Supervisor(code),
         Side::Vmm(supervisor) => Side::Vmm(Jail {
-            id,
+            join: cgroup.join,
             dir,
             uid,
             gid,
@@ -481,13 +505,11 @@ fn boot(
     let fs = fs_devices(&args.fs)?;
     if let Some(j) = jail {
         timing.forked = Some(Instant::now());
-        // Before guest memory exists, so that all of it is charged here.
-        vmjail::enter_cgroup(
-            &j.id,
-            vmjail::memory_limit(u64::from(args.mem)),
-            vmjail::pids_limit(u64::from(args.vcpus)),
-        )
-        .map_err(|e| format!("jail: {e}"))?;
+        // Before guest memory exists, so that all of it is charged there
+        // (a VMM born in its cgroup is there already).
+        if !j.supervisor.in_cgroup {
+            vmjail::join_cgroup(&j.join).map_err(|e| format!("jail: {e}"))?;
+        }
         timing.cgroup = Some(Instant::now());
     }
     let config = VmConfig {
@@ -529,6 +551,7 @@ fn boot(
     vm.set_host_watch(host_watch(signals, args.timeout, cause.clone(), selftest));
     let reason = vm.run().map_err(|e| e.to_string())?;
     timing.ended = Some(Instant::now());
+    timing.guest_started = vm.first_run_at();
     timing.first_exit = vm.first_exit_at();
     // What the guest handed its devices last (console output) gets out.
     if !vm.drain_devices(DRAIN_TIMEOUT) {
@@ -755,6 +778,7 @@ mod tests {
         let wall = SystemTime::now();
         let t = Timing {
             created: Some(entered + Duration::from_millis(2)),
+            guest_started: Some(entered + Duration::from_millis(2)),
             first_exit: Some(entered + Duration::from_millis(3)),
             ..Timing::default()
         };
@@ -782,6 +806,7 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("to kernel loaded -,"), "{line}");
+        assert!((ms_after("to guest started ") - 3.0).abs() < 0.01, "{line}");
         let line = timing_line("1", entered, wall, &t);
         assert!(
             line.starts_with("from amphi vmm (no launch time given): to forked -, to cgroup -, to VM created 2.000 ms"),

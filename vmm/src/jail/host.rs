@@ -7,11 +7,13 @@
 //! A jailed `amphi-vmm` is two processes:
 //!
 //! - the **supervisor**, the process amphi (or the user) started: it
-//!   makes a new pid namespace and forks; it forwards SIGTERM and SIGINT
+//!   makes the VMM's cgroup and a new pid namespace and forks (on cgroup2
+//!   into the cgroup, see [`fork_supervised`]); it forwards SIGTERM and SIGINT
 //!   to the VMM, waits for it, removes its cgroup and jail directory, and
 //!   exits with its status. It runs no guest-facing code and keeps root
 //!   for that cleanup only.
-//! - the **VMM**, pid 1 of that namespace: it joins its own cgroup, opens
+//! - the **VMM**, pid 1 of that namespace, in its own cgroup from its
+//!   first instruction on cgroup2 (on v1 it joins it first thing), opens
 //!   and creates everything, then locks itself down (see
 //!   [`super::lockdown`]) before the guest's first instruction.
 //!

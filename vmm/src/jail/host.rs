@@ -601,6 +601,17 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(!born);
+        // A descriptor the kernel refuses as a cgroup (a regular file): the
+        // fork still happens, and the child knows it must join by itself.
+        let file: std::os::fd::OwnedFd = fs::File::open("/proc/self/cmdline").unwrap().into();
+        let (pid, born) = fork_into(Some(&file)).unwrap();
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(!born);
     }
 
     #[test]

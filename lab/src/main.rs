@@ -8,6 +8,7 @@
 //! check and the timer of the bench.
 
 mod cpio;
+mod entry;
 mod listen;
 mod markers;
 mod vmlinux;
@@ -58,7 +59,10 @@ enum Command {
     /// "AMPHI-L1-BENCH LABEL init-ms=... rss-kb=... guest-rss-kb=... ...
     /// exit=N" (or signal=N); fails unless the marker came and the memory
     /// was read. With AMPHI_VMM_TIMING set, CMD gets it as the launch time
-    /// (seconds since the epoch), for amphi vmm's startup report.
+    /// (seconds since the epoch), for amphi vmm's startup report. With
+    /// AMPHI_LAB_FIRST_ENTRY set, the line also says "entry-ms=...": launch
+    /// to the guest's first instruction (level 1's first kvm:kvm_entry trace
+    /// event of vCPU 0; tracefs at /sys/kernel/tracing).
     Watch {
         label: String,
         marker: String,

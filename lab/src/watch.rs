@@ -2,6 +2,7 @@
 //! guest's first line, reads the VMM's memory use once the guest settled,
 //! and stops it.
 
+use crate::entry::{monotonic_now, FirstEntry, TRACEFS};
 use crate::markers::Seen;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{kill_process, Pid, Signal};
@@ -122,14 +123,28 @@ pub fn parse_smaps(text: &str, guest_kb: u64) -> Mem {
     m
 }
 
-/// The report line (without its leading newline).
-pub fn report(label: &str, init_ms: Option<f64>, mem: Option<&Mem>, status: &str) -> String {
+/// The report line (without its leading newline). `entry_ms`, when the
+/// first guest entry was asked for: launch to it, if it came.
+pub fn report(
+    label: &str,
+    init_ms: Option<f64>,
+    entry_ms: Option<Option<f64>>,
+    mem: Option<&Mem>,
+    status: &str,
+) -> String {
     let mut line = format!("AMPHI-L1-BENCH {label}");
     match init_ms {
         Some(ms) => {
             let _ = write!(line, " init-ms={ms:.1}");
         }
         None => line.push_str(" init-ms=none"),
+    }
+    match entry_ms {
+        Some(Some(ms)) => {
+            let _ = write!(line, " entry-ms={ms:.1}");
+        }
+        Some(None) => line.push_str(" entry-ms=none"),
+        None => {}
     }
     if let Some(m) = mem {
         let _ = write!(
@@ -160,6 +175,9 @@ fn status_text(status: &ExitStatus) -> String {
 
 /// The variable that asks amphi vmm for its startup report.
 const TIMING_ENV: &str = "AMPHI_VMM_TIMING";
+/// The variable that asks for the time to the guest's first instruction
+/// (see [`crate::entry`]).
+const ENTRY_ENV: &str = "AMPHI_LAB_FIRST_ENTRY";
 
 /// Now, as seconds since the epoch with microseconds (what amphi vmm takes
 /// as the launch time in `AMPHI_VMM_TIMING`).
@@ -180,7 +198,12 @@ pub fn run(w: &Watch) -> anyhow::Result<ExitCode> {
     let Some((program, args)) = w.cmd.split_first() else {
         anyhow::bail!("watch: no command to run");
     };
+    let first_entry = match std::env::var_os(ENTRY_ENV) {
+        Some(_) => Some(FirstEntry::arm(std::path::Path::new(TRACEFS))?),
+        None => None,
+    };
     let t0 = Instant::now();
+    let launch_mono = monotonic_now();
     let mut command = Command::new(program);
     command.args(args).stdout(Stdio::piped());
     // amphi vmm's startup report (AMPHI_VMM_TIMING) counts from a launch
@@ -194,7 +217,7 @@ pub fn run(w: &Watch) -> anyhow::Result<ExitCode> {
         Err(e) => {
             // As a shell would: the command did not start, status 127.
             eprintln!("amphi-lab: exec {program}: {e}");
-            println!("\n{}", report(&w.label, None, None, "exit=127"));
+            println!("\n{}", report(&w.label, None, None, None, "exit=127"));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -207,9 +230,24 @@ pub fn run(w: &Watch) -> anyhow::Result<ExitCode> {
         }
     };
     let init_ms = marked.map(|at| at.duration_since(t0).as_secs_f64() * 1e3);
+    let entry_ms = match &first_entry {
+        Some(fe) => Some(
+            fe.read()?
+                .map(|at| (at - launch_mono) * 1e3)
+                .filter(|ms| *ms >= 0.0),
+        ),
+        None => None,
+    };
+    drop(first_entry);
     println!(
         "\n{}",
-        report(&w.label, init_ms, mem.as_ref(), &status_text(&status))
+        report(
+            &w.label,
+            init_ms,
+            entry_ms,
+            mem.as_ref(),
+            &status_text(&status)
+        )
     );
     Ok(if marked.is_some() && mem.is_some() {
         ExitCode::SUCCESS
@@ -354,14 +392,28 @@ Rss:                   0 kB
             guest_anon: 8,
         };
         assert_eq!(
-            report("amphi run=1", Some(12.345), Some(&m), "signal=15"),
+            report("amphi run=1", Some(12.345), None, Some(&m), "signal=15"),
             "AMPHI-L1-BENCH amphi run=1 init-ms=12.3 rss-kb=1 pss-kb=2 private-dirty-kb=3 \
              anon-kb=4 guest-maps=5 guest-rss-kb=6 guest-private-dirty-kb=7 guest-anon-kb=8 \
              signal=15"
         );
         assert_eq!(
-            report("qemu run=2", None, None, "exit=1"),
+            report("qemu run=2", None, None, None, "exit=1"),
             "AMPHI-L1-BENCH qemu run=2 init-ms=none exit=1"
+        );
+        assert_eq!(
+            report(
+                "qemu run=3",
+                Some(900.0),
+                Some(Some(180.04)),
+                None,
+                "exit=0"
+            ),
+            "AMPHI-L1-BENCH qemu run=3 init-ms=900.0 entry-ms=180.0 exit=0"
+        );
+        assert_eq!(
+            report("qemu run=4", None, Some(None), None, "exit=1"),
+            "AMPHI-L1-BENCH qemu run=4 init-ms=none entry-ms=none exit=1"
         );
     }
 

@@ -1132,4 +1132,60 @@ fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
     // Without a log: a usage error.
     let out = run_cmd(Command::new(script("vm-lab")).arg("bench-summary"));
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    // No --first-entry, no split at the first guest instruction.
+    assert!(!stdout.contains("entry-ms") && !stdout.contains("first guest instruction"));
+}
+
+/// `bench --first-entry`: each run's launch → first guest instruction
+/// (amphi-lab watch's entry-ms) and the guest's part (init-ms minus it),
+/// their medians, and the second table; a run whose entry did not show
+/// keeps "entry-ms=none" and no guest part.
+#[test]
+fn bench_summary_splits_runs_at_the_first_guest_instruction() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bench.log");
+    let run = |vmm: &str, r: u32, init: &str, entry: &str| {
+        format!(
+            "AMPHI-L2-INIT\nAMPHI-L2-CLOCK at=0.500000\nAMPHI-L1-BENCH {vmm} boot=1 run={r} \
+             init-ms={init} entry-ms={entry} rss-kb=40000 pss-kb=1 private-dirty-kb=1 anon-kb=33000 \
+             guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=0\n"
+        )
+    };
+    let text = [
+        run("amphi", 1, "1000.0", "180.0"),
+        run("qemu", 1, "1400.0", "500.0"),
+        run("amphi", 2, "1100.0", "200.0"),
+        run("qemu", 2, "1500.0", "none"),
+    ]
+    .concat();
+    std::fs::write(&log, text).unwrap();
+    let out = run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("bench-summary")
+            .arg(&log),
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = lab_report(&out);
+    let get = |k: &str| report.get(k).map(String::as_str).unwrap_or("missing");
+    assert!(
+        stdout.contains("bench-run: amphi boot=1 run=1 init-ms=1000.0 guest-clock-ms=500 before-clock-ms=500.0 entry-ms=180.0 guest-ms=820.0 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("bench-run: qemu boot=1 run=2 init-ms=1500.0 guest-clock-ms=500 before-clock-ms=1000.0 entry-ms=none rss-kb="),
+        "{stdout}"
+    );
+    assert_eq!(get("bench-amphi-entry-ms"), "190", "{stdout}");
+    assert_eq!(get("bench-amphi-guest-ms"), "860", "{stdout}");
+    assert_eq!(get("bench-qemu-entry-ms"), "500.0", "{stdout}");
+    assert_eq!(get("bench-qemu-guest-ms"), "900.0", "{stdout}");
+    assert!(
+        stdout.contains("| amphi vmm | 190 ms (180.0-200.0) | 860 ms (820.0-900.0) |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| QEMU microvm | 500.0 ms (500.0-500.0) | 900.0 ms (900.0-900.0) |"),
+        "{stdout}"
+    );
 }

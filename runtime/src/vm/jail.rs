@@ -12,9 +12,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use amphi_vmm::jail::host::{
-    cgroup_dirs, check_id, create_cgroup, default_uid, enter_cgroup, jail_dir, make_jail_dir,
-    memory_limit, pids_limit, remove_cgroup, CGROUP_PARENT, JAIL_ROOT, MEMORY_OVERHEAD_MIB,
-    PIDS_SPARE, UID_BASE, UID_SPAN,
+    cgroup_dirs, check_id, create_cgroup, default_uid, jail_dir, make_jail_dir, memory_limit,
+    pids_limit, remove_cgroup, CGROUP_PARENT, JAIL_ROOT, MEMORY_OVERHEAD_MIB, PIDS_SPARE, UID_BASE,
+    UID_SPAN,
 };
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 

@@ -97,13 +97,6 @@ fn write(p: &Path, v: &str) -> Result<(), String> {
     fs::write(p, v).map_err(|e| format!("writing {v:?} to {}: {e}", p.display()))
 }
 
-/// Creates the VMM's cgroup with its limits and moves the calling process
-/// (which must have one thread) into it. Fails when the host has no memory
-/// or pids controller to give.
-pub fn enter_cgroup(id: &str, memory: u64, pids: u64) -> Result<(), String> {
-    join_cgroup(&create_cgroup(id, memory, pids)?)
-}
-
 /// Moves the calling process (which must have one thread) into a cgroup
 /// through its join files ([`create_cgroup`]).
 pub fn join_cgroup(join_files: &[PathBuf]) -> Result<(), String> {
@@ -126,20 +119,24 @@ pub struct VmmCgroup {
 /// Creates the VMM's cgroup `amphi-vmm/<id>` with its limits (see
 /// [`create_cgroup`]) and, on cgroup2, opens it for [`fork_supervised`].
 pub fn prepare_cgroup(id: &str, memory: u64, pids: u64) -> Result<VmmCgroup, String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let join = create_cgroup(id, memory, pids)?;
-    let dir = if cgroup2_only() {
-        let path = Path::new(CGROUP_ROOT).join(CGROUP_PARENT).join(id);
-        let dir = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| format!("opening cgroup {}: {e}", path.display()))?;
-        Some(dir.into())
-    } else {
-        None
+    let dir = match cgroup_dirs(id).as_slice() {
+        [path] if cgroup2_only() => {
+            Some(open_dir(path).map_err(|e| format!("opening cgroup {}: {e}", path.display()))?)
+        }
+        _ => None,
     };
     Ok(VmmCgroup { dir, join })
+}
+
+/// Opens a directory (for `CLONE_INTO_CGROUP`), close-on-exec.
+fn open_dir(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map(Into::into)
 }
 
 /// Creates the monitor's cgroup `amphi-vmm/<id>` with its limits; returns
@@ -556,16 +553,10 @@ mod tests {
 
     #[test]
     fn a_forked_child_is_born_in_its_cgroup2_group() {
-        use std::os::unix::fs::OpenOptionsExt;
         let group = format!("amphi-test-fork-into-{}", std::process::id());
         let dir = cgroup2_mount().join(&group);
         fs::create_dir(&dir).unwrap();
-        let fd: std::os::fd::OwnedFd = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(&dir)
-            .unwrap()
-            .into();
+        let fd = open_dir(&dir).unwrap();
         // The test harness runs tests on threads, so the child allocates
         // nothing (another thread may have held the allocator's lock): it
         // reads its cgroup into a buffer on its stack and exits.

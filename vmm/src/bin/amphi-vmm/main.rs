@@ -425,41 +425,15 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
         vmjail::pids_limit(u64::from(args.vcpus)),
     )
     .map_err(|e| {
-        if let Err(e) = vmjail::remove_cgroup(&id) {
-            eprintln!("amphi vmm: warning: {e}");
-        }
-        if made {
-            let _ = std::fs::remove_dir(&dir);
-        }
+        remove_jail(&id, &dir, made);
         format!("jail: {e}")
     })?;
     let cleanup_id = id.clone();
     let cleanup_dir = dir.clone();
     let side = vmjail::fork_supervised(cgroup.dir, trim::drop_resident, move || {
-        if let Err(e) = vmjail::remove_cgroup(&cleanup_id) {
-            eprintln!("amphi vmm: warning: {e}");
-        }
-        if made {
-            if let Err(e) = std::fs::remove_dir(&cleanup_dir) {
-                eprintln!(
-                    "amphi vmm: warning: removing the jail directory {}: {e}",
-                    cleanup_dir.display()
-                );
-            }
-        }
-    });
-    let side = match side {
-        Ok(s) => s,
-        Err(e) => {
-            if let Err(e) = vmjail::remove_cgroup(&id) {
-                eprintln!("amphi vmm: warning: {e}");
-            }
-            if made {
-                let _ = std::fs::remove_dir(&dir);
-            }
-            return Err(e);
-        }
-    };
+        remove_jail(&cleanup_id, &cleanup_dir, made);
+    })
+    .inspect_err(|_| remove_jail(&id, &dir, made))?;
     Ok(match side {
         Side::Supervisor(code) => Side::Supervisor(code),
         Side::Vmm(supervisor) => Side::Vmm(Jail {
@@ -470,6 +444,22 @@ fn supervise(args: &VmmArgs) -> Result<Side<Jail>, String> {
             supervisor,
         }),
     })
+}
+
+/// Removes the VMM's cgroup and, if `made` here, its jail directory,
+/// saying on stderr what could not be removed.
+fn remove_jail(id: &str, dir: &Path, made: bool) {
+    if let Err(e) = vmjail::remove_cgroup(id) {
+        eprintln!("amphi vmm: warning: {e}");
+    }
+    if made {
+        if let Err(e) = std::fs::remove_dir(dir) {
+            eprintln!(
+                "amphi vmm: warning: removing the jail directory {}: {e}",
+                dir.display()
+            );
+        }
+    }
 }
 
 /// Enters the jail (the VM is created and its files are open) and

@@ -1041,20 +1041,25 @@ AMPHI-L2-CLOCK at=0.500000
 AMPHI-L1-BENCH amphi boot=1 run=2 init-ms=1600.0 rss-kb=40000 pss-kb=1 private-dirty-kb=1 anon-kb=33000 guest-maps=1 guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=143
 ";
 
+/// `scripts/vm-lab bench-summary` of a level-1 console log holding `text`.
+fn bench_summary(text: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bench.log");
+    std::fs::write(&log, text).unwrap();
+    run_cmd(
+        Command::new(script("vm-lab"))
+            .arg("bench-summary")
+            .arg(&log),
+    )
+}
+
 /// `scripts/vm-lab bench-summary`: the bench's arithmetic on a known log
 /// (no lab run, no root): each run gets the clock its level 2 printed
 /// before it, medians and ranges per VMM, the paired per-round ratio over
 /// the rounds both VMMs finished, and the rounds won.
 #[test]
 fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("bench.log");
-    std::fs::write(&log, BENCH_LOG).unwrap();
-    let out = run_cmd(
-        Command::new(script("vm-lab"))
-            .arg("bench-summary")
-            .arg(&log),
-    );
+    let out = bench_summary(BENCH_LOG);
     assert!(out.status.success(), "{}", show(&out));
     let report = lab_report(&out);
     let get = |k: &str| {
@@ -1111,16 +1116,11 @@ fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
              guest-rss-kb=30000 guest-private-dirty-kb=1 guest-anon-kb=30000 exit=0\n"
         )
     };
-    std::fs::write(
-        &log,
-        format!("{}{}", round("amphi", "950.0"), round("qemu", "1100.0")),
-    )
-    .unwrap();
-    let out = run_cmd(
-        Command::new(script("vm-lab"))
-            .arg("bench-summary")
-            .arg(&log),
-    );
+    let out = bench_summary(&format!(
+        "{}{}",
+        round("amphi", "950.0"),
+        round("qemu", "1100.0")
+    ));
     assert_eq!(
         lab_report(&out)
             .get("bench-amphi-vs-qemu-won")
@@ -1142,8 +1142,6 @@ fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
 /// keeps "entry-ms=none" and no guest part.
 #[test]
 fn bench_summary_splits_runs_at_the_first_guest_instruction() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("bench.log");
     let run = |vmm: &str, r: u32, init: &str, entry: &str| {
         format!(
             "AMPHI-L2-INIT\nAMPHI-L2-CLOCK at=0.500000\nAMPHI-L1-BENCH {vmm} boot=1 run={r} \
@@ -1158,12 +1156,7 @@ fn bench_summary_splits_runs_at_the_first_guest_instruction() {
         run("qemu", 2, "1500.0", "none"),
     ]
     .concat();
-    std::fs::write(&log, text).unwrap();
-    let out = run_cmd(
-        Command::new(script("vm-lab"))
-            .arg("bench-summary")
-            .arg(&log),
-    );
+    let out = bench_summary(&text);
     assert!(out.status.success(), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report = lab_report(&out);

@@ -578,19 +578,91 @@ fn lab_bzimage_two_vcpus() {
     lab("bzimage", 2);
 }
 
+/// Debian's vmlinux, entered at its 64-bit entry (amphi vmm --boot auto
+/// for a Linux vmlinux).
 #[test]
-fn lab_pvh_vmlinux_one_vcpu() {
+fn lab_vmlinux_one_vcpu() {
     lab("vmlinux", 1);
 }
 
+/// The same vmlinux through its PVH entry (--boot pvh), with an AP.
 #[test]
 fn lab_pvh_vmlinux_two_vcpus() {
-    lab("vmlinux", 2);
+    if !is_root() {
+        skip("the nested lab needs root (apt-get, mknod): vm-lab tests not run");
+        return;
+    }
+    lab_boot(
+        "vmlinux (PVH)",
+        &["--kernel", "vmlinux", "--l2-boot", "pvh"],
+        2,
+    );
 }
 
 #[test]
-fn lab_virtio_disk_and_console_pvh_vmlinux() {
+fn lab_virtio_disk_and_console_vmlinux() {
     lab_virtio("vmlinux", 1);
+}
+
+/// How many of the hypervisor CPUID leaves 0x40000100 to 0x4000ff00 level
+/// 2 read (Linux entered through PVH reads them all, looking for Xen), from
+/// level 1's `kvm:kvm_cpuid` trace in the lab's console `log`; and how many
+/// reads of KVM's own leaf 0x40000000 it made (any boot makes some: the
+/// trace worked).
+fn hypervisor_leaf_reads(log: &str) -> (usize, usize) {
+    let leaf = |line: &str| {
+        let func = line.split("kvm_cpuid: func ").nth(1)?.split(' ').next()?;
+        u32::from_str_radix(func, 16).ok()
+    };
+    let leaves: Vec<u32> = log
+        .lines()
+        .filter(|l| l.starts_with("AMPHI-L1-TRACE "))
+        .filter_map(leaf)
+        .collect();
+    let xen = leaves
+        .iter()
+        .filter(|&&f| (0x4000_0100..=0x4000_ff00).contains(&f) && f & 0xff == 0)
+        .count();
+    (xen, leaves.iter().filter(|&&f| f == 0x4000_0000).count())
+}
+
+/// amphi's microVM vmlinux is entered at its 64-bit entry and never looks
+/// for Xen (255 VM exits fewer a boot); through its PVH entry (--boot pvh)
+/// it reads every one of the 255 leaves. Read back from the guest's own
+/// CPUID exits, traced in level 1.
+#[test]
+fn lab_microvm_vmlinux_skips_the_xen_search_unless_entered_through_pvh() {
+    if !is_root() {
+        skip("the nested lab needs root (apt-get, mknod): vm-lab tests not run");
+        return;
+    }
+    let Some(kernel) = microvm_kernel("vmlinux") else {
+        skip(
+            "vm-lab boot-protocol check NOT run: no microVM kernel (set AMPHI_LAB_L2_KERNEL \
+             or build /var/cache/amphi/kernels/6.12-*/vmlinux with amphi kernel build)",
+        );
+        return;
+    };
+    let kernel = kernel.to_str().unwrap();
+    for (boot, want) in [("auto", 0), ("pvh", 255)] {
+        let report = lab_boot(
+            &format!("{kernel} --boot {boot}"),
+            &[
+                "--l2-kernel",
+                kernel,
+                "--l2-boot",
+                boot,
+                "--l1-append",
+                "amphi.trace=kvm:kvm_cpuid",
+            ],
+            1,
+        );
+        let log = report.get("log").expect("the report names its log");
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned();
+        let (xen, kvm) = hypervisor_leaf_reads(&text);
+        assert!(kvm > 0, "--boot {boot}: no CPUID trace in {log}");
+        assert_eq!(xen, want, "--boot {boot}: Xen leaves read (log {log})");
+    }
 }
 
 #[test]

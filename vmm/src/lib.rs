@@ -78,6 +78,7 @@ pub use devices::virtio::console::ConsoleBackend;
 pub use devices::virtio::fs::{FsBackend, FsConfig};
 pub use error::{Result, VmmError};
 pub use exit::{ExitReason, RegisterDump, EXIT_DEVICE_FAILED};
+pub use loader::BootChoice;
 pub use loader::{BootInfo, BootProtocol};
 pub use pvm::{detect_kvm_kind, kernel_pvm_support, KvmKind, PvmKernelSupport};
 pub use stop::StopHandle;
@@ -98,6 +99,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage.
     pub kernel: Option<PathBuf>,
+    /// How the kernel is entered (see [`loader`]).
+    pub boot: BootChoice,
     /// Initial ramdisk.
     pub initrd: Option<PathBuf>,
     /// Kernel command line. `virtio_mmio.device=` entries for the virtio
@@ -142,6 +145,7 @@ impl Default for VmConfig {
             mem_mib: 256,
             vcpus: 1,
             kernel: None,
+            boot: BootChoice::Auto,
             initrd: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial: SerialOut::None,

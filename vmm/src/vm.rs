@@ -216,6 +216,7 @@ impl Vm {
             &kernel,
             self.config.initrd.as_deref(),
             &self.cmdline,
+            self.config.boot,
         )?;
         self.set_vcpu_entry(0, &info.entry)?;
         Ok(info)

@@ -72,7 +72,7 @@ pub struct BuildArgs {
 
 #[derive(Args)]
 pub struct AddArgs {
-    /// Kernel file: an x86_64 ELF vmlinux (PVH) or a bzImage
+    /// Kernel file: an x86_64 ELF vmlinux or a bzImage
     #[arg(value_name = "PATH")]
     pub path: PathBuf,
     /// The kernel's .config

@@ -53,7 +53,7 @@ impl KernelEntry {
             .then(|| self.dir.join(format.file_name()))
     }
 
-    /// The ELF vmlinux (PVH direct boot), if the entry has one.
+    /// The ELF vmlinux (direct boot), if the entry has one.
     pub fn vmlinux(&self) -> Option<PathBuf> {
         self.file(Format::Vmlinux)
     }

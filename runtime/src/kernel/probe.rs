@@ -1,6 +1,7 @@
-//! What a kernel file is: an x86_64 ELF `vmlinux` (PVH direct boot when it
-//! carries the Xen PHYS32_ENTRY note) or a `bzImage` (Linux boot protocol,
-//! "HdrS" at 0x202). Finds its version and, when it embeds one, its config.
+//! What a kernel file is: an x86_64 ELF `vmlinux` (direct boot: amphi's VMM
+//! enters Linux at its 64-bit entry, QEMU through PVH when it carries the
+//! Xen PHYS32_ENTRY note) or a `bzImage` (Linux boot protocol, "HdrS" at
+//! 0x202). Finds its version and, when it embeds one, its config.
 
 use super::config::{extract_ikconfig, find};
 use super::{KernelError, KernelVersion};
@@ -12,7 +13,7 @@ use std::path::Path;
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub enum Format {
-    /// ELF `vmlinux`, loaded directly (PVH entry).
+    /// ELF `vmlinux`, loaded directly.
     #[serde(rename = "vmlinux")]
     Vmlinux,
     /// Compressed `bzImage`, loaded through the Linux boot protocol.

@@ -20,6 +20,13 @@ Boot a kernel in amphi's VMM (`amphi vmm` runs this program; `amphi run
 
 Options:
   --kernel PATH            Kernel image: ELF vmlinux (PVH or 64-bit entry) or bzImage
+  --boot auto|linux|pvh    How the kernel is entered [default: auto]: auto takes
+                           Linux's 64-bit boot protocol for a Linux kernel (a
+                           vmlinux with Linux's ELF notes, or a bzImage) and PVH
+                           for another ELF with a PVH note; linux always the
+                           64-bit protocol; pvh the ELF's PVH entry (Linux
+                           through PVH first probes 256 CPUID leaves for Xen,
+                           each a VM exit)
   --initrd PATH            Initial ramdisk
   --cmdline STR            Kernel command line [default: amphi's]
   --mem MIB                Guest RAM in MiB [default: 256]
@@ -70,6 +77,7 @@ VM could not be started.
 #[derive(Debug)]
 pub struct VmmArgs {
     pub kernel: PathBuf,
+    pub boot: amphi_vmm::BootChoice,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub mem: u32,
@@ -131,6 +139,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
     let mut kernel = None;
     let mut a = VmmArgs {
         kernel: PathBuf::new(),
+        boot: amphi_vmm::BootChoice::Auto,
         initrd: None,
         cmdline: amphi_vmm::DEFAULT_CMDLINE.to_string(),
         mem: 256,
@@ -187,6 +196,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
         };
         match opt.as_str() {
             "--kernel" => kernel = Some(PathBuf::from(value()?)),
+            "--boot" => a.boot = value()?.parse().map_err(|e| format!("--boot: {e}"))?,
             "--initrd" => a.initrd = Some(value()?.into()),
             "--cmdline" => a.cmdline = value()?,
             "--mem" => a.mem = parse_number(&opt, &value()?, "a number of MiB")?,
@@ -255,8 +265,11 @@ mod tests {
         assert_eq!((a.mem, a.vcpus), (256, 1));
         assert_eq!(a.cmdline, amphi_vmm::DEFAULT_CMDLINE);
         assert!(!a.serial_stdout && !a.force && a.disk.is_empty() && a.fs.is_empty());
+        assert_eq!(a.boot, amphi_vmm::BootChoice::Auto);
         let a = run(&[
             "--kernel=/k",
+            "--boot",
+            "pvh",
             "--initrd",
             "/i",
             "--cmdline=console=ttyS0 a=b",
@@ -286,6 +299,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.initrd, Some("/i".into()));
+        assert_eq!(a.boot, amphi_vmm::BootChoice::Pvh);
         assert_eq!(a.cmdline, "console=ttyS0 a=b");
         assert_eq!((a.mem, a.vcpus), (64, 2));
         assert_eq!(a.disk.len(), 2);
@@ -307,6 +321,8 @@ mod tests {
         assert!(err(&["--kernel"]).contains("--kernel needs a value"));
         assert!(err(&["--kernel", "/k", "--bogus"]).contains("unknown argument \"--bogus\""));
         assert!(err(&["--kernel", "/k", "--mem", "lots"]).contains("--mem \"lots\""));
+        assert!(err(&["--kernel", "/k", "--boot=efi"])
+            .contains("--boot: unknown boot protocol \"efi\" (possible values: auto, linux, pvh)"));
         assert!(err(&["--kernel", "/k", "--vcpus", "300"]).contains("--vcpus"));
         assert!(
             err(&["--kernel", "/k", "--serial", "tty"]).contains("possible values: stdout, none")

@@ -506,6 +506,7 @@ fn boot(
         mem_mib: args.mem,
         vcpus: args.vcpus,
         kernel: Some(args.kernel.clone()),
+        boot: args.boot,
         initrd: args.initrd.clone(),
         cmdline: args.cmdline.clone(),
         serial: if args.serial_stdout {

@@ -1208,6 +1208,37 @@ fn bench_summary_pairs_rounds_and_reads_the_guest_clock() {
     assert!(!stdout.contains("entry-ms") && !stdout.contains("first guest instruction"));
 }
 
+/// vm-lab's option checks that need no lab: --l2-boot takes auto, linux
+/// or pvh and belongs to boot and bench; --first-entry refuses
+/// amphi.trace (its trigger would clear the trace).
+#[test]
+fn vm_lab_refuses_options_that_do_not_go_together() {
+    let lab = |args: &[&str]| run_cmd(Command::new(script("vm-lab")).args(args));
+    for (args, says) in [
+        (
+            &["boot", "--l2-boot", "efi"][..],
+            "--l2-boot must be auto, linux or pvh, not efi",
+        ),
+        (
+            &["run", "--l2-boot", "pvh"],
+            "--l2-boot is an option of boot and bench",
+        ),
+        (
+            &[
+                "bench",
+                "--first-entry",
+                "--l1-append",
+                "quiet amphi.trace=kvm:kvm_exit",
+            ],
+            "--first-entry cannot be combined with --l1-append amphi.trace=",
+        ),
+    ] {
+        let out = lab(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", show(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", show(&out));
+    }
+}
+
 /// `bench --first-entry`: each run's launch → first guest instruction
 /// (amphi-lab watch's entry-ms) and the guest's part (init-ms minus it),
 /// their medians, and the second table; a run whose entry did not show

@@ -20,6 +20,14 @@ const SYSTEMD: &str = "localhost/demo/systemd:latest";
 /// machine it has been seen to return 0 before the target was reached (the
 /// run then exited mid-boot), so the command also polls for the target, for
 /// at most 240 s (status 1 if it never comes).
+/// The run's command exits 0 only once `systemctl is-active
+/// multi-user.target` says so (and systemd passes that status on to the
+/// container's exit), so the tests take status 0 as the proof that
+/// multi-user.target was reached. systemd's "[  OK  ] Reached target
+/// multi-user.target" status line is not asked for: systemd does not print
+/// status lines while a unit holds the console, and this command's unit
+/// may take it first (seen once in CI: status 0, every other line there,
+/// that one missing).
 const BOOT_AND_EXIT: &[&str] = &[
     "/sbin/init",
     "systemd.run=/bin/sh -c 'systemctl start multi-user.target || exit; \
@@ -389,7 +397,6 @@ fn systemd_257_boots_natively_and_exits() {
     for want in [
         "systemd 257",
         "Welcome to Debian GNU/Linux 13 (trixie)!",
-        "[  OK  ] Reached target multi-user.target - Multi-User System.",
         "Exiting container.",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
@@ -497,7 +504,6 @@ fn systemd_257_boots_in_a_microvm_without_a_terminal() {
     for want in [
         "systemd 257",
         "Welcome to Debian GNU/Linux 13",
-        "[  OK  ] Reached target multi-user.target - Multi-User System.",
         "Exiting container.",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}{err}");
@@ -530,7 +536,6 @@ fn systemd_257_boots_in_a_microvm_and_exits() {
     for want in [
         ": microVM, guest kernel 6.12.",
         "systemd 257",
-        "[  OK  ] Reached target multi-user.target - Multi-User System.",
         "Exiting container.",
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");

@@ -59,6 +59,7 @@ use std::path::PathBuf;
 pub mod arch;
 pub mod device_manager;
 pub mod devices;
+pub mod elf;
 pub mod error;
 pub mod event_loop;
 pub mod exit;

@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use linux_loader::cmdline::Cmdline;
@@ -32,6 +31,7 @@ use crate::arch::x86_64::layout::{
     BOOT_STACK_POINTER, CMDLINE_ADDR, CMDLINE_MAX_SIZE, HIMEM_START,
 };
 use crate::arch::x86_64::regs::{CpuMode, EntryPoint};
+use crate::elf;
 use crate::error::{Result, VmmError};
 use crate::memory::{e820_map, low_ram_end, GuestMemoryMmap};
 
@@ -142,70 +142,20 @@ fn load_image(mem: &GuestMemoryMmap, path: &Path) -> Result<(KernelLoaderResult,
 const MAX_NOTES: u64 = 64 << 10;
 
 /// Whether an ELF64 file has an ELF note owned by "Linux" (every Linux
-/// vmlinux since 4.19 carries its build salt as one). Reads the program
-/// headers and the `PT_NOTE` segments, each bounds-checked.
+/// vmlinux since 4.19 carries its build salt as one), in its `PT_NOTE`
+/// segments.
 fn has_linux_note(file: &File) -> std::io::Result<bool> {
-    const PT_NOTE: u32 = 4;
-    let mut ehdr = [0u8; 64];
-    file.read_exact_at(&mut ehdr, 0)?;
-    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().unwrap_or_default());
-    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
-    let phnum = u64::from(u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]));
-    if phentsize < 56 {
-        return Ok(false);
-    }
-    for i in 0..phnum {
-        let mut phdr = [0u8; 56];
-        let at = i
-            .checked_mul(phentsize)
-            .and_then(|o| o.checked_add(phoff))
-            .ok_or_else(|| std::io::Error::other("program header table out of range"))?;
-        file.read_exact_at(&mut phdr, at)?;
-        if u32::from_le_bytes([phdr[0], phdr[1], phdr[2], phdr[3]]) != PT_NOTE {
-            continue;
-        }
-        let offset = u64::from_le_bytes(phdr[8..16].try_into().unwrap_or_default());
-        let size = u64::from_le_bytes(phdr[32..40].try_into().unwrap_or_default());
-        if size > MAX_NOTES {
-            continue;
-        }
-        let mut notes = vec![0u8; size as usize];
-        file.read_exact_at(&mut notes, offset)?;
-        if notes_have_owner(&notes, b"Linux") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let segments = elf::contents(file, elf::Table::Segments, elf::PT_NOTE, MAX_NOTES)?;
+    Ok(segments
+        .unwrap_or_default()
+        .iter()
+        .any(|notes| notes_have_owner(notes, b"Linux")))
 }
 
 /// Whether a note segment holds a note whose name is `owner`.
-fn notes_have_owner(mut notes: &[u8], owner: &[u8]) -> bool {
-    let word = |b: &[u8], i: usize| -> Option<usize> {
-        let w = b.get(i..i + 4)?;
-        usize::try_from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])).ok()
-    };
-    while notes.len() >= 12 {
-        let (Some(namesz), Some(descsz)) = (word(notes, 0), word(notes, 4)) else {
-            return false;
-        };
-        let name_end = 12usize.saturating_add(namesz);
-        let Some(name) = notes.get(12..name_end) else {
-            return false;
-        };
-        // The name is NUL-terminated and counted with its NUL.
-        if name.strip_suffix(b"\0") == Some(owner) {
-            return true;
-        }
-        let next = name_end
-            .checked_next_multiple_of(4)
-            .and_then(|n| n.checked_add(descsz))
-            .and_then(|n| n.checked_next_multiple_of(4));
-        match next.and_then(|n| notes.get(n..)) {
-            Some(rest) => notes = rest,
-            None => return false,
-        }
-    }
-    false
+fn notes_have_owner(notes: &[u8], owner: &[u8]) -> bool {
+    // The name is NUL-terminated and counted with its NUL.
+    elf::notes(notes).any(|n| n.name.strip_suffix(b"\0") == Some(owner))
 }
 
 /// Places the initrd at the highest page-aligned address below the end of

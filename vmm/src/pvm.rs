@@ -138,7 +138,7 @@ pub fn kernel_pvm_support(path: &Path) -> io::Result<PvmKernelSupport> {
             PvmKernelSupport::NotEnabled("its embedded config lacks CONFIG_PVM_GUEST=y".into())
         });
     }
-    match elf_string_tables(&mut file)? {
+    match elf_string_tables(&file)? {
         None if is_bzimage(&mut file)? => Ok(PvmKernelSupport::Unknown(
             "a bzImage, whose compressed payload hides its config; boot the ELF vmlinux \
              (built with CONFIG_IKCONFIG) instead"
@@ -233,41 +233,14 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The contents of every SHT_STRTAB section of an ELF64 file (the section
 /// name table is always among them), or `None` if it is not ELF64.
-fn elf_string_tables(file: &mut File) -> io::Result<Option<Vec<Vec<u8>>>> {
-    const SHT_STRTAB: u32 = 3;
+fn elf_string_tables(file: &File) -> io::Result<Option<Vec<Vec<u8>>>> {
     const MAX_STRTAB: u64 = 256 << 20;
-    let mut ehdr = [0u8; 64];
-    file.seek(SeekFrom::Start(0))?;
-    if file.read_exact(&mut ehdr).is_err() || &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 {
-        return Ok(None);
-    }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-    let shoff = u64_at(&ehdr, 0x28);
-    let shentsize = usize::from(u16_at(&ehdr, 0x3a));
-    let shnum = u16_at(&ehdr, 0x3c);
-    if shoff == 0 || shentsize < 64 {
-        return Ok(Some(Vec::new()));
-    }
-    let mut tables = Vec::new();
-    let mut shdr = vec![0u8; shentsize];
-    for i in 0..u64::from(shnum) {
-        file.seek(SeekFrom::Start(shoff + i * shentsize as u64))?;
-        file.read_exact(&mut shdr)?;
-        if u32_at(&shdr, 4) != SHT_STRTAB {
-            continue;
-        }
-        let (offset, size) = (u64_at(&shdr, 0x18), u64_at(&shdr, 0x20));
-        if size > MAX_STRTAB {
-            continue;
-        }
-        let mut table = vec![0u8; size as usize];
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(&mut table)?;
-        tables.push(table);
-    }
-    Ok(Some(tables))
+    crate::elf::contents(
+        file,
+        crate::elf::Table::Sections,
+        crate::elf::SHT_STRTAB,
+        MAX_STRTAB,
+    )
 }
 
 /// Whether `name` appears as a whole NUL-terminated string in a string table.

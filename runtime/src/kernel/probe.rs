@@ -111,7 +111,6 @@ fn u64_at(d: &[u8], off: usize) -> Option<u64> {
 
 const EM_X86_64: u16 = 62;
 const ET_EXEC: u16 = 2;
-const PT_NOTE: u32 = 4;
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 
 fn probe_elf(d: &[u8]) -> Result<KernelImage, String> {
@@ -170,7 +169,7 @@ fn probe_elf(d: &[u8]) -> Result<KernelImage, String> {
                 off.saturating_add(filesz)
             ));
         }
-        if ptype == PT_NOTE {
+        if ptype == amphi_vmm::elf::PT_NOTE {
             let notes = &d[off as usize..(off + filesz) as usize];
             pvh_entry = pvh_entry.or_else(|| find_pvh_note(notes));
         }
@@ -196,27 +195,14 @@ fn probe_elf(d: &[u8]) -> Result<KernelImage, String> {
 }
 
 /// The desc of the `Xen` note of type XEN_ELFNOTE_PHYS32_ENTRY in a PT_NOTE segment.
-fn find_pvh_note(mut notes: &[u8]) -> Option<u64> {
-    let align4 = |n: usize| (n + 3) & !3;
-    while notes.len() >= 12 {
-        let namesz = u32_at(notes, 0)? as usize;
-        let descsz = u32_at(notes, 4)? as usize;
-        let ntype = u32_at(notes, 8)?;
-        let name_start = 12;
-        let desc_start = name_start + align4(namesz);
-        let next = desc_start + align4(descsz);
-        let name = notes.get(name_start..name_start + namesz)?;
-        let desc = notes.get(desc_start..desc_start + descsz)?;
-        if name == b"Xen\0" && ntype == XEN_ELFNOTE_PHYS32_ENTRY {
-            return match descsz {
-                4 => u32_at(desc, 0).map(u64::from),
-                8 => u64_at(desc, 0),
-                _ => None,
-            };
-        }
-        notes = notes.get(next..)?;
+fn find_pvh_note(notes: &[u8]) -> Option<u64> {
+    let note = amphi_vmm::elf::notes(notes)
+        .find(|n| n.name == b"Xen\0" && n.kind == XEN_ELFNOTE_PHYS32_ENTRY)?;
+    match note.desc.len() {
+        4 => u32_at(note.desc, 0).map(u64::from),
+        8 => u64_at(note.desc, 0),
+        _ => None,
     }
-    None
 }
 
 /// The release in "Linux version 6.12.117 (user@host) ..." (the first such
@@ -382,7 +368,7 @@ pub(crate) mod tests {
         put16(&mut d, 52, 64);
         put16(&mut d, 54, 56);
         put16(&mut d, 56, 2);
-        put32(&mut d, phoff, PT_NOTE);
+        put32(&mut d, phoff, amphi_vmm::elf::PT_NOTE);
         put64(&mut d, phoff + 8, notes_off as u64);
         put64(&mut d, phoff + 32, notes.len() as u64);
         put32(&mut d, phoff + 56, 1);

@@ -233,33 +233,33 @@ pub fn load_linux(
         PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
         _ => None,
     };
-    let use_pvh = match (boot, image, pvh) {
-        (BootChoice::Pvh, ImageKind::Elf { .. }, Some(_)) => true,
-        (BootChoice::Pvh, _, _) => {
+    // The PVH entry, when the kernel is to be entered through it.
+    let pvh_entry = match (boot, image, pvh) {
+        (BootChoice::Pvh, _, None) => {
             return Err(load_err(
                 kernel,
                 "--boot pvh: the image has no PVH entry (an ELF note XEN_ELFNOTE_PHYS32_ENTRY)",
             ))
         }
-        (BootChoice::Auto, ImageKind::Elf { linux: false }, Some(_)) => true,
-        _ => false,
+        (BootChoice::Pvh, _, entry)
+        | (BootChoice::Auto, ImageKind::Elf { linux: false }, entry) => entry,
+        _ => None,
     };
-    let is_elf = image != ImageKind::BzImage;
-    let (protocol, entry) = match (is_elf, pvh.filter(|_| use_pvh)) {
-        (true, Some(addr)) => {
+    let (protocol, entry) = match (image, pvh_entry) {
+        (_, Some(addr)) => {
             let start_info = write_pvh_start_info(mem, initrd, &e820)?;
             let mut entry = EntryPoint::new(CpuMode::Protected32, addr);
             entry.rbx = start_info;
             (BootProtocol::Pvh, entry)
         }
-        (true, _) => {
+        (ImageKind::Elf { .. }, None) => {
             let params = zero_page(None, cmdline_size, initrd, &e820)?;
             let mut entry = EntryPoint::new(CpuMode::Long, loaded.kernel_load.0);
             entry.rsi = write_zero_page(mem, &params)?;
             entry.rsp = BOOT_STACK_POINTER;
             (BootProtocol::Linux64Elf, entry)
         }
-        (false, _) => {
+        (ImageKind::BzImage, None) => {
             let params = zero_page(loaded.setup_header, cmdline_size, initrd, &e820)?;
             let rip = loaded.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET;
             let mut entry = EntryPoint::new(CpuMode::Long, rip);
@@ -299,8 +299,6 @@ mod tests {
         assert_eq!(place_initrd(0x500_0000, 0, 0x400_0000, u64::MAX), None);
     }
 
-    /// A minimal ELF64 executable with one PT_LOAD at 1 MiB and, optionally,
-    /// a PVH entry note.
     /// A minimal ELF64 with `hlt`s at 1 MiB (its `e_entry`), a PVH entry
     /// note with `pvh_entry`, and with `linux` a note owned by "Linux" (as
     /// Linux's build salt is).
